@@ -1,0 +1,119 @@
+// zcrpc — Cap'n Proto messages built and read in place in transport memory.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include <capnp/message.h>
+
+#include "zcrpc/frame.h"
+
+namespace zcrpc {
+
+/// Implemented by each transport: space for the message being built. Not for users.
+class SegmentSource {
+ public:
+  /// At least `minWords` zeroed words of transport memory for the open message. Throws
+  /// InvalidArgument when the message would exceed the maximum size, Overloaded when the
+  /// transport has no room left for it.
+  virtual kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) = 0;
+  /// The open message is dropped unsent; its space goes back to the transport.
+  virtual void abandon() noexcept = 0;
+
+ protected:
+  ~SegmentSource() = default;
+};
+
+/// A Cap'n Proto message whose segments lie in transport memory: the first one reserved
+/// by `Connection::tryStartMessage` (size hint), further ones from the ring when they fit
+/// and otherwise from the connection's arena. Built on the stack, filled, then sent with
+/// `Connection::send`; destroying it unsent gives the space back.
+///
+/// Threads: the thread that started it, which must be the connection's sending thread.
+/// Not movable (Cap'n Proto builders are not).
+class OutgoingMessage final : public capnp::MessageBuilder {
+ public:
+  OutgoingMessage() = default;
+  ~OutgoingMessage() noexcept(false) override;
+
+  bool isOpen() const noexcept { return source_ != nullptr; }
+
+  /// The frame header in transport memory. Set kind, callId, interfaceId and methodId
+  /// before sending; the transport fills the length, segment count and table offset.
+  FrameHeader& header() noexcept { return *header_; }
+
+  kj::ArrayPtr<capnp::word> allocateSegment(capnp::uint minimumSize) override;
+
+  // For transports.
+  void open(SegmentSource& source, FrameHeader& header, kj::ArrayPtr<capnp::word> first) noexcept;
+  void markSent() noexcept { source_ = nullptr; }
+
+ private:
+  SegmentSource* source_ = nullptr;
+  FrameHeader* header_ = nullptr;
+  kj::ArrayPtr<capnp::word> first_;
+  bool firstTaken_ = false;
+};
+
+/// Limits applied to every Cap'n Proto reader over received bytes.
+struct ReaderLimits {
+  uint64_t traversalLimitWords = 8 * 1024 * 1024;
+  int nestingLimit = 64;
+};
+
+/// Implemented by each transport: owner of the memory a lease points at. Not for users.
+class LeaseOwner {
+ public:
+  /// The frame (validated private copy of header and segment table) behind `slot`.
+  virtual const ParsedFrame& leasedFrame(uint32_t slot) const noexcept = 0;
+  virtual const ReaderLimits& readerLimits() const noexcept = 0;
+  /// Gives the space back. Any thread may call this, at most once per lease.
+  virtual void releaseLease(uint32_t slot) noexcept = 0;
+
+ protected:
+  ~LeaseOwner() = default;
+};
+
+/// A received message, read in place where it lies in transport memory: a move-only lease.
+/// The bytes stay valid, and the space stays taken, until the lease is released (by
+/// `release()`, destruction, or move-assignment over it). Hold leases briefly: the ring
+/// reclaims space in arrival order, so one old lease holds back everything after it.
+///
+/// Threads: any one thread at a time; may be handed to another thread and released there.
+/// The connection must outlive every lease it handed out.
+class IncomingMessage final {
+ public:
+  IncomingMessage() = default;
+  IncomingMessage(LeaseOwner& owner, uint32_t slot) noexcept : owner_(&owner), slot_(slot) {}
+  IncomingMessage(IncomingMessage&& other) noexcept;
+  IncomingMessage& operator=(IncomingMessage&& other) noexcept;
+  ~IncomingMessage() { release(); }
+
+  bool valid() const noexcept { return owner_ != nullptr; }
+  explicit operator bool() const noexcept { return valid(); }
+
+  /// Private, validated copy of the frame header.
+  const FrameHeader& header() const noexcept { return frame().header; }
+  size_t payloadBytes() const noexcept { return frame().payloadBytes; }
+  size_t segmentCount() const noexcept { return frame().segmentCount; }
+
+  /// The Cap'n Proto reader over the segments in place. Readers obtained from it are valid
+  /// until the lease is released or moved from.
+  capnp::MessageReader& reader();
+
+  template <typename T>
+  typename T::Reader getRoot() {
+    return reader().getRoot<T>();
+  }
+
+  void release() noexcept;
+
+ private:
+  const ParsedFrame& frame() const noexcept { return owner_->leasedFrame(slot_); }
+
+  LeaseOwner* owner_ = nullptr;
+  uint32_t slot_ = 0;
+  std::optional<capnp::SegmentArrayMessageReader> reader_;
+};
+
+}  // namespace zcrpc

@@ -1,0 +1,26 @@
+// zcrpc — shared-memory transport (`shm://name`).
+#pragma once
+
+#include <memory>
+#include <string_view>
+
+#include "zcrpc/transport.h"
+
+namespace zcrpc {
+
+struct ShmListenOptions {
+  ConnectionOptions connection;  ///< the server's sizes are the connection's sizes
+  CredentialPolicy policy;
+};
+
+/// Listens on the abstract unix socket `@zcrpc/<name>` (no file on disk). Throws Failed
+/// naming the endpoint when the name is taken or invalid.
+std::unique_ptr<Listener> listenShm(std::string_view name, const ShmListenOptions& options = {});
+
+/// Connects to `shm://<name>`: credential check, memfd hand-over, header validation.
+/// Throws Failed / Disconnected naming the endpoint and the reason (refused, timed out,
+/// bad header). Ring and arena sizes come from the server; `options` supplies the
+/// wait mode, leases, reader limits, timeout, and the largest sizes the client accepts.
+std::unique_ptr<Connection> connectShm(std::string_view name, const ConnectionOptions& options = {});
+
+}  // namespace zcrpc

@@ -1,0 +1,107 @@
+// zcrpc — the transport seam: Listener and Connection, implemented by shm, loopback, ...
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <sys/types.h>
+
+#include "zcrpc/error.h"
+#include "zcrpc/message.h"
+
+namespace zcrpc {
+
+using Clock = std::chrono::steady_clock;
+using Deadline = Clock::time_point;
+inline constexpr Deadline kNoDeadline = Deadline::max();
+
+inline Deadline deadlineAfter(std::chrono::nanoseconds d) { return Clock::now() + d; }
+
+/// How a thread waits for a peer.
+enum class WaitMode : uint8_t {
+  kBusyPoll,       ///< spin on the shared word; lowest latency, burns a core
+  kSpinThenSleep,  ///< spin for `spinTime`, then sleep on a futex word in the shared mapping
+  kBlocking,       ///< sleep at once, woken through the connection's socket (shm) or futex
+};
+
+std::string_view waitModeName(WaitMode mode) noexcept;
+/// Parses "busy-poll", "spin-then-sleep" or "blocking"; throws InvalidArgument naming it.
+WaitMode parseWaitMode(std::string_view text);
+
+/// Per-connection settings. Sizes are per direction.
+struct ConnectionOptions {
+  uint32_t ringBytes = 1u << 20;               ///< power of two, 4 KiB .. 1 GiB
+  uint64_t arenaBytes = uint64_t{136} << 20;  ///< multiple of 4 KiB; holds messages too big for the ring
+  uint64_t maxMessageBytes = kDefaultMaxMessageBytes;
+  WaitMode waitMode = WaitMode::kSpinThenSleep;
+  std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);
+  uint32_t maxLeases = 256;  ///< received messages held at once; power of two
+  ReaderLimits readerLimits;
+  std::chrono::milliseconds connectTimeout{5000};
+};
+
+/// Who may connect to a listener (checked with SO_PEERCRED before any memory is shared).
+/// Empty lists and `sameUid` false admit nobody.
+struct CredentialPolicy {
+  bool sameUid = true;           ///< admit the listener's own effective uid
+  std::vector<uid_t> uids;       ///< further uids admitted
+  std::vector<gid_t> gids;       ///< admitted primary gids
+  bool admits(uid_t uid, gid_t gid) const noexcept;
+};
+
+/// A reliable, ordered, message-oriented link. Outgoing messages are built in place in
+/// transport memory; received ones are leases on transport memory.
+///
+/// Threads: one sending thread (tryStartMessage, startMessage, send, flush) and one
+/// receiving thread (tryReceive, receive) at a time; they may be different threads.
+/// `close`, `lastError` and `endpoint` may be called from any thread. Leases may be
+/// released from any thread.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+
+  /// Opens `msg` with a first segment of at least `firstSegmentWords` words reserved in
+  /// transport memory. kWouldBlock when there is no room now. Throws InvalidArgument when
+  /// the request exceeds the maximum message size.
+  virtual Status tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmentWords) = 0;
+  /// As tryStartMessage, waiting for room by the connection's wait mode until `deadline`.
+  virtual Status startMessage(OutgoingMessage& msg, uint32_t firstSegmentWords,
+                              Deadline deadline) = 0;
+  /// Publishes the message. With `flush` false the peer may not be woken until `flush()`
+  /// (it still sees the message if it polls): use it to batch wake-ups.
+  virtual Status send(OutgoingMessage& msg, bool flush = true) = 0;
+  virtual Status flush() = 0;
+
+  /// A received message, or kWouldBlock / kDisconnected. A malformed frame closes the
+  /// connection (kDisconnected) and `lastError()` says what was wrong with it.
+  virtual Status tryReceive(IncomingMessage& out) = 0;
+  /// As tryReceive, waiting by the connection's wait mode until `deadline` (kTimedOut).
+  virtual Status receive(IncomingMessage& out, Deadline deadline) = 0;
+
+  /// Closes both directions; the peer sees kDisconnected. Idempotent.
+  virtual void close() noexcept = 0;
+  /// Why the connection closed (empty while it is open, or after a clean close).
+  virtual std::string lastError() const = 0;
+  virtual std::string endpoint() const = 0;
+  virtual uint64_t maxMessageBytes() const noexcept = 0;
+};
+
+/// Accepts connections on one endpoint. Threads: one at a time.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  /// The next connection, or nullptr at `deadline`. A client refused by policy or failing
+  /// the handshake is logged and skipped; it never ends the listener.
+  virtual std::unique_ptr<Connection> accept(Deadline deadline) = 0;
+  /// File descriptor readable when a client is waiting (for the caller's epoll).
+  virtual int pollFd() const noexcept = 0;
+  virtual std::string endpoint() const = 0;
+  /// Refusals and failed handshakes so far, each with its reason (most recent last).
+  virtual std::vector<std::string> refusals() const = 0;
+};
+
+}  // namespace zcrpc

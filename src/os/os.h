@@ -1,0 +1,122 @@
+// zcrpc — thin, checked wrappers over the system calls the transports use.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <sys/types.h>
+
+#include "zcrpc/error.h"
+
+namespace zcrpc::os {
+
+/// "context: strerror(err)".
+std::string errnoText(std::string_view context, int err);
+
+/// Runs a system call, retrying on EINTR; throws Failed with the context and errno text
+/// when it returns -1. Returns the call's result.
+template <typename F>
+auto checkedSyscall(std::string_view context, F&& call) {
+  for (;;) {
+    auto r = call();
+    if (r != -1) return r;
+    if (errno == EINTR) continue;
+    throw Failed(errnoText(context, errno));
+  }
+}
+#define ZCRPC_SYSCALL(expr, context) ::zcrpc::os::checkedSyscall((context), [&] { return (expr); })
+
+/// Owns a file descriptor.
+class Fd final {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) noexcept : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  ~Fd() { reset(); }
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset() noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
+/// A shared mapping of a file; unmapped on destruction.
+class Mapping final {
+ public:
+  Mapping() = default;
+  Mapping(int fd, size_t size, bool writable, std::string_view what);
+  Mapping(Mapping&& o) noexcept
+      : base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  Mapping& operator=(Mapping&& o) noexcept;
+  ~Mapping();
+  std::byte* data() const noexcept { return base_; }
+  size_t size() const noexcept { return size_; }
+
+ private:
+  std::byte* base_ = nullptr;
+  size_t size_ = 0;
+};
+
+/// Anonymous memory file of `size` bytes, sealed against shrinking and growing so a peer
+/// holding it cannot make our mapping fault. Nothing appears in the file system.
+Fd createSealedMemfd(std::string_view name, size_t size);
+/// Checks that `fd` is a memfd of exactly `size` bytes sealed against shrinking.
+/// Returns an empty string or the reason.
+std::string checkSealedMemfd(int fd, size_t size);
+/// A new read-only descriptor for the same file (so a peer can only map it read-only).
+Fd reopenReadOnly(int fd);
+/// Forbids new writable mappings of the file (ours stays); best effort on old kernels.
+void sealFutureWrites(int fd) noexcept;
+
+/// Futex on a 32-bit word that may live in shared memory.
+/// Waits while *word == expected, at most `timeout`. Returns false on timeout.
+bool futexWait(const std::atomic<uint32_t>& word, uint32_t expected,
+               std::chrono::nanoseconds timeout) noexcept;
+void futexWakeAll(const std::atomic<uint32_t>& word) noexcept;
+
+// ---- unix sockets ----
+
+/// Abstract-namespace SOCK_SEQPACKET listener for `name` (the socket is "@zcrpc/<name>").
+Fd listenAbstract(std::string_view name);
+/// Connects to it, failing after `timeout`.
+Fd connectAbstract(std::string_view name, std::chrono::milliseconds timeout);
+/// accept4 (non-blocking, close-on-exec); an empty Fd when none is pending.
+Fd acceptNonBlocking(int listenFd);
+
+struct PeerCredentials {
+  pid_t pid;
+  uid_t uid;
+  gid_t gid;
+};
+PeerCredentials peerCredentials(int socketFd);
+
+/// Sends one datagram with up to 4 descriptors attached.
+void sendWithFds(int fd, std::span<const std::byte> data, std::span<const int> fds);
+/// Receives one datagram (and descriptors) waiting at most until `timeout`. Returns the
+/// payload size; fills `fds` with received descriptors. Throws Disconnected on hang-up,
+/// Failed on timeout or error.
+size_t receiveWithFds(int fd, std::span<std::byte> data, std::span<Fd> fds, size_t& fdCount,
+                      std::chrono::milliseconds timeout);
+
+/// poll() for `events` with a timeout; returns revents (0 on timeout).
+short pollOne(int fd, short events, std::chrono::milliseconds timeout) noexcept;
+
+/// True when the socket's peer has hung up (non-blocking check).
+bool peerHungUp(int socketFd) noexcept;
+
+}  // namespace zcrpc::os

@@ -1,0 +1,33 @@
+#include <unistd.h>
+
+#include "zcrpc/transport.h"
+
+namespace zcrpc {
+
+std::string_view waitModeName(WaitMode mode) noexcept {
+  switch (mode) {
+    case WaitMode::kBusyPoll: return "busy-poll";
+    case WaitMode::kSpinThenSleep: return "spin-then-sleep";
+    case WaitMode::kBlocking: return "blocking";
+  }
+  return "unknown";
+}
+
+WaitMode parseWaitMode(std::string_view text) {
+  if (text == "busy-poll") return WaitMode::kBusyPoll;
+  if (text == "spin-then-sleep") return WaitMode::kSpinThenSleep;
+  if (text == "blocking") return WaitMode::kBlocking;
+  throw InvalidArgument("wait mode '" + std::string(text) +
+                        "' is not one of busy-poll, spin-then-sleep, blocking");
+}
+
+bool CredentialPolicy::admits(uid_t uid, gid_t gid) const noexcept {
+  if (sameUid && uid == ::geteuid()) return true;
+  for (uid_t u : uids)
+    if (u == uid) return true;
+  for (gid_t g : gids)
+    if (g == gid) return true;
+  return false;
+}
+
+}  // namespace zcrpc

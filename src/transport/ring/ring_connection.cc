@@ -1,0 +1,631 @@
+#include "transport/ring/ring_connection.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "os/os.h"
+
+namespace zcrpc::ring {
+
+namespace {
+
+constexpr uint32_t kInitialTableEntries = 4;
+constexpr uint64_t kMinArenaSegmentBytes = 64 * 1024;
+constexpr auto kSleepSlice = std::chrono::milliseconds(20);
+constexpr auto kLivenessInterval = std::chrono::milliseconds(2);
+
+inline void cpuRelax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Loads from the peer's read-only mapping. std::atomic_ref needs a non-const object, so
+// use the builtins, which accept const pointers.
+inline uint64_t loadAcquire(const std::byte* p) noexcept {
+  return __atomic_load_n(reinterpret_cast<const uint64_t*>(p), __ATOMIC_ACQUIRE);
+}
+inline uint64_t loadRelaxed(const std::byte* p) noexcept {
+  return __atomic_load_n(reinterpret_cast<const uint64_t*>(p), __ATOMIC_RELAXED);
+}
+inline void storeRelease(std::byte* p, uint64_t v) noexcept {
+  __atomic_store_n(reinterpret_cast<uint64_t*>(p), v, __ATOMIC_RELEASE);
+}
+
+}  // namespace
+
+void initFile(std::byte* base, uint64_t ringBytes, uint64_t arenaBytes, uint64_t maxMessageBytes,
+              uint64_t fileBytes, WaitMode waitMode) {
+  auto* f = new (base) FileControl();
+  f->header = FileHeader{kMagic,      kLayoutVersion,  sizeof(FileHeader), ringBytes,
+                         arenaBytes, maxMessageBytes, fileBytes,          {0, 0}};
+  // Written before the file is shared (the handshake orders it): relaxed is enough.
+  uint32_t maySleep = waitMode != WaitMode::kBusyPoll;
+  f->producer.maySleep.store(maySleep, std::memory_order_relaxed);
+  f->consumer.maySleep.store(maySleep, std::memory_order_relaxed);
+}
+
+void checkOptions(const ConnectionOptions& o) {
+  if (!isPowerOfTwo(o.ringBytes) || o.ringBytes < kMinRingBytes || o.ringBytes > kMaxRingBytes)
+    throw InvalidArgument("ring size " + std::to_string(o.ringBytes) +
+                          " must be a power of two between 4096 and 1073741824 bytes");
+  if (o.arenaBytes % 4096 != 0 || o.arenaBytes > kMaxArenaBytes)
+    throw InvalidArgument("arena size " + std::to_string(o.arenaBytes) +
+                          " must be a multiple of 4096 and at most 8 GiB");
+  if (o.maxMessageBytes < 64 || o.maxMessageBytes > (uint64_t{1} << 32) - 4096)
+    throw InvalidArgument("maximum message size " + std::to_string(o.maxMessageBytes) +
+                          " must be between 64 bytes and 4 GiB");
+  if (o.maxMessageBytes > o.ringBytes / kRecordShare && o.arenaBytes < o.maxMessageBytes)
+    throw InvalidArgument("arena of " + std::to_string(o.arenaBytes) +
+                          " bytes cannot hold a message of the maximum size " +
+                          std::to_string(o.maxMessageBytes));
+  if (!isPowerOfTwo(o.maxLeases) || o.maxLeases > (1u << 20))
+    throw InvalidArgument("maxLeases " + std::to_string(o.maxLeases) +
+                          " must be a power of two up to 1048576");
+}
+
+std::string checkFileHeader(const FileHeader& h, uint64_t fileBytes) {
+  if (h.magic != kMagic) return "bad magic in shared memory header";
+  if (h.version != kLayoutVersion)
+    return "shared memory layout version " + std::to_string(h.version) + ", expected " +
+           std::to_string(kLayoutVersion);
+  if (h.headerBytes != sizeof(FileHeader)) return "bad header size in shared memory header";
+  if (!isPowerOfTwo(h.ringBytes) || h.ringBytes < kMinRingBytes || h.ringBytes > kMaxRingBytes)
+    return "bad ring size " + std::to_string(h.ringBytes) + " in shared memory header";
+  if (h.arenaBytes % 4096 || h.arenaBytes > kMaxArenaBytes)
+    return "bad arena size " + std::to_string(h.arenaBytes) + " in shared memory header";
+  if (h.maxMessageBytes < 64 || h.maxMessageBytes > (uint64_t{1} << 32) - 4096)
+    return "bad maximum message size in shared memory header";
+  if (h.fileBytes != fileBytes || fileBytesFor(h.ringBytes, h.arenaBytes) != fileBytes)
+    return "shared memory size does not match its header";
+  return {};
+}
+
+RingConnection::RingConnection(RingFiles files, std::unique_ptr<Link> link,
+                               const ConnectionOptions& options)
+    : files_(files),
+      link_(std::move(link)),
+      options_(options),
+      ringMask_(files.ringBytes - 1),
+      arenaBytes_(files.arenaBytes),
+      maxMessage_(files.maxMessageBytes),
+      txRing_(reinterpret_cast<std::byte*>(files.local) + kDataOffset),
+      txArena_(txRing_ + files.ringBytes),
+      rxRing_(reinterpret_cast<const std::byte*>(files.peer) + kDataOffset),
+      rxArena_(rxRing_ + files.ringBytes),
+      slots_(new LeaseSlot[options.maxLeases]),
+      slotMask_(options.maxLeases - 1) {
+  // Read once: a peer that changes these later only costs itself wake-ups.
+  peerConsumerMaySleep_ = files_.peer->consumer.maySleep.load(std::memory_order_relaxed) != 0;
+  peerProducerMaySleep_ = files_.peer->producer.maySleep.load(std::memory_order_relaxed) != 0;
+  frameLimits_.maxMessageBytes = maxMessage_;
+  frameLimits_.arena = std::span<const std::byte>(rxArena_, arenaBytes_);
+}
+
+RingConnection::~RingConnection() {
+  if (open_.msg) open_.msg->markSent();  // never touch a message that outlives us
+  close();
+}
+
+// ------------------------------------------------------------------------------------
+// Liveness and errors
+
+bool RingConnection::peerClosed() const noexcept {
+  // pairs with the release store of `closed` in the peer's close()
+  return files_.peer->producer.closed.load(std::memory_order_acquire) != 0;
+}
+
+bool RingConnection::checkPeerAlive() noexcept {
+  if (closed_.load(std::memory_order_relaxed)) return false;
+  if (peerClosed()) {
+    fault("peer closed the connection");
+    return false;
+  }
+  auto now = Clock::now().time_since_epoch().count();
+  if (now < nextLivenessCheck_.load(std::memory_order_relaxed)) return true;
+  nextLivenessCheck_.store(now + Clock::duration(kLivenessInterval).count(),
+                           std::memory_order_relaxed);
+  if (link_->peerGone()) {
+    fault("peer hung up (process exited or closed the socket)");
+    return false;
+  }
+  return true;
+}
+
+void RingConnection::fault(std::string reason) noexcept {
+  {
+    std::lock_guard lock(errorMutex_);
+    if (error_.empty()) error_ = std::move(reason);
+  }
+  close();
+}
+
+void RingConnection::close() noexcept {
+  if (closed_.exchange(true)) return;
+  // pairs with the acquire load in the peer's peerClosed()
+  files_.local->producer.closed.store(1, std::memory_order_release);
+  // Wake a peer sleeping on either futex so it notices at once.
+  files_.local->producer.dataSeq.fetch_add(1, std::memory_order_release);
+  os::futexWakeAll(files_.local->producer.dataSeq);
+  files_.local->consumer.spaceSeq.fetch_add(1, std::memory_order_release);
+  os::futexWakeAll(files_.local->consumer.spaceSeq);
+  link_->shutdown();
+}
+
+std::string RingConnection::lastError() const {
+  std::lock_guard lock(errorMutex_);
+  return error_;
+}
+
+// ------------------------------------------------------------------------------------
+// Waiting
+
+template <typename Done>
+Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
+  Clock::time_point spinUntil;
+  switch (options_.waitMode) {
+    case WaitMode::kBusyPoll: spinUntil = Clock::time_point::max(); break;
+    case WaitMode::kSpinThenSleep: spinUntil = Clock::now() + options_.spinTime; break;
+    case WaitMode::kBlocking: spinUntil = Clock::time_point::min(); break;
+  }
+  for (uint32_t spins = 0;; ++spins) {
+    if (done()) return Status::kOk;
+    if ((spins & 63) == 0) {
+      if (!checkPeerAlive()) return done() ? Status::kOk : Status::kDisconnected;
+      auto now = Clock::now();
+      if (now >= deadline) return Status::kTimedOut;
+      if (now >= spinUntil) break;
+    }
+    cpuRelax();
+  }
+  // Sleep phase: announce, re-check, sleep on the futex word the other side bumps.
+  ConsumerControl& me = files_.local->consumer;
+  ProducerControl& meP = files_.local->producer;
+  for (;;) {
+    auto now = Clock::now();
+    if (now >= deadline) return Status::kTimedOut;
+    auto slice = std::min<Clock::duration>(kSleepSlice, deadline - now);
+    if (forData) {
+      bool onLink = options_.waitMode == WaitMode::kBlocking && link_->canSleepOnLink();
+      const auto& seqWord = files_.peer->producer.dataSeq;
+      uint32_t seq = seqWord.load(std::memory_order_acquire);
+      // pairs with the seq_cst fence in the peer's wakeConsumer(): either it sees us
+      // asleep, or our re-check below sees its record.
+      me.sleeping.store(onLink ? kSleepSocket : kSleepFutex, std::memory_order_seq_cst);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (!done() && !peerClosed()) {
+        if (onLink)  // a hang-up wakes this sleep, so it can be long
+          link_->sleepOnLink(std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::min<Clock::duration>(std::chrono::milliseconds(500), deadline - now) +
+              std::chrono::milliseconds(1)));
+        else
+          os::futexWait(seqWord, seq, slice);
+      }
+      me.sleeping.store(kAwake, std::memory_order_relaxed);
+    } else {
+      const auto& seqWord = files_.peer->consumer.spaceSeq;
+      uint32_t seq = seqWord.load(std::memory_order_acquire);
+      // pairs with the seq_cst fence in the peer's wakeProducer()
+      meP.waitingForSpace.store(1, std::memory_order_seq_cst);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (!done() && !peerClosed()) os::futexWait(seqWord, seq, slice);
+      meP.waitingForSpace.store(0, std::memory_order_relaxed);
+    }
+    if (done()) return Status::kOk;
+    nextLivenessCheck_.store(0, std::memory_order_relaxed);  // after a sleep, look at the socket
+    if (!checkPeerAlive()) return done() ? Status::kOk : Status::kDisconnected;
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// Producer
+
+bool RingConnection::ringRoom(uint64_t end) {
+  if (end - cachedHead_ <= files_.ringBytes) return true;
+  // pairs with the release store of `head` in the peer's reclaim()
+  uint64_t head = files_.peer->consumer.head.load(std::memory_order_acquire);
+  if (head < cachedHead_ || head > tail_) {
+    fault("peer published an invalid ring head " + std::to_string(head) + " (expected " +
+          std::to_string(cachedHead_) + ".." + std::to_string(tail_) + ")");
+    return false;
+  }
+  cachedHead_ = head;
+  return end - cachedHead_ <= files_.ringBytes;
+}
+
+bool RingConnection::arenaRoom(uint64_t end) {
+  if (end - cachedArenaHead_ <= arenaBytes_) return true;
+  // pairs with the release store of `arenaHead` in the peer's reclaim()
+  uint64_t head = files_.peer->consumer.arenaHead.load(std::memory_order_acquire);
+  if (head < cachedArenaHead_ || head > arenaPublished_) {
+    fault("peer published an invalid arena head " + std::to_string(head));
+    return false;
+  }
+  cachedArenaHead_ = head;
+  return end - cachedArenaHead_ <= arenaBytes_;
+}
+
+std::byte* RingConnection::arenaAllocate(uint64_t bytes, bool mayWait) {
+  if (bytes > arenaBytes_) return nullptr;
+  uint64_t start = arenaTail_;
+  uint64_t offset = start % arenaBytes_;
+  if (arenaBytes_ - offset < bytes) start += arenaBytes_ - offset;  // keep it contiguous
+  uint64_t end = start + bytes;
+  if (!arenaRoom(end)) {
+    if (!mayWait) return nullptr;
+    Status s = waitForSpace([&] { return arenaRoom(end); },
+                            deadlineAfter(options_.connectTimeout));
+    if (s == Status::kDisconnected) throw Disconnected("connection lost: " + lastError());
+    if (s != Status::kOk)
+      throw Overloaded("shm arena full for " + std::to_string(options_.connectTimeout.count()) +
+                       " ms: the peer is not releasing received messages");
+  }
+  arenaTail_ = end;
+  std::byte* p = txArena_ + start % arenaBytes_;
+  // Fresh memfd pages are zero: only memory used before needs clearing.
+  if (start < arenaCleanFrom_ || end > arenaBytes_) std::memset(p, 0, bytes);
+  if (end <= arenaBytes_) arenaCleanFrom_ = std::max(arenaCleanFrom_, end);
+  else arenaCleanFrom_ = UINT64_MAX;
+  return p;
+}
+
+template <typename Ready>
+Status RingConnection::waitForSpace(Ready ready, Deadline deadline) {
+  return waitFor(ready, deadline, /*forData=*/false);
+}
+
+bool RingConnection::extendRecord(uint32_t newReserved) {
+  if (newReserved <= open_.reserved) return true;
+  uint64_t offset = open_.start & ringMask_;
+  if (offset + newReserved > files_.ringBytes) return false;
+  if (!ringRoom(open_.start + newReserved)) return false;
+  open_.reserved = newReserved;
+  return true;
+}
+
+Status RingConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmentWords) {
+  if (open_.msg)
+    throw InvalidArgument("a message is already open on " + endpoint() +
+                          ": send or destroy it before starting another");
+  if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
+  if (firstSegmentWords == 0) firstSegmentWords = 1;
+  uint64_t firstBytes = uint64_t{firstSegmentWords} * 8;
+  if (firstBytes > maxMessage_)
+    throw InvalidArgument("message of " + std::to_string(firstBytes) +
+                          " bytes exceeds the maximum message size " +
+                          std::to_string(maxMessage_) + " of " + endpoint());
+  const uint32_t fixed = kRecordHeaderBytes + kFrameHeaderBytes;
+  const uint32_t table = kInitialTableEntries * sizeof(SegmentEntry);
+  bool firstInRing = fixed + firstBytes + table <= files_.ringBytes / kRecordShare;
+  uint32_t need = fixed + table + (firstInRing ? static_cast<uint32_t>(firstBytes) : 0);
+
+  uint64_t pos = tail_;
+  uint64_t toEnd = files_.ringBytes - (pos & ringMask_);
+  bool wrap = toEnd < need;
+  if (!ringRoom((wrap ? pos + toEnd : pos) + need))
+    return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kWouldBlock;
+  uint64_t arenaMark = arenaTail_;
+  std::byte* arenaFirst = nullptr;
+  if (!firstInRing) {
+    arenaFirst = arenaAllocate(firstBytes, /*mayWait=*/false);
+    if (!arenaFirst)
+      return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected
+                                                     : Status::kWouldBlock;
+  }
+  if (wrap) {
+    // Pad to the end with a wrap marker; the consumer skips it. Published now: harmless
+    // even if this message is later abandoned.
+    // pairs with the acquire load of the record word in tryReceive()
+    storeRelease(txRing_ + (pos & ringMask_),
+                 (uint64_t{recordTag(pos)} << 32) | toEnd | kWrapBit);
+    pos += toEnd;
+    tail_ = pos;
+  }
+  std::byte* record = txRing_ + (pos & ringMask_);
+  auto* header = reinterpret_cast<FrameHeader*>(record + kRecordHeaderBytes);
+  std::memset(header, 0, kFrameHeaderBytes);
+  header->kind = static_cast<uint8_t>(FrameKind::kData);
+  capnp::word* first;
+  if (firstInRing) {
+    first = reinterpret_cast<capnp::word*>(record + fixed);
+    std::memset(first, 0, firstBytes);
+  } else {
+    first = reinterpret_cast<capnp::word*>(arenaFirst);
+  }
+  open_.msg = &msg;
+  open_.start = pos;
+  open_.reserved = need;
+  open_.ringEnd = fixed + (firstInRing ? static_cast<uint32_t>(firstBytes) : 0);
+  open_.arenaTailAtStart = arenaMark;
+  open_.allocatedBytes = firstBytes;
+  open_.count = 1;
+  open_.allocations[0] = {first, firstSegmentWords, 0};
+  msg.open(*this, *header, kj::ArrayPtr<capnp::word>(first, firstSegmentWords));
+  return Status::kOk;
+}
+
+Status RingConnection::startMessage(OutgoingMessage& msg, uint32_t firstSegmentWords,
+                                    Deadline deadline) {
+  Status result = tryStartMessage(msg, firstSegmentWords);
+  if (result != Status::kWouldBlock) return result;
+  Status w = waitForSpace(
+      [&] {
+        result = tryStartMessage(msg, firstSegmentWords);
+        return result != Status::kWouldBlock;
+      },
+      deadline);
+  return w == Status::kOk ? result : w;
+}
+
+kj::ArrayPtr<capnp::word> RingConnection::allocateMore(uint32_t minWords) {
+  if (open_.count == kMaxSegments)
+    throw InvalidArgument("message on " + endpoint() + " needs more than " +
+                          std::to_string(kMaxSegments) + " segments");
+  uint64_t remaining = maxMessage_ - open_.allocatedBytes;
+  uint64_t minBytes = uint64_t{minWords} * 8;
+  if (minBytes > remaining)
+    throw InvalidArgument("message exceeds the maximum message size " +
+                          std::to_string(maxMessage_) + " bytes of " + endpoint());
+  uint64_t want = std::min(std::max(minBytes, open_.allocatedBytes), remaining);
+  uint32_t tableAfter = (open_.count + 1) * sizeof(SegmentEntry);
+  capnp::word* seg = nullptr;
+  uint32_t location = 0;
+  // In the ring when it stays a small record and fits contiguously; else in the arena.
+  uint64_t ringWant = want;
+  uint64_t limit = files_.ringBytes / kRecordShare;
+  if (open_.ringEnd + minBytes + tableAfter <= limit) {
+    ringWant = std::min<uint64_t>(want, limit - open_.ringEnd - tableAfter);
+    if (extendRecord(static_cast<uint32_t>(open_.ringEnd + ringWant + tableAfter))) {
+      std::byte* p = txRing_ + (open_.start & ringMask_) + open_.ringEnd;
+      std::memset(p, 0, ringWant);
+      seg = reinterpret_cast<capnp::word*>(p);
+      location = (open_.ringEnd - kRecordHeaderBytes) / 8;
+      open_.ringEnd += static_cast<uint32_t>(ringWant);
+      want = ringWant;
+    }
+  }
+  if (!seg) {
+    if (!extendRecord(open_.ringEnd + tableAfter)) {
+      if (closed_.load()) throw Disconnected("connection lost: " + lastError());
+      throw Overloaded("no ring room on " + endpoint() + " for the segment table");
+    }
+    want = std::max(want, std::min(kMinArenaSegmentBytes, remaining));
+    std::byte* p = arenaAllocate(want, /*mayWait=*/true);
+    if (!p && want > minBytes) p = arenaAllocate(want = minBytes, true);
+    if (!p) throw Overloaded("arena of " + endpoint() + " cannot hold a segment of " +
+                             std::to_string(want) + " bytes");
+    seg = reinterpret_cast<capnp::word*>(p);
+    location = kArenaBit | static_cast<uint32_t>((p - txArena_) / 8);
+  }
+  open_.allocatedBytes += want;
+  open_.allocations[open_.count++] = {seg, static_cast<uint32_t>(want / 8), location};
+  return kj::ArrayPtr<capnp::word>(seg, want / 8);
+}
+
+void RingConnection::abandon() noexcept {
+  // Nothing was published for this record: forget the reservation and arena chunks.
+  arenaTail_ = open_.arenaTailAtStart;
+  open_.msg = nullptr;
+}
+
+Status RingConnection::send(OutgoingMessage& msg, bool flush) {
+  if (open_.msg != &msg)
+    throw InvalidArgument("send: message was not started on " + endpoint() + " or already sent");
+  if (closed_.load(std::memory_order_relaxed)) {
+    msg.markSent();
+    abandon();
+    return Status::kDisconnected;
+  }
+  auto segments = msg.getSegmentsForOutput();
+  size_t n = segments.size();
+  if (n > kMaxSegments)
+    throw InvalidArgument("message on " + endpoint() + " has more than " +
+                          std::to_string(kMaxSegments) + " segments");
+  std::byte* record = txRing_ + (open_.start & ringMask_);
+  const std::byte* frame = record + kRecordHeaderBytes;
+  std::array<SegmentEntry, kMaxSegments> table;
+  uint32_t inlineEnd = kRecordHeaderBytes + kFrameHeaderBytes;
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const capnp::word* begin = segments[i].begin();
+    uint32_t words = static_cast<uint32_t>(segments[i].size());
+    total += uint64_t{words} * 8;
+    auto* b = reinterpret_cast<const std::byte*>(begin);
+    if (b >= record && b < record + open_.reserved) {
+      table[i] = {words, static_cast<uint32_t>((b - frame) / 8)};
+      inlineEnd = std::max<uint32_t>(inlineEnd, static_cast<uint32_t>(b - record) + words * 8);
+    } else if (b >= txArena_ && b < txArena_ + arenaBytes_) {
+      table[i] = {words, kArenaBit | static_cast<uint32_t>((b - txArena_) / 8)};
+    } else {
+      // External data (Orphanage::referenceExternalData): the one copy into transport
+      // memory that a user buffer needs.
+      if (total > maxMessage_)
+        throw InvalidArgument("message exceeds the maximum message size " +
+                              std::to_string(maxMessage_) + " bytes of " + endpoint());
+      std::byte* p = arenaAllocate(uint64_t{words} * 8, /*mayWait=*/true);
+      if (!p) throw Overloaded("arena of " + endpoint() + " cannot hold external data");
+      std::memcpy(p, begin, uint64_t{words} * 8);
+      table[i] = {words, kArenaBit | static_cast<uint32_t>((p - txArena_) / 8)};
+    }
+  }
+  if (total > maxMessage_)
+    throw InvalidArgument("message exceeds the maximum message size " +
+                          std::to_string(maxMessage_) + " bytes of " + endpoint());
+  uint32_t recordBytes = inlineEnd + static_cast<uint32_t>(n * sizeof(SegmentEntry));
+  if (!extendRecord(recordBytes)) {
+    if (closed_.load()) throw Disconnected("connection lost: " + lastError());
+    throw Overloaded("no ring room on " + endpoint() + " for the segment table");
+  }
+  std::memcpy(record + inlineEnd, table.data(), n * sizeof(SegmentEntry));
+  auto& h = msg.header();
+  h.frameBytes = recordBytes - kRecordHeaderBytes;
+  h.segmentCount = static_cast<uint16_t>(n);
+  h.tableOffset = inlineEnd - kRecordHeaderBytes;
+  h.flags = 0;
+  h.reserved = 0;
+  std::memcpy(record + 8, &arenaTail_, sizeof arenaTail_);
+  // Publish: everything above becomes visible with the record word.
+  // pairs with the acquire load of the record word in tryReceive()
+  storeRelease(record, (uint64_t{recordTag(open_.start)} << 32) | recordBytes);
+  tail_ = open_.start + recordBytes;
+  arenaPublished_ = arenaTail_;
+  open_.msg = nullptr;
+  msg.markSent();
+  wakePending_ = true;
+  if (flush) wakeConsumer();
+  return Status::kOk;
+}
+
+Status RingConnection::flush() {
+  wakeConsumer();
+  return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kOk;
+}
+
+void RingConnection::wakeConsumer() noexcept {
+  if (!wakePending_) return;
+  wakePending_ = false;
+  if (!peerConsumerMaySleep_) return;
+  // pairs with the seq_cst store+fence of `sleeping` in the peer's waitFor(): either we
+  // see it asleep here, or its re-check sees our record.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  uint32_t s = files_.peer->consumer.sleeping.load(std::memory_order_relaxed);
+  if (s == kSleepFutex) {
+    files_.local->producer.dataSeq.fetch_add(1, std::memory_order_release);
+    os::futexWakeAll(files_.local->producer.dataSeq);
+  } else if (s == kSleepSocket) {
+    link_->wakePeer();
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// Consumer
+
+bool RingConnection::dataReady() const noexcept {
+  uint64_t w = loadAcquire(rxRing_ + (readPos_ & ringMask_));
+  return (w >> 32) == recordTag(readPos_);
+}
+
+Status RingConnection::tryReceive(IncomingMessage& out) {
+  if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
+  uint64_t seq = leaseTail_.load(std::memory_order_relaxed);
+  if (seq - leaseHead_.load(std::memory_order_acquire) > slotMask_) {
+    reclaim();
+    if (seq - leaseHead_.load(std::memory_order_acquire) > slotMask_) return Status::kWouldBlock;
+  }
+  for (;;) {
+    uint64_t pos = readPos_;
+    uint64_t offset = pos & ringMask_;
+    // pairs with storeRelease of the record word in the peer's send()/tryStartMessage()
+    uint64_t word = loadAcquire(rxRing_ + offset);
+    if ((word >> 32) != recordTag(pos))
+      return peerClosed() ? (fault("peer closed the connection"), Status::kDisconnected)
+                          : Status::kWouldBlock;
+    uint32_t len = static_cast<uint32_t>(word);
+    uint64_t toEnd = files_.ringBytes - offset;
+    if (len & kWrapBit) {
+      if ((len & ~kWrapBit) != toEnd) {
+        fault("bad wrap marker at ring position " + std::to_string(pos));
+        return Status::kDisconnected;
+      }
+      readPos_ = pos + toEnd;
+      continue;
+    }
+    if (len % 8 || len < kRecordHeaderBytes + kFrameHeaderBytes || len > toEnd) {
+      fault("bad record length " + std::to_string(len) + " at ring position " +
+            std::to_string(pos));
+      return Status::kDisconnected;
+    }
+    uint64_t arenaEnd = loadRelaxed(rxRing_ + offset + 8);
+    if (arenaEnd < lastArenaEnd_ || arenaEnd - lastArenaEnd_ > arenaBytes_) {
+      fault("bad arena position " + std::to_string(arenaEnd) + " in record at ring position " +
+            std::to_string(pos));
+      return Status::kDisconnected;
+    }
+    LeaseSlot& slot = slots_[seq & slotMask_];
+    std::string why = parseFrame(
+        std::span<const std::byte>(rxRing_ + offset + kRecordHeaderBytes,
+                                   len - kRecordHeaderBytes),
+        frameLimits_, slot.frame);
+    if (!why.empty()) {
+      fault("malformed frame at ring position " + std::to_string(pos) + ": " + why);
+      return Status::kDisconnected;
+    }
+    slot.recordEnd = pos + len;
+    slot.arenaEnd = arenaEnd;
+    lastArenaEnd_ = arenaEnd;
+    readPos_ = pos + len;
+    // pairs with the acquire load of leaseTail_ in reclaim()
+    leaseTail_.store(seq + 1, std::memory_order_release);
+    out = IncomingMessage(*this, static_cast<uint32_t>(seq & slotMask_));
+    return Status::kOk;
+  }
+}
+
+Status RingConnection::receive(IncomingMessage& out, Deadline deadline) {
+  Status s = tryReceive(out);
+  if (s != Status::kWouldBlock) return s;
+  Status result = Status::kWouldBlock;
+  Status w = waitFor(
+      [&] {
+        result = tryReceive(out);
+        return result != Status::kWouldBlock;
+      },
+      deadline, /*forData=*/true);
+  if (w == Status::kOk) return result;
+  return w;
+}
+
+void RingConnection::releaseLease(uint32_t slot) noexcept {
+  // pairs with the seq_cst exchange/load of reclaimLock_ in reclaim(): either the current
+  // reclaimer sees this flag on its re-check, or we take the lock and see it ourselves.
+  slots_[slot].released.store(1, std::memory_order_seq_cst);
+  reclaim();
+}
+
+void RingConnection::reclaim() noexcept {
+  for (;;) {
+    if (reclaimLock_.exchange(true, std::memory_order_seq_cst)) return;  // another thread is at it
+    uint64_t h = leaseHead_.load(std::memory_order_relaxed);
+    // pairs with the release store of leaseTail_ in tryReceive()
+    uint64_t t = leaseTail_.load(std::memory_order_acquire);
+    uint64_t ringHead = 0, arenaHead = 0;
+    bool advanced = false;
+    while (h != t && slots_[h & slotMask_].released.load(std::memory_order_acquire)) {
+      LeaseSlot& s = slots_[h & slotMask_];
+      ringHead = s.recordEnd;
+      arenaHead = s.arenaEnd;
+      s.released.store(0, std::memory_order_relaxed);
+      ++h;
+      advanced = true;
+    }
+    if (advanced) {
+      // pairs with the acquire load of leaseHead_ in tryReceive()
+      leaseHead_.store(h, std::memory_order_release);
+      ConsumerControl& me = files_.local->consumer;
+      // pairs with the acquire loads in the peer's ringRoom()/arenaRoom(): the peer may
+      // reuse the space only after our reads of it are done.
+      me.arenaHead.store(arenaHead, std::memory_order_release);
+      me.head.store(ringHead, std::memory_order_release);
+      wakeProducer();
+    }
+    reclaimLock_.store(false, std::memory_order_seq_cst);
+    if (h == leaseTail_.load(std::memory_order_acquire) ||
+        !slots_[h & slotMask_].released.load(std::memory_order_seq_cst))
+      return;
+  }
+}
+
+void RingConnection::wakeProducer() noexcept {
+  if (!peerProducerMaySleep_) return;
+  // pairs with the seq_cst store+fence of waitingForSpace in the peer's waitFor()
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (files_.peer->producer.waitingForSpace.load(std::memory_order_relaxed)) {
+    files_.local->consumer.spaceSeq.fetch_add(1, std::memory_order_release);
+    os::futexWakeAll(files_.local->consumer.spaceSeq);
+  }
+}
+
+}  // namespace zcrpc::ring

@@ -1,0 +1,160 @@
+// zcrpc — a Connection over two lock-free SPSC byte rings (one per direction).
+// Shared by the shm transport (memfds, unix socket) and loopback (private memory).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "transport/ring/layout.h"
+#include "zcrpc/transport.h"
+
+namespace zcrpc::ring {
+
+/// What differs between shm and loopback: liveness and socket wake-ups. Owns the memory.
+class Link {
+ public:
+  virtual ~Link() = default;
+  /// True once the peer is known to be gone. May make a system call: callers rate-limit.
+  virtual bool peerGone() noexcept = 0;
+  /// True when a consumer can sleep on the link itself (kBlocking over a socket).
+  virtual bool canSleepOnLink() const noexcept = 0;
+  /// Wakes a peer sleeping on the link.
+  virtual void wakePeer() noexcept = 0;
+  /// Sleeps until woken through the link, the peer hangs up, or `timeout` passes.
+  virtual void sleepOnLink(std::chrono::milliseconds timeout) noexcept = 0;
+  /// Tells the peer we are gone (the peer's peerGone() turns true). Idempotent.
+  virtual void shutdown() noexcept = 0;
+  virtual std::string describe() const = 0;
+};
+
+/// Our file (writable) and the peer's (read-only), with their validated sizes.
+struct RingFiles {
+  FileControl* local = nullptr;
+  const FileControl* peer = nullptr;
+  uint64_t ringBytes = 0;
+  uint64_t arenaBytes = 0;
+  uint64_t maxMessageBytes = 0;
+};
+
+/// Writes the header of a new transmit file, resets its control words and announces
+/// whether this side may sleep (so the peer knows whether to wake it). Call before sharing.
+void initFile(std::byte* base, uint64_t ringBytes, uint64_t arenaBytes, uint64_t maxMessageBytes,
+              uint64_t fileBytes, WaitMode waitMode);
+/// Validates a file header copied out of shared memory; empty or the reason.
+std::string checkFileHeader(const FileHeader& h, uint64_t fileBytes);
+/// Checks the connection options a side is configured with; throws InvalidArgument.
+void checkOptions(const ConnectionOptions& opts);
+
+class RingConnection final : public Connection, private SegmentSource, private LeaseOwner {
+ public:
+  RingConnection(RingFiles files, std::unique_ptr<Link> link, const ConnectionOptions& options);
+  ~RingConnection() override;
+
+  Status tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmentWords) override;
+  Status startMessage(OutgoingMessage& msg, uint32_t firstSegmentWords,
+                      Deadline deadline) override;
+  Status send(OutgoingMessage& msg, bool flush) override;
+  Status flush() override;
+  Status tryReceive(IncomingMessage& out) override;
+  Status receive(IncomingMessage& out, Deadline deadline) override;
+  void close() noexcept override;
+  std::string lastError() const override;
+  std::string endpoint() const override { return link_->describe(); }
+  uint64_t maxMessageBytes() const noexcept override { return maxMessage_; }
+
+ private:
+  // SegmentSource
+  kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) override;
+  void abandon() noexcept override;
+  // LeaseOwner
+  const ParsedFrame& leasedFrame(uint32_t slot) const noexcept override {
+    return slots_[slot].frame;
+  }
+  const ReaderLimits& readerLimits() const noexcept override { return options_.readerLimits; }
+  void releaseLease(uint32_t slot) noexcept override;
+
+  // producer side
+  bool ringRoom(uint64_t end);
+  std::byte* arenaAllocate(uint64_t bytes, bool mayWait);
+  bool arenaRoom(uint64_t end);
+  bool extendRecord(uint32_t newReserved);
+  void wakeConsumer() noexcept;
+  template <typename Ready>
+  Status waitForSpace(Ready ready, Deadline deadline);
+
+  // consumer side
+  bool dataReady() const noexcept;
+  void reclaim() noexcept;
+  void wakeProducer() noexcept;
+
+  // both
+  bool peerClosed() const noexcept;
+  bool checkPeerAlive() noexcept;  // rate-limited liveness; false = disconnected
+  void fault(std::string reason) noexcept;
+  template <typename Done>
+  Status waitFor(Done done, Deadline deadline, bool forData);
+
+  RingFiles files_;
+  std::unique_ptr<Link> link_;
+  ConnectionOptions options_;
+  uint64_t ringMask_;
+  uint64_t arenaBytes_;
+  uint64_t maxMessage_;
+  std::byte* txRing_;
+  std::byte* txArena_;
+  const std::byte* rxRing_;
+  const std::byte* rxArena_;
+  bool peerConsumerMaySleep_;
+  bool peerProducerMaySleep_;
+
+  std::atomic<bool> closed_{false};
+  mutable std::mutex errorMutex_;
+  std::string error_;
+  std::atomic<Clock::rep> nextLivenessCheck_{0};  // both threads; a hint, relaxed
+
+  // ---- producer state (sending thread) ----
+  uint64_t tail_ = 0;        // end of the last published record
+  uint64_t cachedHead_ = 0;  // consumer's released position, as last read
+  uint64_t arenaTail_ = 0;
+  uint64_t arenaPublished_ = 0;  // arena end of the last published record
+  uint64_t cachedArenaHead_ = 0;
+  uint64_t arenaCleanFrom_ = 0;  // first lap only: arena bytes from here on were never used
+  bool wakePending_ = false;
+  struct Allocation {
+    const capnp::word* begin;
+    uint32_t words;
+    uint32_t location;
+  };
+  struct OpenRecord {
+    OutgoingMessage* msg = nullptr;
+    uint64_t start = 0;        // absolute ring position of the record
+    uint32_t reserved = 0;     // bytes reserved from `start`
+    uint32_t ringEnd = 0;      // record offset after the last ring segment
+    uint64_t arenaTailAtStart = 0;
+    uint64_t allocatedBytes = 0;
+    uint32_t count = 0;
+    std::array<Allocation, kMaxSegments> allocations;
+  } open_;
+
+  // ---- consumer state (receiving thread; slots released from any thread) ----
+  struct alignas(kCacheLine) LeaseSlot {
+    ParsedFrame frame;
+    uint64_t recordEnd = 0;
+    uint64_t arenaEnd = 0;
+    std::atomic<uint32_t> released{0};
+  };
+  std::unique_ptr<LeaseSlot[]> slots_;
+  uint32_t slotMask_;
+  uint64_t readPos_ = 0;
+  uint64_t lastArenaEnd_ = 0;
+  std::atomic<uint64_t> leaseTail_{0};  // next slot to fill (receiving thread)
+  std::atomic<uint64_t> leaseHead_{0};  // oldest unreclaimed slot (under reclaimLock_)
+  std::atomic<bool> reclaimLock_{false};
+  FrameLimits frameLimits_;
+};
+
+}  // namespace zcrpc::ring

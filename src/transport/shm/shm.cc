@@ -1,0 +1,293 @@
+// shm:// — two processes, two memfds (each side writes only its own), one unix socket.
+//
+// Handshake over a SOCK_SEQPACKET socket in the abstract namespace:
+//   client -> Hello
+//   server    checks SO_PEERCRED against the policy (nothing shared before this)
+//   server -> Accept{sizes} + read-only fd of the server's transmit file | Refuse{reason}
+//   client    validates the memfd (sealed, size) and its header, creates its own file
+//   client -> Ready + read-only fd of the client's transmit file
+//   server    validates it the same way
+//   server -> Established | Refuse{reason}
+// The socket then stays open: its hang-up is how each side learns the other died, and
+// a consumer in kBlocking mode sleeps on it.
+#include "zcrpc/shm.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <deque>
+#include <mutex>
+
+#include "os/os.h"
+#include "transport/ring/ring_connection.h"
+
+namespace zcrpc {
+
+namespace {
+
+using ring::FileControl;
+
+constexpr uint64_t kHandshakeMagic = 0x6b68'7372'7063'7a01ull;
+constexpr uint32_t kHandshakeVersion = 1;
+enum class Step : uint32_t { kHello = 1, kAccept = 2, kRefuse = 3, kReady = 4, kEstablished = 5 };
+
+struct HandshakeMessage {
+  uint64_t magic = kHandshakeMagic;
+  uint32_t version = kHandshakeVersion;
+  Step step;
+  uint64_t ringBytes = 0;
+  uint64_t arenaBytes = 0;
+  uint64_t maxMessageBytes = 0;
+  uint64_t fileBytes = 0;
+  char reason[192] = {};
+};
+
+void sendStep(int fd, HandshakeMessage m, int passFd = -1) {
+  int fds[1] = {passFd};
+  os::sendWithFds(fd, std::as_bytes(std::span(&m, 1)),
+                  passFd >= 0 ? std::span<const int>(fds, 1) : std::span<const int>());
+}
+
+void sendRefusal(int fd, const std::string& why) noexcept {
+  try {
+    HandshakeMessage m;
+    m.step = Step::kRefuse;
+    std::strncpy(m.reason, why.c_str(), sizeof m.reason - 1);
+    sendStep(fd, m);
+  } catch (...) {
+  }
+}
+
+HandshakeMessage receiveStep(int fd, Step expected, os::Fd* passed,
+                             std::chrono::milliseconds timeout, const std::string& what) {
+  HandshakeMessage m;
+  os::Fd fds[2];
+  size_t fdCount = 0;
+  size_t n = os::receiveWithFds(fd, std::as_writable_bytes(std::span(&m, 1)), fds, fdCount,
+                                timeout);
+  if (n != sizeof m || m.magic != kHandshakeMagic)
+    throw Failed(what + ": peer is not speaking the zcrpc shm handshake");
+  if (m.version != kHandshakeVersion)
+    throw Failed(what + ": handshake version " + std::to_string(m.version) + ", expected " +
+                 std::to_string(kHandshakeVersion));
+  if (m.step == Step::kRefuse) {
+    m.reason[sizeof m.reason - 1] = 0;
+    throw Failed(what + ": refused by peer: " + m.reason);
+  }
+  if (m.step != expected)
+    throw Failed(what + ": unexpected handshake step " + std::to_string(uint32_t(m.step)));
+  if (passed) {
+    if (fdCount != 1) throw Failed(what + ": handshake carried no shared memory descriptor");
+    *passed = std::move(fds[0]);
+  }
+  return m;
+}
+
+/// Everything a live shm connection owns besides the ring state.
+class ShmLink final : public ring::Link {
+ public:
+  ShmLink(os::Fd socket, os::Fd localFile, os::Mapping local, os::Mapping peer, std::string what)
+      : socket_(std::move(socket)),
+        localFile_(std::move(localFile)),
+        local_(std::move(local)),
+        peer_(std::move(peer)),
+        what_(std::move(what)) {}
+
+  bool peerGone() noexcept override { return os::peerHungUp(socket_.get()); }
+  bool canSleepOnLink() const noexcept override { return true; }
+  void wakePeer() noexcept override {
+    char b = 'w';
+    (void)::send(socket_.get(), &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL);  // EAGAIN: a wake is pending
+  }
+  void sleepOnLink(std::chrono::milliseconds timeout) noexcept override {
+    short ev = os::pollOne(socket_.get(), POLLIN | POLLRDHUP, timeout);
+    if (ev & POLLIN) {
+      char buf[64];
+      for (int i = 0; i < 64; ++i)
+        if (::recv(socket_.get(), buf, sizeof buf, MSG_DONTWAIT) <= 0) break;
+    }
+  }
+  void shutdown() noexcept override { ::shutdown(socket_.get(), SHUT_RDWR); }
+  std::string describe() const override { return what_; }
+
+  FileControl* localControl() const { return reinterpret_cast<FileControl*>(local_.data()); }
+  const FileControl* peerControl() const {
+    return reinterpret_cast<const FileControl*>(peer_.data());
+  }
+
+ private:
+  os::Fd socket_;
+  os::Fd localFile_;
+  os::Mapping local_;
+  os::Mapping peer_;
+  std::string what_;
+};
+
+struct OwnFile {
+  os::Fd fd;
+  os::Mapping map;
+  os::Fd readOnly;
+};
+
+OwnFile createOwnFile(const std::string& what, uint64_t ringBytes, uint64_t arenaBytes,
+                      uint64_t maxMessageBytes, WaitMode waitMode) {
+  uint64_t fileBytes = ring::fileBytesFor(ringBytes, arenaBytes);
+  OwnFile f;
+  f.fd = os::createSealedMemfd("zcrpc " + what, fileBytes);
+  f.map = os::Mapping(f.fd.get(), fileBytes, /*writable=*/true, what);
+  ring::initFile(f.map.data(), ringBytes, arenaBytes, maxMessageBytes, fileBytes, waitMode);
+  f.readOnly = os::reopenReadOnly(f.fd.get());
+  os::sealFutureWrites(f.fd.get());  // nobody else gets a writable mapping from now on
+  return f;
+}
+
+/// Validates the peer's file: sealed memfd of the announced size, header matching.
+os::Mapping mapPeerFile(const os::Fd& fd, uint64_t fileBytes, const HandshakeMessage& announced,
+                        const std::string& what) {
+  std::string why = os::checkSealedMemfd(fd.get(), fileBytes);
+  if (!why.empty()) throw Failed(what + ": " + why);
+  os::Mapping map(fd.get(), fileBytes, /*writable=*/false, what);
+  ring::FileHeader h;
+  std::memcpy(&h, map.data(), sizeof h);  // copy once, validate the copy
+  why = ring::checkFileHeader(h, fileBytes);
+  if (!why.empty()) throw Failed(what + ": " + why);
+  if (h.ringBytes != announced.ringBytes || h.arenaBytes != announced.arenaBytes ||
+      h.maxMessageBytes != announced.maxMessageBytes)
+    throw Failed(what + ": shared memory header disagrees with the handshake");
+  return map;
+}
+
+ring::RingFiles filesOf(const ShmLink& link, const HandshakeMessage& m) {
+  ring::RingFiles files;
+  files.local = link.localControl();
+  files.peer = link.peerControl();
+  files.ringBytes = m.ringBytes;
+  files.arenaBytes = m.arenaBytes;
+  files.maxMessageBytes = m.maxMessageBytes;
+  return files;
+}
+
+class ShmListener final : public Listener {
+ public:
+  ShmListener(std::string name, const ShmListenOptions& options)
+      : name_(std::move(name)), options_(options) {
+    ring::checkOptions(options_.connection);
+    socket_ = os::listenAbstract(name_);
+  }
+
+  std::unique_ptr<Connection> accept(Deadline deadline) override {
+    for (;;) {
+      os::Fd client = os::acceptNonBlocking(socket_.get());
+      if (client) {
+        try {
+          return handshake(std::move(client));
+        } catch (const std::exception& e) {
+          remember(e.what());
+          continue;
+        }
+      }
+      auto now = Clock::now();
+      if (now >= deadline) return nullptr;
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+      os::pollOne(socket_.get(), POLLIN,
+                  std::min(wait + std::chrono::milliseconds(1), std::chrono::milliseconds(1000)));
+    }
+  }
+
+  int pollFd() const noexcept override { return socket_.get(); }
+  std::string endpoint() const override { return "shm://" + name_; }
+  std::vector<std::string> refusals() const override {
+    std::lock_guard lock(mutex_);
+    return {refusals_.begin(), refusals_.end()};
+  }
+
+ private:
+  void remember(std::string why) {
+    std::lock_guard lock(mutex_);
+    refusals_.push_back(std::move(why));
+    if (refusals_.size() > 64) refusals_.pop_front();
+  }
+
+  std::unique_ptr<Connection> handshake(os::Fd sock) {
+    const auto& co = options_.connection;
+    auto cred = os::peerCredentials(sock.get());
+    std::string what = endpoint() + " (server, peer pid " + std::to_string(cred.pid) + ")";
+    auto timeout = co.connectTimeout;
+    receiveStep(sock.get(), Step::kHello, nullptr, timeout, what);
+    if (!options_.policy.admits(cred.uid, cred.gid)) {
+      std::string why = "uid " + std::to_string(cred.uid) + " gid " + std::to_string(cred.gid) +
+                        " is not admitted by the credential policy of " + endpoint();
+      sendRefusal(sock.get(), why);
+      throw Failed("refused pid " + std::to_string(cred.pid) + ": " + why);
+    }
+    OwnFile own =
+        createOwnFile(what, co.ringBytes, co.arenaBytes, co.maxMessageBytes, co.waitMode);
+    HandshakeMessage accept;
+    accept.step = Step::kAccept;
+    accept.ringBytes = co.ringBytes;
+    accept.arenaBytes = co.arenaBytes;
+    accept.maxMessageBytes = co.maxMessageBytes;
+    accept.fileBytes = ring::fileBytesFor(co.ringBytes, co.arenaBytes);
+    sendStep(sock.get(), accept, own.readOnly.get());
+    own.readOnly.reset();
+    os::Fd peerFd;
+    receiveStep(sock.get(), Step::kReady, &peerFd, timeout, what);
+    os::Mapping peer;
+    try {
+      peer = mapPeerFile(peerFd, accept.fileBytes, accept, what);
+    } catch (const std::exception& e) {
+      sendRefusal(sock.get(), e.what());
+      throw;
+    }
+    HandshakeMessage done;
+    done.step = Step::kEstablished;
+    sendStep(sock.get(), done);
+    auto link = std::make_unique<ShmLink>(std::move(sock), std::move(own.fd), std::move(own.map),
+                                          std::move(peer), what);
+    auto files = filesOf(*link, accept);
+    return std::make_unique<ring::RingConnection>(files, std::move(link), co);
+  }
+
+  std::string name_;
+  ShmListenOptions options_;
+  os::Fd socket_;
+  mutable std::mutex mutex_;
+  std::deque<std::string> refusals_;
+};
+
+}  // namespace
+
+std::unique_ptr<Listener> listenShm(std::string_view name, const ShmListenOptions& options) {
+  return std::make_unique<ShmListener>(std::string(name), options);
+}
+
+std::unique_ptr<Connection> connectShm(std::string_view name, const ConnectionOptions& options) {
+  std::string what = "shm://" + std::string(name);
+  ring::checkOptions(options);
+  auto timeout = options.connectTimeout;
+  os::Fd sock = os::connectAbstract(name, timeout);
+  HandshakeMessage hello;
+  hello.step = Step::kHello;
+  sendStep(sock.get(), hello);
+  os::Fd serverFd;
+  HandshakeMessage accept = receiveStep(sock.get(), Step::kAccept, &serverFd, timeout, what);
+  if (accept.fileBytes != ring::fileBytesFor(accept.ringBytes, accept.arenaBytes))
+    throw Failed(what + ": handshake sizes are inconsistent");
+  os::Mapping peer = mapPeerFile(serverFd, accept.fileBytes, accept, what);
+  serverFd.reset();
+  OwnFile own = createOwnFile(what, accept.ringBytes, accept.arenaBytes,
+                              accept.maxMessageBytes, options.waitMode);
+  HandshakeMessage ready;
+  ready.step = Step::kReady;
+  sendStep(sock.get(), ready, own.readOnly.get());
+  own.readOnly.reset();
+  receiveStep(sock.get(), Step::kEstablished, nullptr, timeout, what);
+  auto link = std::make_unique<ShmLink>(std::move(sock), std::move(own.fd), std::move(own.map),
+                                        std::move(peer), what);
+  auto files = filesOf(*link, accept);
+  return std::make_unique<ring::RingConnection>(files, std::move(link), options);
+}
+
+}  // namespace zcrpc
