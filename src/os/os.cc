@@ -29,24 +29,38 @@ void Fd::reset() noexcept {
   }
 }
 
-Mapping::Mapping(int fd, size_t size, bool writable, std::string_view what) : size_(size) {
+Mapping::Mapping(int fd, size_t size, bool writable, std::string_view what, size_t guardBytes)
+    : size_(size), reserved_(size + guardBytes) {
   int prot = PROT_READ | (writable ? PROT_WRITE : 0);
-  void* p = ::mmap(nullptr, size, prot, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) throw Failed(errnoText(std::string("mmap ") + std::string(what), errno));
+  void* where = nullptr;
+  int flags = MAP_SHARED;
+  if (guardBytes) {
+    where = ::mmap(nullptr, reserved_, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (where == MAP_FAILED) throw Failed(errnoText("reserve mapping for " + std::string(what), errno));
+    flags |= MAP_FIXED;
+  }
+  void* p = ::mmap(where, size, prot, flags, fd, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    if (where) ::munmap(where, reserved_);
+    throw Failed(errnoText("mmap " + std::string(what), err));
+  }
   base_ = static_cast<std::byte*>(p);
 }
 
 Mapping& Mapping::operator=(Mapping&& o) noexcept {
   if (this != &o) {
-    if (base_) ::munmap(base_, size_);
+    if (base_) ::munmap(base_, reserved_);
     base_ = std::exchange(o.base_, nullptr);
     size_ = std::exchange(o.size_, 0);
+    reserved_ = std::exchange(o.reserved_, 0);
   }
   return *this;
 }
 
 Mapping::~Mapping() {
-  if (base_) ::munmap(base_, size_);
+  if (base_) ::munmap(base_, reserved_);
 }
 
 Fd createSealedMemfd(std::string_view name, size_t size) {

@@ -59,9 +59,14 @@ class Fd final {
 class Mapping final {
  public:
   Mapping() = default;
-  Mapping(int fd, size_t size, bool writable, std::string_view what);
+  /// Maps `size` bytes of `fd`. With `guardBytes`, that many bytes of read-only zero
+  /// pages follow the mapping, so a reader that overruns the end by less than that reads
+  /// zeros instead of faulting.
+  Mapping(int fd, size_t size, bool writable, std::string_view what, size_t guardBytes = 0);
   Mapping(Mapping&& o) noexcept
-      : base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+      : base_(std::exchange(o.base_, nullptr)),
+        size_(std::exchange(o.size_, 0)),
+        reserved_(std::exchange(o.reserved_, 0)) {}
   Mapping& operator=(Mapping&& o) noexcept;
   ~Mapping();
   std::byte* data() const noexcept { return base_; }
@@ -70,6 +75,7 @@ class Mapping final {
  private:
   std::byte* base_ = nullptr;
   size_t size_ = 0;
+  size_t reserved_ = 0;  // size plus guard
 };
 
 /// Anonymous memory file of `size` bytes, sealed against shrinking and growing so a peer

@@ -31,6 +31,7 @@ using ring::FileControl;
 
 constexpr uint64_t kHandshakeMagic = 0x6b68'7372'7063'7a01ull;
 constexpr uint32_t kHandshakeVersion = 1;
+constexpr size_t kReaderOverrunGuard = size_t{2} * 65536 * 8 + 4096;
 enum class Step : uint32_t { kHello = 1, kAccept = 2, kRefuse = 3, kReady = 4, kEstablished = 5 };
 
 struct HandshakeMessage {
@@ -148,7 +149,9 @@ os::Mapping mapPeerFile(const os::Fd& fd, uint64_t fileBytes, const HandshakeMes
                         const std::string& what) {
   std::string why = os::checkSealedMemfd(fd.get(), fileBytes);
   if (!why.empty()) throw Failed(what + ": " + why);
-  os::Mapping map(fd.get(), fileBytes, /*writable=*/false, what);
+  // The guard covers the largest overrun a Cap'n Proto reader could make if the peer
+  // changed a struct's size between its bounds check and its use (two 16-bit word counts).
+  os::Mapping map(fd.get(), fileBytes, /*writable=*/false, what, kReaderOverrunGuard);
   ring::FileHeader h;
   std::memcpy(&h, map.data(), sizeof h);  // copy once, validate the copy
   why = ring::checkFileHeader(h, fileBytes);
