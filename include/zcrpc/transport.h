@@ -82,6 +82,18 @@ class Connection {
   /// As tryReceive, waiting by the connection's wait mode until `deadline` (kTimedOut).
   virtual Status receive(IncomingMessage& out, Deadline deadline) = 0;
 
+  /// Event-loop integration, for a thread that serves many connections: the descriptor
+  /// that becomes readable when, after armWait() returned true, a message arrives or the
+  /// peer goes away. Receiving thread only.
+  virtual int waitFd() const noexcept = 0;
+  /// Asks the peer to signal waitFd() on its next message; false when a message (or a
+  /// disconnect) is already there, and then no sleep is needed.
+  virtual bool armWait() noexcept = 0;
+  /// Ends an armed wait (whether or not it slept) and clears pending signals.
+  virtual void disarmWait() noexcept = 0;
+  /// Checks now whether the peer is still there (a system call); kDisconnected if not.
+  virtual Status checkPeer() noexcept = 0;
+
   /// Closes both directions; the peer sees kDisconnected. Idempotent.
   virtual void close() noexcept = 0;
   /// Why the connection closed (empty while it is open, or after a clean close).

@@ -1,7 +1,12 @@
 // loopback — both ends in one process, over the same rings as shm, in private memory.
 #include "zcrpc/loopback.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <unistd.h>
+
+#include <utility>
 
 #include "os/os.h"
 #include "transport/ring/ring_connection.h"
@@ -10,29 +15,38 @@ namespace zcrpc {
 
 namespace {
 
-/// The two transmit files, shared by both ends; unmapped when the second end goes.
+/// The two transmit files and the two wake-up eventfds, shared by both ends; released
+/// when the second end goes.
 class Region final {
  public:
   explicit Region(uint64_t fileBytes) : fileBytes_(fileBytes) {
-    for (auto& f : files_) {
+    for (int i = 0; i < 2; ++i) {
       void* p = ::mmap(nullptr, fileBytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (p == MAP_FAILED) {
-        this->~Region();
+        release();
         throw Failed(os::errnoText("mmap loopback rings", errno));
       }
-      f = static_cast<std::byte*>(p);
+      files_[i] = static_cast<std::byte*>(p);
+      wake_[i] = os::Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      if (!wake_[i]) {
+        release();
+        throw Failed(os::errnoText("eventfd for loopback", errno));
+      }
     }
   }
-  ~Region() {
-    for (auto* f : files_)
-      if (f) ::munmap(f, fileBytes_);
-  }
+  ~Region() { release(); }
   std::byte* file(int i) const { return files_[i]; }
+  int wakeFd(int i) const { return wake_[i].get(); }
 
  private:
+  void release() noexcept {
+    for (auto*& f : files_)
+      if (f) ::munmap(std::exchange(f, nullptr), fileBytes_);
+  }
   uint64_t fileBytes_;
   std::byte* files_[2] = {nullptr, nullptr};
+  os::Fd wake_[2];
 };
 
 class LoopbackLink final : public ring::Link {
@@ -41,10 +55,19 @@ class LoopbackLink final : public ring::Link {
       : region_(std::move(region)), side_(side) {}
   // The peer's `closed` flag (checked by the ring itself) is the only liveness signal.
   bool peerGone() noexcept override { return false; }
-  bool canSleepOnLink() const noexcept override { return false; }
-  void wakePeer() noexcept override {}
-  void sleepOnLink(std::chrono::milliseconds) noexcept override {}
-  void shutdown() noexcept override {}
+  void wakePeer() noexcept override {
+    uint64_t one = 1;
+    (void)!::write(region_->wakeFd(1 - side_), &one, sizeof one);
+  }
+  void sleepOnLink(std::chrono::milliseconds timeout) noexcept override {
+    if (os::pollOne(waitFd(), POLLIN, timeout) & POLLIN) drainWakeups();
+  }
+  int waitFd() const noexcept override { return region_->wakeFd(side_); }
+  void drainWakeups() noexcept override {
+    uint64_t count;
+    (void)!::read(waitFd(), &count, sizeof count);
+  }
+  void shutdown() noexcept override { wakePeer(); }
   std::string describe() const override {
     return side_ == 0 ? "loopback (end A)" : "loopback (end B)";
   }

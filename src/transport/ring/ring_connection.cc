@@ -155,6 +155,28 @@ void RingConnection::close() noexcept {
   link_->shutdown();
 }
 
+bool RingConnection::armWait() noexcept {
+  if (closed_.load(std::memory_order_relaxed)) return false;
+  // pairs with the seq_cst fence in the peer's wakeConsumer(), as in waitFor()
+  files_.local->consumer.sleeping.store(kSleepSocket, std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (dataReady() || peerClosed()) {
+    disarmWait();
+    return false;
+  }
+  return true;
+}
+
+void RingConnection::disarmWait() noexcept {
+  files_.local->consumer.sleeping.store(kAwake, std::memory_order_relaxed);
+  link_->drainWakeups();
+}
+
+Status RingConnection::checkPeer() noexcept {
+  nextLivenessCheck_.store(0, std::memory_order_relaxed);
+  return checkPeerAlive() ? Status::kOk : Status::kDisconnected;
+}
+
 std::string RingConnection::lastError() const {
   std::lock_guard lock(errorMutex_);
   return error_;
@@ -189,7 +211,7 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
     if (now >= deadline) return Status::kTimedOut;
     auto slice = std::min<Clock::duration>(kSleepSlice, deadline - now);
     if (forData) {
-      bool onLink = options_.waitMode == WaitMode::kBlocking && link_->canSleepOnLink();
+      bool onLink = options_.waitMode == WaitMode::kBlocking;
       const auto& seqWord = files_.peer->producer.dataSeq;
       uint32_t seq = seqWord.load(std::memory_order_acquire);
       // pairs with the seq_cst fence in the peer's wakeConsumer(): either it sees us

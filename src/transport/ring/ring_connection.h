@@ -20,12 +20,14 @@ class Link {
   virtual ~Link() = default;
   /// True once the peer is known to be gone. May make a system call: callers rate-limit.
   virtual bool peerGone() noexcept = 0;
-  /// True when a consumer can sleep on the link itself (kBlocking over a socket).
-  virtual bool canSleepOnLink() const noexcept = 0;
   /// Wakes a peer sleeping on the link.
   virtual void wakePeer() noexcept = 0;
   /// Sleeps until woken through the link, the peer hangs up, or `timeout` passes.
   virtual void sleepOnLink(std::chrono::milliseconds timeout) noexcept = 0;
+  /// Descriptor that sleepOnLink() waits on (readable on a wake-up or hang-up).
+  virtual int waitFd() const noexcept = 0;
+  /// Discards pending wake-ups.
+  virtual void drainWakeups() noexcept = 0;
   /// Tells the peer we are gone (the peer's peerGone() turns true). Idempotent.
   virtual void shutdown() noexcept = 0;
   virtual std::string describe() const = 0;
@@ -61,6 +63,10 @@ class RingConnection final : public Connection, private SegmentSource, private L
   Status flush() override;
   Status tryReceive(IncomingMessage& out) override;
   Status receive(IncomingMessage& out, Deadline deadline) override;
+  int waitFd() const noexcept override { return link_->waitFd(); }
+  bool armWait() noexcept override;
+  void disarmWait() noexcept override;
+  Status checkPeer() noexcept override;
   void close() noexcept override;
   std::string lastError() const override;
   std::string endpoint() const override { return link_->describe(); }

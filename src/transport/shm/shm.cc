@@ -97,18 +97,18 @@ class ShmLink final : public ring::Link {
         what_(std::move(what)) {}
 
   bool peerGone() noexcept override { return os::peerHungUp(socket_.get()); }
-  bool canSleepOnLink() const noexcept override { return true; }
   void wakePeer() noexcept override {
     char b = 'w';
     (void)::send(socket_.get(), &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL);  // EAGAIN: a wake is pending
   }
   void sleepOnLink(std::chrono::milliseconds timeout) noexcept override {
-    short ev = os::pollOne(socket_.get(), POLLIN | POLLRDHUP, timeout);
-    if (ev & POLLIN) {
-      char buf[64];
-      for (int i = 0; i < 64; ++i)
-        if (::recv(socket_.get(), buf, sizeof buf, MSG_DONTWAIT) <= 0) break;
-    }
+    if (os::pollOne(socket_.get(), POLLIN | POLLRDHUP, timeout) & POLLIN) drainWakeups();
+  }
+  int waitFd() const noexcept override { return socket_.get(); }
+  void drainWakeups() noexcept override {
+    char buf[64];
+    for (int i = 0; i < 64; ++i)  // bounded: a peer flooding us only costs it wake-ups
+      if (::recv(socket_.get(), buf, sizeof buf, MSG_DONTWAIT) <= 0) break;
   }
   void shutdown() noexcept override { ::shutdown(socket_.get(), SHUT_RDWR); }
   std::string describe() const override { return what_; }

@@ -1,0 +1,358 @@
+// zcrpc — the RPC core: client Channel, Server, and the pieces generated stubs use.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "zcrpc/transport.h"
+
+namespace zcrpc {
+
+/// An error raised by a service handler for its caller: a message and an application
+/// code. The caller receives it as `zcrpc::Error` with kind kApplication and `code()`.
+class ApplicationError final : public Error {
+ public:
+  ApplicationError(int32_t code, std::string message)
+      : Error(ErrorKind::kApplication, std::move(message)), code_(code) {}
+  int32_t code() const noexcept { return code_; }
+
+ private:
+  int32_t code_;
+};
+
+/// Client-side settings of one Channel.
+struct ChannelOptions {
+  /// Deadline of a call that sets none.
+  std::chrono::nanoseconds defaultTimeout = std::chrono::seconds(10);
+  /// Calls outstanding at once (power of two). More gives Overloaded.
+  uint32_t window = 64;
+};
+
+class Channel;
+
+/// What a finished call produced: the response read in place (a lease), or an error.
+/// Move-only. Threads: one at a time.
+class CallResult final {
+ public:
+  CallResult() = default;
+  explicit CallResult(IncomingMessage response) : response_(std::move(response)) {}
+  CallResult(ErrorKind kind, int32_t code, std::string message)
+      : kind_(kind), code_(code), message_(std::move(message)) {}
+
+  bool ok() const noexcept { return response_.valid(); }
+  ErrorKind errorKind() const noexcept { return kind_; }
+  int32_t errorCode() const noexcept { return code_; }
+  const std::string& errorMessage() const noexcept { return message_; }
+  /// Throws the typed error (ApplicationError for kApplication) unless ok().
+  void throwIfError() const;
+  /// The response lease; throws the error if the call failed.
+  IncomingMessage& response();
+  template <typename Results>
+  typename Results::Reader results() {
+    return response().getRoot<Results>();
+  }
+
+ private:
+  IncomingMessage response_;
+  ErrorKind kind_ = ErrorKind::kFailed;
+  int32_t code_ = 0;
+  std::string message_;
+};
+
+/// Called once when an asynchronous call finishes, on the thread polling the Channel.
+using CallCallback = std::function<void(CallResult&&)>;
+
+/// Handle of an asynchronous call. Cheap to copy; valid while its Channel lives.
+/// Threads: the Channel's thread.
+class PendingCall final {
+ public:
+  PendingCall() = default;
+  PendingCall(Channel& channel, uint64_t callId) : channel_(&channel), callId_(callId) {}
+  uint64_t callId() const noexcept { return callId_; }
+  /// True once the call has finished (its callback ran, or its result waits in wait()).
+  bool done() const;
+  /// Polls the channel until the call finishes; returns its result (calls started with
+  /// a callback hand their result to the callback instead: then this returns an empty,
+  /// failed CallResult with kind kFailed).
+  CallResult wait();
+  /// Cancels the call: its result becomes kCancelled and the server is told, so a
+  /// handler still working on it sees `isCancelled()`.
+  void cancel();
+
+ private:
+  Channel* channel_ = nullptr;
+  uint64_t callId_ = 0;
+};
+
+/// A request being built in place in transport memory. Made by a generated client stub
+/// (or `Channel::newRequest`), filled through `message()` / the typed `params()`, then
+/// sent once by `call`, `callAsync` or `sendOneWay`. Not movable (the message lives in
+/// place); threads: the Channel's thread.
+class RawRequest final {
+ public:
+  RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords);
+  ~RawRequest() noexcept(false) = default;
+
+  OutgoingMessage& message() noexcept { return message_; }
+  void setDeadline(Deadline deadline) noexcept { deadline_ = deadline; }
+  void setTimeout(std::chrono::nanoseconds timeout) { deadline_ = deadlineAfter(timeout); }
+  Deadline deadline() const noexcept { return deadline_; }
+
+  /// Sends and waits: the response lease, or throws the typed error.
+  IncomingMessage call();
+  /// Sends and returns at once; the result goes to `callback` (if given) or waits in
+  /// the PendingCall. Throws Overloaded when the window is full.
+  PendingCall callAsync(CallCallback callback = {});
+  /// Sends a request that gets no response.
+  void sendOneWay();
+
+ private:
+  Channel& channel_;
+  Deadline deadline_;
+  OutgoingMessage message_;
+};
+
+/// Typed request, as generated stubs return it.
+template <typename Params, typename Results>
+class Request final {
+ public:
+  Request(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords)
+      : raw_(channel, interfaceId, methodId, sizeHintWords) {}
+
+  typename Params::Builder params() { return raw_.message().getRoot<Params>(); }
+  RawRequest& raw() noexcept { return raw_; }
+  void setDeadline(Deadline d) noexcept { raw_.setDeadline(d); }
+  void setTimeout(std::chrono::nanoseconds t) { raw_.setTimeout(t); }
+
+  /// The results, read in place; valid while the returned Response lives.
+  class Response final {
+   public:
+    explicit Response(IncomingMessage m) : message_(std::move(m)) {}
+    typename Results::Reader results() { return message_.getRoot<Results>(); }
+    IncomingMessage& message() noexcept { return message_; }
+
+   private:
+    IncomingMessage message_;
+  };
+
+  Response call() { return Response(raw_.call()); }
+  PendingCall callAsync(CallCallback callback = {}) { return raw_.callAsync(std::move(callback)); }
+  void sendOneWay() { raw_.sendOneWay(); }
+
+ private:
+  RawRequest raw_;
+};
+
+/// Client end of one connection: call ids, the window of outstanding calls, deadlines
+/// and cancellation. Cheap; one per thread (see ChannelPool for sharing a service
+/// between threads). Threads: one at a time, and callbacks run on it.
+class Channel final {
+ public:
+  explicit Channel(std::unique_ptr<Connection> connection, ChannelOptions options = {});
+  ~Channel();
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  RawRequest newRequest(uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords = 0) {
+    return RawRequest(*this, interfaceId, methodId, sizeHintWords);
+  }
+
+  /// Delivers responses that have arrived and expires overdue calls, without waiting.
+  /// Returns how many calls finished.
+  size_t poll();
+  /// As poll(), waiting up to `deadline` for at least one call to finish.
+  size_t pollUntil(Deadline deadline);
+  size_t outstanding() const noexcept { return outstanding_; }
+  bool connected() const noexcept { return !disconnected_; }
+  Connection& connection() noexcept { return *connection_; }
+  const ChannelOptions& options() const noexcept { return options_; }
+
+ private:
+  friend class RawRequest;
+  friend class PendingCall;
+
+  enum class SlotState : uint8_t { kFree, kPending, kDone };
+  struct Slot {
+    uint64_t callId = 0;
+    SlotState state = SlotState::kFree;
+    Deadline deadline{};
+    CallCallback callback;
+    CallResult result;
+  };
+
+  void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
+  uint64_t send(OutgoingMessage& msg, FrameKind kind, Deadline deadline, CallCallback callback);
+  void finish(Slot& slot, CallResult&& result);
+  bool handle(IncomingMessage& msg);  // true if it finished a call
+  size_t expire(Clock::time_point now);
+  void failAll(ErrorKind kind, const std::string& why);
+  void sendCancel(uint64_t callId);
+  Slot* slotFor(uint64_t callId) noexcept;
+  CallResult takeResult(uint64_t callId);
+  IncomingMessage waitFor(uint64_t callId);
+
+  std::unique_ptr<Connection> connection_;
+  ChannelOptions options_;
+  std::unique_ptr<Slot[]> slots_;
+  uint64_t mask_;
+  uint64_t nextCallId_ = 1;
+  size_t outstanding_ = 0;
+  Deadline nearestDeadline_ = kNoDeadline;
+  bool disconnected_ = false;
+  std::string disconnectReason_;
+};
+
+/// Hands each thread its own Channel to one endpoint, created on first use by `connect`.
+/// Threads: any; `channel()` returns the calling thread's Channel, which only that thread
+/// may use. Channels close when the pool is destroyed (threads must be done with them).
+class ChannelPool final {
+ public:
+  using Connector = std::function<std::unique_ptr<Connection>()>;
+  explicit ChannelPool(Connector connect, ChannelOptions options = {});
+  ~ChannelPool();
+  Channel& channel();
+  /// Drops the calling thread's channel (e.g. after Disconnected), so the next
+  /// `channel()` reconnects.
+  void resetThisThread();
+
+ private:
+  Connector connect_;
+  ChannelOptions options_;
+  std::mutex mutex_;
+  std::unordered_map<std::thread::id, std::unique_ptr<Channel>> channels_;
+  uint64_t generation_;
+};
+
+// ------------------------------------------------------------------------------------
+// Server side
+
+class ServerConnection;
+struct DeferredState;
+
+/// One call as its handler sees it: the request read in place, the response built in
+/// place (started on first use of `response()`), cancellation, deferral.
+/// Threads: the polling thread that dispatched it, for the duration of the handler.
+class CallContext final {
+ public:
+  CallContext(ServerConnection& connection, IncomingMessage& request) noexcept
+      : connection_(connection), request_(request) {}
+  ~CallContext() noexcept(false) = default;
+
+  uint64_t callId() const noexcept { return request_.header().callId; }
+  uint64_t interfaceId() const noexcept { return request_.header().interfaceId; }
+  uint16_t methodId() const noexcept { return request_.header().methodId; }
+  bool isOneWay() const noexcept;
+  IncomingMessage& request() noexcept { return request_; }
+  /// The response message in transport memory, reserved on first use.
+  OutgoingMessage& response(uint32_t sizeHintWords = 0);
+  /// True when the client cancelled this call (or gave up on it) before it completed.
+  bool isCancelled() const noexcept;
+
+  /// Completes the call later, from any thread: see DeferredReply. The request lease
+  /// moves into it. After this the handler must return without touching response().
+  class DeferredReply defer();
+
+ private:
+  friend class ServerConnection;
+  ServerConnection& connection_;
+  IncomingMessage& request_;
+  std::optional<OutgoingMessage> response_;
+  std::shared_ptr<DeferredState> deferred_;
+};
+
+/// A call whose handler returned without answering. Move-only; any thread.
+/// Exactly one of complete() / fail() should be called; dropping it unanswered fails
+/// the call with kFailed so no caller waits forever.
+class DeferredReply final {
+ public:
+  DeferredReply() = default;
+  explicit DeferredReply(std::shared_ptr<DeferredState> state) : state_(std::move(state)) {}
+  DeferredReply(DeferredReply&&) noexcept = default;
+  DeferredReply& operator=(DeferredReply&&) noexcept;
+  ~DeferredReply();
+
+  /// The request, still in place in transport memory.
+  IncomingMessage& request();
+  bool isCancelled() const noexcept;
+  /// Posts the answer: `fill` runs later on the connection's polling thread and writes
+  /// the results into the response built in place.
+  void complete(std::function<void(OutgoingMessage&)> fill);
+  /// Posts an error answer.
+  void fail(ErrorKind kind, std::string message, int32_t code = 0);
+
+ private:
+  std::shared_ptr<DeferredState> state_;
+};
+
+/// Typed view of a call for generated service classes.
+template <typename Params, typename Results>
+class ServerCall final {
+ public:
+  explicit ServerCall(CallContext& context) noexcept : context_(context) {}
+  typename Params::Reader params() { return context_.request().getRoot<Params>(); }
+  typename Results::Builder results(uint32_t sizeHintWords = 0) {
+    return context_.response(sizeHintWords).template getRoot<Results>();
+  }
+  CallContext& context() noexcept { return context_; }
+  bool isCancelled() const noexcept { return context_.isCancelled(); }
+  DeferredReply defer() { return context_.defer(); }
+
+ private:
+  CallContext& context_;
+};
+
+/// A service object: generated `FooService` classes implement this.
+class Service {
+ public:
+  virtual ~Service() = default;
+  /// Interface ids this object answers: its own and those it extends.
+  virtual std::span<const uint64_t> interfaceIds() const noexcept = 0;
+  /// Runs the handler of (interfaceId, methodId). Returns false when the method is
+  /// unknown (the caller gets Unimplemented).
+  virtual bool dispatch(uint64_t interfaceId, uint16_t methodId, CallContext& context) = 0;
+};
+
+struct ServerOptions {
+  size_t workerThreads = 1;  ///< threads polling connections
+  /// Calls a connection may have deferred at once; more are refused with Overloaded.
+  size_t maxDeferredPerConnection = 1024;
+  /// Received messages handled per connection before moving to the next.
+  size_t batch = 32;
+};
+
+/// Dispatches calls from any number of connections to registered services.
+/// Threads: set up (addService, addListener) before start(); shutdown() from any thread.
+class Server final {
+ public:
+  explicit Server(ServerOptions options = {});
+  ~Server();
+
+  /// Registers `service` for every interface id it reports. The service must outlive the
+  /// server (or be shut down first). Throws InvalidArgument on a duplicate interface.
+  void addService(Service& service);
+  void addListener(std::unique_ptr<Listener> listener);
+  /// Serves an already-connected Connection (e.g. one end of a loopback pair).
+  void addConnection(std::unique_ptr<Connection> connection);
+  /// Starts the accept thread and the worker threads.
+  void start();
+  /// Stops accepting, answers or fails every call in flight (deferred calls get until
+  /// `deadline`), then closes all connections. Idempotent.
+  void shutdown(Deadline deadline = deadlineAfter(std::chrono::seconds(5)));
+
+  size_t connectionCount() const;
+  std::vector<std::string> endpoints() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace zcrpc
