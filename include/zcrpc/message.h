@@ -44,6 +44,9 @@ class OutgoingMessage final : public capnp::MessageBuilder {
 
   kj::ArrayPtr<capnp::word> allocateSegment(capnp::uint minimumSize) override;
 
+  /// The segments to send; a message nobody wrote to becomes one with a null root.
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend();
+
   // For transports.
   void open(SegmentSource& source, FrameHeader& header, kj::ArrayPtr<capnp::word> first) noexcept;
   void markSent() noexcept { source_ = nullptr; }

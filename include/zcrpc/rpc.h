@@ -326,6 +326,9 @@ struct ServerOptions {
   size_t maxDeferredPerConnection = 1024;
   /// Received messages handled per connection before moving to the next.
   size_t batch = 32;
+  /// How an idle worker waits: busy-poll, spin for `spinTime` then sleep, or sleep.
+  WaitMode idleMode = WaitMode::kSpinThenSleep;
+  std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);
 };
 
 /// Dispatches calls from any number of connections to registered services.

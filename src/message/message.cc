@@ -30,6 +30,11 @@ kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSi
   return source_->allocateMore(minimumSize);
 }
 
+kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> OutgoingMessage::segmentsForSend() {
+  if (!firstTaken_) getRoot<capnp::AnyPointer>();  // allocates the root pointer's segment
+  return getSegmentsForOutput();
+}
+
 IncomingMessage::IncomingMessage(IncomingMessage&& other) noexcept
     : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_) {
   other.reader_.reset();

@@ -206,6 +206,7 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
   // Sleep phase: announce, re-check, sleep on the futex word the other side bumps.
   ConsumerControl& me = files_.local->consumer;
   ProducerControl& meP = files_.local->producer;
+  bool ready = false;
   for (;;) {
     auto now = Clock::now();
     if (now >= deadline) return Status::kTimedOut;
@@ -218,7 +219,8 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
       // asleep, or our re-check below sees its record.
       me.sleeping.store(onLink ? kSleepSocket : kSleepFutex, std::memory_order_seq_cst);
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (!done() && !peerClosed()) {
+      ready = done();  // `done` may consume a message: call it once per check
+      if (!ready && !peerClosed()) {
         if (onLink)  // a hang-up wakes this sleep, so it can be long
           link_->sleepOnLink(std::chrono::duration_cast<std::chrono::milliseconds>(
               std::min<Clock::duration>(std::chrono::milliseconds(500), deadline - now) +
@@ -233,10 +235,11 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
       // pairs with the seq_cst fence in the peer's wakeProducer()
       meP.waitingForSpace.store(1, std::memory_order_seq_cst);
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (!done() && !peerClosed()) os::futexWait(seqWord, seq, slice);
+      ready = done();
+      if (!ready && !peerClosed()) os::futexWait(seqWord, seq, slice);
       meP.waitingForSpace.store(0, std::memory_order_relaxed);
     }
-    if (done()) return Status::kOk;
+    if (ready || done()) return Status::kOk;
     nextLivenessCheck_.store(0, std::memory_order_relaxed);  // after a sleep, look at the socket
     if (!checkPeerAlive()) return done() ? Status::kOk : Status::kDisconnected;
   }
@@ -441,7 +444,7 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
     abandon();
     return Status::kDisconnected;
   }
-  auto segments = msg.getSegmentsForOutput();
+  auto segments = msg.segmentsForSend();
   size_t n = segments.size();
   if (n > kMaxSegments)
     throw InvalidArgument("message on " + endpoint() + " has more than " +

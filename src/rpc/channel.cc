@@ -1,0 +1,335 @@
+// Client side of the RPC core: Channel, RawRequest, PendingCall, ChannelPool.
+#include <algorithm>
+
+#include "rpc/frames.h"
+#include "zcrpc/rpc.h"
+
+namespace zcrpc {
+
+namespace {
+constexpr uint32_t kDefaultRequestWords = 64;
+}
+
+// ------------------------------------------------------------------------------------
+// CallResult
+
+void CallResult::throwIfError() const {
+  if (ok()) return;
+  if (kind_ == ErrorKind::kApplication) throw ApplicationError(code_, message_);
+  throwError(kind_, message_);
+}
+
+IncomingMessage& CallResult::response() {
+  throwIfError();
+  return response_;
+}
+
+// ------------------------------------------------------------------------------------
+// RawRequest
+
+RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
+                       uint32_t sizeHintWords)
+    : channel_(channel), deadline_(deadlineAfter(channel.options().defaultTimeout)) {
+  channel_.startMessage(message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
+                        deadline_);
+  FrameHeader& h = message_.header();
+  h.interfaceId = interfaceId;
+  h.methodId = methodId;
+}
+
+IncomingMessage RawRequest::call() {
+  uint64_t id = channel_.send(message_, FrameKind::kRequest, deadline_, {});
+  return channel_.waitFor(id);
+}
+
+PendingCall RawRequest::callAsync(CallCallback callback) {
+  uint64_t id = channel_.send(message_, FrameKind::kRequest, deadline_, std::move(callback));
+  return PendingCall(channel_, id);
+}
+
+void RawRequest::sendOneWay() { channel_.send(message_, FrameKind::kOneWay, deadline_, {}); }
+
+// ------------------------------------------------------------------------------------
+// PendingCall
+
+bool PendingCall::done() const {
+  auto* slot = channel_ ? channel_->slotFor(callId_) : nullptr;
+  return !slot || slot->state != Channel::SlotState::kPending;
+}
+
+CallResult PendingCall::wait() {
+  if (!channel_) return CallResult(ErrorKind::kFailed, 0, "PendingCall is empty");
+  auto* slot = channel_->slotFor(callId_);
+  if (slot && slot->state == Channel::SlotState::kPending) {
+    if (slot->callback)
+      return CallResult(ErrorKind::kFailed, 0, "call completes through its callback");
+    try {
+      return CallResult(channel_->waitFor(callId_));
+    } catch (const ApplicationError& e) {
+      return CallResult(ErrorKind::kApplication, e.code(), e.what());
+    } catch (const Error& e) {
+      return CallResult(e.kind(), 0, e.what());
+    }
+  }
+  return channel_->takeResult(callId_);
+}
+
+void PendingCall::cancel() {
+  auto* slot = channel_ ? channel_->slotFor(callId_) : nullptr;
+  if (!slot || slot->state != Channel::SlotState::kPending) return;
+  channel_->sendCancel(callId_);
+  channel_->finish(*slot, CallResult(ErrorKind::kCancelled, 0,
+                                     "call " + std::to_string(callId_) + " cancelled by the client"));
+}
+
+// ------------------------------------------------------------------------------------
+// Channel
+
+Channel::Channel(std::unique_ptr<Connection> connection, ChannelOptions options)
+    : connection_(std::move(connection)), options_(options) {
+  if (!connection_) throw InvalidArgument("Channel needs a connection");
+  if (options_.window == 0 || (options_.window & (options_.window - 1)))
+    throw InvalidArgument("channel window " + std::to_string(options_.window) +
+                          " must be a power of two");
+  slots_ = std::make_unique<Slot[]>(options_.window);
+  mask_ = options_.window - 1;
+}
+
+Channel::~Channel() {
+  failAll(ErrorKind::kDisconnected, "channel to " + connection_->endpoint() + " destroyed");
+  for (uint64_t i = 0; i <= mask_; ++i) slots_[i].result = CallResult();  // leases before connection
+  connection_->close();
+}
+
+Channel::Slot* Channel::slotFor(uint64_t callId) noexcept {
+  Slot& s = slots_[callId & mask_];
+  return s.callId == callId && s.state != SlotState::kFree ? &s : nullptr;
+}
+
+void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline) {
+  if (disconnected_)
+    throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
+                       disconnectReason_);
+  Status s = connection_->startMessage(msg, sizeHintWords, deadline);
+  if (s == Status::kOk) return;
+  if (s == Status::kTimedOut)
+    throw Overloaded("send ring of " + connection_->endpoint() +
+                     " stayed full until the call's deadline");
+  failAll(ErrorKind::kDisconnected, connection_->lastError());
+  throw Disconnected("channel to " + connection_->endpoint() + " lost: " + disconnectReason_);
+}
+
+uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,
+                       CallCallback callback) {
+  if (disconnected_)
+    throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
+                       disconnectReason_);
+  uint64_t id = nextCallId_;
+  Slot* slot = nullptr;
+  if (kind != FrameKind::kOneWay) {
+    slot = &slots_[id & mask_];
+    if (slot->state == SlotState::kPending || outstanding_ > mask_)
+      throw Overloaded("window of " + std::to_string(options_.window) +
+                       " outstanding calls on " + connection_->endpoint() + " is full");
+    slot->result = CallResult();  // an uncollected old result gives way
+  }
+  ++nextCallId_;
+  FrameHeader& h = msg.header();
+  h.kind = static_cast<uint8_t>(kind);
+  h.callId = id;
+  if (connection_->send(msg) != Status::kOk) {
+    failAll(ErrorKind::kDisconnected, connection_->lastError());
+    throw Disconnected("channel to " + connection_->endpoint() + " lost: " + disconnectReason_);
+  }
+  if (slot) {
+    slot->callId = id;
+    slot->state = SlotState::kPending;
+    slot->deadline = deadline;
+    slot->callback = std::move(callback);
+    ++outstanding_;
+    nearestDeadline_ = std::min(nearestDeadline_, deadline);
+  }
+  return id;
+}
+
+void Channel::finish(Slot& slot, CallResult&& result) {
+  --outstanding_;
+  if (outstanding_ == 0) nearestDeadline_ = kNoDeadline;
+  if (slot.callback) {
+    CallCallback cb = std::move(slot.callback);
+    slot.callback = nullptr;
+    slot.state = SlotState::kFree;
+    cb(std::move(result));
+  } else {
+    slot.result = std::move(result);
+    slot.state = SlotState::kDone;
+  }
+}
+
+bool Channel::handle(IncomingMessage& msg) {
+  const FrameHeader& h = msg.header();
+  auto kind = static_cast<FrameKind>(h.kind);
+  if (kind != FrameKind::kResponse && kind != FrameKind::kError && kind != FrameKind::kPong)
+    return false;  // a server never sends anything else to a client: ignore it
+  Slot* slot = slotFor(h.callId);
+  if (!slot || slot->state != SlotState::kPending) return false;  // late answer of an expired call
+  if (kind == FrameKind::kError) {
+    CallResult r = readError(msg);
+    msg.release();
+    finish(*slot, std::move(r));
+  } else {
+    finish(*slot, CallResult(std::move(msg)));
+  }
+  return true;
+}
+
+size_t Channel::expire(Clock::time_point now) {
+  size_t n = 0;
+  Deadline nearest = kNoDeadline;
+  for (uint64_t i = 0; i <= mask_; ++i) {
+    Slot& s = slots_[i];
+    if (s.state != SlotState::kPending) continue;
+    if (s.deadline <= now) {
+      sendCancel(s.callId);
+      finish(s, CallResult(ErrorKind::kDeadlineExceeded, 0,
+                           "call " + std::to_string(s.callId) + " to " +
+                               connection_->endpoint() + " passed its deadline"));
+      ++n;
+    } else {
+      nearest = std::min(nearest, s.deadline);
+    }
+  }
+  nearestDeadline_ = outstanding_ ? nearest : kNoDeadline;
+  return n;
+}
+
+void Channel::failAll(ErrorKind kind, const std::string& why) {
+  if (kind == ErrorKind::kDisconnected && !disconnected_) {
+    disconnected_ = true;
+    disconnectReason_ = why.empty() ? "connection closed" : why;
+  }
+  for (uint64_t i = 0; i <= mask_; ++i) {
+    Slot& s = slots_[i];
+    if (s.state == SlotState::kPending)
+      finish(s, CallResult(kind, 0,
+                           "call " + std::to_string(s.callId) + " to " +
+                               connection_->endpoint() + ": " + disconnectReason_));
+  }
+}
+
+void Channel::sendCancel(uint64_t callId) {
+  if (disconnected_) return;
+  OutgoingMessage m;
+  if (connection_->tryStartMessage(m, 1) != Status::kOk) return;  // best effort
+  FrameHeader& h = m.header();
+  h.kind = static_cast<uint8_t>(FrameKind::kCancel);
+  h.callId = callId;
+  m.initRoot<capnp::AnyPointer>();
+  (void)connection_->send(m);
+}
+
+CallResult Channel::takeResult(uint64_t callId) {
+  Slot* slot = slotFor(callId);
+  if (!slot || slot->state != SlotState::kDone)
+    return CallResult(ErrorKind::kFailed, 0,
+                      "result of call " + std::to_string(callId) + " is gone");
+  slot->state = SlotState::kFree;
+  return std::move(slot->result);
+}
+
+IncomingMessage Channel::waitFor(uint64_t callId) {
+  for (;;) {
+    Slot* slot = slotFor(callId);
+    if (!slot) throw Failed("call " + std::to_string(callId) + " is unknown to this channel");
+    if (slot->state == SlotState::kDone) {
+      CallResult r = takeResult(callId);
+      r.throwIfError();
+      return std::move(r.response());
+    }
+    if (disconnected_) failAll(ErrorKind::kDisconnected, disconnectReason_);
+    IncomingMessage msg;
+    Status s = connection_->receive(msg, nearestDeadline_);
+    if (s == Status::kOk) {
+      handle(msg);
+    } else if (s == Status::kTimedOut) {
+      expire(Clock::now());
+    } else if (s == Status::kDisconnected) {
+      failAll(ErrorKind::kDisconnected, connection_->lastError());
+    }
+  }
+}
+
+size_t Channel::poll() {
+  size_t n = 0;
+  IncomingMessage msg;
+  for (int i = 0; i < 256; ++i) {
+    Status s = connection_->tryReceive(msg);
+    if (s == Status::kOk) {
+      n += handle(msg);
+      msg.release();
+      continue;
+    }
+    if (s == Status::kDisconnected && !disconnected_) {
+      n += outstanding_;
+      failAll(ErrorKind::kDisconnected, connection_->lastError());
+    }
+    break;
+  }
+  if (outstanding_ && Clock::now() >= nearestDeadline_) n += expire(Clock::now());
+  return n;
+}
+
+size_t Channel::pollUntil(Deadline deadline) {
+  size_t n = poll();
+  while (n == 0 && outstanding_) {
+    IncomingMessage msg;
+    Status s = connection_->receive(msg, std::min(deadline, nearestDeadline_));
+    if (s == Status::kOk) {
+      n += handle(msg);
+      msg.release();
+      n += poll();
+    } else if (s == Status::kDisconnected) {
+      n += outstanding_;
+      failAll(ErrorKind::kDisconnected, connection_->lastError());
+    } else if (s == Status::kTimedOut) {
+      n += expire(Clock::now());
+      if (Clock::now() >= deadline) break;
+    }
+  }
+  return n;
+}
+
+// ------------------------------------------------------------------------------------
+// ChannelPool
+
+namespace {
+std::atomic<uint64_t> poolGenerations{1};
+struct PoolCache {
+  uint64_t generation = 0;
+  Channel* channel = nullptr;
+};
+thread_local PoolCache tlsPoolCache;
+}  // namespace
+
+ChannelPool::ChannelPool(Connector connect, ChannelOptions options)
+    : connect_(std::move(connect)), options_(options), generation_(poolGenerations++) {}
+
+ChannelPool::~ChannelPool() = default;
+
+Channel& ChannelPool::channel() {
+  if (tlsPoolCache.generation == generation_ && tlsPoolCache.channel)
+    return *tlsPoolCache.channel;
+  std::lock_guard lock(mutex_);
+  auto& slot = channels_[std::this_thread::get_id()];
+  if (!slot) slot = std::make_unique<Channel>(connect_(), options_);
+  tlsPoolCache = {generation_, slot.get()};
+  return *slot;
+}
+
+void ChannelPool::resetThisThread() {
+  std::lock_guard lock(mutex_);
+  channels_.erase(std::this_thread::get_id());
+  if (tlsPoolCache.generation == generation_) tlsPoolCache = {};
+}
+
+}  // namespace zcrpc

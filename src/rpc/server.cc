@@ -1,0 +1,605 @@
+// Server side of the RPC core: workers polling connections, dispatch, deferred answers,
+// graceful shutdown.
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
+
+#include <kj/exception.h>
+
+#include "os/os.h"
+#include "rpc/frames.h"
+#include "zcrpc/rpc.h"
+
+namespace zcrpc {
+
+namespace {
+constexpr uint32_t kDefaultResponseWords = 64;
+constexpr auto kResponseSpaceWait = std::chrono::seconds(5);
+constexpr auto kSleepSlice = std::chrono::milliseconds(20);
+constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
+
+inline void cpuRelax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
+}  // namespace
+
+struct Completion {
+  std::shared_ptr<DeferredState> state;
+  std::function<void(OutgoingMessage&)> fill;  // empty: an error answer
+  ErrorKind kind = ErrorKind::kFailed;
+  int32_t code = 0;
+  std::string message;
+};
+
+struct DeferredState {
+  std::shared_ptr<ServerConnection> owner;
+  uint64_t callId = 0;
+  bool oneWay = false;
+  std::atomic<bool> cancelled{false};
+  std::atomic<bool> answered{false};
+  IncomingMessage request;  // declared after `owner`: released before the connection can go
+};
+
+/// One client connection as a worker serves it.
+class ServerConnection final : public std::enable_shared_from_this<ServerConnection> {
+ public:
+  ServerConnection(const std::unordered_map<uint64_t, Service*>& services,
+                   std::unique_ptr<Connection> connection, int workerWake)
+      : services_(services), connection_(std::move(connection)), workerWake_(workerWake) {}
+
+  Connection& connection() noexcept { return *connection_; }
+  bool disconnected() const noexcept { return disconnected_; }
+  bool idle() const noexcept { return deferred_.empty(); }
+  bool hasMail() const noexcept { return hasMail_.load(std::memory_order_acquire); }
+
+  /// Handles up to `batch` received frames and every posted completion. Worker thread.
+  size_t pump(size_t batch, bool rejecting) {
+    size_t n = hasMail() ? processMail() : 0;
+    for (size_t i = 0; i < batch && !disconnected_; ++i) {
+      IncomingMessage msg;
+      Status s = connection_->tryReceive(msg);
+      if (s == Status::kOk) {
+        handle(msg, rejecting);
+        ++n;
+      } else {
+        if (s == Status::kDisconnected) disconnected_ = true;
+        break;
+      }
+    }
+    if (n && !disconnected_) (void)connection_->flush();
+    return n;
+  }
+
+  void checkPeer() {
+    if (!disconnected_ && connection_->checkPeer() == Status::kDisconnected) disconnected_ = true;
+  }
+
+  /// Answers every deferred call still open with an error (shutdown). Worker thread.
+  void failDeferred(const std::string& why) {
+    processMail();
+    for (auto& [id, weak] : deferred_) {
+      if (auto state = weak.lock(); state && !state->answered.exchange(true) && !state->oneWay)
+        sendError(id, ErrorKind::kDisconnected, 0, why);
+    }
+    deferred_.clear();
+    (void)connection_->flush();
+  }
+
+  void close() { connection_->close(); }
+
+  /// Any thread.
+  void post(Completion&& c) {
+    {
+      std::lock_guard lock(mailMutex_);
+      mail_.push_back(std::move(c));
+    }
+    hasMail_.store(true, std::memory_order_release);
+    uint64_t one = 1;
+    (void)!::write(workerWake_, &one, sizeof one);
+  }
+
+  OutgoingMessage& startResponse(std::optional<OutgoingMessage>& slot, uint32_t hint) {
+    if (slot) return *slot;
+    slot.emplace();
+    Status s = connection_->startMessage(*slot, hint ? hint : kDefaultResponseWords,
+                                         deadlineAfter(kResponseSpaceWait));
+    if (s != Status::kOk) {
+      slot.reset();
+      if (s == Status::kTimedOut)
+        throw Overloaded("response ring of " + connection_->endpoint() + " stayed full");
+      disconnected_ = true;
+      throw Disconnected("connection " + connection_->endpoint() + " lost");
+    }
+    return *slot;
+  }
+
+  std::shared_ptr<DeferredState> defer(CallContext& ctx) {
+    auto state = std::make_shared<DeferredState>();
+    state->owner = shared_from_this();
+    state->callId = ctx.callId();
+    state->oneWay = ctx.isOneWay();
+    state->request = std::move(ctx.request());
+    deferred_[state->callId] = state;
+    return state;
+  }
+
+ private:
+  void handle(IncomingMessage& msg, bool rejecting) {
+    const FrameHeader& h = msg.header();
+    switch (static_cast<FrameKind>(h.kind)) {
+      case FrameKind::kRequest:
+      case FrameKind::kOneWay:
+        if (rejecting) {
+          if (h.kind == static_cast<uint8_t>(FrameKind::kRequest))
+            sendError(h.callId, ErrorKind::kDisconnected, 0, "server is shutting down");
+          return;
+        }
+        dispatch(msg);
+        return;
+      case FrameKind::kCancel:
+        if (auto it = deferred_.find(h.callId); it != deferred_.end())
+          if (auto state = it->second.lock())
+            state->cancelled.store(true, std::memory_order_release);
+        return;
+      case FrameKind::kPing: {
+        uint64_t id = h.callId;
+        msg.release();
+        OutgoingMessage out;
+        if (connection_->startMessage(out, 1, deadlineAfter(kResponseSpaceWait)) != Status::kOk)
+          return;
+        out.header().kind = static_cast<uint8_t>(FrameKind::kPong);
+        out.header().callId = id;
+        out.initRoot<capnp::AnyPointer>();
+        (void)connection_->send(out, false);
+        return;
+      }
+      default:
+        return;  // nothing else is meaningful from a client
+    }
+  }
+
+  void dispatch(IncomingMessage& msg) {
+    const uint64_t callId = msg.header().callId;
+    const uint64_t interfaceId = msg.header().interfaceId;
+    const uint16_t methodId = msg.header().methodId;
+    const bool oneWay = msg.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
+    CallContext ctx(*this, msg);
+    ErrorKind kind = ErrorKind::kFailed;
+    int32_t code = 0;
+    std::string why;
+    try {
+      auto it = services_.find(interfaceId);
+      if (it == services_.end() || !it->second->dispatch(interfaceId, methodId, ctx)) {
+        kind = ErrorKind::kUnimplemented;
+        why = (it == services_.end() ? "interface 0x" + hex(interfaceId) + " is not served by "
+                                     : "method " + std::to_string(methodId) + " of interface 0x" +
+                                           hex(interfaceId) + " is not implemented by ") +
+              connection_->endpoint();
+      } else {
+        if (ctx.deferred_ || oneWay) return;
+        OutgoingMessage& out = startResponse(ctx.response_, 1);
+        if (!out.isOpen()) return;
+        out.getRoot<capnp::AnyPointer>();  // an untouched response is an empty message
+        out.header().kind = static_cast<uint8_t>(FrameKind::kResponse);
+        out.header().callId = callId;
+        msg.release();  // the request's space can go before the response is published
+        (void)connection_->send(out, false);
+        return;
+      }
+    } catch (const ApplicationError& e) {
+      kind = ErrorKind::kApplication, code = e.code(), why = e.what();
+    } catch (const Error& e) {
+      kind = e.kind(), why = e.what();
+    } catch (const kj::Exception& e) {
+      kind = ErrorKind::kInvalidArgument;
+      why = std::string("server could not read the request: ") + e.getDescription().cStr();
+    } catch (const std::exception& e) {
+      kind = ErrorKind::kApplication, why = e.what();
+    }
+    if (ctx.deferred_ || oneWay || disconnected_) return;  // a deferred call answers itself
+    ctx.response_.reset();  // give back a half-built response first
+    msg.release();
+    sendError(callId, kind, code, why);
+  }
+
+  void sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why) {
+    OutgoingMessage out;
+    if (connection_->startMessage(out, 16 + static_cast<uint32_t>(std::min<size_t>(why.size(), 4000) / 8),
+                                  deadlineAfter(kResponseSpaceWait)) != Status::kOk)
+      return;
+    writeError(out, kind, code, why);
+    out.header().kind = static_cast<uint8_t>(FrameKind::kError);
+    out.header().callId = callId;
+    (void)connection_->send(out, false);
+  }
+
+  size_t processMail() {
+    std::vector<Completion> mail;
+    {
+      std::lock_guard lock(mailMutex_);
+      mail.swap(mail_);
+      hasMail_.store(false, std::memory_order_relaxed);
+    }
+    for (Completion& c : mail) {
+      deferred_.erase(c.state->callId);
+      c.state->request.release();
+      if (disconnected_ || c.state->oneWay) continue;
+      if (!c.fill) {
+        sendError(c.state->callId, c.kind, c.code, c.message);
+        continue;
+      }
+      std::optional<OutgoingMessage> out;
+      ErrorKind kind = ErrorKind::kApplication;
+      int32_t code = 0;
+      std::string why;
+      try {
+        startResponse(out, 0);
+        c.fill(*out);
+        out->getRoot<capnp::AnyPointer>();
+        out->header().kind = static_cast<uint8_t>(FrameKind::kResponse);
+        out->header().callId = c.state->callId;
+        (void)connection_->send(*out, false);
+        continue;
+      } catch (const ApplicationError& e) {
+        code = e.code(), why = e.what();
+      } catch (const Error& e) {
+        kind = e.kind(), why = e.what();
+      } catch (const std::exception& e) {
+        why = e.what();
+      } catch (const kj::Exception& e) {
+        why = e.getDescription().cStr();
+      }
+      out.reset();
+      if (!disconnected_) sendError(c.state->callId, kind, code, why);
+    }
+    return mail.size();
+  }
+
+  friend class zcrpc::CallContext;
+  const std::unordered_map<uint64_t, Service*>& services_;
+  std::unique_ptr<Connection> connection_;
+  int workerWake_;
+  bool disconnected_ = false;
+  std::unordered_map<uint64_t, std::weak_ptr<DeferredState>> deferred_;
+  std::mutex mailMutex_;
+  std::vector<Completion> mail_;
+  std::atomic<bool> hasMail_{false};
+};
+
+// ------------------------------------------------------------------------------------
+// CallContext / DeferredReply
+
+bool CallContext::isOneWay() const noexcept {
+  return request_.valid() && request_.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
+}
+
+OutgoingMessage& CallContext::response(uint32_t sizeHintWords) {
+  if (deferred_) throw InvalidArgument("response() after defer(): answer through the DeferredReply");
+  if (isOneWay()) throw InvalidArgument("a one-way call has no response");
+  return connection_.startResponse(response_, sizeHintWords);
+}
+
+bool CallContext::isCancelled() const noexcept {
+  return deferred_ && deferred_->cancelled.load(std::memory_order_acquire);
+}
+
+DeferredReply CallContext::defer() {
+  if (deferred_) throw InvalidArgument("call " + std::to_string(callId()) + " deferred twice");
+  response_.reset();
+  deferred_ = connection_.defer(*this);
+  return DeferredReply(deferred_);
+}
+
+DeferredReply& DeferredReply::operator=(DeferredReply&& other) noexcept {
+  if (this != &other) {
+    this->~DeferredReply();
+    new (this) DeferredReply(std::move(other));
+  }
+  return *this;
+}
+
+DeferredReply::~DeferredReply() {
+  if (state_ && !state_->answered.load())
+    fail(ErrorKind::kFailed, "the handler dropped call " + std::to_string(state_->callId) +
+                                 " without answering it");
+}
+
+IncomingMessage& DeferredReply::request() {
+  if (!state_) throw InvalidArgument("empty DeferredReply");
+  return state_->request;
+}
+
+bool DeferredReply::isCancelled() const noexcept {
+  return state_ && state_->cancelled.load(std::memory_order_acquire);
+}
+
+void DeferredReply::complete(std::function<void(OutgoingMessage&)> fill) {
+  if (!state_ || state_->answered.exchange(true))
+    throw InvalidArgument("DeferredReply answered twice or empty");
+  if (!fill) fill = [](OutgoingMessage&) {};
+  auto owner = state_->owner;
+  owner->post(Completion{std::move(state_), std::move(fill), ErrorKind::kFailed, 0, {}});
+}
+
+void DeferredReply::fail(ErrorKind kind, std::string message, int32_t code) {
+  if (!state_ || state_->answered.exchange(true)) return;
+  auto owner = state_->owner;
+  owner->post(Completion{std::move(state_), {}, kind, code, std::move(message)});
+}
+
+// ------------------------------------------------------------------------------------
+// Server
+
+namespace {
+
+class Worker final {
+ public:
+  Worker(const std::unordered_map<uint64_t, Service*>& services, const ServerOptions& options)
+      : services_(services), options_(options),
+        wake_(ZCRPC_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd for worker")) {}
+
+  void adopt(std::unique_ptr<Connection> c) {
+    {
+      std::lock_guard lock(inboxMutex_);
+      inbox_.push_back(std::move(c));
+      ++count_;
+    }
+    hasInbox_.store(true, std::memory_order_release);
+    wake();
+  }
+
+  void start() { thread_ = std::thread([this] { run(); }); }
+  void stop(Deadline deadline) {
+    drainDeadline_ = deadline;
+    stopping_.store(true, std::memory_order_release);
+    wake();
+  }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  size_t connections() const { return count_.load(std::memory_order_relaxed); }
+
+ private:
+  void wake() {
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof one);
+  }
+
+  void adoptInbox() {
+    if (!hasInbox_.load(std::memory_order_acquire)) return;
+    std::lock_guard lock(inboxMutex_);
+    for (auto& c : inbox_)
+      connections_.push_back(std::make_shared<ServerConnection>(services_, std::move(c), wake_.get()));
+    inbox_.clear();
+    hasInbox_.store(false, std::memory_order_relaxed);
+  }
+
+  size_t pumpAll(bool rejecting) {
+    size_t n = 0;
+    for (auto& c : connections_) n += c->pump(options_.batch, rejecting);
+    return n;
+  }
+
+  void reap() {
+    auto gone = std::remove_if(connections_.begin(), connections_.end(), [](auto& c) {
+      if (!c->disconnected() || !c->idle() || c->hasMail()) return false;
+      c->close();
+      return true;
+    });
+    count_ -= static_cast<size_t>(connections_.end() - gone);
+    connections_.erase(gone, connections_.end());
+  }
+
+  void sleep() {
+    std::vector<pollfd> fds;
+    fds.push_back({wake_.get(), POLLIN, 0});
+    bool ready = false;
+    size_t armed = 0;
+    for (auto& c : connections_) {
+      if (c->disconnected()) continue;
+      if (!c->connection().armWait()) {
+        ready = true;
+        break;
+      }
+      ++armed;
+      fds.push_back({c->connection().waitFd(), POLLIN | POLLRDHUP, 0});
+    }
+    if (!ready) {
+      int r;
+      do r = ::poll(fds.data(), fds.size(), static_cast<int>(kSleepSlice.count()));
+      while (r < 0 && errno == EINTR);
+    }
+    size_t i = 0;
+    for (auto& c : connections_) {
+      if (c->disconnected()) continue;
+      if (i++ >= armed) break;
+      c->connection().disarmWait();
+    }
+    for (size_t k = 1; k < fds.size(); ++k)
+      if (fds[k].revents & (POLLHUP | POLLRDHUP | POLLERR))
+        for (auto& c : connections_)
+          if (c->connection().waitFd() == fds[k].fd) c->checkPeer();
+    uint64_t count;
+    (void)!::read(wake_.get(), &count, sizeof count);
+  }
+
+  void run() {
+    auto nextLiveness = Clock::now();
+    auto idleSince = Clock::now();
+    while (!stopping_.load(std::memory_order_acquire)) {
+      adoptInbox();
+      size_t n = pumpAll(false);
+      auto now = n ? Clock::time_point{} : Clock::now();
+      if (!n && now >= nextLiveness) {
+        for (auto& c : connections_) c->checkPeer();
+        nextLiveness = now + kLivenessEvery;
+        reap();
+      }
+      if (n) {
+        idleSince = {};
+        continue;
+      }
+      if (idleSince == Clock::time_point{}) idleSince = now;
+      if (options_.idleMode == WaitMode::kBusyPoll ||
+          (options_.idleMode == WaitMode::kSpinThenSleep && now - idleSince < options_.spinTime)) {
+        cpuRelax();
+        continue;
+      }
+      sleep();
+    }
+    drain();
+  }
+
+  /// Graceful end: keep answering until quiet and every deferred call is answered (or
+  /// the deadline passes), then fail what is left, refuse what still arrives, close.
+  void drain() {
+    adoptInbox();
+    for (;;) {
+      size_t n = pumpAll(false);
+      bool deferredLeft = false;
+      for (auto& c : connections_) deferredLeft |= !c->idle() && !c->disconnected();
+      if (!n && !deferredLeft) break;
+      if (Clock::now() >= drainDeadline_) break;
+      if (!n) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    for (auto& c : connections_) {
+      c->failDeferred("server shut down before answering");
+      c->pump(SIZE_MAX / 2, /*rejecting=*/true);
+      c->close();
+    }
+    connections_.clear();
+    count_ = 0;
+  }
+
+  const std::unordered_map<uint64_t, Service*>& services_;
+  const ServerOptions& options_;
+  os::Fd wake_;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  Deadline drainDeadline_{};
+  std::mutex inboxMutex_;
+  std::vector<std::unique_ptr<Connection>> inbox_;
+  std::atomic<bool> hasInbox_{false};
+  std::atomic<size_t> count_{0};
+  std::vector<std::shared_ptr<ServerConnection>> connections_;
+};
+
+}  // namespace
+
+struct Server::Impl {
+  ServerOptions options;
+  std::unordered_map<uint64_t, Service*> services;
+  std::vector<std::unique_ptr<Listener>> listeners;
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::thread acceptor;
+  os::Fd acceptorWake;
+  std::atomic<bool> stopping{false};
+  bool started = false;
+  bool stopped = false;
+  std::mutex mutex;
+
+  Worker& leastLoaded() {
+    return **std::min_element(workers.begin(), workers.end(), [](auto& a, auto& b) {
+      return a->connections() < b->connections();
+    });
+  }
+
+  void acceptLoop() {
+    std::vector<pollfd> fds;
+    while (!stopping.load(std::memory_order_acquire)) {
+      fds.clear();
+      fds.push_back({acceptorWake.get(), POLLIN, 0});
+      for (auto& l : listeners) fds.push_back({l->pollFd(), POLLIN, 0});
+      int r = ::poll(fds.data(), fds.size(), 200);
+      if (r <= 0) continue;
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (!(fds[i].revents & POLLIN)) continue;
+        try {
+          if (auto c = listeners[i - 1]->accept(Clock::now())) leastLoaded().adopt(std::move(c));
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "zcrpc: accept on %s failed: %s\n",
+                       listeners[i - 1]->endpoint().c_str(), e.what());
+        }
+      }
+    }
+  }
+};
+
+Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>()) {
+  if (options.workerThreads == 0) throw InvalidArgument("a server needs at least one worker thread");
+  impl_->options = options;
+  impl_->acceptorWake =
+      os::Fd(ZCRPC_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd for acceptor"));
+  for (size_t i = 0; i < options.workerThreads; ++i)
+    impl_->workers.push_back(std::make_unique<Worker>(impl_->services, impl_->options));
+}
+
+Server::~Server() { shutdown(deadlineAfter(std::chrono::seconds(1))); }
+
+void Server::addService(Service& service) {
+  std::lock_guard lock(impl_->mutex);
+  if (impl_->started) throw InvalidArgument("addService after start()");
+  for (uint64_t id : service.interfaceIds()) {
+    if (impl_->services.count(id))
+      throw InvalidArgument("interface 0x" + hex(id) + " is already served by another service");
+  }
+  for (uint64_t id : service.interfaceIds()) impl_->services[id] = &service;
+}
+
+void Server::addListener(std::unique_ptr<Listener> listener) {
+  std::lock_guard lock(impl_->mutex);
+  if (impl_->started) throw InvalidArgument("addListener after start()");
+  impl_->listeners.push_back(std::move(listener));
+}
+
+void Server::addConnection(std::unique_ptr<Connection> connection) {
+  impl_->leastLoaded().adopt(std::move(connection));
+}
+
+void Server::start() {
+  std::lock_guard lock(impl_->mutex);
+  if (impl_->started) return;
+  impl_->started = true;
+  for (auto& w : impl_->workers) w->start();
+  impl_->acceptor = std::thread([this] { impl_->acceptLoop(); });
+}
+
+void Server::shutdown(Deadline deadline) {
+  std::lock_guard lock(impl_->mutex);
+  if (impl_->stopped) return;
+  impl_->stopped = true;
+  impl_->stopping.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  (void)!::write(impl_->acceptorWake.get(), &one, sizeof one);
+  if (impl_->acceptor.joinable()) impl_->acceptor.join();
+  impl_->listeners.clear();  // no new clients from here on
+  for (auto& w : impl_->workers) w->stop(deadline);
+  if (impl_->started)
+    for (auto& w : impl_->workers) w->join();
+}
+
+size_t Server::connectionCount() const {
+  size_t n = 0;
+  for (auto& w : impl_->workers) n += w->connections();
+  return n;
+}
+
+std::vector<std::string> Server::endpoints() const {
+  std::vector<std::string> out;
+  for (auto& l : impl_->listeners) out.push_back(l->endpoint());
+  return out;
+}
+
+}  // namespace zcrpc
