@@ -1,0 +1,34 @@
+// zcrpc — TCP transport (`tcp://host:port`), for hosts that share no memory and have no RDMA.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "zcrpc/transport.h"
+
+namespace zcrpc {
+
+struct TcpOptions {
+  /// ringBytes sizes the per-connection receive and send buffers (frames larger than a
+  /// quarter of it get a buffer of their own); maxMessageBytes is enforced on every
+  /// frame before anything is allocated for it. Wait modes: busy-poll spins on
+  /// non-blocking reads; the others spin for spinTime (spin-then-sleep) and then sleep
+  /// in poll().
+  ConnectionOptions connection;
+  /// Shared access token; empty = none. A client whose token differs is refused before
+  /// any call is dispatched (constant-time comparison) and the refusal is logged with
+  /// its address. The token travels in clear text: use it on trusted networks only.
+  std::string token;
+};
+
+/// Listens on `host:port` (IPv4 or IPv6, `[::1]:0` style for IPv6; port 0 picks an
+/// ephemeral port, which endpoint() then reports). Throws Failed / InvalidArgument
+/// naming the address.
+std::unique_ptr<Listener> listenTcp(std::string_view hostPort, const TcpOptions& options = {});
+
+/// Connects to `host:port` within options.connection.connectTimeout, presenting the
+/// token. Throws Failed naming the address and the reason (refused, timed out, bad token).
+std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptions& options = {});
+
+}  // namespace zcrpc

@@ -1,0 +1,865 @@
+// tcp:// — the same frames over a byte stream.
+//
+// Sending: messages are built in a per-connection send buffer (large segments in chunks
+// of their own), frames queue as iovecs, and one writev() sends a batch: small frames are
+// coalesced, large segments go from where they were built without a staging copy.
+// Receiving: one non-blocking read fills a per-connection receive ring with as many frames
+// as have arrived; each is validated and handed out in place as a lease. A frame that
+// would not fit before the end of the ring is moved to its start (only its first bytes
+// have arrived by then); a frame larger than a quarter of the ring is read straight into
+// a buffer of its own. The frame size limit is checked from the header, before anything
+// is allocated for the frame.
+#include "zcrpc/tcp.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+
+#include "os/os.h"
+#include "transport/lease_queue.h"
+#include "transport/ring/layout.h"
+
+namespace zcrpc {
+
+namespace {
+
+constexpr uint64_t kHelloMagic = 0x31'7063'7263'7a74ull;  // "tzcrpc1"
+constexpr uint32_t kHelloVersion = 1;
+constexpr size_t kMaxToken = 1024;
+constexpr size_t kMaxIov = 256;
+constexpr uint32_t kTableReserveEntries = 4;
+
+struct HostPort {
+  std::string host;
+  std::string port;
+};
+
+HostPort splitHostPort(std::string_view text) {
+  std::string_view s = text;
+  if (s.starts_with("tcp://")) s.remove_prefix(6);
+  std::string_view host, port;
+  if (!s.empty() && s[0] == '[') {
+    auto close = s.find(']');
+    if (close == std::string_view::npos || close + 1 >= s.size() || s[close + 1] != ':')
+      throw InvalidArgument("tcp endpoint '" + std::string(text) + "' is not [ipv6]:port");
+    host = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+  } else {
+    auto colon = s.rfind(':');
+    if (colon == std::string_view::npos)
+      throw InvalidArgument("tcp endpoint '" + std::string(text) + "' has no :port");
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+  }
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
+      std::stoul(std::string(port)) > 65535)
+    throw InvalidArgument("tcp endpoint '" + std::string(text) + "' has a bad port '" +
+                          std::string(port) + "'");
+  return HostPort{host.empty() ? std::string("0.0.0.0") : std::string(host), std::string(port)};
+}
+
+std::string addressText(const sockaddr_storage& a) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  char text[INET6_ADDRSTRLEN + 16];
+  if (a.ss_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(&a);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    std::snprintf(text, sizeof text, "%s:%u", host, ntohs(in->sin_port));
+  } else {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    std::snprintf(text, sizeof text, "[%s]:%u", host, ntohs(in6->sin6_port));
+  }
+  return text;
+}
+
+std::string peerAddress(int fd) {
+  sockaddr_storage a{};
+  socklen_t len = sizeof a;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return "?";
+  return addressText(a);
+}
+
+struct AddrInfo {
+  addrinfo* list = nullptr;
+  ~AddrInfo() {
+    if (list) ::freeaddrinfo(list);
+  }
+};
+
+void resolve(const HostPort& hp, bool passive, AddrInfo& out, const std::string& what) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = (passive ? AI_PASSIVE : 0) | AI_NUMERICSERV;
+  int r = ::getaddrinfo(hp.host.c_str(), hp.port.c_str(), &hints, &out.list);
+  if (r != 0) throw Failed("resolve " + what + ": " + ::gai_strerror(r));
+}
+
+void setNoDelay(int fd) {
+  int one = 1;
+  ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), "TCP_NODELAY");
+}
+
+bool tokensEqual(std::string_view a, std::string_view b) noexcept {
+  // Constant time in the content (the length of a shared secret is not secret here).
+  volatile unsigned char diff = a.size() != b.size();
+  size_t n = std::max(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff = diff | (x ^ y);
+  }
+  return diff == 0;
+}
+
+/// Blocking-with-deadline exact read/write for the handshake.
+void writeAll(int fd, const void* data, size_t size, Deadline deadline, const std::string& what) {
+  auto* p = static_cast<const char*>(data);
+  while (size) {
+    ssize_t n = ::send(fd, p, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      p += n, size -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake send", errno));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) throw Failed(what + ": handshake timed out");
+    os::pollOne(fd, POLLOUT, left);
+  }
+}
+
+void readAll(int fd, void* data, size_t size, Deadline deadline, const std::string& what) {
+  auto* p = static_cast<char*>(data);
+  while (size) {
+    ssize_t n = ::recv(fd, p, size, MSG_DONTWAIT);
+    if (n > 0) {
+      p += n, size -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) throw Disconnected(what + ": peer closed during the handshake");
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake receive", errno));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) throw Failed(what + ": handshake timed out");
+    os::pollOne(fd, POLLIN, left);
+  }
+}
+
+struct Hello {
+  uint64_t magic = kHelloMagic;
+  uint32_t version = kHelloVersion;
+  uint32_t tokenBytes = 0;
+};
+struct Answer {
+  uint64_t magic = kHelloMagic;
+  uint32_t version = kHelloVersion;
+  uint32_t accepted = 0;
+  uint64_t maxMessageBytes = 0;
+  char reason[160] = {};
+};
+
+void checkTcpOptions(const ConnectionOptions& o) {
+  if (!ring::isPowerOfTwo(o.ringBytes) || o.ringBytes < 4096 || o.ringBytes > (1u << 30))
+    throw InvalidArgument("tcp buffer size " + std::to_string(o.ringBytes) +
+                          " must be a power of two between 4096 and 1073741824 bytes");
+  if (o.maxMessageBytes < 64 || o.maxMessageBytes > (uint64_t{1} << 32) - 4096)
+    throw InvalidArgument("maximum message size " + std::to_string(o.maxMessageBytes) +
+                          " must be between 64 bytes and 4 GiB");
+  if (!ring::isPowerOfTwo(o.maxLeases) || o.maxLeases > (1u << 20))
+    throw InvalidArgument("maxLeases " + std::to_string(o.maxLeases) +
+                          " must be a power of two up to 1048576");
+}
+
+inline void cpuRelax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// ------------------------------------------------------------------------------------
+
+class TcpConnection final : public Connection, private SegmentSource, private LeaseOwner {
+ public:
+  TcpConnection(os::Fd fd, std::string what, const ConnectionOptions& options,
+                uint64_t maxMessageBytes)
+      : fd_(std::move(fd)),
+        what_(std::move(what)),
+        options_(options),
+        maxMessage_(maxMessageBytes),
+        maxFrame_(maxMessageBytes + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry)),
+        ringBytes_(options.ringBytes),
+        ringMask_(options.ringBytes - 1),
+        ring_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),
+        sendBytes_(options.ringBytes),
+        send_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),
+        leases_(options.maxLeases) {
+    pending_.reserve(kMaxIov);
+    limits_.maxMessageBytes = maxMessage_;
+  }
+
+  ~TcpConnection() override {
+    if (open_.msg) open_.msg->markSent();
+    close();
+    leases_.dropAll();
+    ::operator delete(ring_, std::align_val_t(64));
+    ::operator delete(send_, std::align_val_t(64));
+  }
+
+  // ---- sending ----
+
+  Status tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmentWords) override {
+    std::lock_guard lock(sendMutex_);
+    if (open_.msg) throw InvalidArgument("a message is already open on " + what_);
+    if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
+    if (firstSegmentWords == 0) firstSegmentWords = 1;
+    uint64_t firstBytes = uint64_t{firstSegmentWords} * 8;
+    if (firstBytes > maxMessage_)
+      throw InvalidArgument("message of " + std::to_string(firstBytes) +
+                            " bytes exceeds the maximum message size " +
+                            std::to_string(maxMessage_) + " of " + what_);
+    bool inBuffer = kFrameHeaderBytes + firstBytes + kTableReserveEntries * 8 <= sendBytes_ / 4;
+    uint64_t need = kFrameHeaderBytes + kTableReserveEntries * 8 + (inBuffer ? firstBytes : 0);
+    if (!roomInSendBuffer(need)) return closed_.load() ? Status::kDisconnected : Status::kWouldBlock;
+    std::byte* base = send_ + used_;
+    auto* header = reinterpret_cast<FrameHeader*>(base);
+    std::memset(header, 0, kFrameHeaderBytes);
+    header->kind = static_cast<uint8_t>(FrameKind::kData);
+    capnp::word* first;
+    if (inBuffer) {
+      first = reinterpret_cast<capnp::word*>(base + kFrameHeaderBytes);
+      std::memset(first, 0, firstBytes);
+    } else {
+      first = newChunk(firstSegmentWords);
+    }
+    open_ = OpenFrame{};
+    open_.msg = &msg;
+    open_.start = used_;
+    open_.end = used_ + kFrameHeaderBytes + (inBuffer ? firstBytes : 0);
+    open_.allocated = firstBytes;
+    msg.open(*this, *header, kj::ArrayPtr<capnp::word>(first, firstSegmentWords));
+    return Status::kOk;
+  }
+
+  Status startMessage(OutgoingMessage& msg, uint32_t words, Deadline deadline) override {
+    Status result = tryStartMessage(msg, words);
+    if (result != Status::kWouldBlock) return result;
+    Status w = waitFor([&] {
+      result = tryStartMessage(msg, words);
+      return result != Status::kWouldBlock;
+    }, deadline, /*forWrite=*/true);
+    return w == Status::kOk ? result : w;
+  }
+
+  Status send(OutgoingMessage& msg, bool flushNow) override {
+    std::unique_lock lock(sendMutex_);
+    if (open_.msg != &msg)
+      throw InvalidArgument("send: message was not started on " + what_ + " or already sent");
+    if (closed_.load(std::memory_order_relaxed)) {
+      msg.markSent();
+      lock.unlock();
+      abandon();
+      return Status::kDisconnected;
+    }
+    lock.unlock();
+    auto segments = msg.segmentsForSend();  // may allocate through allocateMore()
+    lock.lock();
+    size_t n = segments.size();
+    if (n > kMaxSegments)
+      throw InvalidArgument("message on " + what_ + " has more than " +
+                            std::to_string(kMaxSegments) + " segments");
+    // Table goes right after the open region in the buffer (room was reserved).
+    uint64_t tableAt = open_.end;
+    if (tableAt + n * sizeof(SegmentEntry) > sendBytes_)
+      throw Overloaded("no send buffer room for the segment table on " + what_);
+    auto* table = reinterpret_cast<SegmentEntry*>(send_ + tableAt);
+    uint64_t frameBytes = kFrameHeaderBytes;
+    size_t iovBefore = pending_.size();
+    pushIov(send_ + open_.start, kFrameHeaderBytes);
+    for (size_t i = 0; i < n; ++i) {
+      uint64_t bytes = uint64_t{segments[i].size()} * 8;
+      table[i] = {static_cast<uint32_t>(segments[i].size()),
+                  static_cast<uint32_t>(frameBytes / 8)};
+      pushIov(segments[i].begin(), bytes);
+      frameBytes += bytes;
+    }
+    if (frameBytes - kFrameHeaderBytes > maxMessage_) {
+      pending_.resize(iovBefore);
+      throw InvalidArgument("message exceeds the maximum message size " +
+                            std::to_string(maxMessage_) + " bytes of " + what_);
+    }
+    pushIov(table, n * sizeof(SegmentEntry));
+    frameBytes += n * sizeof(SegmentEntry);
+    FrameHeader& h = msg.header();
+    h.frameBytes = static_cast<uint32_t>(frameBytes);
+    h.segmentCount = static_cast<uint16_t>(n);
+    h.tableOffset = static_cast<uint32_t>(frameBytes - n * sizeof(SegmentEntry));
+    h.flags = 0;
+    h.reserved = 0;
+    used_ = tableAt + n * sizeof(SegmentEntry);
+    open_.msg = nullptr;
+    msg.markSent();
+    if (flushNow || pending_.size() > kMaxIov - kMaxSegments - 2) writePending();
+    return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kOk;
+  }
+
+  Status flush() override {
+    std::lock_guard lock(sendMutex_);
+    if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
+    writePending();
+    return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kOk;
+  }
+
+  // ---- receiving ----
+
+  Status tryReceive(IncomingMessage& out) override {
+    if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
+    flushFromReceiver();  // a peer waiting for our request must get it
+    if (leases_.full()) {
+      leases_.reclaim([&](uint64_t end) { head_.store(end, std::memory_order_release); });
+      if (leases_.full()) return Status::kWouldBlock;
+    }
+    for (int reads = 0; reads < 4; ++reads) {
+      Status s = tryFrame(out);
+      if (s != Status::kWouldBlock) return s;
+      if (!readMore()) break;
+    }
+    if (eof_) return drainedOrDisconnected(out);
+    return Status::kWouldBlock;
+  }
+
+  Status receive(IncomingMessage& out, Deadline deadline) override {
+    Status result = tryReceive(out);
+    if (result != Status::kWouldBlock) return result;
+    Status w = waitFor([&] {
+      result = tryReceive(out);
+      return result != Status::kWouldBlock;
+    }, deadline, /*forWrite=*/false);
+    return w == Status::kOk ? result : w;
+  }
+
+  int waitFd() const noexcept override { return fd_.get(); }
+  bool armWait() noexcept override { return !closed_.load() && !frameBuffered(); }
+  void disarmWait() noexcept override {}
+  Status checkPeer() noexcept override {
+    if (closed_.load() || eof_) return Status::kDisconnected;
+    short ev = os::pollOne(fd_.get(), POLLIN | POLLRDHUP, std::chrono::milliseconds(0));
+    if ((ev & (POLLHUP | POLLERR | POLLNVAL)) && !(ev & POLLIN)) {
+      fault("peer " + what_ + " hung up");
+      return Status::kDisconnected;
+    }
+    return Status::kOk;  // a half-closed peer's last frames are still read first
+  }
+
+  void close() noexcept override {
+    if (closed_.exchange(true)) return;
+    ::shutdown(fd_.get(), SHUT_RDWR);
+  }
+  std::string lastError() const override {
+    std::lock_guard lock(errorMutex_);
+    return error_;
+  }
+  std::string endpoint() const override { return what_; }
+  uint64_t maxMessageBytes() const noexcept override { return maxMessage_; }
+
+ private:
+  struct OpenFrame {
+    OutgoingMessage* msg = nullptr;
+    uint64_t start = 0;  // header offset in the send buffer
+    uint64_t end = 0;    // end of the last in-buffer segment
+    uint64_t allocated = 0;
+  };
+
+  // SegmentSource
+  kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) override {
+    std::lock_guard lock(sendMutex_);
+    uint64_t remaining = maxMessage_ - open_.allocated;
+    uint64_t minBytes = uint64_t{minWords} * 8;
+    if (minBytes > remaining)
+      throw InvalidArgument("message exceeds the maximum message size " +
+                            std::to_string(maxMessage_) + " bytes of " + what_);
+    uint64_t want = std::min(std::max(minBytes, open_.allocated), remaining);
+    capnp::word* seg;
+    uint64_t room = sendBytes_ - open_.end;
+    uint64_t reserve = kMaxSegments * sizeof(SegmentEntry);
+    if (want + reserve <= room && want <= sendBytes_ / 4) {
+      auto* p = send_ + open_.end;
+      std::memset(p, 0, want);
+      seg = reinterpret_cast<capnp::word*>(p);
+      open_.end += want;
+    } else if (minBytes + reserve <= room && minBytes <= sendBytes_ / 4) {
+      want = minBytes;
+      auto* p = send_ + open_.end;
+      std::memset(p, 0, want);
+      seg = reinterpret_cast<capnp::word*>(p);
+      open_.end += want;
+    } else {
+      seg = newChunk(static_cast<uint32_t>(want / 8));
+    }
+    open_.allocated += want;
+    return kj::ArrayPtr<capnp::word>(seg, want / 8);
+  }
+
+  void abandon() noexcept override {
+    std::lock_guard lock(sendMutex_);
+    open_.msg = nullptr;
+    // Chunks made for this message and not queued: drop them.
+    while (!chunks_.empty() && chunks_.back().queuedAt == kNotQueued) chunks_.pop_back();
+  }
+
+  // LeaseOwner
+  const ParsedFrame& leasedFrame(uint32_t slot) const noexcept override {
+    return leases_.at(slot).frame;
+  }
+  const ReaderLimits& readerLimits() const noexcept override { return options_.readerLimits; }
+  void releaseLease(uint32_t slot) noexcept override {
+    leases_.release(slot, [&](uint64_t end) { head_.store(end, std::memory_order_release); });
+  }
+
+  // ---- send buffer ----
+
+  static constexpr uint64_t kNotQueued = ~uint64_t{0};
+  struct Chunk {
+    std::unique_ptr<capnp::word[]> words;
+    uint64_t queuedAt = kNotQueued;  // pendingBytes_ total when queued
+  };
+
+  capnp::word* newChunk(uint32_t words) {
+    chunks_.push_back(Chunk{std::unique_ptr<capnp::word[]>(new capnp::word[words]()), kNotQueued});
+    return chunks_.back().words.get();
+  }
+
+  bool roomInSendBuffer(uint64_t need) {
+    if (used_ + need + kMaxSegments * sizeof(SegmentEntry) <= sendBytes_) return true;
+    writePending();
+    return used_ + need + kMaxSegments * sizeof(SegmentEntry) <= sendBytes_;
+  }
+
+  void pushIov(const void* p, uint64_t bytes) {
+    if (!bytes) return;
+    auto* b = const_cast<void*>(p);
+    if (!pending_.empty()) {
+      iovec& last = pending_.back();
+      if (static_cast<std::byte*>(last.iov_base) + last.iov_len == b) {
+        last.iov_len += bytes;
+        pendingBytes_ += bytes;
+        return;
+      }
+    }
+    pending_.push_back({b, bytes});
+    pendingBytes_ += bytes;
+    for (auto& c : chunks_)
+      if (c.queuedAt == kNotQueued && reinterpret_cast<void*>(c.words.get()) == b)
+        c.queuedAt = sentTotal_ + pendingBytes_;
+  }
+
+  void writePending() {
+    while (!pending_.empty()) {
+      ssize_t n = ::writev(fd_.get(), pending_.data(),
+                           static_cast<int>(std::min<size_t>(pending_.size(), IOV_MAX)));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return;
+        fault(os::errnoText("write to " + what_, errno));
+        return;
+      }
+      size_t left = static_cast<size_t>(n);
+      sentTotal_ += left;
+      pendingBytes_ -= left;
+      size_t i = 0;
+      while (i < pending_.size() && left >= pending_[i].iov_len) left -= pending_[i++].iov_len;
+      if (i < pending_.size() && left) {
+        pending_[i].iov_base = static_cast<std::byte*>(pending_[i].iov_base) + left;
+        pending_[i].iov_len -= left;
+      }
+      pending_.erase(pending_.begin(), pending_.begin() + static_cast<long>(i));
+    }
+    // Everything is in the kernel: the buffer and the chunks are free again.
+    if (!open_.msg) used_ = 0;
+    while (!chunks_.empty() && chunks_.front().queuedAt != kNotQueued &&
+           chunks_.front().queuedAt <= sentTotal_)
+      chunks_.pop_front();
+  }
+
+  // ---- receive ring ----
+
+  /// Receiving thread: pushes out queued frames unless the sending thread is at it.
+  void flushFromReceiver() {
+    if (!pendingBytes_.load(std::memory_order_relaxed) || !sendMutex_.try_lock()) return;
+    writePending();
+    sendMutex_.unlock();
+  }
+
+  bool frameBuffered() const noexcept {
+    uint64_t avail = tail_ - parse_;
+    if (avail < kFrameHeaderBytes) return false;
+    uint32_t frameBytes;
+    std::memcpy(&frameBytes, ring_ + (parse_ & ringMask_), sizeof frameBytes);
+    return avail >= frameBytes;
+  }
+
+  /// A complete frame at parse_ (or a big frame finished), as a lease.
+  Status tryFrame(IncomingMessage& out) {
+    if (big_) return continueBig(out);
+    uint64_t avail = tail_ - parse_;
+    if (avail < kFrameHeaderBytes) return Status::kWouldBlock;
+    uint32_t frameBytes;
+    std::memcpy(&frameBytes, ring_ + (parse_ & ringMask_), sizeof frameBytes);
+    if (frameBytes < kFrameHeaderBytes || frameBytes % 8 || frameBytes > maxFrame_) {
+      fault("frame of " + std::to_string(frameBytes) + " bytes from " + what_ +
+            " is malformed or exceeds the maximum message size " + std::to_string(maxMessage_));
+      return Status::kDisconnected;
+    }
+    if (frameBytes > ringBytes_ / 4) return startBig(frameBytes, out);
+    if (avail < frameBytes) return Status::kWouldBlock;
+    auto& slot = leases_.next();
+    std::string why = parseFrame(std::span<const std::byte>(ring_ + (parse_ & ringMask_), frameBytes),
+                                 limits_, slot.frame);
+    if (!why.empty()) {
+      fault("malformed frame from " + what_ + ": " + why);
+      return Status::kDisconnected;
+    }
+    parse_ += frameBytes;
+    slot.end = parse_;
+    out = IncomingMessage(*this, leases_.push());
+    return Status::kOk;
+  }
+
+  Status startBig(uint32_t frameBytes, IncomingMessage& out) {
+    big_ = std::unique_ptr<capnp::word[]>(new capnp::word[frameBytes / 8]);
+    bigSize_ = frameBytes;
+    uint64_t have = std::min<uint64_t>(tail_ - parse_, frameBytes);
+    std::memcpy(big_.get(), ring_ + (parse_ & ringMask_), have);  // only what already arrived
+    bigFilled_ = have;
+    parse_ += have;
+    return continueBig(out);
+  }
+
+  Status continueBig(IncomingMessage& out) {
+    auto* base = reinterpret_cast<std::byte*>(big_.get());
+    while (bigFilled_ < bigSize_) {
+      ssize_t n = ::recv(fd_.get(), base + bigFilled_, bigSize_ - bigFilled_, MSG_DONTWAIT);
+      if (n > 0) {
+        bigFilled_ += static_cast<uint64_t>(n);
+        continue;
+      }
+      if (n == 0) {
+        eof_ = true;
+        return Status::kWouldBlock;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return Status::kWouldBlock;
+      fault(os::errnoText("read from " + what_, errno));
+      return Status::kDisconnected;
+    }
+    auto& slot = leases_.next();
+    std::string why = parseFrame(std::span<const std::byte>(base, bigSize_), limits_, slot.frame);
+    if (!why.empty()) {
+      fault("malformed frame from " + what_ + ": " + why);
+      big_.reset();
+      return Status::kDisconnected;
+    }
+    slot.end = parse_;  // ring bytes this frame used (its first part) are free with it
+    slot.owned = std::move(big_);
+    out = IncomingMessage(*this, leases_.push());
+    return Status::kOk;
+  }
+
+  /// Reads what the kernel has into the ring. False when nothing more can be read now.
+  bool readMore() {
+    if (big_) return false;
+    if (leases_.empty()) leases_.syncHead(parse_, [&](uint64_t p) { head_.store(p, std::memory_order_release); });
+    uint64_t head = head_.load(std::memory_order_acquire);
+    uint64_t offset = tail_ & ringMask_;
+    // A partial frame that would run past the end of the ring moves to the next lap.
+    uint64_t avail = tail_ - parse_;
+    uint64_t need = kFrameHeaderBytes;
+    if (avail >= kFrameHeaderBytes) {
+      uint32_t frameBytes;
+      std::memcpy(&frameBytes, ring_ + (parse_ & ringMask_), sizeof frameBytes);
+      if (frameBytes <= ringBytes_ / 4) need = frameBytes;
+    }
+    if ((parse_ & ringMask_) + need > ringBytes_) {
+      uint64_t lap = (parse_ | ringMask_) + 1;
+      if (lap + need - head > ringBytes_) return false;  // wait for leases to go
+      std::memmove(ring_, ring_ + (parse_ & ringMask_), avail);
+      parse_ = lap;
+      tail_ = lap + avail;
+      offset = tail_ & ringMask_;
+    }
+    uint64_t space = std::min(ringBytes_ - offset, head + ringBytes_ - tail_);
+    if (space == 0) return false;
+    ssize_t n = ::recv(fd_.get(), ring_ + offset, space, MSG_DONTWAIT);
+    if (n > 0) {
+      tail_ += static_cast<uint64_t>(n);
+      return true;
+    }
+    if (n == 0) {
+      eof_ = true;
+      return false;
+    }
+    if (errno == EINTR) return true;
+    if (errno != EAGAIN) {
+      fault(os::errnoText("read from " + what_, errno));
+      eof_ = true;
+    }
+    return false;
+  }
+
+  Status drainedOrDisconnected(IncomingMessage&) {
+    std::lock_guard lock(errorMutex_);
+    if (error_.empty()) error_ = "peer closed the connection";
+    closed_.store(true);
+    return Status::kDisconnected;
+  }
+
+  void fault(std::string why) noexcept {
+    {
+      std::lock_guard lock(errorMutex_);
+      if (error_.empty()) error_ = std::move(why);
+    }
+    close();
+  }
+
+  template <typename Done>
+  Status waitFor(Done done, Deadline deadline, bool forWrite) {
+    Clock::time_point spinUntil = options_.waitMode == WaitMode::kBusyPoll ? Clock::time_point::max()
+                                  : options_.waitMode == WaitMode::kSpinThenSleep
+                                      ? Clock::now() + options_.spinTime
+                                      : Clock::time_point::min();
+    for (uint32_t spins = 0;; ++spins) {
+      if (done()) return Status::kOk;
+      if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
+      if ((spins & 15) == 0) {
+        auto now = Clock::now();
+        if (now >= deadline) return Status::kTimedOut;
+        if (now >= spinUntil) {
+          short events = POLLRDHUP |
+                         (forWrite || pendingBytes_.load(std::memory_order_relaxed) ? POLLOUT : 0) |
+                         (forWrite ? 0 : POLLIN);
+          auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+          os::pollOne(fd_.get(), events,
+                      std::min(left + std::chrono::milliseconds(1), std::chrono::milliseconds(500)));
+          continue;
+        }
+      }
+      cpuRelax();
+    }
+  }
+
+  os::Fd fd_;
+  std::string what_;
+  ConnectionOptions options_;
+  uint64_t maxMessage_;
+  uint64_t maxFrame_;
+  std::atomic<bool> closed_{false};
+  mutable std::mutex errorMutex_;
+  std::string error_;
+  bool eof_ = false;
+
+  // receive (receiving thread; head_ also from releasing threads)
+  uint64_t ringBytes_;
+  uint64_t ringMask_;
+  std::byte* ring_;
+  uint64_t tail_ = 0;
+  uint64_t parse_ = 0;
+  std::atomic<uint64_t> head_{0};
+  std::unique_ptr<capnp::word[]> big_;
+  uint64_t bigSize_ = 0;
+  uint64_t bigFilled_ = 0;
+  FrameLimits limits_;
+
+  // send (sending thread)
+  uint64_t sendBytes_;
+  std::byte* send_;
+  uint64_t used_ = 0;
+  OpenFrame open_;
+  std::vector<iovec> pending_;
+  std::atomic<uint64_t> pendingBytes_{0};  // read by the receiving thread
+  std::mutex sendMutex_;  // send state; the receiving thread only try_locks it
+  uint64_t sentTotal_ = 0;
+  std::deque<Chunk> chunks_;
+
+  LeaseQueue leases_;
+};
+
+// ------------------------------------------------------------------------------------
+
+class TcpListener final : public Listener {
+ public:
+  TcpListener(std::string_view hostPort, const TcpOptions& options) : options_(options) {
+    checkTcpOptions(options_.connection);
+    HostPort hp = splitHostPort(hostPort);
+    std::string what = hostPort.starts_with("tcp://") ? std::string(hostPort)
+                                                      : "tcp://" + std::string(hostPort);
+    AddrInfo ai;
+    resolve(hp, /*passive=*/true, ai, what);
+    int lastErr = 0;
+    for (addrinfo* a = ai.list; a; a = a->ai_next) {
+      os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+      if (!fd) {
+        lastErr = errno;
+        continue;
+      }
+      int one = 1;
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd.get(), 128) != 0) {
+        lastErr = errno;
+        continue;
+      }
+      socket_ = std::move(fd);
+      break;
+    }
+    if (!socket_) throw Failed(os::errnoText("listen on " + what, lastErr));
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    ::getsockname(socket_.get(), reinterpret_cast<sockaddr*>(&local), &len);
+    endpoint_ = "tcp://" + addressText(local);
+  }
+
+  std::unique_ptr<Connection> accept(Deadline deadline) override {
+    for (;;) {
+      os::Fd client = os::acceptNonBlocking(socket_.get());
+      if (client) {
+        std::string peer = peerAddress(client.get());
+        try {
+          return handshake(std::move(client), peer);
+        } catch (const std::exception& e) {
+          remember(std::string("refused ") + peer + ": " + e.what());
+          continue;
+        }
+      }
+      auto now = Clock::now();
+      if (now >= deadline) return nullptr;
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+      os::pollOne(socket_.get(), POLLIN,
+                  std::min(wait + std::chrono::milliseconds(1), std::chrono::milliseconds(1000)));
+    }
+  }
+
+  int pollFd() const noexcept override { return socket_.get(); }
+  std::string endpoint() const override { return endpoint_; }
+  std::vector<std::string> refusals() const override {
+    std::lock_guard lock(mutex_);
+    return {refusals_.begin(), refusals_.end()};
+  }
+
+ private:
+  void remember(std::string why) {
+    std::fprintf(stderr, "zcrpc: %s: %s\n", endpoint_.c_str(), why.c_str());
+    std::lock_guard lock(mutex_);
+    refusals_.push_back(std::move(why));
+    if (refusals_.size() > 64) refusals_.pop_front();
+  }
+
+  std::unique_ptr<Connection> handshake(os::Fd fd, const std::string& peer) {
+    auto deadline = deadlineAfter(options_.connection.connectTimeout);
+    std::string what = endpoint_ + " (server, peer " + peer + ")";
+    setNoDelay(fd.get());
+    Hello hello;
+    readAll(fd.get(), &hello, sizeof hello, deadline, what);
+    if (hello.magic != kHelloMagic) throw Failed("peer is not speaking the zcrpc tcp handshake");
+    Answer answer;
+    auto refuse = [&](const std::string& why) {
+      std::snprintf(answer.reason, sizeof answer.reason, "%s", why.c_str());
+      try {
+        writeAll(fd.get(), &answer, sizeof answer, deadline, what);
+      } catch (...) {
+      }
+      throw Failed(why);
+    };
+    if (hello.version != kHelloVersion)
+      refuse("handshake version " + std::to_string(hello.version) + " not supported");
+    if (hello.tokenBytes > kMaxToken) refuse("token longer than " + std::to_string(kMaxToken) + " bytes");
+    std::string token(hello.tokenBytes, '\0');
+    readAll(fd.get(), token.data(), token.size(), deadline, what);
+    if (!tokensEqual(token, options_.token)) refuse("access token does not match");
+    answer.accepted = 1;
+    answer.maxMessageBytes = options_.connection.maxMessageBytes;
+    writeAll(fd.get(), &answer, sizeof answer, deadline, what);
+    return std::make_unique<TcpConnection>(std::move(fd), what, options_.connection,
+                                           options_.connection.maxMessageBytes);
+  }
+
+  TcpOptions options_;
+  os::Fd socket_;
+  std::string endpoint_;
+  mutable std::mutex mutex_;
+  std::deque<std::string> refusals_;
+};
+
+}  // namespace
+
+std::unique_ptr<Listener> listenTcp(std::string_view hostPort, const TcpOptions& options) {
+  return std::make_unique<TcpListener>(hostPort, options);
+}
+
+std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptions& options) {
+  checkTcpOptions(options.connection);
+  if (options.token.size() > kMaxToken)
+    throw InvalidArgument("token longer than " + std::to_string(kMaxToken) + " bytes");
+  HostPort hp = splitHostPort(hostPort);
+  std::string what = hostPort.starts_with("tcp://") ? std::string(hostPort)
+                                                    : "tcp://" + std::string(hostPort);
+  if (hp.host == "0.0.0.0") hp.host = "127.0.0.1";
+  auto deadline = deadlineAfter(options.connection.connectTimeout);
+  AddrInfo ai;
+  resolve(hp, /*passive=*/false, ai, what);
+  std::string lastError = "no address";
+  for (addrinfo* a = ai.list; a; a = a->ai_next) {
+    os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+    if (!fd) {
+      lastError = os::errnoText("socket", errno);
+      continue;
+    }
+    if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0) {
+      if (errno != EINPROGRESS) {
+        lastError = os::errnoText("connect", errno);
+        continue;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0 || !(os::pollOne(fd.get(), POLLOUT, left) & (POLLOUT | POLLERR | POLLHUP))) {
+        lastError = "connect timed out after " +
+                    std::to_string(options.connection.connectTimeout.count()) + " ms";
+        continue;
+      }
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err) {
+        lastError = os::errnoText("connect", err);
+        continue;
+      }
+    }
+    setNoDelay(fd.get());
+    Hello hello;
+    hello.tokenBytes = static_cast<uint32_t>(options.token.size());
+    writeAll(fd.get(), &hello, sizeof hello, deadline, what);
+    writeAll(fd.get(), options.token.data(), options.token.size(), deadline, what);
+    Answer answer;
+    readAll(fd.get(), &answer, sizeof answer, deadline, what);
+    if (answer.magic != kHelloMagic) throw Failed(what + ": peer is not a zcrpc tcp server");
+    if (!answer.accepted) {
+      answer.reason[sizeof answer.reason - 1] = 0;
+      throw Failed(what + ": refused by server: " + answer.reason);
+    }
+    uint64_t maxMessage = std::min<uint64_t>(answer.maxMessageBytes, options.connection.maxMessageBytes);
+    return std::make_unique<TcpConnection>(std::move(fd), what, options.connection, maxMessage);
+  }
+  throw Failed(what + ": " + lastError);
+}
+
+}  // namespace zcrpc
