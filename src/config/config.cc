@@ -1,0 +1,474 @@
+#include "zcrpc/config.h"
+
+#include <cctype>
+#include <charconv>
+#include <cstdlib>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace zcrpc {
+
+namespace {
+
+constexpr SettingInfo kSettings[] = {
+    {"transports", SettingType::kList, "shm,rdma,tcp", "ZCRPC_TRANSPORTS",
+     "Ordered transport preference when a client is given several endpoints", ""},
+    {"ring_bytes", SettingType::kSize, "1MiB", "ZCRPC_RING_BYTES",
+     "Ring (shm) or buffer (tcp) size per direction; a power of two", ""},
+    {"arena_bytes", SettingType::kSize, "136MiB", "ZCRPC_ARENA_BYTES",
+     "Shared arena per direction for messages too large for the ring (shm)", ""},
+    {"max_message_bytes", SettingType::kSize, "64MiB", "ZCRPC_MAX_MESSAGE_BYTES",
+     "Largest message accepted or sent", ""},
+    {"wait_mode", SettingType::kEnum, "spin-then-sleep", "ZCRPC_WAIT_MODE",
+     "How a connection waits for its peer", "busy-poll|spin-then-sleep|blocking"},
+    {"spin_time", SettingType::kDuration, "50us", "ZCRPC_SPIN_TIME",
+     "Spin before sleeping (spin-then-sleep)", ""},
+    {"max_leases", SettingType::kInt, "256", "ZCRPC_MAX_LEASES",
+     "Received messages a connection may hold at once; a power of two", ""},
+    {"traversal_limit_words", SettingType::kInt, "8388608", "ZCRPC_TRAVERSAL_LIMIT_WORDS",
+     "Cap'n Proto reader traversal limit per message", ""},
+    {"nesting_limit", SettingType::kInt, "64", "ZCRPC_NESTING_LIMIT",
+     "Cap'n Proto reader nesting limit", ""},
+    {"connect_timeout", SettingType::kDuration, "5s", "ZCRPC_CONNECT_TIMEOUT",
+     "Connection set-up (and handshake) time limit", ""},
+    {"call_timeout", SettingType::kDuration, "10s", "ZCRPC_CALL_TIMEOUT",
+     "Deadline of a call that sets none", ""},
+    {"window", SettingType::kInt, "64", "ZCRPC_WINDOW",
+     "Calls outstanding at once per channel; a power of two", ""},
+    {"server_threads", SettingType::kInt, "1", "ZCRPC_SERVER_THREADS",
+     "Worker threads polling server connections", ""},
+    {"server_batch", SettingType::kInt, "32", "ZCRPC_SERVER_BATCH",
+     "Messages a worker handles per connection before moving on", ""},
+    {"server_idle_mode", SettingType::kEnum, "spin-then-sleep", "ZCRPC_SERVER_IDLE_MODE",
+     "How an idle server worker waits", "busy-poll|spin-then-sleep|blocking"},
+    {"allow_same_uid", SettingType::kBool, "true", "ZCRPC_ALLOW_SAME_UID",
+     "shm: admit clients running as the server's own uid", ""},
+    {"allow_uids", SettingType::kList, "", "ZCRPC_ALLOW_UIDS", "shm: further uids admitted", ""},
+    {"allow_gids", SettingType::kList, "", "ZCRPC_ALLOW_GIDS",
+     "shm: primary gids admitted", ""},
+    {"token", SettingType::kString, "", "ZCRPC_TOKEN",
+     "tcp: shared access token (empty: none)", ""},
+    {"rdma_device", SettingType::kString, "", "ZCRPC_RDMA_DEVICE",
+     "rdma: device name (empty: the one the address resolves to)", ""},
+    {"rdma_port", SettingType::kInt, "1", "ZCRPC_RDMA_PORT", "rdma: device port", ""},
+    {"rdma_gid_index", SettingType::kInt, "-1", "ZCRPC_RDMA_GID_INDEX",
+     "rdma: GID index (-1: chosen by rdma_cm)", ""},
+};
+
+const SettingInfo* find(std::string_view name) {
+  for (const auto& s : kSettings)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+std::string_view typeName(SettingType t) {
+  switch (t) {
+    case SettingType::kBool: return "bool";
+    case SettingType::kInt: return "integer";
+    case SettingType::kSize: return "size";
+    case SettingType::kDuration: return "duration";
+    case SettingType::kString: return "string";
+    case SettingType::kEnum: return "choice";
+    case SettingType::kList: return "list";
+  }
+  return "?";
+}
+
+std::string trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return std::string(s);
+}
+
+bool parseInt(std::string_view s, int64_t& out) {
+  auto r = std::from_chars(s.data(), s.data() + s.size(), out);
+  return r.ec == std::errc() && r.ptr == s.data() + s.size() && !s.empty();
+}
+
+bool parseSize(std::string_view s, uint64_t& out) {
+  size_t i = 0;
+  while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
+  if (i == 0 || i > 19) return false;
+  uint64_t n = 0;
+  std::from_chars(s.data(), s.data() + i, n);
+  std::string unit = trim(s.substr(i));
+  for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  uint64_t mult = 1;
+  if (unit.empty() || unit == "b") mult = 1;
+  else if (unit == "k" || unit == "kib" || unit == "kb") mult = uint64_t{1} << 10;
+  else if (unit == "m" || unit == "mib" || unit == "mb") mult = uint64_t{1} << 20;
+  else if (unit == "g" || unit == "gib" || unit == "gb") mult = uint64_t{1} << 30;
+  else return false;
+  if (n > UINT64_MAX / mult) return false;
+  out = n * mult;
+  return true;
+}
+
+bool parseDuration(std::string_view s, std::chrono::nanoseconds& out) {
+  size_t i = 0;
+  while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
+  if (i == 0 || i > 15) return false;
+  int64_t n = 0;
+  std::from_chars(s.data(), s.data() + i, n);
+  std::string unit = trim(s.substr(i));
+  if (unit == "ns") out = std::chrono::nanoseconds(n);
+  else if (unit == "us") out = std::chrono::microseconds(n);
+  else if (unit == "ms") out = std::chrono::milliseconds(n);
+  else if (unit == "s") out = std::chrono::seconds(n);
+  else if (unit == "min") out = std::chrono::minutes(n);
+  else return false;
+  return true;
+}
+
+std::vector<std::string> splitList(std::string_view s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == ',') {
+      if (auto t = trim(cur); !t.empty()) out.push_back(t);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (auto t = trim(cur); !t.empty()) out.push_back(t);
+  return out;
+}
+
+std::string expected(const SettingInfo& s) {
+  switch (s.type) {
+    case SettingType::kBool: return "true or false";
+    case SettingType::kInt: return "an integer";
+    case SettingType::kSize: return "a size such as 4096, 64KiB or 1MiB";
+    case SettingType::kDuration: return "a duration such as 50us, 10ms or 5s";
+    case SettingType::kString: return "a string";
+    case SettingType::kEnum: return "one of " + std::string(s.choices);
+    case SettingType::kList: return "a comma-separated list";
+  }
+  return "?";
+}
+
+bool isPow2(uint64_t v) { return v && !(v & (v - 1)); }
+
+/// Checks `value` for `s`; returns the canonical text or an empty optional reason.
+std::string check(const SettingInfo& s, std::string_view raw, std::string& canonical) {
+  std::string v = trim(raw);
+  switch (s.type) {
+    case SettingType::kBool:
+      if (v == "true" || v == "1" || v == "yes" || v == "on") canonical = "true";
+      else if (v == "false" || v == "0" || v == "no" || v == "off") canonical = "false";
+      else return "expected " + expected(s);
+      return {};
+    case SettingType::kInt: {
+      int64_t n;
+      if (!parseInt(v, n)) return "expected " + expected(s);
+      if ((s.name == "max_leases" || s.name == "window") && (n <= 0 || !isPow2(static_cast<uint64_t>(n))))
+        return "expected a power of two";
+      if ((s.name == "server_threads" || s.name == "server_batch" || s.name == "nesting_limit" ||
+           s.name == "traversal_limit_words") && n <= 0)
+        return "expected a positive integer";
+      canonical = v;
+      return {};
+    }
+    case SettingType::kSize: {
+      uint64_t n;
+      if (!parseSize(v, n)) return "expected " + expected(s);
+      if (s.name == "ring_bytes" && (!isPow2(n) || n < 4096 || n > (uint64_t{1} << 30)))
+        return "expected a power of two between 4KiB and 1GiB";
+      if (s.name == "arena_bytes" && n % 4096) return "expected a multiple of 4096";
+      if (s.name == "max_message_bytes" && (n < 64 || n > (uint64_t{1} << 32) - 4096))
+        return "expected between 64 bytes and 4 GiB";
+      canonical = std::to_string(n);
+      return {};
+    }
+    case SettingType::kDuration: {
+      std::chrono::nanoseconds d;
+      if (!parseDuration(v, d)) return "expected " + expected(s);
+      canonical = v;
+      return {};
+    }
+    case SettingType::kString:
+      canonical = v;
+      return {};
+    case SettingType::kEnum: {
+      std::string_view choices = s.choices;
+      size_t start = 0;
+      while (start <= choices.size()) {
+        size_t bar = choices.find('|', start);
+        if (bar == std::string_view::npos) bar = choices.size();
+        if (choices.substr(start, bar - start) == v) {
+          canonical = v;
+          return {};
+        }
+        start = bar + 1;
+      }
+      return "expected " + expected(s);
+    }
+    case SettingType::kList: {
+      auto items = splitList(v);
+      if (s.name == "transports") {
+        for (auto& t : items)
+          if (t != "shm" && t != "rdma" && t != "tcp")
+            return "unknown transport '" + t + "' (known: shm, rdma, tcp)";
+        if (items.empty()) return "expected at least one transport";
+      }
+      if (s.name == "allow_uids" || s.name == "allow_gids")
+        for (auto& t : items) {
+          int64_t n;
+          if (!parseInt(t, n) || n < 0) return "expected numeric ids, got '" + t + "'";
+        }
+      canonical.clear();
+      for (size_t i = 0; i < items.size(); ++i) canonical += (i ? "," : "") + items[i];
+      return {};
+    }
+  }
+  return "unknown type";
+}
+
+std::string tomlValueText(const toml::node& node, const SettingInfo& s, const std::string& where) {
+  if (auto b = node.as_boolean()) return b->get() ? "true" : "false";
+  if (auto i = node.as_integer()) {
+    if (s.type == SettingType::kDuration)
+      throw InvalidArgument(where + ": expected a duration string such as \"50us\" (with a unit)");
+    return std::to_string(i->get());
+  }
+  if (auto str = node.as_string()) return str->get();
+  if (auto arr = node.as_array()) {
+    std::string out;
+    for (auto& el : *arr) {
+      std::string item;
+      if (auto es = el.as_string()) item = es->get();
+      else if (auto ei = el.as_integer()) item = std::to_string(ei->get());
+      else throw InvalidArgument(where + ": list items must be strings or integers");
+      out += (out.empty() ? "" : ",") + item;
+    }
+    return out;
+  }
+  throw InvalidArgument(where + ": expected " + expected(s));
+}
+
+}  // namespace
+
+std::span<const SettingInfo> settingsTable() noexcept { return kSettings; }
+
+std::string_view settingSourceName(SettingSource source) noexcept {
+  switch (source) {
+    case SettingSource::kDefault: return "default";
+    case SettingSource::kFile: return "file";
+    case SettingSource::kEnvironment: return "environment";
+    case SettingSource::kUri: return "uri";
+    case SettingSource::kCode: return "code";
+  }
+  return "?";
+}
+
+Config::Config() {
+  for (const auto& s : kSettings) {
+    std::string canonical;
+    check(s, s.defaultValue, canonical);  // the table's own defaults are valid
+    values_[std::string(s.name)] = Value{canonical, SettingSource::kDefault, "default"};
+  }
+}
+
+Config Config::load() {
+  Config c;
+  if (const char* path = std::getenv("ZCRPC_CONFIG"); path && *path) c.loadFile(path);
+  c.loadEnvironment();
+  return c;
+}
+
+void Config::set(std::string_view name, std::string_view raw, SettingSource source,
+                 std::string origin) {
+  const SettingInfo* s = find(name);
+  if (!s) throw InvalidArgument(origin + ": unknown setting '" + std::string(name) + "'");
+  std::string canonical;
+  std::string why = check(*s, raw, canonical);
+  if (!why.empty())
+    throw InvalidArgument(origin + ": " + why + ", got '" + std::string(raw) + "'");
+  values_[std::string(name)] = Value{canonical, source, std::move(origin)};
+}
+
+void Config::loadTomlString(std::string_view text, const std::string& origin) {
+  toml::table table;
+  try {
+    table = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream msg;
+    msg << origin << ":" << e.source().begin.line << ": " << e.description();
+    throw InvalidArgument(msg.str());
+  }
+  const toml::table* root = &table;
+  if (auto z = table["zcrpc"].as_table()) root = z;
+  for (auto&& [key, node] : *root) {
+    std::string k(key.str());
+    if (root == &table && k == "zcrpc") continue;
+    std::string where = origin + ":" + std::to_string(node.source().begin.line) + " key " + k;
+    const SettingInfo* s = find(k);
+    if (!s) throw InvalidArgument(where + ": unknown setting");
+    set(k, tomlValueText(node, *s, where), SettingSource::kFile, where);
+  }
+}
+
+void Config::loadFile(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw InvalidArgument("config file " + path + ": cannot be opened");
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  std::fclose(f);
+  loadTomlString(text, path);
+}
+
+void Config::loadEnvironment() {
+  for (const auto& s : kSettings) {
+    std::string env(s.env);
+    if (const char* v = std::getenv(env.c_str())) set(s.name, v, SettingSource::kEnvironment, env);
+  }
+}
+
+void Config::applyQuery(std::string_view query, std::string_view uri) {
+  size_t start = 0;
+  while (start < query.size()) {
+    size_t amp = query.find('&', start);
+    if (amp == std::string_view::npos) amp = query.size();
+    std::string_view pair = query.substr(start, amp - start);
+    start = amp + 1;
+    if (pair.empty()) continue;
+    size_t eq = pair.find('=');
+    if (eq == std::string_view::npos)
+      throw InvalidArgument(std::string(uri) + ": query parameter '" + std::string(pair) +
+                            "' has no value");
+    set(pair.substr(0, eq), pair.substr(eq + 1), SettingSource::kUri,
+        std::string(uri) + " (" + std::string(pair.substr(0, eq)) + ")");
+  }
+}
+
+const Config::Value& Config::value(std::string_view name, SettingType expectedType) const {
+  auto it = values_.find(name);
+  const SettingInfo* s = find(name);
+  if (it == values_.end() || !s || s->type != expectedType)
+    throw InvalidArgument("setting '" + std::string(name) + "' is not a " +
+                          std::string(typeName(expectedType)) + " setting");
+  return it->second;
+}
+
+bool Config::flag(std::string_view name) const { return value(name, SettingType::kBool).text == "true"; }
+int64_t Config::integer(std::string_view name) const {
+  int64_t n = 0;
+  parseInt(value(name, SettingType::kInt).text, n);
+  return n;
+}
+uint64_t Config::size(std::string_view name) const {
+  uint64_t n = 0;
+  parseSize(value(name, SettingType::kSize).text, n);
+  return n;
+}
+std::chrono::nanoseconds Config::duration(std::string_view name) const {
+  std::chrono::nanoseconds d{};
+  parseDuration(value(name, SettingType::kDuration).text, d);
+  return d;
+}
+const std::string& Config::text(std::string_view name) const {
+  auto it = values_.find(name);
+  const SettingInfo* s = find(name);
+  if (it == values_.end() || !s || (s->type != SettingType::kString && s->type != SettingType::kEnum))
+    throw InvalidArgument("setting '" + std::string(name) + "' is not a string setting");
+  return it->second.text;
+}
+std::vector<std::string> Config::list(std::string_view name) const {
+  return splitList(value(name, SettingType::kList).text);
+}
+
+std::vector<Config::Effective> Config::effective() const {
+  std::vector<Effective> out;
+  for (const auto& s : kSettings) {
+    const Value& v = values_.at(std::string(s.name));
+    out.push_back({std::string(s.name), v.text, v.source, v.origin});
+  }
+  return out;
+}
+
+std::string Config::reference() {
+  std::string out =
+      "| setting | type | default | environment | meaning |\n|---|---|---|---|---|\n";
+  for (const auto& s : kSettings) {
+    out += "| `" + std::string(s.name) + "` | " + std::string(typeName(s.type)) +
+           (s.type == SettingType::kEnum ? " (" + std::string(s.choices) + ")" : "") + " | `" +
+           std::string(s.defaultValue) + "` | `" + std::string(s.env) + "` | " +
+           std::string(s.help) + " |\n";
+  }
+  return out;
+}
+
+ConnectionOptions Config::connectionOptions() const {
+  ConnectionOptions o;
+  o.ringBytes = static_cast<uint32_t>(size("ring_bytes"));
+  o.arenaBytes = size("arena_bytes");
+  o.maxMessageBytes = size("max_message_bytes");
+  o.waitMode = parseWaitMode(text("wait_mode"));
+  o.spinTime = duration("spin_time");
+  o.maxLeases = static_cast<uint32_t>(integer("max_leases"));
+  o.readerLimits.traversalLimitWords = static_cast<uint64_t>(integer("traversal_limit_words"));
+  o.readerLimits.nestingLimit = static_cast<int>(integer("nesting_limit"));
+  o.connectTimeout = std::chrono::duration_cast<std::chrono::milliseconds>(duration("connect_timeout"));
+  return o;
+}
+
+ChannelOptions Config::channelOptions() const {
+  ChannelOptions o;
+  o.defaultTimeout = duration("call_timeout");
+  o.window = static_cast<uint32_t>(integer("window"));
+  return o;
+}
+
+ServerOptions Config::serverOptions() const {
+  ServerOptions o;
+  o.workerThreads = static_cast<size_t>(integer("server_threads"));
+  o.batch = static_cast<size_t>(integer("server_batch"));
+  o.idleMode = parseWaitMode(text("server_idle_mode"));
+  o.spinTime = duration("spin_time");
+  return o;
+}
+
+CredentialPolicy Config::credentialPolicy() const {
+  CredentialPolicy p;
+  p.sameUid = flag("allow_same_uid");
+  for (auto& u : list("allow_uids")) p.uids.push_back(static_cast<uid_t>(std::stoul(u)));
+  for (auto& g : list("allow_gids")) p.gids.push_back(static_cast<gid_t>(std::stoul(g)));
+  return p;
+}
+
+ShmListenOptions Config::shmListenOptions() const {
+  ShmListenOptions o;
+  o.connection = connectionOptions();
+  o.policy = credentialPolicy();
+  return o;
+}
+
+TcpOptions Config::tcpOptions() const {
+  TcpOptions o;
+  o.connection = connectionOptions();
+  o.token = text("token");
+  return o;
+}
+
+std::vector<std::string> Config::transports() const { return list("transports"); }
+
+EndpointUri parseEndpoint(std::string_view uri) {
+  EndpointUri e;
+  auto sep = uri.find("://");
+  if (sep == std::string_view::npos || sep == 0)
+    throw InvalidArgument("endpoint '" + std::string(uri) +
+                          "' is not scheme://address (shm://name, tcp://host:port, rdma://host:port)");
+  e.scheme = std::string(uri.substr(0, sep));
+  std::string_view rest = uri.substr(sep + 3);
+  auto q = rest.find('?');
+  e.address = std::string(rest.substr(0, q));
+  if (q != std::string_view::npos) e.query = std::string(rest.substr(q + 1));
+  if (e.address.empty()) throw InvalidArgument("endpoint '" + std::string(uri) + "' has no address");
+  return e;
+}
+
+}  // namespace zcrpc
