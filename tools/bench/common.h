@@ -1,0 +1,48 @@
+// zcrpc-bench — small pieces shared by the bench's modules.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "zcrpc/transport.h"
+
+namespace zcrpc::bench {
+
+using zcrpc::Clock;
+using zcrpc::Deadline;
+
+/// Anything that stops a measurement: a failed system call, a peer that went silent, an
+/// echo that came back wrong. The message names what failed; main() prints it and exits 1.
+class BenchError final : public std::runtime_error {
+ public:
+  explicit BenchError(const std::string& what) : std::runtime_error(what) {}
+};
+
+/// "context: strerror(errno)" as a BenchError.
+[[noreturn]] void throwErrno(const std::string& context);
+
+inline void cpuRelax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+/// Pins the calling thread to `cpu` and checks it now runs there. Throws BenchError.
+void pinToCpu(int cpu);
+
+/// Involuntary context switches of this process so far (the other load on the host
+/// taking our CPU): a cell's count says how much its tail figures were disturbed.
+uint64_t preemptionCount() noexcept;
+
+/// "64 B", "4 KiB", "1 MiB", or "1000 B" for sizes that are not whole KiB/MiB.
+std::string formatSize(uint64_t bytes);
+
+/// How long a side waits without progress before it declares its peer stuck.
+inline constexpr std::chrono::seconds kStallTimeout{10};
+
+}  // namespace zcrpc::bench
