@@ -1,0 +1,734 @@
+// capnpc-zcrpc — Cap'n Proto compiler plugin that writes zcrpc client stubs and service
+// base classes (`<file>.zcrpc.h`) for every interface of the requested files.
+//
+// Run it the way capnpc-c++ is run, next to it:
+//
+//   capnp compile -oc++:OUT -ozcrpc:OUT foo.capnp     # capnpc-zcrpc on PATH
+//   capnp compile -oc++:OUT -o/path/to/capnpc-zcrpc:OUT foo.capnp
+//
+// capnp starts the plugin with OUT as its working directory and the CodeGeneratorRequest
+// on stdin; for each requested file it writes `<filename>.zcrpc.h` (the same relative
+// path capnpc-c++ uses for `<filename>.h`). The naming rules are written down in
+// docs/codegen.md and at the top of every generated header.
+//
+// Anything the generated code could not express correctly (generic interfaces or
+// methods, generic parameter types, streaming methods, names that would collide) is
+// refused: the plugin prints one line per problem on stderr, naming the file and the
+// interface, writes nothing for that file and exits with status 1.
+
+#include <capnp/schema.capnp.h>
+#include <capnp/serialize.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace zcrpc::codegen {
+namespace {
+
+namespace schema = capnp::schema;
+
+constexpr uint64_t kNamespaceAnnotationId = 0xb9c6f99ebf805f2cull;  // $Cxx.namespace
+constexpr uint64_t kNameAnnotationId = 0xf264a779fef191ceull;       // $Cxx.name
+constexpr uint64_t kStreamResultId = 0x995f9a3377c0b16eull;         // capnp/stream.capnp
+
+/// A schema the generated code cannot express. The message is complete (file and
+/// interface included) and is printed after "capnpc-zcrpc: ".
+class SchemaRefused final : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// C++20 keywords, and names that are macros in standard headers (NULL, assert, errno).
+/// A method whose C++ name is one of these gets a trailing '_' as its service handler,
+/// as capnpc-c++ does for its accessors.
+const std::unordered_set<std::string_view>& cppReservedNames() {
+  static const std::unordered_set<std::string_view> names = {
+      "alignas",       "alignof",     "and",
+      "and_eq",        "asm",         "auto",
+      "bitand",        "bitor",       "bool",
+      "break",         "case",        "catch",
+      "char",          "char8_t",     "char16_t",
+      "char32_t",      "class",       "compl",
+      "concept",       "const",       "consteval",
+      "constexpr",     "constinit",   "const_cast",
+      "continue",      "co_await",    "co_return",
+      "co_yield",      "decltype",    "default",
+      "delete",        "do",          "double",
+      "dynamic_cast",  "else",        "enum",
+      "explicit",      "export",      "extern",
+      "false",         "float",       "for",
+      "friend",        "goto",        "if",
+      "inline",        "int",         "long",
+      "mutable",       "namespace",   "new",
+      "noexcept",      "not",         "not_eq",
+      "nullptr",       "operator",    "or",
+      "or_eq",         "private",     "protected",
+      "public",        "register",    "reinterpret_cast",
+      "requires",      "return",      "short",
+      "signed",        "sizeof",      "static",
+      "static_assert", "static_cast", "struct",
+      "switch",        "template",    "this",
+      "thread_local",  "throw",       "true",
+      "try",           "typedef",     "typeid",
+      "typename",      "union",       "unsigned",
+      "using",         "virtual",     "void",
+      "volatile",      "wchar_t",     "while",
+      "xor",           "xor_eq",      "NULL",
+      "assert",        "errno",
+  };
+  return names;
+}
+
+/// Members the generated service class already has; a method named like one of them
+/// gets a trailing '_' as its handler so it cannot hide or overload them.
+bool isServiceMemberName(std::string_view name) {
+  return name == "dispatch" || name == "interfaceIds";
+}
+
+std::string toTitleCase(std::string_view name) {
+  std::string out(name);
+  if (!out.empty() && out[0] >= 'a' && out[0] <= 'z')
+    out[0] = static_cast<char>(out[0] - 'a' + 'A');
+  return out;
+}
+
+std::string hexId(uint64_t id) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%016" PRIx64 "ull", id);
+  return buf;
+}
+
+template <typename Proto>
+std::optional<std::string> annotationText(Proto proto, uint64_t annotationId) {
+  for (auto annotation : proto.getAnnotations()) {
+    if (annotation.getId() == annotationId && annotation.getValue().isText())
+      return std::string(annotation.getValue().getText().cStr());
+  }
+  return std::nullopt;
+}
+
+/// The name capnpc-c++ gives a method or member: `$Cxx.name` if present, else the
+/// schema name.
+template <typename Proto>
+std::string cppProtoName(Proto proto) {
+  if (auto annotated = annotationText(proto, kNameAnnotationId)) return *annotated;
+  return proto.getName().cStr();
+}
+
+/// Writes `text` as `///` comment lines indented by `indent`.
+void writeDocComment(std::ostream& out, std::string_view indent, std::string_view text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  if (text.empty()) return;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(start, end - start);
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.remove_suffix(1);
+    // A trailing backslash would splice the next line (maybe code) into the comment.
+    out << indent << "///" << (line.empty() ? "" : " ") << line << (line.ends_with('\\') ? "." : "")
+        << '\n';
+    start = end + 1;
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// The schema: every node of the request by id, and how capnpc-c++ names them.
+
+/// One method as the stubs see it: the interface that declares it (own or a base).
+struct MethodInfo {
+  uint64_t interfaceId;
+  std::string interfaceName;  ///< schema name of the declaring interface, e.g. "Outer.Base"
+  uint16_t ordinal;
+  std::string cppName;     ///< capnpc-c++ name ($Cxx.name or the schema name)
+  std::string paramsType;  ///< fully qualified C++ type
+  std::string resultsType;
+  std::string docComment;
+  std::string signature;  ///< "Base.bar @2" for the comment line
+};
+
+/// Read-only index over a CodeGeneratorRequest. Lives as long as the request's reader.
+class SchemaIndex final {
+ public:
+  explicit SchemaIndex(schema::CodeGeneratorRequest::Reader request) {
+    for (auto node : request.getNodes()) nodes_.emplace(node.getId(), node);
+    for (auto info : request.getSourceInfo()) sourceInfo_.emplace(info.getId(), info);
+  }
+
+  /// The node `id`; throws SchemaRefused naming `context` when the request lacks it.
+  schema::Node::Reader node(uint64_t id, std::string_view context) const {
+    auto it = nodes_.find(id);
+    if (it == nodes_.end())
+      throw SchemaRefused(std::string(context) + ": the request has no schema node " + hexId(id));
+    return it->second;
+  }
+
+  std::string docComment(uint64_t id) const {
+    auto it = sourceInfo_.find(id);
+    return it == sourceInfo_.end() ? std::string() : it->second.getDocComment().cStr();
+  }
+  std::string memberDocComment(uint64_t id, uint32_t index) const {
+    auto it = sourceInfo_.find(id);
+    if (it == sourceInfo_.end() || index >= it->second.getMembers().size()) return {};
+    return it->second.getMembers()[index].getDocComment().cStr();
+  }
+
+  /// The file node that (transitively) contains node `id`.
+  schema::Node::Reader fileOf(uint64_t id) const {
+    schema::Node::Reader n = node(id, "scope lookup");
+    for (int depth = 0; !n.isFile(); ++depth) {
+      if (n.getScopeId() == 0 || depth > 1000)
+        throw SchemaRefused(std::string(n.getDisplayName().cStr()) +
+                            ": node has no enclosing file (an implicit method parameter struct?)");
+      n = node(n.getScopeId(), n.getDisplayName().cStr());
+    }
+    return n;
+  }
+
+  /// The node's name as written in its file: "Outer.Inner" (display name after the ':').
+  static std::string schemaName(schema::Node::Reader n) {
+    std::string_view display = n.getDisplayName().cStr();
+    size_t colon = display.find(':');
+    return std::string(colon == std::string_view::npos ? display : display.substr(colon + 1));
+  }
+
+  /// The C++ names of the scopes from the file down to `id` (inclusive), as capnpc-c++
+  /// spells them: nested-node names, `$Cxx.name` overrides, TitleCased group fields.
+  std::vector<std::string> cppScopePath(uint64_t id) const {
+    std::vector<std::string> path;
+    schema::Node::Reader n = node(id, "scope lookup");
+    for (int depth = 0; !n.isFile(); ++depth) {
+      if (n.getScopeId() == 0 || depth > 1000)
+        throw SchemaRefused(std::string(n.getDisplayName().cStr()) +
+                            ": node has no enclosing file");
+      schema::Node::Reader parent = node(n.getScopeId(), n.getDisplayName().cStr());
+      path.push_back(unqualifiedCppName(n, parent));
+      n = parent;
+    }
+    std::reverse(path.begin(), path.end());
+    return path;
+  }
+
+  /// "::ns::Outer::Inner": the fully qualified C++ name capnpc-c++ gives node `id`.
+  std::string cppFullName(uint64_t id) const {
+    std::string out = cppNamespacePrefix(fileOf(id));
+    for (const std::string& part : cppScopePath(id)) out += "::" + part;
+    return out;
+  }
+
+  /// "::ns" for a file with `$Cxx.namespace("ns")`, "" for one without.
+  static std::string cppNamespacePrefix(schema::Node::Reader file) {
+    auto ns = annotationText(file, kNamespaceAnnotationId);
+    if (!ns) return {};
+    std::string_view text = *ns;
+    if (text.starts_with("::")) text.remove_prefix(2);
+    return "::" + std::string(text);
+  }
+
+ private:
+  static std::string unqualifiedCppName(schema::Node::Reader n, schema::Node::Reader parent) {
+    if (auto annotated = annotationText(n, kNameAnnotationId)) return *annotated;
+    for (auto nested : parent.getNestedNodes())
+      if (nested.getId() == n.getId()) return nested.getName().cStr();
+    if (parent.isStruct()) {
+      for (auto field : parent.getStruct().getFields())
+        if (field.isGroup() && field.getGroup().getTypeId() == n.getId())
+          return toTitleCase(cppProtoName(field));
+    }
+    throw SchemaRefused(std::string(n.getDisplayName().cStr()) +
+                        ": its scope does not list it as a nested node");
+  }
+
+  std::unordered_map<uint64_t, schema::Node::Reader> nodes_;
+  std::unordered_map<uint64_t, schema::Node::SourceInfo::Reader> sourceInfo_;
+};
+
+// ------------------------------------------------------------------------------------
+// One requested file → one header.
+
+/// Generates `<file>.zcrpc.h` for one requested file. Collects every refusal instead of
+/// stopping at the first, so one run reports all of them.
+class FileGenerator final {
+ public:
+  FileGenerator(const SchemaIndex& index, schema::CodeGeneratorRequest::RequestedFile::Reader file)
+      : index_(index),
+        requested_(file),
+        fileName_(file.getFilename().cStr()),
+        fileNode_(index.node(file.getId(), file.getFilename().cStr())) {}
+
+  /// The header text; throws SchemaRefused (all problems, one per line) if refused.
+  std::string generate() {
+    collectInterfaces(fileNode_);
+    checkTopLevelCollisions();
+    std::ostringstream body;
+    for (const InterfaceStub& stub : stubs_) {
+      try {
+        writeInterface(body, stub);
+      } catch (const SchemaRefused& e) {
+        problems_.push_back(e.what());
+      }
+    }
+    if (!problems_.empty()) {
+      std::string all;
+      for (const std::string& p : problems_) all += (all.empty() ? "" : "\n") + p;
+      throw SchemaRefused(all);
+    }
+    std::ostringstream out;
+    writePrologue(out);
+    out << body.str();
+    writeEpilogue(out);
+    return out.str();
+  }
+
+ private:
+  struct InterfaceStub {
+    uint64_t id;
+    std::string schemaName;  ///< "Outer.Inner"
+    std::string stubPrefix;  ///< "Outer_Inner"
+  };
+
+  std::string refusal(const InterfaceStub& stub, std::string_view what) const {
+    return fileName_ + ": interface " + stub.schemaName + " " + std::string(what);
+  }
+
+  /// Walks the file's nested nodes (structs and interfaces nest further), depth first in
+  /// declaration order, and records every interface.
+  void collectInterfaces(schema::Node::Reader scope) {
+    for (auto nested : scope.getNestedNodes()) {
+      schema::Node::Reader n;
+      try {
+        n = index_.node(nested.getId(), fileName_);
+      } catch (const SchemaRefused& e) {
+        problems_.push_back(e.what());
+        continue;
+      }
+      if (n.isInterface()) {
+        InterfaceStub stub{n.getId(), SchemaIndex::schemaName(n), {}};
+        try {
+          for (const std::string& part : index_.cppScopePath(n.getId()))
+            stub.stubPrefix += (stub.stubPrefix.empty() ? "" : "_") + part;
+        } catch (const SchemaRefused& e) {
+          problems_.push_back(e.what());
+          continue;
+        }
+        stubs_.push_back(std::move(stub));
+      }
+      if (n.isStruct() || n.isInterface()) collectInterfaces(n);
+    }
+  }
+
+  /// The generated classes live in the file's namespace beside capnpc-c++'s top-level
+  /// types; refuse a file where one name would mean two things.
+  void checkTopLevelCollisions() {
+    std::map<std::string, std::string> taken;  // C++ name -> what it is
+    for (auto nested : fileNode_.getNestedNodes()) {
+      std::string name = nested.getName().cStr();
+      try {
+        if (auto annotated =
+                annotationText(index_.node(nested.getId(), fileName_), kNameAnnotationId))
+          name = *annotated;
+      } catch (const SchemaRefused&) {
+      }
+      taken.emplace(name, "the schema's own " + std::string(nested.getName().cStr()));
+    }
+    for (const InterfaceStub& stub : stubs_) {
+      for (const char* suffix : {"Client", "Service"}) {
+        std::string name = stub.stubPrefix + suffix;
+        auto [it, inserted] =
+            taken.emplace(name, "the " + std::string(suffix) + " of " + stub.schemaName);
+        if (!inserted)
+          problems_.push_back(refusal(stub, "would generate " + name + ", which is already " +
+                                                it->second + "; rename one of them"));
+      }
+    }
+  }
+
+  /// How messages and comments name node `id`: "Outer.Inner" in this file,
+  /// "other.capnp:Outer.Inner" in another.
+  std::string displayFor(uint64_t id) const {
+    schema::Node::Reader n = index_.node(id, fileName_);
+    if (index_.fileOf(id).getId() == fileNode_.getId()) return SchemaIndex::schemaName(n);
+    return n.getDisplayName().cStr();
+  }
+
+  /// Records that the generated header uses node `id` (a struct or interface), so the
+  /// header of the file declaring it is included.
+  void noteUse(uint64_t id) {
+    schema::Node::Reader file = index_.fileOf(id);
+    if (file.getId() == fileNode_.getId()) return;
+    for (auto import : requested_.getImports()) {
+      if (import.getId() == file.getId()) {
+        std::string_view name = import.getName().cStr();
+        includes_.insert(name.starts_with("/") ? "<" + std::string(name.substr(1)) + ".h>"
+                                               : "\"" + std::string(name) + ".h\"");
+        return;
+      }
+    }
+    // Reached through an alias in an imported file: capnp names the file by its path
+    // below the import directory, which is where its header sits on the include path.
+    includes_.insert("\"" + std::string(file.getDisplayName().cStr()) + ".h\"");
+  }
+
+  /// The C++ type of a method's params or results struct.
+  std::string structTypeName(const InterfaceStub& stub, schema::Node::Reader iface,
+                             schema::Method::Reader method, uint64_t structId,
+                             schema::Brand::Reader brand, std::string_view role) {
+    std::string where =
+        "has the method " + displayFor(iface.getId()) + "." + std::string(method.getName().cStr());
+    schema::Node::Reader s = index_.node(structId, fileName_ + ": " + where);
+    if (brand.getScopes().size() > 0 || s.getIsGeneric() || s.getParameters().size() > 0)
+      throw SchemaRefused(refusal(stub, where + ", whose " + std::string(role) + " type " +
+                                            displayFor(structId) +
+                                            " is generic; zcrpc does not support generic types"));
+    if (!s.isStruct())
+      throw SchemaRefused(
+          refusal(stub, where + ", whose " + std::string(role) + " type is not a struct"));
+    std::set<uint64_t> visited;
+    if (auto path = capabilityIn(structId, visited))
+      throw SchemaRefused(refusal(stub, where + ", whose " + std::string(role) +
+                                            " can hold a capability (" + *path +
+                                            "); zcrpc does not transport capabilities"));
+    if (s.getScopeId() == 0) {
+      // Implicit `(a :A, b :B)` list: capnpc-c++ nests it in the interface as
+      // `<MethodTitleCase>Params` / `Results`.
+      noteUse(iface.getId());
+      return index_.cppFullName(iface.getId()) + "::" + toTitleCase(cppProtoName(method)) +
+             (role == "params" ? "Params" : "Results");
+    }
+    noteUse(structId);
+    return index_.cppFullName(structId);
+  }
+
+  /// The first field path under struct `id` that can hold a capability (an interface, a
+  /// list of them, a capability-constrained AnyPointer), searching nested structs, lists
+  /// and groups; nullopt if there is none.
+  std::optional<std::string> capabilityIn(uint64_t id, std::set<uint64_t>& visited) {
+    if (!visited.insert(id).second) return std::nullopt;
+    schema::Node::Reader n = index_.node(id, fileName_);
+    if (!n.isStruct()) return std::nullopt;
+    for (auto field : n.getStruct().getFields()) {
+      std::string name = field.getName().cStr();
+      if (field.isGroup()) {
+        if (auto inner = capabilityIn(field.getGroup().getTypeId(), visited))
+          return name + "." + *inner;
+        continue;
+      }
+      auto type = field.getSlot().getType();
+      while (type.isList()) type = type.getList().getElementType();
+      if (type.isInterface()) return name;
+      if (type.isAnyPointer() && type.getAnyPointer().isUnconstrained() &&
+          type.getAnyPointer().getUnconstrained().isCapability())
+        return name;
+      if (type.isStruct()) {
+        if (auto inner = capabilityIn(type.getStruct().getTypeId(), visited))
+          return name + "." + *inner;
+      }
+    }
+    return std::nullopt;
+  }
+
+  /// Own methods first, then each base's (depth first, declaration order), each interface
+  /// once. `ids` receives the interface ids in the same order.
+  void flatten(const InterfaceStub& stub, uint64_t id, std::vector<uint64_t>& ids,
+               std::vector<MethodInfo>& methods, int depth) {
+    if (std::find(ids.begin(), ids.end(), id) != ids.end()) return;
+    if (depth > 64) throw SchemaRefused(refusal(stub, "has an inheritance chain deeper than 64"));
+    schema::Node::Reader iface = index_.node(id, fileName_ + ": interface " + stub.schemaName);
+    std::string ifaceName = displayFor(id);
+    if (!iface.isInterface())
+      throw SchemaRefused(
+          refusal(stub, "extends " + displayFor(id) + ", which is not an interface"));
+    if (iface.getIsGeneric() || iface.getParameters().size() > 0)
+      throw SchemaRefused(
+          refusal(stub, id == stub.id ? "is generic; zcrpc does not support generic interfaces"
+                                      : "extends the generic interface " + displayFor(id) +
+                                            "; zcrpc does not support generic interfaces"));
+    ids.push_back(id);
+    auto methodList = iface.getInterface().getMethods();
+    for (uint32_t i = 0; i < methodList.size(); ++i) {
+      auto method = methodList[i];
+      std::string where = ifaceName + "." + method.getName().cStr();
+      if (method.getImplicitParameters().size() > 0)
+        throw SchemaRefused(refusal(
+            stub, "has the generic method " + where + "; zcrpc does not support generic methods"));
+      if (method.getResultStructType() == kStreamResultId)
+        throw SchemaRefused(
+            refusal(stub, "has the streaming method " + where +
+                              " (-> stream); zcrpc does not support streaming, "
+                              "declare `-> ()` and use sendOneWay() or callAsync()"));
+      if (i > UINT16_MAX) throw SchemaRefused(refusal(stub, "has more than 65536 methods"));
+      MethodInfo info;
+      info.interfaceId = id;
+      info.interfaceName = ifaceName;
+      info.ordinal = static_cast<uint16_t>(i);
+      info.cppName = cppProtoName(method);
+      info.paramsType = structTypeName(stub, iface, method, method.getParamStructType(),
+                                       method.getParamBrand(), "params");
+      info.resultsType = structTypeName(stub, iface, method, method.getResultStructType(),
+                                        method.getResultBrand(), "results");
+      info.docComment = index_.memberDocComment(id, i);
+      info.signature = where + " @" + std::to_string(i);
+      methods.push_back(std::move(info));
+    }
+    for (auto super : iface.getInterface().getSuperclasses()) {
+      if (super.getBrand().getScopes().size() > 0)
+        throw SchemaRefused(refusal(stub, "extends the generic interface " +
+                                              displayFor(super.getId()) +
+                                              "; zcrpc does not support generic interfaces"));
+      if (super.getId() != id) noteUse(super.getId());
+      flatten(stub, super.getId(), ids, methods, depth + 1);
+    }
+  }
+
+  static std::string handlerName(const MethodInfo& m) {
+    if (cppReservedNames().count(m.cppName) || isServiceMemberName(m.cppName))
+      return m.cppName + "_";
+    return m.cppName;
+  }
+
+  void writeInterface(std::ostream& out, const InterfaceStub& stub) {
+    std::vector<uint64_t> ids;
+    std::vector<MethodInfo> methods;
+    flatten(stub, stub.id, ids, methods, 0);
+
+    // One C++ name may not mean two methods (an override of a base method's name, or
+    // two bases both declaring `bar`): the client's barRequest() would be ambiguous.
+    std::map<std::string, const MethodInfo*> byName;
+    for (const MethodInfo& m : methods) {
+      for (const std::string& name :
+           {m.cppName + "Request", handlerName(m), toTitleCase(m.cppName)}) {
+        auto [it, inserted] = byName.emplace(name, &m);
+        if (!inserted && it->second != &m)
+          throw SchemaRefused(refusal(stub, "has two methods that map to the C++ name " + name +
+                                                " (" + it->second->signature + " and " +
+                                                m.signature + "); rename one or use $Cxx.name"));
+      }
+    }
+
+    const std::string client = stub.stubPrefix + "Client";
+    const std::string service = stub.stubPrefix + "Service";
+    const std::string doc = index_.docComment(stub.id);
+    std::string bases;
+    for (size_t i = 1; i < ids.size(); ++i) bases += (i == 1 ? "" : ", ") + displayFor(ids[i]);
+
+    // ---- client
+    out << "\n// " << std::string(86, '-') << "\n// interface " << stub.schemaName << " @"
+        << hexId(stub.id).substr(0, 18) << (bases.empty() ? "" : " extends " + bases) << "\n\n";
+    writeDocComment(out, "", doc);
+    out << "/// Client stub of `" << stub.schemaName << "`"
+        << (bases.empty() ? "" : " (with the methods of " + bases + ")") << ".\n"
+        << "/// Each `<method>Request()` starts a request in place in the channel's transport\n"
+        << "/// memory; fill `params()` and send it once with call(), callAsync() or "
+           "sendOneWay().\n"
+        << "/// Borrows the Channel, which must outlive it; cheap to copy.\n"
+        << "/// Threads: the Channel's thread only.\n"
+        << "class " << client << " final {\n"
+        << " public:\n"
+        << "  static constexpr uint64_t kInterfaceId = " << hexId(stub.id) << ";\n\n";
+    for (const MethodInfo& m : methods)
+      out << "  using " << toTitleCase(m.cppName) << "Request =\n      ::zcrpc::Request<"
+          << m.paramsType << ", " << m.resultsType << ">;\n";
+    if (!methods.empty()) out << "\n";
+    out << "  explicit " << client
+        << "(::zcrpc::Channel& channel) noexcept : channel_(&channel) {}\n"
+        << "  ::zcrpc::Channel& channel() const noexcept { return *channel_; }\n";
+    for (const MethodInfo& m : methods) {
+      out << "\n";
+      writeDocComment(out, "  ", m.docComment);
+      out << "  /// " << m.signature
+          << (m.interfaceId == stub.id
+                  ? ""
+                  : ", inherited (interface " + hexId(m.interfaceId).substr(0, 18) + ")")
+          << ". sizeHintWords: first segment, in words (0: default).\n"
+          << "  " << toTitleCase(m.cppName) << "Request " << m.cppName
+          << "Request(uint32_t sizeHintWords = 0) const {\n"
+          << "    return {*channel_, " << hexId(m.interfaceId) << ", " << m.ordinal
+          << ", sizeHintWords};\n"
+          << "  }\n";
+    }
+    out << "\n private:\n  ::zcrpc::Channel* channel_;  // borrowed\n};\n\n";
+
+    // ---- service
+    writeDocComment(out, "", doc);
+    out << "/// Service base of `" << stub.schemaName << "`: derive, implement every handler and\n"
+        << "/// register the object with zcrpc::Server::addService(), which routes calls to "
+        << (ids.size() > 1 ? "this\n/// interface and to " + bases : "it") << ".\n"
+        << "/// A handler reads `call.params()` in place and writes `call.results()` in place\n"
+        << "/// (or calls `call.defer()` and answers later); an exception it throws reaches the\n"
+        << "/// caller as a typed zcrpc error. Threads: handlers run on the server's polling\n"
+        << "/// thread of the connection (one at a time per connection; with several worker\n"
+        << "/// threads, different connections may call concurrently).\n"
+        << "class " << service << " : public ::zcrpc::Service {\n"
+        << " public:\n"
+        << "  static constexpr uint64_t kInterfaceId = " << hexId(stub.id) << ";\n"
+        << "  /// Interfaces this service answers: its own, then those it extends.\n"
+        << "  static constexpr uint64_t kInterfaceIds[] = {\n";
+    for (uint64_t id : ids) out << "      " << hexId(id) << ",  // " << displayFor(id) << "\n";
+    out << "  };\n\n";
+    for (const MethodInfo& m : methods)
+      out << "  using " << toTitleCase(m.cppName) << "Call =\n      ::zcrpc::ServerCall<"
+          << m.paramsType << ", " << m.resultsType << ">;\n";
+    if (!methods.empty()) out << "\n";
+    for (const MethodInfo& m : methods) {
+      writeDocComment(out, "  ", m.docComment);
+      out << "  /// " << m.signature << (m.interfaceId == stub.id ? "" : ", inherited") << ".\n"
+          << "  virtual void " << handlerName(m) << "(" << toTitleCase(m.cppName)
+          << "Call& call) = 0;\n";
+    }
+    if (!methods.empty()) out << "\n";
+    out << "  std::span<const uint64_t> interfaceIds() const noexcept override { return "
+           "kInterfaceIds; }\n\n"
+        << "  /// Runs the handler of (interfaceId, methodId); false for a method this\n"
+        << "  /// interface does not have (the caller then gets zcrpc::Unimplemented).\n"
+        << "  bool dispatch(uint64_t interfaceId, uint16_t methodId,\n"
+        << "                ::zcrpc::CallContext& context) override {\n";
+    if (methods.empty()) {
+      out << "    (void)interfaceId;\n    (void)methodId;\n    (void)context;\n    return false;\n";
+    } else {
+      out << "    switch (interfaceId) {\n";
+      for (uint64_t id : ids) {
+        out << "      case " << hexId(id) << ":  // " << displayFor(id) << "\n"
+            << "        switch (methodId) {\n";
+        for (const MethodInfo& m : methods) {
+          if (m.interfaceId != id) continue;
+          out << "          case " << m.ordinal << ": {\n"
+              << "            " << toTitleCase(m.cppName) << "Call call(context);\n"
+              << "            " << handlerName(m) << "(call);\n"
+              << "            return true;\n"
+              << "          }\n";
+        }
+        out << "          default:\n"
+            << "            return false;\n"
+            << "        }\n";
+      }
+      out << "      default:\n"
+          << "        return false;\n"
+          << "    }\n";
+    }
+    out << "  }\n};\n";
+    generatedAny_ = true;
+  }
+
+  void writePrologue(std::ostream& out) const {
+    std::string base = fileName_.substr(fileName_.rfind('/') + 1);
+    out << "// Generated by capnpc-zcrpc from " << fileName_ << ". Do not edit.\n"
+        << "//\n"
+        << "// zcrpc client stubs and service base classes (docs/codegen.md). Naming rules:\n"
+        << "//   * interface `Foo` -> `FooClient` and `FooService` in the file's $Cxx.namespace;\n"
+        << "//     a nested interface `Outer.Inner` -> `Outer_InnerClient` / `Outer_InnerService`\n"
+        << "//     (the C++ scope names joined by '_', which schema names cannot contain);\n"
+        << "//   * method `bar` -> `FooClient::barRequest()` returning `FooClient::BarRequest`\n"
+        << "//     (a zcrpc::Request) and the pure virtual `FooService::bar(BarCall&)`; a\n"
+        << "//     handler whose name is a C++ keyword, `dispatch` or `interfaceIds` gets a\n"
+        << "//     trailing '_' (`delete_`);\n"
+        << "//   * the methods of every interface `Foo` extends (transitively) are members too,\n"
+        << "//     sent with the base's interface id; FooService answers those ids as well;\n"
+        << "//   * params/results are the structs capnpc-c++ generates: `Foo::BarParams` /\n"
+        << "//     `Foo::BarResults` for `bar @0 (...) -> (...)`, or the named struct types.\n"
+        << "#pragma once\n\n"
+        << "#include <cstdint>\n#include <span>\n\n"
+        << "#include <zcrpc/rpc.h>\n\n"
+        << "#include \"" << base << ".h\"\n";
+    for (const std::string& inc : includes_) out << "#include " << inc << "\n";
+    std::string ns = SchemaIndex::cppNamespacePrefix(fileNode_);
+    if (!ns.empty()) out << "\nnamespace " << ns.substr(2) << " {\n";
+  }
+
+  void writeEpilogue(std::ostream& out) const {
+    std::string ns = SchemaIndex::cppNamespacePrefix(fileNode_);
+    if (!generatedAny_) out << "\n// (" << fileName_ << " declares no interfaces.)\n";
+    if (!ns.empty()) out << "\n}  // namespace " << ns.substr(2) << "\n";
+  }
+
+  const SchemaIndex& index_;
+  schema::CodeGeneratorRequest::RequestedFile::Reader requested_;
+  std::string fileName_;
+  schema::Node::Reader fileNode_;
+  std::vector<InterfaceStub> stubs_;
+  std::set<std::string> includes_;
+  std::vector<std::string> problems_;
+  bool generatedAny_ = false;
+};
+
+/// Writes `text` to `path` (relative to the working directory, which capnp sets to the
+/// output directory), creating parent directories. Throws std::runtime_error.
+void writeFile(const std::string& path, const std::string& text) {
+  std::filesystem::path p(path);
+  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
+  std::ofstream f(p, std::ios::binary | std::ios::trunc);
+  f << text;
+  f.close();
+  if (!f) throw std::runtime_error("cannot write " + path);
+}
+
+int run() {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = uint64_t{1} << 40;  // every node of every imported file
+  options.nestingLimit = 256;
+  capnp::StreamFdMessageReader message(STDIN_FILENO, options);
+  auto request = message.getRoot<schema::CodeGeneratorRequest>();
+  SchemaIndex index(request);
+
+  int status = 0;
+  for (auto file : request.getRequestedFiles()) {
+    std::string fileName = file.getFilename().cStr();
+    try {
+      FileGenerator generator(index, file);
+      std::string text = generator.generate();
+      writeFile(fileName + ".zcrpc.h", text);
+    } catch (const SchemaRefused& e) {
+      std::string_view all = e.what();
+      while (!all.empty()) {
+        size_t nl = all.find('\n');
+        std::cerr << "capnpc-zcrpc: " << all.substr(0, nl) << '\n';
+        all = nl == std::string_view::npos ? std::string_view() : all.substr(nl + 1);
+      }
+      status = 1;
+    } catch (const std::exception& e) {
+      std::cerr << "capnpc-zcrpc: " << fileName << ": " << e.what() << '\n';
+      status = 1;
+    }
+  }
+  return status;
+}
+
+}  // namespace
+}  // namespace zcrpc::codegen
+
+int main(int argc, char** argv) {
+  if (argc > 1) {
+    std::string_view arg = argv[1];
+    if (arg == "--version") {
+      std::cout << "capnpc-zcrpc (zcrpc) " ZCRPC_VERSION "\n";
+      return 0;
+    }
+    std::cerr << "capnpc-zcrpc is a Cap'n Proto compiler plugin; run it through capnp:\n"
+                 "  capnp compile -oc++:OUT -ozcrpc:OUT file.capnp\n";
+    return arg == "--help" ? 0 : 2;
+  }
+  try {
+    return zcrpc::codegen::run();
+  } catch (const kj::Exception& e) {
+    std::cerr << "capnpc-zcrpc: cannot read the CodeGeneratorRequest on stdin: "
+              << e.getDescription().cStr() << '\n';
+  } catch (const std::exception& e) {
+    std::cerr << "capnpc-zcrpc: " << e.what() << '\n';
+  }
+  return 1;
+}
