@@ -19,8 +19,9 @@ std::unique_ptr<Listener> listenShm(std::string_view name, const ShmListenOption
 
 /// Connects to `shm://<name>`: credential check, memfd hand-over, header validation.
 /// Throws Failed / Disconnected naming the endpoint and the reason (refused, timed out,
-/// bad header). Ring and arena sizes come from the server; `options` supplies the
-/// wait mode, leases, reader limits, timeout, and the largest sizes the client accepts.
+/// bad header). Ring, arena and maximum message sizes come from the server (checked
+/// against zcrpc's absolute limits); `options` supplies the wait mode, leases, reader
+/// limits and the connect timeout.
 std::unique_ptr<Connection> connectShm(std::string_view name, const ConnectionOptions& options = {});
 
 }  // namespace zcrpc

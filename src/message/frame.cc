@@ -4,6 +4,10 @@
 
 namespace zcrpc {
 
+namespace {
+const capnp::word kEmptySegment{};
+}
+
 std::string parseFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
                        ParsedFrame& out) {
   if (reinterpret_cast<uintptr_t>(bytes.data()) % 8 != 0) return "frame is not 8-byte aligned";
@@ -43,6 +47,15 @@ std::string parseFrame(std::span<const std::byte> bytes, const FrameLimits& limi
     const uint64_t words = table[i].words;
     const uint32_t loc = table[i].location;
     if (words == 0 && i == 0) return "first segment is empty";
+    if (words == 0) {
+      // An empty segment (e.g. empty external data) occupies nothing; its location need
+      // only be in range. Cap'n Proto readers take a zero-length segment for a missing
+      // one, so it reads as one zero word that lies outside the frame.
+      if ((loc & kArenaBit) ? (loc & ~kArenaBit) > arenaWords : loc > tableWord)
+        return "empty segment " + std::to_string(i) + " has a location out of range";
+      out.segments[i] = kj::ArrayPtr<const capnp::word>(&kEmptySegment, 1);
+      continue;
+    }
     total += words * 8;
     if (total > limits.maxMessageBytes)
       return "message of at least " + std::to_string(total) + " bytes exceeds the maximum " +

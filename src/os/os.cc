@@ -122,7 +122,7 @@ socklen_t abstractAddress(std::string_view name, sockaddr_un& addr) {
   std::string path = "zcrpc/" + std::string(name);
   if (name.empty() || path.size() + 1 > sizeof(addr.sun_path))
     throw InvalidArgument("shm endpoint name '" + std::string(name) + "' is empty or longer than " +
-                          std::to_string(sizeof(addr.sun_path) - 8) + " bytes");
+                          std::to_string(sizeof(addr.sun_path) - 7) + " bytes");
   for (char c : name)
     if (c == '\0' || c == '/' || static_cast<unsigned char>(c) < 0x20)
       throw InvalidArgument("shm endpoint name '" + std::string(name) +
@@ -151,16 +151,16 @@ Fd connectAbstract(std::string_view name, std::chrono::milliseconds timeout) {
   std::string what = "shm://" + std::string(name);
   Fd fd(ZCRPC_SYSCALL(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
                       "socket for " + what));
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
-    if (errno == EAGAIN || errno == EINPROGRESS) {
-      // Backlog full: wait for writability once.
-      if (!(pollOne(fd.get(), POLLOUT, timeout) & POLLOUT))
-        throw Failed("connect " + what + ": timed out");
-    } else {
-      throw Failed(errnoText("connect " + what, errno));
-    }
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0) return fd;
+    if (errno == EINTR) continue;
+    // EAGAIN: the listener's backlog is full and no connection was made; try again.
+    if (errno != EAGAIN) throw Failed(errnoText("connect " + what, errno));
+    if (std::chrono::steady_clock::now() >= deadline)
+      throw Failed("connect " + what + ": listener backlog full until the connect timeout");
+    ::usleep(1000);
   }
-  return fd;
 }
 
 Fd acceptNonBlocking(int listenFd) {
@@ -209,10 +209,9 @@ void sendWithFds(int fd, std::span<const std::byte> data, std::span<const int> f
   }
 }
 
-size_t receiveWithFds(int fd, std::span<std::byte> data, std::span<Fd> fds, size_t& fdCount,
-                      std::chrono::milliseconds timeout) {
+std::optional<size_t> tryReceiveWithFds(int fd, std::span<std::byte> data, std::span<Fd> fds,
+                                        size_t& fdCount) {
   fdCount = 0;
-  auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     iovec iov{data.data(), data.size()};
     msghdr msg{};
@@ -235,16 +234,22 @@ size_t receiveWithFds(int fd, std::span<std::byte> data, std::span<Fd> fds, size
             ::close(received);  // more than expected: never leak
         }
       }
-      if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
-        throw Failed("handshake message truncated");
+      if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) throw Failed("handshake message truncated");
       return static_cast<size_t>(n);
     }
     if (n == 0) throw Disconnected("peer closed during handshake");
     if (errno == EINTR) continue;
-    if (errno != EAGAIN) {
-      if (errno == ECONNRESET) throw Disconnected("peer reset during handshake");
-      throw Failed(errnoText("recvmsg", errno));
-    }
+    if (errno == EAGAIN) return std::nullopt;
+    if (errno == ECONNRESET) throw Disconnected("peer reset during handshake");
+    throw Failed(errnoText("recvmsg", errno));
+  }
+}
+
+size_t receiveWithFds(int fd, std::span<std::byte> data, std::span<Fd> fds, size_t& fdCount,
+                      std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (auto n = tryReceiveWithFds(fd, data, fds, fdCount)) return *n;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) throw Failed("handshake timed out");

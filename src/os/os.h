@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -113,6 +114,9 @@ PeerCredentials peerCredentials(int socketFd);
 
 /// Sends one datagram with up to 4 descriptors attached.
 void sendWithFds(int fd, std::span<const std::byte> data, std::span<const int> fds);
+/// One non-blocking attempt at receiveWithFds: nullopt when nothing is there yet.
+std::optional<size_t> tryReceiveWithFds(int fd, std::span<std::byte> data, std::span<Fd> fds,
+                                        size_t& fdCount);
 /// Receives one datagram (and descriptors) waiting at most until `timeout`. Returns the
 /// payload size; fills `fds` with received descriptors. Throws Disconnected on hang-up,
 /// Failed on timeout or error.

@@ -522,10 +522,10 @@ struct Server::Impl {
       fds.clear();
       fds.push_back({acceptorWake.get(), POLLIN, 0});
       for (auto& l : listeners) fds.push_back({l->pollFd(), POLLIN, 0});
-      int r = ::poll(fds.data(), fds.size(), 200);
-      if (r <= 0) continue;
+      // A short timeout: listeners advance handshakes in progress on every accept().
+      int r = ::poll(fds.data(), fds.size(), 10);
+      if (r < 0) continue;
       for (size_t i = 1; i < fds.size(); ++i) {
-        if (!(fds[i].revents & POLLIN)) continue;
         try {
           if (auto c = listeners[i - 1]->accept(Clock::now())) leastLoaded().adopt(std::move(c));
         } catch (const std::exception& e) {

@@ -10,7 +10,12 @@ namespace zcrpc::ring {
 
 namespace {
 
-constexpr uint32_t kInitialTableEntries = 4;
+// A record always has room before the end of the ring for a full segment table after its
+// last inline segment (kTableReserve: contiguity), while free space is counted for only
+// kTableAccounted entries at first and claimed (waiting if need be) as the table grows.
+constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry);
+constexpr uint32_t kTableAccounted = 4 * sizeof(SegmentEntry);
+constexpr uint32_t kRecordFixed = kRecordHeaderBytes + kFrameHeaderBytes;
 constexpr uint64_t kMinArenaSegmentBytes = 64 * 1024;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessInterval = std::chrono::milliseconds(2);
@@ -58,7 +63,8 @@ void checkOptions(const ConnectionOptions& o) {
   if (o.maxMessageBytes < 64 || o.maxMessageBytes > (uint64_t{1} << 32) - 4096)
     throw InvalidArgument("maximum message size " + std::to_string(o.maxMessageBytes) +
                           " must be between 64 bytes and 4 GiB");
-  if (o.maxMessageBytes > o.ringBytes / kRecordShare && o.arenaBytes < o.maxMessageBytes)
+  if (o.maxMessageBytes + kRecordFixed + kTableReserve > o.ringBytes / 2 &&
+      o.arenaBytes < o.maxMessageBytes)
     throw InvalidArgument("arena of " + std::to_string(o.arenaBytes) +
                           " bytes cannot hold a message of the maximum size " +
                           std::to_string(o.maxMessageBytes));
@@ -96,8 +102,7 @@ RingConnection::RingConnection(RingFiles files, std::unique_ptr<Link> link,
       txArena_(txRing_ + files.ringBytes),
       rxRing_(reinterpret_cast<const std::byte*>(files.peer) + kDataOffset),
       rxArena_(rxRing_ + files.ringBytes),
-      slots_(new LeaseSlot[options.maxLeases]),
-      slotMask_(options.maxLeases - 1) {
+      leases_(options.maxLeases) {
   // Read once: a peer that changes these later only costs itself wake-ups.
   peerConsumerMaySleep_ = files_.peer->consumer.maySleep.load(std::memory_order_relaxed) != 0;
   peerProducerMaySleep_ = files_.peer->producer.maySleep.load(std::memory_order_relaxed) != 0;
@@ -119,9 +124,10 @@ bool RingConnection::peerClosed() const noexcept {
 }
 
 bool RingConnection::checkPeerAlive() noexcept {
-  if (closed_.load(std::memory_order_relaxed)) return false;
+  if (closed_.load(std::memory_order_relaxed) || peerDead_.load(std::memory_order_relaxed))
+    return false;
   if (peerClosed()) {
-    fault("peer closed the connection");
+    markPeerDead("peer closed the connection");
     return false;
   }
   auto now = Clock::now().time_since_epoch().count();
@@ -129,10 +135,19 @@ bool RingConnection::checkPeerAlive() noexcept {
   nextLivenessCheck_.store(now + Clock::duration(kLivenessInterval).count(),
                            std::memory_order_relaxed);
   if (link_->peerGone()) {
-    fault("peer hung up (process exited or closed the socket)");
+    markPeerDead("peer hung up (process exited or closed the socket)");
     return false;
   }
   return true;
+}
+
+void RingConnection::markPeerDead(std::string reason) noexcept {
+  {
+    std::lock_guard lock(errorMutex_);
+    if (error_.empty()) error_ = std::move(reason);
+  }
+  // The receiving side still drains what the peer published before it went.
+  peerDead_.store(true, std::memory_order_release);
 }
 
 void RingConnection::fault(std::string reason) noexcept {
@@ -211,7 +226,17 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
     auto now = Clock::now();
     if (now >= deadline) return Status::kTimedOut;
     auto slice = std::min<Clock::duration>(kSleepSlice, deadline - now);
-    if (forData) {
+    if (forData && leases_.full()) {
+      // Nothing to wait for from the peer: every lease is held here. Sleep until one of
+      // them is released (by any thread).
+      uint32_t seq = leaseSeq_.load(std::memory_order_acquire);
+      // pairs with the fence + load of leaseWaiter_ in releaseLease()
+      leaseWaiter_.store(1, std::memory_order_seq_cst);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (leases_.full()) os::futexWait(leaseSeq_, seq, slice);
+      leaseWaiter_.store(0, std::memory_order_relaxed);
+      ready = done();
+    } else if (forData) {
       bool onLink = options_.waitMode == WaitMode::kBlocking;
       const auto& seqWord = files_.peer->producer.dataSeq;
       uint32_t seq = seqWord.load(std::memory_order_acquire);
@@ -274,7 +299,7 @@ bool RingConnection::arenaRoom(uint64_t end) {
 }
 
 std::byte* RingConnection::arenaAllocate(uint64_t bytes, bool mayWait) {
-  if (bytes > arenaBytes_) return nullptr;
+  if (bytes == 0 || bytes > arenaBytes_) return nullptr;
   uint64_t start = arenaTail_;
   uint64_t offset = start % arenaBytes_;
   if (arenaBytes_ - offset < bytes) start += arenaBytes_ - offset;  // keep it contiguous
@@ -302,11 +327,20 @@ Status RingConnection::waitForSpace(Ready ready, Deadline deadline) {
   return waitFor(ready, deadline, /*forData=*/false);
 }
 
-bool RingConnection::extendRecord(uint32_t newReserved) {
+bool RingConnection::extendRecord(uint32_t newReserved, bool mayWait) {
   if (newReserved <= open_.reserved) return true;
   uint64_t offset = open_.start & ringMask_;
   if (offset + newReserved > files_.ringBytes) return false;
-  if (!ringRoom(open_.start + newReserved)) return false;
+  uint64_t end = open_.start + newReserved;
+  if (!ringRoom(end)) {
+    if (!mayWait) return false;
+    Status s = waitForSpace([&] { return ringRoom(end); }, deadlineAfter(options_.connectTimeout));
+    if (s == Status::kDisconnected) throw Disconnected("connection lost: " + lastError());
+    if (s != Status::kOk)
+      throw Overloaded("ring of " + endpoint() + " stayed full for " +
+                       std::to_string(options_.connectTimeout.count()) +
+                       " ms: the peer is not releasing received messages");
+  }
   open_.reserved = newReserved;
   return true;
 }
@@ -315,21 +349,25 @@ Status RingConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegme
   if (open_.msg)
     throw InvalidArgument("a message is already open on " + endpoint() +
                           ": send or destroy it before starting another");
-  if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
+  if (closed_.load(std::memory_order_relaxed) || peerDead_.load(std::memory_order_relaxed))
+    return Status::kDisconnected;
   if (firstSegmentWords == 0) firstSegmentWords = 1;
   uint64_t firstBytes = uint64_t{firstSegmentWords} * 8;
   if (firstBytes > maxMessage_)
     throw InvalidArgument("message of " + std::to_string(firstBytes) +
                           " bytes exceeds the maximum message size " +
                           std::to_string(maxMessage_) + " of " + endpoint());
-  const uint32_t fixed = kRecordHeaderBytes + kFrameHeaderBytes;
-  const uint32_t table = kInitialTableEntries * sizeof(SegmentEntry);
-  bool firstInRing = fixed + firstBytes + table <= files_.ringBytes / kRecordShare;
-  uint32_t need = fixed + table + (firstInRing ? static_cast<uint32_t>(firstBytes) : 0);
+  const uint32_t fixed = kRecordFixed;
+  bool firstInRing = fixed + firstBytes + kTableAccounted <= recordLimit(firstBytes);
+  if (!firstInRing && firstBytes > arenaBytes_)
+    throw InvalidArgument("first segment of " + std::to_string(firstBytes) +
+                          " bytes fits neither the ring nor the arena of " + endpoint());
+  uint32_t inlineBytes = fixed + (firstInRing ? static_cast<uint32_t>(firstBytes) : 0);
+  uint32_t need = inlineBytes + kTableAccounted;
 
   uint64_t pos = tail_;
   uint64_t toEnd = files_.ringBytes - (pos & ringMask_);
-  bool wrap = toEnd < need;
+  bool wrap = toEnd < inlineBytes + kTableReserve;
   if (!ringRoom((wrap ? pos + toEnd : pos) + need))
     return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kWouldBlock;
   uint64_t arenaMark = arenaTail_;
@@ -395,15 +433,17 @@ kj::ArrayPtr<capnp::word> RingConnection::allocateMore(uint32_t minWords) {
     throw InvalidArgument("message exceeds the maximum message size " +
                           std::to_string(maxMessage_) + " bytes of " + endpoint());
   uint64_t want = std::min(std::max(minBytes, open_.allocatedBytes), remaining);
-  uint32_t tableAfter = (open_.count + 1) * sizeof(SegmentEntry);
+  const uint32_t tableAfter = kTableReserve;
   capnp::word* seg = nullptr;
   uint32_t location = 0;
   // In the ring when it stays a small record and fits contiguously; else in the arena.
   uint64_t ringWant = want;
-  uint64_t limit = files_.ringBytes / kRecordShare;
+  uint64_t limit = std::min<uint64_t>(recordLimit(minBytes),
+                                      files_.ringBytes - (open_.start & ringMask_));
+  uint32_t tableNow = (open_.count + 1) * sizeof(SegmentEntry);
   if (open_.ringEnd + minBytes + tableAfter <= limit) {
     ringWant = std::min<uint64_t>(want, limit - open_.ringEnd - tableAfter);
-    if (extendRecord(static_cast<uint32_t>(open_.ringEnd + ringWant + tableAfter))) {
+    if (extendRecord(static_cast<uint32_t>(open_.ringEnd + ringWant + tableNow), false)) {
       std::byte* p = txRing_ + (open_.start & ringMask_) + open_.ringEnd;
       std::memset(p, 0, ringWant);
       seg = reinterpret_cast<capnp::word*>(p);
@@ -413,10 +453,7 @@ kj::ArrayPtr<capnp::word> RingConnection::allocateMore(uint32_t minWords) {
     }
   }
   if (!seg) {
-    if (!extendRecord(open_.ringEnd + tableAfter)) {
-      if (closed_.load()) throw Disconnected("connection lost: " + lastError());
-      throw Overloaded("no ring room on " + endpoint() + " for the segment table");
-    }
+    extendRecord(open_.ringEnd + tableNow, /*mayWait=*/true);
     want = std::max(want, std::min(kMinArenaSegmentBytes, remaining));
     std::byte* p = arenaAllocate(want, /*mayWait=*/true);
     if (!p && want > minBytes) p = arenaAllocate(want = minBytes, true);
@@ -464,6 +501,8 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
       inlineEnd = std::max<uint32_t>(inlineEnd, static_cast<uint32_t>(b - record) + words * 8);
     } else if (b >= txArena_ && b < txArena_ + arenaBytes_) {
       table[i] = {words, kArenaBit | static_cast<uint32_t>((b - txArena_) / 8)};
+    } else if (words == 0) {
+      table[i] = {0, 0};  // an empty segment carries nothing (see parseFrame)
     } else {
       // External data (Orphanage::referenceExternalData): the one copy into transport
       // memory that a user buffer needs.
@@ -480,10 +519,7 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
     throw InvalidArgument("message exceeds the maximum message size " +
                           std::to_string(maxMessage_) + " bytes of " + endpoint());
   uint32_t recordBytes = inlineEnd + static_cast<uint32_t>(n * sizeof(SegmentEntry));
-  if (!extendRecord(recordBytes)) {
-    if (closed_.load()) throw Disconnected("connection lost: " + lastError());
-    throw Overloaded("no ring room on " + endpoint() + " for the segment table");
-  }
+  extendRecord(recordBytes, /*mayWait=*/true);
   std::memcpy(record + inlineEnd, table.data(), n * sizeof(SegmentEntry));
   auto& h = msg.header();
   h.frameBytes = recordBytes - kRecordHeaderBytes;
@@ -535,19 +571,26 @@ bool RingConnection::dataReady() const noexcept {
 
 Status RingConnection::tryReceive(IncomingMessage& out) {
   if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
-  uint64_t seq = leaseTail_.load(std::memory_order_relaxed);
-  if (seq - leaseHead_.load(std::memory_order_acquire) > slotMask_) {
+  if (leases_.full()) {
     reclaim();
-    if (seq - leaseHead_.load(std::memory_order_acquire) > slotMask_) return Status::kWouldBlock;
+    if (leases_.full()) return Status::kWouldBlock;
   }
   for (;;) {
     uint64_t pos = readPos_;
     uint64_t offset = pos & ringMask_;
     // pairs with storeRelease of the record word in the peer's send()/tryStartMessage()
     uint64_t word = loadAcquire(rxRing_ + offset);
-    if ((word >> 32) != recordTag(pos))
-      return peerClosed() ? (fault("peer closed the connection"), Status::kDisconnected)
-                          : Status::kWouldBlock;
+    if ((word >> 32) != recordTag(pos)) {
+      if (!peerDead_.load(std::memory_order_acquire) && !peerClosed()) return Status::kWouldBlock;
+      // The peer is gone; a record it published just before going is still ours.
+      // pairs with the release store of `closed` in the peer's close(), which follows
+      // its last publish
+      word = loadAcquire(rxRing_ + offset);
+      if ((word >> 32) != recordTag(pos)) {
+        fault("peer closed the connection");  // keeps an earlier, more precise reason
+        return Status::kDisconnected;
+      }
+    }
     uint32_t len = static_cast<uint32_t>(word);
     uint64_t toEnd = files_.ringBytes - offset;
     if (len & kWrapBit) {
@@ -569,7 +612,7 @@ Status RingConnection::tryReceive(IncomingMessage& out) {
             std::to_string(pos));
       return Status::kDisconnected;
     }
-    LeaseSlot& slot = slots_[seq & slotMask_];
+    LeaseQueue::Entry& slot = leases_.next();
     std::string why = parseFrame(
         std::span<const std::byte>(rxRing_ + offset + kRecordHeaderBytes,
                                    len - kRecordHeaderBytes),
@@ -578,13 +621,11 @@ Status RingConnection::tryReceive(IncomingMessage& out) {
       fault("malformed frame at ring position " + std::to_string(pos) + ": " + why);
       return Status::kDisconnected;
     }
-    slot.recordEnd = pos + len;
-    slot.arenaEnd = arenaEnd;
+    slot.end = pos + len;
+    slot.aux = arenaEnd;
     lastArenaEnd_ = arenaEnd;
     readPos_ = pos + len;
-    // pairs with the acquire load of leaseTail_ in reclaim()
-    leaseTail_.store(seq + 1, std::memory_order_release);
-    out = IncomingMessage(*this, static_cast<uint32_t>(seq & slotMask_));
+    out = IncomingMessage(*this, leases_.push());
     return Status::kOk;
   }
 }
@@ -604,43 +645,33 @@ Status RingConnection::receive(IncomingMessage& out, Deadline deadline) {
 }
 
 void RingConnection::releaseLease(uint32_t slot) noexcept {
-  // pairs with the seq_cst exchange/load of reclaimLock_ in reclaim(): either the current
-  // reclaimer sees this flag on its re-check, or we take the lock and see it ourselves.
-  slots_[slot].released.store(1, std::memory_order_seq_cst);
-  reclaim();
+  leases_.release(slot, [this](uint64_t end, uint64_t aux) { publishReleased(end, aux); });
+  // pairs with the seq_cst store of leaseWaiter_ in waitFor(): a receive sleeping because
+  // every lease was held either sees the freed slot on its re-check or is woken here.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (leaseWaiter_.load(std::memory_order_relaxed)) {
+    leaseSeq_.fetch_add(1, std::memory_order_release);
+    os::futexWakeAll(leaseSeq_);
+  }
 }
 
 void RingConnection::reclaim() noexcept {
-  for (;;) {
-    if (reclaimLock_.exchange(true, std::memory_order_seq_cst)) return;  // another thread is at it
-    uint64_t h = leaseHead_.load(std::memory_order_relaxed);
-    // pairs with the release store of leaseTail_ in tryReceive()
-    uint64_t t = leaseTail_.load(std::memory_order_acquire);
-    uint64_t ringHead = 0, arenaHead = 0;
-    bool advanced = false;
-    while (h != t && slots_[h & slotMask_].released.load(std::memory_order_acquire)) {
-      LeaseSlot& s = slots_[h & slotMask_];
-      ringHead = s.recordEnd;
-      arenaHead = s.arenaEnd;
-      s.released.store(0, std::memory_order_relaxed);
-      ++h;
-      advanced = true;
-    }
-    if (advanced) {
-      // pairs with the acquire load of leaseHead_ in tryReceive()
-      leaseHead_.store(h, std::memory_order_release);
-      ConsumerControl& me = files_.local->consumer;
-      // pairs with the acquire loads in the peer's ringRoom()/arenaRoom(): the peer may
-      // reuse the space only after our reads of it are done.
-      me.arenaHead.store(arenaHead, std::memory_order_release);
-      me.head.store(ringHead, std::memory_order_release);
-      wakeProducer();
-    }
-    reclaimLock_.store(false, std::memory_order_seq_cst);
-    if (h == leaseTail_.load(std::memory_order_acquire) ||
-        !slots_[h & slotMask_].released.load(std::memory_order_seq_cst))
-      return;
-  }
+  leases_.reclaim([this](uint64_t end, uint64_t aux) { publishReleased(end, aux); });
+}
+
+void RingConnection::publishReleased(uint64_t ringHead, uint64_t arenaHead) noexcept {
+  ConsumerControl& me = files_.local->consumer;
+  // pairs with the acquire loads in the peer's ringRoom()/arenaRoom(): the peer may reuse
+  // the space only after our reads of it are done.
+  me.arenaHead.store(arenaHead, std::memory_order_release);
+  me.head.store(ringHead, std::memory_order_release);
+  wakeProducer();
+}
+
+uint32_t RingConnection::recordLimit(uint64_t segmentBytes) const noexcept {
+  // Small records keep the ring flowing; a segment the arena cannot take may use half.
+  return static_cast<uint32_t>(segmentBytes > arenaBytes_ ? files_.ringBytes / 2
+                                                          : files_.ringBytes / kRecordShare);
 }
 
 void RingConnection::wakeProducer() noexcept {

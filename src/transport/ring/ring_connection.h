@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "transport/lease_queue.h"
 #include "transport/ring/layout.h"
 #include "zcrpc/transport.h"
 
@@ -78,7 +79,7 @@ class RingConnection final : public Connection, private SegmentSource, private L
   void abandon() noexcept override;
   // LeaseOwner
   const ParsedFrame& leasedFrame(uint32_t slot) const noexcept override {
-    return slots_[slot].frame;
+    return leases_.at(slot).frame;
   }
   const ReaderLimits& readerLimits() const noexcept override { return options_.readerLimits; }
   void releaseLease(uint32_t slot) noexcept override;
@@ -87,7 +88,9 @@ class RingConnection final : public Connection, private SegmentSource, private L
   bool ringRoom(uint64_t end);
   std::byte* arenaAllocate(uint64_t bytes, bool mayWait);
   bool arenaRoom(uint64_t end);
-  bool extendRecord(uint32_t newReserved);
+  /// Grows the open record to `newReserved` bytes; false when that would pass the ring's
+  /// end, or (unless `mayWait`) when the space is not free yet. Throws when waiting fails.
+  bool extendRecord(uint32_t newReserved, bool mayWait);
   void wakeConsumer() noexcept;
   template <typename Ready>
   Status waitForSpace(Ready ready, Deadline deadline);
@@ -95,12 +98,15 @@ class RingConnection final : public Connection, private SegmentSource, private L
   // consumer side
   bool dataReady() const noexcept;
   void reclaim() noexcept;
+  void publishReleased(uint64_t ringHead, uint64_t arenaHead) noexcept;
   void wakeProducer() noexcept;
+  uint32_t recordLimit(uint64_t segmentBytes) const noexcept;
 
   // both
   bool peerClosed() const noexcept;
   bool checkPeerAlive() noexcept;  // rate-limited liveness; false = disconnected
   void fault(std::string reason) noexcept;
+  void markPeerDead(std::string reason) noexcept;
   template <typename Done>
   Status waitFor(Done done, Deadline deadline, bool forData);
 
@@ -118,6 +124,7 @@ class RingConnection final : public Connection, private SegmentSource, private L
   bool peerProducerMaySleep_;
 
   std::atomic<bool> closed_{false};
+  std::atomic<bool> peerDead_{false};  // the peer closed or died: drain, then kDisconnected
   mutable std::mutex errorMutex_;
   std::string error_;
   std::atomic<Clock::rep> nextLivenessCheck_{0};  // both threads; a hint, relaxed
@@ -146,20 +153,14 @@ class RingConnection final : public Connection, private SegmentSource, private L
     std::array<Allocation, kMaxSegments> allocations;
   } open_;
 
-  // ---- consumer state (receiving thread; slots released from any thread) ----
-  struct alignas(kCacheLine) LeaseSlot {
-    ParsedFrame frame;
-    uint64_t recordEnd = 0;
-    uint64_t arenaEnd = 0;
-    std::atomic<uint32_t> released{0};
-  };
-  std::unique_ptr<LeaseSlot[]> slots_;
-  uint32_t slotMask_;
+  // ---- consumer state (receiving thread; leases released from any thread) ----
+  LeaseQueue leases_;
   uint64_t readPos_ = 0;
   uint64_t lastArenaEnd_ = 0;
-  std::atomic<uint64_t> leaseTail_{0};  // next slot to fill (receiving thread)
-  std::atomic<uint64_t> leaseHead_{0};  // oldest unreclaimed slot (under reclaimLock_)
-  std::atomic<bool> reclaimLock_{false};
+  // A receive that waits because every lease is held sleeps on this private futex word;
+  // releasing a lease bumps it.
+  std::atomic<uint32_t> leaseSeq_{0};
+  std::atomic<uint32_t> leaseWaiter_{0};
   FrameLimits frameLimits_;
 };
 

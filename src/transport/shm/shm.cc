@@ -13,6 +13,7 @@
 #include "zcrpc/shm.h"
 
 #include <poll.h>
+#include <sys/poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -172,6 +173,9 @@ ring::RingFiles filesOf(const ShmLink& link, const HandshakeMessage& m) {
   return files;
 }
 
+/// Handshakes advance without blocking, one step per message that has arrived, so a
+/// slow or silent client never holds up accept() or other clients: each has its own
+/// deadline (connectTimeout).
 class ShmListener final : public Listener {
  public:
   ShmListener(std::string name, const ShmListenOptions& options)
@@ -181,21 +185,50 @@ class ShmListener final : public Listener {
   }
 
   std::unique_ptr<Connection> accept(Deadline deadline) override {
+    std::vector<pollfd> fds;
     for (;;) {
-      os::Fd client = os::acceptNonBlocking(socket_.get());
-      if (client) {
-        try {
-          return handshake(std::move(client));
-        } catch (const std::exception& e) {
-          remember(e.what());
-          continue;
-        }
+      while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
+        auto cred = os::peerCredentials(client.get());
+        Pending p;
+        p.what = endpoint() + " (server, peer pid " + std::to_string(cred.pid) + ")";
+        p.cred = cred;
+        p.sock = std::move(client);
+        p.deadline = deadlineAfter(options_.connection.connectTimeout);
+        pending_.push_back(std::move(p));
       }
       auto now = Clock::now();
+      Deadline wakeAt = deadline;
+      for (size_t i = 0; i < pending_.size();) {
+        Pending& p = pending_[i];
+        std::unique_ptr<Connection> done;
+        bool drop = false;
+        try {
+          done = advance(p);
+          if (!done && now >= p.deadline) {
+            sendRefusal(p.sock.get(), "handshake timed out");
+            throw Failed("handshake with " + p.what + " timed out");
+          }
+        } catch (const std::exception& e) {
+          remember(e.what());
+          drop = true;
+        }
+        if (done || drop) {
+          pending_.erase(pending_.begin() + static_cast<long>(i));
+          if (done) return done;
+          continue;
+        }
+        wakeAt = std::min(wakeAt, p.deadline);
+        ++i;
+      }
       if (now >= deadline) return nullptr;
-      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-      os::pollOne(socket_.get(), POLLIN,
-                  std::min(wait + std::chrono::milliseconds(1), std::chrono::milliseconds(1000)));
+      fds.clear();
+      fds.push_back({socket_.get(), POLLIN, 0});
+      for (auto& p : pending_) fds.push_back({p.sock.get(), POLLIN, 0});
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wakeAt - now);
+      int ms = static_cast<int>(std::min<int64_t>(wait.count() + 1, 1000));
+      int r;
+      do r = ::poll(fds.data(), fds.size(), ms);
+      while (r < 0 && errno == EINTR);
     }
   }
 
@@ -207,55 +240,79 @@ class ShmListener final : public Listener {
   }
 
  private:
+  struct Pending {
+    os::Fd sock;
+    os::PeerCredentials cred{};
+    Deadline deadline{};
+    std::string what;
+    bool accepted = false;  // Accept sent; waiting for Ready
+    OwnFile own;
+    HandshakeMessage offer;
+  };
+
   void remember(std::string why) {
     std::lock_guard lock(mutex_);
     refusals_.push_back(std::move(why));
     if (refusals_.size() > 64) refusals_.pop_front();
   }
 
-  std::unique_ptr<Connection> handshake(os::Fd sock) {
-    const auto& co = options_.connection;
-    auto cred = os::peerCredentials(sock.get());
-    std::string what = endpoint() + " (server, peer pid " + std::to_string(cred.pid) + ")";
-    auto timeout = co.connectTimeout;
-    receiveStep(sock.get(), Step::kHello, nullptr, timeout, what);
-    if (!options_.policy.admits(cred.uid, cred.gid)) {
-      std::string why = "uid " + std::to_string(cred.uid) + " gid " + std::to_string(cred.gid) +
-                        " is not admitted by the credential policy of " + endpoint();
-      sendRefusal(sock.get(), why);
-      throw Failed("refused pid " + std::to_string(cred.pid) + ": " + why);
+  /// One step of a handshake if its next message is there. Throws to drop the client.
+  std::unique_ptr<Connection> advance(Pending& p) {
+    HandshakeMessage m;
+    os::Fd fds[2];
+    size_t fdCount = 0;
+    auto n = os::tryReceiveWithFds(p.sock.get(), std::as_writable_bytes(std::span(&m, 1)), fds,
+                                   fdCount);
+    if (!n) return nullptr;
+    if (*n != sizeof m || m.magic != kHandshakeMagic)
+      throw Failed(p.what + ": peer is not speaking the zcrpc shm handshake");
+    if (m.version != kHandshakeVersion) {
+      sendRefusal(p.sock.get(), "handshake version not supported");
+      throw Failed(p.what + ": handshake version " + std::to_string(m.version));
     }
-    OwnFile own =
-        createOwnFile(what, co.ringBytes, co.arenaBytes, co.maxMessageBytes, co.waitMode);
-    HandshakeMessage accept;
-    accept.step = Step::kAccept;
-    accept.ringBytes = co.ringBytes;
-    accept.arenaBytes = co.arenaBytes;
-    accept.maxMessageBytes = co.maxMessageBytes;
-    accept.fileBytes = ring::fileBytesFor(co.ringBytes, co.arenaBytes);
-    sendStep(sock.get(), accept, own.readOnly.get());
-    own.readOnly.reset();
-    os::Fd peerFd;
-    receiveStep(sock.get(), Step::kReady, &peerFd, timeout, what);
+    const auto& co = options_.connection;
+    if (!p.accepted) {
+      if (m.step != Step::kHello) throw Failed(p.what + ": expected Hello");
+      if (!options_.policy.admits(p.cred.uid, p.cred.gid)) {
+        std::string why = "uid " + std::to_string(p.cred.uid) + " gid " +
+                          std::to_string(p.cred.gid) +
+                          " is not admitted by the credential policy of " + endpoint();
+        sendRefusal(p.sock.get(), why);
+        throw Failed("refused pid " + std::to_string(p.cred.pid) + ": " + why);
+      }
+      p.own = createOwnFile(p.what, co.ringBytes, co.arenaBytes, co.maxMessageBytes, co.waitMode);
+      p.offer.step = Step::kAccept;
+      p.offer.ringBytes = co.ringBytes;
+      p.offer.arenaBytes = co.arenaBytes;
+      p.offer.maxMessageBytes = co.maxMessageBytes;
+      p.offer.fileBytes = ring::fileBytesFor(co.ringBytes, co.arenaBytes);
+      sendStep(p.sock.get(), p.offer, p.own.readOnly.get());
+      p.own.readOnly.reset();
+      p.accepted = true;
+      return nullptr;
+    }
+    if (m.step != Step::kReady || fdCount != 1)
+      throw Failed(p.what + ": expected Ready with the client's shared memory");
     os::Mapping peer;
     try {
-      peer = mapPeerFile(peerFd, accept.fileBytes, accept, what);
+      peer = mapPeerFile(fds[0], p.offer.fileBytes, p.offer, p.what);
     } catch (const std::exception& e) {
-      sendRefusal(sock.get(), e.what());
+      sendRefusal(p.sock.get(), e.what());
       throw;
     }
     HandshakeMessage done;
     done.step = Step::kEstablished;
-    sendStep(sock.get(), done);
-    auto link = std::make_unique<ShmLink>(std::move(sock), std::move(own.fd), std::move(own.map),
-                                          std::move(peer), what);
-    auto files = filesOf(*link, accept);
+    sendStep(p.sock.get(), done);
+    auto link = std::make_unique<ShmLink>(std::move(p.sock), std::move(p.own.fd),
+                                          std::move(p.own.map), std::move(peer), p.what);
+    auto files = filesOf(*link, p.offer);
     return std::make_unique<ring::RingConnection>(files, std::move(link), co);
   }
 
   std::string name_;
   ShmListenOptions options_;
   os::Fd socket_;
+  std::vector<Pending> pending_;
   mutable std::mutex mutex_;
   std::deque<std::string> refusals_;
 };

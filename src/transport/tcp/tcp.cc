@@ -35,7 +35,7 @@ namespace zcrpc {
 
 namespace {
 
-constexpr uint64_t kHelloMagic = 0x31'7063'7263'7a74ull;  // "tzcrpc1"
+constexpr uint64_t kHelloMagic = 0x31'7063'7263'7a74ull;  // bytes "tzcrcp1\0" on the wire
 constexpr uint32_t kHelloVersion = 1;
 constexpr size_t kMaxToken = 1024;
 constexpr size_t kMaxIov = 256;
@@ -163,6 +163,7 @@ struct Hello {
   uint64_t magic = kHelloMagic;
   uint32_t version = kHelloVersion;
   uint32_t tokenBytes = 0;
+  uint64_t maxMessageBytes = 0;  ///< the largest message the client accepts
 };
 struct Answer {
   uint64_t magic = kHelloMagic;
@@ -787,11 +788,13 @@ class TcpListener final : public Listener {
     std::string token(hello.tokenBytes, '\0');
     readAll(fd.get(), token.data(), token.size(), deadline, what);
     if (!tokensEqual(token, options_.token)) refuse("access token does not match");
+    if (hello.maxMessageBytes < 64) refuse("client's maximum message size is below 64 bytes");
+    // Both sides send and accept at most the smaller of the two limits.
+    uint64_t maxMessage = std::min<uint64_t>(hello.maxMessageBytes, options_.connection.maxMessageBytes);
     answer.accepted = 1;
-    answer.maxMessageBytes = options_.connection.maxMessageBytes;
+    answer.maxMessageBytes = maxMessage;
     writeAll(fd.get(), &answer, sizeof answer, deadline, what);
-    return std::make_unique<TcpConnection>(std::move(fd), what, options_.connection,
-                                           options_.connection.maxMessageBytes);
+    return std::make_unique<TcpConnection>(std::move(fd), what, options_.connection, maxMessage);
   }
 
   TcpOptions options_;
@@ -847,6 +850,7 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
     setNoDelay(fd.get());
     Hello hello;
     hello.tokenBytes = static_cast<uint32_t>(options.token.size());
+    hello.maxMessageBytes = options.connection.maxMessageBytes;
     writeAll(fd.get(), &hello, sizeof hello, deadline, what);
     writeAll(fd.get(), options.token.data(), options.token.size(), deadline, what);
     Answer answer;
