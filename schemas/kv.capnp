@@ -20,6 +20,7 @@ interface KeyValue {
   # Removes `key`; `deleted` says whether it was there.
 
   scan @3 (start :Data, limit :UInt32) -> (entries :List(Entry), more :Bool);
-  # Up to `limit` entries with key >= `start`, in key order (bytewise). `more` is true
-  # when further entries follow; continue from the last key plus a zero byte.
+  # Up to `limit` entries with key >= `start`, in key order (bytewise). A server may
+  # return fewer (it may cap a page); `more` is true when further entries follow, and
+  # the next page starts at the last key plus a zero byte.
 }
