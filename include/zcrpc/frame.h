@@ -30,7 +30,7 @@ inline constexpr uint8_t kMaxFrameKind = 8;
 struct FrameHeader {
   uint32_t frameBytes;   ///< whole frame: header + inline segments + segment table
   uint8_t kind;          ///< FrameKind
-  uint8_t flags;         ///< reserved, must be 0
+  uint8_t flags;         ///< kFlagTraced or 0
   uint16_t segmentCount; ///< 1..kMaxSegments
   uint64_t callId;
   uint64_t interfaceId;  ///< Cap'n Proto type id of the interface
@@ -49,6 +49,17 @@ struct SegmentEntry {
 static_assert(sizeof(SegmentEntry) == 8);
 
 inline constexpr uint32_t kArenaBit = 0x8000'0000u;
+
+/// Frame flag: a TraceContext follows the segment table (and ends the frame).
+inline constexpr uint8_t kFlagTraced = 1;
+
+/// Distributed-tracing context carried by a frame (W3C-style ids; 0 = none).
+struct TraceContext {
+  uint64_t traceId = 0;
+  uint64_t spanId = 0;
+  bool valid() const noexcept { return traceId != 0; }
+};
+static_assert(sizeof(TraceContext) == 16);
 inline constexpr size_t kMaxSegments = 32;
 inline constexpr size_t kFrameHeaderBytes = sizeof(FrameHeader);
 inline constexpr size_t kDefaultMaxMessageBytes = size_t{64} << 20;
@@ -59,6 +70,7 @@ struct ParsedFrame {
   FrameHeader header;  ///< a private copy: never read the header from shared memory again
   size_t segmentCount = 0;
   size_t payloadBytes = 0;  ///< sum of segment sizes
+  TraceContext trace;       ///< from the frame, when it is kFlagTraced
   /// Segments in order, ready for capnp::SegmentArrayMessageReader.
   std::array<kj::ArrayPtr<const capnp::word>, kMaxSegments> segments;
 };

@@ -44,6 +44,10 @@ class OutgoingMessage final : public capnp::MessageBuilder {
 
   kj::ArrayPtr<capnp::word> allocateSegment(capnp::uint minimumSize) override;
 
+  /// Trace context the transport appends to the frame (kFlagTraced); none by default.
+  void setTrace(TraceContext trace) noexcept { trace_ = trace; }
+  const TraceContext& trace() const noexcept { return trace_; }
+
   /// The segments to send; a message nobody wrote to becomes one with a null root.
   kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend();
 
@@ -56,6 +60,7 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   FrameHeader* header_ = nullptr;
   kj::ArrayPtr<capnp::word> first_;
   bool firstTaken_ = false;
+  TraceContext trace_;
 };
 
 /// Limits applied to every Cap'n Proto reader over received bytes.
@@ -99,6 +104,8 @@ class IncomingMessage final {
   const FrameHeader& header() const noexcept { return frame().header; }
   size_t payloadBytes() const noexcept { return frame().payloadBytes; }
   size_t segmentCount() const noexcept { return frame().segmentCount; }
+  /// The sender's trace context (traceId 0 when the frame carried none).
+  const TraceContext& trace() const noexcept { return frame().trace; }
 
   /// The Cap'n Proto reader over the segments in place. Readers obtained from it are valid
   /// until the lease is released or moved from.

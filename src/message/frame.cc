@@ -22,7 +22,8 @@ std::string parseFrame(std::span<const std::byte> bytes, const FrameLimits& limi
            std::to_string(bytes.size()) + " bytes available";
   if (frameBytes % 8 != 0) return "frame length " + std::to_string(frameBytes) + " is not a multiple of 8";
   if (h.kind == 0 || h.kind > kMaxFrameKind) return "unknown frame kind " + std::to_string(h.kind);
-  if (h.flags != 0) return "unknown frame flags " + std::to_string(h.flags);
+  if (h.flags & ~kFlagTraced) return "unknown frame flags " + std::to_string(h.flags);
+  const uint64_t traceBytes = (h.flags & kFlagTraced) ? sizeof(TraceContext) : 0;
   if (h.reserved != 0) return "reserved header field is not zero";
   const size_t count = h.segmentCount;
   if (count == 0 || count > kMaxSegments)
@@ -30,10 +31,13 @@ std::string parseFrame(std::span<const std::byte> bytes, const FrameLimits& limi
   const uint64_t tableOffset = h.tableOffset;
   if (tableOffset < kFrameHeaderBytes || tableOffset % 8 != 0)
     return "segment table offset " + std::to_string(tableOffset) + " is misplaced";
-  if (tableOffset + count * sizeof(SegmentEntry) != frameBytes)
+  if (tableOffset + count * sizeof(SegmentEntry) + traceBytes != frameBytes)
     return "segment table of " + std::to_string(count) + " entries at offset " +
            std::to_string(tableOffset) + " does not end the " + std::to_string(frameBytes) +
-           "-byte frame";
+           "-byte frame" + (traceBytes ? " (before its trace context)" : "");
+  out.trace = TraceContext{};
+  if (traceBytes)
+    std::memcpy(&out.trace, bytes.data() + frameBytes - traceBytes, sizeof out.trace);
   std::array<SegmentEntry, kMaxSegments> table;
   std::memcpy(table.data(), bytes.data() + tableOffset, count * sizeof(SegmentEntry));
 

@@ -16,6 +16,7 @@ void OutgoingMessage::open(SegmentSource& source, FrameHeader& header,
   header_ = &header;
   first_ = first;
   firstTaken_ = false;
+  trace_ = TraceContext{};
 }
 
 kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSize) {

@@ -180,10 +180,10 @@ TEST(Ring, WrapAtEveryOffset) {
 // Leases
 
 TEST(Ring, OutOfOrderReleaseReclaimsInOrder) {
-  // 4 KiB ring filled with records of ~900 bytes: a handful fit, then the ring is full.
+  // 4 KiB ring filled with records of ~850 bytes: a handful fit, then the ring is full.
   auto [a, b] = makeLoopbackPair(opts());
   uint64_t n = 0;
-  while (sendPayload(*a, n, 900) == Status::kOk) ASSERT_LT(++n, 10u);
+  while (sendPayload(*a, n, 850) == Status::kOk) ASSERT_LT(++n, 10u);
   ASSERT_GE(n, 3u);
   std::vector<IncomingMessage> l(n);
   for (uint64_t i = 0; i < n; ++i) ASSERT_TRUE(receiveSeq(*b, i, &l[i]));
@@ -192,13 +192,13 @@ TEST(Ring, OutOfOrderReleaseReclaimsInOrder) {
   for (uint64_t i = n - 1; i >= 1; --i) {
     l[i].release();
     EXPECT_FALSE(l[i].valid());
-    ASSERT_EQ(sendPayload(*a, 99, 900), Status::kWouldBlock) << "after releasing lease " << i;
+    ASSERT_EQ(sendPayload(*a, 99, 850), Status::kWouldBlock) << "after releasing lease " << i;
   }
   EXPECT_TRUE(checkPayload(l[0])) << "the oldest lease must still read intact";
   // Releasing the oldest frees them all at once: as many fit again, minus at most one
   // for the pad before the wrap.
   l[0].release();
-  for (uint64_t i = n; i < 2 * n - 1; ++i) ASSERT_EQ(sendPayload(*a, i, 900), Status::kOk) << i;
+  for (uint64_t i = n; i < 2 * n - 1; ++i) ASSERT_EQ(sendPayload(*a, i, 850), Status::kOk) << i;
   for (uint64_t i = n; i < 2 * n - 1; ++i) ASSERT_TRUE(receiveSeq(*b, i));
 }
 

@@ -65,7 +65,8 @@ constexpr uint32_t kLocalSge = kMaxSegments + 2;
 constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry);
 constexpr uint32_t kControlBytes = 4096;  // after the ring: the credit word, then padding
 constexpr uint32_t kImmLengthMask = 0x3fff'ffffu;
-constexpr int kGidsScanned = 8;  // reading GID tables is slow under emulation: only the first
+constexpr int kGidsScanned = 8;
+constexpr int64_t kResolveAttemptMs = 1000;  // reading GID tables is slow under emulation: only the first
 static_assert(ring::isPowerOfTwo(kRecvCredits) && ring::isPowerOfTwo(kSendDepth));
 static_assert(kSignalEvery * 4 <= kSendDepth, "a signalled request among every quarter of the queue");
 static_assert(kRecvBatch < kRecvCredits);
@@ -1555,11 +1556,27 @@ std::unique_ptr<Connection> connectRdma(std::string_view hostPort, const RdmaOpt
     throw Failed(os::errnoText(what + ": rdma_create_id", errno));
   auto conn = std::make_unique<RdmaConnection>(what, options, std::move(ch), id);
   int timeoutMs = static_cast<int>(std::clamp<int64_t>(options.connection.connectTimeout.count(), 1, 60'000));
-  if (rdma_resolve_addr(id, haveSrc ? reinterpret_cast<sockaddr*>(&src) : nullptr,
-                        reinterpret_cast<sockaddr*>(&dst), timeoutMs) != 0)
-    throw Failed(os::errnoText(what + ": rdma_resolve_addr", errno));
-  expectCmEvent(conn->channel(), RDMA_CM_EVENT_ADDR_RESOLVED, deadline, what,
-                "resolving the address (is it reachable through an RDMA device?)");
+  // Address resolution in short attempts: with a cold neighbour (ARP) cache the kernel
+  // notices the answer only when an attempt times out, so a long attempt would cost the
+  // whole connect timeout.
+  for (int attempt = 0;; ++attempt) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    int attemptMs = static_cast<int>(std::clamp<int64_t>(left, 1, kResolveAttemptMs));
+    if (rdma_resolve_addr(id, haveSrc ? reinterpret_cast<sockaddr*>(&src) : nullptr,
+                          reinterpret_cast<sockaddr*>(&dst), attemptMs) != 0)
+      throw Failed(os::errnoText(what + ": rdma_resolve_addr", errno));
+    CmEvent e = nextCmEvent(conn->channel(), deadline + std::chrono::milliseconds(attemptMs), what);
+    if (e && e.ev->event == RDMA_CM_EVENT_ADDR_RESOLVED) break;
+    bool retry = e && e.ev->event == RDMA_CM_EVENT_ADDR_ERROR && Clock::now() < deadline;
+    if (!retry) {
+      std::string got = e ? std::string(rdma_event_str(e.ev->event)) + " (status " +
+                                std::to_string(e.ev->status) + ")"
+                          : std::string("timed out");
+      throw Failed(what + ": resolving the address failed after " + std::to_string(attempt + 1) +
+                   " attempts: " + got + " (is it reachable through an RDMA device" +
+                   (options.device.empty() ? std::string() : " from '" + options.device + "'") + "?)");
+    }
+  }
   checkResolved(id, options, what);
   if (rdma_resolve_route(id, timeoutMs) != 0) throw Failed(os::errnoText(what + ": rdma_resolve_route", errno));
   expectCmEvent(conn->channel(), RDMA_CM_EVENT_ROUTE_RESOLVED, deadline, what, "resolving the route");

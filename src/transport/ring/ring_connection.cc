@@ -13,8 +13,8 @@ namespace {
 // A record always has room before the end of the ring for a full segment table after its
 // last inline segment (kTableReserve: contiguity), while free space is counted for only
 // kTableAccounted entries at first and claimed (waiting if need be) as the table grows.
-constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry);
-constexpr uint32_t kTableAccounted = 4 * sizeof(SegmentEntry);
+constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry) + sizeof(TraceContext);
+constexpr uint32_t kTableAccounted = 4 * sizeof(SegmentEntry) + sizeof(TraceContext);
 constexpr uint32_t kRecordFixed = kRecordHeaderBytes + kFrameHeaderBytes;
 constexpr uint64_t kMinArenaSegmentBytes = 64 * 1024;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
@@ -518,14 +518,17 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   if (total > maxMessage_)
     throw InvalidArgument("message exceeds the maximum message size " +
                           std::to_string(maxMessage_) + " bytes of " + endpoint());
-  uint32_t recordBytes = inlineEnd + static_cast<uint32_t>(n * sizeof(SegmentEntry));
+  const bool traced = msg.trace().valid();
+  const uint32_t tableBytes = static_cast<uint32_t>(n * sizeof(SegmentEntry));
+  uint32_t recordBytes = inlineEnd + tableBytes + (traced ? sizeof(TraceContext) : 0);
   extendRecord(recordBytes, /*mayWait=*/true);
-  std::memcpy(record + inlineEnd, table.data(), n * sizeof(SegmentEntry));
+  std::memcpy(record + inlineEnd, table.data(), tableBytes);
+  if (traced) std::memcpy(record + inlineEnd + tableBytes, &msg.trace(), sizeof(TraceContext));
   auto& h = msg.header();
   h.frameBytes = recordBytes - kRecordHeaderBytes;
   h.segmentCount = static_cast<uint16_t>(n);
   h.tableOffset = inlineEnd - kRecordHeaderBytes;
-  h.flags = 0;
+  h.flags = traced ? kFlagTraced : 0;
   h.reserved = 0;
   std::memcpy(record + 8, &arenaTail_, sizeof arenaTail_);
   // Publish: everything above becomes visible with the record word.

@@ -40,6 +40,8 @@ constexpr uint32_t kHelloVersion = 1;
 constexpr size_t kMaxToken = 1024;
 constexpr size_t kMaxIov = 256;
 constexpr uint32_t kTableReserveEntries = 4;
+/// Send-buffer room kept after a frame's segments for its table and trace context.
+constexpr uint64_t kTableRoom = kMaxSegments * sizeof(SegmentEntry) + sizeof(TraceContext);
 
 struct HostPort {
   std::string host;
@@ -201,7 +203,8 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         what_(std::move(what)),
         options_(options),
         maxMessage_(maxMessageBytes),
-        maxFrame_(maxMessageBytes + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry)),
+        maxFrame_(maxMessageBytes + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry) +
+                  sizeof(TraceContext)),
         ringBytes_(options.ringBytes),
         ringMask_(options.ringBytes - 1),
         ring_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),
@@ -284,7 +287,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
                             std::to_string(kMaxSegments) + " segments");
     // Table goes right after the open region in the buffer (room was reserved).
     uint64_t tableAt = open_.end;
-    if (tableAt + n * sizeof(SegmentEntry) > sendBytes_)
+    if (tableAt + n * sizeof(SegmentEntry) + sizeof(TraceContext) > sendBytes_)
       throw Overloaded("no send buffer room for the segment table on " + what_);
     auto* table = reinterpret_cast<SegmentEntry*>(send_ + tableAt);
     uint64_t frameBytes = kFrameHeaderBytes;
@@ -302,15 +305,18 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       throw InvalidArgument("message exceeds the maximum message size " +
                             std::to_string(maxMessage_) + " bytes of " + what_);
     }
-    pushIov(table, n * sizeof(SegmentEntry));
-    frameBytes += n * sizeof(SegmentEntry);
+    const bool traced = msg.trace().valid();
+    const uint64_t tail = n * sizeof(SegmentEntry) + (traced ? sizeof(TraceContext) : 0);
+    if (traced) std::memcpy(send_ + tableAt + n * sizeof(SegmentEntry), &msg.trace(), sizeof(TraceContext));
+    pushIov(table, tail);
+    frameBytes += tail;
     FrameHeader& h = msg.header();
     h.frameBytes = static_cast<uint32_t>(frameBytes);
     h.segmentCount = static_cast<uint16_t>(n);
-    h.tableOffset = static_cast<uint32_t>(frameBytes - n * sizeof(SegmentEntry));
-    h.flags = 0;
+    h.tableOffset = static_cast<uint32_t>(frameBytes - tail);
+    h.flags = traced ? kFlagTraced : 0;
     h.reserved = 0;
-    used_ = tableAt + n * sizeof(SegmentEntry);
+    used_ = tableAt + tail;
     open_.msg = nullptr;
     msg.markSent();
     if (flushNow || pending_.size() > kMaxIov - kMaxSegments - 2) writePending();
@@ -395,7 +401,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     uint64_t want = std::min(std::max(minBytes, open_.allocated), remaining);
     capnp::word* seg;
     uint64_t room = sendBytes_ - open_.end;
-    uint64_t reserve = kMaxSegments * sizeof(SegmentEntry);
+    uint64_t reserve = kTableRoom;
     if (want + reserve <= room && want <= sendBytes_ / 4) {
       auto* p = send_ + open_.end;
       std::memset(p, 0, want);
@@ -444,9 +450,9 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   }
 
   bool roomInSendBuffer(uint64_t need) {
-    if (used_ + need + kMaxSegments * sizeof(SegmentEntry) <= sendBytes_) return true;
+    if (used_ + need + kTableRoom <= sendBytes_) return true;
     writePending();
-    return used_ + need + kMaxSegments * sizeof(SegmentEntry) <= sendBytes_;
+    return used_ + need + kTableRoom <= sendBytes_;
   }
 
   void pushIov(const void* p, uint64_t bytes) {
