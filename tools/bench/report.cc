@@ -19,6 +19,9 @@ constexpr size_t kTargetRateBytes = 64;
 constexpr double kTargetMessagesPerSecond = 10e6;
 constexpr size_t kTargetBandwidthBytes = size_t{1} << 20;
 constexpr double kTargetMemcpyShare = 0.5;
+/// Involuntary context switches in one cell from which the report warns that other load
+/// disturbed the run (a 0.5 s cell on an idle host sees almost none).
+constexpr double kBusyPreemptions = 10;
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -316,6 +319,23 @@ void printReport(std::FILE* out, const Run& run, bool color) {
                  fmt::format("{}/{}/{}", s.floor.preemptions + s.floorCheck.preemptions,
                              s.zcrpc.preemptions, s.oneWay.preemptions));
     }
+  }
+
+  std::vector<double> preempted;
+  for (const auto& rep : run.reps)
+    for (const auto& s : rep.sizes)
+      for (uint64_t n : {s.floor.preemptions, s.zcrpc.preemptions, s.oneWay.preemptions})
+        preempted.push_back(static_cast<double>(n));
+  double mostPreempted = preempted.empty() ? 0 : *std::max_element(preempted.begin(), preempted.end());
+  if (mostPreempted >= kBusyPreemptions) {
+    p("");
+    fmt::print(out,
+               "Note: other load shared the pinned CPUs (median {:.0f}, most {:.0f} involuntary "
+               "context switches per cell).\n"
+               "      Tails (p99, p99.9) and the one-way stream, which needs both CPUs at once, "
+               "suffer most;\n"
+               "      rerun on an idle host for undisturbed figures.\n",
+               median(preempted), mostPreempted);
   }
 
   p("");
