@@ -19,6 +19,7 @@
 #   ZCRPC_RDMA_GTEST_FILTER gtest filter for both runs (default: all)
 #   ZCRPC_RDMA_BENCH_CALLS  round trips per benchmark (default 20000)
 #   ZCRPC_RDMA_KEEP         keep the work folder (initramfs, console log)
+#   ZCRPC_RDMA_GUEST_HOOK   a shell file sourced in the guest before the runs (debugging)
 set -u
 set -o pipefail
 
@@ -159,6 +160,7 @@ rdma link add rxev0 type rxe netdev veth0 || { echo "rdma link add rxev0 failed"
 rdma link add rxev1 type rxe netdev veth1 || { echo "rdma link add rxev1 failed"; verdict fail; }
 rdma link show
 ulimit -l unlimited
+[ -f /hook.sh ] && . /hook.sh
 
 FILTER=${ZCRPC_FILTER:-*}
 CALLS=${ZCRPC_CALLS:-20000}
@@ -182,6 +184,8 @@ echo "=== done at $(now) s"
 verdict $status
 EOF
 chmod +x $R/init
+# A debugging hook: a host file sourced by /init after the network set-up.
+[ -n "${ZCRPC_RDMA_GUEST_HOOK:-}" ] && cp "$ZCRPC_RDMA_GUEST_HOOK" $R/hook.sh
 
 (cd $R && find . | cpio -o -H newc 2>/dev/null | gzip -1) > $WORK/initrd.gz || fail "building the initramfs failed"
 echo "initramfs: $(du -h $WORK/initrd.gz | cut -f1), kernel $KVER"

@@ -521,8 +521,8 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
       throw InvalidArgument("message of " + std::to_string(firstBytes) +
                             " bytes exceeds the maximum message size " + std::to_string(maxMessage_) +
                             " of " + what_);
-    if (outCount() >= kOutQueue - 1) {
-      pump();
+    if (outCount()) {
+      pump();  // records waiting for credits go first
       if (outCount() >= kOutQueue - 1) return blockedOrDisconnected();
     }
     bool inBuffer = kRecordHeaderBytes + kFrameHeaderBytes + firstBytes + kTableReserve <= sendBytes_ / 4;
@@ -1305,8 +1305,10 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
             timespec ts{0, 100'000};
             ::nanosleep(&ts, nullptr);
           } else if (armWait()) {
-            os::pollOne(epoll_.get(), POLLIN,
-                        std::min(left + std::chrono::milliseconds(1), std::chrono::milliseconds(100)));
+            // Records of ours waiting for the peer's credits are posted when we wake; the
+            // credit word raises no event, so sleep in short slices while there are any.
+            auto slice = outCount() ? std::chrono::milliseconds(1) : std::chrono::milliseconds(100);
+            os::pollOne(epoll_.get(), POLLIN, std::min(left + std::chrono::milliseconds(1), slice));
             disarmWait();
           }
           continue;
