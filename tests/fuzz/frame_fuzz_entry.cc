@@ -66,12 +66,13 @@ void checkAccepted(std::span<const std::byte> bytes, const FrameLimits& limits,
   if (std::memcmp(&raw, &f.header, sizeof raw) != 0) broken("header copy differs from the input");
   const FrameHeader& h = f.header;
   if (h.frameBytes > bytes.size() || h.frameBytes % 8 != 0) broken("frame length out of bounds");
-  if (h.kind == 0 || h.kind > kMaxFrameKind || h.flags != 0 || h.reserved != 0)
+  if (h.kind == 0 || h.kind > kMaxFrameKind || (h.flags & ~kFlagTraced) != 0 || h.reserved != 0)
     broken("bad kind, flags or reserved field accepted");
+  const size_t traceBytes = (h.flags & kFlagTraced) ? sizeof(TraceContext) : 0;
   if (f.segmentCount != h.segmentCount || f.segmentCount == 0 || f.segmentCount > kMaxSegments)
     broken("segment count", std::to_string(f.segmentCount));
   if (h.tableOffset < kFrameHeaderBytes || h.tableOffset % 8 != 0 ||
-      frameBytesWithTable(h.tableOffset, f.segmentCount) != h.frameBytes)
+      frameBytesWithTable(h.tableOffset, f.segmentCount) + traceBytes != h.frameBytes)
     broken("segment table placement");
   if (f.segments[0].size() == 0) broken("empty first segment accepted");
 
@@ -81,6 +82,15 @@ void checkAccepted(std::span<const std::byte> bytes, const FrameLimits& limits,
   size_t total = 0;
   for (size_t i = 0; i < f.segmentCount; ++i) {
     auto seg = f.segments[i];
+    SegmentEntry entry;
+    std::memcpy(&entry, bytes.data() + h.tableOffset + i * sizeof entry, sizeof entry);
+    if (entry.words == 0) {
+      // An empty segment reads as one zero word that lies outside the frame.
+      static const capnp::word kZero{};
+      if (i == 0 || seg.size() != 1 || std::memcmp(seg.begin(), &kZero, sizeof kZero) != 0)
+        broken("empty segment not mapped to one zero word", std::to_string(i));
+      continue;
+    }
     size_t n = seg.size() * sizeof(capnp::word);
     total += n;
     if (reinterpret_cast<uintptr_t>(seg.begin()) % 8 != 0)

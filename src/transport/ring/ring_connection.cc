@@ -324,6 +324,9 @@ std::byte* RingConnection::arenaAllocate(uint64_t bytes, bool mayWait) {
 
 template <typename Ready>
 Status RingConnection::waitForSpace(Ready ready, Deadline deadline) {
+  // Only the consumer frees space: make sure it has been told about everything sent
+  // unflushed before we wait for it.
+  wakeConsumer();
   return waitFor(ready, deadline, /*forData=*/false);
 }
 
