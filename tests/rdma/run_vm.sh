@@ -17,7 +17,7 @@
 #                           (default ~/.cache/zcrpc/rdma-kernel; fetched with
 #                           `apt-get download` into it when absent)
 #   ZCRPC_RDMA_GTEST_FILTER gtest filter for both runs (default: all)
-#   ZCRPC_RDMA_BENCH_CALLS  round trips per benchmark (default 20000)
+#   ZCRPC_RDMA_BENCH_CALLS  round trips per benchmark (default 5000)
 #   ZCRPC_RDMA_KEEP         keep the work folder (initramfs, console log)
 #   ZCRPC_RDMA_GUEST_HOOK   a shell file sourced in the guest before the runs (debugging)
 set -u
@@ -163,7 +163,7 @@ ulimit -l unlimited
 [ -f /hook.sh ] && . /hook.sh
 
 FILTER=${ZCRPC_FILTER:-*}
-CALLS=${ZCRPC_CALLS:-20000}
+CALLS=${ZCRPC_CALLS:-5000}
 status=pass
 echo "=== run 1: one rxe device (rxe0 on dum0, 198.19.0.1) at $(now) s"
 ZCRPC_RDMA_ADDR=198.19.0.1 ZCRPC_RDMA_SERVER_DEVICE=rxe0 ZCRPC_RDMA_CLIENT_DEVICE=rxe0 \
@@ -192,7 +192,7 @@ echo "initramfs: $(du -h $WORK/initrd.gz | cut -f1), kernel $KVER"
 
 # ---- boot ----
 LOG=$WORK/console.log
-APPEND="console=ttyS0 panic=-1 quiet ZCRPC_FILTER=${ZCRPC_RDMA_GTEST_FILTER:-*} ZCRPC_CALLS=${ZCRPC_RDMA_BENCH_CALLS:-20000}"
+APPEND="console=ttyS0 panic=-1 quiet ZCRPC_FILTER=${ZCRPC_RDMA_GTEST_FILTER:-*} ZCRPC_CALLS=${ZCRPC_RDMA_BENCH_CALLS:-5000}"
 timeout --kill-after=10 280 qemu-system-x86_64 -m 2048 -smp 2 -nographic -nic none -no-reboot \
   -kernel "$VMLINUZ" -initrd $WORK/initrd.gz -append "$APPEND" \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null 2>&1 | tee "$LOG"

@@ -26,6 +26,7 @@
 #include <infiniband/verbs.h>
 #include <netdb.h>
 #include <poll.h>
+#include <sched.h>
 #include <rdma/rdma_cma.h>
 #include <sys/epoll.h>
 #include <time.h>
@@ -66,7 +67,9 @@ constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry);
 constexpr uint32_t kControlBytes = 4096;  // after the ring: the credit word, then padding
 constexpr uint32_t kImmLengthMask = 0x3fff'ffffu;
 constexpr int kGidsScanned = 8;
-constexpr int64_t kResolveAttemptMs = 1000;  // reading GID tables is slow under emulation: only the first
+constexpr int64_t kResolveAttemptMs = 1000;
+constexpr uint32_t kYieldEvery = 256;
+static_assert(ring::isPowerOfTwo(kYieldEvery));  // reading GID tables is slow under emulation: only the first
 static_assert(ring::isPowerOfTwo(kRecvCredits) && ring::isPowerOfTwo(kSendDepth));
 static_assert(kSignalEvery * 4 <= kSendDepth, "a signalled request among every quarter of the queue");
 static_assert(kRecvBatch < kRecvCredits);
@@ -663,6 +666,11 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
         if (peerGone_ && wcIndex_ == wcCount_) return disconnected("peer disconnected");
         if (wcIndex_ == wcCount_) {
           lazyCredit(/*any=*/false);
+          // A busy poller gives way now and then: with Soft-RoCE (and any kernel-side
+          // provider) the "NIC" is softirq work on these same CPUs, which two spinning
+          // threads would otherwise starve for a scheduler tick. One cheap system call
+          // per kYieldEvery empty polls.
+          if ((emptyPolls_ & (kYieldEvery - 1)) == 0) ::sched_yield();
           return Status::kWouldBlock;
         }
       }
