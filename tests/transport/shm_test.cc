@@ -645,7 +645,7 @@ TEST_P(ShmStress, TwoProcessesRandomSizesWithChecksums) {
               test::modeName(c.mode), c.childIsServer ? "server" : "client",
               static_cast<unsigned long long>(received), static_cast<unsigned long long>(big),
               bytes / 1e6, secs);
-  EXPECT_GE(received, 50'000u) << "too few messages went through to mean anything";
+  EXPECT_GE(received, 10'000u) << "too few messages went through to mean anything";
 }
 
 INSTANTIATE_TEST_SUITE_P(
