@@ -14,7 +14,7 @@ struct ShmListenOptions {
 };
 
 /// Listens on the abstract unix socket `@zcrpc/<name>` (no file on disk). Throws Failed
-/// naming the endpoint when the name is taken or invalid.
+/// naming the endpoint when the name is taken, InvalidArgument when it is invalid.
 std::unique_ptr<Listener> listenShm(std::string_view name, const ShmListenOptions& options = {});
 
 /// Connects to `shm://<name>`: credential check, memfd hand-over, header validation.
