@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "zcrpc/metrics.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc {
@@ -28,12 +29,54 @@ class ApplicationError final : public Error {
   int32_t code_;
 };
 
+/// One call as a Tracer sees it.
+struct TracedCall {
+  uint64_t interfaceId = 0;
+  uint16_t methodId = 0;
+  uint64_t callId = 0;
+  bool oneWay = false;
+  /// Client, in onClientCallBegin: the context the caller set with setTrace() (or none);
+  /// the tracer may replace it, and what it leaves there travels with the request.
+  /// Server: the context the request carried (traceId 0: none).
+  TraceContext trace;
+};
+
+/// How a traced call ended.
+struct TracedCallEnd {
+  bool ok = true;
+  ErrorKind error = ErrorKind::kFailed;  ///< when !ok
+  /// Client: since the request was sent. Server: since dispatch (one-way: the handler).
+  std::chrono::nanoseconds duration{0};
+};
+
+/// The user's tracer: told when calls begin and end, on the thread that runs them (the
+/// Channel's; the server worker's). Callbacks must be quick and must not throw; they run
+/// on the call path. Installing none (the default) costs one untaken branch per call.
+class Tracer {
+ public:
+  virtual ~Tracer() = default;
+  /// Before a request (or one-way message) is sent; may set `call.trace`.
+  virtual void onClientCallBegin(TracedCall&) noexcept {}
+  /// When the call finished: answered, failed, expired, cancelled or disconnected. A
+  /// one-way message ends as soon as it is sent.
+  virtual void onClientCallEnd(const TracedCall&, const TracedCallEnd&) noexcept {}
+  /// Before the handler runs.
+  virtual void onServerCallBegin(const TracedCall&) noexcept {}
+  /// When the answer (or error) is ready, just before it is handed to the transport; for
+  /// a deferred call, when it completed.
+  virtual void onServerCallEnd(const TracedCall&, const TracedCallEnd&) noexcept {}
+};
+
 /// Client-side settings of one Channel.
 struct ChannelOptions {
   /// Deadline of a call that sets none.
   std::chrono::nanoseconds defaultTimeout = std::chrono::seconds(10);
   /// Calls outstanding at once (power of two). More gives Overloaded.
   uint32_t window = 64;
+  /// Count calls, errors, bytes and round-trip latency per method (see metrics()).
+  bool metrics = true;
+  /// Told about every call; borrowed, must outlive the Channel. nullptr: no tracing.
+  Tracer* tracer = nullptr;
 };
 
 class Channel;
@@ -105,6 +148,9 @@ class RawRequest final {
   void setDeadline(Deadline deadline) noexcept { deadline_ = deadline; }
   void setTimeout(std::chrono::nanoseconds timeout) { deadline_ = deadlineAfter(timeout); }
   Deadline deadline() const noexcept { return deadline_; }
+  /// Trace context sent with the request (a tracer may still replace it).
+  void setTrace(TraceContext trace) noexcept { message_.setTrace(trace); }
+  const TraceContext& trace() const noexcept { return message_.trace(); }
 
   /// Sends and waits: the response lease, or throws the typed error.
   IncomingMessage call();
@@ -131,6 +177,7 @@ class Request final {
   RawRequest& raw() noexcept { return raw_; }
   void setDeadline(Deadline d) noexcept { raw_.setDeadline(d); }
   void setTimeout(std::chrono::nanoseconds t) { raw_.setTimeout(t); }
+  void setTrace(TraceContext trace) noexcept { raw_.setTrace(trace); }
 
   /// The results, read in place; valid while the returned Response lives.
   class Response final {
@@ -175,6 +222,17 @@ class Channel final {
   Connection& connection() noexcept { return *connection_; }
   const ChannelOptions& options() const noexcept { return options_; }
 
+  /// Sends a ping frame and waits for the server's pong (answered by the server's
+  /// polling thread, no handler involved); returns the round trip. Calls already
+  /// outstanding keep going and may finish meanwhile. Throws DeadlineExceeded,
+  /// Disconnected or Overloaded (window full) as a call would.
+  std::chrono::nanoseconds ping(Deadline deadline);
+  std::chrono::nanoseconds ping() { return ping(deadlineAfter(options_.defaultTimeout)); }
+
+  /// This channel's counters (nullptr when options().metrics is false). The object
+  /// lives as long as the Channel; its snapshot() may be taken from any thread.
+  const ConnectionMetrics* metrics() const noexcept { return metrics_.get(); }
+
  private:
   friend class RawRequest;
   friend class PendingCall;
@@ -186,11 +244,16 @@ class Channel final {
     Deadline deadline{};
     CallCallback callback;
     CallResult result;
+    MethodMetrics* method = nullptr;  // counters to charge when it ends (metrics on)
+    uint64_t startTicks = 0;          // ticks::now() when sent (metrics or tracer on)
+    bool traced = false;              // a tracer saw it begin
+    TracedCall trace;                 // what the tracer saw (when traced)
   };
 
   void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
   uint64_t send(OutgoingMessage& msg, FrameKind kind, Deadline deadline, CallCallback callback);
   void finish(Slot& slot, CallResult&& result);
+  void noteEnd(Slot& slot, CallResult& result) noexcept;
   bool handle(IncomingMessage& msg);  // true if it finished a call
   size_t expire(Clock::time_point now);
   void failAll(ErrorKind kind, const std::string& why);
@@ -208,6 +271,8 @@ class Channel final {
   Deadline nearestDeadline_ = kNoDeadline;
   bool disconnected_ = false;
   std::string disconnectReason_;
+  std::unique_ptr<ConnectionMetrics> metrics_;
+  Tracer* tracer_ = nullptr;
 };
 
 /// Hands each thread its own Channel to one endpoint, created on first use by `connect`.
@@ -249,6 +314,8 @@ class CallContext final {
   uint64_t callId() const noexcept { return request_.header().callId; }
   uint64_t interfaceId() const noexcept { return request_.header().interfaceId; }
   uint16_t methodId() const noexcept { return request_.header().methodId; }
+  /// The trace context the caller sent (traceId 0: none); also after defer().
+  const TraceContext& trace() const noexcept;
   bool isOneWay() const noexcept;
   IncomingMessage& request() noexcept { return request_; }
   /// The response message in transport memory, reserved on first use.
@@ -281,6 +348,8 @@ class DeferredReply final {
 
   /// The request, still in place in transport memory.
   IncomingMessage& request();
+  /// The trace context the caller sent (traceId 0: none).
+  const TraceContext& trace() const noexcept;
   bool isCancelled() const noexcept;
   /// Posts the answer: `fill` runs later on the connection's polling thread and writes
   /// the results into the response built in place.
@@ -302,6 +371,7 @@ class ServerCall final {
     return context_.response(sizeHintWords).template getRoot<Results>();
   }
   CallContext& context() noexcept { return context_; }
+  const TraceContext& trace() const noexcept { return context_.trace(); }
   bool isCancelled() const noexcept { return context_.isCancelled(); }
   DeferredReply defer() { return context_.defer(); }
 
@@ -329,6 +399,10 @@ struct ServerOptions {
   /// How an idle worker waits: busy-poll, spin for `spinTime` then sleep, or sleep.
   WaitMode idleMode = WaitMode::kSpinThenSleep;
   std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);
+  /// Count calls, errors, bytes and handler time per connection and method (stats()).
+  bool metrics = true;
+  /// Told about every dispatched call; borrowed, must outlive the Server.
+  Tracer* tracer = nullptr;
 };
 
 /// Dispatches calls from any number of connections to registered services.
@@ -344,6 +418,10 @@ class Server final {
   void addListener(std::unique_ptr<Listener> listener);
   /// Serves an already-connected Connection (e.g. one end of a loopback pair).
   void addConnection(std::unique_ptr<Connection> connection);
+  /// Serves zcrpc's admin interface (schemas/admin.capnp, kAdminInterfaceId) on every
+  /// endpoint and connection of this server, answering with stats(); zcrpc-stat reads
+  /// it. Before start(). Idempotent.
+  void enableStats();
   /// Starts the accept thread and the worker threads.
   void start();
   /// Stops accepting, answers or fails every call in flight (deferred calls get until
@@ -352,6 +430,10 @@ class Server final {
 
   size_t connectionCount() const;
   std::vector<std::string> endpoints() const;
+  /// Counters of every open connection and per-method totals over all connections since
+  /// start (empty when options.metrics is false). Any thread; takes a lock only to copy
+  /// the list of connections, never one their workers take per call.
+  ServerStats stats() const;
 
  private:
   struct Impl;

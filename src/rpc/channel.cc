@@ -8,7 +8,18 @@ namespace zcrpc {
 
 namespace {
 constexpr uint32_t kDefaultRequestWords = 64;
+
+/// Cap'n Proto payload of a message about to be sent (what the metrics call bytes).
+uint64_t payloadBytes(OutgoingMessage& msg) {
+  uint64_t words = 0;
+  for (auto segment : msg.segmentsForSend()) words += segment.size();
+  return words * sizeof(capnp::word);
 }
+
+std::chrono::nanoseconds sinceTicks(uint64_t start) noexcept {
+  return std::chrono::nanoseconds(static_cast<int64_t>(ticks::toNanos(ticks::now() - start)));
+}
+}  // namespace
 
 // ------------------------------------------------------------------------------------
 // CallResult
@@ -93,12 +104,16 @@ Channel::Channel(std::unique_ptr<Connection> connection, ChannelOptions options)
                           " must be a power of two");
   slots_ = std::make_unique<Slot[]>(options_.window);
   mask_ = options_.window - 1;
+  if (options_.metrics)
+    metrics_ = std::make_unique<ConnectionMetrics>(connection_->endpoint(), MetricsSide::kClient);
+  tracer_ = options_.tracer;
 }
 
 Channel::~Channel() {
   failAll(ErrorKind::kDisconnected, "channel to " + connection_->endpoint() + " destroyed");
   for (uint64_t i = 0; i <= mask_; ++i) slots_[i].result = CallResult();  // leases before connection
   connection_->close();
+  if (metrics_) metrics_->markClosed();
 }
 
 Channel::Slot* Channel::slotFor(uint64_t callId) noexcept {
@@ -125,19 +140,39 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
   uint64_t id = nextCallId_;
+  FrameHeader& h = msg.header();
+  const bool isCall = kind == FrameKind::kRequest || kind == FrameKind::kOneWay;
+  MethodMetrics* method = metrics_ && isCall ? &metrics_->method(h.interfaceId, h.methodId) : nullptr;
   Slot* slot = nullptr;
   if (kind != FrameKind::kOneWay) {
     slot = &slots_[id & mask_];
-    if (slot->state == SlotState::kPending || outstanding_ > mask_)
+    if (slot->state == SlotState::kPending || outstanding_ > mask_) {
+      if (method) {
+        method->countCall(0);
+        method->countError(ErrorKind::kOverloaded);
+      }
       throw Overloaded("window of " + std::to_string(options_.window) +
                        " outstanding calls on " + connection_->endpoint() + " is full");
+    }
     slot->result = CallResult();  // an uncollected old result gives way
   }
+  const uint64_t bytes = method ? payloadBytes(msg) : 0;
   ++nextCallId_;
-  FrameHeader& h = msg.header();
   h.kind = static_cast<uint8_t>(kind);
   h.callId = id;
+  TracedCall traced;
+  const bool tracing = tracer_ && isCall;
+  if (tracing) [[unlikely]] {
+    traced = TracedCall{h.interfaceId, h.methodId, id, kind == FrameKind::kOneWay, msg.trace()};
+    tracer_->onClientCallBegin(traced);
+    msg.setTrace(traced.trace);
+  }
+  const uint64_t start = method || tracing ? ticks::now() : 0;
+  if (method) method->countCall(bytes);
   if (connection_->send(msg) != Status::kOk) {
+    if (method) method->countError(ErrorKind::kDisconnected);
+    if (tracing)
+      tracer_->onClientCallEnd(traced, {false, ErrorKind::kDisconnected, sinceTicks(start)});
     failAll(ErrorKind::kDisconnected, connection_->lastError());
     throw Disconnected("channel to " + connection_->endpoint() + " lost: " + disconnectReason_);
   }
@@ -146,13 +181,37 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,
     slot->state = SlotState::kPending;
     slot->deadline = deadline;
     slot->callback = std::move(callback);
+    slot->method = method;
+    slot->startTicks = start;
+    slot->traced = tracing;
+    if (tracing) slot->trace = traced;
     ++outstanding_;
     nearestDeadline_ = std::min(nearestDeadline_, deadline);
+  } else if (tracing) {
+    tracer_->onClientCallEnd(traced, {true, ErrorKind::kFailed, sinceTicks(start)});
   }
   return id;
 }
 
+void Channel::noteEnd(Slot& slot, CallResult& result) noexcept {
+  const uint64_t elapsed = ticks::now() - slot.startTicks;
+  if (MethodMetrics* m = slot.method) {
+    m->recordLatency(elapsed);
+    if (result.ok())
+      m->countResponse(result.response().payloadBytes());
+    else
+      m->countError(result.errorKind());
+    slot.method = nullptr;
+  }
+  if (slot.traced) {
+    slot.traced = false;
+    auto duration = std::chrono::nanoseconds(static_cast<int64_t>(ticks::toNanos(elapsed)));
+    tracer_->onClientCallEnd(slot.trace, {result.ok(), result.errorKind(), duration});
+  }
+}
+
 void Channel::finish(Slot& slot, CallResult&& result) {
+  if (slot.method || slot.traced) noteEnd(slot, result);
   --outstanding_;
   if (outstanding_ == 0) nearestDeadline_ = kNoDeadline;
   if (slot.callback) {
@@ -257,6 +316,16 @@ IncomingMessage Channel::waitFor(uint64_t callId) {
       failAll(ErrorKind::kDisconnected, connection_->lastError());
     }
   }
+}
+
+std::chrono::nanoseconds Channel::ping(Deadline deadline) {
+  OutgoingMessage m;
+  startMessage(m, 1, deadline);
+  m.initRoot<capnp::AnyPointer>();
+  const auto start = Clock::now();
+  const uint64_t id = send(m, FrameKind::kPing, deadline, {});
+  (void)waitFor(id);  // the pong; its lease goes at once
+  return Clock::now() - start;
 }
 
 size_t Channel::poll() {

@@ -10,6 +10,7 @@
 
 #include <kj/exception.h>
 
+#include "metrics/stats_service.h"
 #include "os/os.h"
 #include "rpc/frames.h"
 #include "zcrpc/rpc.h"
@@ -33,6 +34,21 @@ std::string hex(uint64_t v) {
   std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
   return b;
 }
+
+/// Cap'n Proto payload of a message about to be sent (what the metrics call bytes).
+uint64_t payloadBytes(OutgoingMessage& msg) {
+  uint64_t words = 0;
+  for (auto segment : msg.segmentsForSend()) words += segment.size();
+  return words * sizeof(capnp::word);
+}
+
+/// What a call in progress must report when it ends (metrics and tracer).
+struct CallMark {
+  MethodMetrics* method = nullptr;  // borrowed from the connection's ConnectionMetrics
+  uint64_t startTicks = 0;
+  bool traced = false;
+  TracedCall trace;
+};
 }  // namespace
 
 struct Completion {
@@ -49,6 +65,8 @@ struct DeferredState {
   bool oneWay = false;
   std::atomic<bool> cancelled{false};
   std::atomic<bool> answered{false};
+  TraceContext trace;  // what the request carried
+  CallMark mark;       // worker thread only
   IncomingMessage request;  // declared after `owner`: released before the connection can go
 };
 
@@ -56,10 +74,13 @@ struct DeferredState {
 class ServerConnection final : public std::enable_shared_from_this<ServerConnection> {
  public:
   ServerConnection(const std::unordered_map<uint64_t, Service*>& services,
-                   std::unique_ptr<Connection> connection, int workerWake)
-      : services_(services), connection_(std::move(connection)), workerWake_(workerWake) {}
+                   std::unique_ptr<Connection> connection, int workerWake,
+                   std::shared_ptr<ConnectionMetrics> metrics, Tracer* tracer)
+      : services_(services), connection_(std::move(connection)), workerWake_(workerWake),
+        metrics_(std::move(metrics)), tracer_(tracer) {}
 
   Connection& connection() noexcept { return *connection_; }
+  const std::shared_ptr<ConnectionMetrics>& metrics() const noexcept { return metrics_; }
   bool disconnected() const noexcept { return disconnected_; }
   bool idle() const noexcept { return deferred_.empty(); }
   bool hasMail() const noexcept { return hasMail_.load(std::memory_order_acquire); }
@@ -90,8 +111,10 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   void failDeferred(const std::string& why) {
     processMail();
     for (auto& [id, weak] : deferred_) {
-      if (auto state = weak.lock(); state && !state->answered.exchange(true) && !state->oneWay)
-        sendError(id, ErrorKind::kDisconnected, 0, why);
+      if (auto state = weak.lock(); state && !state->answered.exchange(true)) {
+        endCall(state->mark, false, ErrorKind::kDisconnected, 0);
+        if (!state->oneWay) sendError(id, ErrorKind::kDisconnected, 0, why);
+      }
     }
     deferred_.clear();
     (void)connection_->flush();
@@ -130,6 +153,10 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
     state->owner = shared_from_this();
     state->callId = ctx.callId();
     state->oneWay = ctx.isOneWay();
+    state->trace = ctx.request().trace();
+    state->mark = current_;
+    current_.method = nullptr;  // the deferred call reports its own end
+    current_.traced = false;
     state->request = std::move(ctx.request());
     deferred_[state->callId] = state;
     return state;
@@ -175,6 +202,18 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
     const uint64_t interfaceId = msg.header().interfaceId;
     const uint16_t methodId = msg.header().methodId;
     const bool oneWay = msg.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
+    current_.method = nullptr;
+    current_.traced = false;
+    if (metrics_) {
+      current_.method = &metrics_->method(interfaceId, methodId);
+      current_.method->countCall(msg.payloadBytes());
+    }
+    if (tracer_) [[unlikely]] {
+      current_.traced = true;
+      current_.trace = TracedCall{interfaceId, methodId, callId, oneWay, msg.trace()};
+      tracer_->onServerCallBegin(current_.trace);
+    }
+    if (current_.method || current_.traced) current_.startTicks = ticks::now();
     CallContext ctx(*this, msg);
     ErrorKind kind = ErrorKind::kFailed;
     int32_t code = 0;
@@ -188,12 +227,18 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
                                            hex(interfaceId) + " is not implemented by ") +
               connection_->endpoint();
       } else {
-        if (ctx.deferred_ || oneWay) return;
+        if (ctx.deferred_) return;  // defer() took over the call's mark
+        if (oneWay) {
+          endCall(current_, true, ErrorKind::kFailed, 0);
+          return;
+        }
         OutgoingMessage& out = startResponse(ctx.response_, 1);
         if (!out.isOpen()) return;
         out.getRoot<capnp::AnyPointer>();  // an untouched response is an empty message
         out.header().kind = static_cast<uint8_t>(FrameKind::kResponse);
         out.header().callId = callId;
+        // Counted before it is sent: a caller holding the answer finds it counted.
+        endCall(current_, true, ErrorKind::kFailed, current_.method ? payloadBytes(out) : 0);
         msg.release();  // the request's space can go before the response is published
         (void)connection_->send(out, false);
         return;
@@ -208,10 +253,31 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
     } catch (const std::exception& e) {
       kind = ErrorKind::kApplication, why = e.what();
     }
-    if (ctx.deferred_ || oneWay || disconnected_) return;  // a deferred call answers itself
+    if (ctx.deferred_) return;  // a deferred call answers itself
+    endCall(current_, false, kind, 0);
+    if (oneWay || disconnected_) return;
     ctx.response_.reset();  // give back a half-built response first
     msg.release();
     sendError(callId, kind, code, why);
+  }
+
+  /// Charges the call's counters and tells the tracer. Worker thread.
+  void endCall(CallMark& mark, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept {
+    if (!mark.method && !mark.traced) return;
+    const uint64_t elapsed = ticks::now() - mark.startTicks;
+    if (MethodMetrics* m = mark.method) {
+      m->recordLatency(elapsed);
+      if (ok)
+        m->countResponse(responseBytes);
+      else
+        m->countError(kind);
+      mark.method = nullptr;
+    }
+    if (mark.traced) {
+      mark.traced = false;
+      auto duration = std::chrono::nanoseconds(static_cast<int64_t>(ticks::toNanos(elapsed)));
+      tracer_->onServerCallEnd(mark.trace, {ok, kind, duration});
+    }
   }
 
   void sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why) {
@@ -235,8 +301,17 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
     for (Completion& c : mail) {
       deferred_.erase(c.state->callId);
       c.state->request.release();
-      if (disconnected_ || c.state->oneWay) continue;
+      CallMark& mark = c.state->mark;
+      if (disconnected_) {
+        endCall(mark, false, ErrorKind::kDisconnected, 0);
+        continue;
+      }
+      if (c.state->oneWay) {
+        endCall(mark, c.fill != nullptr, c.kind, 0);
+        continue;
+      }
       if (!c.fill) {
+        endCall(mark, false, c.kind, 0);
         sendError(c.state->callId, c.kind, c.code, c.message);
         continue;
       }
@@ -250,6 +325,7 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         out->getRoot<capnp::AnyPointer>();
         out->header().kind = static_cast<uint8_t>(FrameKind::kResponse);
         out->header().callId = c.state->callId;
+        endCall(mark, true, ErrorKind::kFailed, mark.method ? payloadBytes(*out) : 0);
         (void)connection_->send(*out, false);
         continue;
       } catch (const ApplicationError& e) {
@@ -262,6 +338,7 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         why = e.getDescription().cStr();
       }
       out.reset();
+      endCall(mark, false, kind, 0);
       if (!disconnected_) sendError(c.state->callId, kind, code, why);
     }
     return mail.size();
@@ -276,10 +353,19 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   std::mutex mailMutex_;
   std::vector<Completion> mail_;
   std::atomic<bool> hasMail_{false};
+  std::shared_ptr<ConnectionMetrics> metrics_;  // null: metrics off
+  Tracer* tracer_;
+  CallMark current_;  // the call being dispatched
 };
 
 // ------------------------------------------------------------------------------------
 // CallContext / DeferredReply
+
+const TraceContext& CallContext::trace() const noexcept {
+  static constexpr TraceContext kNone{};
+  if (request_.valid()) return request_.trace();
+  return deferred_ ? deferred_->trace : kNone;
+}
 
 bool CallContext::isOneWay() const noexcept {
   return request_.valid() && request_.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
@@ -321,6 +407,11 @@ IncomingMessage& DeferredReply::request() {
   return state_->request;
 }
 
+const TraceContext& DeferredReply::trace() const noexcept {
+  static constexpr TraceContext kNone{};
+  return state_ ? state_->trace : kNone;
+}
+
 bool DeferredReply::isCancelled() const noexcept {
   return state_ && state_->cancelled.load(std::memory_order_acquire);
 }
@@ -346,8 +437,9 @@ namespace {
 
 class Worker final {
  public:
-  Worker(const std::unordered_map<uint64_t, Service*>& services, const ServerOptions& options)
-      : services_(services), options_(options),
+  Worker(const std::unordered_map<uint64_t, Service*>& services, const ServerOptions& options,
+         MetricsRegistry& registry)
+      : services_(services), options_(options), registry_(registry),
         wake_(ZCRPC_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd for worker")) {}
 
   void adopt(std::unique_ptr<Connection> c) {
@@ -380,8 +472,11 @@ class Worker final {
   void adoptInbox() {
     if (!hasInbox_.load(std::memory_order_acquire)) return;
     std::lock_guard lock(inboxMutex_);
-    for (auto& c : inbox_)
-      connections_.push_back(std::make_shared<ServerConnection>(services_, std::move(c), wake_.get()));
+    for (auto& c : inbox_) {
+      auto metrics = options_.metrics ? registry_.open(c->endpoint(), MetricsSide::kServer) : nullptr;
+      connections_.push_back(std::make_shared<ServerConnection>(
+          services_, std::move(c), wake_.get(), std::move(metrics), options_.tracer));
+    }
     inbox_.clear();
     hasInbox_.store(false, std::memory_order_relaxed);
   }
@@ -393,9 +488,10 @@ class Worker final {
   }
 
   void reap() {
-    auto gone = std::remove_if(connections_.begin(), connections_.end(), [](auto& c) {
+    auto gone = std::remove_if(connections_.begin(), connections_.end(), [this](auto& c) {
       if (!c->disconnected() || !c->idle() || c->hasMail()) return false;
       c->close();
+      registry_.retire(c->metrics());
       return true;
     });
     count_ -= static_cast<size_t>(connections_.end() - gone);
@@ -478,6 +574,7 @@ class Worker final {
       c->failDeferred("server shut down before answering");
       c->pump(SIZE_MAX / 2, /*rejecting=*/true);
       c->close();
+      registry_.retire(c->metrics());
     }
     connections_.clear();
     count_ = 0;
@@ -485,6 +582,7 @@ class Worker final {
 
   const std::unordered_map<uint64_t, Service*>& services_;
   const ServerOptions& options_;
+  MetricsRegistry& registry_;
   os::Fd wake_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
@@ -501,6 +599,10 @@ class Worker final {
 struct Server::Impl {
   ServerOptions options;
   std::unordered_map<uint64_t, Service*> services;
+  MetricsRegistry registry;
+  std::unique_ptr<Service> statsService;
+  std::vector<std::string> endpointNames;  // fixed at start(): read by workers without a lock
+  std::atomic<bool> endpointsFixed{false};
   std::vector<std::unique_ptr<Listener>> listeners;
   std::vector<std::unique_ptr<Worker>> workers;
   std::thread acceptor;
@@ -543,7 +645,8 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->acceptorWake =
       os::Fd(ZCRPC_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd for acceptor"));
   for (size_t i = 0; i < options.workerThreads; ++i)
-    impl_->workers.push_back(std::make_unique<Worker>(impl_->services, impl_->options));
+    impl_->workers.push_back(
+        std::make_unique<Worker>(impl_->services, impl_->options, impl_->registry));
 }
 
 Server::~Server() { shutdown(deadlineAfter(std::chrono::seconds(1))); }
@@ -568,10 +671,33 @@ void Server::addConnection(std::unique_ptr<Connection> connection) {
   impl_->leastLoaded().adopt(std::move(connection));
 }
 
+void Server::enableStats() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->statsService) return;
+    if (impl_->started) throw InvalidArgument("enableStats after start()");
+    impl_->statsService = makeStatsService(
+        [this] { return stats(); }, static_cast<uint32_t>(impl_->options.workerThreads));
+  }
+  addService(*impl_->statsService);
+  (void)ticks::nanosPerTick();  // calibrate now rather than in the first stats call
+}
+
+ServerStats Server::stats() const {
+  // No lock of the server's own: workers call this (the stats service) while shutdown()
+  // holds it waiting for them.
+  ServerStats s = impl_->options.metrics ? impl_->registry.snapshot() : ServerStats{};
+  if (impl_->endpointsFixed.load(std::memory_order_acquire))  // pairs with start()'s store
+    s.endpoints = impl_->endpointNames;
+  return s;
+}
+
 void Server::start() {
   std::lock_guard lock(impl_->mutex);
   if (impl_->started) return;
   impl_->started = true;
+  for (auto& l : impl_->listeners) impl_->endpointNames.push_back(l->endpoint());
+  impl_->endpointsFixed.store(true, std::memory_order_release);  // pairs with stats()
   for (auto& w : impl_->workers) w->start();
   impl_->acceptor = std::thread([this] { impl_->acceptLoop(); });
 }
