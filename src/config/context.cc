@@ -7,6 +7,9 @@
 
 #include "zcrpc/shm.h"
 #include "zcrpc/tcp.h"
+#ifdef ZCRPC_HAVE_RDMA
+#include "zcrpc/rdma.h"
+#endif
 
 namespace zcrpc {
 
@@ -51,6 +54,17 @@ std::string joined(const std::vector<std::string>& items) {
   return out;
 }
 
+#ifdef ZCRPC_HAVE_RDMA
+RdmaOptions rdmaOptionsOf(const Config& c) {
+  RdmaOptions o;
+  o.connection = c.connectionOptions();
+  o.device = c.text("rdma_device");
+  o.port = static_cast<int>(c.integer("rdma_port"));
+  o.gidIndex = static_cast<int>(c.integer("rdma_gid_index"));
+  return o;
+}
+#endif
+
 }  // namespace
 
 std::vector<std::string> compiledTransports() {
@@ -82,7 +96,7 @@ Config Context::configFor(const EndpointUri& uri, std::string_view text) const {
   return c;
 }
 
-std::string Context::unusableReason(const EndpointUri& uri, const Config&) const {
+std::string Context::unusableReason(const EndpointUri& uri, [[maybe_unused]] const Config& config) const {
   auto compiled = compiledTransports();
   if (std::find(compiled.begin(), compiled.end(), uri.scheme) == compiled.end()) {
     if (uri.scheme == "rdma") return "rdma transport not compiled in (built without libibverbs/librdmacm)";
@@ -93,6 +107,15 @@ std::string Context::unusableReason(const EndpointUri& uri, const Config&) const
       return "no shm listener @zcrpc/" + uri.address + " on this host";
     return {};
   }
+#ifdef ZCRPC_HAVE_RDMA
+  if (uri.scheme == "rdma") {
+    auto devices = rdmaDevices();
+    if (devices.empty()) return "no RDMA device found (ibv_get_device_list is empty)";
+    const std::string& want = config.text("rdma_device");
+    if (!want.empty() && std::find(devices.begin(), devices.end(), want) == devices.end())
+      return "RDMA device '" + want + "' (rdma_device) not found";
+  }
+#endif
   std::string why;
   if (!resolves(uri.address, why)) return why;
   return {};
@@ -150,6 +173,9 @@ std::unique_ptr<Connection> Context::connect(std::span<const std::string> endpoi
           Config c = configFor(uri, v.endpoint);
           if (uri.scheme == "shm") conn = connectShm(uri.address, c.connectionOptions());
           else if (uri.scheme == "tcp") conn = connectTcp(uri.address, c.tcpOptions());
+#ifdef ZCRPC_HAVE_RDMA
+          else if (uri.scheme == "rdma") conn = connectRdma(uri.address, rdmaOptionsOf(c));
+#endif
           else why = "transport '" + uri.scheme + "' cannot connect yet";
         } catch (const std::exception& e) {
           why = std::string("connect failed: ") + e.what();
@@ -170,6 +196,9 @@ std::unique_ptr<Listener> Context::listen(std::string_view endpoint) const {
   Config c = configFor(uri, endpoint);
   if (uri.scheme == "shm") return listenShm(uri.address, c.shmListenOptions());
   if (uri.scheme == "tcp") return listenTcp(uri.address, c.tcpOptions());
+#ifdef ZCRPC_HAVE_RDMA
+  if (uri.scheme == "rdma") return listenRdma(uri.address, rdmaOptionsOf(c));
+#endif
   throw InvalidArgument("cannot listen on '" + std::string(endpoint) + "': transport '" +
                         uri.scheme + "' is " +
                         (uri.scheme == "rdma" ? "not compiled in" : "unknown"));
