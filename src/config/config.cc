@@ -286,6 +286,10 @@ void Config::set(std::string_view name, std::string_view raw, SettingSource sour
   std::string why = check(*s, raw, canonical);
   if (!why.empty())
     throw InvalidArgument(origin + ": " + why + ", got '" + std::string(raw) + "'");
+  // Priority, not call order, decides: a file loaded after the environment does not
+  // override it (the value was still checked above, so its errors are reported).
+  auto it = values_.find(name);
+  if (it != values_.end() && source < it->second.source) return;
   values_[std::string(name)] = Value{canonical, source, std::move(origin)};
 }
 
