@@ -1,0 +1,105 @@
+// zcrpc-test-server [--no-stats] [--threads N] ENDPOINT... — serves Echo (schemas/echo.capnp,
+// tests/metrics/echo_impl.h) and, unless --no-stats, the stats endpoint, on every endpoint
+// given (tcp://127.0.0.1:0 picks a port). Prints "ready ENDPOINT..." (the endpoints as
+// listening, ports resolved) on one line once it serves, then runs until SIGTERM/SIGINT.
+// For the tool and balancer tests: they start it, read the line, and kill it.
+//
+// zcrpc-test-server --client CALLS FAILS ENDPOINT... — instead makes CALLS echo calls
+// (64 bytes) and FAILS fail calls (ApplicationError 7) to the server, prints "done", exits.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "metrics/echo_impl.h"
+#include "zcrpc/context.h"
+
+namespace {
+
+int runClient(unsigned long calls, unsigned long fails, const std::vector<std::string>& endpoints) {
+  zcrpc::Context context;
+  zcrpc::Channel channel(context.connect(endpoints), context.config().channelOptions());
+  zcrpc::echo::EchoClient client(channel);
+  const std::string data(64, 'z');
+  for (unsigned long i = 0; i < calls; ++i) {
+    auto req = client.echoRequest(16);
+    req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
+    if (req.call().results().getData().size() != data.size()) {
+      std::fprintf(stderr, "echo came back wrong\n");
+      return 1;
+    }
+  }
+  for (unsigned long i = 0; i < fails; ++i) {
+    auto req = client.failRequest();
+    req.params().setCode(7);
+    req.params().setMessage("refused by the test");
+    try {
+      req.call();
+      std::fprintf(stderr, "fail did not fail\n");
+      return 1;
+    } catch (const zcrpc::ApplicationError& e) {
+      if (e.code() != 7) return 1;
+    }
+  }
+  std::printf("done\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc >= 5 && std::strcmp(argv[1], "--client") == 0) {
+    try {
+      return runClient(std::strtoul(argv[2], nullptr, 10), std::strtoul(argv[3], nullptr, 10),
+                       std::vector<std::string>(argv + 4, argv + argc));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "zcrpc-test-server --client: %s\n", e.what());
+      return 1;
+    }
+  }
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts: all inherit it
+
+  bool stats = true;
+  size_t threads = 1;
+  std::vector<std::string> endpoints;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--no-stats") == 0) stats = false;
+    else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = std::strtoul(argv[++i], nullptr, 10);
+    else endpoints.push_back(argv[i]);
+  }
+  if (endpoints.empty()) {
+    std::fprintf(stderr, "usage: %s [--no-stats] [--threads N] ENDPOINT...\n", argv[0]);
+    return 2;
+  }
+  try {
+    zcrpc::Context context;
+    zcrpc::ServerOptions options = context.config().serverOptions();
+    options.workerThreads = threads;
+    zcrpc::testing::EchoImpl impl;
+    zcrpc::Server server(options);
+    server.addService(impl);
+    if (stats) server.enableStats();
+    for (const auto& e : endpoints) server.addListener(context.listen(e));
+    server.start();
+    std::string line = "ready";
+    for (const auto& e : server.endpoints()) line += " " + e;
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+    int sig = 0;
+    while (sigwait(&set, &sig) != 0) {
+    }
+    server.shutdown();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "zcrpc-test-server: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""zcrpc-info, zcrpc-ping and zcrpc-stat run end to end against a real server process.
+
+Usage: tools_test.py SERVER INFO PING STAT   (paths of zcrpc-test-server and the tools)
+
+Starts zcrpc-test-server on shm and tcp (and one without the stats endpoint), drives
+traffic with its --client mode, runs each tool and checks what it prints. Every server is
+killed on every path.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+SERVER, INFO, PING, STAT = sys.argv[1:5]
+ECHO_IFACE = "0xcfcd81b639a97e98"
+TIMEOUT = 30
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZCRPC_")}
+    env.update(extra)
+    return env
+
+
+def run(args, env=None, timeout=TIMEOUT):
+    return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env or clean_env(), timeout=timeout)
+
+
+class Server:
+    """zcrpc-test-server on the given endpoints; .endpoints are as it listens."""
+
+    def __init__(self, *endpoints, stats=True):
+        args = [SERVER] + ([] if stats else ["--no-stats"]) + list(endpoints)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=clean_env())
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "ready":
+            self.stop()
+            raise RuntimeError("test server did not start: %r %s" % (line, self.proc.stderr.read()))
+        self.endpoints = line[1:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def unique(what):
+    return "toolstest-%s-%d" % (what, os.getpid())
+
+
+class ToolsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.shm_name = unique("srv")
+        cls.server = Server("shm://" + cls.shm_name, "tcp://127.0.0.1:0")
+        cls.shm, cls.tcp = cls.server.endpoints
+        assert cls.shm == "shm://" + cls.shm_name, cls.server.endpoints
+        assert re.match(r"tcp://127\.0\.0\.1:\d+$", cls.tcp), cls.server.endpoints
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def client(self, endpoint, calls, fails):
+        r = run([SERVER, "--client", str(calls), str(fails), endpoint])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    # ---------------------------------------------------------------- zcrpc-info
+
+    def test_info_settings_reference(self):
+        r = run([INFO, "--settings"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("| setting | type | default | environment | meaning |", r.stdout)
+        for name, env in [("ring_bytes", "ZCRPC_RING_BYTES"), ("wait_mode", "ZCRPC_WAIT_MODE"),
+                          ("transports", "ZCRPC_TRANSPORTS"), ("rdma_gid_index", "ZCRPC_RDMA_GID_INDEX")]:
+            self.assertRegex(r.stdout, r"\| `%s` \|.*\| `%s` \|" % (name, env))
+
+    def test_info_effective_settings_name_their_source(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write('ring_bytes = "64KiB"\nwindow = 8\n')
+        try:
+            r = run([INFO], env=clean_env(ZCRPC_CONFIG=f.name, ZCRPC_WINDOW="128"))
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"transports compiled in: shm, tcp")
+        self.assertIn("RDMA devices:", r.stdout)
+        self.assertRegex(r.stdout, r"ring_bytes\s+65536\s+file\s+%s:1 key ring_bytes" % re.escape(f.name))
+        self.assertRegex(r.stdout, r"window\s+128\s+environment\s+ZCRPC_WINDOW")
+        self.assertRegex(r.stdout, r"wait_mode\s+spin-then-sleep\s+default\s+default")
+
+    def test_info_bad_environment_names_the_variable(self):
+        r = run([INFO], env=clean_env(ZCRPC_RING_BYTES="3000"))
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("ZCRPC_RING_BYTES: expected a power of two", r.stderr)
+
+    def test_info_transport_choice_with_reasons(self):
+        missing = "shm://" + unique("missing")
+        rdma = "rdma://127.0.0.1:1"
+        r = run([INFO, self.tcp, missing, self.shm, rdma])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = r.stdout
+        self.assertIn("transport choice (preference: shm,rdma,tcp):", out)
+        self.assertRegex(out, r"%s\s+shm\s+chosen" % re.escape(self.shm))
+        self.assertRegex(out, r"%s\s+shm\s+skipped: no shm listener @zcrpc/%s" %
+                         (re.escape(missing), unique("missing")))
+        self.assertRegex(out, r"%s\s+tcp\s+skipped: an earlier preference was chosen" % re.escape(self.tcp))
+        self.assertRegex(out, r"%s\s+rdma\s+skipped: an earlier preference was chosen" % re.escape(rdma))
+        self.assertIn("would connect to %s over shm" % self.shm, out)
+
+        # rdma first: skipped for what this build and host lack (no RDMA NIC on the test hosts)
+        r = run([INFO, rdma, self.tcp], env=clean_env(ZCRPC_TRANSPORTS="rdma,tcp"))
+        self.assertRegex(r.stdout, r"%s\s+rdma\s+skipped: (rdma transport not compiled in|no RDMA device)" %
+                         re.escape(rdma))
+        self.assertIn("would connect to %s over tcp" % self.tcp, r.stdout)
+
+        r = run([INFO, self.shm, self.tcp], env=clean_env(ZCRPC_TRANSPORTS="tcp"))
+        self.assertRegex(r.stdout, r"%s\s+shm\s+skipped: transport 'shm' is not in the preference list" %
+                         re.escape(self.shm))
+        self.assertIn("would connect to %s over tcp" % self.tcp, r.stdout)
+
+        r = run([INFO, "tcp://no-such-host.invalid:1"])
+        self.assertIn("does not resolve", r.stdout)
+        self.assertIn("no endpoint is usable", r.stdout)
+
+    # ---------------------------------------------------------------- zcrpc-ping
+
+    def check_ping_output(self, out, endpoint, count):
+        pongs = re.findall(r"pong from %s: seq=(\d+) time=([\d.]+) us" % re.escape(endpoint), out)
+        self.assertEqual([int(s) for s, _ in pongs], list(range(1, count + 1)), out)
+        self.assertTrue(all(float(t) > 0 for _, t in pongs), out)
+        self.assertIn("%d sent, %d received, 0.0%% loss" % (count, count), out)
+        m = re.search(r"rtt min/avg/p50/p99/max = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) us", out)
+        self.assertIsNotNone(m, out)
+        lo, avg, p50, p99, hi = map(float, m.groups())
+        self.assertTrue(0 < lo <= p50 <= p99 <= hi and lo <= avg <= hi, out)
+
+    def test_ping_shm_and_tcp(self):
+        for endpoint in (self.shm, self.tcp):
+            r = run([PING, "-c", "5", "-i", "0.01", endpoint])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("PING " + endpoint, r.stdout)
+            self.check_ping_output(r.stdout, endpoint, 5)
+
+    def test_ping_stops_at_ctrl_c_with_statistics(self):
+        p = subprocess.Popen([PING, "-i", "0.02", self.shm], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=clean_env())
+        try:
+            deadline = time.time() + 10
+            seen = ""
+            while time.time() < deadline and seen.count("pong from") < 3:
+                seen += p.stdout.readline()
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 0, err)
+        out = seen + out
+        self.assertRegex(out, r"--- %s ping statistics ---" % re.escape(self.shm))
+        m = re.search(r"(\d+) sent, (\d+) received", out)
+        self.assertGreaterEqual(int(m.group(2)), 3, out)
+
+    def test_ping_unreachable_server(self):
+        r = run([PING, "-c", "1", "shm://" + unique("nobody")])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no shm listener", r.stderr)
+
+    # ---------------------------------------------------------------- zcrpc-stat
+
+    def echo_row(self, methods, method_id):
+        for m in methods:
+            if m["interface_id"] == ECHO_IFACE and m["method_id"] == method_id:
+                return m
+        self.fail("no %s.%d in %s" % (ECHO_IFACE, method_id, json.dumps(methods)))
+
+    def test_stat_counts_calls_errors_and_latency(self):
+        with Server("shm://" + unique("stat")) as s:
+            self.client(s.endpoints[0], 40, 3)
+            self.client(s.endpoints[0], 10, 0)
+
+            # The server notices the clients' connections closing within a liveness period.
+            deadline = time.time() + 5
+            while True:
+                r = run([STAT, "--once", s.endpoints[0]])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                if "2 closed" in r.stdout or time.time() > deadline:
+                    break
+                time.sleep(0.05)
+            self.assertRegex(r.stdout, r"server pid %d on %s" % (s.proc.pid, re.escape(s.endpoints[0])))
+            self.assertRegex(r.stdout, r"connections 1 open, \d+ opened, 2 closed")
+            self.assertRegex(r.stdout, r"METHOD\s+CALLS\s+CALLS/S\s+ERRORS")
+            self.assertRegex(r.stdout, r"%s\.0\s+50\s+-\s+0\s" % ECHO_IFACE)
+            self.assertRegex(r.stdout, r"%s\.4\s+3\s+-\s+3\s.*Application:3" % ECHO_IFACE)
+
+            r = run([STAT, "--once", "--json", s.endpoints[0]])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            snap = json.loads(r.stdout)
+            self.assertEqual(snap["pid"], s.proc.pid)
+            self.assertEqual(snap["endpoints"], s.endpoints)
+            self.assertNotIn("connections", snap)
+            echo = self.echo_row(snap["methods"], 0)
+            self.assertEqual(echo["calls"], 50)
+            self.assertEqual(echo["errors"], {})
+            self.assertGreater(echo["request_bytes"], 50 * 64)
+            lat = echo["latency_ns"]
+            self.assertEqual(lat["count"], 50)
+            self.assertTrue(0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"], lat)
+            fail = self.echo_row(snap["methods"], 4)
+            self.assertEqual(fail["errors"], {"Application": 3})
+
+    def test_stat_live_snapshots_rates_and_connections(self):
+        with Server("shm://" + unique("live")) as s:
+            self.client(s.endpoints[0], 5, 0)
+            r = run([STAT, "--json", "-n", "3", "-i", "0.2", "--connections", s.endpoints[0]])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            snaps = [json.loads(line) for line in r.stdout.splitlines()]
+            self.assertEqual(len(snaps), 3)
+            self.assertNotIn("calls_per_s", self.echo_row(snaps[0]["methods"], 0))
+            self.assertEqual(self.echo_row(snaps[2]["methods"], 0)["calls_per_s"], 0.0)
+            admin = [m for m in snaps[2]["methods"] if m["name"] == "zcrpc.admin.Admin.stats"]
+            self.assertEqual(admin[0]["calls"], 3)
+            self.assertGreater(admin[0]["calls_per_s"], 0)
+            # Its own connection made the admin calls and nothing else.
+            name = "zcrpc.admin.Admin.stats"
+            own = [c for c in snaps[2]["connections"] if any(m["name"] == name for m in c["methods"])]
+            self.assertEqual(len(own), 1, snaps[2]["connections"])
+            self.assertEqual([(m["name"], m["calls"]) for m in own[0]["methods"]], [(name, 3)])
+            self.assertTrue(own[0]["endpoint"].startswith("shm://"), own[0])
+
+    def test_stat_tcp_table_and_ctrl_c(self):
+        p = subprocess.Popen([STAT, "-i", "0.1", self.tcp], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=clean_env())
+        try:
+            time.sleep(0.5)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 0, err)
+        self.assertGreaterEqual(out.count("server pid %d" % self.server.proc.pid), 2, out)
+
+    def test_stat_without_stats_endpoint(self):
+        with Server("shm://" + unique("nostats"), stats=False) as s:
+            r = run([STAT, "--once", s.endpoints[0]])
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("does not serve stats", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=sys.argv[:1], verbosity=2)
