@@ -1,0 +1,211 @@
+// The RPC core over every transport: a zcrpc::Server with a hand-written Service and a
+// zcrpc::Channel making sync and async calls, application errors, unknown methods and
+// interfaces, deadlines, large calls, calls through a listener, shutdown, wait modes.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "conformance/fixture.h"
+
+namespace zcrpc::conformance {
+namespace {
+
+using ::testing::HasSubstr;
+
+/// A Server serving EchoService, and a Channel to it over one connected pair.
+struct RpcSetup {
+  RpcSetup(const Conformance& test, const ConnectionOptions& o, ServerOptions so = {},
+           ChannelOptions co = {})
+      : server(so) {
+    server.addService(service);
+    server.start();
+    auto pair = test.transport().makePair(o);
+    server.addConnection(std::move(pair.server));
+    channel = std::make_unique<Channel>(std::move(pair.client), co);
+  }
+  EchoService service;
+  Server server;
+  std::unique_ptr<Channel> channel;  // destroyed first
+};
+
+/// The kind of the error a call throws (or nothing if it succeeded).
+std::optional<ErrorKind> callError(Channel& channel, uint16_t method, uint64_t seq,
+                                   std::chrono::milliseconds timeout,
+                                   uint64_t interfaceId = kEchoInterface,
+                                   std::string* message = nullptr) {
+  try {
+    auto req = channel.newRequest(interfaceId, method, 16);
+    req.setTimeout(timeout);
+    buildPayload(req.message(), seq, 0);
+    (void)req.call();
+    return std::nullopt;
+  } catch (const Error& e) {
+    if (message) *message = e.what();
+    return e.kind();
+  }
+}
+
+TEST_P(Conformance, RpcSyncCalls) {
+  RpcSetup rpc(*this, options());
+  for (uint64_t i = 0; i < 200; ++i) ASSERT_TRUE(echoCall(*rpc.channel, i, (i * 131) % 5000));
+  EXPECT_EQ(rpc.service.calls(), 200u);
+  EXPECT_EQ(rpc.channel->outstanding(), 0u);
+  EXPECT_TRUE(rpc.channel->connected());
+}
+
+TEST_P(Conformance, RpcAsyncCalls) {
+  RpcSetup rpc(*this, options());
+  Channel& ch = *rpc.channel;
+  constexpr uint64_t kCalls = 48;  // within the default window of 64
+  std::atomic<uint64_t> callbacks{0};
+  std::vector<std::pair<uint64_t, PendingCall>> waited;
+  for (uint64_t i = 0; i < kCalls; ++i) {
+    auto req = ch.newRequest(kEchoInterface, kEcho, payloadWords(i * 10));
+    req.setTimeout(5s);
+    buildPayload(req.message(), i, i * 10);
+    if (i % 2) {
+      req.callAsync([&callbacks, i](CallResult&& r) {
+        EXPECT_TRUE(r.ok()) << r.errorMessage();
+        if (r.ok()) {
+          EXPECT_TRUE(checkPayload(r.response(), i, i * 10));
+        }
+        ++callbacks;
+      });
+    } else {
+      waited.emplace_back(i, req.callAsync());
+    }
+  }
+  EXPECT_GT(ch.outstanding(), 0u);
+  for (Bound b(10'000, 10s); b.next() && callbacks < kCalls / 2;) ch.pollUntil(deadlineAfter(50ms));
+  EXPECT_EQ(callbacks.load(), kCalls / 2);
+  for (auto& [seq, call] : waited) {
+    CallResult r = call.wait();
+    ASSERT_TRUE(r.ok()) << r.errorMessage();
+    EXPECT_TRUE(call.done());
+    EXPECT_TRUE(checkPayload(r.response(), seq, seq * 10));
+  }
+  EXPECT_EQ(ch.outstanding(), 0u);
+}
+
+TEST_P(Conformance, RpcApplicationErrorReachesTheCaller) {
+  RpcSetup rpc(*this, options());
+  try {
+    auto req = rpc.channel->newRequest(kEchoInterface, kFail);
+    (void)req.call();
+    ADD_FAILURE() << "the call did not fail";
+  } catch (const ApplicationError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kApplication);
+    EXPECT_EQ(e.code(), kFailCode);
+    EXPECT_THAT(e.what(), HasSubstr("boom from EchoService"));
+  }
+  // Async form: the error arrives as a failed CallResult.
+  auto req = rpc.channel->newRequest(kEchoInterface, kFail);
+  CallResult r = req.callAsync().wait();
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.errorKind(), ErrorKind::kApplication);
+  EXPECT_EQ(r.errorCode(), kFailCode);
+  EXPECT_TRUE(echoCall(*rpc.channel, 1, 100)) << "the connection survives application errors";
+}
+
+TEST_P(Conformance, RpcUnknownMethodAndInterfaceAreUnimplemented) {
+  RpcSetup rpc(*this, options());
+  std::string why;
+  EXPECT_EQ(callError(*rpc.channel, kUnknownMethod, 1, 5s, kEchoInterface, &why),
+            ErrorKind::kUnimplemented);
+  EXPECT_THAT(why, HasSubstr("method 77"));
+  EXPECT_EQ(callError(*rpc.channel, kEcho, 2, 5s, kUnknownInterface, &why),
+            ErrorKind::kUnimplemented);
+  EXPECT_THAT(why, HasSubstr("not served"));
+  EXPECT_THROW(
+      {
+        auto req = rpc.channel->newRequest(kEchoInterface, kUnknownMethod);
+        (void)req.call();
+      },
+      Unimplemented);
+  EXPECT_TRUE(echoCall(*rpc.channel, 3, 10));
+}
+
+TEST_P(Conformance, RpcDeadlineExceededThenTheChannelGoesOn) {
+  ServerOptions so;
+  so.workerThreads = 2;
+  RpcSetup rpc(*this, options(), so);
+  auto start = Clock::now();
+  EXPECT_EQ(callError(*rpc.channel, kSleep, /*ms=*/400, 60ms), ErrorKind::kDeadlineExceeded);
+  EXPECT_GE(msSince(start), 55.0);
+  EXPECT_LT(msSince(start), 2000.0);  // ended by its deadline, not by the answer at 400 ms
+  // The late answer is dropped; the next call gets its own.
+  EXPECT_TRUE(echoCall(*rpc.channel, 8, 64));
+}
+
+TEST_P(Conformance, RpcLargeRequestAndResponse) {
+  RpcSetup rpc(*this, options());
+  EXPECT_TRUE(echoCall(*rpc.channel, 1, 6u << 20, 20s));
+  auto req = rpc.channel->newRequest(kEchoInterface, kMake, 16);
+  buildPayload(req.message(), 7u << 20, 0);  // seq = size of the answer
+  IncomingMessage r = req.call();
+  EXPECT_TRUE(checkPayload(r, 7u << 20, 7u << 20));
+}
+
+TEST_P(Conformance, RpcThroughAListenerFromSeveralThreads) {
+  if (!hasListener()) GTEST_SKIP() << transport().name << " has no listener (pairs only)";
+  auto o = options();
+  EchoService service;
+  Server server(ServerOptions{.workerThreads = 2});
+  server.addService(service);
+  auto listener = transport().makeListener(o);
+  const std::string endpoint = listener->endpoint();
+  server.addListener(std::move(listener));
+  server.start();
+  EXPECT_EQ(server.endpoints(), std::vector<std::string>{endpoint});
+  constexpr int kThreads = 4, kCalls = 100;
+  std::atomic<int> ok{0};
+  {
+    std::vector<std::jthread> threads;
+    for (int t = 0; t < kThreads; ++t)
+      threads.emplace_back([&, t] {
+        try {
+          Channel ch(transport().connect(endpoint, o));
+          for (int i = 0; i < kCalls; ++i)
+            if (echoCall(ch, uint64_t(t) * 1000 + i, (i * 61) % 3000)) ++ok;
+        } catch (const std::exception& e) {
+          ADD_FAILURE() << "thread " << t << ": " << e.what();
+        }
+      });
+  }
+  EXPECT_EQ(ok.load(), kThreads * kCalls);
+  EXPECT_EQ(service.calls(), uint64_t(kThreads * kCalls));
+}
+
+TEST_P(Conformance, RpcServerShutdownFailsCallsPromptly) {
+  RpcSetup rpc(*this, options());
+  ASSERT_TRUE(echoCall(*rpc.channel, 1, 10));
+  rpc.server.shutdown(deadlineAfter(1s));
+  auto start = Clock::now();
+  auto kind = callError(*rpc.channel, kEcho, 2, 3s);
+  EXPECT_EQ(kind, ErrorKind::kDisconnected);
+  EXPECT_LT(msSince(start), 2500.0);
+  EXPECT_FALSE(rpc.channel->connected());
+}
+
+TEST_P(Conformance, RpcInEveryWaitMode) {
+  for (WaitMode mode : {WaitMode::kBusyPoll, WaitMode::kSpinThenSleep, WaitMode::kBlocking}) {
+    SCOPED_TRACE(std::string(waitModeName(mode)));
+    auto o = options();
+    o.waitMode = mode;
+    ServerOptions so;
+    so.idleMode = mode;
+    RpcSetup rpc(*this, o, so);
+    auto start = Clock::now();
+    for (uint64_t i = 0; i < 100; ++i) ASSERT_TRUE(echoCall(*rpc.channel, i, i * 7));
+    EXPECT_LT(msSince(start), 15'000.0);
+    // An idle server in this mode still answers a call that comes after a pause.
+    std::this_thread::sleep_for(60ms);
+    EXPECT_TRUE(echoCall(*rpc.channel, 1000, 10, 2s));
+  }
+}
+
+}  // namespace
+}  // namespace zcrpc::conformance

@@ -1,0 +1,601 @@
+// The transport factories and the helpers declared in support.h.
+#include "conformance/support.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "zcrpc/loopback.h"
+#include "zcrpc/shm.h"
+#include "zcrpc/tcp.h"
+
+namespace zcrpc::conformance {
+
+// ---------------------------------------------------------------------------------------
+// Payloads
+
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ull;
+  x ^= x >> 33;
+  return x;
+}
+
+void fillPattern(uint8_t* p, size_t n, uint64_t seed) {
+  uint64_t s = mix64(seed + 0x9E3779B97F4A7C15ull);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    std::memcpy(p + i, &s, 8);
+  }
+  s = s * 6364136223846793005ull + 1442695040888963407ull;
+  for (; i < n; ++i) p[i] = static_cast<uint8_t>(s >> (8 * (i % 8)));
+}
+
+uint64_t checksum(const uint8_t* p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull ^ n;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0x100000001b3ull;
+    h ^= h >> 29;
+  }
+  for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return mix64(h);
+}
+
+void buildPayload(OutgoingMessage& msg, uint64_t seq, size_t size) {
+  auto p = msg.initRoot<bench::Payload>();
+  p.setSeq(seq);
+  auto d = p.initData(static_cast<capnp::uint>(size));
+  fillPattern(d.begin(), size, seq);
+  p.setChecksum(checksum(d.begin(), size));
+}
+
+Status sendPayload(Connection& c, uint64_t seq, size_t size, Deadline deadline, bool flush,
+                   uint32_t hintWords) {
+  OutgoingMessage msg;
+  Status s = c.startMessage(msg, hintWords ? hintWords : payloadWords(size), deadline);
+  if (s != Status::kOk) return s;
+  msg.header().callId = seq;
+  buildPayload(msg, seq, size);
+  return c.send(msg, flush);
+}
+
+Status trySendPayload(Connection& c, uint64_t seq, size_t size, bool flush) {
+  OutgoingMessage msg;
+  Status s = c.tryStartMessage(msg, payloadWords(size));
+  if (s != Status::kOk) return s;
+  msg.header().callId = seq;
+  buildPayload(msg, seq, size);
+  return c.send(msg, flush);
+}
+
+::testing::AssertionResult checkPayload(IncomingMessage& in, uint64_t seq, size_t size) {
+  if (!in.valid()) return ::testing::AssertionFailure() << "no message";
+  try {
+    auto p = in.getRoot<bench::Payload>();
+    auto d = p.getData();
+    if (p.getSeq() != seq)
+      return ::testing::AssertionFailure() << "got seq " << p.getSeq() << ", expected " << seq;
+    if (size != kAnySize && d.size() != size)
+      return ::testing::AssertionFailure()
+             << "seq " << seq << " has " << d.size() << " bytes, expected " << size;
+    if (checksum(d.begin(), d.size()) != p.getChecksum())
+      return ::testing::AssertionFailure()
+             << "checksum mismatch for seq " << seq << " (" << d.size() << " bytes)";
+    std::vector<uint8_t> expect(d.size());
+    fillPattern(expect.data(), expect.size(), seq);
+    if (d.size() && std::memcmp(expect.data(), d.begin(), d.size()) != 0)
+      return ::testing::AssertionFailure() << "data of seq " << seq << " is not its pattern";
+  } catch (const kj::Exception& e) {
+    return ::testing::AssertionFailure()
+           << "seq " << seq << " unreadable: " << e.getDescription().cStr();
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult receivePayload(Connection& c, uint64_t seq, size_t size,
+                                          std::chrono::milliseconds timeout) {
+  IncomingMessage in;
+  Status s = c.receive(in, deadlineAfter(timeout));
+  if (s != Status::kOk)
+    return ::testing::AssertionFailure() << "receive: " << statusName(s) << " expecting seq "
+                                         << seq << " (lastError: '" << c.lastError() << "')";
+  return checkPayload(in, seq, size);
+}
+
+void flushUntil(Connection& c, const std::function<bool()>& done,
+                std::chrono::milliseconds timeout) {
+  for (Bound b(1'000'000, timeout); b.next() && !done();) {
+    if (c.flush() == Status::kDisconnected) return;
+    std::this_thread::sleep_for(1ms);
+  }
+}
+
+::testing::AssertionResult receiveDisconnect(Connection& c, std::chrono::milliseconds timeout) {
+  auto deadline = deadlineAfter(timeout);
+  for (Bound b(1'000'000, timeout + 100ms); b.next();) {
+    IncomingMessage in;
+    Status s = c.receive(in, deadline);
+    if (s == Status::kDisconnected) return ::testing::AssertionSuccess();
+    if (s == Status::kOk)
+      return ::testing::AssertionFailure() << "received a message where a disconnect was due";
+    if (s == Status::kTimedOut) break;
+  }
+  return ::testing::AssertionFailure() << "no kDisconnected within " << timeout.count() << " ms";
+}
+
+// ---------------------------------------------------------------------------------------
+// Factories
+
+ConnectionPair pairThroughListener(const TransportFactory& t, const ConnectionOptions& o) {
+  auto listener = t.makeListener(o);
+  const std::string endpoint = listener->endpoint();  // before the acceptor thread owns it
+  ConnectionPair pair;
+  std::string acceptError;
+  std::thread acceptor([&] {
+    try {
+      pair.server = listener->accept(deadlineAfter(10s));
+    } catch (const std::exception& e) {
+      acceptError = e.what();
+    }
+  });
+  try {
+    pair.client = t.connect(endpoint, o);
+  } catch (...) {
+    acceptor.join();
+    throw;
+  }
+  acceptor.join();
+  if (!pair.server)
+    throw Failed(t.name + ": accept gave no connection: " +
+                 (acceptError.empty() ? "timed out" : acceptError));
+  return pair;
+}
+
+namespace {
+
+ConnectionOptions suiteOptions() {
+  ConnectionOptions o;
+  o.ringBytes = 256u << 10;
+  o.arenaBytes = uint64_t{16} << 20;
+  o.maxMessageBytes = uint64_t{8} << 20;
+  o.waitMode = WaitMode::kSpinThenSleep;
+  o.maxLeases = 256;
+  o.connectTimeout = 5000ms;  // also bounds the ring's internal waits for arena space
+  return o;
+}
+
+std::string uniqueShmName() {
+  static std::atomic<uint32_t> counter{0};
+  return "zcconf-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
+
+std::string shmNameOf(const std::string& endpoint) {
+  return endpoint.starts_with("shm://") ? endpoint.substr(6) : endpoint;
+}
+
+class TcpGarbagePeer final : public GarbagePeer {
+ public:
+  explicit TcpGarbagePeer(const ConnectionOptions& o) {
+    TcpOptions to;
+    to.connection = o;
+    listener_ = listenTcp("127.0.0.1:0", to);
+    raw_ = rawConnect(portOf(listener_->endpoint()));
+    if (!raw_) throw Failed("garbage peer: raw connect failed");
+    if (!sendHello(raw_.get(), {}, o.maxMessageBytes)) throw Failed("garbage peer: hello not sent");
+    victim_ = listener_->accept(deadlineAfter(5s));
+    if (!victim_) throw Failed("garbage peer: not accepted");
+    TcpAnswer answer;
+    if (!readExactly(raw_.get(), &answer, sizeof answer) || !answer.accepted)
+      throw Failed("garbage peer: handshake not accepted");
+  }
+  Connection& victim() override { return *victim_; }
+  void write(std::span<const std::byte> bytes) override {
+    if (!writeExactly(raw_.get(), bytes.data(), bytes.size()))
+      throw Failed("garbage peer: write failed");
+  }
+  int rawFd() const override { return raw_.get(); }
+
+ private:
+  std::unique_ptr<Listener> listener_;
+  OwnedFd raw_;
+  std::unique_ptr<Connection> victim_;
+};
+
+}  // namespace
+
+const TransportFactory& loopbackTransport() {
+  static const TransportFactory f{
+      .name = "loopback",
+      .options = suiteOptions(),
+      .makePair =
+          [](const ConnectionOptions& o) {
+            auto [a, b] = makeLoopbackPair(o);
+            return ConnectionPair{std::move(a), std::move(b)};
+          },
+      .makeListener = {},
+      .connect = {},
+      .injectGarbage = {},
+      .noGarbageReason =
+          "loopback: both ends are this process's own ring code, there is no foreign writer "
+          "(ring_test covers malformed records)",
+  };
+  return f;
+}
+
+const TransportFactory& shmTransport() {
+  static const TransportFactory f{
+      .name = "shm",
+      .options = suiteOptions(),
+      .makePair = [](const ConnectionOptions& o) { return pairThroughListener(shmTransport(), o); },
+      .makeListener =
+          [](const ConnectionOptions& o) -> std::unique_ptr<Listener> {
+            return listenShm(uniqueShmName(), ShmListenOptions{o, {}});
+          },
+      .connect = [](const std::string& endpoint,
+                    const ConnectionOptions& o) { return connectShm(shmNameOf(endpoint), o); },
+      .injectGarbage = {},
+      .noGarbageReason =
+          "shm: a hostile peer scribbling on its own transmit memory is covered by "
+          "tests/transport/shm_hostile_test",
+  };
+  return f;
+}
+
+const TransportFactory& tcpTransport() {
+  static const TransportFactory f{
+      .name = "tcp",
+      .options = suiteOptions(),
+      .makePair = [](const ConnectionOptions& o) { return pairThroughListener(tcpTransport(), o); },
+      .makeListener =
+          [](const ConnectionOptions& o) {
+            TcpOptions to;
+            to.connection = o;
+            return listenTcp("tcp://127.0.0.1:0", to);
+          },
+      .connect =
+          [](const std::string& endpoint, const ConnectionOptions& o) {
+            TcpOptions to;
+            to.connection = o;
+            return connectTcp(endpoint, to);
+          },
+      .injectGarbage =
+          [](const ConnectionOptions& o) -> std::unique_ptr<GarbagePeer> {
+            return std::make_unique<TcpGarbagePeer>(o);
+          },
+      .noGarbageReason = {},
+  };
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------
+// EchoService
+
+bool EchoService::dispatch(uint64_t interfaceId, uint16_t methodId, CallContext& context) {
+  if (interfaceId != kEchoInterface) return false;
+  uint64_t n = ++calls_;
+  switch (methodId) {
+    case kEcho: {
+      auto in = context.request().getRoot<bench::Payload>();
+      auto data = in.getData();
+      auto& out = context.response(payloadWords(data.size()));
+      auto r = out.initRoot<bench::Payload>();
+      r.setSeq(in.getSeq());
+      r.setChecksum(in.getChecksum());
+      r.setData(data);
+      return true;
+    }
+    case kFail:
+      throw ApplicationError(kFailCode, "boom from EchoService");
+    case kSleep: {
+      auto in = context.request().getRoot<bench::Payload>();
+      uint64_t ms = std::min<uint64_t>(in.getSeq(), 5000);
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      auto& out = context.response(8);
+      out.initRoot<bench::Payload>().setSeq(in.getSeq());
+      return true;
+    }
+    case kMake: {
+      uint64_t size = context.request().getRoot<bench::Payload>().getSeq();
+      auto& out = context.response(payloadWords(size));
+      buildPayload(out, size, size);
+      return true;
+    }
+    case kCount: {
+      auto& out = context.response(8);
+      out.initRoot<bench::Payload>().setSeq(n);
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+::testing::AssertionResult echoCall(Channel& channel, uint64_t seq, size_t size,
+                                    std::chrono::milliseconds timeout) {
+  try {
+    auto req = channel.newRequest(kEchoInterface, kEcho, payloadWords(size));
+    req.setTimeout(timeout);
+    buildPayload(req.message(), seq, size);
+    IncomingMessage response = req.call();
+    return checkPayload(response, seq, size);
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure() << "echo call " << seq << " failed: " << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw TCP
+
+void OwnedFd::reset() {
+  if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+}
+
+uint16_t portOf(const std::string& endpoint) {
+  auto colon = endpoint.rfind(':');
+  if (colon == std::string::npos) return 0;
+  return static_cast<uint16_t>(std::stoul(endpoint.substr(colon + 1)));
+}
+
+namespace {
+bool pollFor(int fd, short events, Deadline deadline) {
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() < 0) return false;
+    pollfd p{fd, events, 0};
+    int r = ::poll(&p, 1, static_cast<int>(left.count()) + 1);
+    if (r < 0 && errno == EINTR) continue;
+    return r > 0;
+  }
+}
+}  // namespace
+
+OwnedFd rawConnect(uint16_t port, std::chrono::milliseconds timeout, bool v6) {
+  OwnedFd fd(::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return {};
+  sockaddr_storage ss{};
+  socklen_t len;
+  if (v6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(port);
+    a->sin6_addr = in6addr_loopback;
+    len = sizeof *a;
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    len = sizeof *a;
+  }
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    if (errno != EINPROGRESS) return {};
+    if (!pollFor(fd.get(), POLLOUT, deadlineAfter(timeout))) return {};
+    int err = 0;
+    socklen_t l = sizeof err;
+    ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &l);
+    if (err) return {};
+  }
+  int one = 1;
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+bool writeExactly(int fd, const void* data, size_t size, std::chrono::milliseconds timeout) {
+  auto deadline = deadlineAfter(timeout);
+  auto* p = static_cast<const char*>(data);
+  while (size) {
+    ssize_t n = ::send(fd, p, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      p += n;
+      size -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN) return false;
+    if (!pollFor(fd, POLLOUT, deadline)) return false;
+  }
+  return true;
+}
+
+bool readExactly(int fd, void* data, size_t size, std::chrono::milliseconds timeout) {
+  auto deadline = deadlineAfter(timeout);
+  auto* p = static_cast<char*>(data);
+  while (size) {
+    ssize_t n = ::recv(fd, p, size, MSG_DONTWAIT);
+    if (n > 0) {
+      p += n;
+      size -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) return false;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) return false;
+    if (!pollFor(fd, POLLIN, deadline)) return false;
+  }
+  return true;
+}
+
+bool sendHello(int fd, const std::string& token, uint64_t maxMessageBytes) {
+  TcpHello hello;
+  hello.tokenBytes = static_cast<uint32_t>(token.size());
+  hello.maxMessageBytes = maxMessageBytes;
+  return writeExactly(fd, &hello, sizeof hello) &&
+         (token.empty() || writeExactly(fd, token.data(), token.size()));
+}
+
+std::string localAddress(int fd) {
+  sockaddr_storage a{};
+  socklen_t len = sizeof a;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return "?";
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (a.ss_family == AF_INET) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&a);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+  }
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&a);
+  inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+  std::string text = "[";  // appended piecewise: GCC 12 -O3 warns (falsely) on "[" + string
+  text.append(host).append("]:").append(std::to_string(ntohs(in6->sin6_port)));
+  return text;
+}
+
+std::vector<std::byte> validEmptyFrame(uint64_t callId, FrameKind kind, uint64_t interfaceId,
+                                       uint16_t methodId) {
+  // header (32) | one segment of one word: a null root pointer (8) | table entry (8)
+  std::vector<std::byte> frame(48);
+  FrameHeader h{};
+  h.frameBytes = 48;
+  h.kind = static_cast<uint8_t>(kind);
+  h.segmentCount = 1;
+  h.callId = callId;
+  h.interfaceId = interfaceId;
+  h.methodId = methodId;
+  h.tableOffset = 40;
+  std::memcpy(frame.data(), &h, sizeof h);
+  SegmentEntry e{1, 4};
+  std::memcpy(frame.data() + 40, &e, sizeof e);
+  return frame;
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes and memory
+
+Child::Child(const std::function<int()>& body) {
+  pid_t parent = ::getpid();
+  std::fflush(nullptr);
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(121);
+    int code = 120;
+    try {
+      code = body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child %d: exception: %s\n", ::getpid(), e.what());
+    } catch (...) {
+      std::fprintf(stderr, "child %d: unknown exception\n", ::getpid());
+    }
+    std::fflush(nullptr);
+    ::_exit(code);
+  }
+}
+
+void Child::kill() {
+  if (!running()) return;
+  ::kill(pid_, SIGKILL);
+  int st = 0;
+  while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+  }
+  status_ = st;
+  reaped_ = true;
+}
+
+int Child::wait(std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  bool killed = false;
+  while (running()) {
+    int st = 0;
+    pid_t r = ::waitpid(pid_, &st, WNOHANG);
+    if (r == pid_) {
+      status_ = st;
+      reaped_ = true;
+      break;
+    }
+    if (Clock::now() >= deadline) {
+      kill();
+      killed = true;
+      break;
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  if (killed) return -1;
+  if (WIFEXITED(status_)) return WEXITSTATUS(status_);
+  if (WIFSIGNALED(status_)) return 128 + WTERMSIG(status_);
+  return -1;
+}
+
+bool Child::ended() {
+  if (!running()) return true;
+  int st = 0;
+  if (::waitpid(pid_, &st, WNOHANG) != pid_) return false;
+  status_ = st;
+  reaped_ = true;
+  return true;
+}
+
+std::string describeExit(int code) {
+  if (code == -1) return "hung (killed at the timeout)";
+  if (code > 128) return "killed by signal " + std::to_string(code - 128) + " (" + strsignal(code - 128) + ")";
+  return "exit " + std::to_string(code);
+}
+
+LinePipe::LinePipe() {
+  if (::pipe2(fds_, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+}
+LinePipe::~LinePipe() {
+  closeRead();
+  closeWrite();
+}
+void LinePipe::put(const std::string& line) {
+  std::string l = line + "\n";
+  (void)!::write(fds_[1], l.data(), l.size());
+}
+std::string LinePipe::get(std::chrono::milliseconds timeout) {
+  auto deadline = deadlineAfter(timeout);
+  for (;;) {
+    auto nl = buffer_.find('\n');
+    if (nl != std::string::npos) {
+      std::string line = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      return line;
+    }
+    if (!pollFor(fds_[0], POLLIN, deadline)) return {};
+    char buf[256];
+    ssize_t n = ::read(fds_[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return {};
+    buffer_.append(buf, static_cast<size_t>(n));
+  }
+}
+void LinePipe::closeRead() {
+  if (fds_[0] >= 0) ::close(std::exchange(fds_[0], -1));
+}
+void LinePipe::closeWrite() {
+  if (fds_[1] >= 0) ::close(std::exchange(fds_[1], -1));
+}
+
+uint64_t residentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+uint64_t peakVirtualBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.starts_with("VmPeak:")) return std::stoull(line.substr(7)) * 1024;
+  return 0;
+}
+
+}  // namespace zcrpc::conformance

@@ -1,0 +1,426 @@
+// Calls across hosts (suite 'netns'): two network namespaces joined by a veth pair stand
+// in for two hosts. A zcrpc::Server runs over tcp in one, clients in the other; then the
+// link goes down in the middle of a call. Calls must end (DeadlineExceeded or
+// Disconnected) within their timeouts, nothing may hang, and the server must keep serving
+// other clients. Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN); skips with the reason
+// otherwise. Only addresses inside the test's own namespaces (198.18.7.0/24, RFC 2544
+// benchmarking space) and loopback are used.
+//
+// Clean-up on every path: the fixture's TearDown kills the children and deletes the
+// namespaces; a detached guard process deletes them too when this process ends in any
+// way (even SIGKILL or a runner's timeout), because it waits for a pipe from us to close.
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "conformance/support.h"
+#include "zcrpc/tcp.h"
+
+namespace zcrpc::conformance {
+namespace {
+
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+struct CommandResult {
+  int code = -1;  // exit code; -1 if it could not run or was killed at the timeout
+  std::string output;
+};
+
+/// Runs argv (no shell) with stdout+stderr captured, killed at `timeout`.
+CommandResult run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = 10s) {
+  CommandResult result;
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) return result;
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(out[0]);
+    ::close(out[1]);
+    return result;
+  }
+  if (pid == 0) {
+    ::dup2(out[1], 1);
+    ::dup2(out[1], 2);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  auto deadline = deadlineAfter(timeout);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) break;
+    pollfd p{out[0], POLLIN, 0};
+    int r = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    char buf[512];
+    ssize_t n = ::read(out[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    result.output.append(buf, static_cast<size_t>(n));
+  }
+  ::close(out[0]);
+  int status = 0;
+  for (Bound b(10'000, std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::max(deadline - Clock::now(), Clock::duration(0))) + 100ms);
+       b.next();) {
+    pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      return result;
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  ::kill(pid, SIGKILL);
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  result.output += " (killed after " + std::to_string(timeout.count()) + " ms)";
+  return result;
+}
+
+std::string describe(const CommandResult& r, const std::vector<std::string>& argv) {
+  std::string s;
+  for (auto& a : argv) s += a + " ";
+  return s + "-> exit " + std::to_string(r.code) + ": " + r.output;
+}
+
+/// A process outside our process group that deletes the namespaces once our end of its
+/// pipe closes, i.e. when this process exits for any reason.
+class NetnsGuard final {
+ public:
+  explicit NetnsGuard(std::vector<std::string> names) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return;
+    std::fflush(nullptr);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::setsid();  // a runner killing our process group must not take the guard along
+      int devnull = ::open("/dev/null", O_RDWR);
+      ::dup2(devnull, 0);
+      ::dup2(devnull, 1);
+      ::dup2(devnull, 2);  // and it must not hold the runner's output pipes open
+      for (int fd = 3; fd < 1024; ++fd)
+        if (fd != fds[0]) ::close(fd);
+      char c;
+      for (;;) {  // nobody writes: read returns 0 when the last writer (us) is gone
+        ssize_t n = ::read(fds[0], &c, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+      }
+      for (auto& name : names) {
+        pid_t p = ::fork();
+        if (p == 0) {
+          ::execlp("ip", "ip", "netns", "del", name.c_str(), nullptr);
+          ::_exit(127);
+        }
+        int st;
+        if (p > 0) ::waitpid(p, &st, 0);
+      }
+      ::_exit(0);
+    }
+    ::close(fds[0]);
+    if (pid_ > 0) writeEnd_ = fds[1];
+    else ::close(fds[1]);
+  }
+  ~NetnsGuard() {
+    if (writeEnd_ >= 0) ::close(writeEnd_);
+    if (pid_ <= 0) return;
+    int st;
+    for (Bound b(5000, 10s); b.next();) {
+      if (::waitpid(pid_, &st, WNOHANG) == pid_) return;
+      std::this_thread::sleep_for(2ms);
+    }
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &st, 0);
+  }
+  NetnsGuard(const NetnsGuard&) = delete;
+  NetnsGuard& operator=(const NetnsGuard&) = delete;
+
+ private:
+  pid_t pid_ = -1;
+  int writeEnd_ = -1;
+};
+
+/// Moves the calling (single-threaded, forked) process into namespace `name`.
+bool enterNetns(const std::string& name) {
+  int fd = ::open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  int r = ::setns(fd, CLONE_NEWNET);
+  ::close(fd);
+  return r == 0;
+}
+
+TcpOptions netOptions() {
+  TcpOptions t;
+  t.connection = tcpTransport().options;
+  t.connection.connectTimeout = 2000ms;
+  return t;
+}
+
+/// The kind of error a call ended with, "ok", and how long it took: "<kind> <ms>".
+std::string timedCall(Channel& ch, uint16_t method, uint64_t seq, std::chrono::milliseconds timeout) {
+  auto start = Clock::now();
+  std::string outcome = "ok";
+  try {
+    auto req = ch.newRequest(kEchoInterface, method, 16);
+    req.setTimeout(timeout);
+    buildPayload(req.message(), seq, 0);
+    (void)req.call();
+  } catch (const Error& e) {
+    outcome = std::string(errorKindName(e.kind()));
+  }
+  return outcome + " " + std::to_string(static_cast<int>(msSince(start)));
+}
+
+class Netns : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces";
+    const std::string id = std::to_string(::getpid());
+    nsServer_ = "zcrpcA" + id;
+    nsClient_ = "zcrpcB" + id;
+    vethServer_ = "zva" + id;
+    vethClient_ = "zvb" + id;
+    guard_.emplace(std::vector<std::string>{nsServer_, nsClient_});
+    auto probe = run({"ip", "netns", "add", nsServer_});
+    if (probe.code != 0)
+      GTEST_SKIP() << "'ip netns add' is not permitted here: "
+                   << describe(probe, {"ip", "netns", "add", nsServer_});
+    created_.push_back(nsServer_);
+    ASSERT_TRUE(must({"ip", "netns", "add", nsClient_}));
+    created_.push_back(nsClient_);
+    // Created directly inside the namespaces, so nothing is left in ours if we die here.
+    ASSERT_TRUE(must({"ip", "link", "add", vethServer_, "netns", nsServer_, "type", "veth", "peer", "name",
+          vethClient_, "netns", nsClient_}));
+    ASSERT_TRUE(must({"ip", "-n", nsServer_, "addr", "add", std::string(kServerAddress) + "/24", "dev",
+          vethServer_}));
+    ASSERT_TRUE(must({"ip", "-n", nsClient_, "addr", "add", std::string(kClientAddress) + "/24", "dev",
+          vethClient_}));
+    for (auto& [ns, dev] : {std::pair{nsServer_, vethServer_}, std::pair{nsClient_, vethClient_}}) {
+      ASSERT_TRUE(must({"ip", "-n", ns, "link", "set", "lo", "up"}));
+      ASSERT_TRUE(must({"ip", "-n", ns, "link", "set", dev, "up"}));
+    }
+  }
+
+  void TearDown() override {
+    children_.clear();  // kills and reaps
+    for (auto& ns : created_) {
+      auto r = run({"ip", "netns", "del", ns});
+      EXPECT_EQ(r.code, 0) << describe(r, {"ip", "netns", "del", ns});
+    }
+    created_.clear();
+    guard_.reset();  // the guard finds nothing left and exits
+    for (auto& ns : {nsServer_, nsClient_}) {
+      if (!ns.empty()) {
+        EXPECT_NE(::access(("/run/netns/" + ns).c_str(), F_OK), 0) << ns << " left behind";
+      }
+    }
+  }
+
+  /// Runs a set-up command; a failure is recorded with its output.
+  [[nodiscard]] bool must(const std::vector<std::string>& argv) {
+    auto r = run(argv);
+    EXPECT_EQ(r.code, 0) << describe(r, argv);
+    return r.code == 0;
+  }
+
+  Child& spawn(const std::function<int()>& body) {
+    children_.push_back(std::make_unique<Child>(body));
+    return *children_.back();
+  }
+
+  static constexpr const char* kServerAddress = "198.18.7.1";
+  static constexpr const char* kClientAddress = "198.18.7.2";
+  std::string nsServer_, nsClient_, vethServer_, vethClient_;
+  std::vector<std::string> created_;
+  std::optional<NetnsGuard> guard_;
+  std::vector<std::unique_ptr<Child>> children_;
+};
+
+TEST_F(Netns, CallsAcrossHostsSurviveALinkGoingDownMidCall) {
+  LinePipe serverReport, serverControl;
+  Child& server = spawn([&] {
+    if (!enterNetns(nsServer_)) return 10;
+    EchoService service;
+    Server srv(ServerOptions{.workerThreads = 2});
+    srv.addService(service);
+    auto overNet = listenTcp(std::string(kServerAddress) + ":0", netOptions());
+    auto overLoopback = listenTcp("127.0.0.1:0", netOptions());
+    serverReport.put(overNet->endpoint() + " " + overLoopback->endpoint());
+    srv.addListener(std::move(overNet));
+    srv.addListener(std::move(overLoopback));
+    srv.start();
+    std::string command = serverControl.get(60s);  // "stop", or give up after a minute
+    srv.shutdown(deadlineAfter(2s));
+    serverReport.put("stopped after '" + command + "'");
+    return 0;
+  });
+  serverReport.closeWrite();  // only the child writes: its death ends our reads at once
+  std::istringstream endpoints(serverReport.get(10s));
+  std::string netEndpoint, loopbackEndpoint;
+  endpoints >> netEndpoint >> loopbackEndpoint;
+  ASSERT_THAT(netEndpoint, StartsWith(std::string("tcp://") + kServerAddress + ":"));
+  ASSERT_THAT(loopbackEndpoint, StartsWith("tcp://127.0.0.1:"));
+
+  // A client on the other host: calls work, then one is in flight when the link drops.
+  LinePipe clientReport;
+  Child& client = spawn([&] {
+    if (!enterNetns(nsClient_)) return 10;
+    Channel ch(connectTcp(netEndpoint, netOptions()));
+    for (uint64_t i = 0; i < 20; ++i)
+      if (!echoCall(ch, i, i * 1000, 2s)) return 11;
+    clientReport.put("calls ok");
+    auto req = ch.newRequest(kEchoInterface, kSleep, 16);
+    req.setTimeout(1500ms);
+    buildPayload(req.message(), /*server sleeps ms=*/800, 0);
+    auto start = Clock::now();
+    PendingCall call = req.callAsync();
+    clientReport.put("in flight");
+    CallResult r = call.wait();
+    clientReport.put("slow " + std::string(r.ok() ? "ok" : errorKindName(r.errorKind())) + " " +
+                     std::to_string(static_cast<int>(msSince(start))));
+    for (uint64_t i = 0; i < 3; ++i) clientReport.put("after " + timedCall(ch, kEcho, 100 + i, 500ms));
+    // A new connection over the dead link fails within its connect timeout.
+    auto o = netOptions();
+    o.connection.connectTimeout = 500ms;
+    start = Clock::now();
+    std::string outcome = "connected";
+    try {
+      (void)connectTcp(netEndpoint, o);
+    } catch (const Error& e) {
+      outcome = std::string(errorKindName(e.kind()));
+    }
+    clientReport.put("connect " + outcome + " " + std::to_string(static_cast<int>(msSince(start))));
+    return 0;
+  });
+  clientReport.closeWrite();  // only the child writes: its death ends our reads at once
+  ASSERT_EQ(clientReport.get(15s), "calls ok");
+  ASSERT_EQ(clientReport.get(5s), "in flight");
+  std::this_thread::sleep_for(100ms);  // the request is in the server's handler now
+  ASSERT_TRUE(must({"ip", "-n", nsServer_, "link", "set", vethServer_, "down"}));
+
+  auto outcome = [](const std::string& line, const std::string& prefix, int limitMs) {
+    std::istringstream in(line.substr(std::min(line.size(), prefix.size())));
+    std::string kind;
+    int ms = -1;
+    in >> kind >> ms;
+    EXPECT_THAT(line, StartsWith(prefix));
+    EXPECT_THAT(kind, AnyOf("DeadlineExceeded", "Disconnected")) << line;
+    EXPECT_GE(ms, 0) << line;
+    EXPECT_LT(ms, limitMs) << line;
+  };
+  outcome(clientReport.get(5s), "slow ", 1500 + 1000);
+  for (int i = 0; i < 3; ++i) outcome(clientReport.get(5s), "after ", 500 + 1000);
+  std::string connect = clientReport.get(5s);
+  EXPECT_THAT(connect, StartsWith("connect "));
+  EXPECT_THAT(connect, Not(HasSubstr("connected"))) << connect;
+  {
+    std::istringstream in(connect.substr(std::min<size_t>(connect.size(), 8)));
+    std::string kind;
+    int ms = -1;
+    in >> kind >> ms;
+    EXPECT_LT(ms, 1500) << connect;
+  }
+  int clientExit = client.wait(10s);
+  EXPECT_EQ(clientExit, 0) << "client: " << describeExit(clientExit);
+  ASSERT_FALSE(server.ended()) << "the server process died: " << describeExit(server.wait(0ms));
+
+  // The server still serves: a client on its own host, over loopback.
+  LinePipe localReport;
+  Child& local = spawn([&] {
+    if (!enterNetns(nsServer_)) return 10;
+    Channel ch(connectTcp(loopbackEndpoint, netOptions()));
+    for (uint64_t i = 0; i < 10; ++i)
+      if (!echoCall(ch, i, 500, 2s)) return 11;
+    localReport.put("local ok");
+    return 0;
+  });
+  localReport.closeWrite();  // only the child writes: its death ends our reads at once
+  EXPECT_EQ(localReport.get(10s), "local ok");
+  int localExit = local.wait(10s);
+  EXPECT_EQ(localExit, 0) << "local client: " << describeExit(localExit);
+  ASSERT_FALSE(server.ended()) << "the server process died: " << describeExit(server.wait(0ms));
+
+  // With the link back, a client on the other host gets through again.
+  ASSERT_TRUE(must({"ip", "-n", nsServer_, "link", "set", vethServer_, "up"}));
+  LinePipe againReport;
+  Child& again = spawn([&] {
+    if (!enterNetns(nsClient_)) return 10;
+    for (Bound b(20, 10s); b.next();) {  // the carrier takes a moment to come back
+      try {
+        auto o = netOptions();
+        o.connection.connectTimeout = 500ms;
+        Channel ch(connectTcp(netEndpoint, o));
+        if (echoCall(ch, 1, 100, 2s)) {
+          againReport.put("again ok");
+          return 0;
+        }
+      } catch (const Error&) {
+      }
+      std::this_thread::sleep_for(100ms);
+    }
+    return 11;
+  });
+  againReport.closeWrite();  // only the child writes: its death ends our reads at once
+  std::string againLine = againReport.get(12s);
+  int againExit = again.wait(5s);
+  if (server.ended())
+    FAIL() << "the server process died once the link was back (the first client's late "
+              "frames arrived): "
+           << describeExit(server.wait(0ms));
+  EXPECT_EQ(againLine, "again ok");
+  EXPECT_EQ(againExit, 0) << "client after the link returned: " << describeExit(againExit);
+
+  serverControl.put("stop");
+  EXPECT_THAT(serverReport.get(10s), StartsWith("stopped"));
+  int serverExit = server.wait(10s);
+  EXPECT_EQ(serverExit, 0) << "server: " << describeExit(serverExit);
+}
+
+TEST_F(Netns, ConnectToAnAddressThatDropsPacketsTimesOut) {
+  // The server side's link is down: SYNs from the client host go nowhere.
+  ASSERT_TRUE(must({"ip", "-n", nsServer_, "link", "set", vethServer_, "down"}));
+  LinePipe report;
+  Child& client = spawn([&] {
+    if (!enterNetns(nsClient_)) return 10;
+    auto o = netOptions();
+    o.connection.connectTimeout = 400ms;
+    auto start = Clock::now();
+    std::string outcome = "connected";
+    try {
+      (void)connectTcp(std::string(kServerAddress) + ":7", o);
+    } catch (const Error& e) {
+      outcome = std::string(errorKindName(e.kind())) + " (" + e.what() + ")";
+    }
+    report.put(std::to_string(static_cast<int>(msSince(start))) + " " + outcome);
+    return 0;
+  });
+  std::istringstream line(report.get(5s));
+  int ms = -1;
+  std::string rest;
+  line >> ms;
+  std::getline(line, rest);
+  EXPECT_GE(ms, 0);
+  EXPECT_LT(ms, 1500) << rest;
+  EXPECT_THAT(rest, StartsWith(" Failed")) << "expected Failed";
+  EXPECT_EQ(client.wait(5s), 0);
+}
+
+}  // namespace
+}  // namespace zcrpc::conformance

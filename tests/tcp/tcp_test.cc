@@ -1,0 +1,601 @@
+// tcp:// beyond the shared conformance suite: addresses and port 0, EOF and reset, connect
+// and handshake timeouts, peers that do not speak zcrpc, reconnecting after a server
+// restart, access tokens, negotiated message sizes, and a server that keeps accepting
+// while one client stays silent. Every peer that misbehaves is a raw socket in this test.
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "conformance/support.h"
+#include "zcrpc/tcp.h"
+
+namespace zcrpc::conformance {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+
+TcpOptions tcpOptions(std::string token = {}) {
+  TcpOptions t;
+  t.connection = tcpTransport().options;
+  t.connection.connectTimeout = 2000ms;
+  t.token = std::move(token);
+  return t;
+}
+
+/// A Server with EchoService behind one tcp listener.
+struct TcpServer {
+  explicit TcpServer(const std::string& hostPort, const TcpOptions& o = tcpOptions(),
+                     ServerOptions so = {})
+      : server(so) {
+    server.addService(service);
+    auto l = listenTcp(hostPort, o);
+    listener = l.get();
+    endpoint = l->endpoint();
+    server.addListener(std::move(l));
+    server.start();
+  }
+  EchoService service;
+  Server server;
+  const Listener* listener = nullptr;  // owned by `server`; refusals() locks internally
+  std::string endpoint;
+};
+
+/// listen, accept in a thread, connect: a connected pair over `hostPort`.
+ConnectionPair tcpPair(const std::string& hostPort, const TcpOptions& o = tcpOptions()) {
+  auto listener = listenTcp(hostPort, o);
+  const std::string endpoint = listener->endpoint();
+  ConnectionPair p;
+  std::jthread acceptor([&] { p.server = listener->accept(deadlineAfter(5s)); });
+  p.client = connectTcp(endpoint, o);
+  acceptor.join();
+  if (!p.server) throw Failed("no connection accepted on " + endpoint);
+  return p;
+}
+
+void exchange(ConnectionPair& p, uint64_t count = 20) {
+  for (uint64_t i = 0; i < count; ++i) {
+    ASSERT_EQ(sendPayload(*p.client, i, i * 100, deadlineAfter(2s)), Status::kOk);
+    ASSERT_TRUE(receivePayload(*p.server, i, i * 100));
+    ASSERT_EQ(sendPayload(*p.server, i, i * 50, deadlineAfter(2s)), Status::kOk);
+    ASSERT_TRUE(receivePayload(*p.client, i, i * 50));
+  }
+}
+
+/// A raw socket that has passed the handshake of a real listener; `conn` is the
+/// listener's side of it.
+struct RawPeer {
+  explicit RawPeer(const TcpOptions& o = tcpOptions()) : listener(listenTcp("127.0.0.1:0", o)) {
+    raw = rawConnect(portOf(listener->endpoint()));
+    if (!raw || !sendHello(raw.get(), o.token, o.connection.maxMessageBytes))
+      throw Failed("raw peer could not connect");
+    conn = listener->accept(deadlineAfter(3s));
+    TcpAnswer answer;
+    if (!conn || !readExactly(raw.get(), &answer, sizeof answer) || !answer.accepted)
+      throw Failed("raw peer was not accepted");
+  }
+  void write(const std::vector<std::byte>& bytes) {
+    ASSERT_TRUE(writeExactly(raw.get(), bytes.data(), bytes.size()));
+  }
+  /// Closes the raw end with SO_LINGER 0: the kernel sends a reset instead of a FIN.
+  void reset() {
+    linger l{1, 0};
+    ::setsockopt(raw.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    raw.reset();
+  }
+  std::unique_ptr<Listener> listener;
+  OwnedFd raw;
+  std::unique_ptr<Connection> conn;
+};
+
+/// A port on 127.0.0.1 nobody listens on (bound, read, released).
+uint16_t unusedPort() {
+  OwnedFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    return 0;
+  return ntohs(a.sin_port);
+}
+
+/// A raw listening socket on 127.0.0.1 with `backlog`, never accepting by itself.
+OwnedFd rawListener(int backlog, uint16_t& port) {
+  OwnedFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::listen(fd.get(), backlog) != 0 ||
+      ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    return {};
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+/// The listener's refusals once there are at least `count` (a refusal is recorded just
+/// after the refused peer is answered, so it may lag the peer's view by a moment).
+std::vector<std::string> refusalsOnceThereAre(const Listener& l, size_t count) {
+  auto r = l.refusals();
+  for (Bound b(1000, 2s); b.next() && r.size() < count; r = l.refusals())
+    std::this_thread::sleep_for(2ms);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Addresses
+
+TEST(Tcp, Ipv4PortZeroReportsTheRealPort) {
+  auto l = listenTcp("tcp://127.0.0.1:0", tcpOptions());
+  const std::string ep = l->endpoint();
+  EXPECT_THAT(ep, MatchesRegex("tcp://127\\.0\\.0\\.1:[0-9]+"));
+  ASSERT_NE(portOf(ep), 0);
+  l.reset();
+  auto p = tcpPair("tcp://127.0.0.1:0");
+  exchange(p);
+  // The scheme is optional.
+  auto q = tcpPair("127.0.0.1:0");
+  exchange(q, 3);
+}
+
+TEST(Tcp, Ipv6PortZeroReportsTheRealPort) {
+  std::unique_ptr<Listener> l;
+  try {
+    l = listenTcp("tcp://[::1]:0", tcpOptions());
+  } catch (const Failed& e) {
+    GTEST_SKIP() << "no IPv6 loopback here: " << e.what();
+  }
+  const std::string ep = l->endpoint();
+  EXPECT_THAT(ep, MatchesRegex("tcp://\\[::1\\]:[0-9]+"));
+  ASSERT_NE(portOf(ep), 0);
+  ConnectionPair p;
+  std::jthread acceptor([&] { p.server = l->accept(deadlineAfter(5s)); });
+  p.client = connectTcp(ep, tcpOptions());
+  acceptor.join();
+  ASSERT_TRUE(p.server);
+  exchange(p);
+}
+
+TEST(Tcp, MalformedEndpointsAreInvalidArguments) {
+  for (const char* bad : {"tcp://127.0.0.1", "tcp://[::1", "tcp://[::1]0", "tcp://127.0.0.1:99999",
+                          "tcp://127.0.0.1:http", "tcp://127.0.0.1:"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THROW(listenTcp(bad, tcpOptions()), InvalidArgument);
+    EXPECT_THROW(connectTcp(bad, tcpOptions()), InvalidArgument);
+  }
+  auto o = tcpOptions();
+  o.connection.ringBytes = 5000;  // not a power of two
+  EXPECT_THROW(listenTcp("127.0.0.1:0", o), InvalidArgument);
+  EXPECT_THROW(connectTcp("127.0.0.1:1", o), InvalidArgument);
+}
+
+// ---------------------------------------------------------------------------------------
+// End of stream and reset
+
+TEST(Tcp, EndOfStreamAfterFramesIsDisconnected) {
+  RawPeer peer;
+  peer.write(validEmptyFrame(1));
+  peer.write(validEmptyFrame(2));
+  ::shutdown(peer.raw.get(), SHUT_WR);
+  IncomingMessage in;
+  ASSERT_EQ(peer.conn->receive(in, deadlineAfter(2s)), Status::kOk);
+  EXPECT_EQ(in.header().callId, 1u);
+  ASSERT_EQ(peer.conn->receive(in, deadlineAfter(2s)), Status::kOk);
+  EXPECT_EQ(in.header().callId, 2u);
+  in.release();
+  EXPECT_TRUE(receiveDisconnect(*peer.conn, 2s));
+  EXPECT_THAT(peer.conn->lastError(), HasSubstr("closed"));
+  OutgoingMessage m;
+  EXPECT_EQ(peer.conn->tryStartMessage(m, 4), Status::kDisconnected);
+}
+
+TEST(Tcp, ResetWakesABlockedReceiverAndFailsSends) {
+  auto o = tcpOptions();
+  o.connection.waitMode = WaitMode::kBlocking;
+  RawPeer peer(o);
+  std::atomic<int> status{-1};
+  std::atomic<double> tookMs{0};
+  std::jthread waiter([&] {
+    IncomingMessage in;
+    auto start = Clock::now();
+    status = static_cast<int>(peer.conn->receive(in, deadlineAfter(5s)));
+    tookMs = msSince(start);
+  });
+  std::this_thread::sleep_for(50ms);
+  peer.reset();
+  waiter.join();
+  EXPECT_EQ(status.load(), static_cast<int>(Status::kDisconnected));
+  EXPECT_LT(tookMs.load(), 1500.0);
+  EXPECT_THAT(peer.conn->lastError(), HasSubstr("reset"));
+  Status s = Status::kOk;
+  for (Bound b(1000, 2s); b.next() && s == Status::kOk;)
+    s = sendPayload(*peer.conn, 1, 1000, deadlineAfter(100ms));
+  EXPECT_EQ(s, Status::kDisconnected);
+}
+
+TEST(Tcp, ResetWhileSendingIsDisconnected) {
+  RawPeer peer;
+  peer.reset();
+  Status s = Status::kOk;
+  for (Bound b(10'000, 3s); b.next() && s == Status::kOk;)
+    s = sendPayload(*peer.conn, 1, 20'000, deadlineAfter(100ms));
+  EXPECT_EQ(s, Status::kDisconnected);
+  IncomingMessage in;
+  EXPECT_EQ(peer.conn->receive(in, deadlineAfter(1s)), Status::kDisconnected);
+}
+
+TEST(Tcp, AnsweringAPeerThatHasResetDoesNotRaiseSigpipe) {
+  // A client sends a request, closes, and its kernel then resets the connection (as it
+  // does when our earlier data reaches its closed socket). We still hold the request and
+  // answer it: that write must end in kDisconnected, not a SIGPIPE that kills the whole
+  // process (a server with every other client on it). Run in a child so a signal cannot
+  // take the test program down.
+  Child child([] {
+    ::signal(SIGPIPE, SIG_DFL);  // as in a server that did not think of it
+    RawPeer peer;
+    auto frame = validEmptyFrame(1);
+    if (!writeExactly(peer.raw.get(), frame.data(), frame.size())) return 2;
+    ::shutdown(peer.raw.get(), SHUT_WR);  // FIN: our side goes to CLOSE_WAIT
+    std::this_thread::sleep_for(20ms);
+    peer.reset();  // then RST: the kernel records EPIPE for our next write
+    std::this_thread::sleep_for(20ms);
+    IncomingMessage in;
+    if (peer.conn->receive(in, deadlineAfter(2s)) != Status::kOk) return 3;
+    in.release();
+    Status s = sendPayload(*peer.conn, 1, 100, deadlineAfter(1s));
+    return s == Status::kDisconnected ? 0 : 4;
+  });
+  int code = child.wait(10s);
+  EXPECT_NE(code, 128 + SIGPIPE) << "the answer raised SIGPIPE and killed the process";
+  EXPECT_EQ(code, 0);
+}
+
+/// A valid frame with one segment of `words` words (a null root pointer, then zeros).
+std::vector<std::byte> validFrameOfWords(uint64_t callId, uint32_t words) {
+  const uint32_t frameBytes = static_cast<uint32_t>(kFrameHeaderBytes + words * 8 + 8);
+  std::vector<std::byte> frame(frameBytes);
+  FrameHeader h{};
+  h.frameBytes = frameBytes;
+  h.kind = static_cast<uint8_t>(FrameKind::kData);
+  h.segmentCount = 1;
+  h.callId = callId;
+  h.tableOffset = frameBytes - 8;
+  std::memcpy(frame.data(), &h, sizeof h);
+  SegmentEntry e{words, static_cast<uint32_t>(kFrameHeaderBytes / 8)};
+  std::memcpy(frame.data() + h.tableOffset, &e, sizeof e);
+  return frame;
+}
+
+TEST(Tcp, ABigFrameArrivingInPiecesKeepsLaterFramesAligned) {
+  // A frame larger than a quarter of the receive buffer is read into a buffer of its own;
+  // the part that had already arrived in the ring is copied from there. When that part
+  // is not a multiple of 8 bytes, the frames after it must still be read 8-byte aligned.
+  auto o = tcpOptions();
+  o.connection.ringBytes = 4096;
+  RawPeer peer(o);
+  auto big = validFrameOfWords(1, 2000);  // 16 KiB: above 4096 / 4
+  const size_t firstPart = kFrameHeaderBytes + 100;  // 132 bytes: not a multiple of 8
+  ASSERT_TRUE(writeExactly(peer.raw.get(), big.data(), firstPart));
+  IncomingMessage in;
+  for (Bound b(100, 1s); b.next();) {  // let the connection read the first part
+    ASSERT_EQ(peer.conn->tryReceive(in), Status::kWouldBlock);
+    std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_TRUE(writeExactly(peer.raw.get(), big.data() + firstPart, big.size() - firstPart));
+  auto small = validEmptyFrame(2);
+  ASSERT_TRUE(writeExactly(peer.raw.get(), small.data(), small.size()));
+  ASSERT_EQ(peer.conn->receive(in, deadlineAfter(2s)), Status::kOk) << peer.conn->lastError();
+  EXPECT_EQ(in.header().callId, 1u);
+  EXPECT_EQ(in.segmentCount(), 1u);
+  in.release();
+  ASSERT_EQ(peer.conn->receive(in, deadlineAfter(2s)), Status::kOk) << peer.conn->lastError();
+  EXPECT_EQ(in.header().callId, 2u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Connecting: refused, timed out, peers that are not zcrpc
+
+TEST(Tcp, ConnectToAClosedPortFailsAtOnce) {
+  uint16_t port = unusedPort();
+  ASSERT_NE(port, 0);
+  auto start = Clock::now();
+  try {
+    (void)connectTcp("127.0.0.1:" + std::to_string(port), tcpOptions());
+    ADD_FAILURE() << "connected to a port nobody listens on";
+  } catch (const Failed& e) {
+    EXPECT_THAT(e.what(), AllOf(HasSubstr("127.0.0.1:" + std::to_string(port)), HasSubstr("refused")));
+  }
+  EXPECT_LT(msSince(start), 1000.0);
+}
+
+TEST(Tcp, ConnectTimesOutWhenTheBacklogIsFull) {
+  uint16_t port = 0;
+  OwnedFd listener = rawListener(0, port);
+  ASSERT_TRUE(listener);
+  // Fill the accept queue (backlog 0 holds one); further SYNs are dropped.
+  std::vector<OwnedFd> fillers;
+  bool full = false;
+  for (Bound b(16, 5s); b.next() && !full;) {
+    OwnedFd c = rawConnect(port, 200ms);
+    if (c)
+      fillers.push_back(std::move(c));
+    else
+      full = true;
+  }
+  ASSERT_TRUE(full) << "the backlog never filled";
+  auto o = tcpOptions();
+  o.connection.connectTimeout = 300ms;
+  auto start = Clock::now();
+  try {
+    (void)connectTcp("127.0.0.1:" + std::to_string(port), o);
+    ADD_FAILURE() << "connected through a full backlog";
+  } catch (const Failed& e) {
+    EXPECT_THAT(e.what(), HasSubstr("timed out"));
+  }
+  EXPECT_GE(msSince(start), 250.0);
+  EXPECT_LT(msSince(start), 1500.0);
+}
+
+TEST(Tcp, HandshakeTimesOutWhenTheServerStaysSilent) {
+  uint16_t port = 0;
+  OwnedFd listener = rawListener(16, port);  // the kernel completes connects; nobody answers
+  ASSERT_TRUE(listener);
+  auto o = tcpOptions();
+  o.connection.connectTimeout = 300ms;
+  auto start = Clock::now();
+  EXPECT_THROW((void)connectTcp("127.0.0.1:" + std::to_string(port), o), Failed);
+  EXPECT_GE(msSince(start), 250.0);
+  EXPECT_LT(msSince(start), 1500.0);
+}
+
+TEST(Tcp, AServerThatIsNotZcrpcIsRefused) {
+  uint16_t port = 0;
+  OwnedFd listener = rawListener(16, port);
+  ASSERT_TRUE(listener);
+  std::jthread fake([&] {
+    pollfd p{listener.get(), POLLIN, 0};
+    if (::poll(&p, 1, 3000) <= 0) return;
+    OwnedFd c(::accept(listener.get(), nullptr, nullptr));
+    TcpHello hello;
+    (void)readExactly(c.get(), &hello, sizeof hello);
+    std::string http = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    http.resize(sizeof(TcpAnswer), ' ');
+    (void)writeExactly(c.get(), http.data(), http.size());
+    std::this_thread::sleep_for(100ms);
+  });
+  try {
+    (void)connectTcp("127.0.0.1:" + std::to_string(port), tcpOptions());
+    ADD_FAILURE() << "accepted a server that is not zcrpc";
+  } catch (const Failed& e) {
+    EXPECT_THAT(e.what(), HasSubstr("not a zcrpc tcp server"));
+  }
+}
+
+TEST(Tcp, AClientThatIsNotZcrpcIsRefusedAndOthersStillGetIn) {
+  auto listener = listenTcp("127.0.0.1:0", tcpOptions());
+  uint16_t port = portOf(listener->endpoint());
+  OwnedFd http = rawConnect(port);
+  ASSERT_TRUE(http);
+  const std::string get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_TRUE(writeExactly(http.get(), get.data(), get.size()));
+  EXPECT_EQ(listener->accept(deadlineAfter(300ms)), nullptr);
+  auto refusals = refusalsOnceThereAre(*listener, 1);
+  ASSERT_EQ(refusals.size(), 1u);
+  EXPECT_THAT(refusals[0], AllOf(HasSubstr(localAddress(http.get())),
+                                 HasSubstr("not speaking the zcrpc tcp handshake")));
+  // The listener goes on: a real client is accepted after it.
+  ConnectionPair p;
+  std::jthread acceptor([&] { p.server = listener->accept(deadlineAfter(5s)); });
+  p.client = connectTcp(listener->endpoint(), tcpOptions());
+  acceptor.join();
+  ASSERT_TRUE(p.server);
+  exchange(p, 3);
+}
+
+TEST(Tcp, AcceptKeepsItsDeadlineWhileAClientIsSilent) {
+  // accept(deadline) returns "the next connection, or nullptr at deadline": a client that
+  // connects and never says hello must not keep it past the deadline (the handshake has
+  // its own, longer, timeout: connectTimeout).
+  auto o = tcpOptions();
+  o.connection.connectTimeout = 3000ms;
+  auto listener = listenTcp("127.0.0.1:0", o);
+  OwnedFd silent = rawConnect(portOf(listener->endpoint()));
+  ASSERT_TRUE(silent);
+  auto start = Clock::now();
+  EXPECT_EQ(listener->accept(deadlineAfter(200ms)), nullptr);
+  EXPECT_LT(msSince(start), 1000.0) << "accept() waited for the silent client's handshake";
+}
+
+TEST(Tcp, ASilentClientDoesNotHoldUpOthers) {
+  // One peer that connects and never says hello must not keep the listener from
+  // accepting everyone else until its handshake times out.
+  auto so = tcpOptions();
+  so.connection.connectTimeout = 3000ms;  // the server's handshake deadline per client
+  TcpServer server("127.0.0.1:0", so);
+  OwnedFd silent = rawConnect(portOf(server.endpoint));
+  ASSERT_TRUE(silent);
+  std::this_thread::sleep_for(100ms);  // the acceptor has picked it up by now
+  auto co = tcpOptions();
+  co.connection.connectTimeout = 1000ms;
+  auto start = Clock::now();
+  try {
+    Channel ch(connectTcp(server.endpoint, co));
+    EXPECT_TRUE(echoCall(ch, 1, 100, 1000ms));
+  } catch (const Error& e) {
+    ADD_FAILURE() << "a good client was held up by a silent one: " << e.what();
+  }
+  EXPECT_LT(msSince(start), 1500.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Server restarts, tokens, limits
+
+TEST(Tcp, ClientReconnectsAfterTheServerRestarts) {
+  auto server = std::make_unique<TcpServer>("127.0.0.1:0");
+  const std::string endpoint = server->endpoint;
+  ChannelPool pool([&] { return connectTcp(endpoint, tcpOptions()); });
+  ASSERT_TRUE(echoCall(pool.channel(), 1, 100));
+  server.reset();  // shut down: listener and connections closed
+  auto start = Clock::now();
+  std::optional<ErrorKind> kind;
+  try {
+    auto req = pool.channel().newRequest(kEchoInterface, kEcho, 16);
+    req.setTimeout(2s);
+    buildPayload(req.message(), 2, 0);
+    (void)req.call();
+  } catch (const Error& e) {
+    kind = e.kind();
+  }
+  EXPECT_EQ(kind, ErrorKind::kDisconnected);
+  EXPECT_LT(msSince(start), 2500.0);
+  EXPECT_THROW((void)connectTcp(endpoint, tcpOptions()), Failed) << "nobody listens now";
+  server = std::make_unique<TcpServer>(endpoint);  // same port again
+  ASSERT_EQ(server->endpoint, endpoint);
+  pool.resetThisThread();
+  EXPECT_TRUE(echoCall(pool.channel(), 3, 100));
+}
+
+TEST(Tcp, MatchingTokenIsAdmitted) {
+  TcpServer server("127.0.0.1:0", tcpOptions("s3cret"));
+  Channel ch(connectTcp(server.endpoint, tcpOptions("s3cret")));
+  EXPECT_TRUE(echoCall(ch, 1, 100));
+  EXPECT_TRUE(server.listener->refusals().empty());
+}
+
+TEST(Tcp, WrongOrMissingTokenIsRefusedBeforeAnyCall) {
+  TcpServer server("127.0.0.1:0", tcpOptions("s3cret"));
+  for (const char* token : {"wrong", "", "s3cret-and-more", "s3crex"}) {
+    SCOPED_TRACE(std::string("token '") + token + "'");
+    try {
+      (void)connectTcp(server.endpoint, tcpOptions(token));
+      ADD_FAILURE() << "admitted";
+    } catch (const Failed& e) {
+      EXPECT_THAT(e.what(), HasSubstr("access token does not match"));
+    }
+  }
+  auto refusals = refusalsOnceThereAre(*server.listener, 4);
+  EXPECT_EQ(refusals.size(), 4u);
+  for (auto& r : refusals)
+    EXPECT_THAT(r, AllOf(MatchesRegex(".*127\\.0\\.0\\.1:[0-9]+.*"),
+                         HasSubstr("access token does not match")));
+  EXPECT_EQ(server.service.calls(), 0u);
+}
+
+/// Reads one frame from a raw socket (header, then the rest).
+bool readFrame(int fd, std::vector<std::byte>& frame, std::chrono::milliseconds timeout) {
+  frame.resize(kFrameHeaderBytes);
+  if (!readExactly(fd, frame.data(), kFrameHeaderBytes, timeout)) return false;
+  FrameHeader h;
+  std::memcpy(&h, frame.data(), sizeof h);
+  if (h.frameBytes < kFrameHeaderBytes || h.frameBytes > (1u << 20)) return false;
+  frame.resize(h.frameBytes);
+  return readExactly(fd, frame.data() + kFrameHeaderBytes, h.frameBytes - kFrameHeaderBytes,
+                     timeout);
+}
+
+TEST(Tcp, ARequestSentWithAWrongTokenIsNeverDispatched) {
+  TcpServer server("127.0.0.1:0", tcpOptions("s3cret"));
+  const auto request = validEmptyFrame(1, FrameKind::kRequest, kEchoInterface, kCount);
+  {
+    // The raw protocol works: the right token and a request get an answer.
+    OwnedFd raw = rawConnect(portOf(server.endpoint));
+    ASSERT_TRUE(raw && sendHello(raw.get(), "s3cret"));
+    ASSERT_TRUE(writeExactly(raw.get(), request.data(), request.size()));
+    TcpAnswer answer;
+    ASSERT_TRUE(readExactly(raw.get(), &answer, sizeof answer));
+    ASSERT_EQ(answer.accepted, 1u);
+    std::vector<std::byte> frame;
+    ASSERT_TRUE(readFrame(raw.get(), frame, 2s));
+    FrameHeader h;
+    std::memcpy(&h, frame.data(), sizeof h);
+    EXPECT_EQ(h.kind, static_cast<uint8_t>(FrameKind::kResponse));
+    EXPECT_EQ(h.callId, 1u);
+    EXPECT_EQ(server.service.calls(), 1u);
+  }
+  // A wrong token with the same request right behind it: refused, never dispatched.
+  OwnedFd raw = rawConnect(portOf(server.endpoint));
+  ASSERT_TRUE(raw && sendHello(raw.get(), "guess"));
+  const std::string me = localAddress(raw.get());
+  ASSERT_TRUE(writeExactly(raw.get(), request.data(), request.size()));
+  TcpAnswer answer;
+  ASSERT_TRUE(readExactly(raw.get(), &answer, sizeof answer));
+  EXPECT_EQ(answer.accepted, 0u);
+  answer.reason[sizeof answer.reason - 1] = 0;
+  EXPECT_THAT(answer.reason, HasSubstr("access token does not match"));
+  char byte;
+  EXPECT_FALSE(readExactly(raw.get(), &byte, 1, 2s)) << "the server kept talking";
+  EXPECT_EQ(server.service.calls(), 1u);
+  auto refusals = refusalsOnceThereAre(*server.listener, 1);
+  EXPECT_THAT(refusals, Contains(AllOf(HasSubstr(me), HasSubstr("access token does not match"))));
+}
+
+TEST(Tcp, BothSidesUseTheSmallerMaximumMessageSize) {
+  auto so = tcpOptions();  // 8 MiB
+  TcpServer server("127.0.0.1:0", so);
+  auto co = tcpOptions();
+  co.connection.maxMessageBytes = 1 << 20;
+  Channel ch(connectTcp(server.endpoint, co));
+  EXPECT_EQ(ch.connection().maxMessageBytes(), uint64_t{1} << 20);
+  // A response the client could not accept is refused at the server, as an error for
+  // this one call; the connection lives on.
+  std::optional<ErrorKind> kind;
+  try {
+    auto req = ch.newRequest(kEchoInterface, kMake, 16);
+    req.setTimeout(3s);
+    buildPayload(req.message(), 2u << 20, 0);
+    (void)req.call();
+  } catch (const Error& e) {
+    kind = e.kind();
+  }
+  EXPECT_EQ(kind, ErrorKind::kInvalidArgument);
+  EXPECT_TRUE(echoCall(ch, 5, 1000));
+  EXPECT_TRUE(ch.connected());
+}
+
+TEST(Tcp, TinyBuffersCarryLargeAndManyFrames) {
+  // A 4 KiB receive ring: most frames are read into buffers of their own, small ones wrap.
+  auto o = tcpOptions();
+  o.connection.ringBytes = 4096;
+  o.connection.maxMessageBytes = 1 << 20;
+  auto p = tcpPair("127.0.0.1:0", o);
+  constexpr uint64_t kCount = 600;
+  std::atomic<bool> failed{false}, done{false};
+  std::jthread sender([&] {
+    std::mt19937_64 rng(5);
+    Bound bound(kCount, 20s);
+    for (uint64_t seq = 0; seq < kCount && bound.next() && !failed; ++seq) {
+      size_t size = rng() % 3 == 0 ? rng() % 200'000 : rng() % 900;
+      if (sendPayload(*p.client, seq, size, deadlineAfter(5s), rng() % 3 != 0) != Status::kOk) {
+        failed = true;
+        return;
+      }
+    }
+    flushUntil(*p.client, [&] { return failed.load() || done.load(); }, 20s);
+  });
+  Bound bound(kCount, 20s);
+  for (uint64_t seq = 0; seq < kCount && bound.next(); ++seq) {
+    auto r = receivePayload(*p.server, seq, kAnySize, 5s);
+    if (!r) {
+      failed = true;
+      FAIL() << r.message();
+    }
+  }
+  done = true;  // stops the sender's flushing
+}
+
+}  // namespace
+}  // namespace zcrpc::conformance
