@@ -14,7 +14,13 @@ struct TcpOptions {
   /// quarter of it get a buffer of their own); maxMessageBytes is enforced on every
   /// frame before anything is allocated for it. Wait modes: busy-poll spins on
   /// non-blocking reads; the others spin for spinTime (spin-then-sleep) and then sleep
-  /// in poll().
+  /// in poll(). Output the kernel does not take at once (a large message, a slow peer)
+  /// stays queued and moves on the connection's next call (send, flush, startMessage,
+  /// tryReceive, receive) or when an event loop sleeping on waitFd() wakes, which it does
+  /// for writability while output is queued. A sender that goes fully idle right after
+  /// send() must keep calling flush() until its peer has it (the RPC core always waits for
+  /// the answer, which does this). Queued output beyond the buffer size makes
+  /// tryStartMessage() return kWouldBlock.
   ConnectionOptions connection;
   /// Shared access token; empty = none. A client whose token differs is refused before
   /// any call is dispatched (constant-time comparison) and the refusal is logged with

@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -213,6 +214,10 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         leases_(options.maxLeases) {
     pending_.reserve(kMaxIov);
     limits_.maxMessageBytes = maxMessage_;
+    epoll_ = os::Fd(ZCRPC_SYSCALL(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1 for " + what_));
+    epoll_event ev{};
+    ev.events = epollEvents_;
+    ZCRPC_SYSCALL(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd_.get(), &ev), "epoll_ctl " + what_);
   }
 
   ~TcpConnection() override {
@@ -235,6 +240,12 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       throw InvalidArgument("message of " + std::to_string(firstBytes) +
                             " bytes exceeds the maximum message size " +
                             std::to_string(maxMessage_) + " of " + what_);
+    if (pendingBytes_.load(std::memory_order_relaxed) > sendBytes_) {
+      // Queued large messages count too: the peer is not reading, so stop here.
+      writePending();
+      if (pendingBytes_.load(std::memory_order_relaxed) > sendBytes_)
+        return closed_.load() ? Status::kDisconnected : Status::kWouldBlock;
+    }
     bool inBuffer = kFrameHeaderBytes + firstBytes + kTableReserveEntries * 8 <= sendBytes_ / 4;
     uint64_t need = kFrameHeaderBytes + kTableReserveEntries * 8 + (inBuffer ? firstBytes : 0);
     if (!roomInSendBuffer(need)) return closed_.load() ? Status::kDisconnected : Status::kWouldBlock;
@@ -290,20 +301,29 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     if (tableAt + n * sizeof(SegmentEntry) + sizeof(TraceContext) > sendBytes_)
       throw Overloaded("no send buffer room for the segment table on " + what_);
     auto* table = reinterpret_cast<SegmentEntry*>(send_ + tableAt);
-    uint64_t frameBytes = kFrameHeaderBytes;
-    size_t iovBefore = pending_.size();
-    pushIov(send_ + open_.start, kFrameHeaderBytes);
-    for (size_t i = 0; i < n; ++i) {
-      uint64_t bytes = uint64_t{segments[i].size()} * 8;
-      table[i] = {static_cast<uint32_t>(segments[i].size()),
-                  static_cast<uint32_t>(frameBytes / 8)};
-      pushIov(segments[i].begin(), bytes);
-      frameBytes += bytes;
-    }
-    if (frameBytes - kFrameHeaderBytes > maxMessage_) {
-      pending_.resize(iovBefore);
+    uint64_t payload = 0;
+    for (size_t i = 0; i < n; ++i) payload += uint64_t{segments[i].size()} * 8;
+    if (payload > maxMessage_) {
+      lock.unlock();
       throw InvalidArgument("message exceeds the maximum message size " +
                             std::to_string(maxMessage_) + " bytes of " + what_);
+    }
+    uint64_t frameBytes = kFrameHeaderBytes;
+    pushIov(send_ + open_.start, kFrameHeaderBytes);
+    for (size_t i = 0; i < n; ++i) {
+      const capnp::word* seg = segments[i].begin();
+      uint64_t bytes = uint64_t{segments[i].size()} * 8;
+      if (bytes && !ownsMemory(seg)) {
+        // External data (Orphanage::referenceExternalData): the caller may reuse its
+        // buffer once send() returns, so it is copied now, as the shm transport does.
+        capnp::word* copy = newChunk(static_cast<uint32_t>(segments[i].size()));
+        std::memcpy(copy, seg, bytes);
+        seg = copy;
+      }
+      table[i] = {static_cast<uint32_t>(segments[i].size()),
+                  static_cast<uint32_t>(frameBytes / 8)};
+      pushIov(seg, bytes);
+      frameBytes += bytes;
     }
     const bool traced = msg.trace().valid();
     const uint64_t tail = n * sizeof(SegmentEntry) + (traced ? sizeof(TraceContext) : 0);
@@ -358,8 +378,21 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     return w == Status::kOk ? result : w;
   }
 
-  int waitFd() const noexcept override { return fd_.get(); }
-  bool armWait() noexcept override { return !closed_.load() && !frameBuffered(); }
+  /// An epoll descriptor watching the socket: readable for incoming data or hang-up and,
+  /// while frames are queued unsent, for writability, so an event loop sleeping on it
+  /// also gets queued output out.
+  int waitFd() const noexcept override { return epoll_.get(); }
+  bool armWait() noexcept override {
+    if (closed_.load() || frameBuffered()) return false;
+    flushFromReceiver();
+    uint32_t want = EPOLLIN | EPOLLRDHUP | (pendingBytes_.load() ? EPOLLOUT : 0u);
+    if (want != epollEvents_) {
+      epoll_event ev{};
+      ev.events = want;
+      if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd_.get(), &ev) == 0) epollEvents_ = want;
+    }
+    return true;
+  }
   void disarmWait() noexcept override {}
   Status checkPeer() noexcept override {
     if (closed_.load() || eof_) return Status::kDisconnected;
@@ -371,7 +404,22 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     return Status::kOk;  // a half-closed peer's last frames are still read first
   }
 
+  /// Sends what is queued (briefly, up to 200 ms if the peer is slow), then closes.
   void close() noexcept override {
+    if (closed_.load()) return;
+    if (sendMutex_.try_lock()) {
+      auto until = Clock::now() + std::chrono::milliseconds(200);
+      writePending();
+      while (pendingBytes_.load() && !closed_.load() && Clock::now() < until) {
+        os::pollOne(fd_.get(), POLLOUT, std::chrono::milliseconds(20));
+        writePending();
+      }
+      sendMutex_.unlock();
+    }
+    closeNow();
+  }
+
+  void closeNow() noexcept {
     if (closed_.exchange(true)) return;
     ::shutdown(fd_.get(), SHUT_RDWR);
   }
@@ -473,10 +521,21 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         c.queuedAt = sentTotal_ + pendingBytes_;
   }
 
+  bool ownsMemory(const capnp::word* p) const noexcept {
+    auto* b = reinterpret_cast<const std::byte*>(p);
+    if (b >= send_ && b < send_ + sendBytes_) return true;
+    for (auto& c : chunks_)
+      if (c.words.get() == p) return true;
+    return false;
+  }
+
   void writePending() {
     while (!pending_.empty()) {
-      ssize_t n = ::writev(fd_.get(), pending_.data(),
-                           static_cast<int>(std::min<size_t>(pending_.size(), IOV_MAX)));
+      msghdr mh{};
+      mh.msg_iov = pending_.data();
+      mh.msg_iovlen = std::min<size_t>(pending_.size(), IOV_MAX);
+      // sendmsg, not writev: MSG_NOSIGNAL, so a reset peer is an error, not a SIGPIPE.
+      ssize_t n = ::sendmsg(fd_.get(), &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN) return;
@@ -552,6 +611,9 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     std::memcpy(big_.get(), ring_ + (parse_ & ringMask_), have);  // only what already arrived
     bigFilled_ = have;
     parse_ += have;
+    // The rest of this frame goes straight into its own buffer; the next frame starts
+    // in the ring on an 8-byte boundary again.
+    if (parse_ == tail_) parse_ = tail_ = (tail_ + 7) & ~uint64_t{7};
     return continueBig(out);
   }
 
@@ -638,7 +700,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       std::lock_guard lock(errorMutex_);
       if (error_.empty()) error_ = std::move(why);
     }
-    close();
+    closeNow();
   }
 
   template <typename Done>
@@ -668,6 +730,8 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   }
 
   os::Fd fd_;
+  os::Fd epoll_;
+  uint32_t epollEvents_ = EPOLLIN | EPOLLRDHUP;  // receiving thread
   std::string what_;
   ConnectionOptions options_;
   uint64_t maxMessage_;
@@ -737,23 +801,49 @@ class TcpListener final : public Listener {
     endpoint_ = "tcp://" + addressText(local);
   }
 
+  /// Handshakes advance without blocking as their bytes arrive, each with its own
+  /// deadline (connectTimeout), so a silent client holds up neither accept() nor others.
   std::unique_ptr<Connection> accept(Deadline deadline) override {
+    std::vector<pollfd> fds;
     for (;;) {
-      os::Fd client = os::acceptNonBlocking(socket_.get());
-      if (client) {
-        std::string peer = peerAddress(client.get());
-        try {
-          return handshake(std::move(client), peer);
-        } catch (const std::exception& e) {
-          remember(std::string("refused ") + peer + ": " + e.what());
-          continue;
-        }
+      while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
+        Pending p;
+        p.peer = peerAddress(client.get());
+        p.what = endpoint_ + " (server, peer " + p.peer + ")";
+        p.deadline = deadlineAfter(options_.connection.connectTimeout);
+        p.fd = std::move(client);
+        pending_.push_back(std::move(p));
       }
       auto now = Clock::now();
+      Deadline wakeAt = deadline;
+      for (size_t i = 0; i < pending_.size();) {
+        Pending& p = pending_[i];
+        std::unique_ptr<Connection> done;
+        bool drop = false;
+        try {
+          done = advance(p);
+          if (!done && now >= p.deadline) throw Failed("handshake timed out");
+        } catch (const std::exception& e) {
+          remember(std::string("refused ") + p.peer + ": " + e.what());
+          drop = true;
+        }
+        if (done || drop) {
+          pending_.erase(pending_.begin() + static_cast<long>(i));
+          if (done) return done;
+          continue;
+        }
+        wakeAt = std::min(wakeAt, p.deadline);
+        ++i;
+      }
       if (now >= deadline) return nullptr;
-      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-      os::pollOne(socket_.get(), POLLIN,
-                  std::min(wait + std::chrono::milliseconds(1), std::chrono::milliseconds(1000)));
+      fds.clear();
+      fds.push_back({socket_.get(), POLLIN, 0});
+      for (auto& p : pending_) fds.push_back({p.fd.get(), POLLIN, 0});
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wakeAt - now);
+      int ms = static_cast<int>(std::min<int64_t>(wait.count() + 1, 1000));
+      int r;
+      do r = ::poll(fds.data(), fds.size(), ms);
+      while (r < 0 && errno == EINTR);
     }
   }
 
@@ -772,40 +862,71 @@ class TcpListener final : public Listener {
     if (refusals_.size() > 64) refusals_.pop_front();
   }
 
-  std::unique_ptr<Connection> handshake(os::Fd fd, const std::string& peer) {
-    auto deadline = deadlineAfter(options_.connection.connectTimeout);
-    std::string what = endpoint_ + " (server, peer " + peer + ")";
-    setNoDelay(fd.get());
-    Hello hello;
-    readAll(fd.get(), &hello, sizeof hello, deadline, what);
-    if (hello.magic != kHelloMagic) throw Failed("peer is not speaking the zcrpc tcp handshake");
-    Answer answer;
-    auto refuse = [&](const std::string& why) {
-      std::snprintf(answer.reason, sizeof answer.reason, "%s", why.c_str());
-      try {
-        writeAll(fd.get(), &answer, sizeof answer, deadline, what);
-      } catch (...) {
+  struct Pending {
+    os::Fd fd;
+    std::string peer;
+    std::string what;
+    Deadline deadline{};
+    std::string received;  // Hello, then the token
+  };
+
+  /// Reads what has arrived; answers once Hello and token are complete. Throws to drop.
+  std::unique_ptr<Connection> advance(Pending& p) {
+    size_t need = sizeof(Hello);
+    for (;;) {
+      if (p.received.size() >= sizeof(Hello)) {
+        Hello hello;
+        std::memcpy(&hello, p.received.data(), sizeof hello);
+        if (hello.magic != kHelloMagic) throw Failed("peer is not speaking the zcrpc tcp handshake");
+        if (hello.tokenBytes > kMaxToken)
+          return refuse(p, "token longer than " + std::to_string(kMaxToken) + " bytes");
+        need = sizeof(Hello) + hello.tokenBytes;
+        if (p.received.size() >= need) return answer(p, hello);
       }
-      throw Failed(why);
-    };
+      char buf[sizeof(Hello) + kMaxToken];
+      ssize_t n = ::recv(p.fd.get(), buf, need - p.received.size(), MSG_DONTWAIT);
+      if (n > 0) {
+        p.received.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n == 0) throw Disconnected("peer closed during the handshake");
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return nullptr;
+      throw Disconnected(os::errnoText("handshake receive", errno));
+    }
+  }
+
+  std::unique_ptr<Connection> refuse(Pending& p, const std::string& why) {
+    Answer a;
+    std::snprintf(a.reason, sizeof a.reason, "%s", why.c_str());
+    try {
+      writeAll(p.fd.get(), &a, sizeof a, deadlineAfter(std::chrono::milliseconds(100)), p.what);
+    } catch (...) {
+    }
+    throw Failed(why);
+  }
+
+  std::unique_ptr<Connection> answer(Pending& p, const Hello& hello) {
     if (hello.version != kHelloVersion)
-      refuse("handshake version " + std::to_string(hello.version) + " not supported");
-    if (hello.tokenBytes > kMaxToken) refuse("token longer than " + std::to_string(kMaxToken) + " bytes");
-    std::string token(hello.tokenBytes, '\0');
-    readAll(fd.get(), token.data(), token.size(), deadline, what);
-    if (!tokensEqual(token, options_.token)) refuse("access token does not match");
-    if (hello.maxMessageBytes < 64) refuse("client's maximum message size is below 64 bytes");
+      return refuse(p, "handshake version " + std::to_string(hello.version) + " not supported");
+    std::string_view token(p.received.data() + sizeof(Hello), hello.tokenBytes);
+    if (!tokensEqual(token, options_.token)) return refuse(p, "access token does not match");
+    if (hello.maxMessageBytes < 64) return refuse(p, "client's maximum message size is below 64 bytes");
     // Both sides send and accept at most the smaller of the two limits.
-    uint64_t maxMessage = std::min<uint64_t>(hello.maxMessageBytes, options_.connection.maxMessageBytes);
-    answer.accepted = 1;
-    answer.maxMessageBytes = maxMessage;
-    writeAll(fd.get(), &answer, sizeof answer, deadline, what);
-    return std::make_unique<TcpConnection>(std::move(fd), what, options_.connection, maxMessage);
+    uint64_t maxMessage =
+        std::min<uint64_t>(hello.maxMessageBytes, options_.connection.maxMessageBytes);
+    Answer a;
+    a.accepted = 1;
+    a.maxMessageBytes = maxMessage;
+    setNoDelay(p.fd.get());
+    writeAll(p.fd.get(), &a, sizeof a, p.deadline, p.what);
+    return std::make_unique<TcpConnection>(std::move(p.fd), p.what, options_.connection, maxMessage);
   }
 
   TcpOptions options_;
   os::Fd socket_;
   std::string endpoint_;
+  std::vector<Pending> pending_;
   mutable std::mutex mutex_;
   std::deque<std::string> refusals_;
 };
