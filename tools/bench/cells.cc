@@ -26,7 +26,9 @@ uint64_t nearestRank(std::span<uint64_t> sorted, double q) {
   return sorted[std::clamp<size_t>(rank, 1, n) - 1];
 }
 
-Latency summarize(std::span<uint64_t> samples) {
+}  // namespace
+
+Latency summarizeLatency(std::span<uint64_t> samples) {
   Latency l;
   l.samples = samples.size();
   if (samples.empty()) return l;
@@ -38,35 +40,6 @@ Latency summarize(std::span<uint64_t> samples) {
   l.maxNs = samples.back();
   return l;
 }
-
-/// Warm-up, then timed round trips. The round trip is inlined (a template), so the floor
-/// and zcrpc are timed by the same code.
-template <typename RoundTrip>
-Latency measureLatency(RoundTrip&& roundTrip, const Budget& b, std::span<uint64_t> samples) {
-  auto warmEnd = Clock::now() + b.warmup;
-  for (uint64_t i = 0; i < b.warmupIterations; ++i) {
-    roundTrip();
-    if ((i & 15) == 15 && Clock::now() >= warmEnd) break;
-  }
-  size_t limit = std::min<uint64_t>(b.maxIterations, samples.size());
-  size_t n = 0;
-  auto end = Clock::now() + b.measure;
-  while (n < limit) {
-    auto t0 = Clock::now();
-    roundTrip();
-    auto t1 = Clock::now();
-    samples[n++] = static_cast<uint64_t>((t1 - t0).count());
-    if (t1 >= end) break;
-  }
-  return summarize(samples.first(n));
-}
-
-/// Deadline for a wait inside a cell: the cell's own bound plus room for a stall report.
-Deadline cellDeadline(std::chrono::nanoseconds cellTime) {
-  return Clock::now() + cellTime + kStallTimeout;
-}
-
-}  // namespace
 
 Budget Budget::forPayload(size_t payloadBytes, double seconds) {
   Budget b;

@@ -5,6 +5,7 @@
 // a deadline. Failures throw BenchError naming what went wrong.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -50,6 +51,38 @@ struct Throughput {
   double bytesPerSecond = 0;  ///< payload bytes
   uint64_t preemptions = 0;   ///< involuntary context switches of both processes in the cell
 };
+
+/// Sorts `samples` and takes nearest-rank percentiles.
+Latency summarizeLatency(std::span<uint64_t> samples);
+
+/// Warm-up, then timed round trips: `roundTrip()` is called until the budget's time or
+/// count runs out, each call timed with one steady_clock reading on each side. The round
+/// trip is inlined (a template), so every system is timed by the same code. `samples`
+/// bounds the count too and must be pre-touched (the loop only stores into it).
+template <typename RoundTrip>
+Latency measureLatency(RoundTrip&& roundTrip, const Budget& b, std::span<uint64_t> samples) {
+  auto warmEnd = Clock::now() + b.warmup;
+  for (uint64_t i = 0; i < b.warmupIterations; ++i) {
+    roundTrip();
+    if ((i & 15) == 15 && Clock::now() >= warmEnd) break;
+  }
+  size_t limit = std::min<uint64_t>(b.maxIterations, samples.size());
+  size_t n = 0;
+  auto end = Clock::now() + b.measure;
+  while (n < limit) {
+    auto t0 = Clock::now();
+    roundTrip();
+    auto t1 = Clock::now();
+    samples[n++] = static_cast<uint64_t>((t1 - t0).count());
+    if (t1 >= end) break;
+  }
+  return summarizeLatency(samples.first(n));
+}
+
+/// Deadline for a wait inside a cell: the cell's own bound plus room for a stall report.
+inline Deadline cellDeadline(std::chrono::nanoseconds cellTime) {
+  return Clock::now() + cellTime + kStallTimeout;
+}
 
 /// Capnp words that hold a Payload with `payloadBytes` of data in one segment: root
 /// pointer, the struct (two data words, one pointer), the data rounded up to words.

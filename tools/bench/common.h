@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "zcrpc/transport.h"
 
@@ -41,6 +42,20 @@ uint64_t preemptionCount() noexcept;
 
 /// "64 B", "4 KiB", "1 MiB", or "1000 B" for sizes that are not whole KiB/MiB.
 std::string formatSize(uint64_t bytes);
+
+/// The host's 1-minute load average (-1 if unknown): how many tasks compete with the two
+/// pinned processes.
+double loadAverage() noexcept;
+
+/// "64", "4K", "4KiB", "64k", "1M", "1MiB" -> bytes, between 1 byte and 16 MiB. Throws
+/// BenchError naming the text.
+size_t parseSize(const std::string& text);
+
+/// "A,B": two different CPUs this process may run on. Throws BenchError.
+std::pair<int, int> parseCpus(const std::string& text);
+
+/// Largest payload any mode sends.
+inline constexpr size_t kMaxPayloadBytes = size_t{16} << 20;
 
 /// How long a side waits without progress before it declares its peer stuck.
 inline constexpr std::chrono::seconds kStallTimeout{10};

@@ -22,14 +22,25 @@ enum class Op : uint32_t {
   kZcrpcEcho = 2,  ///< echo over the zcrpc connection until its stop message
   kZcrpcSink = 3,  ///< receive and count over zcrpc until the stop message, then acknowledge
   kQuit = 4,
+  // RPC mode (rpc_mode.cc). kStarted's `text` carries the endpoint to connect to.
+  kRpcServe = 5,    ///< run a zcrpc::Server (Echo) on a new endpoint until kEndCell
+  kCapnpServe = 6,  ///< run a capnp::EzRpcServer (Echo) on a new address until kEndCell
+  kRawTcpEcho = 7,  ///< accept one TCP connection, echo fixed-size payloads until EOF
+  kEndCell = 8,     ///< the measuring side is done with a serving cell
 };
+
+/// Transport of an RPC-mode cell.
+enum class Transport : uint8_t { kShm = 0, kTcp = 1 };
 
 struct Command {
   Op op;
-  uint32_t reserved = 0;
+  Transport transport = Transport::kShm;  ///< RPC mode
+  WaitMode waitMode = WaitMode::kBusyPoll;  ///< RPC mode; kFloorEcho: the floor's wait mode
+  uint16_t reserved = 0;
   uint64_t payloadBytes = 0;
   int64_t budgetNs = 0;  ///< how long the measuring side may run the cell (bounds the peer)
 };
+static_assert(sizeof(Command) == 24);
 
 enum class ReplyKind : uint32_t {
   kReady = 1,    ///< listening: the measuring process may connect

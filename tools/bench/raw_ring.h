@@ -6,6 +6,8 @@
 // sequence word, and let the peer poll that word. No framing, no validation, no leases.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -18,6 +20,11 @@ namespace zcrpc::bench {
 /// mapping, one per direction (client -> server, server -> client). A slot is a 16-byte
 /// header, whose first word is the message's sequence number (stored last, with release),
 /// followed by the payload bytes; the receiver polls that one word.
+///
+/// Each direction starts with a cache line holding a futex word and a "receiver sleeps"
+/// flag, used only by ends in the spin-then-sleep and blocking wait modes (the floor for
+/// zcrpc in those modes): the receiver sets the flag before it sleeps, the sender wakes it
+/// only when it finds the flag set. A busy-polling end never touches that line.
 ///
 /// There is no back-pressure: the rings are valid only for ping-pong, where every message
 /// is answered before the next one is sent, so a slot is never rewritten while its reader
@@ -60,20 +67,25 @@ struct RawMessage {
 };
 
 /// One process's end of a RawRing for one cell: private sequence counters and the slot
-/// layout for that cell's payload size. Both ends of a cell must use the same size and a
-/// ring cleared for it. Threads: one.
+/// layout for that cell's payload size. Both ends of a cell must use the same size, the
+/// same wait mode and a ring cleared for it. Threads: one.
 class RawEnd final {
  public:
-  RawEnd(const RawRing& ring, RawRole role, size_t payloadBytes) noexcept;
+  /// `waitMode`: how receive() waits. kBusyPoll spins on the slot's word; kSpinThenSleep
+  /// spins for `spinTime`, then sleeps on the direction's futex; kBlocking sleeps at once.
+  /// In the two sleeping modes send() checks the peer's sleep flag and wakes it.
+  RawEnd(const RawRing& ring, RawRole role, size_t payloadBytes,
+         WaitMode waitMode = WaitMode::kBusyPoll,
+         std::chrono::nanoseconds spinTime = std::chrono::microseconds(50)) noexcept;
 
   /// Copies `payload` (at most the cell's payload size) into the next slot and publishes it.
   void send(std::span<const std::byte> payload) noexcept;
   /// Publishes the stop marker.
   void sendStop() noexcept;
-  /// Busy-polls for the next message until `deadline`; false at the deadline, or early
-  /// when `watchFd` (if not -1) turns readable or hangs up: the peer stopped (the control
-  /// socket carries nothing while a cell runs). Polled only after ~64 k idle spins, so it
-  /// costs a healthy ping-pong nothing.
+  /// Waits (by the end's wait mode) for the next message until `deadline`; false at the
+  /// deadline, or early when `watchFd` (if not -1) turns readable or hangs up: the peer
+  /// stopped (the control socket carries nothing while a cell runs). Polled only after
+  /// ~64 k idle spins or a 100 ms sleep, so it costs a healthy ping-pong nothing.
   bool receive(RawMessage& out, Deadline deadline, int watchFd = -1) noexcept;
 
  private:
@@ -81,9 +93,17 @@ class RawEnd final {
     return dir + (seq % slots_) * stride_;
   }
   void publish(uint64_t seq, uint32_t bytes) noexcept;
+  /// Sleeps on the receive direction's futex until the slot's word reaches `want`, the
+  /// deadline passes or `watchFd` says the peer stopped. Returns whether it arrived.
+  bool sleepFor(std::atomic_ref<uint64_t>& seq, uint64_t want, Deadline deadline,
+                int watchFd) noexcept;
 
-  std::byte* tx_;
-  std::byte* rx_;
+  std::byte* tx_;      // first slot of the sending direction
+  std::byte* rx_;      // first slot of the receiving direction
+  std::byte* txWait_;  // the wait line of each direction
+  std::byte* rxWait_;
+  WaitMode waitMode_;
+  std::chrono::nanoseconds spinTime_;
   size_t payloadBytes_;
   size_t stride_;
   size_t slots_;

@@ -9,6 +9,8 @@
 #include <fmt/color.h>
 #include <fmt/format.h>
 
+#include "json.h"
+
 namespace zcrpc::bench {
 
 namespace {
@@ -68,100 +70,6 @@ const SizeSummary* find(const std::vector<SizeSummary>& s, size_t bytes) {
   return nullptr;
 }
 
-// ---- JSON ----------------------------------------------------------------------------
-
-/// A small streaming JSON writer (objects, arrays, numbers, strings), pretty-printed.
-class JsonWriter final {
- public:
-  void beginObject(std::string_view key = {}) { open(key, '{'); }
-  void endObject() { close('}'); }
-  void beginArray(std::string_view key = {}) { open(key, '['); }
-  void endArray() { close(']'); }
-  void number(std::string_view key, double v) {
-    item(key);
-    if (std::isfinite(v)) fmt::format_to(std::back_inserter(out_), "{}", v);
-    else out_ += "null";
-  }
-  void integer(std::string_view key, uint64_t v) {
-    item(key);
-    fmt::format_to(std::back_inserter(out_), "{}", v);
-  }
-  void optional(std::string_view key, const std::optional<double>& v) {
-    if (v) {
-      number(key, *v);
-    } else {
-      item(key);
-      out_ += "null";
-    }
-  }
-  void boolean(std::string_view key, bool v) {
-    item(key);
-    out_ += v ? "true" : "false";
-  }
-  void string(std::string_view key, std::string_view v) {
-    item(key);
-    quote(v);
-  }
-  const std::string& text() const { return out_; }
-
- private:
-  void item(std::string_view key) {
-    if (!first_.empty()) {
-      if (!first_.back()) out_ += ',';
-      first_.back() = false;
-      out_ += '\n';
-      out_.append(2 * first_.size(), ' ');
-    }
-    if (!key.empty()) {
-      quote(key);
-      out_ += ": ";
-    }
-  }
-  void open(std::string_view key, char c) {
-    item(key);
-    out_ += c;
-    first_.push_back(true);
-  }
-  void close(char c) {
-    bool empty = first_.back();
-    first_.pop_back();
-    if (!empty) {
-      out_ += '\n';
-      out_.append(2 * first_.size(), ' ');
-    }
-    out_ += c;
-  }
-  void quote(std::string_view s) {
-    out_ += '"';
-    for (char c : s) {
-      if (c == '"' || c == '\\') {
-        out_ += '\\';
-        out_ += c;
-      } else if (static_cast<unsigned char>(c) < 0x20) {
-        fmt::format_to(std::back_inserter(out_), "\\u{:04x}", static_cast<unsigned>(c));
-      } else {
-        out_ += c;
-      }
-    }
-    out_ += '"';
-  }
-
-  std::string out_;
-  std::vector<bool> first_;
-};
-
-void writeLatency(JsonWriter& j, std::string_view key, const Latency& l) {
-  j.beginObject(key);
-  j.integer("samples", l.samples);
-  j.integer("min_ns", l.minNs);
-  j.integer("p50_ns", l.p50Ns);
-  j.integer("p99_ns", l.p99Ns);
-  j.integer("p999_ns", l.p999Ns);
-  j.integer("max_ns", l.maxNs);
-  j.integer("preemptions", l.preemptions);
-  j.endObject();
-}
-
 void writeRatios(JsonWriter& j, std::string_view key, const Ratios& r) {
   j.beginObject(key);
   j.number("p50", r.p50);
@@ -175,6 +83,18 @@ void writeGb(JsonWriter& j, std::string_view key, const std::optional<double>& b
 }
 
 }  // namespace
+
+void writeLatency(JsonWriter& j, std::string_view key, const Latency& l) {
+  j.beginObject(key);
+  j.integer("samples", l.samples);
+  j.integer("min_ns", l.minNs);
+  j.integer("p50_ns", l.p50Ns);
+  j.integer("p99_ns", l.p99Ns);
+  j.integer("p999_ns", l.p999Ns);
+  j.integer("max_ns", l.maxNs);
+  j.integer("preemptions", l.preemptions);
+  j.endObject();
+}
 
 std::vector<SizeSummary> summarize(const Run& run) {
   std::vector<SizeSummary> out;
@@ -355,11 +275,10 @@ void printReport(std::FILE* out, const Run& run, bool color) {
   p("");
 }
 
-void writeJson(const std::string& path, const Run& run) {
+void writeJson(JsonWriter& j, const Run& run) {
   const RunConfig& c = run.config;
-  JsonWriter j;
   j.beginObject();
-  j.string("tool", "zcrpc-bench");
+  j.string("mode", "messages");
   j.beginObject("config");
   j.string("transport", "shm");
   j.string("endpoint", "shm://" + c.endpoint);
@@ -454,10 +373,11 @@ void writeJson(const std::string& path, const Run& run) {
   }
   j.endArray();
   j.endObject();
+}
 
+void writeTextFile(const std::string& path, const std::string& text) {
   std::FILE* f = std::fopen(path.c_str(), "w");
   if (!f) throwErrno("open " + path);
-  std::string text = j.text() + "\n";
   bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
   ok = (std::fclose(f) == 0) && ok;
   if (!ok) throwErrno("write " + path);

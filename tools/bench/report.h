@@ -9,11 +9,14 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cells.h"
 
 namespace zcrpc::bench {
+
+class JsonWriter;
 
 struct RunConfig {
   int clientCpu = 0;
@@ -91,7 +94,9 @@ std::vector<TargetResult> evaluateTargets(const Run& run, const std::vector<Size
 
 /// The terminal report. `color`: ANSI colours for PASS / MISS.
 void printReport(std::FILE* out, const Run& run, bool color);
-/// Writes the run as JSON to `path`. Throws BenchError when the file cannot be written.
-void writeJson(const std::string& path, const Run& run);
+/// Writes `l` as the JSON object `key` (samples, min, percentiles, max, preemptions).
+void writeLatency(JsonWriter& j, std::string_view key, const Latency& l);
+/// Appends the run to `j` as one JSON object (the caller places it in the document).
+void writeJson(JsonWriter& j, const Run& run);
 
 }  // namespace zcrpc::bench
