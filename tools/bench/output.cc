@@ -154,9 +154,8 @@ std::vector<Panel> panels(const Results& results) {
         p.title = fmt::format("rpc over {}, {}", transportName(t), waitModeName(w));
         PlotSeries ref{t == Transport::kShm ? "floor" : "raw TCP", "#777777", {}};
         PlotSeries z{"zcrpc", "#1f5fbf", {}};
-        PlotSeries c{t == Transport::kShm ? "Cap'n Proto RPC (unix)" : "Cap'n Proto RPC (TCP)",
-                     "#c0392b",
-                     {}};
+        PlotSeries c{
+            t == Transport::kShm ? "capnp RPC (unix socket)" : "capnp RPC (TCP)", "#c0392b", {}};
         for (const auto& s : summary) {
           if (s.transport != t || s.waitMode != w) continue;
           p.sizes.push_back(s.payloadBytes);
@@ -195,17 +194,19 @@ std::string gpQuote(std::string_view s) {
   return out + "'";
 }
 
-std::string gnuplotScript(const std::vector<Panel>& panels, const std::string& dataPath,
-                          const std::string& pngPath, const std::string& title) {
-  const size_t cols = std::min<size_t>(panels.size(), 3);
+/// `columns`: panels per row (the RPC matrix puts one wait mode per column).
+std::string gnuplotScript(const std::vector<Panel>& panels, size_t columns,
+                          const std::string& dataPath, const std::string& pngPath,
+                          const std::string& title) {
+  const size_t cols = std::clamp<size_t>(columns, 1, std::min<size_t>(panels.size(), 3));
   const size_t rowsN = (panels.size() + cols - 1) / cols;
   std::string s;
   auto add = [&s](std::string line) {
     s += line;
     s += '\n';
   };
-  add(fmt::format("set terminal pngcairo size {},{} font 'sans,10' noenhanced", 40 + 560 * cols,
-                  60 + 440 * rowsN));
+  add(fmt::format("set terminal pngcairo size {},{} font 'sans,10' noenhanced",
+                  std::max<size_t>(40 + 560 * cols, 1200), 60 + 440 * rowsN));
   add("set output " + gpQuote(pngPath));
   add("set datafile missing 'NaN'");
   add(fmt::format("set multiplot layout {},{} title {} font 'sans,12'", rowsN, cols,
@@ -213,11 +214,11 @@ std::string gnuplotScript(const std::vector<Panel>& panels, const std::string& d
   add("set logscale y 10");
   add("set format y '%.0s %cs'");
   add("set ylabel 'round trip'");
-  add("set xlabel 'payload size'");
+  add("unset xlabel");  // the tics name the sizes; the key sits below the axis
   add("set grid ytics mytics xtics");
   // Colour tells the system, the line the percentile (the title says which): one legend
   // entry per system, below each panel, so no line hides behind it.
-  add("set key below horizontal maxrows 1 font ',9' samplen 3 width 1");
+  add("set key below horizontal maxcols 3 maxrows 1 font ',9' samplen 3 width -2");
   add("set offsets 0.25, 0.25, 0, 0");
   for (size_t k = 0; k < panels.size(); ++k) {
     const Panel& p = panels[k];
@@ -328,12 +329,13 @@ void writePlot(const std::string& path, const std::string& gnuplot, const Result
   else if (!results.messages.empty())
     load = results.messages.front().config.loadEnd, reps = results.messages.front().config.reps;
   std::string title = fmt::format(
-      "zcrpc-bench: round-trip latency p50 (solid, circles) / p99 (dashed, triangles) / p99.9 "
-      "(dotted, squares), medians over {} repetition{}; host load average {:.2f}",
+      "zcrpc-bench round trip: p50 solid, p99 dashed, p99.9 dotted; medians of {} "
+      "repetition{}; load average {:.2f}",
       reps, reps == 1 ? "" : "s", load);
   std::string absolute = std::filesystem::absolute(path).string();
   writeTextFile(data, gnuplotData(ps));
-  writeTextFile(script, gnuplotScript(ps, data, absolute, title));
+  const size_t columns = results.rpc ? results.rpc->options.waitModes.size() : 3;
+  writeTextFile(script, gnuplotScript(ps, columns, data, absolute, title));
 
   std::string argv0 = gnuplot;
   char* argv[] = {argv0.data(), const_cast<char*>(script.c_str()), nullptr};

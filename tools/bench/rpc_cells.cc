@@ -159,6 +159,13 @@ int sliceMs(Deadline deadline) {
   return static_cast<int>(std::clamp<int64_t>(left.count(), 0, kSleepSlice.count()));
 }
 
+[[noreturn]] void stalledReading(size_t got, size_t want) {
+  throw BenchError(
+      fmt::format("raw tcp: recv stalled past the deadline with {} of {} bytes of a "
+                  "message read (the other side neither sent nor closed)",
+                  got, want));
+}
+
 [[noreturn]] void stalled(const char* what) {
   throw BenchError(fmt::format("raw tcp: {} stalled past the deadline", what));
 }
@@ -214,10 +221,10 @@ bool readExactly(int fd, std::span<std::byte> out, WaitMode mode, std::chrono::n
     if (errno != EAGAIN && errno != EWOULDBLOCK) throwErrno("raw tcp: recv");
     switch (mode) {
       case WaitMode::kBlocking:  // SO_RCVTIMEO expired: check the deadline, block again
-        if (Clock::now() >= deadline) stalled("recv");
+        if (Clock::now() >= deadline) stalledReading(got, out.size());
         break;
       case WaitMode::kBusyPoll:
-        if ((++spins & 1023) == 0 && Clock::now() >= deadline) stalled("recv");
+        if ((++spins & 1023) == 0 && Clock::now() >= deadline) stalledReading(got, out.size());
         cpuRelax();
         break;
       case WaitMode::kSpinThenSleep:
@@ -337,9 +344,13 @@ uint64_t rawTcpEcho(const TcpSocket& socket, size_t payloadBytes, std::span<std:
   if (buffer.size() < payloadBytes) throw BenchError("raw tcp echo: buffer too small");
   auto in = buffer.first(payloadBytes);
   uint64_t count = 0;
-  while (readExactly(socket.fd(), in, mode, spinTime, deadline, /*eofOk=*/true)) {
-    writeAll(socket.fd(), in, mode, deadline);
-    ++count;
+  try {
+    while (readExactly(socket.fd(), in, mode, spinTime, deadline, /*eofOk=*/true)) {
+      writeAll(socket.fd(), in, mode, deadline);
+      ++count;
+    }
+  } catch (const BenchError& e) {
+    throw BenchError(fmt::format("{} after echoing {} messages", e.what(), count));
   }
   return count;
 }

@@ -339,17 +339,17 @@ class RpcDriver final {
     });
   }
 
-  /// The pipelined window for `size` over `t`: the requested one, except over shm where a
-  /// window of messages that does not fit in one ring (or, for messages that go to the
-  /// arena, in the arena) deadlocks: the Channel waits for send space without reading
-  /// responses while the server waits for response space (see rpc_mode.h). Over tcp unsent
-  /// frames queue in user memory, so no cap is needed.
+  /// The pipelined window for `size` over `t`: the requested one, capped so the calls in
+  /// flight fit in one ring (shm: in the arena for messages that go there; tcp: the
+  /// connection's send queue, which blocks the sender beyond ringBytes). A larger window
+  /// deadlocks until the calls' deadline: the Channel waits for send space without reading
+  /// responses while the server waits for response space (see rpc_mode.h).
   uint32_t pipelineWindow(Transport t, size_t size) const {
-    if (t != Transport::kShm) return o_.window;
     const ConnectionOptions defaults;     // the server's sizes: the peer listens with defaults
     const uint64_t message = size + 128;  // payload, capnp pointers, frame and record headers
-    const uint64_t room =
-        message <= defaults.ringBytes / 4 ? defaults.ringBytes : defaults.arenaBytes;
+    const uint64_t room = t == Transport::kShm && message > defaults.ringBytes / 4
+                              ? defaults.arenaBytes
+                              : defaults.ringBytes;
     return static_cast<uint32_t>(std::clamp<uint64_t>(room / message, 1, o_.window));
   }
 

@@ -20,10 +20,11 @@
 // the other cells for the peer's CPU; a new shm connection is first cycled through its ring
 // and arena once, so page faults on the fresh memfd stay out of the figures.
 //
-// Over shm the pipelined window is capped so the calls in flight fit in one ring (in the
-// arena for messages that go there): a larger window deadlocks until the calls' deadline,
-// because the Channel waits for send space without reading responses while the server waits
-// for response space. The table shows the window each cell used.
+// The pipelined window is capped so the calls in flight fit in one ring (over shm, in the
+// arena for messages that go there; over tcp, the send queue that blocks the sender beyond
+// ringBytes): a larger window deadlocks until the calls' deadline, because the Channel waits
+// for send space without reading responses while the server waits for response space. The
+// table shows the window each cell used.
 #pragma once
 
 #include <chrono>

@@ -301,7 +301,7 @@ void printReport(std::FILE* out, const RpcRun& run, bool color) {
   p("");
   p("Targets (reported, not asserted)");
   for (const auto& t : targets)
-    fmt::print(out, "  {:<52} goal {:<10} measured {:<16} {}\n", t.name, t.goal, t.measured,
+    fmt::print(out, "  {:<56} goal {:<10} measured {:<16} {}\n", t.name, t.goal, t.measured,
                verdictText(t.verdict, color));
   p("");
 }
