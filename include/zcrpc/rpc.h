@@ -1,6 +1,7 @@
 // zcrpc — the RPC core: client Channel, Server, and the pieces generated stubs use.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -62,8 +63,8 @@ class Tracer {
   virtual void onClientCallEnd(const TracedCall&, const TracedCallEnd&) noexcept {}
   /// Before the handler runs.
   virtual void onServerCallBegin(const TracedCall&) noexcept {}
-  /// When the answer (or error) is ready, just before it is handed to the transport; for
-  /// a deferred call, when it completed.
+  /// Just after the answer (or error) was handed to the transport; for a deferred call,
+  /// when it completed.
   virtual void onServerCallEnd(const TracedCall&, const TracedCallEnd&) noexcept {}
 };
 
@@ -142,7 +143,7 @@ class PendingCall final {
 class RawRequest final {
  public:
   RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords);
-  ~RawRequest() noexcept(false) = default;
+  ~RawRequest() noexcept(false);
 
   OutgoingMessage& message() noexcept { return message_; }
   void setDeadline(Deadline deadline) noexcept { deadline_ = deadline; }
@@ -257,7 +258,9 @@ class Channel final {
   bool handle(IncomingMessage& msg);  // true if it finished a call
   size_t expire(Clock::time_point now);
   void failAll(ErrorKind kind, const std::string& why);
-  void sendCancel(uint64_t callId);
+  void sendCancel(uint64_t callId) noexcept;
+  void sendQueuedCancels() noexcept;
+  void requestAbandoned() noexcept;
   Slot* slotFor(uint64_t callId) noexcept;
   CallResult takeResult(uint64_t callId);
   IncomingMessage waitFor(uint64_t callId);
@@ -271,6 +274,9 @@ class Channel final {
   Deadline nearestDeadline_ = kNoDeadline;
   bool disconnected_ = false;
   std::string disconnectReason_;
+  bool requestOpen_ = false;  // a RawRequest holds the connection's one open message
+  std::array<uint64_t, 64> cancelQueue_{};
+  size_t queuedCancels_ = 0;
   std::unique_ptr<ConnectionMetrics> metrics_;
   Tracer* tracer_ = nullptr;
 };

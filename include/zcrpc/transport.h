@@ -100,6 +100,8 @@ class Connection {
   virtual std::string lastError() const = 0;
   virtual std::string endpoint() const = 0;
   virtual uint64_t maxMessageBytes() const noexcept = 0;
+  /// Received messages this connection lets its user hold at once (leases).
+  virtual uint32_t maxLeases() const noexcept = 0;
 };
 
 /// Accepts connections on one endpoint. Threads: one at a time.

@@ -1,5 +1,6 @@
 // Client side of the RPC core: Channel, RawRequest, PendingCall, ChannelPool.
 #include <algorithm>
+#include <utility>
 
 #include "rpc/frames.h"
 #include "zcrpc/rpc.h"
@@ -46,6 +47,10 @@ RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId
   FrameHeader& h = message_.header();
   h.interfaceId = interfaceId;
   h.methodId = methodId;
+}
+
+RawRequest::~RawRequest() noexcept(false) {
+  if (message_.isOpen()) channel_.requestAbandoned();  // the message gives its space back
 }
 
 IncomingMessage RawRequest::call() {
@@ -102,6 +107,11 @@ Channel::Channel(std::unique_ptr<Connection> connection, ChannelOptions options)
   if (options_.window == 0 || (options_.window & (options_.window - 1)))
     throw InvalidArgument("channel window " + std::to_string(options_.window) +
                           " must be a power of two");
+  if (options_.window > connection_->maxLeases())
+    throw InvalidArgument("channel window " + std::to_string(options_.window) +
+                          " exceeds the " + std::to_string(connection_->maxLeases()) +
+                          " received messages " + connection_->endpoint() +
+                          " may hold (max_leases): raise max_leases or lower window");
   slots_ = std::make_unique<Slot[]>(options_.window);
   mask_ = options_.window - 1;
   if (options_.metrics)
@@ -126,7 +136,10 @@ void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadlin
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
   Status s = connection_->startMessage(msg, sizeHintWords, deadline);
-  if (s == Status::kOk) return;
+  if (s == Status::kOk) {
+    requestOpen_ = true;
+    return;
+  }
   if (s == Status::kTimedOut)
     throw Overloaded("send ring of " + connection_->endpoint() +
                      " stayed full until the call's deadline");
@@ -139,42 +152,60 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
+  if (kind != FrameKind::kOneWay && outstanding_ <= mask_) {
+    // Ids map to slots modulo the window: skip ids whose slot an older call still holds.
+    while (slots_[nextCallId_ & mask_].state == SlotState::kPending) ++nextCallId_;
+  }
   uint64_t id = nextCallId_;
   FrameHeader& h = msg.header();
   const bool isCall = kind == FrameKind::kRequest || kind == FrameKind::kOneWay;
-  MethodMetrics* method = metrics_ && isCall ? &metrics_->method(h.interfaceId, h.methodId) : nullptr;
+  const uint64_t interfaceId = h.interfaceId;  // copies: the header is the peer's once sent
+  const uint16_t methodId = h.methodId;
   Slot* slot = nullptr;
   if (kind != FrameKind::kOneWay) {
     slot = &slots_[id & mask_];
     if (slot->state == SlotState::kPending || outstanding_ > mask_) {
-      if (method) {
-        method->countCall(0);
-        method->countError(ErrorKind::kOverloaded);
+      if (metrics_ && isCall) {
+        MethodMetrics& m = metrics_->method(interfaceId, methodId);
+        m.countCall(0);
+        m.countError(ErrorKind::kOverloaded);
       }
       throw Overloaded("window of " + std::to_string(options_.window) +
                        " outstanding calls on " + connection_->endpoint() + " is full");
     }
     slot->result = CallResult();  // an uncollected old result gives way
   }
-  const uint64_t bytes = method ? payloadBytes(msg) : 0;
   ++nextCallId_;
   h.kind = static_cast<uint8_t>(kind);
   h.callId = id;
+  requestOpen_ = false;  // whatever happens next, this message is sent or gone
   TracedCall traced;
   const bool tracing = tracer_ && isCall;
   if (tracing) [[unlikely]] {
-    traced = TracedCall{h.interfaceId, h.methodId, id, kind == FrameKind::kOneWay, msg.trace()};
+    traced = TracedCall{interfaceId, methodId, id, kind == FrameKind::kOneWay, msg.trace()};
     tracer_->onClientCallBegin(traced);
     msg.setTrace(traced.trace);
   }
-  const uint64_t start = method || tracing ? ticks::now() : 0;
-  if (method) method->countCall(bytes);
+  const bool counted = metrics_ && isCall;
+  const uint64_t start = counted || tracing ? ticks::now() : 0;
   if (connection_->send(msg) != Status::kOk) {
-    if (method) method->countError(ErrorKind::kDisconnected);
+    if (counted) {
+      MethodMetrics& m = metrics_->method(interfaceId, methodId);
+      m.countCall(0);
+      m.countError(ErrorKind::kDisconnected);
+    }
     if (tracing)
       tracer_->onClientCallEnd(traced, {false, ErrorKind::kDisconnected, sinceTicks(start)});
     failAll(ErrorKind::kDisconnected, connection_->lastError());
     throw Disconnected("channel to " + connection_->endpoint() + " lost: " + disconnectReason_);
+  }
+  if (queuedCancels_) sendQueuedCancels();
+  // The request is on its way: what follows overlaps with the round trip. (The segment
+  // sizes come from the builder's own bookkeeping, not from transport memory.)
+  MethodMetrics* method = nullptr;
+  if (counted) {
+    method = &metrics_->method(interfaceId, methodId);
+    method->countCall(payloadBytes(msg));
   }
   if (slot) {
     slot->callId = id;
@@ -244,7 +275,9 @@ bool Channel::handle(IncomingMessage& msg) {
 
 size_t Channel::expire(Clock::time_point now) {
   size_t n = 0;
-  Deadline nearest = kNoDeadline;
+  // Callbacks run below may start calls (send() lowers nearestDeadline_ for them), in
+  // slots this scan has passed: recompute into the member, never over it.
+  nearestDeadline_ = kNoDeadline;
   for (uint64_t i = 0; i <= mask_; ++i) {
     Slot& s = slots_[i];
     if (s.state != SlotState::kPending) continue;
@@ -255,10 +288,10 @@ size_t Channel::expire(Clock::time_point now) {
                                connection_->endpoint() + " passed its deadline"));
       ++n;
     } else {
-      nearest = std::min(nearest, s.deadline);
+      nearestDeadline_ = std::min(nearestDeadline_, s.deadline);
     }
   }
-  nearestDeadline_ = outstanding_ ? nearest : kNoDeadline;
+  if (!outstanding_) nearestDeadline_ = kNoDeadline;
   return n;
 }
 
@@ -276,15 +309,34 @@ void Channel::failAll(ErrorKind kind, const std::string& why) {
   }
 }
 
-void Channel::sendCancel(uint64_t callId) {
+void Channel::sendCancel(uint64_t callId) noexcept {
   if (disconnected_) return;
-  OutgoingMessage m;
-  if (connection_->tryStartMessage(m, 1) != Status::kOk) return;  // best effort
-  FrameHeader& h = m.header();
-  h.kind = static_cast<uint8_t>(FrameKind::kCancel);
-  h.callId = callId;
-  m.initRoot<capnp::AnyPointer>();
-  (void)connection_->send(m);
+  if (requestOpen_) {
+    // The user is building a request on this connection (one open message at a time):
+    // tell the server after that request goes. Best effort, like every cancel.
+    if (queuedCancels_ < cancelQueue_.size()) cancelQueue_[queuedCancels_++] = callId;
+    return;
+  }
+  try {
+    OutgoingMessage m;
+    if (connection_->tryStartMessage(m, 1) != Status::kOk) return;  // best effort
+    FrameHeader& h = m.header();
+    h.kind = static_cast<uint8_t>(FrameKind::kCancel);
+    h.callId = callId;
+    m.initRoot<capnp::AnyPointer>();
+    (void)connection_->send(m);
+  } catch (...) {
+    // A cancel that cannot be sent only costs the server some work.
+  }
+}
+
+void Channel::sendQueuedCancels() noexcept {
+  size_t n = std::exchange(queuedCancels_, 0);
+  for (size_t i = 0; i < n; ++i) sendCancel(cancelQueue_[i]);
+}
+
+void Channel::requestAbandoned() noexcept {
+  requestOpen_ = false;
 }
 
 CallResult Channel::takeResult(uint64_t callId) {

@@ -65,6 +65,7 @@ struct DeferredState {
   bool oneWay = false;
   std::atomic<bool> cancelled{false};
   std::atomic<bool> answered{false};
+  std::atomic<bool> answeredByServer{false};  // shutdown failed it on the handler's behalf
   TraceContext trace;  // what the request carried
   CallMark mark;       // worker thread only
   IncomingMessage request;  // declared after `owner`: released before the connection can go
@@ -75,9 +76,10 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
  public:
   ServerConnection(const std::unordered_map<uint64_t, Service*>& services,
                    std::unique_ptr<Connection> connection, int workerWake,
-                   std::shared_ptr<ConnectionMetrics> metrics, Tracer* tracer)
+                   std::shared_ptr<ConnectionMetrics> metrics, Tracer* tracer,
+                   size_t maxDeferred)
       : services_(services), connection_(std::move(connection)), workerWake_(workerWake),
-        metrics_(std::move(metrics)), tracer_(tracer) {}
+        metrics_(std::move(metrics)), tracer_(tracer), maxDeferred_(maxDeferred) {}
 
   Connection& connection() noexcept { return *connection_; }
   const std::shared_ptr<ConnectionMetrics>& metrics() const noexcept { return metrics_; }
@@ -112,6 +114,9 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
     processMail();
     for (auto& [id, weak] : deferred_) {
       if (auto state = weak.lock(); state && !state->answered.exchange(true)) {
+        // The handler's own later answer is then accepted and dropped quietly.
+        state->answeredByServer.store(true, std::memory_order_release);
+        state->cancelled.store(true, std::memory_order_release);
         endCall(state->mark, false, ErrorKind::kDisconnected, 0);
         if (!state->oneWay) sendError(id, ErrorKind::kDisconnected, 0, why);
       }
@@ -149,6 +154,9 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   }
 
   std::shared_ptr<DeferredState> defer(CallContext& ctx) {
+    if (deferred_.size() >= maxDeferred_)
+      throw Overloaded("server connection " + connection_->endpoint() + " already has " +
+                       std::to_string(maxDeferred_) + " deferred calls");
     auto state = std::make_shared<DeferredState>();
     state->owner = shared_from_this();
     state->callId = ctx.callId();
@@ -237,10 +245,12 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         out.getRoot<capnp::AnyPointer>();  // an untouched response is an empty message
         out.header().kind = static_cast<uint8_t>(FrameKind::kResponse);
         out.header().callId = callId;
-        // Counted before it is sent: a caller holding the answer finds it counted.
-        endCall(current_, true, ErrorKind::kFailed, current_.method ? payloadBytes(out) : 0);
         msg.release();  // the request's space can go before the response is published
-        (void)connection_->send(out, false);
+        const Status sent = connection_->send(out, false);
+        // Counted once sent, overlapping with the caller's receipt. (The sizes come from
+        // the builder's bookkeeping, not from transport memory.)
+        endCall(current_, true, ErrorKind::kFailed,
+                current_.method && sent == Status::kOk ? payloadBytes(out) : 0);
         return;
       }
     } catch (const ApplicationError& e) {
@@ -254,11 +264,12 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
       kind = ErrorKind::kApplication, why = e.what();
     }
     if (ctx.deferred_) return;  // a deferred call answers itself
+    if (!oneWay && !disconnected_) {
+      ctx.response_.reset();  // give back a half-built response first
+      msg.release();
+      sendError(callId, kind, code, why);
+    }
     endCall(current_, false, kind, 0);
-    if (oneWay || disconnected_) return;
-    ctx.response_.reset();  // give back a half-built response first
-    msg.release();
-    sendError(callId, kind, code, why);
   }
 
   /// Charges the call's counters and tells the tracer. Worker thread.
@@ -311,8 +322,8 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         continue;
       }
       if (!c.fill) {
-        endCall(mark, false, c.kind, 0);
         sendError(c.state->callId, c.kind, c.code, c.message);
+        endCall(mark, false, c.kind, 0);
         continue;
       }
       std::optional<OutgoingMessage> out;
@@ -325,8 +336,9 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         out->getRoot<capnp::AnyPointer>();
         out->header().kind = static_cast<uint8_t>(FrameKind::kResponse);
         out->header().callId = c.state->callId;
-        endCall(mark, true, ErrorKind::kFailed, mark.method ? payloadBytes(*out) : 0);
-        (void)connection_->send(*out, false);
+        const Status sent = connection_->send(*out, false);
+        endCall(mark, true, ErrorKind::kFailed,
+                mark.method && sent == Status::kOk ? payloadBytes(*out) : 0);
         continue;
       } catch (const ApplicationError& e) {
         code = e.code(), why = e.what();
@@ -338,8 +350,8 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         why = e.getDescription().cStr();
       }
       out.reset();
-      endCall(mark, false, kind, 0);
       if (!disconnected_) sendError(c.state->callId, kind, code, why);
+      endCall(mark, false, kind, 0);
     }
     return mail.size();
   }
@@ -355,6 +367,7 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   std::atomic<bool> hasMail_{false};
   std::shared_ptr<ConnectionMetrics> metrics_;  // null: metrics off
   Tracer* tracer_;
+  size_t maxDeferred_;
   CallMark current_;  // the call being dispatched
 };
 
@@ -417,8 +430,14 @@ bool DeferredReply::isCancelled() const noexcept {
 }
 
 void DeferredReply::complete(std::function<void(OutgoingMessage&)> fill) {
-  if (!state_ || state_->answered.exchange(true))
-    throw InvalidArgument("DeferredReply answered twice or empty");
+  if (!state_) throw InvalidArgument("DeferredReply is empty");
+  if (state_->answered.exchange(true)) {
+    if (state_->answeredByServer.load(std::memory_order_acquire)) {
+      state_.reset();  // the server already failed it (shutdown): nothing more to say
+      return;
+    }
+    throw InvalidArgument("DeferredReply answered twice");
+  }
   if (!fill) fill = [](OutgoingMessage&) {};
   auto owner = state_->owner;
   owner->post(Completion{std::move(state_), std::move(fill), ErrorKind::kFailed, 0, {}});
@@ -475,7 +494,8 @@ class Worker final {
     for (auto& c : inbox_) {
       auto metrics = options_.metrics ? registry_.open(c->endpoint(), MetricsSide::kServer) : nullptr;
       connections_.push_back(std::make_shared<ServerConnection>(
-          services_, std::move(c), wake_.get(), std::move(metrics), options_.tracer));
+          services_, std::move(c), wake_.get(), std::move(metrics), options_.tracer,
+          options_.maxDeferredPerConnection));
     }
     inbox_.clear();
     hasInbox_.store(false, std::memory_order_relaxed);

@@ -752,6 +752,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   }
   std::string endpoint() const override { return what_; }
   uint64_t maxMessageBytes() const noexcept override { return maxMessage_; }
+  uint32_t maxLeases() const noexcept override { return options_.maxLeases; }
 
  private:
   struct OpenFrame {

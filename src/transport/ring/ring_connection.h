@@ -72,6 +72,7 @@ class RingConnection final : public Connection, private SegmentSource, private L
   std::string lastError() const override;
   std::string endpoint() const override { return link_->describe(); }
   uint64_t maxMessageBytes() const noexcept override { return maxMessage_; }
+  uint32_t maxLeases() const noexcept override { return options_.maxLeases; }
 
  private:
   // SegmentSource

@@ -429,6 +429,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   }
   std::string endpoint() const override { return what_; }
   uint64_t maxMessageBytes() const noexcept override { return maxMessage_; }
+  uint32_t maxLeases() const noexcept override { return options_.maxLeases; }
 
  private:
   struct OpenFrame {
