@@ -55,6 +55,7 @@ struct Options {
   std::vector<std::string> waitModes;
   uint32_t batch = 32;
   uint32_t window = 32;
+  bool uncappedWindow = false;
   bool noMetrics = false;
   std::string json;
   std::string csv;
@@ -163,6 +164,7 @@ int run(const Options& o) {
     r.seconds = o.seconds;
     r.reps = o.reps;
     r.window = o.window;
+    r.uncappedWindow = o.uncappedWindow;
     r.metrics = !o.noMetrics;
     r.quick = o.quick;
     results.rpc = runRpc(r);
@@ -229,6 +231,9 @@ int main(int argc, char** argv) {
   app.add_option("--window", o.window, "Outstanding calls of rpc mode's pipelined throughput")
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();
+  app.add_flag("--uncapped-window", o.uncappedWindow,
+               "rpc mode: keep --window even where the calls in flight exceed the ring, which "
+               "deadlocks until the calls' deadline (reproduces that zcrpc bug)");
   app.add_flag("--no-metrics", o.noMetrics,
                "rpc mode: turn zcrpc's per-call metrics off on client and server (default on)");
   app.add_option("--json", o.json, "Also write all figures, every repetition, as JSON to FILE");

@@ -345,6 +345,7 @@ class RpcDriver final {
   /// deadlocks until the calls' deadline: the Channel waits for send space without reading
   /// responses while the server waits for response space (see rpc_mode.h).
   uint32_t pipelineWindow(Transport t, size_t size) const {
+    if (o_.uncappedWindow) return o_.window;
     const ConnectionOptions defaults;     // the server's sizes: the peer listens with defaults
     const uint64_t message = size + 128;  // payload, capnp pointers, frame and record headers
     const uint64_t room = t == Transport::kShm && message > defaults.ringBytes / 4

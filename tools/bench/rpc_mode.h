@@ -53,7 +53,9 @@ struct RpcOptions {
   double seconds = 0.5;  ///< per measured cell
   unsigned reps = 3;
   uint32_t window = 32;  ///< pipelined calls outstanding
-  bool metrics = true;   ///< zcrpc's per-call metrics on client and server (the default)
+  /// Use `window` as given, even where it deadlocks (see above): reproduces the bug.
+  bool uncappedWindow = false;
+  bool metrics = true;  ///< zcrpc's per-call metrics on client and server (the default)
   bool quick = false;
   /// Spin phase of spin-then-sleep, for zcrpc and the references alike.
   std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);
