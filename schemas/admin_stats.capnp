@@ -28,7 +28,7 @@ struct Bucket {
 }
 
 struct Latency {
-  # Server: from dispatch until the answer is ready to send (a deferred call: completed).
+  # Server: from dispatch until the answer was sent (a deferred call: completed).
   count @0 :UInt64;
   minNs @1 :Float64;
   meanNs @2 :Float64;

@@ -138,9 +138,9 @@ struct MethodSnapshot {
   uint64_t requestBytes = 0;   ///< Cap'n Proto payload bytes (segments), frames not counted
   uint64_t responseBytes = 0;
   /// Client: round trip from send to the call's end. Server: from dispatch until the
-  /// answer is ready to be handed to the transport (a deferred call: its completion).
-  /// The server counts a call before sending its answer, so a caller holding the answer
-  /// finds it counted.
+  /// answer was handed to the transport (a deferred call: its completion). Both sides
+  /// charge a call after sending, off the round trip's critical path, so the server's
+  /// counters may trail what a caller has already received by a moment.
   LatencySnapshot latency;
 
   uint64_t errorCount() const noexcept;

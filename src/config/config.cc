@@ -395,13 +395,23 @@ std::vector<Config::Effective> Config::effective() const {
 }
 
 std::string Config::reference() {
+  // A Markdown table: '|' inside a cell is escaped, an empty default is shown as "".
+  auto cell = [](std::string_view text) {
+    std::string out;
+    for (char c : text) {
+      if (c == '|') out += '\\';
+      out += c;
+    }
+    return out;
+  };
   std::string out =
       "| setting | type | default | environment | meaning |\n|---|---|---|---|---|\n";
   for (const auto& s : kSettings) {
-    out += "| `" + std::string(s.name) + "` | " + std::string(typeName(s.type)) +
-           (s.type == SettingType::kEnum ? " (" + std::string(s.choices) + ")" : "") + " | `" +
-           std::string(s.defaultValue) + "` | `" + std::string(s.env) + "` | " +
-           std::string(s.help) + " |\n";
+    std::string type(typeName(s.type));
+    if (s.type == SettingType::kEnum) type += " (" + cell(s.choices) + ")";
+    std::string def = s.defaultValue.empty() ? std::string("\"\"") : "`" + cell(s.defaultValue) + "`";
+    out += "| `" + std::string(s.name) + "` | " + type + " | " + def + " | `" +
+           std::string(s.env) + "` | " + cell(s.help) + " |\n";
   }
   return out;
 }

@@ -153,7 +153,12 @@ TEST(ConfigReference, ListsEverySettingWithTypeDefaultAndVariable) {
     EXPECT_THAT(ref, HasSubstr(std::string(1, '`').append(s.env).append(1, '`')));
     EXPECT_THAT(ref, HasSubstr(std::string(s.help)));
   }
-  EXPECT_THAT(ref, HasSubstr("busy-poll|spin-then-sleep|blocking"));
+  // A Markdown table: pipes in cells escaped, empty defaults visible, one row per setting.
+  EXPECT_THAT(ref, HasSubstr("choice (busy-poll\\|spin-then-sleep\\|blocking)"));
+  EXPECT_THAT(ref, HasSubstr("| `token` | string | \"\" | `ZCRPC_TOKEN` |"));
+  size_t rows = 0;
+  for (size_t at = ref.find("\n| `"); at != std::string::npos; at = ref.find("\n| `", at + 1)) ++rows;
+  EXPECT_EQ(rows, settingsTable().size());
 }
 
 // ---------------------------------------------------------------------------------------

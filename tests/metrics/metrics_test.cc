@@ -281,8 +281,13 @@ TEST(ChannelMetrics, CountsAreExactUnderConcurrentCalls) {
     EXPECT_EQ(x.errorsOf(ErrorKind::kApplication), fails);
     clientRequestBytes += e.requestBytes + x.requestBytes;
   }
-  // Every answer was counted before it was sent, so the totals are exact already.
-  ServerStats stats = f.server().stats();
+  // The server charges a call just after sending its answer: wait for the last ones.
+  ServerStats stats;
+  ASSERT_TRUE(eventually([&] {
+    stats = f.server().stats();
+    return methodOf(stats.methods, kEchoIface, kEcho).latency.count() == kThreads * echoes &&
+           methodOf(stats.methods, kEchoIface, kFail).errorCount() == kThreads * fails;
+  }));
   ASSERT_EQ(stats.connections.size(), static_cast<size_t>(kThreads));
   for (const auto& c : stats.connections) {
     EXPECT_EQ(c.totals().calls, static_cast<uint64_t>(kCalls)) << c.endpoint;

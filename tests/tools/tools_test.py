@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """zcrpc-info, zcrpc-ping and zcrpc-stat run end to end against a real server process.
 
-Usage: tools_test.py SERVER INFO PING STAT   (paths of zcrpc-test-server and the tools)
+Usage: tools_test.py SERVER INFO PING STAT OPERATIONS_MD
+       (paths of zcrpc-test-server, the tools, and docs/operations.md)
 
 Starts zcrpc-test-server on shm and tcp (and one without the stats endpoint), drives
 traffic with its --client mode, runs each tool and checks what it prints. Every server is
@@ -17,7 +18,7 @@ import tempfile
 import time
 import unittest
 
-SERVER, INFO, PING, STAT = sys.argv[1:5]
+SERVER, INFO, PING, STAT, OPERATIONS_MD = sys.argv[1:6]
 ECHO_IFACE = "0xcfcd81b639a97e98"
 TIMEOUT = 30
 
@@ -90,6 +91,15 @@ class ToolsTest(unittest.TestCase):
         for name, env in [("ring_bytes", "ZCRPC_RING_BYTES"), ("wait_mode", "ZCRPC_WAIT_MODE"),
                           ("transports", "ZCRPC_TRANSPORTS"), ("rdma_gid_index", "ZCRPC_RDMA_GID_INDEX")]:
             self.assertRegex(r.stdout, r"\| `%s` \|.*\| `%s` \|" % (name, env))
+
+    def test_docs_carry_the_current_settings_reference(self):
+        r = run([INFO, "--settings"])
+        with open(OPERATIONS_MD) as f:
+            doc = f.read()
+        m = re.search(r"<!-- settings-reference:begin -->\n(.*)<!-- settings-reference:end -->", doc, re.S)
+        self.assertIsNotNone(m, "no settings reference markers in docs/operations.md")
+        self.assertEqual(m.group(1), r.stdout,
+                         "docs/operations.md is out of date: paste `zcrpc-info --settings` between the markers")
 
     def test_info_effective_settings_name_their_source(self):
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -197,15 +207,22 @@ class ToolsTest(unittest.TestCase):
             self.client(s.endpoints[0], 10, 0)
 
             # The server notices the clients' connections closing within a liveness period.
+            # Every zcrpc-stat run is a connection too: once all is seen, only the asking
+            # one is open and every other one (two clients, earlier stat runs) is closed.
+            conns = re.compile(r"connections (\d+) open, (\d+) opened, (\d+) closed")
             deadline = time.time() + 5
             while True:
                 r = run([STAT, "--once", s.endpoints[0]])
                 self.assertEqual(r.returncode, 0, r.stderr)
-                if "2 closed" in r.stdout or time.time() > deadline:
+                m = conns.search(r.stdout)
+                self.assertIsNotNone(m, r.stdout)
+                settled = int(m.group(1)) == 1 and int(m.group(3)) == int(m.group(2)) - 1
+                if settled or time.time() > deadline:
                     break
                 time.sleep(0.05)
             self.assertRegex(r.stdout, r"server pid %d on %s" % (s.proc.pid, re.escape(s.endpoints[0])))
-            self.assertRegex(r.stdout, r"connections 1 open, \d+ opened, 2 closed")
+            self.assertTrue(settled, r.stdout)
+            self.assertGreaterEqual(int(m.group(2)), 3, r.stdout)  # two clients and this run
             self.assertRegex(r.stdout, r"METHOD\s+CALLS\s+CALLS/S\s+ERRORS")
             self.assertRegex(r.stdout, r"%s\.0\s+50\s+-\s+0\s" % ECHO_IFACE)
             self.assertRegex(r.stdout, r"%s\.4\s+3\s+-\s+3\s.*Application:3" % ECHO_IFACE)
