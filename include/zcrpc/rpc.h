@@ -252,6 +252,8 @@ class Channel final {
   };
 
   void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
+  /// Waits for send room while taking the responses that arrive (see channel.cc).
+  Status waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
   uint64_t send(OutgoingMessage& msg, FrameKind kind, Deadline deadline, CallCallback callback);
   void finish(Slot& slot, CallResult&& result);
   void noteEnd(Slot& slot, CallResult& result) noexcept;

@@ -135,7 +135,8 @@ void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadlin
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
-  Status s = connection_->startMessage(msg, sizeHintWords, deadline);
+  Status s = connection_->tryStartMessage(msg, sizeHintWords);
+  if (s == Status::kWouldBlock) s = waitForSendRoom(msg, sizeHintWords, deadline);
   if (s == Status::kOk) {
     requestOpen_ = true;
     return;
@@ -145,6 +146,48 @@ void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadlin
                      " stayed full until the call's deadline");
   failAll(ErrorKind::kDisconnected, connection_->lastError());
   throw Disconnected("channel to " + connection_->endpoint() + " lost: " + disconnectReason_);
+}
+
+Status Channel::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline) {
+  // The send ring (or socket) is full. Waiting for room without reading responses would
+  // deadlock against a server that waits for room for those responses while our unread
+  // ones fill its ring: so, while calls are outstanding, alternate between taking the
+  // responses that arrived and short waits for room, the slices growing from 20 us to
+  // 1 ms so that a long stall does not spin.
+  auto slice = std::chrono::microseconds(20);
+  for (;;) {
+    if (!outstanding_) return connection_->startMessage(msg, sizeHintWords, deadline);
+    IncomingMessage in;
+    bool received = false;
+    for (int i = 0; i < 256; ++i) {
+      Status r = connection_->tryReceive(in);
+      if (r != Status::kOk) {
+        if (r == Status::kDisconnected) return Status::kDisconnected;
+        break;
+      }
+      handle(in);
+      in.release();
+      received = true;
+    }
+    const auto now = Clock::now();
+    if (outstanding_ && now >= nearestDeadline_) expire(now);
+    Status s = connection_->tryStartMessage(msg, sizeHintWords);
+    if (s != Status::kWouldBlock) return s;
+    if (now >= deadline) return Status::kTimedOut;
+    if (received) continue;
+    const Deadline until = std::min({deadline, nearestDeadline_, now + slice});
+    s = connection_->startMessage(msg, sizeHintWords, until);
+    if (s != Status::kTimedOut) return s;
+    if (!outstanding_) continue;
+    Status r = connection_->receive(in, std::min(deadline, Clock::now() + slice));
+    if (r == Status::kOk) {
+      handle(in);
+      in.release();
+    } else if (r == Status::kDisconnected) {
+      return Status::kDisconnected;
+    }
+    slice = std::min<std::chrono::microseconds>(slice * 2, std::chrono::milliseconds(1));
+  }
 }
 
 uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,

@@ -149,6 +149,86 @@ TEST_P(Conformance, RpcLargeRequestAndResponse) {
   EXPECT_TRUE(checkPayload(r, 7u << 20, 7u << 20));
 }
 
+// A full window of calls whose requests and responses together far exceed both rings:
+// the client must take responses while it waits for send room, or it waits for room the
+// server cannot free (the server waits for response room the client does not free).
+TEST_P(Conformance, RpcPipelinedBeyondTheRingsDoesNotDeadlock) {
+  auto o = options();
+  o.ringBytes = 64u << 10;
+  ChannelOptions co;
+  co.window = 64;
+  RpcSetup rpc(*this, o, {}, co);
+  Channel& ch = *rpc.channel;
+  constexpr uint64_t kCalls = 1500, kPayload = 12u << 10;  // 64 x 12 KiB >> 64 KiB each way
+  uint64_t done = 0, failed = 0;
+  std::string firstError;
+  const auto until = Clock::now() + 30s;  // a bound only: it takes well under a second
+  uint64_t issued = 0;
+  try {
+    while (done < kCalls && Clock::now() < until) {
+      while (issued < kCalls && ch.outstanding() < co.window) {
+        auto req = ch.newRequest(kEchoInterface, kEcho, payloadWords(kPayload));
+        req.setTimeout(4s);
+        buildPayload(req.message(), issued, kPayload);
+        const uint64_t seq = issued++;
+        req.callAsync([&, seq](CallResult&& r) {
+          ++done;
+          if (r.ok() && checkPayload(r.response(), seq, kPayload)) return;
+          if (failed++ == 0) firstError = r.ok() ? "wrong payload" : r.errorMessage();
+        });
+      }
+      ch.pollUntil(deadlineAfter(100ms));
+    }
+  } catch (const Error& e) {
+    FAIL() << "after " << done << " calls: " << e.what();
+  }
+  EXPECT_EQ(done, kCalls);
+  EXPECT_EQ(failed, 0u) << firstError;
+  EXPECT_EQ(ch.outstanding(), 0u);
+}
+
+// A client that sends calls and then stops reading the answers must not stall the
+// server's other clients (one worker serves both), and its closing must free the server.
+TEST_P(Conformance, RpcClientThatStopsReadingDoesNotStallOthers) {
+  auto o = options();
+  o.ringBytes = 64u << 10;
+  RpcSetup rpc(*this, o);
+  auto stalled = transport().makePair(o);
+  rpc.server.addConnection(std::move(stalled.server));
+  Connection& raw = *stalled.client;
+  // Requests whose answers (12 KiB each) overfill the 64 KiB answer ring many times.
+  constexpr uint64_t kRequests = 20, kPayload = 12u << 10;
+  for (uint64_t i = 0; i < kRequests; ++i) {
+    OutgoingMessage m;
+    ASSERT_EQ(raw.startMessage(m, payloadWords(kPayload), deadlineAfter(5s)), Status::kOk);
+    buildPayload(m, i, kPayload);
+    FrameHeader& h = m.header();
+    h.kind = static_cast<uint8_t>(FrameKind::kRequest);
+    h.interfaceId = kEchoInterface;
+    h.methodId = kEcho;
+    h.callId = i + 1;
+    ASSERT_EQ(raw.send(m), Status::kOk);
+  }
+  std::this_thread::sleep_for(50ms);  // the server has filled the stalled client's ring
+  auto start = Clock::now();
+  for (uint64_t i = 0; i < 20; ++i) ASSERT_TRUE(echoCall(*rpc.channel, i, 100, 3s));
+  EXPECT_LT(msSince(start), 1000.0) << "a stalled client held up another one";
+  // The stalled client reads what was answered, in order, and every answer is intact.
+  uint64_t answered = 0;
+  IncomingMessage in;
+  while (raw.receive(in, deadlineAfter(2s)) == Status::kOk) {
+    EXPECT_EQ(in.header().callId, answered + 1);
+    EXPECT_TRUE(checkPayload(in, answered, kPayload));
+    in.release();
+    if (++answered == kRequests) break;
+  }
+  EXPECT_EQ(answered, kRequests);
+  stalled.client->close();
+  start = Clock::now();
+  ASSERT_TRUE(echoCall(*rpc.channel, 99, 100, 3s));
+  EXPECT_LT(msSince(start), 1000.0);
+}
+
 TEST_P(Conformance, RpcThroughAListenerFromSeveralThreads) {
   if (!hasListener()) GTEST_SKIP() << transport().name << " has no listener (pairs only)";
   auto o = options();
