@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 
+#include <capnp/serialize.h>
 #include <kj/exception.h>
 
 #include "metrics/stats_service.h"
@@ -19,8 +21,8 @@ namespace zcrpc {
 
 namespace {
 constexpr uint32_t kDefaultResponseWords = 64;
-constexpr auto kResponseSpaceWait = std::chrono::seconds(5);
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
+constexpr auto kCongestedSlice = std::chrono::milliseconds(1);
 constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
 
 inline void cpuRelax() noexcept {
@@ -41,6 +43,54 @@ uint64_t payloadBytes(OutgoingMessage& msg) {
   for (auto segment : msg.segmentsForSend()) words += segment.size();
   return words * sizeof(capnp::word);
 }
+
+/// Heap memory for an answer built while its connection had no room for it (the client
+/// is not reading its answers): the handler fills it exactly as it would transport
+/// memory; it then waits, flattened, in the connection's backlog. One answer at a time.
+class SpillSource final : public SegmentSource {
+ public:
+  void open(OutgoingMessage& msg, uint32_t words, uint64_t maxMessageBytes) {
+    chunks_.clear();
+    header_ = FrameHeader{};
+    allocated_ = 0;
+    max_ = maxMessageBytes;
+    open_ = &msg;
+    msg.open(*this, header_, take(words));
+  }
+  bool holds(const OutgoingMessage& msg) const noexcept { return open_ == &msg; }
+  /// The answer went to the backlog: its memory stays until the next open or reset.
+  void sent() noexcept { open_ = nullptr; }
+  void reset() noexcept {
+    chunks_.clear();
+    open_ = nullptr;
+  }
+
+  kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) override {
+    return take(std::max<uint64_t>(minWords, allocated_ / 8));
+  }
+  void abandon() noexcept override { reset(); }
+
+ private:
+  kj::ArrayPtr<capnp::word> take(uint64_t words) {
+    if ((allocated_ + words) * 8 > max_) {
+      if ((allocated_ + 1) * 8 > max_ || words == 0)
+        throw InvalidArgument("answer exceeds the maximum message size " + std::to_string(max_));
+      words = max_ / 8 - allocated_;
+    }
+    auto chunk = kj::heapArray<capnp::word>(words);
+    std::memset(chunk.begin(), 0, words * sizeof(capnp::word));
+    allocated_ += words;
+    auto out = chunk.asPtr();
+    chunks_.push_back(std::move(chunk));
+    return out;
+  }
+
+  FrameHeader header_{};
+  std::vector<kj::Array<capnp::word>> chunks_;
+  uint64_t allocated_ = 0;
+  uint64_t max_ = 0;
+  const OutgoingMessage* open_ = nullptr;
+};
 
 /// What a call in progress must report when it ends (metrics and tracer).
 struct CallMark {
@@ -84,13 +134,21 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   Connection& connection() noexcept { return *connection_; }
   const std::shared_ptr<ConnectionMetrics>& metrics() const noexcept { return metrics_; }
   bool disconnected() const noexcept { return disconnected_; }
-  bool idle() const noexcept { return deferred_.empty(); }
+  /// No deferred call open and no answer waiting for room.
+  bool idle() const noexcept { return deferred_.empty() && backlog_.empty(); }
+  /// Answers wait for room (the client is not reading them): poll, do not sleep on it.
+  bool congested() const noexcept { return !backlog_.empty() && !disconnected_; }
   bool hasMail() const noexcept { return hasMail_.load(std::memory_order_acquire); }
 
   /// Handles up to `batch` received frames and every posted completion. Worker thread.
   size_t pump(size_t batch, bool rejecting) {
     size_t n = hasMail() ? processMail() : 0;
-    for (size_t i = 0; i < batch && !disconnected_; ++i) {
+    if (!backlog_.empty()) n += drainBacklog();
+    // While answers wait for room, take no new requests: they stay in the client's ring,
+    // so a client that does not read its answers is held back by its own ring filling up,
+    // and the worker goes on serving its other connections.
+    const size_t take = backlog_.empty() ? batch : 0;
+    for (size_t i = 0; i < take && !disconnected_; ++i) {
       IncomingMessage msg;
       Status s = connection_->tryReceive(msg);
       if (s == Status::kOk) {
@@ -140,17 +198,64 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
 
   OutgoingMessage& startResponse(std::optional<OutgoingMessage>& slot, uint32_t hint) {
     if (slot) return *slot;
-    slot.emplace();
-    Status s = connection_->startMessage(*slot, hint ? hint : kDefaultResponseWords,
-                                         deadlineAfter(kResponseSpaceWait));
-    if (s != Status::kOk) {
-      slot.reset();
-      if (s == Status::kTimedOut)
-        throw Overloaded("response ring of " + connection_->endpoint() + " stayed full");
-      disconnected_ = true;
-      throw Disconnected("connection " + connection_->endpoint() + " lost");
-    }
+    openAnswer(slot, hint ? hint : kDefaultResponseWords);
     return *slot;
+  }
+
+  /// Opens an answer without ever waiting: in transport memory when there is room now
+  /// (and no older answer waits), else in the spill memory, to wait in the backlog.
+  /// Throws Disconnected when the connection is gone.
+  void openAnswer(std::optional<OutgoingMessage>& slot, uint32_t words) {
+    slot.emplace();
+    if (backlog_.empty()) {
+      Status s = connection_->tryStartMessage(*slot, words);
+      if (s == Status::kOk) return;
+      if (s == Status::kDisconnected) {
+        slot.reset();
+        disconnected_ = true;
+        throw Disconnected("connection " + connection_->endpoint() + " lost");
+      }
+    }
+    spill_.open(*slot, words, connection_->maxMessageBytes());
+  }
+
+  /// Sends an answer opened by openAnswer, or puts it in the backlog.
+  Status sendAnswer(OutgoingMessage& out) {
+    if (!spill_.holds(out)) return connection_->send(out, false);
+    const FrameHeader& h = out.header();
+    backlog_.push_back({h.kind, h.callId, capnp::messageToFlatArray(out.segmentsForSend())});
+    out.markSent();
+    spill_.sent();
+    return Status::kOk;
+  }
+
+  /// Moves waiting answers, oldest first, into transport memory as room appears (a copy:
+  /// only answers that found no room pay it). Worker thread.
+  size_t drainBacklog() {
+    size_t n = 0;
+    while (!backlog_.empty() && !disconnected_) {
+      Backlogged& b = backlog_.front();
+      OutgoingMessage out;
+      Status s = connection_->tryStartMessage(out, static_cast<uint32_t>(b.flat.size()));
+      if (s == Status::kWouldBlock) break;
+      if (s != Status::kOk) {
+        disconnected_ = true;
+        break;
+      }
+      capnp::ReaderOptions options;
+      options.traversalLimitInWords = kj::maxValue;  // our own handler's answer
+      options.nestingLimit = 1024;
+      capnp::FlatArrayMessageReader reader(b.flat, options);
+      out.getRoot<capnp::AnyPointer>().set(reader.getRoot<capnp::AnyPointer>());
+      out.header().kind = b.kind;
+      out.header().callId = b.callId;
+      (void)connection_->send(out, false);
+      backlog_.pop_front();
+      ++n;
+    }
+    if (disconnected_) backlog_.clear();
+    if (backlog_.empty()) spill_.reset();
+    return n;
   }
 
   std::shared_ptr<DeferredState> defer(CallContext& ctx) {
@@ -191,13 +296,16 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
       case FrameKind::kPing: {
         uint64_t id = h.callId;
         msg.release();
-        OutgoingMessage out;
-        if (connection_->startMessage(out, 1, deadlineAfter(kResponseSpaceWait)) != Status::kOk)
+        std::optional<OutgoingMessage> out;
+        try {
+          openAnswer(out, 1);
+        } catch (const Disconnected&) {
           return;
-        out.header().kind = static_cast<uint8_t>(FrameKind::kPong);
-        out.header().callId = id;
-        out.initRoot<capnp::AnyPointer>();
-        (void)connection_->send(out, false);
+        }
+        out->header().kind = static_cast<uint8_t>(FrameKind::kPong);
+        out->header().callId = id;
+        out->initRoot<capnp::AnyPointer>();
+        (void)sendAnswer(*out);
         return;
       }
       default:
@@ -246,7 +354,7 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         out.header().kind = static_cast<uint8_t>(FrameKind::kResponse);
         out.header().callId = callId;
         msg.release();  // the request's space can go before the response is published
-        const Status sent = connection_->send(out, false);
+        const Status sent = sendAnswer(out);
         // Counted once sent, overlapping with the caller's receipt. (The sizes come from
         // the builder's bookkeeping, not from transport memory.)
         endCall(current_, true, ErrorKind::kFailed,
@@ -292,14 +400,17 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   }
 
   void sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why) {
-    OutgoingMessage out;
-    if (connection_->startMessage(out, 16 + static_cast<uint32_t>(std::min<size_t>(why.size(), 4000) / 8),
-                                  deadlineAfter(kResponseSpaceWait)) != Status::kOk)
+    if (disconnected_) return;
+    std::optional<OutgoingMessage> out;
+    try {
+      openAnswer(out, 16 + static_cast<uint32_t>(std::min<size_t>(why.size(), 4000) / 8));
+    } catch (const Disconnected&) {
       return;
-    writeError(out, kind, code, why);
-    out.header().kind = static_cast<uint8_t>(FrameKind::kError);
-    out.header().callId = callId;
-    (void)connection_->send(out, false);
+    }
+    writeError(*out, kind, code, why);
+    out->header().kind = static_cast<uint8_t>(FrameKind::kError);
+    out->header().callId = callId;
+    (void)sendAnswer(*out);
   }
 
   size_t processMail() {
@@ -336,7 +447,7 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         out->getRoot<capnp::AnyPointer>();
         out->header().kind = static_cast<uint8_t>(FrameKind::kResponse);
         out->header().callId = c.state->callId;
-        const Status sent = connection_->send(*out, false);
+        const Status sent = sendAnswer(*out);
         endCall(mark, true, ErrorKind::kFailed,
                 mark.method && sent == Status::kOk ? payloadBytes(*out) : 0);
         continue;
@@ -369,6 +480,15 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   Tracer* tracer_;
   size_t maxDeferred_;
   CallMark current_;  // the call being dispatched
+
+  /// An answer that found no room: flattened, waiting for room in arrival order.
+  struct Backlogged {
+    uint8_t kind;
+    uint64_t callId;
+    kj::Array<capnp::word> flat;  // capnp::messageToFlatArray
+  };
+  SpillSource spill_;
+  std::deque<Backlogged> backlog_;
 };
 
 // ------------------------------------------------------------------------------------
@@ -522,9 +642,15 @@ class Worker final {
     std::vector<pollfd> fds;
     fds.push_back({wake_.get(), POLLIN, 0});
     bool ready = false;
+    bool congested = false;
     size_t armed = 0;
     for (auto& c : connections_) {
       if (c->disconnected()) continue;
+      if (c->congested()) {
+        // Its requests wait unread and nothing signals freed room: look again soon.
+        congested = true;
+        continue;
+      }
       if (!c->connection().armWait()) {
         ready = true;
         break;
@@ -534,12 +660,13 @@ class Worker final {
     }
     if (!ready) {
       int r;
-      do r = ::poll(fds.data(), fds.size(), static_cast<int>(kSleepSlice.count()));
+      const auto slice = congested ? kCongestedSlice : kSleepSlice;
+      do r = ::poll(fds.data(), fds.size(), static_cast<int>(slice.count()));
       while (r < 0 && errno == EINTR);
     }
     size_t i = 0;
     for (auto& c : connections_) {
-      if (c->disconnected()) continue;
+      if (c->disconnected() || c->congested()) continue;
       if (i++ >= armed) break;
       c->connection().disarmWait();
     }
