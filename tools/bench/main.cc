@@ -232,8 +232,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();
   app.add_flag("--uncapped-window", o.uncappedWindow,
-               "rpc mode: keep --window even where the calls in flight exceed the ring, which "
-               "deadlocks until the calls' deadline (reproduces that zcrpc bug)");
+               "rpc mode: keep --window even where the calls in flight exceed the rings (the "
+               "client then waits for room while taking answers: the congestion path)");
   app.add_flag("--no-metrics", o.noMetrics,
                "rpc mode: turn zcrpc's per-call metrics off on client and server (default on)");
   app.add_option("--json", o.json, "Also write all figures, every repetition, as JSON to FILE");

@@ -342,8 +342,7 @@ class RpcDriver final {
   /// The pipelined window for `size` over `t`: the requested one, capped so the calls in
   /// flight fit in one ring (shm: in the arena for messages that go there; tcp: the
   /// connection's send queue, which blocks the sender beyond ringBytes). A larger window
-  /// deadlocks until the calls' deadline: the Channel waits for send space without reading
-  /// responses while the server waits for response space (see rpc_mode.h).
+  /// runs into back-pressure instead (see rpc_mode.h).
   uint32_t pipelineWindow(Transport t, size_t size) const {
     if (o_.uncappedWindow) return o_.window;
     const ConnectionOptions defaults;     // the server's sizes: the peer listens with defaults

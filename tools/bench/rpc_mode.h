@@ -22,9 +22,9 @@
 //
 // The pipelined window is capped so the calls in flight fit in one ring (over shm, in the
 // arena for messages that go there; over tcp, the send queue that blocks the sender beyond
-// ringBytes): a larger window deadlocks until the calls' deadline, because the Channel waits
-// for send space without reading responses while the server waits for response space. The
-// table shows the window each cell used.
+// ringBytes): more calls than that only make the client wait for room (taking answers
+// meanwhile) and the server hold answers back, which measures the congestion path, not
+// the pipeline. --uncapped-window runs that path. The table shows the window each cell used.
 #pragma once
 
 #include <chrono>
@@ -53,7 +53,7 @@ struct RpcOptions {
   double seconds = 0.5;  ///< per measured cell
   unsigned reps = 3;
   uint32_t window = 32;  ///< pipelined calls outstanding
-  /// Use `window` as given, even where it deadlocks (see above): reproduces the bug.
+  /// Use `window` as given, even beyond the rings (see above): the congestion path.
   bool uncappedWindow = false;
   bool metrics = true;  ///< zcrpc's per-call metrics on client and server (the default)
   bool quick = false;
