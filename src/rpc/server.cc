@@ -639,7 +639,8 @@ class Worker final {
   }
 
   void sleep() {
-    std::vector<pollfd> fds;
+    std::vector<pollfd>& fds = pollFds_;  // reused: no allocation per sleep
+    fds.clear();
     fds.push_back({wake_.get(), POLLIN, 0});
     bool ready = false;
     bool congested = false;
@@ -739,6 +740,7 @@ class Worker final {
   std::atomic<bool> hasInbox_{false};
   std::atomic<size_t> count_{0};
   std::vector<std::shared_ptr<ServerConnection>> connections_;
+  std::vector<pollfd> pollFds_;  // sleep()'s, kept for its capacity
 };
 
 }  // namespace
