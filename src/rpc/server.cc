@@ -1,6 +1,7 @@
 // Server side of the RPC core: workers polling connections, dispatch, deferred answers,
 // graceful shutdown.
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -23,6 +24,7 @@ namespace {
 constexpr uint32_t kDefaultResponseWords = 64;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kCongestedSlice = std::chrono::milliseconds(1);
+constexpr uint32_t kYieldEvery = 256;  // idle busy-poll rounds between sched_yield()s
 constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
 
 inline void cpuRelax() noexcept {
@@ -682,6 +684,7 @@ class Worker final {
   void run() {
     auto nextLiveness = Clock::now();
     auto idleSince = Clock::now();
+    uint32_t idleSpins = 0;
     while (!stopping_.load(std::memory_order_acquire)) {
       adoptInbox();
       size_t n = pumpAll(false);
@@ -698,7 +701,13 @@ class Worker final {
       if (idleSince == Clock::time_point{}) idleSince = now;
       if (options_.idleMode == WaitMode::kBusyPoll ||
           (options_.idleMode == WaitMode::kSpinThenSleep && now - idleSince < options_.spinTime)) {
-        cpuRelax();
+        // A busy poller that shares its core (more spinning threads than cores) must
+        // not hold it for whole time slices: give it up briefly now and then. With a
+        // core to itself the yield returns at once.
+        if ((++idleSpins & (kYieldEvery - 1)) == 0)
+          ::sched_yield();
+        else
+          cpuRelax();
         continue;
       }
       sleep();
