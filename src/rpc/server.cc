@@ -187,10 +187,29 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
 
   void close() { connection_->close(); }
 
+  /// The worker is done with this connection: refuse later completions and drop queued
+  /// ones, which would otherwise keep it alive (completion -> state -> owner -> here).
+  void closeMail() {
+    std::vector<Completion> left;
+    {
+      std::lock_guard lock(mailMutex_);
+      mailClosed_ = true;
+      left.swap(mail_);
+      hasMail_.store(false, std::memory_order_relaxed);
+    }
+  }
+
   /// Any thread.
   void post(Completion&& c) {
     {
-      std::lock_guard lock(mailMutex_);
+      std::unique_lock lock(mailMutex_);
+      if (mailClosed_) {
+        // The worker let this connection go: queueing would keep it alive through the
+        // state's owner pointer, forever. Drop the answer, outside the lock.
+        lock.unlock();
+        Completion dropped = std::move(c);
+        return;
+      }
       mail_.push_back(std::move(c));
     }
     hasMail_.store(true, std::memory_order_release);
@@ -477,6 +496,7 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   std::unordered_map<uint64_t, std::weak_ptr<DeferredState>> deferred_;
   std::mutex mailMutex_;
   std::vector<Completion> mail_;
+  bool mailClosed_ = false;  // under mailMutex_
   std::atomic<bool> hasMail_{false};
   std::shared_ptr<ConnectionMetrics> metrics_;  // null: metrics off
   Tracer* tracer_;
@@ -633,6 +653,7 @@ class Worker final {
     auto gone = std::remove_if(connections_.begin(), connections_.end(), [this](auto& c) {
       if (!c->disconnected() || !c->idle() || c->hasMail()) return false;
       c->close();
+      c->closeMail();
       registry_.retire(c->metrics());
       return true;
     });
@@ -731,6 +752,7 @@ class Worker final {
       c->failDeferred("server shut down before answering");
       c->pump(SIZE_MAX / 2, /*rejecting=*/true);
       c->close();
+      c->closeMail();
       registry_.retire(c->metrics());
     }
     connections_.clear();
