@@ -94,7 +94,9 @@ int run(const Options& o) {
   std::vector<std::string> transportNames =
       !o.transport.empty()
           ? std::vector<std::string>{o.transport}
-          : (o.transports.empty() ? std::vector<std::string>{"shm"} : o.transports);
+          : (!o.transports.empty()   ? o.transports
+             : o.mode == "messages" ? std::vector<std::string>{"shm"}
+                                    : std::vector<std::string>{"shm", "tcp"});
   std::vector<Transport> transports =
       parseList<Transport>(transportNames, [](const std::string& s) { return parseTransport(s); });
 
@@ -206,9 +208,9 @@ int main(int argc, char** argv) {
   app.add_option("--sizes", o.sizes, "Payload sizes (B, K/KiB, M/MiB), comma separated")
       ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--transport", o.transport, "Transport of rpc mode: shm or tcp (default shm)")
+  app.add_option("--transport", o.transport, "Transport of rpc mode: shm or tcp (default: both)")
       ->check(CLI::IsMember({"shm", "tcp"}));
-  app.add_option("--transports", o.transports, "Several transports, comma separated: shm,tcp")
+  app.add_option("--transports", o.transports, "Several transports, comma separated (default: shm,tcp; messages mode: shm)")
       ->delimiter(',')
       ->check(CLI::IsMember({"shm", "tcp"}));
   app.add_option("--wait-mode", o.waitMode,
