@@ -52,7 +52,13 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend();
 
   // For transports.
-  void open(SegmentSource& source, FrameHeader& header, kj::ArrayPtr<capnp::word> first) noexcept;
+  void open(SegmentSource& source, FrameHeader& header, kj::ArrayPtr<capnp::word> first) noexcept {
+    source_ = &source;
+    header_ = &header;
+    first_ = first;
+    firstTaken_ = false;
+    trace_ = TraceContext{};
+  }
   void markSent() noexcept { source_ = nullptr; }
 
  private:

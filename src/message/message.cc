@@ -10,15 +10,6 @@ OutgoingMessage::~OutgoingMessage() noexcept(false) {
   if (source_) source_->abandon();
 }
 
-void OutgoingMessage::open(SegmentSource& source, FrameHeader& header,
-                           kj::ArrayPtr<capnp::word> first) noexcept {
-  source_ = &source;
-  header_ = &header;
-  first_ = first;
-  firstTaken_ = false;
-  trace_ = TraceContext{};
-}
-
 kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSize) {
   if (!source_) throw InvalidArgument("OutgoingMessage used before Connection::tryStartMessage or after send");
   if (!firstTaken_) {

@@ -98,6 +98,8 @@ RingConnection::RingConnection(RingFiles files, std::unique_ptr<Link> link,
       ringMask_(files.ringBytes - 1),
       arenaBytes_(files.arenaBytes),
       maxMessage_(files.maxMessageBytes),
+      fastFirstMaxBytes_(std::min<uint64_t>(
+          files.maxMessageBytes, files.ringBytes / kRecordShare - kRecordFixed - kTableAccounted)),
       txRing_(reinterpret_cast<std::byte*>(files.local) + kDataOffset),
       txArena_(txRing_ + files.ringBytes),
       rxRing_(reinterpret_cast<const std::byte*>(files.peer) + kDataOffset),
@@ -349,6 +351,38 @@ bool RingConnection::extendRecord(uint32_t newReserved, bool mayWait) {
 }
 
 Status RingConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmentWords) {
+  // Fast path: no message open, connection up, a small first segment that goes in the ring
+  // without a wrap marker, and room known from the cached head. Anything else (errors,
+  // wrapping, refreshing the head, the arena) takes the general path, which decides alone.
+  const uint64_t firstBytes = uint64_t{firstSegmentWords} * 8;
+  const uint64_t pos = tail_;
+  const uint64_t offset = pos & ringMask_;
+  const uint32_t inlineBytes = kRecordFixed + static_cast<uint32_t>(firstBytes);
+  if (open_.msg || firstBytes - 1 >= fastFirstMaxBytes_ ||  // also catches 0 words
+      closed_.load(std::memory_order_relaxed) || peerDead_.load(std::memory_order_relaxed) ||
+      files_.ringBytes - offset < inlineBytes + kTableReserve ||
+      pos + inlineBytes + kTableAccounted - cachedHead_ > files_.ringBytes)
+    return tryStartMessageSlow(msg, firstSegmentWords);
+  std::byte* record = txRing_ + offset;
+  // Frame header and first segment are contiguous: clear both at once (Cap'n Proto builds
+  // only on zeroed memory; this space held an earlier lap's message).
+  std::memset(record + kRecordHeaderBytes, 0, kFrameHeaderBytes + firstBytes);
+  auto* header = reinterpret_cast<FrameHeader*>(record + kRecordHeaderBytes);
+  header->kind = static_cast<uint8_t>(FrameKind::kData);
+  auto* first = reinterpret_cast<capnp::word*>(record + kRecordFixed);
+  open_.msg = &msg;
+  open_.start = pos;
+  open_.reserved = inlineBytes + kTableAccounted;
+  open_.ringEnd = inlineBytes;
+  open_.arenaTailAtStart = arenaTail_;
+  open_.allocatedBytes = firstBytes;
+  open_.count = 1;
+  open_.allocations[0] = {first, firstSegmentWords, 0};
+  msg.open(*this, *header, kj::ArrayPtr<capnp::word>(first, firstSegmentWords));
+  return Status::kOk;
+}
+
+Status RingConnection::tryStartMessageSlow(OutgoingMessage& msg, uint32_t firstSegmentWords) {
   if (open_.msg)
     throw InvalidArgument("a message is already open on " + endpoint() +
                           ": send or destroy it before starting another");
@@ -494,7 +528,16 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   std::array<SegmentEntry, kMaxSegments> table;
   uint32_t inlineEnd = kRecordHeaderBytes + kFrameHeaderBytes;
   uint64_t total = 0;
-  for (size_t i = 0; i < n; ++i) {
+  size_t i = 0;
+  if (n == 1 && reinterpret_cast<const std::byte*>(segments[0].begin()) == record + kRecordFixed) {
+    // The common small message: one segment, the first one, inline right after the header.
+    uint32_t words = static_cast<uint32_t>(segments[0].size());
+    total = uint64_t{words} * 8;
+    table[0] = {words, kFrameHeaderBytes / 8};
+    inlineEnd = kRecordFixed + words * 8;
+    i = 1;
+  }
+  for (; i < n; ++i) {
     const capnp::word* begin = segments[i].begin();
     uint32_t words = static_cast<uint32_t>(segments[i].size());
     total += uint64_t{words} * 8;
@@ -525,7 +568,10 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   const uint32_t tableBytes = static_cast<uint32_t>(n * sizeof(SegmentEntry));
   uint32_t recordBytes = inlineEnd + tableBytes + (traced ? sizeof(TraceContext) : 0);
   extendRecord(recordBytes, /*mayWait=*/true);
-  std::memcpy(record + inlineEnd, table.data(), tableBytes);
+  if (n == 1)
+    std::memcpy(record + inlineEnd, table.data(), sizeof(SegmentEntry));  // a plain store
+  else
+    std::memcpy(record + inlineEnd, table.data(), tableBytes);
   if (traced) std::memcpy(record + inlineEnd + tableBytes, &msg.trace(), sizeof(TraceContext));
   auto& h = msg.header();
   h.frameBytes = recordBytes - kRecordHeaderBytes;
@@ -619,12 +665,11 @@ Status RingConnection::tryReceive(IncomingMessage& out) {
       return Status::kDisconnected;
     }
     LeaseQueue::Entry& slot = leases_.next();
-    std::string why = parseFrame(
-        std::span<const std::byte>(rxRing_ + offset + kRecordHeaderBytes,
-                                   len - kRecordHeaderBytes),
-        frameLimits_, slot.frame);
-    if (!why.empty()) {
-      fault("malformed frame at ring position " + std::to_string(pos) + ": " + why);
+    if (!checkFrame(std::span<const std::byte>(rxRing_ + offset + kRecordHeaderBytes,
+                                               len - kRecordHeaderBytes),
+                    frameLimits_, slot.frame)) {
+      fault("malformed frame at ring position " + std::to_string(pos) + ": " +
+            frameRefusalReason(slot.frame));
       return Status::kDisconnected;
     }
     slot.end = pos + len;
