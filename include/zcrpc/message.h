@@ -122,10 +122,21 @@ class IncomingMessage final {
     return reader().getRoot<T>();
   }
 
-  void release() noexcept;
+  void release() noexcept {
+    if (owner_) releaseHeld();
+  }
+
+  /// For transports: makes this hold the lease on `slot` (releasing what it held), as
+  /// assigning `IncomingMessage(owner, slot)` would, without building a temporary.
+  void attach(LeaseOwner& owner, uint32_t slot) noexcept {
+    release();
+    owner_ = &owner;
+    slot_ = slot;
+  }
 
  private:
   const ParsedFrame& frame() const noexcept { return owner_->leasedFrame(slot_); }
+  void releaseHeld() noexcept;
 
   LeaseOwner* owner_ = nullptr;
   uint32_t slot_ = 0;

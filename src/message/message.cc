@@ -57,8 +57,7 @@ capnp::MessageReader& IncomingMessage::reader() {
   return *reader_;
 }
 
-void IncomingMessage::release() noexcept {
-  if (!owner_) return;
+void IncomingMessage::releaseHeld() noexcept {
   reader_.reset();
   std::exchange(owner_, nullptr)->releaseLease(slot_);
 }

@@ -676,7 +676,7 @@ Status RingConnection::tryReceive(IncomingMessage& out) {
     slot.aux = arenaEnd;
     lastArenaEnd_ = arenaEnd;
     readPos_ = pos + len;
-    out = IncomingMessage(*this, leases_.push());
+    out.attach(*this, leases_.push());
     return Status::kOk;
   }
 }
