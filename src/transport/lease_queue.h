@@ -16,6 +16,10 @@ namespace zcrpc {
 /// reclaimed. See docs/ring.md ("Reclaiming") for the argument.
 class LeaseQueue final {
  public:
+  struct NoAction {
+    void operator()() const noexcept {}
+  };
+
   struct alignas(ring::kCacheLine) Entry {
     ParsedFrame frame;
     uint64_t end = 0;                      ///< transport position after this message
@@ -44,18 +48,23 @@ class LeaseQueue final {
   }
   const Entry& at(uint32_t slot) const noexcept { return entries_[slot]; }
 
-  /// Any thread, once per lease.
-  template <typename OnAdvance>
-  void release(uint32_t slot, OnAdvance onAdvance) noexcept {
-    // pairs with the seq_cst lock/re-check in reclaim(): no release is ever missed
+  /// Any thread, once per lease. `afterAdvance`, when given, runs after the reclaimed
+  /// position was published and a full fence, each time this call moved it (see reclaim).
+  template <typename OnAdvance, typename AfterAdvance = NoAction>
+  void release(uint32_t slot, OnAdvance onAdvance, AfterAdvance afterAdvance = {}) noexcept {
+    // pairs with the seq_cst fence after the unlock in reclaim(): no release is ever missed
     entries_[slot].released.store(1, std::memory_order_seq_cst);
-    reclaim(onAdvance);
+    reclaim(onAdvance, afterAdvance);
   }
 
-  /// Pops the released prefix; calls onAdvance(end, aux) of the last popped entry.
-  template <typename OnAdvance>
-  void reclaim(OnAdvance onAdvance) noexcept {
+  /// Pops the released prefix; calls onAdvance(end, aux) of the last popped entry under the
+  /// lock, then, after unlocking and a full fence, afterAdvance() (so a store made in
+  /// onAdvance is ordered before the loads afterAdvance makes: one fence serves the
+  /// caller's own Dekker pairings too).
+  template <typename OnAdvance, typename AfterAdvance = NoAction>
+  void reclaim(OnAdvance onAdvance, AfterAdvance afterAdvance = {}) noexcept {
     for (;;) {
+      // pairs with the fence after the unlock below (in the thread that held the lock)
       if (lock_.exchange(true, std::memory_order_seq_cst)) return;  // the holder re-checks
       uint64_t h = head_.load(std::memory_order_relaxed);
       uint64_t t = tail_.load(std::memory_order_acquire);
@@ -75,13 +84,17 @@ class LeaseQueue final {
         head_.store(h, std::memory_order_release);
         callAdvance(onAdvance, end, aux);
       }
-      lock_.store(false, std::memory_order_seq_cst);
+      lock_.store(false, std::memory_order_release);
+      // Dekker with release(): a releaser that found the lock taken stored its flag
+      // (seq_cst) before its exchange; with this fence between our unlock and our re-check,
+      // either its exchange sees the lock free or the re-check below sees its flag.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (advanced) afterAdvance();
       if (h == tail_.load(std::memory_order_acquire) ||
-          !entries_[h & mask_].released.load(std::memory_order_seq_cst))
+          !entries_[h & mask_].released.load(std::memory_order_relaxed))
         return;
     }
   }
-
   /// Receiving thread, queue empty: moves the reclaimed position to `position` (skipping
   /// padding no lease covers) under the same lock, so it cannot race a reclaim.
   template <typename OnAdvance>

@@ -232,7 +232,7 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
       // Nothing to wait for from the peer: every lease is held here. Sleep until one of
       // them is released (by any thread).
       uint32_t seq = leaseSeq_.load(std::memory_order_acquire);
-      // pairs with the fence + load of leaseWaiter_ in releaseLease()
+      // pairs with the fence in LeaseQueue::reclaim() + the load in afterReleased()
       leaseWaiter_.store(1, std::memory_order_seq_cst);
       std::atomic_thread_fence(std::memory_order_seq_cst);
       if (leases_.full()) os::futexWait(leaseSeq_, seq, slice);
@@ -259,7 +259,7 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
     } else {
       const auto& seqWord = files_.peer->consumer.spaceSeq;
       uint32_t seq = seqWord.load(std::memory_order_acquire);
-      // pairs with the seq_cst fence in the peer's wakeProducer()
+      // pairs with the fence in the peer's LeaseQueue::reclaim() before its wakeProducer()
       meP.waitingForSpace.store(1, std::memory_order_seq_cst);
       std::atomic_thread_fence(std::memory_order_seq_cst);
       ready = done();
@@ -696,18 +696,14 @@ Status RingConnection::receive(IncomingMessage& out, Deadline deadline) {
 }
 
 void RingConnection::releaseLease(uint32_t slot) noexcept {
-  leases_.release(slot, [this](uint64_t end, uint64_t aux) { publishReleased(end, aux); });
-  // pairs with the seq_cst store of leaseWaiter_ in waitFor(): a receive sleeping because
-  // every lease was held either sees the freed slot on its re-check or is woken here.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (leaseWaiter_.load(std::memory_order_relaxed)) {
-    leaseSeq_.fetch_add(1, std::memory_order_release);
-    os::futexWakeAll(leaseSeq_);
-  }
+  leases_.release(
+      slot, [this](uint64_t end, uint64_t aux) { publishReleased(end, aux); },
+      [this] { afterReleased(); });
 }
 
 void RingConnection::reclaim() noexcept {
-  leases_.reclaim([this](uint64_t end, uint64_t aux) { publishReleased(end, aux); });
+  leases_.reclaim([this](uint64_t end, uint64_t aux) { publishReleased(end, aux); },
+                  [this] { afterReleased(); });
 }
 
 void RingConnection::publishReleased(uint64_t ringHead, uint64_t arenaHead) noexcept {
@@ -716,6 +712,18 @@ void RingConnection::publishReleased(uint64_t ringHead, uint64_t arenaHead) noex
   // the space only after our reads of it are done.
   me.arenaHead.store(arenaHead, std::memory_order_release);
   me.head.store(ringHead, std::memory_order_release);
+}
+
+void RingConnection::afterReleased() noexcept {
+  // Runs after LeaseQueue::reclaim() published the new head (publishReleased, and its own
+  // head_) and then a seq_cst fence: that one fence orders those stores before the loads
+  // below, for both wake-up checks.
+  // pairs with the seq_cst store + fence of leaseWaiter_ in waitFor(): a receive sleeping
+  // because every lease was held either sees the freed slot on its re-check or is woken.
+  if (leaseWaiter_.load(std::memory_order_relaxed)) {
+    leaseSeq_.fetch_add(1, std::memory_order_release);
+    os::futexWakeAll(leaseSeq_);
+  }
   wakeProducer();
 }
 
@@ -727,8 +735,9 @@ uint32_t RingConnection::recordLimit(uint64_t segmentBytes) const noexcept {
 
 void RingConnection::wakeProducer() noexcept {
   if (!peerProducerMaySleep_) return;
-  // pairs with the seq_cst store+fence of waitingForSpace in the peer's waitFor()
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // pairs with the seq_cst store+fence of waitingForSpace in the peer's waitFor(); the
+  // fence on our side is the one in LeaseQueue::reclaim() after publishReleased() (the
+  // only caller is afterReleased(), which runs after it).
   if (files_.peer->producer.waitingForSpace.load(std::memory_order_relaxed)) {
     files_.local->consumer.spaceSeq.fetch_add(1, std::memory_order_release);
     os::futexWakeAll(files_.local->consumer.spaceSeq);

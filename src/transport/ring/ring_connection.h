@@ -105,6 +105,7 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   bool dataReady() const noexcept;
   void reclaim() noexcept;
   void publishReleased(uint64_t ringHead, uint64_t arenaHead) noexcept;
+  void afterReleased() noexcept;
   void wakeProducer() noexcept;
   uint32_t recordLimit(uint64_t segmentBytes) const noexcept;
 
