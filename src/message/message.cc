@@ -22,11 +22,6 @@ kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSi
   return source_->allocateMore(minimumSize);
 }
 
-kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> OutgoingMessage::segmentsForSend() {
-  if (!firstTaken_) getRoot<capnp::AnyPointer>();  // allocates the root pointer's segment
-  return getSegmentsForOutput();
-}
-
 IncomingMessage::IncomingMessage(IncomingMessage&& other) noexcept
     : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_) {
   other.reader_.reset();
@@ -50,9 +45,7 @@ capnp::MessageReader& IncomingMessage::reader() {
     capnp::ReaderOptions opts;
     opts.traversalLimitInWords = l.traversalLimitWords;
     opts.nestingLimit = l.nestingLimit;
-    reader_.emplace(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>(f.segments.data(),
-                                                                        f.segmentCount),
-                    opts);
+    reader_.emplace(f, opts);
   }
   return *reader_;
 }
