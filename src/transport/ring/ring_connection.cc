@@ -232,11 +232,10 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
       // Nothing to wait for from the peer: every lease is held here. Sleep until one of
       // them is released (by any thread).
       uint32_t seq = leaseSeq_.load(std::memory_order_acquire);
-      // pairs with the fence in LeaseQueue::reclaim() + the load in afterReleased()
-      leaseWaiter_.store(1, std::memory_order_seq_cst);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (leases_.full()) os::futexWait(leaseSeq_, seq, slice);
-      leaseWaiter_.store(0, std::memory_order_relaxed);
+      // pairs with the unlock in LeaseQueue::reclaim(): either it frees a slot we see
+      // here, or it reports us as a waiter and afterReleased() bumps leaseSeq_.
+      if (leases_.announceWaiter()) os::futexWait(leaseSeq_, seq, slice);
+      leases_.withdrawWaiter();
       ready = done();
     } else if (forData) {
       bool onLink = options_.waitMode == WaitMode::kBlocking;
@@ -698,12 +697,12 @@ Status RingConnection::receive(IncomingMessage& out, Deadline deadline) {
 void RingConnection::releaseLease(uint32_t slot) noexcept {
   leases_.release(
       slot, [this](uint64_t end, uint64_t aux) { publishReleased(end, aux); },
-      [this] { afterReleased(); });
+      [this](bool waiter) { afterReleased(waiter); });
 }
 
 void RingConnection::reclaim() noexcept {
   leases_.reclaim([this](uint64_t end, uint64_t aux) { publishReleased(end, aux); },
-                  [this] { afterReleased(); });
+                  [this](bool waiter) { afterReleased(waiter); });
 }
 
 void RingConnection::publishReleased(uint64_t ringHead, uint64_t arenaHead) noexcept {
@@ -714,13 +713,10 @@ void RingConnection::publishReleased(uint64_t ringHead, uint64_t arenaHead) noex
   me.head.store(ringHead, std::memory_order_release);
 }
 
-void RingConnection::afterReleased() noexcept {
-  // Runs after LeaseQueue::reclaim() published the new head (publishReleased, and its own
-  // head_) and then a seq_cst fence: that one fence orders those stores before the loads
-  // below, for both wake-up checks.
-  // pairs with the seq_cst store + fence of leaseWaiter_ in waitFor(): a receive sleeping
-  // because every lease was held either sees the freed slot on its re-check or is woken.
-  if (leaseWaiter_.load(std::memory_order_relaxed)) {
+void RingConnection::afterReleased(bool leaseWaiter) noexcept {
+  // Runs after a reclaim that freed space dropped the lease lock. `leaseWaiter`: our
+  // receiving thread sleeps because every lease was held (see LeaseQueue::announceWaiter).
+  if (leaseWaiter) {
     leaseSeq_.fetch_add(1, std::memory_order_release);
     os::futexWakeAll(leaseSeq_);
   }
@@ -735,9 +731,9 @@ uint32_t RingConnection::recordLimit(uint64_t segmentBytes) const noexcept {
 
 void RingConnection::wakeProducer() noexcept {
   if (!peerProducerMaySleep_) return;
-  // pairs with the seq_cst store+fence of waitingForSpace in the peer's waitFor(); the
-  // fence on our side is the one in LeaseQueue::reclaim() after publishReleased() (the
-  // only caller is afterReleased(), which runs after it).
+  // pairs with the seq_cst store+fence of waitingForSpace in the peer's waitFor(): either
+  // it sees the head publishReleased() stored, or we see it waiting.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   if (files_.peer->producer.waitingForSpace.load(std::memory_order_relaxed)) {
     files_.local->consumer.spaceSeq.fetch_add(1, std::memory_order_release);
     os::futexWakeAll(files_.local->consumer.spaceSeq);

@@ -105,7 +105,7 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   bool dataReady() const noexcept;
   void reclaim() noexcept;
   void publishReleased(uint64_t ringHead, uint64_t arenaHead) noexcept;
-  void afterReleased() noexcept;
+  void afterReleased(bool leaseWaiter) noexcept;
   void wakeProducer() noexcept;
   uint32_t recordLimit(uint64_t segmentBytes) const noexcept;
 
@@ -168,7 +168,6 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   // A receive that waits because every lease is held sleeps on this private futex word;
   // releasing a lease bumps it.
   std::atomic<uint32_t> leaseSeq_{0};
-  std::atomic<uint32_t> leaseWaiter_{0};
   FrameLimits frameLimits_;
 };
 
