@@ -21,12 +21,15 @@ class LeaseQueue final {
     void operator()(bool) const noexcept {}
   };
 
+  // The bookkeeping comes first so that it shares the first cache line with the frame
+  // header, and the first segments follow on the second: a small message touches two
+  // lines of its entry, not three (the unused segment slots lie beyond).
   struct alignas(ring::kCacheLine) Entry {
-    ParsedFrame frame;
     uint64_t end = 0;                      ///< transport position after this message
     uint64_t aux = 0;                      ///< second position (the shm arena end)
     std::unique_ptr<capnp::word[]> owned;  ///< a buffer of its own, freed when reclaimed
     std::atomic<uint32_t> released{0};
+    ParsedFrame frame;
   };
 
   explicit LeaseQueue(uint32_t capacity)
