@@ -14,7 +14,8 @@ namespace zcrpc {
 /// Slots for the messages a connection has handed out, in arrival order. The receiving
 /// thread fills and pushes; any thread releases; the released prefix is reclaimed under
 /// a try-lock (a release that finds it taken leaves the holder a mark instead) and
-/// reported through a callback with the end position of the last slot reclaimed. See docs/ring.md ("Reclaiming") for the argument.
+/// reported through a callback with the end position of the last slot reclaimed. See
+/// docs/ring.md ("Reclaiming") for the argument.
 class LeaseQueue final {
  public:
   struct NoAction {

@@ -272,7 +272,7 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
     } else {
       const auto& seqWord = files_.peer->consumer.spaceSeq;
       uint32_t seq = seqWord.load(std::memory_order_acquire);
-      // pairs with the fence in the peer's LeaseQueue::reclaim() before its wakeProducer()
+      // pairs with the seq_cst fence in the peer's wakeProducer()
       meP.waitingForSpace.store(1, std::memory_order_seq_cst);
       std::atomic_thread_fence(std::memory_order_seq_cst);
       ready = done();
