@@ -64,6 +64,16 @@ inline constexpr size_t kMaxSegments = 32;
 inline constexpr size_t kFrameHeaderBytes = sizeof(FrameHeader);
 inline constexpr size_t kDefaultMaxMessageBytes = size_t{64} << 20;
 
+/// Which rule a refused frame broke, with the values the reason names (copies taken when
+/// the frame was checked). Filled only when checkFrame() refuses a frame.
+struct FrameRefusal {
+  uint8_t rule = 0;         ///< 0 while nothing was refused
+  uint32_t segment = 0;     ///< the segment concerned, when the rule is about one
+  uint64_t value = 0;       ///< the offending size or offset
+  uint64_t available = 0;   ///< bytes given to checkFrame
+  uint64_t limit = 0;       ///< the limit that was passed (message size, arena words)
+};
+
 /// A frame validated against the bytes actually available. Segment pointers point into
 /// the frame or the arena given to `parseFrame`; they borrow that memory.
 struct ParsedFrame {
@@ -73,6 +83,7 @@ struct ParsedFrame {
   TraceContext trace;       ///< from the frame, when it is kFlagTraced
   /// Segments in order, ready for capnp::SegmentArrayMessageReader.
   std::array<kj::ArrayPtr<const capnp::word>, kMaxSegments> segments;
+  FrameRefusal refusal;  ///< why checkFrame() refused the frame (only then)
 };
 
 struct FrameLimits {
@@ -87,6 +98,14 @@ struct FrameLimits {
 /// Thread-safe; reads each byte of the header and table exactly once.
 std::string parseFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
                        ParsedFrame& out);
+
+/// The same check for the data path: true when the frame is valid; otherwise false, with
+/// `out.refusal` saying why (frameRefusalReason() words it exactly as parseFrame would).
+/// Thread-safe; reads each byte of the header and table exactly once.
+bool checkFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
+                ParsedFrame& out) noexcept;
+/// The reason checkFrame() refused `refused`, as text.
+std::string frameRefusalReason(const ParsedFrame& refused);
 
 /// Bytes needed for a frame with `segmentCount` table entries after `inlineBytes` of
 /// header + inline segments.

@@ -49,10 +49,19 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   const TraceContext& trace() const noexcept { return trace_; }
 
   /// The segments to send; a message nobody wrote to becomes one with a null root.
-  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend();
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend() {
+    if (!firstTaken_) getRoot<capnp::AnyPointer>();  // allocates the root pointer's segment
+    return getSegmentsForOutput();
+  }
 
   // For transports.
-  void open(SegmentSource& source, FrameHeader& header, kj::ArrayPtr<capnp::word> first) noexcept;
+  void open(SegmentSource& source, FrameHeader& header, kj::ArrayPtr<capnp::word> first) noexcept {
+    source_ = &source;
+    header_ = &header;
+    first_ = first;
+    firstTaken_ = false;
+    trace_ = TraceContext{};
+  }
   void markSent() noexcept { source_ = nullptr; }
 
  private:
@@ -116,14 +125,40 @@ class IncomingMessage final {
     return reader().getRoot<T>();
   }
 
-  void release() noexcept;
+  void release() noexcept {
+    if (owner_) releaseHeld();
+  }
+
+  /// For transports: makes this hold the lease on `slot` (releasing what it held), as
+  /// assigning `IncomingMessage(owner, slot)` would, without building a temporary.
+  void attach(LeaseOwner& owner, uint32_t slot) noexcept {
+    release();
+    owner_ = &owner;
+    slot_ = slot;
+  }
 
  private:
+  /// Reads a validated frame's segments in place: SegmentArrayMessageReader without its
+  /// own copy of the segment list (the lease slot's validated copy outlives the reader).
+  class FrameReader final : public capnp::MessageReader {
+   public:
+    FrameReader(const ParsedFrame& frame, const capnp::ReaderOptions& options)
+        : MessageReader(options), frame_(frame) {}
+    kj::ArrayPtr<const capnp::word> getSegment(capnp::uint id) override {
+      if (id >= frame_.segmentCount) return nullptr;
+      return frame_.segments[id];
+    }
+
+   private:
+    const ParsedFrame& frame_;
+  };
+
   const ParsedFrame& frame() const noexcept { return owner_->leasedFrame(slot_); }
+  void releaseHeld() noexcept;
 
   LeaseOwner* owner_ = nullptr;
   uint32_t slot_ = 0;
-  std::optional<capnp::SegmentArrayMessageReader> reader_;
+  std::optional<FrameReader> reader_;
 };
 
 }  // namespace zcrpc

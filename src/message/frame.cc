@@ -5,83 +5,156 @@
 namespace zcrpc {
 
 namespace {
+
 const capnp::word kEmptySegment{};
+
+// The rules of checkFrame(), in the order they are checked (FrameRefusal::rule).
+enum Rule : uint8_t {
+  kAccepted = 0,
+  kMisaligned,
+  kShorterThanHeader,
+  kLengthBeyondBytes,
+  kLengthNotWords,
+  kUnknownKind,
+  kUnknownFlags,
+  kReservedSet,
+  kSegmentCount,
+  kTableMisplaced,
+  kTableNotAtEnd,
+  kFirstSegmentEmpty,
+  kEmptySegmentOutOfRange,
+  kMessageTooLarge,
+  kOutsideArena,
+  kInlineOverlap,
+};
+
+// Out of line and cold: the data path pays for a refusal only when there is one.
+[[gnu::cold, gnu::noinline]] bool refuse(ParsedFrame& out, Rule rule, uint64_t available,
+                                         size_t segment = 0, uint64_t value = 0,
+                                         uint64_t limit = 0) noexcept {
+  out.refusal = FrameRefusal{rule, static_cast<uint32_t>(segment), value, available, limit};
+  return false;
 }
 
-std::string parseFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
-                       ParsedFrame& out) {
-  if (reinterpret_cast<uintptr_t>(bytes.data()) % 8 != 0) return "frame is not 8-byte aligned";
-  if (bytes.size() < kFrameHeaderBytes)
-    return "frame of " + std::to_string(bytes.size()) + " bytes is shorter than its header";
+}  // namespace
+
+bool checkFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
+                ParsedFrame& out) noexcept {
+  const uint64_t available = bytes.size();
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % 8 != 0)
+    return refuse(out, kMisaligned, available);
+  if (available < kFrameHeaderBytes) return refuse(out, kShorterThanHeader, available);
   // Copy the header out once; validate and use only the copy (the peer may be writing).
   FrameHeader& h = out.header;
   std::memcpy(&h, bytes.data(), sizeof h);
   const uint64_t frameBytes = h.frameBytes;
-  if (frameBytes > bytes.size())
-    return "frame length " + std::to_string(frameBytes) + " exceeds the " +
-           std::to_string(bytes.size()) + " bytes available";
-  if (frameBytes % 8 != 0) return "frame length " + std::to_string(frameBytes) + " is not a multiple of 8";
-  if (h.kind == 0 || h.kind > kMaxFrameKind) return "unknown frame kind " + std::to_string(h.kind);
-  if (h.flags & ~kFlagTraced) return "unknown frame flags " + std::to_string(h.flags);
+  if (frameBytes > available) return refuse(out, kLengthBeyondBytes, available);
+  if (frameBytes % 8 != 0) return refuse(out, kLengthNotWords, available);
+  if (h.kind == 0 || h.kind > kMaxFrameKind) return refuse(out, kUnknownKind, available);
+  if (h.flags & ~kFlagTraced) return refuse(out, kUnknownFlags, available);
   const uint64_t traceBytes = (h.flags & kFlagTraced) ? sizeof(TraceContext) : 0;
-  if (h.reserved != 0) return "reserved header field is not zero";
+  if (h.reserved != 0) return refuse(out, kReservedSet, available);
   const size_t count = h.segmentCount;
-  if (count == 0 || count > kMaxSegments)
-    return "segment count " + std::to_string(count) + " outside 1.." + std::to_string(kMaxSegments);
+  if (count == 0 || count > kMaxSegments) return refuse(out, kSegmentCount, available);
   const uint64_t tableOffset = h.tableOffset;
   if (tableOffset < kFrameHeaderBytes || tableOffset % 8 != 0)
-    return "segment table offset " + std::to_string(tableOffset) + " is misplaced";
+    return refuse(out, kTableMisplaced, available);
   if (tableOffset + count * sizeof(SegmentEntry) + traceBytes != frameBytes)
-    return "segment table of " + std::to_string(count) + " entries at offset " +
-           std::to_string(tableOffset) + " does not end the " + std::to_string(frameBytes) +
-           "-byte frame" + (traceBytes ? " (before its trace context)" : "");
+    return refuse(out, kTableNotAtEnd, available);
   out.trace = TraceContext{};
   if (traceBytes)
     std::memcpy(&out.trace, bytes.data() + frameBytes - traceBytes, sizeof out.trace);
-  std::array<SegmentEntry, kMaxSegments> table;
-  std::memcpy(table.data(), bytes.data() + tableOffset, count * sizeof(SegmentEntry));
 
   const auto* base = reinterpret_cast<const capnp::word*>(bytes.data());
   const auto* arena = reinterpret_cast<const capnp::word*>(limits.arena.data());
+  const std::byte* tableBytes = bytes.data() + tableOffset;
   const uint64_t arenaWords = limits.arena.size() / 8;
   uint64_t nextInlineWord = kFrameHeaderBytes / 8;  // inline segments ascend without overlap
   const uint64_t tableWord = tableOffset / 8;
   uint64_t total = 0;
   for (size_t i = 0; i < count; ++i) {
-    const uint64_t words = table[i].words;
-    const uint32_t loc = table[i].location;
-    if (words == 0 && i == 0) return "first segment is empty";
+    // Each entry is copied out once (one 8-byte load) and only the copy is used.
+    SegmentEntry entry;
+    std::memcpy(&entry, tableBytes + i * sizeof(SegmentEntry), sizeof entry);
+    const uint64_t words = entry.words;
+    const uint32_t loc = entry.location;
     if (words == 0) {
+      if (i == 0) return refuse(out, kFirstSegmentEmpty, available);
       // An empty segment (e.g. empty external data) occupies nothing; its location need
       // only be in range. Cap'n Proto readers take a zero-length segment for a missing
       // one, so it reads as one zero word that lies outside the frame.
       if ((loc & kArenaBit) ? (loc & ~kArenaBit) > arenaWords : loc > tableWord)
-        return "empty segment " + std::to_string(i) + " has a location out of range";
+        return refuse(out, kEmptySegmentOutOfRange, available, i);
       out.segments[i] = kj::ArrayPtr<const capnp::word>(&kEmptySegment, 1);
       continue;
     }
     total += words * 8;
     if (total > limits.maxMessageBytes)
-      return "message of at least " + std::to_string(total) + " bytes exceeds the maximum " +
-             std::to_string(limits.maxMessageBytes);
+      return refuse(out, kMessageTooLarge, available, i, total, limits.maxMessageBytes);
     if (loc & kArenaBit) {
       const uint64_t offset = loc & ~kArenaBit;
       if (offset > arenaWords || words > arenaWords - offset)
-        return "segment " + std::to_string(i) + " lies outside the arena" +
-               (arenaWords ? "" : " (this transport has none)");
+        return refuse(out, kOutsideArena, available, i, offset, arenaWords);
       out.segments[i] = kj::ArrayPtr<const capnp::word>(arena + offset, words);
     } else {
       const uint64_t offset = loc;
       if (offset < nextInlineWord || offset > tableWord || words > tableWord - offset)
-        return "segment " + std::to_string(i) + " at word " + std::to_string(offset) +
-               " overlaps the header, the table or an earlier segment";
+        return refuse(out, kInlineOverlap, available, i, offset);
       out.segments[i] = kj::ArrayPtr<const capnp::word>(base + offset, words);
       nextInlineWord = offset + words;
     }
   }
   out.segmentCount = count;
   out.payloadBytes = total;
-  return {};
+  return true;
+}
+
+std::string frameRefusalReason(const ParsedFrame& refused) {
+  const FrameRefusal& r = refused.refusal;
+  const FrameHeader& h = refused.header;
+  const uint64_t frameBytes = h.frameBytes;
+  const std::string i = std::to_string(r.segment);
+  switch (r.rule) {
+    case kAccepted: return {};
+    case kMisaligned: return "frame is not 8-byte aligned";
+    case kShorterThanHeader:
+      return "frame of " + std::to_string(r.available) + " bytes is shorter than its header";
+    case kLengthBeyondBytes:
+      return "frame length " + std::to_string(frameBytes) + " exceeds the " +
+             std::to_string(r.available) + " bytes available";
+    case kLengthNotWords:
+      return "frame length " + std::to_string(frameBytes) + " is not a multiple of 8";
+    case kUnknownKind: return "unknown frame kind " + std::to_string(h.kind);
+    case kUnknownFlags: return "unknown frame flags " + std::to_string(h.flags);
+    case kReservedSet: return "reserved header field is not zero";
+    case kSegmentCount:
+      return "segment count " + std::to_string(h.segmentCount) + " outside 1.." +
+             std::to_string(kMaxSegments);
+    case kTableMisplaced:
+      return "segment table offset " + std::to_string(h.tableOffset) + " is misplaced";
+    case kTableNotAtEnd:
+      return "segment table of " + std::to_string(h.segmentCount) + " entries at offset " +
+             std::to_string(h.tableOffset) + " does not end the " + std::to_string(frameBytes) +
+             "-byte frame" + ((h.flags & kFlagTraced) ? " (before its trace context)" : "");
+    case kFirstSegmentEmpty: return "first segment is empty";
+    case kEmptySegmentOutOfRange: return "empty segment " + i + " has a location out of range";
+    case kMessageTooLarge:
+      return "message of at least " + std::to_string(r.value) + " bytes exceeds the maximum " +
+             std::to_string(r.limit);
+    case kOutsideArena:
+      return "segment " + i + " lies outside the arena" +
+             (r.limit ? "" : " (this transport has none)");
+    case kInlineOverlap:
+      return "segment " + i + " at word " + std::to_string(r.value) +
+             " overlaps the header, the table or an earlier segment";
+  }
+  return "frame refused (rule " + std::to_string(r.rule) + ")";
+}
+
+std::string parseFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
+                       ParsedFrame& out) {
+  if (checkFrame(bytes, limits, out)) return {};
+  return frameRefusalReason(out);
 }
 
 }  // namespace zcrpc

@@ -10,15 +10,6 @@ OutgoingMessage::~OutgoingMessage() noexcept(false) {
   if (source_) source_->abandon();
 }
 
-void OutgoingMessage::open(SegmentSource& source, FrameHeader& header,
-                           kj::ArrayPtr<capnp::word> first) noexcept {
-  source_ = &source;
-  header_ = &header;
-  first_ = first;
-  firstTaken_ = false;
-  trace_ = TraceContext{};
-}
-
 kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSize) {
   if (!source_) throw InvalidArgument("OutgoingMessage used before Connection::tryStartMessage or after send");
   if (!firstTaken_) {
@@ -29,11 +20,6 @@ kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSi
     return more;
   }
   return source_->allocateMore(minimumSize);
-}
-
-kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> OutgoingMessage::segmentsForSend() {
-  if (!firstTaken_) getRoot<capnp::AnyPointer>();  // allocates the root pointer's segment
-  return getSegmentsForOutput();
 }
 
 IncomingMessage::IncomingMessage(IncomingMessage&& other) noexcept
@@ -59,15 +45,12 @@ capnp::MessageReader& IncomingMessage::reader() {
     capnp::ReaderOptions opts;
     opts.traversalLimitInWords = l.traversalLimitWords;
     opts.nestingLimit = l.nestingLimit;
-    reader_.emplace(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>>(f.segments.data(),
-                                                                        f.segmentCount),
-                    opts);
+    reader_.emplace(f, opts);
   }
   return *reader_;
 }
 
-void IncomingMessage::release() noexcept {
-  if (!owner_) return;
+void IncomingMessage::releaseHeld() noexcept {
   reader_.reset();
   std::exchange(owner_, nullptr)->releaseLease(slot_);
 }

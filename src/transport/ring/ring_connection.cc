@@ -40,6 +40,20 @@ inline void storeRelease(std::byte* p, uint64_t v) noexcept {
   __atomic_store_n(reinterpret_cast<uint64_t*>(p), v, __ATOMIC_RELEASE);
 }
 
+// The record word's line has arrived; the rest of the record (segment table at its end,
+// the payload Cap'n Proto reads later) would otherwise come over one cache miss after
+// another as the code reaches it. Asking for the lines now overlaps the transfers. Only
+// addresses inside the validated record are named (and a prefetch never faults).
+inline void prefetchRecord(const std::byte* record, uint32_t len) noexcept {
+  constexpr uint32_t kMaxLines = 8;  // beyond this the hardware's stream prefetch takes over
+  const std::byte* end = record + len;
+  const std::byte* line = reinterpret_cast<const std::byte*>(
+      reinterpret_cast<uintptr_t>(record) & ~uintptr_t{kCacheLine - 1});
+  for (uint32_t i = 1; i <= kMaxLines && line + i * kCacheLine < end; ++i)
+    __builtin_prefetch(line + i * kCacheLine);
+  __builtin_prefetch(end - sizeof(SegmentEntry));  // the segment table ends the record
+}
+
 }  // namespace
 
 void initFile(std::byte* base, uint64_t ringBytes, uint64_t arenaBytes, uint64_t maxMessageBytes,
@@ -98,6 +112,8 @@ RingConnection::RingConnection(RingFiles files, std::unique_ptr<Link> link,
       ringMask_(files.ringBytes - 1),
       arenaBytes_(files.arenaBytes),
       maxMessage_(files.maxMessageBytes),
+      fastFirstMaxBytes_(std::min<uint64_t>(
+          files.maxMessageBytes, files.ringBytes / kRecordShare - kRecordFixed - kTableAccounted)),
       txRing_(reinterpret_cast<std::byte*>(files.local) + kDataOffset),
       txArena_(txRing_ + files.ringBytes),
       rxRing_(reinterpret_cast<const std::byte*>(files.peer) + kDataOffset),
@@ -230,11 +246,10 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
       // Nothing to wait for from the peer: every lease is held here. Sleep until one of
       // them is released (by any thread).
       uint32_t seq = leaseSeq_.load(std::memory_order_acquire);
-      // pairs with the fence + load of leaseWaiter_ in releaseLease()
-      leaseWaiter_.store(1, std::memory_order_seq_cst);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (leases_.full()) os::futexWait(leaseSeq_, seq, slice);
-      leaseWaiter_.store(0, std::memory_order_relaxed);
+      // pairs with the unlock in LeaseQueue::reclaim(): either it frees a slot we see
+      // here, or it reports us as a waiter and afterReleased() bumps leaseSeq_.
+      if (leases_.announceWaiter()) os::futexWait(leaseSeq_, seq, slice);
+      leases_.withdrawWaiter();
       ready = done();
     } else if (forData) {
       bool onLink = options_.waitMode == WaitMode::kBlocking;
@@ -349,6 +364,38 @@ bool RingConnection::extendRecord(uint32_t newReserved, bool mayWait) {
 }
 
 Status RingConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmentWords) {
+  // Fast path: no message open, connection up, a small first segment that goes in the ring
+  // without a wrap marker, and room known from the cached head. Anything else (errors,
+  // wrapping, refreshing the head, the arena) takes the general path, which decides alone.
+  const uint64_t firstBytes = uint64_t{firstSegmentWords} * 8;
+  const uint64_t pos = tail_;
+  const uint64_t offset = pos & ringMask_;
+  const uint32_t inlineBytes = kRecordFixed + static_cast<uint32_t>(firstBytes);
+  if (open_.msg || firstBytes - 1 >= fastFirstMaxBytes_ ||  // also catches 0 words
+      closed_.load(std::memory_order_relaxed) || peerDead_.load(std::memory_order_relaxed) ||
+      files_.ringBytes - offset < inlineBytes + kTableReserve ||
+      pos + inlineBytes + kTableAccounted - cachedHead_ > files_.ringBytes)
+    return tryStartMessageSlow(msg, firstSegmentWords);
+  std::byte* record = txRing_ + offset;
+  // Frame header and first segment are contiguous: clear both at once (Cap'n Proto builds
+  // only on zeroed memory; this space held an earlier lap's message).
+  std::memset(record + kRecordHeaderBytes, 0, kFrameHeaderBytes + firstBytes);
+  auto* header = reinterpret_cast<FrameHeader*>(record + kRecordHeaderBytes);
+  header->kind = static_cast<uint8_t>(FrameKind::kData);
+  auto* first = reinterpret_cast<capnp::word*>(record + kRecordFixed);
+  open_.msg = &msg;
+  open_.start = pos;
+  open_.reserved = inlineBytes + kTableAccounted;
+  open_.ringEnd = inlineBytes;
+  open_.arenaTailAtStart = arenaTail_;
+  open_.allocatedBytes = firstBytes;
+  open_.count = 1;
+  open_.allocations[0] = {first, firstSegmentWords, 0};
+  msg.open(*this, *header, kj::ArrayPtr<capnp::word>(first, firstSegmentWords));
+  return Status::kOk;
+}
+
+Status RingConnection::tryStartMessageSlow(OutgoingMessage& msg, uint32_t firstSegmentWords) {
   if (open_.msg)
     throw InvalidArgument("a message is already open on " + endpoint() +
                           ": send or destroy it before starting another");
@@ -494,7 +541,16 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   std::array<SegmentEntry, kMaxSegments> table;
   uint32_t inlineEnd = kRecordHeaderBytes + kFrameHeaderBytes;
   uint64_t total = 0;
-  for (size_t i = 0; i < n; ++i) {
+  size_t i = 0;
+  if (n == 1 && reinterpret_cast<const std::byte*>(segments[0].begin()) == record + kRecordFixed) {
+    // The common small message: one segment, the first one, inline right after the header.
+    uint32_t words = static_cast<uint32_t>(segments[0].size());
+    total = uint64_t{words} * 8;
+    table[0] = {words, kFrameHeaderBytes / 8};
+    inlineEnd = kRecordFixed + words * 8;
+    i = 1;
+  }
+  for (; i < n; ++i) {
     const capnp::word* begin = segments[i].begin();
     uint32_t words = static_cast<uint32_t>(segments[i].size());
     total += uint64_t{words} * 8;
@@ -525,7 +581,10 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   const uint32_t tableBytes = static_cast<uint32_t>(n * sizeof(SegmentEntry));
   uint32_t recordBytes = inlineEnd + tableBytes + (traced ? sizeof(TraceContext) : 0);
   extendRecord(recordBytes, /*mayWait=*/true);
-  std::memcpy(record + inlineEnd, table.data(), tableBytes);
+  if (n == 1)
+    std::memcpy(record + inlineEnd, table.data(), sizeof(SegmentEntry));  // a plain store
+  else
+    std::memcpy(record + inlineEnd, table.data(), tableBytes);
   if (traced) std::memcpy(record + inlineEnd + tableBytes, &msg.trace(), sizeof(TraceContext));
   auto& h = msg.header();
   h.frameBytes = recordBytes - kRecordHeaderBytes;
@@ -612,6 +671,7 @@ Status RingConnection::tryReceive(IncomingMessage& out) {
             std::to_string(pos));
       return Status::kDisconnected;
     }
+    prefetchRecord(rxRing_ + offset, len);
     uint64_t arenaEnd = loadRelaxed(rxRing_ + offset + 8);
     if (arenaEnd < lastArenaEnd_ || arenaEnd - lastArenaEnd_ > arenaBytes_) {
       fault("bad arena position " + std::to_string(arenaEnd) + " in record at ring position " +
@@ -619,19 +679,18 @@ Status RingConnection::tryReceive(IncomingMessage& out) {
       return Status::kDisconnected;
     }
     LeaseQueue::Entry& slot = leases_.next();
-    std::string why = parseFrame(
-        std::span<const std::byte>(rxRing_ + offset + kRecordHeaderBytes,
-                                   len - kRecordHeaderBytes),
-        frameLimits_, slot.frame);
-    if (!why.empty()) {
-      fault("malformed frame at ring position " + std::to_string(pos) + ": " + why);
+    if (!checkFrame(std::span<const std::byte>(rxRing_ + offset + kRecordHeaderBytes,
+                                               len - kRecordHeaderBytes),
+                    frameLimits_, slot.frame)) {
+      fault("malformed frame at ring position " + std::to_string(pos) + ": " +
+            frameRefusalReason(slot.frame));
       return Status::kDisconnected;
     }
     slot.end = pos + len;
     slot.aux = arenaEnd;
     lastArenaEnd_ = arenaEnd;
     readPos_ = pos + len;
-    out = IncomingMessage(*this, leases_.push());
+    out.attach(*this, leases_.push());
     return Status::kOk;
   }
 }
@@ -651,18 +710,16 @@ Status RingConnection::receive(IncomingMessage& out, Deadline deadline) {
 }
 
 void RingConnection::releaseLease(uint32_t slot) noexcept {
-  leases_.release(slot, [this](uint64_t end, uint64_t aux) { publishReleased(end, aux); });
-  // pairs with the seq_cst store of leaseWaiter_ in waitFor(): a receive sleeping because
-  // every lease was held either sees the freed slot on its re-check or is woken here.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (leaseWaiter_.load(std::memory_order_relaxed)) {
-    leaseSeq_.fetch_add(1, std::memory_order_release);
-    os::futexWakeAll(leaseSeq_);
-  }
+  leases_.release(
+      slot, [this](uint64_t end, uint64_t aux) { publishReleased(end, aux); },
+      [this](bool waiter) { afterReleased(waiter); });
 }
 
-void RingConnection::reclaim() noexcept {
-  leases_.reclaim([this](uint64_t end, uint64_t aux) { publishReleased(end, aux); });
+// Out of line: tryReceive() calls it only when every lease is held, and inlined it costs
+// the receive fast path registers.
+[[gnu::noinline]] void RingConnection::reclaim() noexcept {
+  leases_.reclaim([this](uint64_t end, uint64_t aux) { publishReleased(end, aux); },
+                  [this](bool waiter) { afterReleased(waiter); });
 }
 
 void RingConnection::publishReleased(uint64_t ringHead, uint64_t arenaHead) noexcept {
@@ -671,6 +728,15 @@ void RingConnection::publishReleased(uint64_t ringHead, uint64_t arenaHead) noex
   // the space only after our reads of it are done.
   me.arenaHead.store(arenaHead, std::memory_order_release);
   me.head.store(ringHead, std::memory_order_release);
+}
+
+void RingConnection::afterReleased(bool leaseWaiter) noexcept {
+  // Runs after a reclaim that freed space dropped the lease lock. `leaseWaiter`: our
+  // receiving thread sleeps because every lease was held (see LeaseQueue::announceWaiter).
+  if (leaseWaiter) {
+    leaseSeq_.fetch_add(1, std::memory_order_release);
+    os::futexWakeAll(leaseSeq_);
+  }
   wakeProducer();
 }
 
@@ -682,7 +748,8 @@ uint32_t RingConnection::recordLimit(uint64_t segmentBytes) const noexcept {
 
 void RingConnection::wakeProducer() noexcept {
   if (!peerProducerMaySleep_) return;
-  // pairs with the seq_cst store+fence of waitingForSpace in the peer's waitFor()
+  // pairs with the seq_cst store+fence of waitingForSpace in the peer's waitFor(): either
+  // it sees the head publishReleased() stored, or we see it waiting.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (files_.peer->producer.waitingForSpace.load(std::memory_order_relaxed)) {
     files_.local->consumer.spaceSeq.fetch_add(1, std::memory_order_release);

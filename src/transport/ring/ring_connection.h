@@ -52,7 +52,11 @@ std::string checkFileHeader(const FileHeader& h, uint64_t fileBytes);
 /// Checks the connection options a side is configured with; throws InvalidArgument.
 void checkOptions(const ConnectionOptions& opts);
 
-class RingConnection final : public Connection, private SegmentSource, private LeaseOwner {
+// Hidden: used only inside libzcrpc, so calls between its members bind locally and the
+// compiler may inline the small ones on the fast path (no PLT, no interposition).
+class __attribute__((visibility("hidden"))) RingConnection final : public Connection,
+                                                                   private SegmentSource,
+                                                                   private LeaseOwner {
  public:
   RingConnection(RingFiles files, std::unique_ptr<Link> link, const ConnectionOptions& options);
   ~RingConnection() override;
@@ -86,6 +90,7 @@ class RingConnection final : public Connection, private SegmentSource, private L
   void releaseLease(uint32_t slot) noexcept override;
 
   // producer side
+  Status tryStartMessageSlow(OutgoingMessage& msg, uint32_t firstSegmentWords);
   bool ringRoom(uint64_t end);
   std::byte* arenaAllocate(uint64_t bytes, bool mayWait);
   bool arenaRoom(uint64_t end);
@@ -100,6 +105,7 @@ class RingConnection final : public Connection, private SegmentSource, private L
   bool dataReady() const noexcept;
   void reclaim() noexcept;
   void publishReleased(uint64_t ringHead, uint64_t arenaHead) noexcept;
+  void afterReleased(bool leaseWaiter) noexcept;
   void wakeProducer() noexcept;
   uint32_t recordLimit(uint64_t segmentBytes) const noexcept;
 
@@ -117,6 +123,7 @@ class RingConnection final : public Connection, private SegmentSource, private L
   uint64_t ringMask_;
   uint64_t arenaBytes_;
   uint64_t maxMessage_;
+  uint64_t fastFirstMaxBytes_;  // a first segment up to this size always goes in the ring
   std::byte* txRing_;
   std::byte* txArena_;
   const std::byte* rxRing_;
@@ -161,7 +168,6 @@ class RingConnection final : public Connection, private SegmentSource, private L
   // A receive that waits because every lease is held sleeps on this private futex word;
   // releasing a lease bumps it.
   std::atomic<uint32_t> leaseSeq_{0};
-  std::atomic<uint32_t> leaseWaiter_{0};
   FrameLimits frameLimits_;
 };
 
