@@ -214,10 +214,10 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         leases_(options.maxLeases) {
     pending_.reserve(kMaxIov);
     limits_.maxMessageBytes = maxMessage_;
+    // The socket joins it at the first armWait(): a socket in an epoll set costs every
+    // arriving segment a wake-up callback in the kernel, which a busy-polling
+    // connection, never sleeping, would pay on every message for nothing.
     epoll_ = os::Fd(ZCRPC_SYSCALL(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1 for " + what_));
-    epoll_event ev{};
-    ev.events = epollEvents_;
-    ZCRPC_SYSCALL(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd_.get(), &ev), "epoll_ctl " + what_);
   }
 
   ~TcpConnection() override {
@@ -296,8 +296,15 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     if (n > kMaxSegments)
       throw InvalidArgument("message on " + what_ + " has more than " +
                             std::to_string(kMaxSegments) + " segments");
-    // Table goes right after the open region in the buffer (room was reserved).
+    // The table goes right after the last segment when that one lies in the buffer (the
+    // unused end of its reservation is free now), so a small frame is one contiguous
+    // range; otherwise after the open region (room was reserved either way).
     uint64_t tableAt = open_.end;
+    if (n) {
+      auto* lastEnd = reinterpret_cast<const std::byte*>(segments[n - 1].end());
+      if (lastEnd > send_ + open_.start && lastEnd <= send_ + open_.end)
+        tableAt = static_cast<uint64_t>(lastEnd - send_);
+    }
     if (tableAt + n * sizeof(SegmentEntry) + sizeof(TraceContext) > sendBytes_)
       throw Overloaded("no send buffer room for the segment table on " + what_);
     auto* table = reinterpret_cast<SegmentEntry*>(send_ + tableAt);
@@ -389,7 +396,14 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     if (want != epollEvents_) {
       epoll_event ev{};
       ev.events = want;
-      if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd_.get(), &ev) == 0) epollEvents_ = want;
+      // ADD reports a socket already readable at once, so nothing arriving before it is missed.
+      int op = epollEvents_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+      if (::epoll_ctl(epoll_.get(), op, fd_.get(), &ev) == 0) {
+        epollEvents_ = want;
+      } else if (op == EPOLL_CTL_ADD) {
+        fault(os::errnoText("cannot watch " + what_ + " (epoll_ctl)", errno));
+        return false;  // closed: the caller's next receive reports it
+      }
     }
     return true;
   }
@@ -536,7 +550,11 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       mh.msg_iov = pending_.data();
       mh.msg_iovlen = std::min<size_t>(pending_.size(), IOV_MAX);
       // sendmsg, not writev: MSG_NOSIGNAL, so a reset peer is an error, not a SIGPIPE.
-      ssize_t n = ::sendmsg(fd_.get(), &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      // One range (the common small frame): send(), with no iovec array to import.
+      ssize_t n = pending_.size() == 1
+                      ? ::send(fd_.get(), pending_[0].iov_base, pending_[0].iov_len,
+                               MSG_NOSIGNAL | MSG_DONTWAIT)
+                      : ::sendmsg(fd_.get(), &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN) return;
@@ -732,7 +750,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
 
   os::Fd fd_;
   os::Fd epoll_;
-  uint32_t epollEvents_ = EPOLLIN | EPOLLRDHUP;  // receiving thread
+  uint32_t epollEvents_ = 0;  // receiving thread; 0: the socket is not in epoll_ yet
   std::string what_;
   ConnectionOptions options_;
   uint64_t maxMessage_;
