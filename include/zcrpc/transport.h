@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include <poll.h>
 #include <sys/types.h>
 
 #include "zcrpc/error.h"
@@ -113,6 +114,13 @@ class Listener {
   virtual std::unique_ptr<Connection> accept(Deadline deadline) = 0;
   /// File descriptor readable when a client is waiting (for the caller's epoll).
   virtual int pollFd() const noexcept = 0;
+  /// For an event loop that calls accept(now) when woken: appends what to poll for
+  /// readability (pollFd() and any handshake in progress) and returns when accept() must
+  /// run again even if nothing becomes readable (a handshake's deadline), or kNoDeadline.
+  virtual Deadline addPollFds(std::vector<pollfd>& fds) const {
+    fds.push_back({pollFd(), POLLIN, 0});
+    return kNoDeadline;
+  }
   virtual std::string endpoint() const = 0;
   /// Refusals and failed handshakes so far, each with its reason (most recent last).
   virtual std::vector<std::string> refusals() const = 0;

@@ -684,8 +684,11 @@ class Worker final {
     }
     if (!ready) {
       int r;
-      const auto slice = congested ? kCongestedSlice : kSleepSlice;
-      do r = ::poll(fds.data(), fds.size(), static_cast<int>(slice.count()));
+      // Slices bound the liveness checks of connections; with none, only wake() ends it.
+      const int ms = congested              ? static_cast<int>(kCongestedSlice.count())
+                     : connections_.empty() ? -1
+                                            : static_cast<int>(kSleepSlice.count());
+      do r = ::poll(fds.data(), fds.size(), ms);
       while (r < 0 && errno == EINTR);
     }
     size_t i = 0;
@@ -803,16 +806,22 @@ struct Server::Impl {
     while (!stopping.load(std::memory_order_acquire)) {
       fds.clear();
       fds.push_back({acceptorWake.get(), POLLIN, 0});
-      for (auto& l : listeners) fds.push_back({l->pollFd(), POLLIN, 0});
-      // A short timeout: listeners advance handshakes in progress on every accept().
-      int r = ::poll(fds.data(), fds.size(), 10);
-      if (r < 0) continue;
-      for (size_t i = 1; i < fds.size(); ++i) {
+      // Sleeps until a client or a handshake in progress has something, or a handshake's
+      // deadline: no periodic wake-up to take a core from a busy-polling worker.
+      Deadline wakeAt = kNoDeadline;
+      for (auto& l : listeners) wakeAt = std::min(wakeAt, l->addPollFds(fds));
+      int ms = -1;
+      if (wakeAt != kNoDeadline) {
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(wakeAt - Clock::now());
+        ms = static_cast<int>(std::clamp<int64_t>(left.count(), 0, 60'000));
+      }
+      if (::poll(fds.data(), fds.size(), ms) < 0) continue;
+      for (auto& l : listeners) {
         try {
-          if (auto c = listeners[i - 1]->accept(Clock::now())) leastLoaded().adopt(std::move(c));
+          if (auto c = l->accept(Clock::now())) leastLoaded().adopt(std::move(c));
         } catch (const std::exception& e) {
-          std::fprintf(stderr, "zcrpc: accept on %s failed: %s\n",
-                       listeners[i - 1]->endpoint().c_str(), e.what());
+          std::fprintf(stderr, "zcrpc: accept on %s failed: %s\n", l->endpoint().c_str(),
+                       e.what());
         }
       }
     }

@@ -9,10 +9,13 @@
 
 #include <capnp/any.h>
 
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <random>
 
 #include "rpc/rpc_test_util.h"
+#include "zcrpc/tcp.h"
 
 namespace zcrpc::rpctest {
 namespace {
@@ -869,6 +872,60 @@ void runClientProcesses(int processes, int threads, int calls, std::chrono::seco
 
 TEST(RpcShmProcesses, ManyClientProcessesWithManyThreads) {
   runClientProcesses(/*processes=*/3, /*threads=*/4, /*calls=*/400, 40s);
+}
+
+// ---------------------------------------------------------------------------------------
+// An idle server sleeps: no periodic wake-up of its acceptor or an empty worker, which on
+// a busy-polling host would take the core from the threads doing the work.
+
+namespace {
+
+std::set<std::string> threadIds() {
+  std::set<std::string> ids;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task"))
+    ids.insert(e.path().filename().string());
+  return ids;
+}
+
+/// Voluntary plus involuntary context switches of the given threads of this process.
+uint64_t contextSwitches(const std::set<std::string>& ids) {
+  uint64_t total = 0;
+  for (const auto& id : ids) {
+    std::ifstream status("/proc/self/task/" + id + "/status");
+    std::string line;
+    while (std::getline(status, line))
+      if (line.find("ctxt_switches:") != std::string::npos)
+        total += std::stoull(line.substr(line.find(':') + 1));
+  }
+  return total;
+}
+
+}  // namespace
+
+TEST(RpcServerIdle, AnIdleServerDoesNotWakeUpPeriodically) {
+  TestService svc;
+  ServerOptions so;
+  so.workerThreads = 2;
+  so.idleMode = WaitMode::kBlocking;
+  Server server(so);
+  server.addService(svc);
+  ShmListenOptions lo;
+  lo.connection = testConnOpts();
+  server.addListener(listenShm(uniqueName("idle"), lo));
+  server.addListener(listenTcp("127.0.0.1:0"));
+  auto before = threadIds();
+  server.start();
+  std::set<std::string> serverThreads;
+  for (const auto& id : threadIds())
+    if (!before.count(id)) serverThreads.insert(id);
+  ASSERT_GE(serverThreads.size(), 3u) << "expected an acceptor and two workers";
+  std::this_thread::sleep_for(100ms);  // let them reach their sleep
+  uint64_t start = contextSwitches(serverThreads);
+  std::this_thread::sleep_for(500ms);
+  uint64_t woke = contextSwitches(serverThreads) - start;
+  // A 10 ms acceptor poll and 20 ms worker slices made about 100 in this half second.
+  EXPECT_LE(woke, 5u) << "the idle server's threads woke " << woke << " times in 500 ms";
+  server.shutdown(deadlineAfter(1s));
 }
 
 class RpcServerKill : public ::testing::TestWithParam<WaitMode> {};

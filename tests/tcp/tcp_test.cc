@@ -441,6 +441,43 @@ TEST(Tcp, ASilentClientDoesNotHoldUpOthers) {
   EXPECT_LT(msSince(start), 1500.0);
 }
 
+TEST(Tcp, AServersHandshakeArrivingInPiecesIsAnsweredWhenItCompletes) {
+  // The server's acceptor sleeps until something happens (no periodic wake-up): the
+  // sockets of handshakes in progress must be among what it waits on.
+  auto so = tcpOptions("s3cret");
+  so.connection.connectTimeout = 3000ms;
+  TcpServer server("127.0.0.1:0", so);
+  OwnedFd raw = rawConnect(portOf(server.endpoint));
+  ASSERT_TRUE(raw);
+  TcpHello hello;
+  hello.tokenBytes = 6;
+  hello.maxMessageBytes = 1 << 20;
+  ASSERT_TRUE(writeExactly(raw.get(), &hello, 8));  // part of the Hello
+  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(writeExactly(raw.get(), reinterpret_cast<const char*>(&hello) + 8, sizeof hello - 8));
+  std::this_thread::sleep_for(100ms);
+  auto start = Clock::now();
+  ASSERT_TRUE(writeExactly(raw.get(), "s3cret", 6));  // the token completes it
+  TcpAnswer answer;
+  ASSERT_TRUE(readExactly(raw.get(), &answer, sizeof answer, 2500ms));
+  EXPECT_EQ(answer.accepted, 1u);
+  EXPECT_LT(msSince(start), 1000.0) << "answered only when the handshake's deadline woke it";
+}
+
+TEST(Tcp, AServerDropsASilentClientAtItsHandshakeDeadline) {
+  auto so = tcpOptions();
+  so.connection.connectTimeout = 300ms;
+  TcpServer server("127.0.0.1:0", so);
+  OwnedFd silent = rawConnect(portOf(server.endpoint));
+  ASSERT_TRUE(silent);
+  auto start = Clock::now();
+  TcpAnswer answer;
+  // Nothing arrives on any socket: only the deadline can wake the acceptor to drop it.
+  EXPECT_FALSE(readExactly(silent.get(), &answer, sizeof answer, 2500ms));
+  EXPECT_LT(msSince(start), 2000.0) << "the silent client was not dropped at its deadline";
+  EXPECT_THAT(refusalsOnceThereAre(*server.listener, 1), Contains(HasSubstr("handshake timed out")));
+}
+
 // ---------------------------------------------------------------------------------------
 // Server restarts, tokens, limits
 

@@ -197,7 +197,6 @@ class ShmListener final : public Listener {
         pending_.push_back(std::move(p));
       }
       auto now = Clock::now();
-      Deadline wakeAt = deadline;
       for (size_t i = 0; i < pending_.size();) {
         Pending& p = pending_[i];
         std::unique_ptr<Connection> done;
@@ -217,13 +216,11 @@ class ShmListener final : public Listener {
           if (done) return done;
           continue;
         }
-        wakeAt = std::min(wakeAt, p.deadline);
         ++i;
       }
       if (now >= deadline) return nullptr;
       fds.clear();
-      fds.push_back({socket_.get(), POLLIN, 0});
-      for (auto& p : pending_) fds.push_back({p.sock.get(), POLLIN, 0});
+      Deadline wakeAt = std::min(deadline, addPollFds(fds));
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wakeAt - now);
       int ms = static_cast<int>(std::min<int64_t>(wait.count() + 1, 1000));
       int r;
@@ -233,6 +230,15 @@ class ShmListener final : public Listener {
   }
 
   int pollFd() const noexcept override { return socket_.get(); }
+  Deadline addPollFds(std::vector<pollfd>& fds) const override {
+    fds.push_back({socket_.get(), POLLIN, 0});
+    Deadline first = kNoDeadline;
+    for (auto& p : pending_) {
+      fds.push_back({p.sock.get(), POLLIN, 0});
+      first = std::min(first, p.deadline);
+    }
+    return first;
+  }
   std::string endpoint() const override { return "shm://" + name_; }
   std::vector<std::string> refusals() const override {
     std::lock_guard lock(mutex_);
