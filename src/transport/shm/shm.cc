@@ -22,6 +22,7 @@
 #include <mutex>
 
 #include "os/os.h"
+#include "transport/handshakes.h"
 #include "transport/ring/ring_connection.h"
 
 namespace zcrpc {
@@ -192,7 +193,7 @@ class ShmListener final : public Listener {
         Pending p;
         p.what = endpoint() + " (server, peer pid " + std::to_string(cred.pid) + ")";
         p.cred = cred;
-        p.sock = std::move(client);
+        p.fd = std::move(client);
         p.deadline = deadlineAfter(options_.connection.connectTimeout);
         pending_.push_back(std::move(p));
       }
@@ -204,7 +205,7 @@ class ShmListener final : public Listener {
         try {
           done = advance(p);
           if (!done && now >= p.deadline) {
-            sendRefusal(p.sock.get(), "handshake timed out");
+            sendRefusal(p.fd.get(), "handshake timed out");
             throw Failed("handshake with " + p.what + " timed out");
           }
         } catch (const std::exception& e) {
@@ -231,13 +232,7 @@ class ShmListener final : public Listener {
 
   int pollFd() const noexcept override { return socket_.get(); }
   Deadline addPollFds(std::vector<pollfd>& fds) const override {
-    fds.push_back({socket_.get(), POLLIN, 0});
-    Deadline first = kNoDeadline;
-    for (auto& p : pending_) {
-      fds.push_back({p.sock.get(), POLLIN, 0});
-      first = std::min(first, p.deadline);
-    }
-    return first;
+    return pollListenerAndHandshakes(socket_.get(), pending_, fds);
   }
   std::string endpoint() const override { return "shm://" + name_; }
   std::vector<std::string> refusals() const override {
@@ -247,7 +242,7 @@ class ShmListener final : public Listener {
 
  private:
   struct Pending {
-    os::Fd sock;
+    os::Fd fd;
     os::PeerCredentials cred{};
     Deadline deadline{};
     std::string what;
@@ -267,13 +262,13 @@ class ShmListener final : public Listener {
     HandshakeMessage m;
     os::Fd fds[2];
     size_t fdCount = 0;
-    auto n = os::tryReceiveWithFds(p.sock.get(), std::as_writable_bytes(std::span(&m, 1)), fds,
+    auto n = os::tryReceiveWithFds(p.fd.get(), std::as_writable_bytes(std::span(&m, 1)), fds,
                                    fdCount);
     if (!n) return nullptr;
     if (*n != sizeof m || m.magic != kHandshakeMagic)
       throw Failed(p.what + ": peer is not speaking the zcrpc shm handshake");
     if (m.version != kHandshakeVersion) {
-      sendRefusal(p.sock.get(), "handshake version not supported");
+      sendRefusal(p.fd.get(), "handshake version not supported");
       throw Failed(p.what + ": handshake version " + std::to_string(m.version));
     }
     const auto& co = options_.connection;
@@ -283,7 +278,7 @@ class ShmListener final : public Listener {
         std::string why = "uid " + std::to_string(p.cred.uid) + " gid " +
                           std::to_string(p.cred.gid) +
                           " is not admitted by the credential policy of " + endpoint();
-        sendRefusal(p.sock.get(), why);
+        sendRefusal(p.fd.get(), why);
         throw Failed("refused pid " + std::to_string(p.cred.pid) + ": " + why);
       }
       p.own = createOwnFile(p.what, co.ringBytes, co.arenaBytes, co.maxMessageBytes, co.waitMode);
@@ -292,7 +287,7 @@ class ShmListener final : public Listener {
       p.offer.arenaBytes = co.arenaBytes;
       p.offer.maxMessageBytes = co.maxMessageBytes;
       p.offer.fileBytes = ring::fileBytesFor(co.ringBytes, co.arenaBytes);
-      sendStep(p.sock.get(), p.offer, p.own.readOnly.get());
+      sendStep(p.fd.get(), p.offer, p.own.readOnly.get());
       p.own.readOnly.reset();
       p.accepted = true;
       return nullptr;
@@ -303,13 +298,13 @@ class ShmListener final : public Listener {
     try {
       peer = mapPeerFile(fds[0], p.offer.fileBytes, p.offer, p.what);
     } catch (const std::exception& e) {
-      sendRefusal(p.sock.get(), e.what());
+      sendRefusal(p.fd.get(), e.what());
       throw;
     }
     HandshakeMessage done;
     done.step = Step::kEstablished;
-    sendStep(p.sock.get(), done);
-    auto link = std::make_unique<ShmLink>(std::move(p.sock), std::move(p.own.fd),
+    sendStep(p.fd.get(), done);
+    auto link = std::make_unique<ShmLink>(std::move(p.fd), std::move(p.own.fd),
                                           std::move(p.own.map), std::move(peer), p.what);
     auto files = filesOf(*link, p.offer);
     return std::make_unique<ring::RingConnection>(files, std::move(link), co);

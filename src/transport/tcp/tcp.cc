@@ -29,6 +29,7 @@
 #include <mutex>
 
 #include "os/os.h"
+#include "transport/handshakes.h"
 #include "transport/lease_queue.h"
 #include "transport/ring/layout.h"
 
@@ -865,13 +866,7 @@ class TcpListener final : public Listener {
 
   int pollFd() const noexcept override { return socket_.get(); }
   Deadline addPollFds(std::vector<pollfd>& fds) const override {
-    fds.push_back({socket_.get(), POLLIN, 0});
-    Deadline first = kNoDeadline;
-    for (auto& p : pending_) {
-      fds.push_back({p.fd.get(), POLLIN, 0});
-      first = std::min(first, p.deadline);
-    }
-    return first;
+    return pollListenerAndHandshakes(socket_.get(), pending_, fds);
   }
   std::string endpoint() const override { return endpoint_; }
   std::vector<std::string> refusals() const override {
