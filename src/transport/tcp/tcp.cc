@@ -670,7 +670,15 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   /// Reads what the kernel has into the ring. False when nothing more can be read now.
   bool readMore() {
     if (big_) return false;
-    if (leases_.empty()) leases_.syncHead(parse_, [&](uint64_t p) { head_.store(p, std::memory_order_release); });
+    if (leases_.empty()) {
+      // Nothing held and nothing buffered: read into the ring's start again, where the last
+      // frames left their lines in cache, rather than walking the whole (cold) ring.
+      uint64_t to = parse_ == tail_ && (tail_ & ringMask_) ? (tail_ | ringMask_) + 1 : parse_;
+      leases_.syncHead(to, [&](uint64_t p) {  // only while no lease exists
+        if (p != parse_) parse_ = tail_ = p;
+        head_.store(p, std::memory_order_release);
+      });
+    }
     uint64_t head = head_.load(std::memory_order_acquire);
     uint64_t offset = tail_ & ringMask_;
     // A partial frame that would run past the end of the ring moves to the next lap.
