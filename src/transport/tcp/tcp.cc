@@ -674,10 +674,12 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       // Nothing held and nothing buffered: read into the ring's start again, where the last
       // frames left their lines in cache, rather than walking the whole (cold) ring.
       uint64_t to = parse_ == tail_ && (tail_ & ringMask_) ? (tail_ | ringMask_) + 1 : parse_;
-      leases_.syncHead(to, [&](uint64_t p) {  // only while no lease exists
-        if (p != parse_) parse_ = tail_ = p;
-        head_.store(p, std::memory_order_release);
-      });
+      // Already there (the usual case while polling): no lock to take.
+      if (head_.load(std::memory_order_relaxed) != to)
+        leases_.syncHead(to, [&](uint64_t p) {  // only while no lease exists
+          if (p != parse_) parse_ = tail_ = p;
+          head_.store(p, std::memory_order_release);
+        });
     }
     uint64_t head = head_.load(std::memory_order_acquire);
     uint64_t offset = tail_ & ringMask_;
