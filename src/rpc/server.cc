@@ -15,6 +15,7 @@
 
 #include "metrics/stats_service.h"
 #include "os/os.h"
+#include "os/spin.h"
 #include "rpc/frames.h"
 #include "zcrpc/rpc.h"
 
@@ -27,11 +28,7 @@ constexpr auto kCongestedSlice = std::chrono::milliseconds(1);
 constexpr uint32_t kYieldEvery = 256;  // idle busy-poll rounds between sched_yield()s
 constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
 
-inline void cpuRelax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
+using os::cpuRelax;
 
 std::string hex(uint64_t v) {
   char b[24];

@@ -40,6 +40,7 @@
 #include <mutex>
 
 #include "os/os.h"
+#include "os/spin.h"
 #include "transport/lease_queue.h"
 #include "transport/ring/layout.h"
 
@@ -106,11 +107,7 @@ struct RecordHeader {
 };
 static_assert(sizeof(RecordHeader) == kRecordHeaderBytes);
 
-inline void cpuRelax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
+using os::cpuRelax;
 
 std::string withScheme(std::string_view text) {
   return text.starts_with("rdma://") ? std::string(text) : "rdma://" + std::string(text);
@@ -515,7 +512,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   // ---- sending ----
 
   Status tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmentWords) override {
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     if (open_.msg) throw InvalidArgument("a message is already open on " + what_);
     if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
     if (firstSegmentWords == 0) firstSegmentWords = 1;
@@ -573,18 +570,17 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   }
 
   Status send(OutgoingMessage& msg, bool flushNow) override {
-    std::unique_lock lock(sendMutex_);
+    // open_ is written only by this, the sending thread (under the lock, which the
+    // receiving thread takes to read it): reading it here needs no lock.
     if (open_.msg != &msg)
       throw InvalidArgument("send: message was not started on " + what_ + " or already sent");
     if (closed_.load(std::memory_order_relaxed)) {
       msg.markSent();
-      lock.unlock();
       abandon();
       return Status::kDisconnected;
     }
-    lock.unlock();
-    auto segments = msg.segmentsForSend();  // may allocate through allocateMore()
-    lock.lock();
+    auto segments = msg.segmentsForSend();  // may allocate through allocateMore(), which locks
+    std::unique_lock lock(sendLock_);
     size_t n = segments.size();
     if (n > kMaxSegments)
       throw InvalidArgument("message on " + what_ + " has more than " + std::to_string(kMaxSegments) +
@@ -642,7 +638,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   }
 
   Status flush() override {
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
     pump();
     return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kOk;
@@ -729,7 +725,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
     closedByUs_ = true;
     {
       // Let what was sent reach the peer first (bounded): completions of everything posted.
-      std::lock_guard lock(sendMutex_);
+      std::lock_guard lock(sendLock_);
       draining_ = true;
       if (!peerGone_ && !faulted_ && peerAddr_) {
         auto until = Clock::now() + std::chrono::milliseconds(200);
@@ -796,7 +792,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
 
   // SegmentSource
   kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) override {
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     uint64_t remaining = maxMessage_ - open_.allocated;
     uint64_t minBytes = uint64_t{minWords} * 8;
     if (minBytes > remaining)
@@ -825,7 +821,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   }
 
   void abandon() noexcept override {
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     if (open_.msg) sendTail_ = open_.start;
     open_.msg = nullptr;
     while (chunkSeq_ > open_.chunkBase && !chunks_.empty() && chunks_.back().freeAfter == ~uint64_t{0}) {
@@ -840,7 +836,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   void releaseLease(uint32_t slot) noexcept override {
     leases_.release(slot, [&](uint64_t end, uint64_t aux) { advanceReleased(end, aux); });
     if (creditWorthSending()) {
-      std::lock_guard lock(sendMutex_);
+      std::lock_guard lock(sendLock_);
       if (creditWorthSending()) postCredit();
     }
   }
@@ -867,11 +863,11 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
     bool want = any ? releasedRecords_.load(std::memory_order_acquire) != creditSent_.load(std::memory_order_relaxed)
                     : creditWorthSending();
     if (!want) return;
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     postCredit();
   }
 
-  /// sendMutex_ held. One inline RDMA WRITE of the released count into the peer's credit word.
+  /// sendLock_ held. One inline RDMA WRITE of the released count into the peer's credit word.
   void postCredit() noexcept {
     if (closed_.load(std::memory_order_relaxed) || faulted_ || !peerAddr_) return;
     uint64_t r = releasedRecords_.load(std::memory_order_acquire);
@@ -903,7 +899,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
     creditSentPos_.store(releasedPos_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
 
-  /// sendMutex_ held. Learns how many of our records the peer released, from the credit
+  /// sendLock_ held. Learns how many of our records the peer released, from the credit
   /// word it writes and from the headers of its records.
   void refreshCredit() noexcept {
     uint64_t inFlight = recordsSent_ - peerAcked_;
@@ -973,7 +969,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
     e.chunkEnd = chunkSeq_;
   }
 
-  /// sendMutex_ held: posts queued records as far as the peer's credits, the send queue
+  /// sendLock_ held: posts queued records as far as the peer's credits, the send queue
   /// and the ring allow, chained into one ibv_post_send (one doorbell).
   void pump() noexcept {
     if (closed_.load(std::memory_order_relaxed) && !draining_) return;
@@ -1095,7 +1091,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
     ++b.fragment;
   }
 
-  /// sendMutex_ held: a signalled zero-length write, so that unsignalled requests
+  /// sendLock_ held: a signalled zero-length write, so that unsignalled requests
   /// before it complete visibly and their memory can be reclaimed.
   void forceSignal() noexcept {
     if (faulted_ || !peerAddr_ || postSeq_ == 0 || lastSignal_ + 1 == postSeq_) return;
@@ -1117,7 +1113,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
     ++postSeq_;
   }
 
-  /// sendMutex_ held: reaps send completions, reclaiming the send buffer and chunks.
+  /// sendLock_ held: reaps send completions, reclaiming the send buffer and chunks.
   void pollSend() noexcept {
     if (completedSeq_ == postSeq_) return;
     ibv_wc wc[16];
@@ -1145,9 +1141,9 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
 
   /// Receiving thread: posts queued records unless the sending thread is at it.
   void flushFromReceiver() noexcept {
-    if (outTail_.load(std::memory_order_relaxed) == outHeadShadow() || !sendMutex_.try_lock()) return;
+    if (outTail_.load(std::memory_order_relaxed) == outHeadShadow() || !sendLock_.try_lock()) return;
     pump();
-    sendMutex_.unlock();
+    sendLock_.unlock();
   }
   uint64_t outHeadShadow() const noexcept { return outHead_.load(std::memory_order_relaxed); }
 
@@ -1215,7 +1211,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
       if (big_) return malformed("whole frame inside a fragmented one");
       std::string why = parseFrame(body, limits_, slot.frame);
       if (!why.empty()) return malformed(why);
-      out = IncomingMessage(*this, leases_.push());
+      out.attach(*this, leases_.push());
       return Status::kOk;
     }
     if (!(rh.flags & kFragment) || (rh.flags & ~(kFragment | kFirst | kLast)))
@@ -1243,7 +1239,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
                                  limits_, slot.frame);
     if (!why.empty()) return malformed(why);
     slot.owned = std::move(big_);
-    out = IncomingMessage(*this, leases_.push());
+    out.attach(*this, leases_.push());
     return Status::kOk;
   }
 
@@ -1345,7 +1341,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   std::atomic<bool> faulted_{false};
   std::atomic<bool> peerGone_{false};
   std::atomic<bool> disconnectCalled_{false};
-  bool draining_ = false;  // sendMutex_: close() lets queued records out
+  bool draining_ = false;  // sendLock_: close() lets queued records out
   bool armed_ = false;
   mutable std::mutex errorMutex_;
   std::string error_;
@@ -1374,8 +1370,8 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   std::atomic<uint64_t> creditSent_{0};
   std::atomic<uint64_t> creditSentPos_{0};
 
-  // send (sendMutex_)
-  std::mutex sendMutex_;
+  // send (sendLock_)
+  os::SpinLock sendLock_;
   uint64_t sendBytes_;
   uint64_t sendMask_;
   Registered sendMr_;

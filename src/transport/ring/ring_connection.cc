@@ -5,6 +5,7 @@
 #include <new>
 
 #include "os/os.h"
+#include "os/spin.h"
 
 namespace zcrpc::ring {
 
@@ -20,13 +21,7 @@ constexpr uint64_t kMinArenaSegmentBytes = 64 * 1024;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessInterval = std::chrono::milliseconds(2);
 
-inline void cpuRelax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
+using os::cpuRelax;
 
 // Loads from the peer's read-only mapping. std::atomic_ref needs a non-const object, so
 // use the builtins, which accept const pointers.

@@ -29,6 +29,7 @@
 #include <mutex>
 
 #include "os/os.h"
+#include "os/spin.h"
 #include "transport/handshakes.h"
 #include "transport/lease_queue.h"
 #include "transport/ring/layout.h"
@@ -189,11 +190,7 @@ void checkTcpOptions(const ConnectionOptions& o) {
                           " must be a power of two up to 1048576");
 }
 
-inline void cpuRelax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
+using os::cpuRelax;
 
 // ------------------------------------------------------------------------------------
 
@@ -232,7 +229,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   // ---- sending ----
 
   Status tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmentWords) override {
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     if (open_.msg) throw InvalidArgument("a message is already open on " + what_);
     if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
     if (firstSegmentWords == 0) firstSegmentWords = 1;
@@ -281,18 +278,17 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   }
 
   Status send(OutgoingMessage& msg, bool flushNow) override {
-    std::unique_lock lock(sendMutex_);
+    // open_ is written only by this, the sending thread (under the lock, which the
+    // receiving thread takes to read it): reading it here needs no lock.
     if (open_.msg != &msg)
       throw InvalidArgument("send: message was not started on " + what_ + " or already sent");
     if (closed_.load(std::memory_order_relaxed)) {
       msg.markSent();
-      lock.unlock();
       abandon();
       return Status::kDisconnected;
     }
-    lock.unlock();
-    auto segments = msg.segmentsForSend();  // may allocate through allocateMore()
-    lock.lock();
+    auto segments = msg.segmentsForSend();  // may allocate through allocateMore(), which locks
+    std::unique_lock lock(sendLock_);
     size_t n = segments.size();
     if (n > kMaxSegments)
       throw InvalidArgument("message on " + what_ + " has more than " +
@@ -352,7 +348,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   }
 
   Status flush() override {
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
     writePending();
     return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kOk;
@@ -422,14 +418,14 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   /// Sends what is queued (briefly, up to 200 ms if the peer is slow), then closes.
   void close() noexcept override {
     if (closed_.load()) return;
-    if (sendMutex_.try_lock()) {
+    if (sendLock_.try_lock()) {
       auto until = Clock::now() + std::chrono::milliseconds(200);
       writePending();
       while (pendingBytes_.load() && !closed_.load() && Clock::now() < until) {
         os::pollOne(fd_.get(), POLLOUT, std::chrono::milliseconds(20));
         writePending();
       }
-      sendMutex_.unlock();
+      sendLock_.unlock();
     }
     closeNow();
   }
@@ -456,7 +452,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
 
   // SegmentSource
   kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) override {
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     uint64_t remaining = maxMessage_ - open_.allocated;
     uint64_t minBytes = uint64_t{minWords} * 8;
     if (minBytes > remaining)
@@ -485,7 +481,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   }
 
   void abandon() noexcept override {
-    std::lock_guard lock(sendMutex_);
+    std::lock_guard lock(sendLock_);
     open_.msg = nullptr;
     // Chunks made for this message and not queued: drop them.
     while (!chunks_.empty() && chunks_.back().queuedAt == kNotQueued) chunks_.pop_back();
@@ -584,9 +580,9 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
 
   /// Receiving thread: pushes out queued frames unless the sending thread is at it.
   void flushFromReceiver() {
-    if (!pendingBytes_.load(std::memory_order_relaxed) || !sendMutex_.try_lock()) return;
+    if (!pendingBytes_.load(std::memory_order_relaxed) || !sendLock_.try_lock()) return;
     writePending();
-    sendMutex_.unlock();
+    sendLock_.unlock();
   }
 
   bool frameBuffered() const noexcept {
@@ -620,7 +616,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     }
     parse_ += frameBytes;
     slot.end = parse_;
-    out = IncomingMessage(*this, leases_.push());
+    out.attach(*this, leases_.push());
     return Status::kOk;
   }
 
@@ -663,7 +659,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     }
     slot.end = parse_;  // ring bytes this frame used (its first part) are free with it
     slot.owned = std::move(big_);
-    out = IncomingMessage(*this, leases_.push());
+    out.attach(*this, leases_.push());
     return Status::kOk;
   }
 
@@ -790,7 +786,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   OpenFrame open_;
   std::vector<iovec> pending_;
   std::atomic<uint64_t> pendingBytes_{0};  // read by the receiving thread
-  std::mutex sendMutex_;  // send state; the receiving thread only try_locks it
+  os::SpinLock sendLock_;  // send state; the receiving thread only try_locks it
   uint64_t sentTotal_ = 0;
   std::deque<Chunk> chunks_;
 
