@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 
 #include <capnp/message.h>
 
@@ -102,8 +103,21 @@ class IncomingMessage final {
  public:
   IncomingMessage() = default;
   IncomingMessage(LeaseOwner& owner, uint32_t slot) noexcept : owner_(&owner), slot_(slot) {}
-  IncomingMessage(IncomingMessage&& other) noexcept;
-  IncomingMessage& operator=(IncomingMessage&& other) noexcept;
+  // Moves hand over the lease, not the reader (it is rebuilt on demand): a response moves
+  // several times on its way to the caller, so these are inline and cheap.
+  IncomingMessage(IncomingMessage&& other) noexcept
+      : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_) {
+    if (other.reader_) [[unlikely]] other.reader_.reset();
+  }
+  IncomingMessage& operator=(IncomingMessage&& other) noexcept {
+    if (this != &other) {
+      release();
+      owner_ = std::exchange(other.owner_, nullptr);
+      slot_ = other.slot_;
+      if (other.reader_) [[unlikely]] other.reader_.reset();
+    }
+    return *this;
+  }
   ~IncomingMessage() { release(); }
 
   bool valid() const noexcept { return owner_ != nullptr; }
@@ -118,7 +132,10 @@ class IncomingMessage final {
 
   /// The Cap'n Proto reader over the segments in place. Readers obtained from it are valid
   /// until the lease is released or moved from.
-  capnp::MessageReader& reader();
+  capnp::MessageReader& reader() {
+    if (reader_) [[likely]] return *reader_;
+    return makeReader();
+  }
 
   template <typename T>
   typename T::Reader getRoot() {
@@ -155,6 +172,7 @@ class IncomingMessage final {
 
   const ParsedFrame& frame() const noexcept { return owner_->leasedFrame(slot_); }
   void releaseHeld() noexcept;
+  capnp::MessageReader& makeReader();
 
   LeaseOwner* owner_ = nullptr;
   uint32_t slot_ = 0;

@@ -22,32 +22,13 @@ kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSi
   return source_->allocateMore(minimumSize);
 }
 
-IncomingMessage::IncomingMessage(IncomingMessage&& other) noexcept
-    : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_) {
-  other.reader_.reset();
-}
-
-IncomingMessage& IncomingMessage::operator=(IncomingMessage&& other) noexcept {
-  if (this != &other) {
-    release();
-    owner_ = std::exchange(other.owner_, nullptr);
-    slot_ = other.slot_;
-    other.reader_.reset();
-  }
-  return *this;
-}
-
-capnp::MessageReader& IncomingMessage::reader() {
+capnp::MessageReader& IncomingMessage::makeReader() {
   if (!owner_) throw InvalidArgument("IncomingMessage has no message (released or moved from)");
-  if (!reader_) {
-    const ParsedFrame& f = frame();
-    const ReaderLimits& l = owner_->readerLimits();
-    capnp::ReaderOptions opts;
-    opts.traversalLimitInWords = l.traversalLimitWords;
-    opts.nestingLimit = l.nestingLimit;
-    reader_.emplace(f, opts);
-  }
-  return *reader_;
+  const ReaderLimits& l = owner_->readerLimits();
+  capnp::ReaderOptions opts;
+  opts.traversalLimitInWords = l.traversalLimitWords;
+  opts.nestingLimit = l.nestingLimit;
+  return reader_.emplace(frame(), opts);
 }
 
 void IncomingMessage::releaseHeld() noexcept {

@@ -216,7 +216,8 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,
       throw Overloaded("window of " + std::to_string(options_.window) +
                        " outstanding calls on " + connection_->endpoint() + " is full");
     }
-    slot->result = CallResult();  // an uncollected old result gives way
+    // An uncollected old result gives way (a collected one was moved out already).
+    if (slot->state == SlotState::kDone) slot->result = CallResult();
   }
   ++nextCallId_;
   h.kind = static_cast<uint8_t>(kind);

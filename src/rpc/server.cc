@@ -147,11 +147,12 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
     // so a client that does not read its answers is held back by its own ring filling up,
     // and the worker goes on serving its other connections.
     const size_t take = backlog_.empty() ? batch : 0;
+    IncomingMessage msg;  // one for the loop: handle() releases (or takes) each request
     for (size_t i = 0; i < take && !disconnected_; ++i) {
-      IncomingMessage msg;
       Status s = connection_->tryReceive(msg);
       if (s == Status::kOk) {
         handle(msg, rejecting);
+        msg.release();
         ++n;
       } else {
         if (s == Status::kDisconnected) disconnected_ = true;
