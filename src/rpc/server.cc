@@ -26,6 +26,7 @@ constexpr uint32_t kDefaultResponseWords = 64;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kCongestedSlice = std::chrono::milliseconds(1);
 constexpr uint32_t kYieldEvery = 256;  // idle busy-poll rounds between sched_yield()s
+constexpr uint32_t kClockEvery = 64;   // idle busy-poll rounds between clock reads
 constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
 
 using os::cpuRelax;
@@ -641,6 +642,16 @@ class Worker final {
     hasInbox_.store(false, std::memory_order_relaxed);
   }
 
+  /// A busy poller that shares its core (more spinning threads than cores) must not hold
+  /// it for whole time slices: give it up briefly now and then. With a core to itself the
+  /// yield returns at once.
+  static void relax(uint32_t round) noexcept {
+    if ((round & (kYieldEvery - 1)) == kYieldEvery - 1)
+      ::sched_yield();
+    else
+      cpuRelax();
+  }
+
   size_t pumpAll(bool rejecting) {
     size_t n = 0;
     for (auto& c : connections_) n += c->pump(options_.batch, rejecting);
@@ -705,34 +716,40 @@ class Worker final {
 
   void run() {
     auto nextLiveness = Clock::now();
-    auto idleSince = Clock::now();
-    uint32_t idleSpins = 0;
+    Clock::time_point idleSince;
+    uint32_t idleRounds = 0;  // polling rounds that found nothing, since the last work
+    bool slept = false;       // ... and whether a sleep() ended one of them
+    const bool spins = options_.idleMode != WaitMode::kBlocking;
     while (!stopping_.load(std::memory_order_acquire)) {
       adoptInbox();
-      size_t n = pumpAll(false);
-      auto now = n ? Clock::time_point{} : Clock::now();
-      if (!n && now >= nextLiveness) {
+      if (pumpAll(false)) {
+        idleRounds = 0;
+        slept = false;
+        continue;
+      }
+      const uint32_t round = idleRounds++;
+      // While spinning, an idle round reads the clock only every kClockEvery-th time:
+      // where clock_gettime is a syscall (VMs on an HPET or ACPI clock source) it would
+      // make every round slow and every arriving request wait for the round to end.
+      if (spins && !slept && (round & (kClockEvery - 1)) != 0) {
+        relax(round);
+        continue;
+      }
+      const auto now = Clock::now();
+      if (round == 0) idleSince = now;
+      if (now >= nextLiveness) {
         for (auto& c : connections_) c->checkPeer();
         nextLiveness = now + kLivenessEvery;
         reap();
       }
-      if (n) {
-        idleSince = {};
-        continue;
-      }
-      if (idleSince == Clock::time_point{}) idleSince = now;
-      if (options_.idleMode == WaitMode::kBusyPoll ||
-          (options_.idleMode == WaitMode::kSpinThenSleep && now - idleSince < options_.spinTime)) {
-        // A busy poller that shares its core (more spinning threads than cores) must
-        // not hold it for whole time slices: give it up briefly now and then. With a
-        // core to itself the yield returns at once.
-        if ((++idleSpins & (kYieldEvery - 1)) == 0)
-          ::sched_yield();
-        else
-          cpuRelax();
+      if (!slept && (options_.idleMode == WaitMode::kBusyPoll ||
+                     (options_.idleMode == WaitMode::kSpinThenSleep &&
+                      now - idleSince < options_.spinTime))) {
+        relax(round);
         continue;
       }
       sleep();
+      slept = true;
     }
     drain();
   }

@@ -219,7 +219,10 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
     case WaitMode::kSpinThenSleep: spinUntil = Clock::now() + options_.spinTime; break;
     case WaitMode::kBlocking: spinUntil = Clock::time_point::min(); break;
   }
-  for (uint32_t spins = 0;; ++spins) {
+  // Spinning, the first clock read comes after a few rounds, not at once: the answer is
+  // usually that close, and where clock_gettime is a syscall (VMs on an HPET or ACPI
+  // clock source) reading it first would delay noticing it.
+  for (uint32_t spins = spinUntil == Clock::time_point::min() ? 0 : 1;; ++spins) {
     if (done()) return Status::kOk;
     if ((spins & 63) == 0) {
       if (!checkPeerAlive()) return done() ? Status::kOk : Status::kDisconnected;

@@ -735,7 +735,9 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
                                   : options_.waitMode == WaitMode::kSpinThenSleep
                                       ? Clock::now() + options_.spinTime
                                       : Clock::time_point::min();
-    for (uint32_t spins = 0;; ++spins) {
+    // Spinning, the first clock read comes after a few rounds, not at once (see
+    // RingConnection::waitFor).
+    for (uint32_t spins = spinUntil == Clock::time_point::min() ? 0 : 1;; ++spins) {
       if (done()) return Status::kOk;
       if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
       if ((spins & 15) == 0) {
