@@ -712,6 +712,29 @@ TEST_P(RpcTest, RetryStartedFromAnExpiryCallbackKeepsItsDeadline) {
   EXPECT_LT(took, 1000ms);
 }
 
+// A call's default deadline is its channel's timeout from now: never less (long timeouts
+// take it from the kernel's coarse clock, which lags; the lag must be made up), and no
+// more than a clock tick over.
+TEST_P(RpcTest, DefaultDeadlineIsTheTimeoutFromNow) {
+  for (auto timeout : {std::chrono::nanoseconds(200ms), std::chrono::nanoseconds(1s),
+                       std::chrono::nanoseconds(10s), std::chrono::nanoseconds(3600s)}) {
+    ChannelOptions co;
+    co.defaultTimeout = timeout;
+    auto ch = h().channel(co);
+    for (int i = 0; i < 2000; ++i) {
+      const auto before = Clock::now();
+      RawRequest req = ch->newRequest(kTestIface, kEcho, 8);
+      const auto after = Clock::now();
+      ASSERT_GE(req.deadline(), before + timeout)
+          << "timeout " << timeout.count() << " ns, call " << i << ": the deadline came "
+          << std::chrono::duration_cast<std::chrono::microseconds>(before + timeout - req.deadline()).count()
+          << " us early";
+      ASSERT_LE(req.deadline(), after + timeout + 25ms) << "timeout " << timeout.count() << " ns";
+      if (i % 100 == 0) std::this_thread::sleep_for(100us);  // land at other points of a tick
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, RpcTest,
                          ::testing::Values(Transport::kLoopback, Transport::kShm),
                          [](const auto& info) { return std::string(transportName(info.param)); });
