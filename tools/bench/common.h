@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "os/spin.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc::bench {
@@ -25,13 +26,7 @@ class BenchError final : public std::runtime_error {
 /// "context: strerror(errno)" as a BenchError.
 [[noreturn]] void throwErrno(const std::string& context);
 
-inline void cpuRelax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
+using os::cpuRelax;
 
 /// Pins the calling thread to `cpu` and checks it now runs there. Throws BenchError.
 void pinToCpu(int cpu);
