@@ -87,6 +87,8 @@ class LeaseOwner {
   virtual const ReaderLimits& readerLimits() const noexcept = 0;
   /// Gives the space back. Any thread may call this, at most once per lease.
   virtual void releaseLease(uint32_t slot) noexcept = 0;
+  /// True for a heap copy (IncomingMessage::moveToHeap), which holds no transport memory.
+  virtual bool heapCopy() const noexcept { return false; }
 
  protected:
   ~LeaseOwner() = default;
@@ -145,6 +147,14 @@ class IncomingMessage final {
   void release() noexcept {
     if (owner_) releaseHeld();
   }
+
+  /// Moves the message out of transport memory into a heap copy of its own and gives the
+  /// transport's space back: for a message that must be held long (the ring reclaims space
+  /// in arrival order). Readers obtained before are invalid afterwards. Nothing happens
+  /// when there is no message or it is a heap copy already.
+  void moveToHeap();
+  /// True when the message is a heap copy (see moveToHeap()).
+  bool onHeap() const noexcept { return owner_ && owner_->heapCopy(); }
 
   /// For transports: makes this hold the lease on `slot` (releasing what it held), as
   /// assigning `IncomingMessage(owner, slot)` would, without building a temporary.

@@ -248,6 +248,7 @@ class Channel final {
     MethodMetrics* method = nullptr;  // counters to charge when it ends (metrics on)
     uint64_t startTicks = 0;          // ticks::now() when sent (metrics or tracer on)
     bool traced = false;              // a tracer saw it begin
+    bool pinned = false;              // kDone, its response still in transport memory
     TracedCall trace;                 // what the tracer saw (when traced)
   };
 
@@ -266,6 +267,14 @@ class Channel final {
   Slot* slotFor(uint64_t callId) noexcept;
   CallResult takeResult(uint64_t callId);
   IncomingMessage waitFor(uint64_t callId);
+  /// The deadline for one wait of the receive loops: nearestDeadline_, or sooner while
+  /// uncollected responses hold transport memory (see unpinResults()).
+  Deadline waitDeadline(Deadline& unpinAt);
+  /// Moves uncollected responses out of transport memory to the heap (see channel.cc).
+  void unpinResults();
+  /// After a wait that timed out: unpins results if their time came, expires calls
+  /// (returns how many).
+  size_t afterTimeout(Deadline unpinAt);
 
   std::unique_ptr<Connection> connection_;
   ChannelOptions options_;
@@ -273,6 +282,7 @@ class Channel final {
   uint64_t mask_;
   uint64_t nextCallId_ = 1;
   size_t outstanding_ = 0;
+  size_t pinned_ = 0;  // slots with pinned results
   Deadline nearestDeadline_ = kNoDeadline;
   bool disconnected_ = false;
   std::string disconnectReason_;

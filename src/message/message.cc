@@ -1,5 +1,6 @@
 #include "zcrpc/message.h"
 
+#include <cstring>
 #include <utility>
 
 #include "zcrpc/error.h"
@@ -29,6 +30,44 @@ capnp::MessageReader& IncomingMessage::makeReader() {
   opts.traversalLimitInWords = l.traversalLimitWords;
   opts.nestingLimit = l.nestingLimit;
   return reader_.emplace(frame(), opts);
+}
+
+namespace {
+
+/// A received message copied out of transport memory: its own segments and frame, freed
+/// with the lease.
+class HeapLease final : public LeaseOwner {
+ public:
+  HeapLease(const ParsedFrame& frame, const ReaderLimits& limits)
+      : frame_(frame), limits_(limits), words_(kj::heapArray<capnp::word>(frame.payloadBytes / 8)) {
+    capnp::word* at = words_.begin();
+    for (size_t i = 0; i < frame_.segmentCount; ++i) {
+      const auto& seg = frame.segments[i];
+      if (seg.size()) std::memcpy(at, seg.begin(), seg.size() * sizeof(capnp::word));
+      frame_.segments[i] = kj::ArrayPtr<const capnp::word>(at, seg.size());
+      at += seg.size();
+    }
+  }
+  const ParsedFrame& leasedFrame(uint32_t) const noexcept override { return frame_; }
+  const ReaderLimits& readerLimits() const noexcept override { return limits_; }
+  void releaseLease(uint32_t) noexcept override { delete this; }
+  bool heapCopy() const noexcept override { return true; }
+
+ private:
+  ~HeapLease() = default;
+  ParsedFrame frame_;
+  ReaderLimits limits_;
+  kj::Array<capnp::word> words_;
+};
+
+}  // namespace
+
+void IncomingMessage::moveToHeap() {
+  if (!owner_ || owner_->heapCopy()) return;
+  auto* copy = new HeapLease(frame(), owner_->readerLimits());
+  release();
+  owner_ = copy;
+  slot_ = 0;
 }
 
 void IncomingMessage::releaseHeld() noexcept {

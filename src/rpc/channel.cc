@@ -148,6 +148,12 @@ void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadlin
   throw Disconnected("channel to " + connection_->endpoint() + " lost: " + disconnectReason_);
 }
 
+namespace {
+/// How long a wait may last while uncollected responses hold transport memory before they
+/// move to the heap (see Channel::waitDeadline()).
+constexpr auto kUnpinAfter = std::chrono::milliseconds(1);
+}  // namespace
+
 Status Channel::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline) {
   // The send ring (or socket) is full. Waiting for room without reading responses would
   // deadlock against a server that waits for room for those responses while our unread
@@ -155,6 +161,7 @@ Status Channel::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, De
   // responses that arrived and short waits for room, the slices growing from 20 us to
   // 1 ms so that a long stall does not spin.
   auto slice = std::chrono::microseconds(20);
+  Deadline unpinAt = kNoDeadline;  // as in waitFor(): held responses may be what blocks us
   for (;;) {
     if (!outstanding_) return connection_->startMessage(msg, sizeHintWords, deadline);
     IncomingMessage in;
@@ -174,6 +181,12 @@ Status Channel::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, De
     Status s = connection_->tryStartMessage(msg, sizeHintWords);
     if (s != Status::kWouldBlock) return s;
     if (now >= deadline) return Status::kTimedOut;
+    if (pinned_) {
+      if (unpinAt == kNoDeadline)
+        unpinAt = now + kUnpinAfter;
+      else if (now >= unpinAt)
+        unpinResults();
+    }
     if (received) continue;
     const Deadline until = std::min({deadline, nearestDeadline_, now + slice});
     s = connection_->startMessage(msg, sizeHintWords, until);
@@ -217,7 +230,10 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,
                        " outstanding calls on " + connection_->endpoint() + " is full");
     }
     // An uncollected old result gives way (a collected one was moved out already).
-    if (slot->state == SlotState::kDone) slot->result = CallResult();
+    if (slot->state == SlotState::kDone) {
+      slot->result = CallResult();
+      pinned_ -= std::exchange(slot->pinned, false);
+    }
   }
   ++nextCallId_;
   h.kind = static_cast<uint8_t>(kind);
@@ -297,6 +313,8 @@ void Channel::finish(Slot& slot, CallResult&& result) {
   } else {
     slot.result = std::move(result);
     slot.state = SlotState::kDone;
+    slot.pinned = slot.result.ok();
+    pinned_ += slot.pinned;
   }
 }
 
@@ -389,10 +407,41 @@ CallResult Channel::takeResult(uint64_t callId) {
     return CallResult(ErrorKind::kFailed, 0,
                       "result of call " + std::to_string(callId) + " is gone");
   slot->state = SlotState::kFree;
+  pinned_ -= std::exchange(slot->pinned, false);
   return std::move(slot->result);
 }
 
+// Responses that arrived for calls nobody has collected yet (PendingCall::wait() not yet
+// called) stay where they arrived, which is right for the usual short wait. But a ring
+// reclaims space in arrival order, so while the caller waits for an earlier call, later
+// answers held this way can take all of it, and the awaited answer then has no room to
+// arrive in (over tcp it stays in the kernel; over shm the server holds it back). So a
+// wait that lasts kUnpinAfter while such responses are held copies them to the heap.
+Deadline Channel::waitDeadline(Deadline& unpinAt) {
+  if (pinned_ == 0) [[likely]]
+    return nearestDeadline_;
+  if (unpinAt == kNoDeadline) unpinAt = Clock::now() + kUnpinAfter;
+  return std::min(nearestDeadline_, unpinAt);
+}
+
+void Channel::unpinResults() {
+  for (uint64_t i = 0; i <= mask_ && pinned_; ++i) {
+    Slot& slot = slots_[i];
+    if (!slot.pinned) continue;
+    slot.result.response().moveToHeap();
+    slot.pinned = false;
+    --pinned_;
+  }
+}
+
+size_t Channel::afterTimeout(Deadline unpinAt) {
+  const auto now = Clock::now();
+  if (pinned_ && now >= unpinAt) unpinResults();
+  return expire(now);
+}
+
 IncomingMessage Channel::waitFor(uint64_t callId) {
+  Deadline unpinAt = kNoDeadline;
   for (;;) {
     Slot* slot = slotFor(callId);
     if (!slot) throw Failed("call " + std::to_string(callId) + " is unknown to this channel");
@@ -403,11 +452,11 @@ IncomingMessage Channel::waitFor(uint64_t callId) {
     }
     if (disconnected_) failAll(ErrorKind::kDisconnected, disconnectReason_);
     IncomingMessage msg;
-    Status s = connection_->receive(msg, nearestDeadline_);
+    Status s = connection_->receive(msg, waitDeadline(unpinAt));
     if (s == Status::kOk) {
       handle(msg);
     } else if (s == Status::kTimedOut) {
-      expire(Clock::now());
+      afterTimeout(unpinAt);
     } else if (s == Status::kDisconnected) {
       failAll(ErrorKind::kDisconnected, connection_->lastError());
     }
@@ -446,9 +495,10 @@ size_t Channel::poll() {
 
 size_t Channel::pollUntil(Deadline deadline) {
   size_t n = poll();
+  Deadline unpinAt = kNoDeadline;
   while (n == 0 && outstanding_) {
     IncomingMessage msg;
-    Status s = connection_->receive(msg, std::min(deadline, nearestDeadline_));
+    Status s = connection_->receive(msg, std::min(deadline, waitDeadline(unpinAt)));
     if (s == Status::kOk) {
       n += handle(msg);
       msg.release();
@@ -457,7 +507,7 @@ size_t Channel::pollUntil(Deadline deadline) {
       n += outstanding_;
       failAll(ErrorKind::kDisconnected, connection_->lastError());
     } else if (s == Status::kTimedOut) {
-      n += expire(Clock::now());
+      n += afterTimeout(unpinAt);
       if (Clock::now() >= deadline) break;
     }
   }

@@ -702,6 +702,30 @@ TEST_P(Conformance, LeasesAreReleasedInAnyOrder) {
   EXPECT_TRUE(receivePayload(*p.server, 8, 2008));
 }
 
+TEST_P(Conformance, AMessageMovedToTheHeapGivesItsSpaceBack) {
+  auto o = options();
+  auto p = connectPair(o);
+  const size_t size = o.ringBytes / 8;  // in the ring, not in a buffer of its own
+  ASSERT_EQ(sendPayload(*p.client, 1, size, deadlineAfter(2s)), Status::kOk);
+  IncomingMessage kept;
+  ASSERT_EQ(p.server->receive(kept, deadlineAfter(2s)), Status::kOk);
+  EXPECT_FALSE(kept.onHeap());
+  const uint64_t callId = kept.header().callId;
+  kept.moveToHeap();
+  ASSERT_TRUE(kept.onHeap());
+  kept.moveToHeap();  // a heap copy stays as it is
+  EXPECT_EQ(kept.header().callId, callId);
+  // Three rings' worth through the ring while the copy is kept: held in place, it would
+  // stop the ring reclaiming space after it, and the sender would wait for room.
+  for (uint64_t seq = 2; seq < 26; ++seq) {
+    ASSERT_EQ(sendPayload(*p.client, seq, size, deadlineAfter(2s)), Status::kOk) << seq;
+    ASSERT_TRUE(receivePayload(*p.server, seq, size, 2s));
+  }
+  EXPECT_TRUE(checkPayload(kept, 1, size));
+  kept.release();
+  EXPECT_FALSE(kept.valid());
+}
+
 TEST_P(Conformance, RandomSizesWithHeldLeases) {
   auto o = options();
   o.maxLeases = 16;

@@ -183,6 +183,37 @@ TEST_P(RpcTest, WindowLargerThanTheLeasesIsRefusedOrServed) {
                      << " answered calls failed; first: " << firstError;
 }
 
+TEST_P(RpcTest, UncollectedAnswersDoNotHoldBackAnEarlierOne) {
+  // A slow (deferred) call, then quick calls whose answers nobody collects before waiting
+  // for the slow one. Together they are three times the answer ring, which reclaims space
+  // in arrival order: the channel must move the answers it holds out of the ring, or the
+  // slow answer (and the later quick ones) never find room to arrive.
+  ConnectionOptions o = testConnOpts();
+  o.ringBytes = 64 << 10;
+  Harness local(GetParam(), {}, o);
+  auto ch = local.channel();
+  constexpr size_t kSize = 8 << 10;
+  EchoRequest slow(*ch, kTestIface, kSlow, 0);
+  slow.setTimeout(5s);
+  fillSlow(slow.params(), 7, 50ms);
+  PendingCall slowCall = slow.callAsync();
+  std::vector<PendingCall> quick;
+  for (uint64_t i = 0; i < 24; ++i) {
+    EchoRequest req(*ch, kTestIface, kEcho, payloadWords(kSize));
+    req.setTimeout(5s);
+    fillPayload(req.params(), 100 + i, kSize);
+    quick.push_back(req.callAsync());
+  }
+  CallResult r = slowCall.wait();
+  ASSERT_TRUE(r.ok()) << r.errorMessage();
+  EXPECT_EQ(r.results<Payload>().getSeq(), 8u);
+  for (uint64_t i = 0; i < quick.size(); ++i) {
+    CallResult q = quick[i].wait();
+    ASSERT_TRUE(q.ok()) << "quick call " << i << ": " << q.errorMessage();
+    EXPECT_TRUE(isEcho(q.results<Payload>(), 100 + i, kSize));
+  }
+}
+
 TEST_P(RpcTest, DeferredAnswerFromAnotherThread) {
   auto ch = h().channel();
   for (uint64_t i = 0; i < 100; ++i) ASSERT_TRUE(syncEcho(*ch, 70000 + i, i * 13, kDeferredEcho));
