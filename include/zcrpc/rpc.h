@@ -336,7 +336,9 @@ class CallContext final {
   const TraceContext& trace() const noexcept;
   bool isOneWay() const noexcept;
   IncomingMessage& request() noexcept { return request_; }
-  /// The response message in transport memory, reserved on first use.
+  /// The response message in transport memory, reserved on first use. It may reference
+  /// the request's bytes (Orphanage::referenceExternalData): the request is held until the
+  /// response is sent.
   OutgoingMessage& response(uint32_t sizeHintWords = 0);
   /// True when the client cancelled this call (or gave up on it) before it completed.
   bool isCancelled() const noexcept;
@@ -370,7 +372,9 @@ class DeferredReply final {
   const TraceContext& trace() const noexcept;
   bool isCancelled() const noexcept;
   /// Posts the answer: `fill` runs later on the connection's polling thread and writes
-  /// the results into the response built in place.
+  /// the results into the response built in place. It may reference the request's bytes
+  /// (readers taken from request() before this call): the request is held until the
+  /// answer is sent.
   void complete(std::function<void(OutgoingMessage&)> fill);
   /// Posts an error answer.
   void fail(ErrorKind kind, std::string message, int32_t code = 0);

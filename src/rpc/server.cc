@@ -11,6 +11,7 @@
 #include <deque>
 
 #include <capnp/serialize.h>
+#include <kj/common.h>
 #include <kj/exception.h>
 
 #include "metrics/stats_service.h"
@@ -373,7 +374,9 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
         out.getRoot<capnp::AnyPointer>();  // an untouched response is an empty message
         out.header().kind = static_cast<uint8_t>(FrameKind::kResponse);
         out.header().callId = callId;
-        msg.release();  // the request's space can go before the response is published
+        // The request is released after the answer is sent (by pump()), not before: the
+        // answer may reference its bytes (Orphanage::referenceExternalData), which the
+        // transport reads while sending.
         const Status sent = sendAnswer(out);
         // Counted once sent, overlapping with the caller's receipt. (The sizes come from
         // the builder's bookkeeping, not from transport memory.)
@@ -442,7 +445,8 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
     }
     for (Completion& c : mail) {
       deferred_.erase(c.state->callId);
-      c.state->request.release();
+      // Released once the answer is sent: `fill` may reference the request's bytes.
+      KJ_DEFER(c.state->request.release());
       CallMark& mark = c.state->mark;
       if (disconnected_) {
         endCall(mark, false, ErrorKind::kDisconnected, 0);

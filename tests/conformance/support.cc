@@ -301,6 +301,27 @@ bool EchoService::dispatch(uint64_t interfaceId, uint16_t methodId, CallContext&
       r.setData(data);
       return true;
     }
+    case kEchoByReference: {
+      auto in = context.request().getRoot<bench::Payload>();
+      auto& out = context.response(8);
+      auto r = out.initRoot<bench::Payload>();
+      r.setSeq(in.getSeq());
+      r.setChecksum(in.getChecksum());
+      r.adoptData(out.getOrphanage().referenceExternalData(in.getData()));
+      return true;
+    }
+    case kDeferredEchoByReference: {
+      DeferredReply reply = context.defer();
+      auto in = reply.request().getRoot<bench::Payload>();
+      reply.complete([seq = in.getSeq(), sum = in.getChecksum(), data = in.getData()](
+                         OutgoingMessage& out) {
+        auto r = out.initRoot<bench::Payload>();
+        r.setSeq(seq);
+        r.setChecksum(sum);
+        r.adoptData(out.getOrphanage().referenceExternalData(data));
+      });
+      return true;
+    }
     case kFail:
       throw ApplicationError(kFailCode, "boom from EchoService");
     case kSleep: {

@@ -143,6 +143,12 @@ enum EchoMethod : uint16_t {
   kSleep = 2,  ///< sleeps Payload.seq milliseconds (bounded to 5 s) on the worker, then echoes
   kMake = 3,   ///< answers a Payload of Payload.seq bytes
   kCount = 4,  ///< answers Payload{seq = calls dispatched so far}
+  /// As kEcho, but the answer's data references the request's bytes
+  /// (Orphanage::referenceExternalData) instead of copying them.
+  kEchoByReference = 5,
+  /// As kEchoByReference, but deferred: completed (from the handler) with a fill that
+  /// references the request's bytes, and runs later on the connection's thread.
+  kDeferredEchoByReference = 6,
   kUnknownMethod = 77,
 };
 inline constexpr int32_t kFailCode = 42;
