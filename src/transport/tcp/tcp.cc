@@ -2,7 +2,8 @@
 //
 // Sending: messages are built in a per-connection send buffer (large segments in chunks
 // of their own), frames queue as iovecs, and one writev() sends a batch: small frames are
-// coalesced, large segments go from where they were built without a staging copy.
+// coalesced, large segments go from where they were built without a staging copy, and
+// large external data (referenceExternalData) is written from the caller's memory.
 // Receiving: one non-blocking read fills a per-connection receive ring with as many frames
 // as have arrived; each is validated and handed out in place as a lease. A frame that
 // would not fit before the end of the ring is moved to its start (only its first bytes
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -43,6 +45,9 @@ constexpr uint32_t kHelloVersion = 1;
 constexpr size_t kMaxToken = 1024;
 constexpr size_t kMaxIov = 256;
 constexpr uint32_t kTableReserveEntries = 4;
+/// External data from this size on is written from the caller's memory at send(): copying
+/// it would cost more than the write that coalescing could have saved.
+constexpr uint64_t kWriteExternalBytes = 16 << 10;
 /// Send-buffer room kept after a frame's segments for its table and trace context.
 constexpr uint64_t kTableRoom = kMaxSegments * sizeof(SegmentEntry) + sizeof(TraceContext);
 
@@ -314,19 +319,28 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     }
     uint64_t frameBytes = kFrameHeaderBytes;
     pushIov(send_ + open_.start, kFrameHeaderBytes);
+    size_t external = 0;  // segments sent from the caller's memory: external_[0, external)
     for (size_t i = 0; i < n; ++i) {
       const capnp::word* seg = segments[i].begin();
       uint64_t bytes = uint64_t{segments[i].size()} * 8;
+      bool byReference = false;
       if (bytes && !ownsMemory(seg)) {
-        // External data (Orphanage::referenceExternalData): the caller may reuse its
-        // buffer once send() returns, so it is copied now, as the shm transport does.
-        capnp::word* copy = newChunk(static_cast<uint32_t>(segments[i].size()));
-        std::memcpy(copy, seg, bytes);
-        seg = copy;
+        // External data (Orphanage::referenceExternalData). The caller may reuse its buffer
+        // once send() returns. A large one (or any, when the frame is written now anyway)
+        // goes to the kernel straight from there and only what the kernel did not take is
+        // copied before returning; a small one is copied now and coalesced with others.
+        if (flushNow || bytes >= kWriteExternalBytes) {
+          byReference = true;
+          external_[external++] = {const_cast<capnp::word*>(seg), bytes};
+        } else {
+          capnp::word* copy = newChunk(static_cast<uint32_t>(segments[i].size()));
+          std::memcpy(copy, seg, bytes);
+          seg = copy;
+        }
       }
       table[i] = {static_cast<uint32_t>(segments[i].size()),
                   static_cast<uint32_t>(frameBytes / 8)};
-      pushIov(seg, bytes);
+      pushIov(seg, bytes, /*joinable=*/!byReference);
       frameBytes += bytes;
     }
     const bool traced = msg.trace().valid();
@@ -343,7 +357,8 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     used_ = tableAt + tail;
     open_.msg = nullptr;
     msg.markSent();
-    if (flushNow || pending_.size() > kMaxIov - kMaxSegments - 2) writePending();
+    if (flushNow || external || pending_.size() > kMaxIov - kMaxSegments - 2) writePending();
+    if (external && pendingBytes_.load(std::memory_order_relaxed)) copyUnsentExternal(external);
     return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kOk;
   }
 
@@ -515,10 +530,13 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     return used_ + need + kTableRoom <= sendBytes_;
   }
 
-  void pushIov(const void* p, uint64_t bytes) {
+  /// Queues bytes for writing. A range that merely lies next to the previous one in memory
+  /// is joined to it unless either of them is the caller's external data, whose iovecs
+  /// copyUnsentExternal() must find on their own.
+  void pushIov(const void* p, uint64_t bytes, bool joinable = true) {
     if (!bytes) return;
     auto* b = const_cast<void*>(p);
-    if (!pending_.empty()) {
+    if (!pending_.empty() && joinable && lastJoinable_) {
       iovec& last = pending_.back();
       if (static_cast<std::byte*>(last.iov_base) + last.iov_len == b) {
         last.iov_len += bytes;
@@ -526,6 +544,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         return;
       }
     }
+    lastJoinable_ = joinable;
     pending_.push_back({b, bytes});
     pendingBytes_ += bytes;
     for (auto& c : chunks_)
@@ -539,6 +558,26 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     for (auto& c : chunks_)
       if (c.words.get() == p) return true;
     return false;
+  }
+
+  /// After a write: what is still queued of the caller's external data (the kernel took
+  /// only part of it) is copied into chunks, so nothing reads the caller's memory once
+  /// send() returns.
+  void copyUnsentExternal(size_t external) {
+    uint64_t at = sentTotal_;
+    for (iovec& v : pending_) {
+      at += v.iov_len;
+      auto* b = static_cast<const std::byte*>(v.iov_base);
+      for (size_t e = 0; e < external; ++e) {
+        auto* begin = reinterpret_cast<const std::byte*>(external_[e].begin);
+        if (b < begin || b >= begin + external_[e].bytes) continue;
+        auto* copy = newChunk(static_cast<uint32_t>((v.iov_len + 7) / 8));
+        std::memcpy(copy, b, v.iov_len);
+        v.iov_base = copy;
+        chunks_.back().queuedAt = at;
+        break;
+      }
+    }
   }
 
   void writePending() {
@@ -791,6 +830,12 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   os::SpinLock sendLock_;  // send state; the receiving thread only try_locks it
   uint64_t sentTotal_ = 0;
   std::deque<Chunk> chunks_;
+  bool lastJoinable_ = true;  // pending_.back() may be extended by the next range
+  struct ExternalRange {
+    capnp::word* begin;
+    uint64_t bytes;
+  };
+  std::array<ExternalRange, kMaxSegments> external_{};  // send()'s by-reference segments
 
   LeaseQueue leases_;
 };
