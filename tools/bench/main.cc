@@ -57,6 +57,7 @@ struct Options {
   uint32_t window = 32;
   bool uncappedWindow = false;
   bool noMetrics = false;
+  bool copyPayload = false;
   std::string json;
   std::string csv;
   std::string plot;
@@ -168,6 +169,7 @@ int run(const Options& o) {
     r.window = o.window;
     r.uncappedWindow = o.uncappedWindow;
     r.metrics = !o.noMetrics;
+    r.referenceFrom = o.copyPayload ? SIZE_MAX : kByReferenceBytes;
     r.quick = o.quick;
     results.rpc = runRpc(r);
     printReport(stdout, *results.rpc, color);
@@ -238,6 +240,9 @@ int main(int argc, char** argv) {
                "client then waits for room while taking answers: the congestion path)");
   app.add_flag("--no-metrics", o.noMetrics,
                "rpc mode: turn zcrpc's per-call metrics off on client and server (default on)");
+  app.add_flag("--copy-payload", o.copyPayload,
+               "rpc mode: copy every echo payload into the request and the answer (default: "
+               "over tcp, from 16 KiB on they go by reference, as a large blob is best sent)");
   app.add_option("--json", o.json, "Also write all figures, every repetition, as JSON to FILE");
   app.add_option("--csv", o.csv, "Also write the summary (one row per cell and series) as CSV");
   app.add_option("--plot", o.plot,

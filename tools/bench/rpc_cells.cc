@@ -18,7 +18,13 @@ namespace zcrpc::bench {
 
 void BenchEchoService::echo(EchoCall& call) {
   capnp::Data::Reader data = call.params().getData();
-  call.results(echoWords(data.size())).setData(data);
+  if (byReference(data.size(), referenceFrom_)) {
+    // The request's data stays where it lies until the answer is sent (the call holds it).
+    auto results = call.results(echoWords(0));
+    results.adoptData(capnp::Orphanage::getForMessageContaining(results).referenceExternalData(data));
+  } else {
+    call.results(echoWords(data.size())).setData(data);
+  }
 }
 
 void BenchEchoService::ping(PingCall&) {}
@@ -36,15 +42,28 @@ void BenchEchoService::fail(FailCall& call) {
 
 // ---- zcrpc RPC loops -----------------------------------------------------------------
 
+namespace {
+
+/// An echo request's data: `data` copied in, or referenced when `byRef`.
+void fillEcho(echo::Echo::EchoParams::Builder params, capnp::Data::Reader data, bool byRef) {
+  if (byRef)
+    params.adoptData(capnp::Orphanage::getForMessageContaining(params).referenceExternalData(data));
+  else
+    params.setData(data);
+}
+
+}  // namespace
+
 Latency rpcPingPong(echo::EchoClient& client, std::span<const std::byte> payload,
-                    const Budget& budget, std::span<uint64_t> samples) {
+                    size_t referenceFrom, const Budget& budget, std::span<uint64_t> samples) {
   const auto data = kj::arrayPtr(reinterpret_cast<const kj::byte*>(payload.data()), payload.size());
-  const uint32_t words = echoWords(payload.size());
+  const bool byRef = byReference(payload.size(), referenceFrom);
+  const uint32_t words = echoWords(byRef ? 0 : payload.size());
   const size_t n = payload.size();
   const kj::byte last = n ? data[n - 1] : 0;
   auto roundTrip = [&] {
     auto req = client.echoRequest(words);
-    req.params().setData(data);
+    fillEcho(req.params(), data, byRef);
     auto resp = req.call();
     capnp::Data::Reader back = resp.results().getData();  // read in place
     if (back.size() != n || (n && back[n - 1] != last))
@@ -70,13 +89,14 @@ struct PipelineState {
 }  // namespace
 
 Pipelined rpcPipelined(echo::EchoClient& client, std::span<const std::byte> payload,
-                       uint32_t window, std::chrono::nanoseconds duration, uint64_t maxCalls) {
+                       size_t referenceFrom, uint32_t window, std::chrono::nanoseconds duration, uint64_t maxCalls) {
   Channel& channel = client.channel();
   if (channel.options().window < window)
     throw BenchError(fmt::format("pipelined window {} exceeds the channel's window {}", window,
                                  channel.options().window));
   const auto data = kj::arrayPtr(reinterpret_cast<const kj::byte*>(payload.data()), payload.size());
-  const uint32_t words = echoWords(payload.size());
+  const bool byRef = byReference(payload.size(), referenceFrom);
+  const uint32_t words = echoWords(byRef ? 0 : payload.size());
   PipelineState state;
   state.payloadBytes = payload.size();
   PipelineState* shared = &state;
@@ -105,7 +125,7 @@ Pipelined rpcPipelined(echo::EchoClient& client, std::span<const std::byte> payl
   for (;;) {
     while (channel.outstanding() < window && issued < maxCalls) {
       auto req = client.echoRequest(words);
-      req.params().setData(data);
+      fillEcho(req.params(), data, byRef);
       req.callAsync(onDone);
       ++issued;
     }

@@ -40,29 +40,47 @@ constexpr uint32_t echoWords(size_t payloadBytes) {
   return static_cast<uint32_t>(4 + (payloadBytes + 7) / 8);
 }
 
-/// The bench's Echo service: `echo` copies the request's data (read in place) into a
-/// response of the same size built in place (the one copy an echo makes); `ping` and
-/// `sink` do nothing; `delay` and `fail` are not used by the bench and fail.
+/// Over tcp, payloads from this size on travel by reference (Orphanage::referenceExternalData)
+/// unless --copy-payload: the client's request points at its payload buffer and the
+/// server's answer at the request it received, as the raw TCP echo sends back the buffer it
+/// read into. That is how a zcrpc user sends a large blob over tcp: the kernel takes it
+/// straight from that memory. Smaller payloads are copied into the message (cheaper than an
+/// extra segment), and so are all over shm (rpc_mode.cc says why).
+constexpr size_t kByReferenceBytes = 16 << 10;
+
+/// Whether a payload of `bytes` goes by reference, given the smallest size that does.
+constexpr bool byReference(size_t bytes, size_t referenceFrom) { return bytes >= referenceFrom; }
+
+/// The bench's Echo service: `echo` answers with the request's data (read in place), either
+/// copied into a response built in place (the one copy an echo makes) or, from
+/// `referenceFrom` bytes on, by reference to the request; `ping` and `sink` do nothing;
+/// `delay` and `fail` are not used by the bench and fail.
 /// Threads: the server's worker.
 class BenchEchoService final : public echo::EchoService {
  public:
+  explicit BenchEchoService(size_t referenceFrom = kByReferenceBytes) noexcept
+      : referenceFrom_(referenceFrom) {}
   void echo(EchoCall& call) override;
   void ping(PingCall& call) override;
   void sink(SinkCall& call) override;
   void delay(DelayCall& call) override;
   void fail(FailCall& call) override;
+
+ private:
+  size_t referenceFrom_;
 };
 
 /// Echo round trips through the generated stub: each request is built in place (`payload`
-/// copied into its data), answered, its data's size and last byte checked, released.
+/// copied into its data, or referenced from `referenceFrom` bytes on; it must be
+/// word-aligned), answered, its data's size and last byte checked, released.
 Latency rpcPingPong(echo::EchoClient& client, std::span<const std::byte> payload,
-                    const Budget& budget, std::span<uint64_t> samples);
+                    size_t referenceFrom, const Budget& budget, std::span<uint64_t> samples);
 
 /// Pipelined echo calls for `duration` (or `maxCalls`): callAsync() while fewer than `window`
 /// are outstanding, then pollUntil() (which waits by the connection's wait mode); every
 /// answer is checked in its callback. The client's Channel window must be >= `window`.
 Pipelined rpcPipelined(echo::EchoClient& client, std::span<const std::byte> payload,
-                       uint32_t window, std::chrono::nanoseconds duration, uint64_t maxCalls);
+                       size_t referenceFrom, uint32_t window, std::chrono::nanoseconds duration, uint64_t maxCalls);
 
 // ---- raw TCP: the reference for tcp:// ---------------------------------------------------
 

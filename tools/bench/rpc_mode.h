@@ -56,6 +56,8 @@ struct RpcOptions {
   /// Use `window` as given, even beyond the rings (see above): the congestion path.
   bool uncappedWindow = false;
   bool metrics = true;  ///< zcrpc's per-call metrics on client and server (the default)
+  /// Echo payloads from this size on go by reference (rpc_cells.h); SIZE_MAX: always copied.
+  size_t referenceFrom = kByReferenceBytes;
   bool quick = false;
   /// Spin phase of spin-then-sleep, for zcrpc and the references alike.
   std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);

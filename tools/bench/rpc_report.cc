@@ -205,6 +205,15 @@ void printReport(std::FILE* out, const RpcRun& run, bool color) {
              "Wait modes {} (zcrpc client connection, server idle mode and the reference alike); "
              "server: zcrpc::Server, 1 worker; metrics {}\n",
              waits, o.metrics ? "on (default)" : "off");
+  if (o.referenceFrom == SIZE_MAX)
+    p("Payloads: copied into every request and answer (--copy-payload); Cap'n Proto RPC copies too");
+  else
+    fmt::print(out,
+               "Payloads: copied into the message, except over tcp from {} KiB on, where "
+               "zcrpc's request references the client's buffer and the answer the request "
+               "(referenceExternalData; written from there), as the raw echo sends back the "
+               "buffer it read into; Cap'n Proto RPC copies\n",
+               o.referenceFrom >> 10);
   fmt::print(out, "{} repetition{}, {:.2f} s per cell{}; pipelined window {}\n", o.reps,
              o.reps == 1 ? "" : "s", o.seconds, o.quick ? " (--quick)" : "", o.window);
   fmt::print(out,
@@ -329,6 +338,9 @@ void writeJson(JsonWriter& j, const RpcRun& run, std::string_view key) {
   j.integer("pipelined_window", o.window);
   j.integer("server_worker_threads", 1);
   j.boolean("metrics", o.metrics);
+  j.optional("payload_by_reference_from",
+             o.referenceFrom == SIZE_MAX ? std::nullopt
+                                         : std::optional<double>(static_cast<double>(o.referenceFrom)));
   j.integer("spin_time_ns", static_cast<uint64_t>(o.spinTime.count()));
   j.boolean("quick", o.quick);
   j.number("loadavg_start", run.loadStart);
