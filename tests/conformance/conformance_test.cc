@@ -238,7 +238,7 @@ struct ExternalBuffer {
 
 TEST_P(Conformance, ExternalDataArrivesIntact) {
   auto p = connectPair();
-  const std::vector<size_t> sizes = {8, 100, 64 << 10, (3u << 20) + 5};
+  const std::vector<size_t> sizes = {8, 100, 20 << 10, 64 << 10, (3u << 20) + 5};
   std::vector<std::unique_ptr<ExternalBuffer>> buffers;  // kept until received
   Receiver receiver(*p.server, 0, sizes.size(), 20s);
   for (size_t i = 0; i < sizes.size(); ++i) {

@@ -562,13 +562,36 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
       table[i] = {0, 0};  // an empty segment carries nothing (see parseFrame)
     } else {
       // External data (Orphanage::referenceExternalData): the one copy into transport
-      // memory that a user buffer needs.
+      // memory that a user buffer needs. Into the record, after everything in it, when the
+      // record stays small, the ring has room now (as allocateMore() places segments) and
+      // no later segment lies in the record (in-record segments ascend: see parseFrame;
+      // Cap'n Proto allocates landing pads for far pointers after external segments);
+      // else into the arena.
       if (total > maxMessage_)
         throw InvalidArgument("message exceeds the maximum message size " +
                               std::to_string(maxMessage_) + " bytes of " + endpoint());
-      std::byte* p = arenaAllocate(uint64_t{words} * 8, /*mayWait=*/true);
+      const uint64_t bytes = uint64_t{words} * 8;
+      const uint64_t tail = n * sizeof(SegmentEntry) + sizeof(TraceContext);
+      const uint64_t limit = std::min<uint64_t>(recordLimit(bytes),
+                                                files_.ringBytes - (open_.start & ringMask_));
+      auto inRecord = [&](size_t j) {
+        auto* bj = reinterpret_cast<const std::byte*>(segments[j].begin());
+        return bj >= record && bj < record + open_.reserved;
+      };
+      bool laterInRecord = false;
+      for (size_t j = i + 1; j < n && !laterInRecord; ++j) laterInRecord = inRecord(j);
+      if (!laterInRecord && open_.ringEnd + bytes + tail <= limit &&
+          extendRecord(static_cast<uint32_t>(open_.ringEnd + bytes + tail), false)) {
+        std::byte* p = record + open_.ringEnd;
+        std::memcpy(p, begin, bytes);
+        table[i] = {words, static_cast<uint32_t>((p - frame) / 8)};
+        open_.ringEnd += static_cast<uint32_t>(bytes);
+        inlineEnd = std::max<uint32_t>(inlineEnd, open_.ringEnd);
+        continue;
+      }
+      std::byte* p = arenaAllocate(bytes, /*mayWait=*/true);
       if (!p) throw Overloaded("arena of " + endpoint() + " cannot hold external data");
-      std::memcpy(p, begin, uint64_t{words} * 8);
+      std::memcpy(p, begin, bytes);
       table[i] = {words, kArenaBit | static_cast<uint32_t>((p - txArena_) / 8)};
     }
   }
