@@ -203,6 +203,36 @@ TEST(Tcp, EndOfStreamAfterFramesIsDisconnected) {
   EXPECT_EQ(peer.conn->tryStartMessage(m, 4), Status::kDisconnected);
 }
 
+TEST(Tcp, ExternalDataTheKernelDidNotTakeIsCopiedBeforeSendReturns) {
+  // A referenced blob larger than the socket buffers take while the peer is not reading:
+  // send() writes what the kernel takes from the caller's memory and must copy the rest
+  // before returning, since the caller may then reuse the buffer.
+  auto p = tcpPair("127.0.0.1:0");
+  constexpr size_t kBytes = 6u << 20;
+  std::vector<capnp::word> blob(kBytes / 8);
+  auto* bytes = reinterpret_cast<uint8_t*>(blob.data());
+  fillPattern(bytes, kBytes, 7);
+  {
+    OutgoingMessage m;
+    ASSERT_EQ(p.client->startMessage(m, 8, deadlineAfter(2s)), Status::kOk);
+    auto root = m.initRoot<bench::Payload>();
+    root.setSeq(7);
+    root.setChecksum(checksum(bytes, kBytes));
+    root.adoptData(m.getOrphanage().referenceExternalData(capnp::Data::Reader(bytes, kBytes)));
+    ASSERT_EQ(p.client->send(m), Status::kOk);
+  }
+  std::memset(bytes, 0xAA, kBytes);  // the buffer is the caller's again
+  std::atomic<bool> done{false};
+  ::testing::AssertionResult got = ::testing::AssertionFailure() << "nothing received";
+  std::jthread receiver([&] {
+    got = receivePayload(*p.server, 7, kBytes, 20s);
+    done = true;
+  });
+  flushUntil(*p.client, [&] { return done.load(); }, 20s);
+  receiver.join();
+  EXPECT_TRUE(got);
+}
+
 TEST(Tcp, ResetWakesABlockedReceiverAndFailsSends) {
   auto o = tcpOptions();
   o.connection.waitMode = WaitMode::kBlocking;
