@@ -1,6 +1,7 @@
 // zcrpc — Cap'n Proto messages built and read in place in transport memory.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <utility>
@@ -49,6 +50,17 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   void setTrace(TraceContext trace) noexcept { trace_ = trace; }
   const TraceContext& trace() const noexcept { return trace_; }
 
+  /// Bounds on waiting for room while this message is built and sent (a segment or
+  /// referenced data that needs more of the peer's unreleased memory): until the build
+  /// deadline, and each wait at most the build wait; past either the allocation throws
+  /// Overloaded. Neither makes a wait longer than the connection's connectTimeout.
+  /// Connection::startMessage() sets the deadline to its own; both are unbounded (so
+  /// connectTimeout alone applies) after tryStartMessage().
+  void setBuildDeadline(std::chrono::steady_clock::time_point d) noexcept { buildDeadline_ = d; }
+  std::chrono::steady_clock::time_point buildDeadline() const noexcept { return buildDeadline_; }
+  void setBuildWait(std::chrono::nanoseconds w) noexcept { buildWait_ = w; }
+  std::chrono::nanoseconds buildWait() const noexcept { return buildWait_; }
+
   /// The segments to send; a message nobody wrote to becomes one with a null root.
   kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend() {
     if (!firstTaken_) getRoot<capnp::AnyPointer>();  // allocates the root pointer's segment
@@ -62,12 +74,16 @@ class OutgoingMessage final : public capnp::MessageBuilder {
     first_ = first;
     firstTaken_ = false;
     trace_ = TraceContext{};
+    buildDeadline_ = std::chrono::steady_clock::time_point::max();
+    buildWait_ = std::chrono::nanoseconds::max();
   }
   void markSent() noexcept { source_ = nullptr; }
 
  private:
   SegmentSource* source_ = nullptr;
   FrameHeader* header_ = nullptr;
+  std::chrono::steady_clock::time_point buildDeadline_ = std::chrono::steady_clock::time_point::max();
+  std::chrono::nanoseconds buildWait_ = std::chrono::nanoseconds::max();
   kj::ArrayPtr<capnp::word> first_;
   bool firstTaken_ = false;
   TraceContext trace_;

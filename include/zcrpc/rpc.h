@@ -421,6 +421,11 @@ struct ServerOptions {
   /// How an idle worker waits: busy-poll, spin for `spinTime` then sleep, or sleep.
   WaitMode idleMode = WaitMode::kSpinThenSleep;
   std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);
+  /// How long building or sending an answer may wait for room in the client's memory (a
+  /// large answer the client's unread messages leave no room for). Past it the call fails
+  /// with Overloaded and the worker goes on with its other connections, so a client that
+  /// stops reading holds up the others for at most this long per answer.
+  std::chrono::milliseconds answerRoomWait{100};
   /// Count calls, errors, bytes and handler time per connection and method (stats()).
   bool metrics = true;
   /// Told about every dispatched call; borrowed, must outlive the Server.

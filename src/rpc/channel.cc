@@ -138,6 +138,7 @@ void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadlin
   Status s = connection_->tryStartMessage(msg, sizeHintWords);
   if (s == Status::kWouldBlock) s = waitForSendRoom(msg, sizeHintWords, deadline);
   if (s == Status::kOk) {
+    msg.setBuildDeadline(deadline);  // growing the request waits for room no longer than the call
     requestOpen_ = true;
     return;
   }

@@ -128,9 +128,10 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   ServerConnection(const std::unordered_map<uint64_t, Service*>& services,
                    std::unique_ptr<Connection> connection, int workerWake,
                    std::shared_ptr<ConnectionMetrics> metrics, Tracer* tracer,
-                   size_t maxDeferred)
+                   size_t maxDeferred, std::chrono::milliseconds answerRoomWait)
       : services_(services), connection_(std::move(connection)), workerWake_(workerWake),
-        metrics_(std::move(metrics)), tracer_(tracer), maxDeferred_(maxDeferred) {}
+        metrics_(std::move(metrics)), tracer_(tracer), maxDeferred_(maxDeferred),
+        answerRoomWait_(answerRoomWait) {}
 
   Connection& connection() noexcept { return *connection_; }
   const std::shared_ptr<ConnectionMetrics>& metrics() const noexcept { return metrics_; }
@@ -230,7 +231,12 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
     slot.emplace();
     if (backlog_.empty()) {
       Status s = connection_->tryStartMessage(*slot, words);
-      if (s == Status::kOk) return;
+      if (s == Status::kOk) {
+        // The worker serves other connections too: growing this answer waits for room
+        // in the client's memory only briefly (then the call fails with Overloaded).
+        slot->setBuildWait(answerRoomWait_);
+        return;
+      }
       if (s == Status::kDisconnected) {
         slot.reset();
         disconnected_ = true;
@@ -504,6 +510,7 @@ class ServerConnection final : public std::enable_shared_from_this<ServerConnect
   std::shared_ptr<ConnectionMetrics> metrics_;  // null: metrics off
   Tracer* tracer_;
   size_t maxDeferred_;
+  std::chrono::milliseconds answerRoomWait_;
   CallMark current_;  // the call being dispatched
 
   /// An answer that found no room: flattened, waiting for room in arrival order.
@@ -640,7 +647,7 @@ class Worker final {
       auto metrics = options_.metrics ? registry_.open(c->endpoint(), MetricsSide::kServer) : nullptr;
       connections_.push_back(std::make_shared<ServerConnection>(
           services_, std::move(c), wake_.get(), std::move(metrics), options_.tracer,
-          options_.maxDeferredPerConnection));
+          options_.maxDeferredPerConnection, options_.answerRoomWait));
     }
     inbox_.clear();
     hasInbox_.store(false, std::memory_order_relaxed);

@@ -6,6 +6,7 @@
 #include <malloc.h>
 
 #include <atomic>
+#include <iostream>
 #include <thread>
 #include <vector>
 
@@ -270,6 +271,82 @@ TEST_P(Conformance, RpcClientThatStopsReadingDoesNotStallOthers) {
   start = Clock::now();
   ASSERT_TRUE(echoCall(*rpc.channel, 99, 100, 3s));
   EXPECT_LT(msSince(start), 1000.0);
+}
+
+TEST_P(Conformance, RpcGrowingAnswersToAClientThatStopsReadingDoNotStallOthers) {
+  // Answers of 1 MiB, grown while built, to a client that reads none: once its memory is
+  // full, growing the next answer waits for room. The worker must give up on it soon (the
+  // call fails with Overloaded) and serve the other client, not wait connectTimeout.
+  auto o = options();
+  o.ringBytes = 64u << 10;
+  o.connectTimeout = 5000ms;
+  RpcSetup rpc(*this, o);
+  auto stalled = transport().makePair(o);
+  rpc.server.addConnection(std::move(stalled.server));
+  Connection& raw = *stalled.client;
+  constexpr uint64_t kAnswer = 1u << 20;
+  const uint64_t kRequests = o.arenaBytes / kAnswer + 6;  // more than its memory holds
+  for (uint64_t i = 0; i < kRequests; ++i) {
+    OutgoingMessage m;
+    ASSERT_EQ(raw.startMessage(m, 8, deadlineAfter(1s)), Status::kOk);
+    buildPayload(m, kAnswer, 0);  // seq = the answer's size
+    FrameHeader& h = m.header();
+    h.kind = static_cast<uint8_t>(FrameKind::kRequest);
+    h.interfaceId = kEchoInterface;
+    h.methodId = kMakeGrowing;
+    h.callId = i + 1;
+    ASSERT_EQ(raw.send(m), Status::kOk);
+  }
+  std::this_thread::sleep_for(200ms);  // the server is at the stalled client's requests
+  auto start = Clock::now();
+  for (uint64_t i = 0; i < 10; ++i) ASSERT_TRUE(echoCall(*rpc.channel, i, 100, 4s));
+  EXPECT_LT(msSince(start), 2000.0) << "a client that does not read held up another one";
+  // The stalled client reads: in order, every answer is intact or an Overloaded error.
+  uint64_t answered = 0, refused = 0;
+  IncomingMessage in;
+  while (answered < kRequests && raw.receive(in, deadlineAfter(3s)) == Status::kOk) {
+    EXPECT_EQ(in.header().callId, answered + 1);
+    if (in.header().kind == static_cast<uint8_t>(FrameKind::kError)) {
+      ++refused;
+    } else {
+      EXPECT_TRUE(checkPayload(in, kAnswer, kAnswer));
+    }
+    in.release();
+    ++answered;
+  }
+  EXPECT_EQ(answered, kRequests);
+  // Transports that build in the peer's memory (shm, loopback) refuse some; the others
+  // queue the answers in their own memory.
+  std::cout << "[ measured ] " << refused << " of " << kRequests << " answers refused\n";
+}
+
+TEST_P(Conformance, RpcRequestThatCannotGrowFailsAtItsDeadline) {
+  // The peer reads nothing; requests grown past their first segment fill its memory. The
+  // one that finds no room must fail with Overloaded at its call's deadline (300 ms), not
+  // wait the connection's connectTimeout (5 s).
+  auto o = options();
+  o.connectTimeout = 5000ms;
+  auto p = connectPair(o);  // p.server is never read
+  ChannelOptions co;
+  co.defaultTimeout = 300ms;
+  Channel ch(std::move(p.client), co);
+  std::optional<ErrorKind> kind;
+  double ms = 0;
+  std::vector<PendingCall> sent;
+  for (uint64_t i = 0; i < 48 && !kind; ++i) {
+    const auto start = Clock::now();
+    try {
+      auto req = ch.newRequest(kEchoInterface, kEcho, 4);
+      buildPayload(req.message(), i, 1u << 20);
+      sent.push_back(req.callAsync());
+    } catch (const Error& e) {
+      kind = e.kind();
+      ms = msSince(start);
+    }
+  }
+  ASSERT_TRUE(kind) << "48 MiB of requests found room in a peer that reads nothing";
+  EXPECT_EQ(*kind, ErrorKind::kOverloaded);
+  EXPECT_LT(ms, 2000.0) << "the request waited past its deadline for room";
 }
 
 TEST_P(Conformance, RpcThroughAListenerFromSeveralThreads) {

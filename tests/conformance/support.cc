@@ -338,6 +338,11 @@ bool EchoService::dispatch(uint64_t interfaceId, uint16_t methodId, CallContext&
       buildPayload(out, size, size);
       return true;
     }
+    case kMakeGrowing: {
+      uint64_t size = context.request().getRoot<bench::Payload>().getSeq();
+      buildPayload(context.response(4), size, size);
+      return true;
+    }
     case kCount: {
       auto& out = context.response(8);
       out.initRoot<bench::Payload>().setSeq(n);

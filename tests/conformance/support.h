@@ -149,6 +149,8 @@ enum EchoMethod : uint16_t {
   /// As kEchoByReference, but deferred: completed (from the handler) with a fill that
   /// references the request's bytes, and runs later on the connection's thread.
   kDeferredEchoByReference = 6,
+  /// As kMake, but from a 4-word first segment: the data grows the answer mid-build.
+  kMakeGrowing = 7,
   kUnknownMethod = 77,
 };
 inline constexpr int32_t kFailCode = 42;

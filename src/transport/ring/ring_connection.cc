@@ -319,12 +319,12 @@ std::byte* RingConnection::arenaAllocate(uint64_t bytes, bool mayWait) {
   uint64_t end = start + bytes;
   if (!arenaRoom(end)) {
     if (!mayWait) return nullptr;
-    Status s = waitForSpace([&] { return arenaRoom(end); },
-                            deadlineAfter(options_.connectTimeout));
+    Status s = waitForSpace([&] { return arenaRoom(end); }, buildWaitDeadline());
     if (s == Status::kDisconnected) throw Disconnected("connection lost: " + lastError());
     if (s != Status::kOk)
-      throw Overloaded("shm arena full for " + std::to_string(options_.connectTimeout.count()) +
-                       " ms: the peer is not releasing received messages");
+      throw Overloaded("arena of " + endpoint() + " stayed full until the message's deadline " +
+                       "(at most " + std::to_string(options_.connectTimeout.count()) +
+                       " ms): the peer is not releasing received messages");
   }
   arenaTail_ = end;
   std::byte* p = txArena_ + start % arenaBytes_;
@@ -350,12 +350,12 @@ bool RingConnection::extendRecord(uint32_t newReserved, bool mayWait) {
   uint64_t end = open_.start + newReserved;
   if (!ringRoom(end)) {
     if (!mayWait) return false;
-    Status s = waitForSpace([&] { return ringRoom(end); }, deadlineAfter(options_.connectTimeout));
+    Status s = waitForSpace([&] { return ringRoom(end); }, buildWaitDeadline());
     if (s == Status::kDisconnected) throw Disconnected("connection lost: " + lastError());
     if (s != Status::kOk)
-      throw Overloaded("ring of " + endpoint() + " stayed full for " +
-                       std::to_string(options_.connectTimeout.count()) +
-                       " ms: the peer is not releasing received messages");
+      throw Overloaded("ring of " + endpoint() + " stayed full until the message's deadline " +
+                       "(at most " + std::to_string(options_.connectTimeout.count()) +
+                       " ms): the peer is not releasing received messages");
   }
   open_.reserved = newReserved;
   return true;
@@ -461,14 +461,28 @@ Status RingConnection::tryStartMessageSlow(OutgoingMessage& msg, uint32_t firstS
 Status RingConnection::startMessage(OutgoingMessage& msg, uint32_t firstSegmentWords,
                                     Deadline deadline) {
   Status result = tryStartMessage(msg, firstSegmentWords);
-  if (result != Status::kWouldBlock) return result;
-  Status w = waitForSpace(
-      [&] {
-        result = tryStartMessage(msg, firstSegmentWords);
-        return result != Status::kWouldBlock;
-      },
-      deadline);
-  return w == Status::kOk ? result : w;
+  if (result == Status::kWouldBlock) {
+    Status w = waitForSpace(
+        [&] {
+          result = tryStartMessage(msg, firstSegmentWords);
+          return result != Status::kWouldBlock;
+        },
+        deadline);
+    if (w != Status::kOk) return w;
+  }
+  if (result == Status::kOk) msg.setBuildDeadline(deadline);
+  return result;
+}
+
+Deadline RingConnection::buildWaitDeadline() const {
+  const auto now = Clock::now();
+  Deadline d = now + options_.connectTimeout;
+  if (open_.msg) {
+    d = std::min(d, open_.msg->buildDeadline());
+    if (open_.msg->buildWait() < std::chrono::nanoseconds(options_.connectTimeout))
+      d = std::min(d, now + open_.msg->buildWait());
+  }
+  return d;
 }
 
 kj::ArrayPtr<capnp::word> RingConnection::allocateMore(uint32_t minWords) {

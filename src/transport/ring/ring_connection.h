@@ -108,6 +108,9 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   void afterReleased(bool leaseWaiter) noexcept;
   void wakeProducer() noexcept;
   uint32_t recordLimit(uint64_t segmentBytes) const noexcept;
+  /// Until when a wait for room while building or sending the open message may last: its
+  /// build deadline and build wait, at most connectTimeout from now.
+  Deadline buildWaitDeadline() const;
 
   // both
   bool peerClosed() const noexcept;
