@@ -33,6 +33,15 @@ struct RpcSetup {
   std::unique_ptr<Channel> channel;  // destroyed first
 };
 
+/// Makes `m` a request to EchoService's `method` with `callId`, as a Channel would.
+void markEchoRequest(OutgoingMessage& m, uint16_t method, uint64_t callId) {
+  FrameHeader& h = m.header();
+  h.kind = static_cast<uint8_t>(FrameKind::kRequest);
+  h.interfaceId = kEchoInterface;
+  h.methodId = method;
+  h.callId = callId;
+}
+
 /// The kind of the error a call throws (or nothing if it succeeded).
 std::optional<ErrorKind> callError(Channel& channel, uint16_t method, uint64_t seq,
                                    std::chrono::milliseconds timeout,
@@ -244,11 +253,7 @@ TEST_P(Conformance, RpcClientThatStopsReadingDoesNotStallOthers) {
     OutgoingMessage m;
     if (raw.startMessage(m, payloadWords(kPayload), deadlineAfter(300ms)) != Status::kOk) break;
     buildPayload(m, i, kPayload);
-    FrameHeader& h = m.header();
-    h.kind = static_cast<uint8_t>(FrameKind::kRequest);
-    h.interfaceId = kEchoInterface;
-    h.methodId = kEcho;
-    h.callId = i + 1;
+    markEchoRequest(m, kEcho, i + 1);
     ASSERT_EQ(raw.send(m), Status::kOk);
     ++kRequests;
   }
@@ -290,11 +295,7 @@ TEST_P(Conformance, RpcGrowingAnswersToAClientThatStopsReadingDoNotStallOthers) 
     OutgoingMessage m;
     ASSERT_EQ(raw.startMessage(m, 8, deadlineAfter(1s)), Status::kOk);
     buildPayload(m, kAnswer, 0);  // seq = the answer's size
-    FrameHeader& h = m.header();
-    h.kind = static_cast<uint8_t>(FrameKind::kRequest);
-    h.interfaceId = kEchoInterface;
-    h.methodId = kMakeGrowing;
-    h.callId = i + 1;
+    markEchoRequest(m, kMakeGrowing, i + 1);
     ASSERT_EQ(raw.send(m), Status::kOk);
   }
   std::this_thread::sleep_for(200ms);  // the server is at the stalled client's requests
