@@ -1,0 +1,141 @@
+// zcrpc — an echo call through the generated stubs and a Server worker thread, against
+// the same messages echoed by a bare thread over the same transport (in-process
+// loopback, busy-polling): what the RPC layer adds to a round trip.
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench.capnp.h"
+#include "echo.capnp.zcrpc.h"
+#include "micro.h"
+#include "zcrpc/error.h"
+#include "zcrpc/loopback.h"
+#include "zcrpc/rpc.h"
+
+namespace zcrpc::micro {
+namespace {
+
+using namespace std::chrono_literals;
+
+uint32_t echoWords(size_t bytes) { return static_cast<uint32_t>(4 + (bytes + 7) / 8); }
+
+class EchoImpl final : public echo::EchoService {
+ public:
+  void echo(EchoCall& call) override {
+    auto data = call.params().getData();
+    call.results(echoWords(data.size())).setData(data);
+  }
+  void ping(PingCall&) override {}
+  void sink(SinkCall&) override {}
+  void delay(DelayCall&) override { throw ApplicationError(1, "not in the microbenchmarks"); }
+  void fail(FailCall& call) override {
+    throw ApplicationError(call.params().getCode(), call.params().getMessage());
+  }
+};
+
+ConnectionOptions busyPoll() {
+  ConnectionOptions o;
+  o.waitMode = WaitMode::kBusyPoll;
+  return o;
+}
+
+void zcrpcEchoCall(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  std::vector<kj::byte> data(n, kj::byte{0x5a});
+  EchoImpl service;
+  ServerOptions so;
+  so.idleMode = WaitMode::kBusyPoll;
+  Server server(so);
+  server.addService(service);
+  server.start();
+  auto [client, serverEnd] = makeLoopbackPair(busyPoll());
+  server.addConnection(std::move(serverEnd));
+  Channel channel(std::move(client));
+  echo::EchoClient echo(channel);
+  try {
+    for (auto _ : state) {
+      auto req = echo.echoRequest(echoWords(n));
+      req.params().setData(kj::arrayPtr(data.data(), n));
+      auto resp = req.call();
+      if (resp.results().getData().size() != n) {
+        state.SkipWithError("the echo came back with another size");
+        break;
+      }
+    }
+  } catch (const Error& e) {
+    state.SkipWithError(e.what());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n));
+  server.shutdown();
+}
+
+void loopbackMessagePingPong(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  std::vector<kj::byte> data(n, kj::byte{0x5a});
+  auto [mine, theirs] = makeLoopbackPair(busyPoll());
+  std::atomic<bool> echoFailed{false};
+  // The echo side: answers every message with a copy of its data until the pair closes.
+  std::thread echoer([&, peer = theirs.get()] {
+    for (;;) {
+      IncomingMessage in;
+      Status s = peer->receive(in, deadlineAfter(10s));
+      if (s == Status::kDisconnected) return;
+      OutgoingMessage out;
+      if (s != Status::kOk || peer->startMessage(out, echoWords(n), deadlineAfter(10s)) != Status::kOk) {
+        echoFailed = true;
+        return;
+      }
+      auto req = in.getRoot<bench::Payload>();
+      auto resp = out.initRoot<bench::Payload>();
+      resp.setSeq(req.getSeq());
+      resp.setData(req.getData());
+      in.release();
+      if (peer->send(out) != Status::kOk) {
+        echoFailed = true;
+        return;
+      }
+    }
+  });
+  uint64_t seq = 0;
+  for (auto _ : state) {
+    Deadline deadline = deadlineAfter(10s);
+    {
+      OutgoingMessage out;
+      if (mine->startMessage(out, echoWords(n), deadline) != Status::kOk) {
+        state.SkipWithError(("startMessage: " + mine->lastError()).c_str());
+        break;
+      }
+      auto req = out.initRoot<bench::Payload>();
+      req.setSeq(seq);
+      req.setData(kj::arrayPtr(data.data(), n));
+      if (mine->send(out) != Status::kOk) {
+        state.SkipWithError(("send: " + mine->lastError()).c_str());
+        break;
+      }
+    }
+    IncomingMessage in;
+    if (mine->receive(in, deadline) != Status::kOk) {
+      state.SkipWithError(("receive: " + mine->lastError()).c_str());
+      break;
+    }
+    auto resp = in.getRoot<bench::Payload>();
+    if (resp.getSeq() != seq++ || resp.getData().size() != n) {
+      state.SkipWithError("the echo differs from the message sent");
+      break;
+    }
+  }
+  mine->close();
+  echoer.join();
+  if (echoFailed) state.SkipWithError("the echo thread failed");
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n));
+}
+
+BENCHMARK(zcrpcEchoCall)->Name("Rpc/zcrpcEchoCall")->Arg(64)->Arg(4 << 10)->Arg(64 << 10)->UseRealTime();
+BENCHMARK(loopbackMessagePingPong)->Name("Rpc/loopbackMessagePingPong")->Arg(64)->Arg(4 << 10)->Arg(64 << 10)->UseRealTime();
+ZCRPC_RATIO("Rpc/zcrpcEchoCall", "Rpc/loopbackMessagePingPong",
+            "echo RPC vs bare echoed messages, two threads (arg: payload bytes)");
+
+}  // namespace
+}  // namespace zcrpc::micro
