@@ -61,6 +61,22 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   void setBuildWait(std::chrono::nanoseconds w) noexcept { buildWait_ = w; }
   std::chrono::nanoseconds buildWait() const noexcept { return buildWait_; }
 
+  /// Told while the transport waits for room for this message (a segment or referenced
+  /// data needs memory the peer has not released), before each slice of the wait (20 us,
+  /// growing to 1 ms). The owner may meanwhile free what the peer waits on: a Channel
+  /// takes the answers that arrived, since a server that cannot send them holds the
+  /// requests whose memory this message waits for. It must not start or send a message
+  /// on the same connection. None by default; transports without such waits never call it.
+  class RoomWaitHook {
+   public:
+    virtual void whileWaitingForRoom() = 0;
+
+   protected:
+    ~RoomWaitHook() = default;
+  };
+  void setRoomWaitHook(RoomWaitHook* hook) noexcept { roomWaitHook_ = hook; }
+  RoomWaitHook* roomWaitHook() const noexcept { return roomWaitHook_; }
+
   /// The segments to send; a message nobody wrote to becomes one with a null root.
   kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend() {
     if (!firstTaken_) getRoot<capnp::AnyPointer>();  // allocates the root pointer's segment
@@ -76,6 +92,7 @@ class OutgoingMessage final : public capnp::MessageBuilder {
     trace_ = TraceContext{};
     buildDeadline_ = std::chrono::steady_clock::time_point::max();
     buildWait_ = std::chrono::nanoseconds::max();
+    roomWaitHook_ = nullptr;
   }
   void markSent() noexcept { source_ = nullptr; }
 
@@ -84,6 +101,7 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   FrameHeader* header_ = nullptr;
   std::chrono::steady_clock::time_point buildDeadline_ = std::chrono::steady_clock::time_point::max();
   std::chrono::nanoseconds buildWait_ = std::chrono::nanoseconds::max();
+  RoomWaitHook* roomWaitHook_ = nullptr;
   kj::ArrayPtr<capnp::word> first_;
   bool firstTaken_ = false;
   TraceContext trace_;

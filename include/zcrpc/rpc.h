@@ -202,7 +202,7 @@ class Request final {
 /// Client end of one connection: call ids, the window of outstanding calls, deadlines
 /// and cancellation. Cheap; one per thread (see ChannelPool for sharing a service
 /// between threads). Threads: one at a time, and callbacks run on it.
-class Channel final {
+class Channel final : private OutgoingMessage::RoomWaitHook {
  public:
   explicit Channel(std::unique_ptr<Connection> connection, ChannelOptions options = {});
   ~Channel();
@@ -275,6 +275,10 @@ class Channel final {
   /// After a wait that timed out: unpins results if their time came, expires calls
   /// (returns how many).
   size_t afterTimeout(Deadline unpinAt);
+  /// While a request being built waits for room: takes what arrived to the heap (early_).
+  void whileWaitingForRoom() override;
+  /// Handles the messages whileWaitingForRoom() took; returns how many calls finished.
+  size_t takeEarly();
 
   std::unique_ptr<Connection> connection_;
   ChannelOptions options_;
@@ -287,6 +291,7 @@ class Channel final {
   bool disconnected_ = false;
   std::string disconnectReason_;
   bool requestOpen_ = false;  // a RawRequest holds the connection's one open message
+  std::vector<IncomingMessage> early_;  // received while a request waited for room, on the heap
   std::array<uint64_t, 64> cancelQueue_{};
   size_t queuedCancels_ = 0;
   std::unique_ptr<ConnectionMetrics> metrics_;

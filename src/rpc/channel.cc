@@ -139,6 +139,7 @@ void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadlin
   if (s == Status::kWouldBlock) s = waitForSendRoom(msg, sizeHintWords, deadline);
   if (s == Status::kOk) {
     msg.setBuildDeadline(deadline);  // growing the request waits for room no longer than the call
+    msg.setRoomWaitHook(this);
     requestOpen_ = true;
     return;
   }
@@ -164,6 +165,7 @@ Status Channel::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, De
   auto slice = std::chrono::microseconds(20);
   Deadline unpinAt = kNoDeadline;  // as in waitFor(): held responses may be what blocks us
   for (;;) {
+    if (!early_.empty()) [[unlikely]] takeEarly();
     if (!outstanding_) return connection_->startMessage(msg, sizeHintWords, deadline);
     IncomingMessage in;
     bool received = false;
@@ -435,6 +437,31 @@ void Channel::unpinResults() {
   }
 }
 
+// A request that grows past its first segment may wait for room in the server's memory
+// that the server frees only when it releases earlier requests, which it does once their
+// answers are sent, which may need room in our memory that unread answers fill: a cycle
+// that only the server's answerRoomWait broke, failing a call. So while a request waits
+// for room, answers are taken out of transport memory: those that arrived to the heap
+// (handled later, since a callback must not run while a request is open, in arrival
+// order before anything received after them), and held results as unpinResults() does.
+void Channel::whileWaitingForRoom() {
+  for (int i = 0; i < 256; ++i) {
+    IncomingMessage in;
+    if (connection_->tryReceive(in) != Status::kOk) break;  // a disconnect shows later
+    in.moveToHeap();
+    early_.push_back(std::move(in));
+  }
+  if (pinned_) unpinResults();
+}
+
+size_t Channel::takeEarly() {
+  size_t n = 0;
+  std::vector<IncomingMessage> early = std::move(early_);
+  early_.clear();
+  for (IncomingMessage& m : early) n += handle(m);
+  return n;
+}
+
 size_t Channel::afterTimeout(Deadline unpinAt) {
   const auto now = Clock::now();
   if (pinned_ && now >= unpinAt) unpinResults();
@@ -444,6 +471,7 @@ size_t Channel::afterTimeout(Deadline unpinAt) {
 IncomingMessage Channel::waitFor(uint64_t callId) {
   Deadline unpinAt = kNoDeadline;
   for (;;) {
+    if (!early_.empty()) [[unlikely]] takeEarly();
     Slot* slot = slotFor(callId);
     if (!slot) throw Failed("call " + std::to_string(callId) + " is unknown to this channel");
     if (slot->state == SlotState::kDone) {
@@ -475,7 +503,7 @@ std::chrono::nanoseconds Channel::ping(Deadline deadline) {
 }
 
 size_t Channel::poll() {
-  size_t n = 0;
+  size_t n = early_.empty() ? 0 : takeEarly();
   IncomingMessage msg;
   for (int i = 0; i < 256; ++i) {
     Status s = connection_->tryReceive(msg);
@@ -498,6 +526,10 @@ size_t Channel::pollUntil(Deadline deadline) {
   size_t n = poll();
   Deadline unpinAt = kNoDeadline;
   while (n == 0 && outstanding_) {
+    if (!early_.empty()) [[unlikely]] {  // a callback built a request meanwhile
+      n += takeEarly();
+      continue;
+    }
     IncomingMessage msg;
     Status s = connection_->receive(msg, std::min(deadline, waitDeadline(unpinAt)));
     if (s == Status::kOk) {

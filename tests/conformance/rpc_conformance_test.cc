@@ -350,6 +350,55 @@ TEST_P(Conformance, RpcRequestThatCannotGrowFailsAtItsDeadline) {
   EXPECT_LT(ms, 2000.0) << "the request waited past its deadline for room";
 }
 
+// A client that keeps large calls outstanding without collecting them, so that their
+// answers fill its memory, and then builds another large request: growing it waits for
+// send room, which the server frees only once it can answer the requests it holds, which
+// needs room in our memory. Waiting for room must take the answers (to the heap), or the
+// server gives up on one (Overloaded, after answerRoomWait) and the call is lost.
+TEST_P(Conformance, RpcLargeRequestWhileUncollectedAnswersFillOurMemory) {
+  auto o = options();
+  o.ringBytes = 64u << 10;
+  o.arenaBytes = 2u << 20;
+  o.maxMessageBytes = 1u << 20;
+  ServerOptions so;
+  so.answerRoomWait = 2000ms;  // without the fix, the stall lasts this long and a call fails
+  RpcSetup rpc(*this, o, so);
+  Channel& ch = *rpc.channel;
+  constexpr size_t kPayload = 256u << 10;
+  constexpr uint64_t kCalls = 24;  // 6 MiB each way: three times the arena
+  std::vector<PendingCall> calls;  // odd calls complete through a callback instead
+  bool building = false;
+  uint64_t callbacks = 0;
+  const auto start = Clock::now();
+  for (uint64_t i = 0; i < kCalls; ++i) {
+    // The answer starts small and takes its data into the server's memory as it is sent
+    // (the server's answer backlog would take an answer that is large from the start).
+    auto req = ch.newRequest(kEchoInterface, kEchoByReference, payloadWords(0));
+    req.setTimeout(10s);
+    building = true;
+    buildPayload(req.message(), i, kPayload);
+    building = false;
+    if (i % 2 == 0) {
+      calls.push_back(req.callAsync());
+      continue;
+    }
+    req.callAsync([&, i](CallResult&& r) {
+      EXPECT_FALSE(building) << "a callback ran while a request was being built";
+      ASSERT_TRUE(r.ok()) << "call " << i << ": " << r.errorMessage();
+      EXPECT_TRUE(checkPayload(r.response(), i, kPayload)) << "call " << i;
+      ++callbacks;
+    });
+  }
+  for (uint64_t i = 0; i < calls.size(); ++i) {
+    CallResult r = calls[i].wait();
+    ASSERT_TRUE(r.ok()) << "call " << 2 * i << ": " << r.errorMessage();
+    EXPECT_TRUE(checkPayload(r.response(), 2 * i, kPayload)) << "call " << 2 * i;
+  }
+  for (Bound b(1000, 5s); b.next() && ch.outstanding();) ch.pollUntil(deadlineAfter(50ms));
+  EXPECT_EQ(callbacks, kCalls / 2);
+  EXPECT_LT(msSince(start), 1500.0) << "building a request waited for the server to give up";
+}
+
 TEST_P(Conformance, RpcThroughAListenerFromSeveralThreads) {
   if (!hasListener()) GTEST_SKIP() << transport().name << " has no listener (pairs only)";
   auto o = options();

@@ -319,12 +319,10 @@ std::byte* RingConnection::arenaAllocate(uint64_t bytes, bool mayWait) {
   uint64_t end = start + bytes;
   if (!arenaRoom(end)) {
     if (!mayWait) return nullptr;
+    const auto waitStart = Clock::now();
     Status s = waitForSpace([&] { return arenaRoom(end); }, buildWaitDeadline());
     if (s == Status::kDisconnected) throw Disconnected("connection lost: " + lastError());
-    if (s != Status::kOk)
-      throw Overloaded("arena of " + endpoint() + " stayed full until the message's deadline " +
-                       "(at most " + std::to_string(options_.connectTimeout.count()) +
-                       " ms): the peer is not releasing received messages");
+    if (s != Status::kOk) throw roomWaitFailed("arena", waitStart);
   }
   arenaTail_ = end;
   std::byte* p = txArena_ + start % arenaBytes_;
@@ -340,7 +338,18 @@ Status RingConnection::waitForSpace(Ready ready, Deadline deadline) {
   // Only the consumer frees space: make sure it has been told about everything sent
   // unflushed before we wait for it.
   wakeConsumer();
-  return waitFor(ready, deadline, /*forData=*/false);
+  OutgoingMessage::RoomWaitHook* hook = open_.msg ? open_.msg->roomWaitHook() : nullptr;
+  if (!hook) return waitFor(ready, deadline, /*forData=*/false);
+  // The message's owner may free what the peer waits on before it releases our memory
+  // (see RoomWaitHook): let it, between slices of the wait.
+  auto slice = std::chrono::microseconds(20);
+  for (;;) {
+    hook->whileWaitingForRoom();
+    const Deadline until = std::min(deadline, Clock::now() + slice);
+    Status s = waitFor(ready, until, /*forData=*/false);
+    if (s != Status::kTimedOut || until == deadline) return s;
+    slice = std::min<std::chrono::microseconds>(slice * 2, std::chrono::milliseconds(1));
+  }
 }
 
 bool RingConnection::extendRecord(uint32_t newReserved, bool mayWait) {
@@ -350,12 +359,10 @@ bool RingConnection::extendRecord(uint32_t newReserved, bool mayWait) {
   uint64_t end = open_.start + newReserved;
   if (!ringRoom(end)) {
     if (!mayWait) return false;
+    const auto waitStart = Clock::now();
     Status s = waitForSpace([&] { return ringRoom(end); }, buildWaitDeadline());
     if (s == Status::kDisconnected) throw Disconnected("connection lost: " + lastError());
-    if (s != Status::kOk)
-      throw Overloaded("ring of " + endpoint() + " stayed full until the message's deadline " +
-                       "(at most " + std::to_string(options_.connectTimeout.count()) +
-                       " ms): the peer is not releasing received messages");
+    if (s != Status::kOk) throw roomWaitFailed("ring", waitStart);
   }
   open_.reserved = newReserved;
   return true;
@@ -472,6 +479,14 @@ Status RingConnection::startMessage(OutgoingMessage& msg, uint32_t firstSegmentW
   }
   if (result == Status::kOk) msg.setBuildDeadline(deadline);
   return result;
+}
+
+Overloaded RingConnection::roomWaitFailed(const char* what, Clock::time_point waitStart) const {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - waitStart);
+  return Overloaded(std::string(what) + " of " + endpoint() + " stayed full for " +
+                    std::to_string(ms.count()) +
+                    " ms, as long as this message may wait (its deadline, its build wait, at most "
+                    "connectTimeout): the peer is not releasing received messages");
 }
 
 Deadline RingConnection::buildWaitDeadline() const {

@@ -111,6 +111,8 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   /// Until when a wait for room while building or sending the open message may last: its
   /// build deadline and build wait, at most connectTimeout from now.
   Deadline buildWaitDeadline() const;
+  /// The error of a wait for room (`what`: "arena" or "ring") that ran out of time.
+  Overloaded roomWaitFailed(const char* what, Clock::time_point waitStart) const;
 
   // both
   bool peerClosed() const noexcept;
