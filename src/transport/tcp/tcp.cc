@@ -645,6 +645,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       return Status::kDisconnected;
     }
     if (frameBytes > ringBytes_ / 4) return startBig(frameBytes, out);
+    afterBig_ = false;
     if (avail < frameBytes) return Status::kWouldBlock;
     auto& slot = leases_.next();
     std::string why = parseFrame(std::span<const std::byte>(ring_ + (parse_ & ringMask_), frameBytes),
@@ -665,6 +666,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     uint64_t have = std::min<uint64_t>(tail_ - parse_, frameBytes);
     std::memcpy(big_.get(), ring_ + (parse_ & ringMask_), have);  // only what already arrived
     bigFilled_ = have;
+    afterBig_ = true;
     parse_ += have;
     // The rest of this frame goes straight into its own buffer; the next frame starts
     // in the ring on an 8-byte boundary again.
@@ -735,6 +737,11 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       offset = tail_ & ringMask_;
     }
     uint64_t space = std::min(ringBytes_ - offset, head + ringBytes_ - tail_);
+    // After a big frame, the next header is read alone: if that frame is big too, all of
+    // it goes straight to its own buffer, rather than what one read brought into the ring
+    // (often hundreds of KiB) being copied there. One more read per frame while big frames
+    // come; small ones clear it.
+    if (afterBig_ && avail == 0) space = std::min<uint64_t>(space, kFrameHeaderBytes);
     if (space == 0) return false;
     ssize_t n = ::recv(fd_.get(), ring_ + offset, space, MSG_DONTWAIT);
     if (n > 0) {
@@ -818,6 +825,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   std::unique_ptr<capnp::word[]> big_;
   uint64_t bigSize_ = 0;
   uint64_t bigFilled_ = 0;
+  bool afterBig_ = false;  // the last frame was big (see readMore())
   FrameLimits limits_;
 
   // send (sending thread)
