@@ -10,14 +10,13 @@
 
 #include "bench.capnp.h"
 #include "micro.h"
+#include "micro_payload.h"
 #include "zcrpc/loopback.h"
 #include "zcrpc/message.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc::micro {
 namespace {
-
-uint32_t payloadWords(size_t bytes) { return static_cast<uint32_t>(4 + (bytes + 7) / 8); }
 
 void zcrpcLoopbackInPlace(benchmark::State& state) {
   const size_t n = static_cast<size_t>(state.range(0));
@@ -26,33 +25,10 @@ void zcrpcLoopbackInPlace(benchmark::State& state) {
   o.waitMode = WaitMode::kBusyPoll;
   auto [a, b] = makeLoopbackPair(o);
   uint64_t seq = 0;
-  for (auto _ : state) {
-    Deadline deadline = deadlineAfter(std::chrono::seconds(5));
-    {
-      OutgoingMessage out;
-      if (a->startMessage(out, payloadWords(n), deadline) != Status::kOk) {
-        state.SkipWithError(("startMessage: " + a->lastError()).c_str());
-        break;
-      }
-      auto root = out.initRoot<bench::Payload>();
-      root.setSeq(seq);
-      root.setData(kj::arrayPtr(data.data(), n));
-      if (a->send(out) != Status::kOk) {
-        state.SkipWithError(("send: " + a->lastError()).c_str());
-        break;
-      }
-    }
-    IncomingMessage in;
-    if (b->receive(in, deadline) != Status::kOk) {
-      state.SkipWithError(("receive: " + b->lastError()).c_str());
+  for (auto _ : state)
+    if (!sendAndReadBack(state, *a, *b, kj::arrayPtr(data.data(), n), seq++,
+                         deadlineAfter(std::chrono::seconds(5))))
       break;
-    }
-    auto root = in.getRoot<bench::Payload>();
-    if (root.getSeq() != seq++ || root.getData().size() != n) {
-      state.SkipWithError("the message read back differs from the one sent");
-      break;
-    }
-  }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n));
 }
 

@@ -10,6 +10,7 @@
 #include "bench.capnp.h"
 #include "echo.capnp.zcrpc.h"
 #include "micro.h"
+#include "micro_payload.h"
 #include "zcrpc/error.h"
 #include "zcrpc/loopback.h"
 #include "zcrpc/rpc.h"
@@ -19,13 +20,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-uint32_t echoWords(size_t bytes) { return static_cast<uint32_t>(4 + (bytes + 7) / 8); }
-
 class EchoImpl final : public echo::EchoService {
  public:
   void echo(EchoCall& call) override {
     auto data = call.params().getData();
-    call.results(echoWords(data.size())).setData(data);
+    call.results(payloadWords(data.size())).setData(data);
   }
   void ping(PingCall&) override {}
   void sink(SinkCall&) override {}
@@ -56,7 +55,7 @@ void zcrpcEchoCall(benchmark::State& state) {
   echo::EchoClient echo(channel);
   try {
     for (auto _ : state) {
-      auto req = echo.echoRequest(echoWords(n));
+      auto req = echo.echoRequest(payloadWords(n));
       req.params().setData(kj::arrayPtr(data.data(), n));
       auto resp = req.call();
       if (resp.results().getData().size() != n) {
@@ -83,7 +82,7 @@ void loopbackMessagePingPong(benchmark::State& state) {
       Status s = peer->receive(in, deadlineAfter(10s));
       if (s == Status::kDisconnected) return;
       OutgoingMessage out;
-      if (s != Status::kOk || peer->startMessage(out, echoWords(n), deadlineAfter(10s)) != Status::kOk) {
+      if (s != Status::kOk || peer->startMessage(out, payloadWords(n), deadlineAfter(10s)) != Status::kOk) {
         echoFailed = true;
         return;
       }
@@ -99,33 +98,9 @@ void loopbackMessagePingPong(benchmark::State& state) {
     }
   });
   uint64_t seq = 0;
-  for (auto _ : state) {
-    Deadline deadline = deadlineAfter(10s);
-    {
-      OutgoingMessage out;
-      if (mine->startMessage(out, echoWords(n), deadline) != Status::kOk) {
-        state.SkipWithError(("startMessage: " + mine->lastError()).c_str());
-        break;
-      }
-      auto req = out.initRoot<bench::Payload>();
-      req.setSeq(seq);
-      req.setData(kj::arrayPtr(data.data(), n));
-      if (mine->send(out) != Status::kOk) {
-        state.SkipWithError(("send: " + mine->lastError()).c_str());
-        break;
-      }
-    }
-    IncomingMessage in;
-    if (mine->receive(in, deadline) != Status::kOk) {
-      state.SkipWithError(("receive: " + mine->lastError()).c_str());
+  for (auto _ : state)
+    if (!sendAndReadBack(state, *mine, *mine, kj::arrayPtr(data.data(), n), seq++, deadlineAfter(10s)))
       break;
-    }
-    auto resp = in.getRoot<bench::Payload>();
-    if (resp.getSeq() != seq++ || resp.getData().size() != n) {
-      state.SkipWithError("the echo differs from the message sent");
-      break;
-    }
-  }
   mine->close();
   echoer.join();
   if (echoFailed) state.SkipWithError("the echo thread failed");
