@@ -633,7 +633,14 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
     ++outTail_;
     open_.msg = nullptr;
     msg.markSent();
-    if (flushNow || outCount() >= kPostBatch) pump();
+    // An unflushed record waits to share a doorbell with those sent after it (a stream
+    // of sends, or the answers to requests that were received together). The first one
+    // sent after taking the last message polled is an answer with nothing left to batch
+    // it with: waiting would only cost the peer the time until flush() (for a server:
+    // the rest of the handler, releasing the request, the next poll), so it goes now.
+    bool answer = lastTaken_.load(std::memory_order_relaxed);
+    if (answer) lastTaken_.store(false, std::memory_order_relaxed);
+    if (flushNow || answer || outCount() >= kPostBatch) pump();
     return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kOk;
   }
 
@@ -672,7 +679,12 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
       }
       const ibv_wc& wc = wcs_[wcIndex_++];
       Status s = handleCompletion(wc, out);
-      if (s != Status::kWouldBlock) return s;  // kWouldBlock: a fragment, consumed; go on
+      if (s != Status::kWouldBlock) {
+        // read by send() (sending thread), a hint only: no ordering needed
+        lastTaken_.store(wcIndex_ == wcCount_, std::memory_order_relaxed);
+        return s;
+      }
+      // kWouldBlock: a fragment, consumed; go on
     }
   }
 
@@ -1367,6 +1379,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   uint64_t bigFilled_ = 0;
   FrameLimits limits_;
   std::atomic<uint32_t> headerCredit_{0};
+  std::atomic<bool> lastTaken_{false};  // the last completion polled was taken, not yet answered
   std::atomic<uint64_t> releasedRecords_{0};
   std::atomic<uint64_t> releasedPos_{0};
   std::atomic<uint64_t> creditSent_{0};
