@@ -57,7 +57,19 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   /// Connection::startMessage() sets the deadline to its own; both are unbounded (so
   /// connectTimeout alone applies) after tryStartMessage().
   void setBuildDeadline(std::chrono::steady_clock::time_point d) noexcept { buildDeadline_ = d; }
-  std::chrono::steady_clock::time_point buildDeadline() const noexcept { return buildDeadline_; }
+  /// As setBuildDeadline, with the deadline `timeout` after buildDeadline() is first
+  /// asked for: building a message that never waits reads no clock.
+  void setBuildTimeout(std::chrono::nanoseconds timeout) noexcept {
+    buildDeadline_ = kLazyDeadline;
+    buildTimeout_ = timeout;
+  }
+  /// False while a build timeout has not become a deadline yet.
+  bool buildDeadlineFixed() const noexcept { return buildDeadline_ != kLazyDeadline; }
+  std::chrono::steady_clock::time_point buildDeadline() const noexcept {
+    if (buildDeadline_ == kLazyDeadline) [[unlikely]]
+      buildDeadline_ = std::chrono::steady_clock::now() + buildTimeout_;
+    return buildDeadline_;
+  }
   void setBuildWait(std::chrono::nanoseconds w) noexcept { buildWait_ = w; }
   std::chrono::nanoseconds buildWait() const noexcept { return buildWait_; }
 
@@ -97,9 +109,11 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   void markSent() noexcept { source_ = nullptr; }
 
  private:
+  static constexpr auto kLazyDeadline = std::chrono::steady_clock::time_point::min();
   SegmentSource* source_ = nullptr;
   FrameHeader* header_ = nullptr;
-  std::chrono::steady_clock::time_point buildDeadline_ = std::chrono::steady_clock::time_point::max();
+  mutable std::chrono::steady_clock::time_point buildDeadline_ = std::chrono::steady_clock::time_point::max();
+  std::chrono::nanoseconds buildTimeout_{0};  // with buildDeadline_ kLazyDeadline
   std::chrono::nanoseconds buildWait_ = std::chrono::nanoseconds::max();
   RoomWaitHook* roomWaitHook_ = nullptr;
   kj::ArrayPtr<capnp::word> first_;

@@ -70,7 +70,8 @@ class Tracer {
 
 /// Client-side settings of one Channel.
 struct ChannelOptions {
-  /// Deadline of a call that sets none.
+  /// Timeout of a call that sets no deadline, counted from when its request is sent
+  /// (never from earlier than newRequest; see CallDeadline).
   std::chrono::nanoseconds defaultTimeout = std::chrono::seconds(10);
   /// Calls outstanding at once (power of two). More gives Overloaded.
   uint32_t window = 64;
@@ -136,6 +137,39 @@ class PendingCall final {
   uint64_t callId_ = 0;
 };
 
+/// A call's deadline: a fixed one, or `timeout` from when it is first asked for. A call
+/// that sets none gets its channel's default timeout counted from when the request is
+/// sent (or first waits for room, or deadline() is asked), never earlier than from
+/// newRequest: so that starting and sending a request reads no clock before the request
+/// leaves (where clock_gettime is a system call, as in VMs on an HPET clock source, that
+/// read costs more than a microsecond of the round trip). Threads: the Channel's thread.
+class CallDeadline final {
+ public:
+  explicit CallDeadline(Deadline at) noexcept : at_(at) {}
+  static CallDeadline after(std::chrono::nanoseconds timeout) noexcept {
+    CallDeadline d(kLazy);
+    d.timeout_ = timeout;
+    return d;
+  }
+  /// Fixed already (set, or asked for once).
+  bool fixed() const noexcept { return at_ != kLazy; }
+  std::chrono::nanoseconds timeout() const noexcept { return timeout_; }
+  /// The deadline; a lazy one is fixed by the first call.
+  Deadline get() const noexcept {
+    if (at_ == kLazy) at_ = Clock::now() + timeout_;
+    return at_;
+  }
+  /// Fixes a lazy deadline at `at` (a fixed one stays).
+  void fix(Deadline at) noexcept {
+    if (at_ == kLazy) at_ = at;
+  }
+
+ private:
+  static constexpr Deadline kLazy = Deadline::min();
+  mutable Deadline at_;
+  std::chrono::nanoseconds timeout_{0};
+};
+
 /// A request being built in place in transport memory. Made by a generated client stub
 /// (or `Channel::newRequest`), filled through `message()` / the typed `params()`, then
 /// sent once by `call`, `callAsync` or `sendOneWay`. Not movable (the message lives in
@@ -146,9 +180,10 @@ class RawRequest final {
   ~RawRequest() noexcept(false);
 
   OutgoingMessage& message() noexcept { return message_; }
-  void setDeadline(Deadline deadline) noexcept { deadline_ = deadline; }
-  void setTimeout(std::chrono::nanoseconds timeout) { deadline_ = deadlineAfter(timeout); }
-  Deadline deadline() const noexcept { return deadline_; }
+  void setDeadline(Deadline deadline) noexcept { deadline_ = CallDeadline(deadline); }
+  void setTimeout(std::chrono::nanoseconds timeout) { deadline_ = CallDeadline(deadlineAfter(timeout)); }
+  /// The call's deadline (see CallDeadline: asking fixes a default one).
+  Deadline deadline() const noexcept { return deadline_.get(); }
   /// Trace context sent with the request (a tracer may still replace it).
   void setTrace(TraceContext trace) noexcept { message_.setTrace(trace); }
   const TraceContext& trace() const noexcept { return message_.trace(); }
@@ -163,7 +198,7 @@ class RawRequest final {
 
  private:
   Channel& channel_;
-  Deadline deadline_;
+  CallDeadline deadline_;
   OutgoingMessage message_;
 };
 
@@ -252,10 +287,10 @@ class Channel final : private OutgoingMessage::RoomWaitHook {
     TracedCall trace;                 // what the tracer saw (when traced)
   };
 
-  void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
+  void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, const CallDeadline& deadline);
   /// Waits for send room while taking the responses that arrive (see channel.cc).
   Status waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
-  uint64_t send(OutgoingMessage& msg, FrameKind kind, Deadline deadline, CallCallback callback);
+  uint64_t send(OutgoingMessage& msg, FrameKind kind, CallDeadline& deadline, CallCallback callback);
   void finish(Slot& slot, CallResult&& result);
   void noteEnd(Slot& slot, CallResult& result) noexcept;
   bool handle(IncomingMessage& msg);  // true if it finished a call

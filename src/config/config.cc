@@ -33,7 +33,7 @@ constexpr SettingInfo kSettings[] = {
     {"connect_timeout", SettingType::kDuration, "5s", "ZCRPC_CONNECT_TIMEOUT",
      "Connection set-up (and handshake) time limit", ""},
     {"call_timeout", SettingType::kDuration, "10s", "ZCRPC_CALL_TIMEOUT",
-     "Deadline of a call that sets none", ""},
+     "Timeout of a call that sets no deadline, counted from when its request is sent", ""},
     {"window", SettingType::kInt, "64", "ZCRPC_WINDOW",
      "Calls outstanding at once per channel; a power of two", ""},
     {"server_threads", SettingType::kInt, "1", "ZCRPC_SERVER_THREADS",

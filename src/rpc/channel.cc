@@ -41,7 +41,7 @@ IncomingMessage& CallResult::response() {
 
 RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
                        uint32_t sizeHintWords)
-    : channel_(channel), deadline_(deadlineAfter(channel.options().defaultTimeout)) {
+    : channel_(channel), deadline_(CallDeadline::after(channel.options().defaultTimeout)) {
   channel_.startMessage(message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
                         deadline_);
   FrameHeader& h = message_.header();
@@ -131,14 +131,19 @@ Channel::Slot* Channel::slotFor(uint64_t callId) noexcept {
   return s.callId == callId && s.state != SlotState::kFree ? &s : nullptr;
 }
 
-void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline) {
+void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords,
+                           const CallDeadline& deadline) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
   Status s = connection_->tryStartMessage(msg, sizeHintWords);
-  if (s == Status::kWouldBlock) s = waitForSendRoom(msg, sizeHintWords, deadline);
+  if (s == Status::kWouldBlock) s = waitForSendRoom(msg, sizeHintWords, deadline.get());
   if (s == Status::kOk) {
-    msg.setBuildDeadline(deadline);  // growing the request waits for room no longer than the call
+    // growing the request waits for room no longer than the call
+    if (deadline.fixed())
+      msg.setBuildDeadline(deadline.get());
+    else
+      msg.setBuildTimeout(deadline.timeout());
     msg.setRoomWaitHook(this);
     requestOpen_ = true;
     return;
@@ -206,7 +211,7 @@ Status Channel::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, De
   }
 }
 
-uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,
+uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, CallDeadline& deadline,
                        CallCallback callback) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
@@ -271,16 +276,20 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, Deadline deadline,
     method->countCall(payloadBytes(msg));
   }
   if (slot) {
+    // A lazy deadline is fixed here, once the request is on its way (a request that grew
+    // by waiting for room keeps the deadline its waits had).
+    if (msg.buildDeadlineFixed()) deadline.fix(msg.buildDeadline());
+    const Deadline at = deadline.get();
     slot->callId = id;
     slot->state = SlotState::kPending;
-    slot->deadline = deadline;
+    slot->deadline = at;
     slot->callback = std::move(callback);
     slot->method = method;
     slot->startTicks = start;
     slot->traced = tracing;
     if (tracing) slot->trace = traced;
     ++outstanding_;
-    nearestDeadline_ = std::min(nearestDeadline_, deadline);
+    nearestDeadline_ = std::min(nearestDeadline_, at);
   } else if (tracing) {
     tracer_->onClientCallEnd(traced, {true, ErrorKind::kFailed, sinceTicks(start)});
   }
@@ -494,10 +503,11 @@ IncomingMessage Channel::waitFor(uint64_t callId) {
 
 std::chrono::nanoseconds Channel::ping(Deadline deadline) {
   OutgoingMessage m;
-  startMessage(m, 1, deadline);
+  CallDeadline fixed(deadline);
+  startMessage(m, 1, fixed);
   m.initRoot<capnp::AnyPointer>();
   const auto start = Clock::now();
-  const uint64_t id = send(m, FrameKind::kPing, deadline, {});
+  const uint64_t id = send(m, FrameKind::kPing, fixed, {});
   (void)waitFor(id);  // the pong; its lease goes at once
   return Clock::now() - start;
 }

@@ -745,9 +745,9 @@ TEST_P(RpcTest, RetryStartedFromAnExpiryCallbackKeepsItsDeadline) {
   EXPECT_LT(took, 1000ms);
 }
 
-// A call's default deadline is its channel's timeout from now: never less (long timeouts
-// take it from the kernel's coarse clock, which lags; the lag must be made up), and no
-// more than a clock tick over.
+// A call's default deadline is its channel's timeout from now: never less, and no more
+// than a clock tick over. (It is fixed lazily, when first needed: here by asking for it.
+// The kernel's coarse clock is no way to make it cheaper: it can lag by more than a tick.)
 TEST_P(RpcTest, DefaultDeadlineIsTheTimeoutFromNow) {
   for (auto timeout : {std::chrono::nanoseconds(200ms), std::chrono::nanoseconds(1s),
                        std::chrono::nanoseconds(10s), std::chrono::nanoseconds(3600s)}) {
