@@ -293,6 +293,8 @@ class Channel final : private OutgoingMessage::RoomWaitHook {
   uint64_t send(OutgoingMessage& msg, FrameKind kind, CallDeadline& deadline, CallCallback callback);
   void finish(Slot& slot, CallResult&& result);
   void noteEnd(Slot& slot, CallResult& result) noexcept;
+  /// noteEnd's work for an end by `kind` (kFailed: an answer of `responseBytes`).
+  void noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept;
   bool handle(IncomingMessage& msg);  // true if it finished a call
   size_t expire(Clock::time_point now);
   void failAll(ErrorKind kind, const std::string& why);

@@ -297,19 +297,23 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, CallDeadline& deadl
 }
 
 void Channel::noteEnd(Slot& slot, CallResult& result) noexcept {
+  noteEnd(slot, result.ok(), result.errorKind(), result.ok() ? result.response().payloadBytes() : 0);
+}
+
+void Channel::noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept {
   const uint64_t elapsed = ticks::now() - slot.startTicks;
   if (MethodMetrics* m = slot.method) {
     m->recordLatency(elapsed);
-    if (result.ok())
-      m->countResponse(result.response().payloadBytes());
+    if (ok)
+      m->countResponse(responseBytes);
     else
-      m->countError(result.errorKind());
+      m->countError(kind);
     slot.method = nullptr;
   }
   if (slot.traced) {
     slot.traced = false;
     auto duration = std::chrono::nanoseconds(static_cast<int64_t>(ticks::toNanos(elapsed)));
-    tracer_->onClientCallEnd(slot.trace, {result.ok(), result.errorKind(), duration});
+    tracer_->onClientCallEnd(slot.trace, {ok, kind, duration});
   }
 }
 
@@ -492,6 +496,16 @@ IncomingMessage Channel::waitFor(uint64_t callId) {
     IncomingMessage msg;
     Status s = connection_->receive(msg, waitDeadline(unpinAt));
     if (s == Status::kOk) {
+      const FrameHeader& h = msg.header();
+      if (h.callId == callId && h.kind == static_cast<uint8_t>(FrameKind::kResponse) &&
+          !slot->callback) [[likely]] {
+        // The answer awaited: to the caller directly, as finish() and takeResult() would
+        // hand it over, without the round through a CallResult in the slot.
+        if (slot->method || slot->traced) noteEnd(*slot, true, ErrorKind::kFailed, msg.payloadBytes());
+        slot->state = SlotState::kFree;
+        if (--outstanding_ == 0) nearestDeadline_ = kNoDeadline;
+        return msg;
+      }
       handle(msg);
     } else if (s == Status::kTimedOut) {
       afterTimeout(unpinAt);
