@@ -425,6 +425,30 @@ TEST_P(RpcTest, UnreadableRequestIsInvalidArgument) {
   EXPECT_TRUE(syncEcho(*ch, 3, 3));
 }
 
+// A call that sets no deadline gets the channel's default timeout, fixed only once the
+// request is sent (so no clock is read before it leaves): it must still expire, sync and
+// async.
+TEST_P(RpcTest, DefaultTimeoutExpiresACallThatSetsNoDeadline) {
+  ChannelOptions co;
+  co.defaultTimeout = 80ms;
+  auto ch = h().channel(co);
+  EchoRequest req(*ch, kTestIface, kSlow, 0);
+  fillSlow(req.params(), 601, 3000ms);
+  auto start = Clock::now();
+  auto e = expectError(ErrorKind::kDeadlineExceeded, [&] { req.call(); });
+  auto took = Clock::now() - start;
+  ASSERT_TRUE(e);
+  EXPECT_GE(took, 80ms);
+  EXPECT_LT(took, 1500ms);
+  EchoRequest req2(*ch, kTestIface, kSlow, 0);
+  fillSlow(req2.params(), 602, 3000ms);
+  start = Clock::now();
+  CallResult r = req2.callAsync().wait();
+  EXPECT_EQ(r.errorKind(), ErrorKind::kDeadlineExceeded);
+  EXPECT_GE(Clock::now() - start, 80ms);
+  EXPECT_TRUE(syncEcho(*ch, 3, 3));
+}
+
 TEST_P(RpcTest, SlowCallPassesItsDeadlineAndTheHandlerIsTold) {
   auto ch = h().channel();
   EchoRequest req(*ch, kTestIface, kSlow, 0);
