@@ -548,41 +548,63 @@ double nowUs() {
   return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) / 1e3;
 }
 
+/// One round: `calls` raw verbs round trips, then as many zcrpc echo calls. Empty string
+/// on success, else what failed.
+std::string benchRound(int calls, std::vector<double>& raw, std::vector<double>& rpc) {
+  constexpr size_t kPayload = 64;
+  std::string err = rawPingPong(serverAddr(), env("ZCRPC_RDMA_SERVER_DEVICE"), env("ZCRPC_RDMA_CLIENT_DEVICE"),
+                                kPayload, calls, raw);
+  if (!err.empty()) return "raw ping-pong failed: " + err;
+  // zcrpc echo over rdma, busy-polling on both ends
+  RpcRig rig(WaitMode::kBusyPoll);
+  for (int i = 0; i < calls / 10 + 100; ++i) echo(*rig.channel, static_cast<uint64_t>(i), kPayload);
+  rpc.reserve(static_cast<size_t>(calls));
+  for (int i = 0; i < calls; ++i) {
+    double t0 = nowUs();
+    IncomingMessage r = echo(*rig.channel, static_cast<uint64_t>(i), kPayload);
+    r.release();
+    rpc.push_back(nowUs() - t0);
+  }
+  return {};
+}
+
 int runBench(int calls) {
   if (rdmaDevices().empty()) {
     std::printf("BENCH skipped: no RDMA device\n");
     return 77;
   }
-  constexpr size_t kPayload = 64;
-  // raw verbs write-with-immediate ping-pong
-  std::vector<double> raw;
-  std::string err = rawPingPong(serverAddr(), env("ZCRPC_RDMA_SERVER_DEVICE"), env("ZCRPC_RDMA_CLIENT_DEVICE"),
-                                kPayload, calls, raw);
-  if (!err.empty()) {
-    std::printf("BENCH raw ping-pong failed: %s\n", err.c_str());
-    return 1;
-  }
-  // zcrpc echo over rdma, busy-polling on both ends
-  std::vector<double> rpc;
-  {
-    RpcRig rig(WaitMode::kBusyPoll);
-    for (int i = 0; i < calls / 10 + 100; ++i) echo(*rig.channel, static_cast<uint64_t>(i), kPayload);
-    rpc.reserve(static_cast<size_t>(calls));
-    for (int i = 0; i < calls; ++i) {
-      double t0 = nowUs();
-      IncomingMessage r = echo(*rig.channel, static_cast<uint64_t>(i), kPayload);
-      r.release();
-      rpc.push_back(nowUs() - t0);
+  // The guest shares the host's two cores with whatever else runs there, and that load
+  // drifts: so the two are measured in alternating rounds and compared within each round,
+  // and the figure is the median of the rounds' ratios.
+  constexpr int kRounds = 5;
+  const int perRound = std::max(calls / kRounds, 200);
+  std::vector<double> rawAll, rpcAll, ratios;
+  std::string rounds;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<double> raw, rpc;
+    if (std::string err = benchRound(perRound, raw, rpc); !err.empty()) {
+      std::printf("BENCH round %d: %s\n", round + 1, err.c_str());
+      return 1;
     }
+    rawAll.insert(rawAll.end(), raw.begin(), raw.end());
+    rpcAll.insert(rpcAll.end(), rpc.begin(), rpc.end());
+    Stats a = stats(raw), b = stats(rpc);
+    ratios.push_back(b.p50 / a.p50);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s%.2fx", round ? " " : "", ratios.back());
+    rounds += buf;
   }
-  Stats a = stats(raw), b = stats(rpc);
-  std::printf("BENCH %d round trips, %zu-byte payload, clock_gettime(CLOCK_MONOTONIC), microseconds\n", calls,
-              kPayload);
+  Stats a = stats(rawAll), b = stats(rpcAll);
+  std::sort(ratios.begin(), ratios.end());
+  std::printf("BENCH %d round trips each in %d alternating rounds, 64-byte payload, "
+              "clock_gettime(CLOCK_MONOTONIC), microseconds\n", perRound * kRounds, kRounds);
   std::printf("BENCH raw verbs write-imm ping-pong: mean %.1f  p50 %.1f  p99 %.1f  min %.1f\n", a.mean, a.p50,
               a.p99, a.min);
   std::printf("BENCH zcrpc echo RPC over rdma:       mean %.1f  p50 %.1f  p99 %.1f  min %.1f\n", b.mean, b.p50,
               b.p99, b.min);
-  std::printf("BENCH ratio zcrpc/raw: p50 %.2fx  mean %.2fx  (target <= 1.5x)\n", b.p50 / a.p50, b.mean / a.mean);
+  std::printf("BENCH p50 ratio per round: %s\n", rounds.c_str());
+  std::printf("BENCH ratio zcrpc/raw: p50 %.2fx (median of the rounds; pooled %.2fx)  mean %.2fx  "
+              "(target <= 1.5x)\n", ratios[ratios.size() / 2], b.p50 / a.p50, b.mean / a.mean);
   return 0;
 }
 
