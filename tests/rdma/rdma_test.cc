@@ -259,7 +259,10 @@ TEST(Rdma, FullRingWouldBlockThenRoomAfterRelease) {
   for (; Clock::now() < until;) {
     Status s = sendPayload(*p.client, sent, 200);
     if (s == Status::kWouldBlock) {
-      // let what was posted land, then see if we are really full
+      // Let what was posted land and its send completions come back (a send buffer
+      // waiting for completions is not a full ring: room would come back during the
+      // 50 ms wait below), then see if we are really full.
+      std::this_thread::sleep_for(20ms);
       IncomingMessage in;
       while (p.server->tryReceive(in) == Status::kOk) held.push_back(std::move(in));
       if (sendPayload(*p.client, sent, 200) == Status::kWouldBlock) break;
