@@ -63,8 +63,6 @@ class OutgoingMessage final : public capnp::MessageBuilder {
     buildDeadline_ = kLazyDeadline;
     buildTimeout_ = timeout;
   }
-  /// False while a build timeout has not become a deadline yet.
-  bool buildDeadlineFixed() const noexcept { return buildDeadline_ != kLazyDeadline; }
   std::chrono::steady_clock::time_point buildDeadline() const noexcept {
     if (buildDeadline_ == kLazyDeadline) [[unlikely]]
       buildDeadline_ = std::chrono::steady_clock::now() + buildTimeout_;

@@ -70,8 +70,10 @@ class Tracer {
 
 /// Client-side settings of one Channel.
 struct ChannelOptions {
-  /// Timeout of a call that sets no deadline, counted from when its request is sent
-  /// (never from earlier than newRequest; see CallDeadline).
+  /// Timeout of a call that sets no deadline, counted from when its request is sent (or
+  /// first waits for room, or RawRequest::deadline() is asked), never from earlier than
+  /// newRequest: so no clock is read before the request leaves (where clock_gettime is a
+  /// system call, as in VMs on an HPET clock source, that read costs a microsecond).
   std::chrono::nanoseconds defaultTimeout = std::chrono::seconds(10);
   /// Calls outstanding at once (power of two). More gives Overloaded.
   uint32_t window = 64;
@@ -137,39 +139,6 @@ class PendingCall final {
   uint64_t callId_ = 0;
 };
 
-/// A call's deadline: a fixed one, or `timeout` from when it is first asked for. A call
-/// that sets none gets its channel's default timeout counted from when the request is
-/// sent (or first waits for room, or deadline() is asked), never earlier than from
-/// newRequest: so that starting and sending a request reads no clock before the request
-/// leaves (where clock_gettime is a system call, as in VMs on an HPET clock source, that
-/// read costs more than a microsecond of the round trip). Threads: the Channel's thread.
-class CallDeadline final {
- public:
-  explicit CallDeadline(Deadline at) noexcept : at_(at) {}
-  static CallDeadline after(std::chrono::nanoseconds timeout) noexcept {
-    CallDeadline d(kLazy);
-    d.timeout_ = timeout;
-    return d;
-  }
-  /// Fixed already (set, or asked for once).
-  bool fixed() const noexcept { return at_ != kLazy; }
-  std::chrono::nanoseconds timeout() const noexcept { return timeout_; }
-  /// The deadline; a lazy one is fixed by the first call.
-  Deadline get() const noexcept {
-    if (at_ == kLazy) at_ = Clock::now() + timeout_;
-    return at_;
-  }
-  /// Fixes a lazy deadline at `at` (a fixed one stays).
-  void fix(Deadline at) noexcept {
-    if (at_ == kLazy) at_ = at;
-  }
-
- private:
-  static constexpr Deadline kLazy = Deadline::min();
-  mutable Deadline at_;
-  std::chrono::nanoseconds timeout_{0};
-};
-
 /// A request being built in place in transport memory. Made by a generated client stub
 /// (or `Channel::newRequest`), filled through `message()` / the typed `params()`, then
 /// sent once by `call`, `callAsync` or `sendOneWay`. Not movable (the message lives in
@@ -180,10 +149,12 @@ class RawRequest final {
   ~RawRequest() noexcept(false);
 
   OutgoingMessage& message() noexcept { return message_; }
-  void setDeadline(Deadline deadline) noexcept { deadline_ = CallDeadline(deadline); }
-  void setTimeout(std::chrono::nanoseconds timeout) { deadline_ = CallDeadline(deadlineAfter(timeout)); }
-  /// The call's deadline (see CallDeadline: asking fixes a default one).
-  Deadline deadline() const noexcept { return deadline_.get(); }
+  /// The call's deadline, which also bounds waits for room while the request grows (it
+  /// is the message's build deadline).
+  void setDeadline(Deadline deadline) noexcept { message_.setBuildDeadline(deadline); }
+  void setTimeout(std::chrono::nanoseconds timeout) { message_.setBuildDeadline(deadlineAfter(timeout)); }
+  /// The call's deadline (asking fixes a default one: see ChannelOptions::defaultTimeout).
+  Deadline deadline() const noexcept { return message_.buildDeadline(); }
   /// Trace context sent with the request (a tracer may still replace it).
   void setTrace(TraceContext trace) noexcept { message_.setTrace(trace); }
   const TraceContext& trace() const noexcept { return message_.trace(); }
@@ -198,7 +169,6 @@ class RawRequest final {
 
  private:
   Channel& channel_;
-  CallDeadline deadline_;
   OutgoingMessage message_;
 };
 
@@ -287,10 +257,14 @@ class Channel final : private OutgoingMessage::RoomWaitHook {
     TracedCall trace;                 // what the tracer saw (when traced)
   };
 
-  void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, const CallDeadline& deadline);
+  /// Opens `msg` for a call due at `deadline`, or when none is given, `timeout` after the
+  /// request is sent (or first waits for room).
+  void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, std::chrono::nanoseconds timeout,
+                    std::optional<Deadline> deadline = std::nullopt);
   /// Waits for send room while taking the responses that arrive (see channel.cc).
   Status waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
-  uint64_t send(OutgoingMessage& msg, FrameKind kind, CallDeadline& deadline, CallCallback callback);
+  /// Sends `msg`; the call is due at its build deadline (see RawRequest::deadline()).
+  uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback);
   void finish(Slot& slot, CallResult&& result);
   void noteEnd(Slot& slot, CallResult& result) noexcept;
   /// noteEnd's work for an end by `kind` (kFailed: an answer of `responseBytes`).

@@ -41,9 +41,9 @@ IncomingMessage& CallResult::response() {
 
 RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
                        uint32_t sizeHintWords)
-    : channel_(channel), deadline_(CallDeadline::after(channel.options().defaultTimeout)) {
+    : channel_(channel) {
   channel_.startMessage(message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
-                        deadline_);
+                        channel.options().defaultTimeout);
   FrameHeader& h = message_.header();
   h.interfaceId = interfaceId;
   h.methodId = methodId;
@@ -54,16 +54,16 @@ RawRequest::~RawRequest() noexcept(false) {
 }
 
 IncomingMessage RawRequest::call() {
-  uint64_t id = channel_.send(message_, FrameKind::kRequest, deadline_, {});
+  uint64_t id = channel_.send(message_, FrameKind::kRequest, {});
   return channel_.waitFor(id);
 }
 
 PendingCall RawRequest::callAsync(CallCallback callback) {
-  uint64_t id = channel_.send(message_, FrameKind::kRequest, deadline_, std::move(callback));
+  uint64_t id = channel_.send(message_, FrameKind::kRequest, std::move(callback));
   return PendingCall(channel_, id);
 }
 
-void RawRequest::sendOneWay() { channel_.send(message_, FrameKind::kOneWay, deadline_, {}); }
+void RawRequest::sendOneWay() { channel_.send(message_, FrameKind::kOneWay, {}); }
 
 // ------------------------------------------------------------------------------------
 // PendingCall
@@ -132,18 +132,22 @@ Channel::Slot* Channel::slotFor(uint64_t callId) noexcept {
 }
 
 void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords,
-                           const CallDeadline& deadline) {
+                           std::chrono::nanoseconds timeout, std::optional<Deadline> deadline) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
   Status s = connection_->tryStartMessage(msg, sizeHintWords);
-  if (s == Status::kWouldBlock) s = waitForSendRoom(msg, sizeHintWords, deadline.get());
+  if (s == Status::kWouldBlock) {
+    if (!deadline) deadline = deadlineAfter(timeout);  // waiting fixes a default deadline
+    s = waitForSendRoom(msg, sizeHintWords, *deadline);
+  }
   if (s == Status::kOk) {
-    // growing the request waits for room no longer than the call
-    if (deadline.fixed())
-      msg.setBuildDeadline(deadline.get());
+    // The call's deadline is the message's build deadline: growing the request waits for
+    // room no longer than the call. A default one is read off the clock when first needed.
+    if (deadline)
+      msg.setBuildDeadline(*deadline);
     else
-      msg.setBuildTimeout(deadline.timeout());
+      msg.setBuildTimeout(timeout);
     msg.setRoomWaitHook(this);
     requestOpen_ = true;
     return;
@@ -211,8 +215,7 @@ Status Channel::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, De
   }
 }
 
-uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, CallDeadline& deadline,
-                       CallCallback callback) {
+uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, CallCallback callback) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
@@ -276,10 +279,9 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, CallDeadline& deadl
     method->countCall(payloadBytes(msg));
   }
   if (slot) {
-    // A lazy deadline is fixed here, once the request is on its way (a request that grew
-    // by waiting for room keeps the deadline its waits had).
-    if (msg.buildDeadlineFixed()) deadline.fix(msg.buildDeadline());
-    const Deadline at = deadline.get();
+    // A default deadline is fixed here if nothing asked for it before: once the request
+    // is on its way.
+    const Deadline at = msg.buildDeadline();
     slot->callId = id;
     slot->state = SlotState::kPending;
     slot->deadline = at;
@@ -517,11 +519,10 @@ IncomingMessage Channel::waitFor(uint64_t callId) {
 
 std::chrono::nanoseconds Channel::ping(Deadline deadline) {
   OutgoingMessage m;
-  CallDeadline fixed(deadline);
-  startMessage(m, 1, fixed);
+  startMessage(m, 1, {}, deadline);
   m.initRoot<capnp::AnyPointer>();
   const auto start = Clock::now();
-  const uint64_t id = send(m, FrameKind::kPing, fixed, {});
+  const uint64_t id = send(m, FrameKind::kPing, {});
   (void)waitFor(id);  // the pong; its lease goes at once
   return Clock::now() - start;
 }

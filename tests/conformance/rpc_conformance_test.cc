@@ -323,31 +323,39 @@ TEST_P(Conformance, RpcGrowingAnswersToAClientThatStopsReadingDoNotStallOthers) 
 
 TEST_P(Conformance, RpcRequestThatCannotGrowFailsAtItsDeadline) {
   // The peer reads nothing; requests grown past their first segment fill its memory. The
-  // one that finds no room must fail with Overloaded at its call's deadline (300 ms), not
-  // wait the connection's connectTimeout (5 s).
-  auto o = options();
-  o.connectTimeout = 5000ms;
-  auto p = connectPair(o);  // p.server is never read
-  ChannelOptions co;
-  co.defaultTimeout = 300ms;
-  Channel ch(std::move(p.client), co);
-  std::optional<ErrorKind> kind;
-  double ms = 0;
-  std::vector<PendingCall> sent;
-  for (uint64_t i = 0; i < 48 && !kind; ++i) {
-    const auto start = Clock::now();
-    try {
-      auto req = ch.newRequest(kEchoInterface, kEcho, 4);
-      buildPayload(req.message(), i, 1u << 20);
-      sent.push_back(req.callAsync());
-    } catch (const Error& e) {
-      kind = e.kind();
-      ms = msSince(start);
+  // one that finds no room must fail with Overloaded at its call's deadline (300 ms),
+  // whether it is the channel's default timeout or set on the request, not wait the
+  // connection's connectTimeout (5 s).
+  for (bool setOnRequest : {false, true}) {
+    // Over tcp the wait is for room to start the request, inside newRequest(), before a
+    // deadline can be set on it: only the channel's default timeout can bound that.
+    if (setOnRequest && transport().name == std::string("tcp")) continue;
+    SCOPED_TRACE(setOnRequest ? "setTimeout on the request" : "the channel's default timeout");
+    auto o = options();
+    o.connectTimeout = 5000ms;
+    auto p = connectPair(o);  // p.server is never read
+    ChannelOptions co;
+    co.defaultTimeout = setOnRequest ? 10s : 300ms;
+    Channel ch(std::move(p.client), co);
+    std::optional<ErrorKind> kind;
+    double ms = 0;
+    std::vector<PendingCall> sent;
+    for (uint64_t i = 0; i < 48 && !kind; ++i) {
+      const auto start = Clock::now();
+      try {
+        auto req = ch.newRequest(kEchoInterface, kEcho, 4);
+        if (setOnRequest) req.setTimeout(300ms);
+        buildPayload(req.message(), i, 1u << 20);
+        sent.push_back(req.callAsync());
+      } catch (const Error& e) {
+        kind = e.kind();
+        ms = msSince(start);
+      }
     }
+    ASSERT_TRUE(kind) << "48 MiB of requests found room in a peer that reads nothing";
+    EXPECT_EQ(*kind, ErrorKind::kOverloaded);
+    EXPECT_LT(ms, 2000.0) << "the request waited past its deadline for room";
   }
-  ASSERT_TRUE(kind) << "48 MiB of requests found room in a peer that reads nothing";
-  EXPECT_EQ(*kind, ErrorKind::kOverloaded);
-  EXPECT_LT(ms, 2000.0) << "the request waited past its deadline for room";
 }
 
 // A client that keeps large calls outstanding without collecting them, so that their
