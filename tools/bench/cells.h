@@ -106,6 +106,17 @@ Latency floorPingPong(RawEnd& end, std::span<const std::byte> payload, const Bud
 Latency zcrpcPingPong(Connection& conn, std::span<const std::byte> payload, const Budget& budget,
                       std::span<uint64_t> samples);
 
+/// Cap'n Proto's own share of one echo round trip, with no transport and no second thread:
+/// a `Request` carrying `payload` built into zeroed memory (as a transport hands it out),
+/// read back over its segments (SegmentArrayMessageReader, no copy), an `Answer` built
+/// with a copy of the request's data, read back and checked. Each step is one a zcrpc
+/// round trip takes too, one after another, so this added to the floor is the least a
+/// round trip of Cap'n Proto messages can take, whatever carries them. Instantiated for
+/// bench::Payload both ways (messages mode) and the Echo params / results (rpc mode).
+template <typename Request, typename Answer>
+Latency capnpWorkPingPong(std::span<const std::byte> payload, const Budget& budget,
+                          std::span<uint64_t> samples);
+
 /// One-way stream of Payload messages of `payloadBytes`, data copied from `source`
 /// (rotating through it), sent with send(msg, /*flush=*/false) and flush() every `batch`.
 /// Stops after `duration` or `maxMessages`, sends the stop message and waits for the

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench.capnp.h"
 #include "cells.h"
 #include "peer.h"
 #include "raw_ring.h"
@@ -216,6 +217,15 @@ Run runMessages(const MessagesOptions& o) {
       }
       s.ratio = {safeRatio(s.zcrpc.p50Ns, s.floor.p50Ns), safeRatio(s.zcrpc.p99Ns, s.floor.p99Ns),
                  safeRatio(s.zcrpc.p999Ns, s.floor.p999Ns)};
+      {
+        // Cap'n Proto's own work, in this process alone (the peer waits for a command).
+        uint64_t preempted = preemptionCount();
+        s.capnpWork = capnpWorkPingPong<Payload, Payload>(data, b, samples);
+        s.capnpWork.preemptions = preemptionCount() - preempted;
+        const uint64_t bound = s.floor.p50Ns + s.capnpWork.p50Ns;
+        s.boundVsFloor = safeRatio(bound, s.floor.p50Ns);
+        s.zcrpcVsBound = safeRatio(s.zcrpc.p50Ns, bound);
+      }
 
       auto cellTime = std::chrono::nanoseconds(static_cast<int64_t>(o.seconds * 1e9));
       if (size >= kMiB) s.memcpyBytesPerSecond = memcpyBandwidth(pool, copyTarget, size, cellTime);
@@ -230,10 +240,10 @@ Run runMessages(const MessagesOptions& o) {
 
       fmt::print(stderr,
                  "messages rep {}/{} {:<7} floor p50 {:>6} ns (check {:>6})  zcrpc p50 {:>6} ns "
-                 "({:.2f}x)  "
+                 "({:.2f}x)  capnp work {:>6} ns  "
                  "one-way {:.3g} msg/s {:.2f} GB/s{}\n",
                  rep + 1, o.reps, formatSize(size), s.floor.p50Ns, s.floorCheck.p50Ns,
-                 s.zcrpc.p50Ns, s.ratio.p50, s.oneWay.messagesPerSecond,
+                 s.zcrpc.p50Ns, s.ratio.p50, s.capnpWork.p50Ns, s.oneWay.messagesPerSecond,
                  s.oneWay.bytesPerSecond / 1e9,
                  s.oneWayVsMemcpy ? fmt::format(" ({:.2f}x memcpy {:.2f} GB/s)", *s.oneWayVsMemcpy,
                                                 *s.memcpyBytesPerSecond / 1e9)

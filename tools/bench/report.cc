@@ -112,6 +112,9 @@ std::vector<SizeSummary> summarize(const Run& run) {
     s.ratio.p50 = medianOf(run, i, [](const SizeResult& r) { return r.ratio.p50; });
     s.ratio.p99 = medianOf(run, i, [](const SizeResult& r) { return r.ratio.p99; });
     s.ratio.p999 = medianOf(run, i, [](const SizeResult& r) { return r.ratio.p999; });
+    s.capnpWorkP50 = medianOf(run, i, [&](const SizeResult& r) { return d(r.capnpWork.p50Ns); });
+    s.boundVsFloor = medianOf(run, i, [](const SizeResult& r) { return r.boundVsFloor; });
+    s.zcrpcVsBound = medianOf(run, i, [](const SizeResult& r) { return r.zcrpcVsBound; });
     s.messagesPerSecond =
         medianOf(run, i, [](const SizeResult& r) { return r.oneWay.messagesPerSecond; });
     s.bytesPerSecond = medianOf(run, i, [](const SizeResult& r) { return r.oneWay.bytesPerSecond; });
@@ -198,6 +201,22 @@ void printReport(std::FILE* out, const Run& run, bool color) {
   }
 
   p("");
+  p("Cap'n Proto's own share (one thread, no transport: the request built into zeroed memory and");
+  p("read, the echo built with a copy of its data and read; measured in each repetition). Every");
+  p("round trip of Cap'n Proto messages does this work in sequence, so floor + capnp is the least");
+  p("one can take, however the messages travel.");
+  fmt::print(out, "  {:<8}| {:>9} {:>9} | {:>12} {:>8} | {:>10}\n", "size", "capnp p50", "p99",
+             "floor+capnp", "x floor", "zcrpc x it");
+  fmt::print(out, "  {}\n", std::string(68, '-'));
+  for (size_t i = 0; i < summary.size(); ++i) {
+    const auto& s = summary[i];
+    double p99 = medianOf(run, i, [](const SizeResult& r) { return static_cast<double>(r.capnpWork.p99Ns); });
+    fmt::print(out, "  {:<8}| {:>9} {:>9} | {:>12} {:>8} | {:>10}\n", formatSize(s.payloadBytes),
+               ns(s.capnpWorkP50), ns(p99), ns(s.floorP50 + s.capnpWorkP50), ratio(s.boundVsFloor),
+               ratio(s.zcrpcVsBound));
+  }
+
+  p("");
   fmt::print(out,
              "One-way stream (send without flush, flush() every {} messages; the sink checks and "
              "releases each one; GB = 1e9 bytes)\n",
@@ -272,6 +291,14 @@ void printReport(std::FILE* out, const Run& run, bool color) {
     fmt::print(out, "  {:<44} goal {:<10} measured {:<10} {}\n", t.name, t.goal, t.measured,
                shown);
   }
+  if (const auto* s = find(summary, kTargetLatencyBytes); s && s->boundVsFloor > 0)
+    fmt::print(out,
+               "  ({} floor + Cap'n Proto's own work alone is {} the floor, the least a round trip "
+               "of Cap'n Proto\n   messages can take, so the {} goal is {} for any "
+               "transport of them; zcrpc is {} that bound.)\n",
+               formatSize(kTargetLatencyBytes), ratio(s->boundVsFloor), ratio(kTargetLatencyRatio),
+               s->boundVsFloor > kTargetLatencyRatio ? "out of reach" : "within reach",
+               ratio(s->zcrpcVsBound));
   p("");
 }
 
@@ -315,6 +342,9 @@ void writeJson(JsonWriter& j, const Run& run) {
       writeLatency(j, "zcrpc", s.zcrpc);
       writeLatency(j, "floor_check", s.floorCheck);
       writeRatios(j, "ratio", s.ratio);
+      writeLatency(j, "capnp_work", s.capnpWork);
+      j.number("floor_plus_capnp_vs_floor", s.boundVsFloor);
+      j.number("zcrpc_vs_floor_plus_capnp", s.zcrpcVsBound);
       j.beginObject("throughput");
       j.integer("messages", s.oneWay.messages);
       j.number("seconds", s.oneWay.seconds);
@@ -348,6 +378,9 @@ void writeJson(JsonWriter& j, const Run& run) {
     j.number("p999_ns", s.zcrpcP999);
     j.endObject();
     writeRatios(j, "ratio", s.ratio);
+    j.number("capnp_work_p50_ns", s.capnpWorkP50);
+    j.number("floor_plus_capnp_vs_floor", s.boundVsFloor);
+    j.number("zcrpc_vs_floor_plus_capnp", s.zcrpcVsBound);
     j.beginObject("throughput");
     j.number("msgs_per_s", s.messagesPerSecond);
     j.number("bytes_per_s", s.bytesPerSecond);

@@ -50,6 +50,12 @@ struct SizeResult {
   /// `floor`'s, the CPUs moved during the repetition and `ratio` is less trustworthy.
   Latency floorCheck;
   Ratios ratio;
+  /// Cap'n Proto's own build and read of the request and the echo, one thread, no
+  /// transport (capnpWorkPingPong); floor + this is the least a round trip of Cap'n Proto
+  /// messages can take.
+  Latency capnpWork;
+  double boundVsFloor = 0;  ///< (floor + capnpWork) / floor, p50s of this repetition
+  double zcrpcVsBound = 0;  ///< zcrpc / (floor + capnpWork), p50s of this repetition
   Throughput oneWay;
   std::optional<double> memcpyBytesPerSecond;  ///< measured for payloads of 1 MiB and more
   std::optional<double> oneWayVsMemcpy;
@@ -71,6 +77,9 @@ struct SizeSummary {
   double floorP50 = 0, floorP99 = 0, floorP999 = 0;
   double zcrpcP50 = 0, zcrpcP99 = 0, zcrpcP999 = 0;
   Ratios ratio;  ///< median of the per-repetition ratios
+  double capnpWorkP50 = 0;
+  double boundVsFloor = 0;  ///< median of the per-repetition ratios
+  double zcrpcVsBound = 0;
   double messagesPerSecond = 0;
   double bytesPerSecond = 0;
   std::optional<double> memcpyBytesPerSecond;

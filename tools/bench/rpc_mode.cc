@@ -222,6 +222,17 @@ class RpcDriver final {
     cell.pipelined = pipelinedCell(t, w, data, label);
     cell.zcrpcVsReference = ratios(cell.zcrpc, cell.reference);
     cell.capnpVsZcrpc = ratios(cell.capnp, cell.zcrpc);
+    if (t == Transport::kShm) {
+      // Cap'n Proto's own work, in this process alone (the peer waits for a command).
+      uint64_t preempted = preemptionCount();
+      cell.capnpWork =
+          capnpWorkPingPong<echo::Echo::EchoParams, echo::Echo::EchoResults>(data, b, samples_);
+      cell.capnpWork.preemptions = preemptionCount() - preempted;
+      const double floor = static_cast<double>(cell.reference.p50Ns);
+      const double bound = floor + static_cast<double>(cell.capnpWork.p50Ns);
+      cell.boundVsReference = floor > 0 ? bound / floor : 0;
+      cell.zcrpcVsBound = bound > 0 ? static_cast<double>(cell.zcrpc.p50Ns) / bound : 0;
+    }
     return cell;
   }
 

@@ -75,6 +75,12 @@ struct RpcCell {
   Pipelined pipelined;
   Ratios zcrpcVsReference;  ///< zcrpc / reference, this repetition
   Ratios capnpVsZcrpc;      ///< Cap'n Proto RPC / zcrpc, this repetition
+  /// shm rows: Cap'n Proto's own build and read of the echo's request and answer, one
+  /// thread, no transport (capnpWorkPingPong); floor + this is the least a round trip of
+  /// Cap'n Proto messages can take. Not measured over tcp (samples 0).
+  Latency capnpWork;
+  double boundVsReference = 0;  ///< (floor + capnpWork) / floor, p50s of this repetition
+  double zcrpcVsBound = 0;      ///< zcrpc / (floor + capnpWork), p50s of this repetition
 };
 
 struct RpcRun {

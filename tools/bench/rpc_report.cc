@@ -120,6 +120,12 @@ std::vector<RpcSummary> summarize(const RpcRun& run) {
         medianOf(run, i, [](const RpcCell& c) { return c.pipelined.stalledFraction; });
     s.bytesPerSecond =
         medianOf(run, i, [](const RpcCell& c) { return c.pipelined.bytesPerSecond; });
+    s.capnpWorkP50 =
+        medianOf(run, i, [](const RpcCell& c) { return static_cast<double>(c.capnpWork.p50Ns); });
+    s.capnpWorkP99 =
+        medianOf(run, i, [](const RpcCell& c) { return static_cast<double>(c.capnpWork.p99Ns); });
+    s.boundVsReference = medianOf(run, i, [](const RpcCell& c) { return c.boundVsReference; });
+    s.zcrpcVsBound = medianOf(run, i, [](const RpcCell& c) { return c.zcrpcVsBound; });
     s.window = first.pipelined.window;
     s.samplesReference = s.samplesZcrpc = s.samplesCapnp = UINT64_MAX;
     for (const auto& rep : run.reps) {
@@ -271,6 +277,24 @@ void printReport(std::FILE* out, const RpcRun& run, bool color) {
         count(s.samplesReference) + "/" + count(s.samplesZcrpc) + "/" + count(s.samplesCapnp),
         s.mostPreemptions);
 
+  if (std::any_of(summary.begin(), summary.end(), [](const RpcSummary& s) { return s.capnpWorkP50 > 0; })) {
+    p("");
+    p("Cap'n Proto's own share (shm rows; one thread, no transport: the echo's request built into zeroed");
+    p("memory and read, its answer built with a copy of the data and read; measured in each repetition).");
+    p("Every echo call does this work in sequence, so floor + capnp is the least a call whose messages");
+    p("are Cap'n Proto messages can take, however they travel.");
+    fmt::print(out, "  {:<4} {:<15} {:<7}| {:>9} {:>9} | {:>12} {:>8} | {:>10}\n", "tr", "wait",
+               "size", "capnp p50", "p99", "floor+capnp", "x floor", "zcrpc x it");
+    fmt::print(out, "  {}\n", std::string(88, '-'));
+    for (const auto& s : summary) {
+      if (s.capnpWorkP50 <= 0) continue;
+      fmt::print(out, "  {:<4} {:<15} {:<7}| {:>9} {:>9} | {:>12} {:>8} | {:>10}\n",
+                 transportName(s.transport), waitModeName(s.waitMode), formatSize(s.payloadBytes),
+                 ns(s.capnpWorkP50), ns(s.capnpWorkP99), ns(s.reference.p50 + s.capnpWorkP50),
+                 ratio(s.boundVsReference), ratio(s.zcrpcVsBound));
+    }
+  }
+
   if (run.reps.size() > 1) {
     p("");
     p("Per repetition: p50s, the order the latency cells ran in, and involuntary context "
@@ -312,6 +336,16 @@ void printReport(std::FILE* out, const RpcRun& run, bool color) {
   for (const auto& t : targets)
     fmt::print(out, "  {:<56} goal {:<10} measured {:<16} {}\n", t.name, t.goal, t.measured,
                verdictText(t.verdict, color));
+  for (const auto& s : summary)
+    if (s.payloadBytes == kSmallBytes && s.boundVsReference > 0)
+      fmt::print(out,
+                 "  ({} floor + Cap'n Proto's own work alone is {} the floor, the least an echo "
+                 "call of Cap'n Proto\n   messages can take, so the {} goal is {} for any "
+                 "transport of them; zcrpc is {} that bound.)\n",
+                 cellName(s.transport, s.waitMode, s.payloadBytes), ratio(s.boundVsReference),
+                 ratio(kShmFloorRatio),
+                 s.boundVsReference > kShmFloorRatio ? "out of reach" : "within reach",
+                 ratio(s.zcrpcVsBound));
   p("");
 }
 
@@ -378,6 +412,11 @@ void writeJson(JsonWriter& j, const RpcRun& run, std::string_view key) {
       j.endObject();
       writeRatios(j, "zcrpc_vs_reference", c.zcrpcVsReference);
       writeRatios(j, "capnp_vs_zcrpc", c.capnpVsZcrpc);
+      if (c.capnpWork.samples) {
+        writeLatency(j, "capnp_work", c.capnpWork);
+        j.number("floor_plus_capnp_vs_floor", c.boundVsReference);
+        j.number("zcrpc_vs_floor_plus_capnp", c.zcrpcVsBound);
+      }
       j.endObject();
     }
     j.endArray();
@@ -403,6 +442,11 @@ void writeJson(JsonWriter& j, const RpcRun& run, std::string_view key) {
     j.integer("pipelined_window", s.window);
     j.number("pipelined_bytes_per_s", s.bytesPerSecond);
     j.integer("most_preemptions", s.mostPreemptions);
+    if (s.capnpWorkP50 > 0) {
+      j.number("capnp_work_p50_ns", s.capnpWorkP50);
+      j.number("floor_plus_capnp_vs_floor", s.boundVsReference);
+      j.number("zcrpc_vs_floor_plus_capnp", s.zcrpcVsBound);
+    }
     j.endObject();
   }
   j.endArray();

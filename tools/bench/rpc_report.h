@@ -38,6 +38,10 @@ struct RpcSummary {
   uint32_t window = 0;  ///< pipelined window used (capped over shm, see rpc_mode.cc)
   uint64_t samplesReference = 0, samplesZcrpc = 0, samplesCapnp = 0;  ///< smallest over reps
   uint64_t mostPreemptions = 0;  ///< the most any one of the cell's sub-cells saw
+  /// shm rows: Cap'n Proto's own work per round trip (see RpcCell::capnpWork), and the
+  /// medians of the per-repetition ratios of floor + it to the floor and of zcrpc to it.
+  double capnpWorkP50 = 0, capnpWorkP99 = 0;
+  double boundVsReference = 0, zcrpcVsBound = 0;
 };
 
 std::vector<RpcSummary> summarize(const RpcRun& run);
