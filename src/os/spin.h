@@ -1,8 +1,11 @@
 // zcrpc — spinning: the pause hint of busy loops, and the lock of a connection's send state.
 #pragma once
 
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <thread>
 
 namespace zcrpc::os {
@@ -14,6 +17,29 @@ inline void cpuRelax() noexcept {
 #elif defined(__aarch64__)
   asm volatile("yield");
 #endif
+}
+
+/// Idle rounds of a busy-poll loop between sched_yield()s (a power of two), for loops whose
+/// rounds read memory (a ring's next record word, a completion queue).
+inline constexpr uint32_t kYieldEvery = 256;
+/// The same for loops whose every round is a system call (a non-blocking recv()): about as
+/// many microseconds between yields.
+inline constexpr uint32_t kYieldEveryCalls = 16;
+
+/// One idle round of a busy-poll loop, `round` counting them: the pause hint, and every
+/// `Every` rounds (a few microseconds of finding nothing) sched_yield() instead. A
+/// poller that shares its CPU with another runnable thread (more spinning threads than
+/// cores: a client and a server on one CPU, a crowded host, a container's CPU limit) thus
+/// lets it run within microseconds, not when the scheduler tick ends its time slice (4 ms
+/// here). With the CPU to itself the yield returns at once; a message that arrives during
+/// it waits for one system call, and only after the poller already waited that long.
+template <uint32_t Every = kYieldEvery>
+inline void idleSpin(uint32_t round) noexcept {
+  static_assert(Every && !(Every & (Every - 1)), "a power of two");
+  if ((round & (Every - 1)) == 0) [[unlikely]]
+    ::sched_yield();
+  else
+    cpuRelax();
 }
 
 /// A lock for state that is nearly always taken by one thread: a connection's send state,

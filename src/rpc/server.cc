@@ -26,11 +26,9 @@ namespace {
 constexpr uint32_t kDefaultResponseWords = 64;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kCongestedSlice = std::chrono::milliseconds(1);
-constexpr uint32_t kYieldEvery = 256;  // idle busy-poll rounds between sched_yield()s
 constexpr uint32_t kClockEvery = 64;   // idle busy-poll rounds between clock reads
 constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
 
-using os::cpuRelax;
 
 std::string hex(uint64_t v) {
   char b[24];
@@ -653,16 +651,6 @@ class Worker final {
     hasInbox_.store(false, std::memory_order_relaxed);
   }
 
-  /// A busy poller that shares its core (more spinning threads than cores) must not hold
-  /// it for whole time slices: give it up briefly now and then. With a core to itself the
-  /// yield returns at once.
-  static void relax(uint32_t round) noexcept {
-    if ((round & (kYieldEvery - 1)) == kYieldEvery - 1)
-      ::sched_yield();
-    else
-      cpuRelax();
-  }
-
   size_t pumpAll(bool rejecting) {
     size_t n = 0;
     for (auto& c : connections_) n += c->pump(options_.batch, rejecting);
@@ -743,7 +731,7 @@ class Worker final {
       // where clock_gettime is a syscall (VMs on an HPET or ACPI clock source) it would
       // make every round slow and every arriving request wait for the round to end.
       if (spins && !slept && (round & (kClockEvery - 1)) != 0) {
-        relax(round);
+        os::idleSpin(round + 1);  // yields now and then: see idleSpin
         continue;
       }
       const auto now = Clock::now();
@@ -756,7 +744,7 @@ class Worker final {
       if (!slept && (options_.idleMode == WaitMode::kBusyPoll ||
                      (options_.idleMode == WaitMode::kSpinThenSleep &&
                       now - idleSince < options_.spinTime))) {
-        relax(round);
+        os::idleSpin(round + 1);  // yields now and then: see idleSpin
         continue;
       }
       sleep();

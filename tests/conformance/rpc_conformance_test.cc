@@ -4,6 +4,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <malloc.h>
+#include <sched.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <atomic>
 #include <iostream>
@@ -463,6 +467,57 @@ TEST_P(Conformance, RpcInEveryWaitMode) {
     std::this_thread::sleep_for(60ms);
     EXPECT_TRUE(echoCall(*rpc.channel, 1000, 10, 2s));
   }
+}
+
+/// Pins the calling thread (and the threads it starts from now on) to one of the CPUs it may
+/// run on; puts the old set back when destroyed.
+class PinnedToOneCpu {
+ public:
+  PinnedToOneCpu() {
+    ok_ = ::sched_getaffinity(0, sizeof saved_, &saved_) == 0;
+    int cpu = 0;
+    while (ok_ && cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &saved_)) ++cpu;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    ok_ = ok_ && cpu < CPU_SETSIZE && ::sched_setaffinity(0, sizeof one, &one) == 0;
+  }
+  ~PinnedToOneCpu() {
+    if (ok_) ::sched_setaffinity(0, sizeof saved_, &saved_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  cpu_set_t saved_;
+  bool ok_ = false;
+};
+
+// A client and a server that both busy-poll, with one CPU between them (more spinning
+// threads than cores: a crowded host, a container's CPU limit). Each must give the CPU up
+// soon after it runs out of work; a poller that spins until its time slice ends makes
+// every call wait milliseconds for it instead of a context switch's microseconds. Runs
+// alone (meson test conformance_one_cpu, not in parallel with other tests): other load on
+// the CPU would take its own time slices whatever zcrpc does.
+TEST_P(Conformance, RpcBusyPollersSharingOneCpuKeepCalling) {
+  PinnedToOneCpu pinned;
+  ASSERT_TRUE(pinned.ok()) << "sched_setaffinity: " << std::strerror(errno);
+  auto o = options();
+  o.waitMode = WaitMode::kBusyPoll;
+  ServerOptions so;
+  so.idleMode = WaitMode::kBusyPoll;
+  so.workerThreads = 1;
+  RpcSetup rpc(*this, o, so);  // the server's threads start pinned too
+  constexpr uint64_t kCalls = 2000;
+  constexpr double kLimitMs = 5000;  // ~20 ms when pollers yield; ~3 ms a call when they do not
+  const auto start = Clock::now();
+  uint64_t done = 0;
+  while (done < kCalls && msSince(start) < kLimitMs) {
+    ASSERT_TRUE(echoCall(*rpc.channel, done, 64, 2s));
+    ++done;
+  }
+  EXPECT_EQ(done, kCalls) << "only " << done << " calls in " << kLimitMs
+                          << " ms: a busy poller held the shared CPU for whole time slices";
+  std::cout << "[          ] " << done << " calls on one CPU in " << msSince(start) << " ms\n";
 }
 
 }  // namespace

@@ -69,8 +69,7 @@ constexpr uint32_t kControlBytes = 4096;  // after the ring: the credit word, th
 constexpr uint32_t kImmLengthMask = 0x3fff'ffffu;
 constexpr int kGidsScanned = 8;
 constexpr int64_t kResolveAttemptMs = 1000;
-constexpr uint32_t kYieldEvery = 256;
-static_assert(ring::isPowerOfTwo(kYieldEvery));  // reading GID tables is slow under emulation: only the first
+using os::kYieldEvery;
 static_assert(ring::isPowerOfTwo(kRecvCredits) && ring::isPowerOfTwo(kSendDepth));
 static_assert(kSignalEvery * 4 <= kSendDepth, "a signalled request among every quarter of the queue");
 static_assert(kRecvBatch < kRecvCredits);

@@ -21,7 +21,6 @@ constexpr uint64_t kMinArenaSegmentBytes = 64 * 1024;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessInterval = std::chrono::milliseconds(2);
 
-using os::cpuRelax;
 
 // Loads from the peer's read-only mapping. std::atomic_ref needs a non-const object, so
 // use the builtins, which accept const pointers.
@@ -230,7 +229,7 @@ Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
       if (now >= deadline) return Status::kTimedOut;
       if (now >= spinUntil) break;
     }
-    cpuRelax();
+    os::idleSpin(spins);
   }
   // Sleep phase: announce, re-check, sleep on the futex word the other side bumps.
   ConsumerControl& me = files_.local->consumer;

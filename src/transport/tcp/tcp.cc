@@ -195,7 +195,6 @@ void checkTcpOptions(const ConnectionOptions& o) {
                           " must be a power of two up to 1048576");
 }
 
-using os::cpuRelax;
 
 // ------------------------------------------------------------------------------------
 
@@ -799,7 +798,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
           continue;
         }
       }
-      cpuRelax();
+      os::idleSpin<os::kYieldEveryCalls>(spins);  // each round was a recv()
     }
   }
 
