@@ -27,6 +27,7 @@ constexpr uint32_t kDefaultResponseWords = 64;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kCongestedSlice = std::chrono::milliseconds(1);
 constexpr uint32_t kClockEvery = 64;   // idle busy-poll rounds between clock reads
+constexpr auto kYieldInterval = std::chrono::microseconds(20);  // longest spin between yields
 constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
 
 
@@ -715,7 +716,7 @@ class Worker final {
 
   void run() {
     auto nextLiveness = Clock::now();
-    Clock::time_point idleSince;
+    Clock::time_point idleSince, lastYield;
     uint32_t idleRounds = 0;  // polling rounds that found nothing, since the last work
     bool slept = false;       // ... and whether a sleep() ended one of them
     const bool spins = options_.idleMode != WaitMode::kBlocking;
@@ -744,7 +745,14 @@ class Worker final {
       if (!slept && (options_.idleMode == WaitMode::kBusyPoll ||
                      (options_.idleMode == WaitMode::kSpinThenSleep &&
                       now - idleSince < options_.spinTime))) {
-        os::idleSpin(round + 1);  // yields now and then: see idleSpin
+        // Yields now and then (see idleSpin), and at least every kYieldInterval: a round
+        // over tcp connections is a recv() each, so kYieldEvery of them take far longer.
+        if (now - lastYield >= kYieldInterval) {
+          ::sched_yield();
+          lastYield = now;
+        } else {
+          os::idleSpin(round + 1);
+        }
         continue;
       }
       sleep();
