@@ -9,6 +9,11 @@
 //    over shm:// and/or tcp:// in any wait mode — round-trip latency against the reference
 //    (floor ring / raw TCP) and Cap'n Proto's own RPC, and pipelined calls/s.
 //
+// Over shm both modes also time Cap'n Proto's own work in a round trip (capnpWorkPingPong
+// in cells.h: build and read the request and the answer, one thread, no transport); the
+// floor plus that is the least a round trip of Cap'n Proto messages can take, whatever
+// carries them, and the report sets the floor and zcrpc against it.
+//
 // Latency is reported as a ratio to the reference from the same repetition; the median of
 // the per-repetition ratios is the headline, because the host may move the CPUs between
 // near and far placement during a run. Targets are printed with PASS / MISS, never asserted.

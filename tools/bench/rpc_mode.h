@@ -15,7 +15,8 @@
 //    Echo interface, over a unix socket (the shm column) or TCP on 127.0.0.1;
 //
 // and then zcrpc's pipelined throughput: one client thread keeping a window of callAsync()
-// calls outstanding against the same one-worker server. A new server (and connection) is
+// calls outstanding against the same one-worker server; last, over shm, Cap'n Proto's own
+// work in the same echo, in this process alone (capnpWorkPingPong, cells.h). A new server (and connection) is
 // started for each zcrpc cell and stopped after it, so no busy-polling worker competes with
 // the other cells for the peer's CPU; a new shm connection is first cycled through its ring
 // and arena once, so page faults on the fresh memfd stay out of the figures.
