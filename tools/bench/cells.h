@@ -59,10 +59,13 @@ Latency summarizeLatency(std::span<uint64_t> samples);
 /// count runs out, each call timed with one steady_clock reading on each side. The round
 /// trip is inlined (a template), so every system is timed by the same code. `samples`
 /// bounds the count too and must be pre-touched (the loop only stores into it).
-template <typename RoundTrip>
-Latency measureLatency(RoundTrip&& roundTrip, const Budget& b, std::span<uint64_t> samples) {
+/// `prepare()`, if given, runs before each round trip, outside the timed part.
+template <typename RoundTrip, typename Prepare = void (*)()>
+Latency measureLatency(RoundTrip&& roundTrip, const Budget& b, std::span<uint64_t> samples,
+                       Prepare&& prepare = [] {}) {
   auto warmEnd = Clock::now() + b.warmup;
   for (uint64_t i = 0; i < b.warmupIterations; ++i) {
+    prepare();
     roundTrip();
     if ((i & 15) == 15 && Clock::now() >= warmEnd) break;
   }
@@ -70,6 +73,7 @@ Latency measureLatency(RoundTrip&& roundTrip, const Budget& b, std::span<uint64_
   size_t n = 0;
   auto end = Clock::now() + b.measure;
   while (n < limit) {
+    prepare();
     auto t0 = Clock::now();
     roundTrip();
     auto t1 = Clock::now();
@@ -107,7 +111,8 @@ Latency zcrpcPingPong(Connection& conn, std::span<const std::byte> payload, cons
                       std::span<uint64_t> samples);
 
 /// Cap'n Proto's own share of one echo round trip, with no transport and no second thread:
-/// a `Request` carrying `payload` built into zeroed memory (as a transport hands it out),
+/// a `Request` carrying `payload` built into zeroed memory (zeroed before the timed part:
+/// a transport may clear memory while it waits, so clearing is not counted),
 /// read back over its segments (SegmentArrayMessageReader, no copy), an `Answer` built
 /// with a copy of the request's data, read back and checked. Each step is one a zcrpc
 /// round trip takes too, one after another, so this added to the floor is the least a

@@ -279,8 +279,9 @@ void printReport(std::FILE* out, const RpcRun& run, bool color) {
 
   if (std::any_of(summary.begin(), summary.end(), [](const RpcSummary& s) { return s.capnpWorkP50 > 0; })) {
     p("");
-    p("Cap'n Proto's own share (shm rows; one thread, no transport: the echo's request built into zeroed");
-    p("memory and read, its answer built with a copy of the data and read; measured in each repetition).");
+    p("Cap'n Proto's own share (shm rows; one thread, no transport: the echo's request built into memory");
+    p("zeroed beforehand and read, its answer built with a copy of the data and read; measured in each");
+    p("repetition).");
     p("Every echo call does this work in sequence, so floor + capnp is the least a call whose messages");
     p("are Cap'n Proto messages can take, however they travel.");
     fmt::print(out, "  {:<4} {:<15} {:<7}| {:>9} {:>9} | {:>12} {:>8} | {:>10}\n", "tr", "wait",
