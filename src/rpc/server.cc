@@ -30,7 +30,6 @@ constexpr uint32_t kClockEvery = 64;   // idle busy-poll rounds between clock re
 constexpr auto kYieldInterval = std::chrono::microseconds(20);  // longest spin between yields
 constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
 
-
 std::string hex(uint64_t v) {
   char b[24];
   std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));

@@ -67,7 +67,7 @@ constexpr uint32_t kLocalSge = kMaxSegments + 2;
 constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry);
 constexpr uint32_t kControlBytes = 4096;  // after the ring: the credit word, then padding
 constexpr uint32_t kImmLengthMask = 0x3fff'ffffu;
-constexpr int kGidsScanned = 8;
+constexpr int kGidsScanned = 8;  // GID table entries scanned (reading them is slow under emulation)
 constexpr int64_t kResolveAttemptMs = 1000;
 using os::kYieldEvery;
 static_assert(ring::isPowerOfTwo(kRecvCredits) && ring::isPowerOfTwo(kSendDepth));

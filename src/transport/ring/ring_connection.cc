@@ -21,7 +21,6 @@ constexpr uint64_t kMinArenaSegmentBytes = 64 * 1024;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessInterval = std::chrono::milliseconds(2);
 
-
 // Loads from the peer's read-only mapping. std::atomic_ref needs a non-const object, so
 // use the builtins, which accept const pointers.
 inline uint64_t loadAcquire(const std::byte* p) noexcept {
