@@ -15,9 +15,10 @@ struct TcpOptions {
   /// frame before anything is allocated for it. Wait modes: busy-poll spins on
   /// non-blocking reads; the others spin for spinTime (spin-then-sleep) and then sleep
   /// in poll(). Output the kernel does not take at once (a large message, a slow peer)
-  /// stays queued and moves on the connection's next call (send, flush, startMessage,
-  /// tryReceive, receive) or when an event loop sleeping on waitFd() wakes, which it does
-  /// for writability while output is queued. A sender that goes fully idle right after
+  /// stays queued and moves on the connection's next call (send, flush, startMessage, and
+  /// tryReceive / receive once no received frame is left to hand out, so answers to
+  /// requests that arrived together leave in one write) or when an event loop sleeping on
+  /// waitFd() wakes, which it does for writability while output is queued. A sender that goes fully idle right after
   /// send() must keep calling flush() until its peer has it (the RPC core always waits for
   /// the answer, which does this). Queued output beyond the buffer size makes
   /// tryStartMessage() return kWouldBlock.

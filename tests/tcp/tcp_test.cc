@@ -2,6 +2,7 @@
 // and handshake timeouts, peers that do not speak zcrpc, reconnecting after a server
 // restart, access tokens, negotiated message sizes, and a server that keeps accepting
 // while one client stays silent. Every peer that misbehaves is a raw socket in this test.
+#include <linux/tcp.h>  // struct tcp_info with tcpi_data_segs_in (glibc's lacks it)
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -572,6 +573,48 @@ bool readFrame(int fd, std::vector<std::byte>& frame, std::chrono::milliseconds 
   frame.resize(h.frameBytes);
   return readExactly(fd, frame.data() + kFrameHeaderBytes, h.frameBytes - kFrameHeaderBytes,
                      timeout);
+}
+
+/// Data segments the kernel has received on `fd` (TCP_INFO), or -1.
+int64_t dataSegmentsIn(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 ||
+      len < offsetof(tcp_info, tcpi_data_segs_in) + sizeof info.tcpi_data_segs_in)
+    return -1;
+  return info.tcpi_data_segs_in;
+}
+
+TEST(Tcp, AnswersToRequestsThatArriveTogetherLeaveInOneWrite) {
+  // Sixteen requests in one write reach the server in one read; it answers them in one
+  // pump and flushes once, so the answers leave in one write: one segment (TCP_NODELAY
+  // sends each write at once, so sixteen writes would be sixteen segments).
+  TcpServer server("127.0.0.1:0");
+  OwnedFd raw = rawConnect(portOf(server.endpoint));
+  ASSERT_TRUE(raw && sendHello(raw.get()));
+  TcpAnswer answer;
+  ASSERT_TRUE(readExactly(raw.get(), &answer, sizeof answer));
+  ASSERT_EQ(answer.accepted, 1u);
+  constexpr uint64_t kRequests = 16;
+  std::vector<std::byte> requests;
+  for (uint64_t id = 1; id <= kRequests; ++id) {
+    auto frame = validEmptyFrame(id, FrameKind::kRequest, kEchoInterface, kCount);
+    requests.insert(requests.end(), frame.begin(), frame.end());
+  }
+  const int64_t before = dataSegmentsIn(raw.get());
+  ASSERT_GE(before, 0) << "TCP_INFO: " << std::strerror(errno);
+  ASSERT_TRUE(writeExactly(raw.get(), requests.data(), requests.size()));
+  for (uint64_t id = 1; id <= kRequests; ++id) {
+    std::vector<std::byte> frame;
+    ASSERT_TRUE(readFrame(raw.get(), frame, 2s)) << "answer " << id;
+    FrameHeader h;
+    std::memcpy(&h, frame.data(), sizeof h);
+    EXPECT_EQ(h.kind, static_cast<uint8_t>(FrameKind::kResponse));
+    EXPECT_EQ(h.callId, id);
+  }
+  const int64_t segments = dataSegmentsIn(raw.get()) - before;
+  EXPECT_LE(segments, 2) << kRequests << " answers came in " << segments << " segments";
+  EXPECT_EQ(server.service.calls(), kRequests);
 }
 
 TEST(Tcp, ARequestSentWithAWrongTokenIsNeverDispatched) {

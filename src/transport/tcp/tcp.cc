@@ -372,15 +372,23 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
 
   Status tryReceive(IncomingMessage& out) override {
     if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
-    flushFromReceiver();  // a peer waiting for our request must get it
     if (leases_.full()) {
       leases_.reclaim([&](uint64_t end) { head_.store(end, std::memory_order_release); });
-      if (leases_.full()) return Status::kWouldBlock;
+      if (leases_.full()) {
+        flushFromReceiver();
+        return Status::kWouldBlock;
+      }
     }
-    for (int reads = 0; reads < 4; ++reads) {
-      Status s = tryFrame(out);
+    Status s = tryFrame(out);
+    if (s != Status::kWouldBlock) return s;
+    // Nothing buffered to hand out: what we queued goes out before we look for more (a
+    // caller may be waiting for the answer to it). While frames are buffered, queued output
+    // stays put and coalesces: a server's answers to a batch of requests that arrived
+    // together leave in one write when its pump flushes, not one write per request.
+    flushFromReceiver();
+    for (int reads = 0; reads < 4 && readMore(); ++reads) {
+      s = tryFrame(out);
       if (s != Status::kWouldBlock) return s;
-      if (!readMore()) break;
     }
     if (eof_) return drainedOrDisconnected(out);
     return Status::kWouldBlock;
