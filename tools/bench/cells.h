@@ -111,16 +111,17 @@ Latency zcrpcPingPong(Connection& conn, std::span<const std::byte> payload, cons
                       std::span<uint64_t> samples);
 
 /// Cap'n Proto's own share of one echo round trip, with no transport and no second thread:
-/// a `Request` carrying `payload` built into zeroed memory (zeroed before the timed part:
-/// a transport may clear memory while it waits, so clearing is not counted),
-/// read back over its segments (SegmentArrayMessageReader, no copy), an `Answer` built
-/// with a copy of the request's data, read back and checked. Each step is one a zcrpc
-/// round trip takes too, one after another, so this added to the floor is the least a
-/// round trip of Cap'n Proto messages can take, whatever carries them. Instantiated for
-/// bench::Payload both ways (messages mode) and the Echo params / results (rpc mode).
+/// a `Request` built into zeroed memory (zeroed before the timed part: a transport may
+/// clear memory while it waits), read back over its segments (SegmentArrayMessageReader,
+/// no copy), an `Answer` built from what was read, read back and checked. The data field
+/// is set but empty: moving the payload's bytes is what the floor does too, so only the
+/// messages' structure is counted, the same at every payload size. Each step is one every
+/// round trip of these messages takes, one after another, so this added to the floor is
+/// the least a round trip of Cap'n Proto messages can take, whatever carries them.
+/// Instantiated for bench::Payload both ways (messages mode) and the Echo params / results
+/// (rpc mode).
 template <typename Request, typename Answer>
-Latency capnpWorkPingPong(std::span<const std::byte> payload, const Budget& budget,
-                          std::span<uint64_t> samples);
+Latency capnpWorkPingPong(const Budget& budget, std::span<uint64_t> samples);
 
 /// One-way stream of Payload messages of `payloadBytes`, data copied from `source`
 /// (rotating through it), sent with send(msg, /*flush=*/false) and flush() every `batch`.

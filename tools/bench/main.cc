@@ -10,7 +10,8 @@
 //    (floor ring / raw TCP) and Cap'n Proto's own RPC, and pipelined calls/s.
 //
 // Over shm both modes also time Cap'n Proto's own work in a round trip (capnpWorkPingPong
-// in cells.h: build and read the request and the answer, one thread, no transport); the
+// in cells.h: build and read the request and the answer with the data field empty, one
+// thread, no transport: the floor moves the payload's bytes itself); the
 // floor plus that is the least a round trip of Cap'n Proto messages can take, whatever
 // carries them, and the report sets the floor and zcrpc against it.
 //

@@ -220,7 +220,8 @@ Run runMessages(const MessagesOptions& o) {
       {
         // Cap'n Proto's own work, in this process alone (the peer waits for a command).
         uint64_t preempted = preemptionCount();
-        s.capnpWork = capnpWorkPingPong<Payload, Payload>(data, b, samples);
+        s.capnpWork =
+            capnpWorkPingPong<Payload, Payload>(Budget::forPayload(0, o.seconds / 4), samples);
         s.capnpWork.preemptions = preemptionCount() - preempted;
         const uint64_t bound = s.floor.p50Ns + s.capnpWork.p50Ns;
         s.boundVsFloor = safeRatio(bound, s.floor.p50Ns);

@@ -9,8 +9,9 @@
 //    size), one steady_clock reading per round trip, after a warm-up;
 //  * the same ping-pong over the floor: a minimal raw ring in a shared anonymous mapping
 //    (raw_ring.h, always busy-polling) that only copies the payload and bumps a sequence word;
-//  * Cap'n Proto's own work in that round trip, in this process alone (capnpWorkPingPong):
-//    the floor plus it is the least a round trip of Cap'n Proto messages can take;
+//  * Cap'n Proto's own work in that round trip with the data field empty, in this process
+//    alone (capnpWorkPingPong): the floor plus it is the least a round trip of Cap'n Proto
+//    messages can take;
 //  * one-way throughput: send(msg, /*flush=*/false), flush() every `batch` messages, the
 //    peer counting and releasing; messages/s and payload GB/s;
 //  * for payloads of 1 MiB and more, single-core memcpy bandwidth (1 MiB copies rotating

@@ -50,9 +50,9 @@ struct SizeResult {
   /// `floor`'s, the CPUs moved during the repetition and `ratio` is less trustworthy.
   Latency floorCheck;
   Ratios ratio;
-  /// Cap'n Proto's own build and read of the request and the echo, one thread, no
-  /// transport (capnpWorkPingPong); floor + this is the least a round trip of Cap'n Proto
-  /// messages can take.
+  /// Cap'n Proto's own build and read of the request and the echo (data field empty), one
+  /// thread, no transport (capnpWorkPingPong); floor + this is the least a round trip of
+  /// Cap'n Proto messages can take.
   Latency capnpWork;
   double boundVsFloor = 0;  ///< (floor + capnpWork) / floor, p50s of this repetition
   double zcrpcVsBound = 0;  ///< zcrpc / (floor + capnpWork), p50s of this repetition

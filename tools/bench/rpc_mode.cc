@@ -226,7 +226,8 @@ class RpcDriver final {
       // Cap'n Proto's own work, in this process alone (the peer waits for a command).
       uint64_t preempted = preemptionCount();
       cell.capnpWork =
-          capnpWorkPingPong<echo::Echo::EchoParams, echo::Echo::EchoResults>(data, b, samples_);
+          capnpWorkPingPong<echo::Echo::EchoParams, echo::Echo::EchoResults>(
+              Budget::forPayload(0, o_.seconds / 4), samples_);
       cell.capnpWork.preemptions = preemptionCount() - preempted;
       const double floor = static_cast<double>(cell.reference.p50Ns);
       const double bound = floor + static_cast<double>(cell.capnpWork.p50Ns);

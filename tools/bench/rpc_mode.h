@@ -76,8 +76,8 @@ struct RpcCell {
   Pipelined pipelined;
   Ratios zcrpcVsReference;  ///< zcrpc / reference, this repetition
   Ratios capnpVsZcrpc;      ///< Cap'n Proto RPC / zcrpc, this repetition
-  /// shm rows: Cap'n Proto's own build and read of the echo's request and answer, one
-  /// thread, no transport (capnpWorkPingPong); floor + this is the least a round trip of
+  /// shm rows: Cap'n Proto's own build and read of the echo's request and answer (data
+  /// field empty), one thread, no transport (capnpWorkPingPong); floor + this is the least a round trip of
   /// Cap'n Proto messages can take. Not measured over tcp (samples 0).
   Latency capnpWork;
   double boundVsReference = 0;  ///< (floor + capnpWork) / floor, p50s of this repetition

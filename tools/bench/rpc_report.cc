@@ -279,11 +279,11 @@ void printReport(std::FILE* out, const RpcRun& run, bool color) {
 
   if (std::any_of(summary.begin(), summary.end(), [](const RpcSummary& s) { return s.capnpWorkP50 > 0; })) {
     p("");
-    p("Cap'n Proto's own share (shm rows; one thread, no transport: the echo's request built into memory");
-    p("zeroed beforehand and read, its answer built with a copy of the data and read; measured in each");
-    p("repetition).");
-    p("Every echo call does this work in sequence, so floor + capnp is the least a call whose messages");
-    p("are Cap'n Proto messages can take, however they travel.");
+    p("Cap'n Proto's own share (shm rows; one thread, no transport, measured in each repetition: the");
+    p("echo's request built into memory zeroed beforehand and read, its answer built and read, the data");
+    p("field empty, since moving the payload's bytes is what the floor does too). Every echo call does");
+    p("this work in sequence, so floor + capnp is the least a call of Cap'n Proto messages can take,");
+    p("however they travel.");
     fmt::print(out, "  {:<4} {:<15} {:<7}| {:>9} {:>9} | {:>12} {:>8} | {:>10}\n", "tr", "wait",
                "size", "capnp p50", "p99", "floor+capnp", "x floor", "zcrpc x it");
     fmt::print(out, "  {}\n", std::string(88, '-'));
