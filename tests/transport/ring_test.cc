@@ -16,6 +16,7 @@
 #include <capnp/orphan.h>
 
 #include "test.capnp.h"
+#include "transport/ring/layout.h"
 #include "transport/test_util.h"
 #include "zcrpc/loopback.h"
 
@@ -56,6 +57,37 @@ ConnectionOptions opts(uint32_t ringBytes = 4096, uint64_t arenaBytes = 1 << 20,
     return ::testing::AssertionFailure() << "got seq " << seq << ", expected " << expectSeq;
   if (keep) *keep = std::move(in);
   return ::testing::AssertionSuccess();
+}
+
+// ---------------------------------------------------------------------------------------
+// Record tags
+
+TEST(RingLayout, AZeroWordNeverPassesForARecord) {
+  // The consumer polls the word where the next record will start; it often holds zeros
+  // (fresh pages, the unused end of the previous record's first segment). For every
+  // position, including those where (p >> 3) equals the tag constant in its low 32 bits,
+  // the tag must differ from zero, or that word reads as a record of length 0.
+  const uint64_t zeroAtVersion1 = uint64_t{0xA5C3'5A3Cu} << 3;
+  for (uint64_t lap = 0; lap < 4; ++lap)
+    for (uint64_t p : {zeroAtVersion1, zeroAtVersion1 + 8, zeroAtVersion1 - 8})
+      EXPECT_NE(ring::recordTag(p + (lap << 35)), 0u) << "position " << p + (lap << 35);
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 100'000; ++i) {
+    const uint64_t p = rng() & ~uint64_t{7};
+    ASSERT_NE(ring::recordTag(p), 0u) << "position " << p;
+  }
+}
+
+TEST(RingLayout, RecordsALapApartHaveDifferentTags) {
+  // A stale record from an earlier lap at the same offset must never pass for a new one.
+  std::mt19937_64 rng(11);
+  for (uint64_t ringBytes = 4096; ringBytes <= (uint64_t{1} << 30); ringBytes <<= 1)
+    for (int i = 0; i < 2000; ++i) {
+      const uint64_t p = (rng() & ((uint64_t{1} << 40) - 1)) & ~uint64_t{7};
+      for (uint64_t laps = 1; laps <= 3; ++laps)
+        ASSERT_NE(ring::recordTag(p), ring::recordTag(p + laps * ringBytes))
+            << "position " << p << ", ring of " << ringBytes << " bytes, " << laps << " laps on";
+    }
 }
 
 // ---------------------------------------------------------------------------------------

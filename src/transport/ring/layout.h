@@ -17,7 +17,7 @@ namespace zcrpc::ring {
 
 inline constexpr size_t kCacheLine = 64;
 inline constexpr uint64_t kMagic = 0x3170'7263'7a7a'0a01ull;  // "\x01\nzzcrp1"
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;  // 2: record tags are never zero
 inline constexpr size_t kDataOffset = 4096;
 inline constexpr uint32_t kMinRingBytes = 4096;
 inline constexpr uint32_t kMaxRingBytes = 1u << 30;
@@ -77,9 +77,11 @@ constexpr uint64_t fileBytesFor(uint64_t ringBytes, uint64_t arenaBytes) {
 
 /// Record header word 0: tag (high 32 bits) | length (low 32 bits; bit 0 = wrap marker).
 /// The tag is derived from the record's absolute position, so a stale record from an
-/// earlier lap, or zeroed memory, never matches what the consumer expects.
+/// earlier lap, or zeroed memory, never matches what the consumer expects: it is odd, so
+/// never zero (the word after a record is often zeroed memory: the unused end of a first
+/// segment, fresh pages), and records a lap apart differ in the bits above bit 0.
 constexpr uint32_t recordTag(uint64_t position) {
-  return static_cast<uint32_t>(position >> 3) ^ 0xA5C3'5A3Cu;
+  return (static_cast<uint32_t>(position >> 3) ^ 0xA5C3'5A3Cu) | 1u;
 }
 inline constexpr uint32_t kWrapBit = 1;
 
