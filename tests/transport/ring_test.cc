@@ -476,6 +476,81 @@ TEST(Ring, AbandonedMessagesGiveTheirSpaceBack) {
   EXPECT_EQ(b->tryReceive(in), Status::kWouldBlock) << "an abandoned message was delivered";
 }
 
+TEST(Ring, SpaceClearedAheadIsClearedAgainAfterAnAbandonedMessage) {
+  // A record of 2 KiB or more clears ring space ahead of itself once published, and the
+  // next message there skips clearing it (zeroAhead). A message abandoned in that space
+  // has written into it: the next one must find it zeroed again, or the fields it leaves
+  // unset read the abandoned message's bytes.
+  auto [a, b] = makeLoopbackPair(opts(64 * 1024, 1 << 20, 1 << 20));
+  constexpr uint32_t kWords = 500;  // a 4000-byte first segment: in the ring
+  for (uint64_t i = 0; i < 300; ++i) {
+    ASSERT_EQ(sendPayload(*a, i, 4096), Status::kOk) << "iteration " << i;
+    ASSERT_TRUE(receiveSeq(*b, i)) << "iteration " << i;
+    {
+      OutgoingMessage dirty;  // fills its first segment, then is destroyed unsent
+      ASSERT_EQ(a->tryStartMessage(dirty, kWords), Status::kOk) << "iteration " << i;
+      dirty.initRoot<bench::Payload>().initData(3900);
+      // Scribble over everything it wrote but a null root pointer: bytes no pointer of
+      // the next message reaches, so Cap'n Proto will not clear them for it.
+      auto first = dirty.getSegmentsForOutput()[0];
+      auto* bytes = reinterpret_cast<std::byte*>(const_cast<capnp::word*>(first.begin()));
+      std::memset(bytes, 0xff, first.size() * sizeof(capnp::word));
+      std::memset(bytes, 0, sizeof(capnp::word));
+    }
+    {
+      OutgoingMessage clean;  // sets only seq: everything else must read as unset
+      ASSERT_EQ(a->tryStartMessage(clean, kWords), Status::kOk) << "iteration " << i;
+      clean.initRoot<bench::Payload>().setSeq(i);
+      ASSERT_EQ(a->send(clean), Status::kOk);
+    }
+    IncomingMessage in;
+    ASSERT_EQ(b->tryReceive(in), Status::kOk) << "iteration " << i;
+    auto p = in.getRoot<bench::Payload>();
+    EXPECT_EQ(p.getSeq(), i);
+    EXPECT_EQ(p.getChecksum(), 0u) << "iteration " << i << ": unset field holds old bytes";
+    EXPECT_FALSE(p.hasData()) << "iteration " << i << ": unset pointer holds old bytes";
+    if (::testing::Test::HasFailure()) break;
+  }
+}
+
+TEST(Ring, RandomSizesAndAbandonedMessagesNeverShowStaleBytes) {
+  // Records of every size around the zero-ahead threshold, wrapping often, with abandoned
+  // scribbled messages in between: every unset field must read as unset.
+  auto [a, b] = makeLoopbackPair(opts(32 * 1024, 1 << 20, 1 << 20));
+  std::mt19937 rng(5);
+  uint64_t seq = 0;
+  for (int i = 0; i < 5000; ++i) {
+    const uint32_t words = 1 + rng() % 1500;
+    if (rng() % 3 == 0) {
+      OutgoingMessage dirty;
+      ASSERT_EQ(a->tryStartMessage(dirty, words), Status::kOk) << "iteration " << i;
+      if (words > 8) dirty.initRoot<bench::Payload>().initData((words - 5) * 8);
+      auto first = dirty.segmentsForSend()[0];
+      auto* bytes = reinterpret_cast<std::byte*>(const_cast<capnp::word*>(first.begin()));
+      std::memset(bytes, 0xa5, first.size() * sizeof(capnp::word));
+      std::memset(bytes, 0, sizeof(capnp::word));
+      continue;
+    }
+    const size_t dataBytes = rng() % 2 ? (words > 5 ? (words - 5) * 8 : 0) : 0;
+    {
+      OutgoingMessage clean;
+      ASSERT_EQ(a->tryStartMessage(clean, words), Status::kOk) << "iteration " << i;
+      auto p = clean.initRoot<bench::Payload>();
+      p.setSeq(seq);
+      if (dataBytes) p.initData(static_cast<capnp::uint>(dataBytes));  // left all zero
+      ASSERT_EQ(a->send(clean), Status::kOk);
+    }
+    IncomingMessage in;
+    ASSERT_EQ(b->tryReceive(in), Status::kOk) << "iteration " << i;
+    auto p = in.getRoot<bench::Payload>();
+    ASSERT_EQ(p.getSeq(), seq) << "iteration " << i;
+    ASSERT_EQ(p.getChecksum(), 0u) << "iteration " << i;
+    ASSERT_EQ(p.getData().size(), dataBytes) << "iteration " << i;
+    for (kj::byte x : p.getData()) ASSERT_EQ(x, 0) << "iteration " << i << ": stale data";
+    ++seq;
+  }
+}
+
 /// Builds a Note whose blobs force many segments: first segment of one word, then
 /// growing allocations that land in the ring and, past a quarter of it, in the arena.
 void buildManySegmentNote(OutgoingMessage& msg, const std::vector<uint32_t>& sizes) {

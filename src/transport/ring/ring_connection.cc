@@ -18,6 +18,9 @@ constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry) + sizeof(
 constexpr uint32_t kTableAccounted = 4 * sizeof(SegmentEntry) + sizeof(TraceContext);
 constexpr uint32_t kRecordFixed = kRecordHeaderBytes + kFrameHeaderBytes;
 constexpr uint64_t kMinArenaSegmentBytes = 64 * 1024;
+// Records from this size on clear as much ring space ahead once published (zeroAhead):
+// below it clearing costs less than the call.
+constexpr uint32_t kZeroAheadFrom = 2048;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessInterval = std::chrono::milliseconds(2);
 
@@ -381,8 +384,9 @@ Status RingConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegme
     return tryStartMessageSlow(msg, firstSegmentWords);
   std::byte* record = txRing_ + offset;
   // Frame header and first segment are contiguous: clear both at once (Cap'n Proto builds
-  // only on zeroed memory; this space held an earlier lap's message).
-  std::memset(record + kRecordHeaderBytes, 0, kFrameHeaderBytes + firstBytes);
+  // only on zeroed memory; this space held an earlier lap's message), unless zeroAhead()
+  // did already.
+  clearRing(pos + kRecordHeaderBytes, pos + inlineBytes);
   auto* header = reinterpret_cast<FrameHeader*>(record + kRecordHeaderBytes);
   header->kind = static_cast<uint8_t>(FrameKind::kData);
   auto* first = reinterpret_cast<capnp::word*>(record + kRecordFixed);
@@ -442,12 +446,11 @@ Status RingConnection::tryStartMessageSlow(OutgoingMessage& msg, uint32_t firstS
   }
   std::byte* record = txRing_ + (pos & ringMask_);
   auto* header = reinterpret_cast<FrameHeader*>(record + kRecordHeaderBytes);
-  std::memset(header, 0, kFrameHeaderBytes);
+  clearRing(pos + kRecordHeaderBytes, pos + fixed + (firstInRing ? firstBytes : 0));
   header->kind = static_cast<uint8_t>(FrameKind::kData);
   capnp::word* first;
   if (firstInRing) {
     first = reinterpret_cast<capnp::word*>(record + fixed);
-    std::memset(first, 0, firstBytes);
   } else {
     first = reinterpret_cast<capnp::word*>(arenaFirst);
   }
@@ -520,7 +523,7 @@ kj::ArrayPtr<capnp::word> RingConnection::allocateMore(uint32_t minWords) {
     ringWant = std::min<uint64_t>(want, limit - open_.ringEnd - tableAfter);
     if (extendRecord(static_cast<uint32_t>(open_.ringEnd + ringWant + tableNow), false)) {
       std::byte* p = txRing_ + (open_.start & ringMask_) + open_.ringEnd;
-      std::memset(p, 0, ringWant);
+      clearRing(open_.start + open_.ringEnd, open_.start + open_.ringEnd + ringWant);
       seg = reinterpret_cast<capnp::word*>(p);
       location = (open_.ringEnd - kRecordHeaderBytes) / 8;
       open_.ringEnd += static_cast<uint32_t>(ringWant);
@@ -543,8 +546,10 @@ kj::ArrayPtr<capnp::word> RingConnection::allocateMore(uint32_t minWords) {
 }
 
 void RingConnection::abandon() noexcept {
-  // Nothing was published for this record: forget the reservation and arena chunks.
+  // Nothing was published for this record: forget the reservation and arena chunks. The
+  // message may have written anywhere in its reservation: nothing there is known zero.
   arenaTail_ = open_.arenaTailAtStart;
+  ringZeroedTo_ = 0;
   open_.msg = nullptr;
 }
 
@@ -650,7 +655,20 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   msg.markSent();
   wakePending_ = true;
   if (flush) wakeConsumer();
+  if (recordBytes >= kZeroAheadFrom) zeroAhead(recordBytes);
   return Status::kOk;
+}
+
+void RingConnection::zeroAhead(uint64_t want) {
+  // From after the next record's word (the consumer may be polling it) up to `want` bytes
+  // on, within this lap, and only over space the consumer has released.
+  const uint64_t from = std::max(tail_ + kRecordHeaderBytes, ringZeroedTo_);
+  uint64_t to = std::min(tail_ + want, (tail_ | ringMask_) + 1);
+  if (to <= from) return;
+  if (!ringRoom(to)) to = std::min(to, cachedHead_ + files_.ringBytes);
+  if (to <= from) return;
+  std::memset(txRing_ + (from & ringMask_), 0, to - from);
+  ringZeroedTo_ = to;
 }
 
 Status RingConnection::flush() {

@@ -5,6 +5,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -98,6 +99,16 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   /// end, or (unless `mayWait`) when the space is not free yet. Throws when waiting fails.
   bool extendRecord(uint32_t newReserved, bool mayWait);
   void wakeConsumer() noexcept;
+  /// Zeroes ring positions [from, to) of the open record, but for what zeroAhead()
+  /// cleared already.
+  void clearRing(uint64_t from, uint64_t to) noexcept {
+    if (from < ringZeroedTo_) from = std::min(to, ringZeroedTo_);
+    if (from < to) std::memset(txRing_ + (from & ringMask_), 0, to - from);
+  }
+  /// After publishing a large record: clears up to `want` bytes of released ring space
+  /// after it, so the next message of that size finds its memory zeroed (Cap'n Proto
+  /// builds only on zeroed memory) while the peer is busy with this one.
+  void zeroAhead(uint64_t want);
   template <typename Ready>
   Status waitForSpace(Ready ready, Deadline deadline);
 
@@ -145,6 +156,10 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   // ---- producer state (sending thread) ----
   uint64_t tail_ = 0;        // end of the last published record
   uint64_t cachedHead_ = 0;  // consumer's released position, as last read
+  // Ring positions [tail_ + kRecordHeaderBytes, ringZeroedTo_) hold zeros nothing wrote
+  // since zeroAhead() cleared them (none when ringZeroedTo_ is not above that). The
+  // record word at tail_ is never cleared ahead: the consumer may be polling it.
+  uint64_t ringZeroedTo_ = 0;
   uint64_t arenaTail_ = 0;
   uint64_t arenaPublished_ = 0;  // arena end of the last published record
   uint64_t cachedArenaHead_ = 0;
