@@ -413,7 +413,7 @@ TEST_F(HostilePeer, ArenaEndGoingBackwardsOrTooFar) {
   Outcome o = run(
       [](TxFile& f) {
         uint32_t len = f.writeRecord(frameHeader(1, 1), {0}, {{1, kFrameHeaderBytes / 8}},
-                                     f.arenaEnd() + kArenaBytes + 8);
+                                     f.arenaEnd() + 2 * kArenaBytes + 8);
         f.publish(len);
       },
       receiveProbe);

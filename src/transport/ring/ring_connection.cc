@@ -21,6 +21,12 @@ constexpr uint64_t kMinArenaSegmentBytes = 64 * 1024;
 // Records from this size on clear as much ring space ahead once published (zeroAhead):
 // below it clearing costs less than the call.
 constexpr uint32_t kZeroAheadFrom = 2048;
+// An arena allocation starts again at the arena's beginning, when nothing of ours is left
+// in the arena, once it got this far in: four allocations of its size or an eighth of the
+// arena past its own size, whichever is less (see arenaAllocate). A ping-pong of large
+// messages then cycles through memory the caches still hold, not the whole arena.
+constexpr uint64_t kArenaRewindShare = 8;
+constexpr uint64_t kArenaRewindAllocations = 4;
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessInterval = std::chrono::milliseconds(2);
 
@@ -300,20 +306,39 @@ bool RingConnection::ringRoom(uint64_t end) {
   return end - cachedHead_ <= files_.ringBytes;
 }
 
-bool RingConnection::arenaRoom(uint64_t end) {
-  if (end - cachedArenaHead_ <= arenaBytes_) return true;
+bool RingConnection::refreshArenaHead() {
   // pairs with the release store of `arenaHead` in the peer's reclaim()
   uint64_t head = files_.peer->consumer.arenaHead.load(std::memory_order_acquire);
-  if (head < cachedArenaHead_ || head > arenaPublished_) {
+  if (head > arenaPublished_ || (head < cachedArenaHead_ && head != arenaRewoundFrom_)) {
     fault("peer published an invalid arena head " + std::to_string(head));
     return false;
   }
-  cachedArenaHead_ = head;
-  return end - cachedArenaHead_ <= arenaBytes_;
+  // After a rewind the peer still shows the old end until it releases a later message.
+  if (head > cachedArenaHead_) cachedArenaHead_ = head;
+  return true;
+}
+
+bool RingConnection::arenaRoom(uint64_t end) {
+  if (end - cachedArenaHead_ <= arenaBytes_) return true;
+  return refreshArenaHead() && end - cachedArenaHead_ <= arenaBytes_;
 }
 
 std::byte* RingConnection::arenaAllocate(uint64_t bytes, bool mayWait) {
   if (bytes == 0 || bytes > arenaBytes_) return nullptr;
+  const uint64_t offset0 = arenaTail_ % arenaBytes_;
+  if (offset0 >= bytes + std::min(arenaBytes_ / kArenaRewindShare, kArenaRewindAllocations * bytes) &&
+      arenaTail_ == arenaPublished_ &&
+      (cachedArenaHead_ == arenaPublished_ || (refreshArenaHead() && cachedArenaHead_ == arenaPublished_))) {
+    // Nothing of ours is in the arena: the peer released all we published and this
+    // message has nothing there yet. Rewind to the arena's beginning, where recent
+    // messages left their lines in cache, instead of walking on through the whole arena
+    // (cold memory for every large message of a ping-pong). The space skipped holds
+    // nothing, so it counts as released at once: the whole arena stays usable. The peer
+    // accepts arena ends up to two arenas past the last one, which covers the skip.
+    arenaRewoundFrom_ = arenaTail_;
+    arenaTail_ += arenaBytes_ - offset0;
+    cachedArenaHead_ = arenaTail_;
+  }
   uint64_t start = arenaTail_;
   uint64_t offset = start % arenaBytes_;
   if (arenaBytes_ - offset < bytes) start += arenaBytes_ - offset;  // keep it contiguous
@@ -546,9 +571,10 @@ kj::ArrayPtr<capnp::word> RingConnection::allocateMore(uint32_t minWords) {
 }
 
 void RingConnection::abandon() noexcept {
-  // Nothing was published for this record: forget the reservation and arena chunks. The
-  // message may have written anywhere in its reservation: nothing there is known zero.
-  arenaTail_ = open_.arenaTailAtStart;
+  // Nothing was published for this record: forget the reservation and arena chunks (but
+  // not a rewind: the arena goes on from where it rewound to). The message may have
+  // written anywhere in its reservation: nothing there is known zero.
+  arenaTail_ = std::max(open_.arenaTailAtStart, cachedArenaHead_);
   ringZeroedTo_ = 0;
   open_.msg = nullptr;
 }
@@ -739,7 +765,8 @@ Status RingConnection::tryReceive(IncomingMessage& out) {
     }
     prefetchRecord(rxRing_ + offset, len);
     uint64_t arenaEnd = loadRelaxed(rxRing_ + offset + 8);
-    if (arenaEnd < lastArenaEnd_ || arenaEnd - lastArenaEnd_ > arenaBytes_) {
+    // At most two arenas on: one for the record's own segments, one for a rewind's skip.
+    if (arenaEnd < lastArenaEnd_ || arenaEnd - lastArenaEnd_ > 2 * arenaBytes_) {
       fault("bad arena position " + std::to_string(arenaEnd) + " in record at ring position " +
             std::to_string(pos));
       return Status::kDisconnected;

@@ -95,6 +95,9 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   bool ringRoom(uint64_t end);
   std::byte* arenaAllocate(uint64_t bytes, bool mayWait);
   bool arenaRoom(uint64_t end);
+  /// Reads the peer's released arena position into cachedArenaHead_; false (and the
+  /// connection closed) when it is invalid.
+  bool refreshArenaHead();
   /// Grows the open record to `newReserved` bytes; false when that would pass the ring's
   /// end, or (unless `mayWait`) when the space is not free yet. Throws when waiting fails.
   bool extendRecord(uint32_t newReserved, bool mayWait);
@@ -163,6 +166,7 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   uint64_t arenaTail_ = 0;
   uint64_t arenaPublished_ = 0;  // arena end of the last published record
   uint64_t cachedArenaHead_ = 0;
+  uint64_t arenaRewoundFrom_ = UINT64_MAX;  // arena end published when the arena last rewound
   uint64_t arenaCleanFrom_ = 0;  // first lap only: arena bytes from here on were never used
   bool wakePending_ = false;
   struct Allocation {
