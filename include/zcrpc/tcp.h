@@ -18,10 +18,10 @@ struct TcpOptions {
   /// stays queued and moves on the connection's next call (send, flush, startMessage, and
   /// tryReceive / receive once no received frame is left to hand out, so answers to
   /// requests that arrived together leave in one write) or when an event loop sleeping on
-  /// waitFd() wakes, which it does for writability while output is queued. A sender that goes fully idle right after
-  /// send() must keep calling flush() until its peer has it (the RPC core always waits for
-  /// the answer, which does this). Queued output beyond the buffer size makes
-  /// tryStartMessage() return kWouldBlock.
+  /// waitFd() wakes, which it does for writability while output is queued. A sender that
+  /// goes fully idle right after send() must keep calling flush() until its peer has it
+  /// (the RPC core always waits for the answer, which does this). Queued output beyond
+  /// the buffer size makes tryStartMessage() return kWouldBlock.
   ConnectionOptions connection;
   /// Shared access token; empty = none. A client whose token differs is refused before
   /// any call is dispatched (constant-time comparison) and the refusal is logged with

@@ -744,13 +744,14 @@ class Worker final {
       if (!slept && (options_.idleMode == WaitMode::kBusyPoll ||
                      (options_.idleMode == WaitMode::kSpinThenSleep &&
                       now - idleSince < options_.spinTime))) {
-        // Yields now and then (see idleSpin), and at least every kYieldInterval: a round
-        // over tcp connections is a recv() each, so kYieldEvery of them take far longer.
+        // The rounds between clock reads yield now and then (idleSpin); this one yields
+        // when kYieldInterval has passed since the last yield here: a round over tcp
+        // connections is a recv() each, so kYieldEvery of them take far longer.
         if (now - lastYield >= kYieldInterval) {
           ::sched_yield();
           lastYield = now;
         } else {
-          os::idleSpin(round + 1);
+          os::cpuRelax();
         }
         continue;
       }

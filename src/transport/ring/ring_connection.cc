@@ -326,9 +326,11 @@ bool RingConnection::arenaRoom(uint64_t end) {
 std::byte* RingConnection::arenaAllocate(uint64_t bytes, bool mayWait) {
   if (bytes == 0 || bytes > arenaBytes_) return nullptr;
   const uint64_t offset0 = arenaTail_ % arenaBytes_;
-  if (offset0 >= bytes + std::min(arenaBytes_ / kArenaRewindShare, kArenaRewindAllocations * bytes) &&
-      arenaTail_ == arenaPublished_ &&
-      (cachedArenaHead_ == arenaPublished_ || (refreshArenaHead() && cachedArenaHead_ == arenaPublished_))) {
+  const uint64_t rewindFrom =
+      bytes + std::min(arenaBytes_ / kArenaRewindShare, kArenaRewindAllocations * bytes);
+  if (offset0 >= rewindFrom && arenaTail_ == arenaPublished_ &&
+      (cachedArenaHead_ == arenaPublished_ || refreshArenaHead()) &&
+      cachedArenaHead_ == arenaPublished_) {
     // Nothing of ours is in the arena: the peer released all we published and this
     // message has nothing there yet. Rewind to the arena's beginning, where recent
     // messages left their lines in cache, instead of walking on through the whole arena

@@ -195,7 +195,6 @@ void checkTcpOptions(const ConnectionOptions& o) {
                           " must be a power of two up to 1048576");
 }
 
-
 // ------------------------------------------------------------------------------------
 
 class TcpConnection final : public Connection, private SegmentSource, private LeaseOwner {
