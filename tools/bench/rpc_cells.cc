@@ -17,6 +17,9 @@ namespace zcrpc::bench {
 // ---- the Echo service ------------------------------------------------------------------
 
 void BenchEchoService::echo(EchoCall& call) {
+  const uint64_t frame = call.context().request().header().frameBytes;
+  if (frame > largestFrame_.load(std::memory_order_relaxed))
+    largestFrame_.store(frame, std::memory_order_relaxed);
   capnp::Data::Reader data = call.params().getData();
   if (byReference(data.size(), referenceFrom_)) {
     // The request's data stays where it lies until the answer is sent (the call holds it).

@@ -6,6 +6,7 @@
 // a deadline. Failures throw BenchError naming what went wrong.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -54,8 +55,10 @@ constexpr bool byReference(size_t bytes, size_t referenceFrom) { return bytes >=
 /// The bench's Echo service: `echo` answers with the request's data (read in place), either
 /// copied into a response built in place (the one copy an echo makes) or, from
 /// `referenceFrom` bytes on, by reference to the request; `ping` and `sink` do nothing;
-/// `delay` and `fail` are not used by the bench and fail.
-/// Threads: the server's worker.
+/// `delay` and `fail` are not used by the bench and fail. It notes the size of the largest
+/// request frame it answered (header, segments and table: the bytes a stream transport
+/// carries), so a raw ping-pong of the same bytes can be measured.
+/// Threads: the server's worker; largestFrameBytes() from any thread.
 class BenchEchoService final : public echo::EchoService {
  public:
   explicit BenchEchoService(size_t referenceFrom = kByReferenceBytes) noexcept
@@ -66,8 +69,13 @@ class BenchEchoService final : public echo::EchoService {
   void delay(DelayCall& call) override;
   void fail(FailCall& call) override;
 
+  uint64_t largestFrameBytes() const noexcept {
+    return largestFrame_.load(std::memory_order_relaxed);
+  }
+
  private:
   size_t referenceFrom_;
+  std::atomic<uint64_t> largestFrame_{0};
 };
 
 /// Echo round trips through the generated stub: each request is built in place (`payload`

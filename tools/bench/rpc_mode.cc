@@ -29,6 +29,9 @@ constexpr auto kIdleTimeout = std::chrono::seconds(120);  // peer: longest wait 
 constexpr auto kReplyTimeout = std::chrono::seconds(10);
 constexpr auto kShutdownGrace = std::chrono::seconds(2);
 constexpr auto kPrefaultTime = std::chrono::seconds(3);  // longest prefault of a connection
+/// Room for an echo frame's bytes beyond its payload (header, pointers, segment table:
+/// 80 bytes today) in the raw TCP cell that sends as many bytes as zcrpc's frames.
+constexpr size_t kFrameSlack = 4096;
 
 double safeRatio(uint64_t a, uint64_t b) {
   return b ? static_cast<double>(a) / static_cast<double>(b) : 0.0;
@@ -86,7 +89,7 @@ class RpcPeer final {
         // A serving cell ends when the measuring side says so; it has its own stall bounds
         // (for each wait, and the drain of a pipelined window), so the peer allows for them.
         case Op::kRpcServe:
-          serveZcrpc(c, deadline + 2 * kStallTimeout);
+          done.value = serveZcrpc(c, deadline + 2 * kStallTimeout);
           break;
         case Op::kCapnpServe:
           serveCapnp(c, deadline + 2 * kStallTimeout);
@@ -126,7 +129,8 @@ class RpcPeer final {
     return bench::rawTcpEcho(socket, c.payloadBytes, buffer_, c.waitMode, o_.spinTime, deadline);
   }
 
-  void serveZcrpc(const Command& c, Deadline deadline) {
+  /// Serves echo calls until the cell ends; returns the largest request frame's bytes.
+  uint64_t serveZcrpc(const Command& c, Deadline deadline) {
     ServerOptions so;
     so.workerThreads = 1;
     so.idleMode = c.waitMode;
@@ -155,6 +159,7 @@ class RpcPeer final {
     reply(ReplyKind::kStarted, endpoint);
     awaitEndOfCell(deadline, "zcrpc");
     server.shutdown(deadlineAfter(kShutdownGrace));
+    return service.largestFrameBytes();
   }
 
   void serveCapnp(const Command& c, Deadline deadline) {
@@ -211,7 +216,16 @@ class RpcDriver final {
           break;
         case kZcrpc:
           cell.order += "zcrpc";
-          cell.zcrpc = zcrpcLatencyCell(t, w, data, b, label);
+          cell.zcrpc = zcrpcLatencyCell(t, w, data, b, label, &cell.frameBytes);
+          if (t == Transport::kTcp) {
+            // The same bytes as zcrpc's frames, at once: what the kernel charges for them.
+            if (cell.frameBytes < size || cell.frameBytes > payload_.size())
+              throw BenchError(fmt::format("{}: the peer saw request frames of {} bytes for {}-byte "
+                                           "payloads", label, cell.frameBytes, size));
+            cell.order += ",ref-frame";
+            cell.frameReference = rawTcpCell(
+                w, std::span<const std::byte>(payload_).first(cell.frameBytes), b, label + " frame-size");
+          }
           break;
         case kCapnp:
           cell.order += "capnp";
@@ -222,18 +236,18 @@ class RpcDriver final {
     cell.pipelined = pipelinedCell(t, w, data, label);
     cell.zcrpcVsReference = ratios(cell.zcrpc, cell.reference);
     cell.capnpVsZcrpc = ratios(cell.capnp, cell.zcrpc);
-    if (t == Transport::kShm) {
-      // Cap'n Proto's own work, in this process alone (the peer waits for a command).
-      uint64_t preempted = preemptionCount();
-      cell.capnpWork =
-          capnpWorkPingPong<echo::Echo::EchoParams, echo::Echo::EchoResults>(
-              Budget::forPayload(0, o_.seconds / 4), samples_);
-      cell.capnpWork.preemptions = preemptionCount() - preempted;
-      const double floor = static_cast<double>(cell.reference.p50Ns);
-      const double bound = floor + static_cast<double>(cell.capnpWork.p50Ns);
-      cell.boundVsReference = floor > 0 ? bound / floor : 0;
-      cell.zcrpcVsBound = bound > 0 ? static_cast<double>(cell.zcrpc.p50Ns) / bound : 0;
-    }
+    cell.capnpVsReference = safeRatio(cell.capnp.p50Ns, cell.reference.p50Ns);
+    // Cap'n Proto's own work, in this process alone (the peer waits for a command).
+    uint64_t preempted = preemptionCount();
+    cell.capnpWork = capnpWorkPingPong<echo::Echo::EchoParams, echo::Echo::EchoResults>(
+        Budget::forPayload(0, o_.seconds / 4), samples_);
+    cell.capnpWork.preemptions = preemptionCount() - preempted;
+    const double reference = static_cast<double>(cell.reference.p50Ns);
+    const uint64_t moved = t == Transport::kShm ? cell.reference.p50Ns : cell.frameReference.p50Ns;
+    if (t == Transport::kTcp) cell.frameVsReference = safeRatio(moved, cell.reference.p50Ns);
+    const double bound = static_cast<double>(moved + cell.capnpWork.p50Ns);
+    cell.boundVsReference = reference > 0 ? bound / reference : 0;
+    cell.zcrpcVsBound = bound > 0 ? static_cast<double>(cell.zcrpc.p50Ns) / bound : 0;
     return cell;
   }
 
@@ -242,7 +256,8 @@ class RpcDriver final {
   /// the cell (kEndCell when `endCommand`) and waits for the peer. `preemptions` of the
   /// result count both processes. A failure names the cell and the peer's own reason.
   template <typename Measure>
-  auto runCell(const Command& c, const std::string& what, bool endCommand, Measure&& measure) {
+  auto runCell(const Command& c, const std::string& what, bool endCommand, Measure&& measure,
+               uint64_t* peerValue = nullptr) {
     peer_.send(c);
     Reply started = peer_.expect(ReplyKind::kStarted, Clock::now() + kReplyTimeout, what);
     started.text[sizeof started.text - 1] = 0;
@@ -269,6 +284,7 @@ class RpcDriver final {
     auto budget = std::chrono::nanoseconds(c.budgetNs);
     Reply done = peer_.expect(ReplyKind::kDone, Clock::now() + kReplyTimeout + budget, what);
     result->preemptions += done.preemptions;
+    if (peerValue) *peerValue = done.value;
     return *result;
   }
 
@@ -339,15 +355,19 @@ class RpcDriver final {
     (void)rpcPingPong(client, data, referenceFromFor(o_, t), b, samples_);
   }
 
+  /// `frameBytes`: the largest request frame the peer's echo saw.
   Latency zcrpcLatencyCell(Transport t, WaitMode w, std::span<const std::byte> data,
-                           const Budget& b, const std::string& label) {
+                           const Budget& b, const std::string& label, uint64_t* frameBytes) {
     auto c = command(Op::kRpcServe, t, w, data.size(), b.total() + kPrefaultTime);
-    return runCell(c, label + " zcrpc echo", true, [&](const std::string& endpoint) {
-      Channel channel(connect(t, w, endpoint), channelOptions());
-      echo::EchoClient client(channel);
-      prefault(t, client, data);
-      return rpcPingPong(client, data, referenceFromFor(o_, t), b, samples_);
-    });
+    return runCell(
+        c, label + " zcrpc echo", true,
+        [&](const std::string& endpoint) {
+          Channel channel(connect(t, w, endpoint), channelOptions());
+          echo::EchoClient client(channel);
+          prefault(t, client, data);
+          return rpcPingPong(client, data, referenceFromFor(o_, t), b, samples_);
+        },
+        frameBytes);
   }
 
   Latency capnpCell(Transport t, std::span<const std::byte> data, const Budget& b,
@@ -425,11 +445,13 @@ RpcRun runRpc(const RpcOptions& o) {
   RawRing ring(maxSize);  // before fork: both processes share it
   std::fflush(stdout);
   std::fflush(stderr);
+  // Raw TCP cells also send zcrpc's frame size, a little over the payload.
+  const size_t rawMax = maxSize + kFrameSlack;
   PeerProcess peer(
-      [&](ControlChannel& control) { RpcPeer(control, ring, o, maxSize).run(o.serverCpu); });
+      [&](ControlChannel& control) { RpcPeer(control, ring, o, rawMax).run(o.serverCpu); });
   pinToCpu(o.clientCpu);
   peer.expect(ReplyKind::kReady, Clock::now() + kReplyTimeout, "starting the RPC peer process");
-  RpcDriver driver(peer, ring, o, maxSize);
+  RpcDriver driver(peer, ring, o, rawMax);
 
   const bool tty = ::isatty(STDERR_FILENO) != 0;
   const size_t total = o.reps * o.transports.size() * o.waitModes.size() * o.sizes.size();

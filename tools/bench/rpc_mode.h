@@ -76,12 +76,20 @@ struct RpcCell {
   Pipelined pipelined;
   Ratios zcrpcVsReference;  ///< zcrpc / reference, this repetition
   Ratios capnpVsZcrpc;      ///< Cap'n Proto RPC / zcrpc, this repetition
-  /// shm rows: Cap'n Proto's own build and read of the echo's request and answer (data
-  /// field empty), one thread, no transport (capnpWorkPingPong); floor + this is the least a round trip of
-  /// Cap'n Proto messages can take. Not measured over tcp (samples 0).
+  /// Cap'n Proto's own build and read of the echo's request and answer (data field empty),
+  /// one thread, no transport (capnpWorkPingPong): every call does this work in sequence.
   Latency capnpWork;
-  double boundVsReference = 0;  ///< (floor + capnpWork) / floor, p50s of this repetition
-  double zcrpcVsBound = 0;      ///< zcrpc / (floor + capnpWork), p50s of this repetition
+  /// tcp rows: the bytes of zcrpc's request frame (header, segments, table; the answer's is
+  /// the same size), as the peer's echo saw them, and a raw ping-pong of that many bytes
+  /// each way, run right after the zcrpc cell. Unset (0 / samples 0) over shm.
+  uint64_t frameBytes = 0;
+  Latency frameReference;
+  double frameVsReference = 0;  ///< frameReference / reference, p50s of this repetition
+  /// The least an echo call of Cap'n Proto messages can take: what moves the bytes (shm: the
+  /// floor; tcp: frameReference) + capnpWork. Ratios of p50s in this repetition.
+  double boundVsReference = 0;  ///< bound / reference
+  double zcrpcVsBound = 0;      ///< zcrpc / bound
+  double capnpVsReference = 0;  ///< Cap'n Proto RPC / reference: the most any transport can gain on it
 };
 
 struct RpcRun {

@@ -38,10 +38,16 @@ struct RpcSummary {
   uint32_t window = 0;  ///< pipelined window used (capped over shm, see rpc_mode.cc)
   uint64_t samplesReference = 0, samplesZcrpc = 0, samplesCapnp = 0;  ///< smallest over reps
   uint64_t mostPreemptions = 0;  ///< the most any one of the cell's sub-cells saw
-  /// shm rows: Cap'n Proto's own work per round trip (see RpcCell::capnpWork), and the
-  /// medians of the per-repetition ratios of floor + it to the floor and of zcrpc to it.
+  /// Cap'n Proto's own work per round trip (see RpcCell::capnpWork), and the medians of the
+  /// per-repetition ratios of the bound (what moves the bytes + it) to the reference and of
+  /// zcrpc to the bound.
   double capnpWorkP50 = 0, capnpWorkP99 = 0;
   double boundVsReference = 0, zcrpcVsBound = 0;
+  /// tcp rows: zcrpc's request frame bytes (largest over repetitions), the raw ping-pong of
+  /// that many bytes (median p50) and its per-repetition ratio to the reference (median).
+  uint64_t frameBytes = 0;
+  double frameReferenceP50 = 0, frameVsReference = 0;
+  double capnpVsReference = 0;  ///< median of Cap'n Proto RPC p50 / reference p50
 };
 
 std::vector<RpcSummary> summarize(const RpcRun& run);
