@@ -269,6 +269,41 @@ TEST(Tcp, ABlobWrittenFromTheCallersMemoryArrivesAtItsOffsetInACacheLine) {
   exchange(p, 4);
 }
 
+TEST(Tcp, ABlobQueuedBehindAPartialWriteStillMakesWholeFrames) {
+  // A receiver that reads in bursts makes the kernel take what it has room for at the
+  // moment, so writes end at any byte count and leave the rest queued; blobs sent after
+  // that are placed (padded) relative to it, and their frames must still be whole words
+  // with every byte intact. The receiver's pauses are bounded, and so is the count.
+  auto p = tcpPair("127.0.0.1:0");
+  constexpr size_t kBlob = 40u << 10;
+  constexpr uint64_t kBlobs = 400;
+  std::vector<capnp::word> store((kBlob + 64) / 8 * 8);
+  std::atomic<bool> done{false};
+  ::testing::AssertionResult got = ::testing::AssertionSuccess();
+  std::jthread receiver([&] {
+    for (uint64_t seq = 0; seq < kBlobs && got; ++seq) {
+      got = receivePayload(*p.server, seq, kBlob, 20s);
+      if (seq % 16 == 0) std::this_thread::sleep_for(200us);
+    }
+    done = true;
+  });
+  for (uint64_t seq = 0; seq < kBlobs && got; ++seq) {
+    // Each blob at another word offset in a cache line, in its own slot of the store.
+    auto* bytes = reinterpret_cast<uint8_t*>(store.data() + (seq % 8) * ((kBlob + 64) / 8));
+    fillPattern(bytes, kBlob, seq);
+    OutgoingMessage m;
+    ASSERT_EQ(p.client->startMessage(m, 8, deadlineAfter(5s)), Status::kOk) << "seq " << seq;
+    auto root = m.initRoot<bench::Payload>();
+    root.setSeq(seq);
+    root.setChecksum(checksum(bytes, kBlob));
+    root.adoptData(m.getOrphanage().referenceExternalData(capnp::Data::Reader(bytes, kBlob)));
+    ASSERT_EQ(p.client->send(m), Status::kOk) << "seq " << seq;  // copies what is left
+  }
+  flushUntil(*p.client, [&] { return done.load(); }, 20s);
+  receiver.join();
+  EXPECT_TRUE(got);
+}
+
 TEST(Tcp, ResetWakesABlockedReceiverAndFailsSends) {
   auto o = tcpOptions();
   o.connection.waitMode = WaitMode::kBlocking;
