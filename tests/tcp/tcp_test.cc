@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "conformance/support.h"
+#include "test.capnp.h"
 #include "zcrpc/tcp.h"
 
 namespace zcrpc::conformance {
@@ -302,6 +303,60 @@ TEST(Tcp, ABlobQueuedBehindAPartialWriteStillMakesWholeFrames) {
   flushUntil(*p.client, [&] { return done.load(); }, 20s);
   receiver.join();
   EXPECT_TRUE(got);
+}
+
+TEST(Tcp, AMessageOfTheMaximumSizeInManyPaddedBlobsIsReceived) {
+  // 30 blobs written from the caller's memory, each padded to its cache-line offset, in a
+  // message just under the maximum size: the padding (up to 56 bytes a blob) must not push
+  // the frame over what the receiver accepts.
+  TcpOptions o = tcpOptions();
+  o.connection.maxMessageBytes = 1u << 20;
+  auto p = tcpPair("127.0.0.1:0", o);
+  constexpr size_t kBlobs = kMaxSegments - 2;
+  // The first segment holds the root pointer, the Note (one data word, two pointers), the
+  // list's pointers and the two-word landing pads of the far pointers to the blobs (with
+  // no room for those, Cap'n Proto would add segments); the blobs fill the rest of the
+  // maximum to within a few words.
+  constexpr uint32_t kFirstWords = 1 + 3 + 3 * kBlobs;
+  const size_t blobBytes = ((o.connection.maxMessageBytes - kFirstWords * 8) / kBlobs) & ~size_t{7};
+  ASSERT_GE(blobBytes, 16u << 10);  // large enough to be written from where it lies
+  std::vector<capnp::word> store(kBlobs * (blobBytes + 64) / 8);
+  std::vector<const uint8_t*> blobs;
+  {
+    OutgoingMessage m;
+    ASSERT_EQ(p.client->startMessage(m, kFirstWords, deadlineAfter(2s)), Status::kOk);
+    auto note = m.initRoot<::Note>();
+    note.setId(31);
+    auto list = note.initBlobs(kBlobs);
+    for (size_t i = 0; i < kBlobs; ++i) {
+      // Each blob a word before where the previous one ended, modulo 64: 56 bytes of
+      // padding each, the most there can be.
+      auto* bytes = reinterpret_cast<uint8_t*>(store.data()) + i * (blobBytes + 64) +
+                    8 * ((8 - i % 8) % 8);
+      fillPattern(bytes, blobBytes, i);
+      blobs.push_back(bytes);
+      list.adopt(static_cast<capnp::uint>(i),
+                 m.getOrphanage().referenceExternalData(capnp::Data::Reader(bytes, blobBytes)));
+    }
+    ASSERT_EQ(p.client->send(m), Status::kOk) << p.client->lastError();
+  }
+  std::atomic<bool> done{false};
+  std::jthread receiver([&] {
+    IncomingMessage in;
+    Status st = p.server->receive(in, deadlineAfter(10s));
+    done = true;
+    ASSERT_EQ(st, Status::kOk) << p.server->lastError();
+    auto list = in.getRoot<::Note>().getBlobs();
+    ASSERT_EQ(list.size(), kBlobs);
+    for (size_t i = 0; i < kBlobs; ++i) {
+      auto b = list[static_cast<capnp::uint>(i)];
+      ASSERT_EQ(b.size(), blobBytes);
+      EXPECT_EQ(std::memcmp(b.begin(), blobs[i], blobBytes), 0) << "blob " << i;
+    }
+  });
+  flushUntil(*p.client, [&] { return done.load(); }, 10s);
+  receiver.join();
+  exchange(p, 2);  // and the connection goes on
 }
 
 TEST(Tcp, ResetWakesABlockedReceiverAndFailsSends) {

@@ -210,8 +210,9 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         what_(std::move(what)),
         options_(options),
         maxMessage_(maxMessageBytes),
+        // Segments, header, table, trace context, and the padding before blobs.
         maxFrame_(maxMessageBytes + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry) +
-                  sizeof(TraceContext)),
+                  sizeof(TraceContext) + kMaxSegments * (kCopyAlignment - 8)),
         ringBytes_(options.ringBytes),
         ringMask_(options.ringBytes - 1),
         ring_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),
