@@ -1,6 +1,8 @@
 #!/bin/sh
 # .ci/run must run the README's test command and nothing else: the README's test line (the
-# one starting "scripts/zcrpc-dev test" in its first code block) must be .ci/run's last line.
+# one starting "scripts/zcrpc-dev test" in its first code block) must be .ci/run's last line,
+# and it must reach the repository's scripts/zcrpc-dev from any working directory (a copy of
+# .ci/run in a scratch tree, with a stand-in zcrpc-dev, is started from elsewhere).
 # Usage: ci_run_test.sh SOURCE_ROOT
 set -eu
 root=${1:?usage: ci_run_test.sh SOURCE_ROOT}
@@ -12,4 +14,16 @@ if [ "$ci_line" != "$readme_line" ]; then
   echo "README's test command is: $readme_line"
   exit 1
 fi
-echo "ok: .ci/run runs the README's test command: $readme_line"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+mkdir -p "$scratch/repo/.ci" "$scratch/repo/scripts" "$scratch/elsewhere"
+cp "$root/.ci/run" "$scratch/repo/.ci/run"
+printf '#!/bin/sh\necho "zcrpc-dev $* in $(pwd)" > "%s/ran"\n' "$scratch" > "$scratch/repo/scripts/zcrpc-dev"
+chmod +x "$scratch/repo/.ci/run" "$scratch/repo/scripts/zcrpc-dev"
+(cd "$scratch/elsewhere" && ../repo/.ci/run) || { echo ".ci/run failed when started outside the repository root"; exit 1; }
+expected="zcrpc-dev test in $(cd "$scratch/repo" && pwd)"
+if [ "$(cat "$scratch/ran" 2>/dev/null)" != "$expected" ]; then
+  echo ".ci/run started elsewhere ran: $(cat "$scratch/ran" 2>/dev/null || echo nothing); expected: $expected"
+  exit 1
+fi
+echo "ok: .ci/run runs the README's test command from the repository root: $readme_line"
