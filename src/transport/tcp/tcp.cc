@@ -336,20 +336,20 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         if (flushNow || bytes >= kWriteExternalBytes) {
           byReference = true;
           external_[external++] = {const_cast<capnp::word*>(seg), bytes};
-          // The kernel copies it into its own pages, which a write fills from their start:
-          // that copy runs fastest when the source lies at the same offset within a cache
-          // line as the destination (64 KiB round trip: 0.5-9 us less, depending on where
-          // the host runs the CPUs). Up to 56 bytes of padding, which the frame's table
-          // skips, put a large one there. It lands after what is queued, which a partial
-          // write may have left at any byte count: the padding stays whole words, as
-          // frames are, and is then only as good as it can be.
-          const uint64_t at = pendingBytes_.load(std::memory_order_relaxed);
-          const uint64_t pad =
-              bytes >= kWriteExternalBytes
-                  ? (reinterpret_cast<uintptr_t>(seg) - at) & (kCopyAlignment - 1) & ~uint64_t{7}
-                  : 0;  // small (flushNow): not worth the bytes
-          pushIov(kPadding.data(), pad, /*joinable=*/false);
-          frameBytes += pad;
+          if (bytes >= kWriteExternalBytes) {
+            // The kernel copies it into its own pages, which a write fills from their
+            // start: that copy runs fastest when the source lies at the same offset within
+            // a cache line as the destination (64 KiB round trip: 0.5-9 us less, depending
+            // on where the host runs the CPUs). Up to 56 bytes of padding, which the frame's
+            // table skips, put it there. It lands after what is queued, which a partial
+            // write may have left at any byte count: the padding stays whole words, as
+            // frames are, and is then only as good as it can be.
+            const uint64_t at = pendingBytes_.load(std::memory_order_relaxed);
+            const uint64_t pad =
+                (reinterpret_cast<uintptr_t>(seg) - at) & (kCopyAlignment - 1) & ~uint64_t{7};
+            pushIov(kPadding.data(), pad, /*joinable=*/false);
+            frameBytes += pad;
+          }
         } else {
           capnp::word* copy = newChunk(static_cast<uint32_t>(segments[i].size()));
           std::memcpy(copy, seg, bytes);
