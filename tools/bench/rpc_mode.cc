@@ -203,10 +203,19 @@ class RpcDriver final {
     cell.payloadBytes = size;
     const Budget b = Budget::forPayload(size, o_.seconds);
     const auto data = std::span<const std::byte>(payload_).first(size);
-    enum Kind { kRef, kZcrpc, kCapnp };
-    std::array<Kind, 3> order{kRef, kZcrpc, kCapnp};
-    std::rotate(order.begin(), order.begin() + rep % 3, order.end());
-    for (Kind k : order) {
+    // The reference runs right before or right after zcrpc in every repetition, so the
+    // ratio compares cells a fraction of a second apart: the host moves the two vCPUs
+    // every few seconds to minutes, which changes a round trip by up to 2x. Which of the
+    // two runs first alternates; over tcp the raw ping-pong of zcrpc's frame bytes (their
+    // size comes from the zcrpc cell) follows them, and Cap'n Proto RPC runs first or last.
+    enum Kind { kRef, kZcrpc, kRefFrame, kCapnp };
+    static constexpr std::array<std::array<Kind, 4>, 3> kOrders{{
+        {kRef, kZcrpc, kRefFrame, kCapnp},
+        {kCapnp, kRef, kZcrpc, kRefFrame},
+        {kZcrpc, kRef, kRefFrame, kCapnp},
+    }};
+    for (Kind k : kOrders[rep % kOrders.size()]) {
+      if (k == kRefFrame && t != Transport::kTcp) continue;
       if (!cell.order.empty()) cell.order += ',';
       switch (k) {
         case kRef:
@@ -217,15 +226,15 @@ class RpcDriver final {
         case kZcrpc:
           cell.order += "zcrpc";
           cell.zcrpc = zcrpcLatencyCell(t, w, data, b, label, &cell.frameBytes);
-          if (t == Transport::kTcp) {
-            // The same bytes as zcrpc's frames, at once: what the kernel charges for them.
-            if (cell.frameBytes < size || cell.frameBytes > payload_.size())
-              throw BenchError(fmt::format("{}: the peer saw request frames of {} bytes for {}-byte "
-                                           "payloads", label, cell.frameBytes, size));
-            cell.order += ",ref-frame";
-            cell.frameReference = rawTcpCell(
-                w, std::span<const std::byte>(payload_).first(cell.frameBytes), b, label + " frame-size");
-          }
+          break;
+        case kRefFrame:
+          // The same bytes as zcrpc's frames: what the kernel charges for them.
+          if (cell.frameBytes < size || cell.frameBytes > payload_.size())
+            throw BenchError(fmt::format("{}: the peer saw request frames of {} bytes for {}-byte "
+                                         "payloads", label, cell.frameBytes, size));
+          cell.order += "ref-frame";
+          cell.frameReference = rawTcpCell(
+              w, std::span<const std::byte>(payload_).first(cell.frameBytes), b, label + " frame-size");
           break;
         case kCapnp:
           cell.order += "capnp";

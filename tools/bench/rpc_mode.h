@@ -3,7 +3,8 @@
 //
 // The measuring process (this one, pinned to one CPU) forks a peer pinned to another. For
 // every cell of the matrix transport x wait mode x payload size, and every repetition, it
-// measures back to back, in an order that rotates with the repetition:
+// measures back to back, in an order that changes with the repetition (the reference always
+// next to zcrpc, before it or after it):
 //
 //  * the reference ping-pong of the same payload in the same wait mode: over shm the floor
 //    ring (raw_ring.h: copy, publish one word; futex sleeps in the sleeping modes), over tcp
