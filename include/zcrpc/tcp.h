@@ -1,6 +1,7 @@
 // zcrpc — TCP transport (`tcp://host:port`), for hosts that share no memory and have no RDMA.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -27,6 +28,14 @@ struct TcpOptions {
   /// any call is dispatched (constant-time comparison) and the refusal is logged with
   /// its address. The token travels in clear text: use it on trusted networks only.
   std::string token;
+  /// A peer that goes silent is dropped after about this long: the kernel probes an idle
+  /// connection (TCP keepalive, first probe after half of it) and ends the connection,
+  /// as it does one whose sent data stays unacknowledged or unsent (the peer's window
+  /// closed) this long (TCP_USER_TIMEOUT). A host that vanishes (power lost, link down)
+  /// then ends its connections with Disconnected within about this time plus a probe
+  /// interval, instead of never while idle or after ~15 minutes of retransmissions. Set
+  /// on both sides; 1 s to 24 h, or 0 for the kernel's defaults (no probes).
+  std::chrono::milliseconds deadPeerTimeout{30'000};
 };
 
 /// Listens on `host:port` (IPv4 or IPv6, `[::1]:0` style for IPv6; port 0 picks an

@@ -49,6 +49,8 @@ constexpr SettingInfo kSettings[] = {
      "shm: primary gids admitted", ""},
     {"token", SettingType::kString, "", "ZCRPC_TOKEN",
      "tcp: shared access token (empty: none)", ""},
+    {"dead_peer_timeout", SettingType::kDuration, "30s", "ZCRPC_DEAD_PEER_TIMEOUT",
+     "tcp: drop a peer silent this long (keepalive probes, TCP_USER_TIMEOUT); 0s: off", ""},
     {"rdma_device", SettingType::kString, "", "ZCRPC_RDMA_DEVICE",
      "rdma: device name (empty: the one the address resolves to)", ""},
     {"rdma_port", SettingType::kInt, "1", "ZCRPC_RDMA_PORT", "rdma: device port", ""},
@@ -185,6 +187,9 @@ std::string check(const SettingInfo& s, std::string_view raw, std::string& canon
     case SettingType::kDuration: {
       std::chrono::nanoseconds d;
       if (!parseDuration(v, d)) return "expected " + expected(s);
+      if (s.name == "dead_peer_timeout" && d.count() != 0 &&
+          (d < std::chrono::seconds(1) || d > std::chrono::hours(24)))
+        return "expected 0s (off) or between 1s and 24h";
       canonical = v;
       return {};
     }
@@ -465,6 +470,8 @@ TcpOptions Config::tcpOptions() const {
   TcpOptions o;
   o.connection = connectionOptions();
   o.token = text("token");
+  o.deadPeerTimeout =
+      std::chrono::duration_cast<std::chrono::milliseconds>(duration("dead_peer_timeout"));
   return o;
 }
 

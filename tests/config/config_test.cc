@@ -118,6 +118,15 @@ TEST(ConfigPrecedence, DefaultThenFileThenEnvironmentThenUri) {
   EXPECT_EQ(c.channelOptions().window, 16u);
 }
 
+TEST(ConfigPrecedence, DeadPeerTimeoutReachesTheTcpOptions) {
+  Config c;
+  EXPECT_EQ(c.tcpOptions().deadPeerTimeout, std::chrono::seconds(30));
+  c.applyQuery("dead_peer_timeout=3s", "tcp://h:1?dead_peer_timeout=3s");
+  EXPECT_EQ(c.tcpOptions().deadPeerTimeout, std::chrono::seconds(3));
+  c.applyQuery("dead_peer_timeout=0s", "tcp://h:1?dead_peer_timeout=0s");
+  EXPECT_EQ(c.tcpOptions().deadPeerTimeout, std::chrono::milliseconds(0));
+}
+
 TEST(ConfigPrecedence, PriorityNotLoadOrderDecides) {
   Config c;
   c.applyQuery("window=8", "tcp://h:1?window=8");
@@ -207,6 +216,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadFile{"server_threads = -1\n", "bad.toml:1 key server_threads", "positive integer"},
         BadFile{"allow_same_uid = \"maybe\"\n", "bad.toml:1 key allow_same_uid",
                 "true or false"},
+        BadFile{"dead_peer_timeout = \"500ms\"\n", "bad.toml:1 key dead_peer_timeout",
+                "expected 0s (off) or between 1s and 24h"},
         BadFile{"[zcrpc]\nring_bytes = \"1\"\n", "bad.toml:2 key ring_bytes", "power of two"}));
 
 TEST(ConfigErrors, MissingFileIsNamed) {

@@ -393,6 +393,108 @@ TEST_F(Netns, CallsAcrossHostsSurviveALinkGoingDownMidCall) {
   EXPECT_EQ(serverExit, 0) << "server: " << describeExit(serverExit);
 }
 
+TEST_F(Netns, PeersThatGoSilentAreDroppedAfterTheDeadPeerTimeout) {
+  // Both sides idle when the link goes down: no call is waiting to time out. The server
+  // must drop its connection from the vanished host by itself, and the client's next call
+  // must fail at once as Disconnected rather than wait out its timeout.
+  constexpr auto kDeadPeer = 2000ms;
+  auto options = [&] {
+    auto o = netOptions();
+    o.deadPeerTimeout = kDeadPeer;
+    return o;
+  };
+  LinePipe serverReport, serverControl;
+  Child& server = spawn([&] {
+    if (!enterNetns(nsServer_)) return 10;
+    EchoService service;
+    Server srv(ServerOptions{.workerThreads = 1});
+    srv.addService(service);
+    auto overNet = listenTcp(std::string(kServerAddress) + ":0", options());
+    serverReport.put(overNet->endpoint());
+    srv.addListener(std::move(overNet));
+    srv.start();
+    for (Bound b(1000, 60s); b.next();) {
+      std::string command = serverControl.get(60s);
+      if (command == "count") {
+        serverReport.put(std::to_string(srv.connectionCount()));
+        continue;
+      }
+      break;  // "stop", or the test is gone
+    }
+    srv.shutdown(deadlineAfter(2s));
+    return 0;
+  });
+  serverReport.closeWrite();  // only the child writes: its death ends our reads at once
+  std::string endpoint = serverReport.get(10s);
+  ASSERT_THAT(endpoint, StartsWith(std::string("tcp://") + kServerAddress + ":"));
+  auto connections = [&] {
+    serverControl.put("count");
+    return serverReport.get(5s);
+  };
+
+  LinePipe clientReport, clientControl;
+  Child& client = spawn([&] {
+    if (!enterNetns(nsClient_)) return 10;
+    Channel ch(connectTcp(endpoint, options()));
+    for (uint64_t i = 0; i < 5; ++i)
+      if (!echoCall(ch, i, 100, 2s)) return 11;
+    clientReport.put("idle");
+    if (clientControl.get(30s) != "call") return 12;
+    auto start = Clock::now();
+    std::string outcome = "ok 0 | ";
+    try {
+      auto req = ch.newRequest(kEchoInterface, kEcho, 16);
+      req.setTimeout(4000ms);
+      buildPayload(req.message(), 7, 0);
+      (void)req.call();
+    } catch (const Error& e) {
+      outcome = std::string(errorKindName(e.kind())) + " " +
+                std::to_string(static_cast<int>(msSince(start))) + " | " + e.what();
+    }
+    clientReport.put(outcome);
+    return 0;
+  });
+  clientReport.closeWrite();
+  ASSERT_EQ(clientReport.get(15s), "idle");
+  ASSERT_EQ(connections(), "1");
+
+  ASSERT_TRUE(must({"ip", "-n", nsServer_, "link", "set", vethServer_, "down"}));
+  const auto down = Clock::now();
+  std::string count = "1";
+  for (Bound b(100, 10s); b.next() && count != "0";) {
+    std::this_thread::sleep_for(100ms);
+    count = connections();
+  }
+  const int droppedAfterMs = static_cast<int>(msSince(down));
+  EXPECT_EQ(count, "0") << "the server still holds the connection from the vanished host "
+                        << droppedAfterMs << " ms after the link went down";
+  // About the timeout (the kernel's keepalive timer ticks once a second at this setting).
+  EXPECT_LT(droppedAfterMs, 6000);
+  EXPECT_GE(droppedAfterMs, 1000) << "dropped before any probe could have gone unanswered";
+
+  // The client's side has given up on its own by now too.
+  std::this_thread::sleep_for(std::max(0ms, 4000ms - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                         Clock::now() - down)));
+  clientControl.put("call");
+  std::string line = clientReport.get(10s);
+  std::istringstream in(line);
+  std::string kind;
+  int ms = -1;
+  in >> kind >> ms;
+  EXPECT_EQ(kind, "Disconnected") << line;
+  EXPECT_GE(ms, 0) << line;
+  EXPECT_LT(ms, 1000) << "the call waited instead of failing at once: " << line;
+  EXPECT_THAT(line, HasSubstr("dead-peer timeout of 2000 ms")) << line;
+  std::printf("client after the timeout: %s\n", line.c_str());
+  int clientExit = client.wait(10s);
+  EXPECT_EQ(clientExit, 0) << "client: " << describeExit(clientExit);
+
+  ASSERT_FALSE(server.ended()) << "the server process died: " << describeExit(server.wait(0ms));
+  serverControl.put("stop");
+  int serverExit = server.wait(10s);
+  EXPECT_EQ(serverExit, 0) << "server: " << describeExit(serverExit);
+}
+
 TEST_F(Netns, ConnectToAnAddressThatDropsPacketsTimesOut) {
   // The server side's link is down: SYNs from the client host go nowhere.
   ASSERT_TRUE(must({"ip", "-n", nsServer_, "link", "set", vethServer_, "down"}));

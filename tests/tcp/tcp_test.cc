@@ -185,6 +185,32 @@ TEST(Tcp, MalformedEndpointsAreInvalidArguments) {
   EXPECT_THROW(connectTcp("127.0.0.1:1", o), InvalidArgument);
 }
 
+TEST(Tcp, DeadPeerTimeoutOutsideItsRangeIsRefusedByName) {
+  for (auto bad : {std::chrono::milliseconds(500), std::chrono::milliseconds(25h)}) {
+    auto o = tcpOptions();
+    o.deadPeerTimeout = bad;
+    for (int side = 0; side < 2; ++side) {
+      std::string what;
+      try {
+        if (side == 0) (void)listenTcp("127.0.0.1:0", o);
+        else (void)connectTcp("127.0.0.1:1", o);
+      } catch (const InvalidArgument& e) {
+        what = e.what();
+      }
+      EXPECT_THAT(what, HasSubstr("dead-peer timeout of " + std::to_string(bad.count()) + " ms"))
+          << (side == 0 ? "listen" : "connect");
+    }
+  }
+  // 0 (the kernel's defaults) and the range's ends are taken.
+  for (auto good : {std::chrono::milliseconds(0), std::chrono::milliseconds(1s),
+                    std::chrono::milliseconds(24h)}) {
+    auto o = tcpOptions();
+    o.deadPeerTimeout = good;
+    auto p = tcpPair("127.0.0.1:0", o);
+    exchange(p);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // End of stream and reset
 

@@ -128,6 +128,32 @@ void setNoDelay(int fd) {
   ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), "TCP_NODELAY");
 }
 
+/// Keepalive probes and TCP_USER_TIMEOUT (TcpOptions::deadPeerTimeout): the first probe
+/// after half the timeout of silence, then one every sixth of it (whole seconds, 1 to
+/// 32767); the kernel ends the connection once a probe is out and nothing has come back for
+/// the whole timeout, or sent data has waited that long for an acknowledgement.
+void setDeadPeerTimeout(int fd, std::chrono::milliseconds timeout) {
+  if (timeout.count() == 0) return;
+  int one = 1;
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(timeout).count();
+  constexpr int64_t kMaxKeepSeconds = 32767;  // the kernel's limit for both
+  int idle = static_cast<int>(std::clamp<int64_t>(secs / 2, 1, kMaxKeepSeconds));
+  int interval = static_cast<int>(std::clamp<int64_t>(secs / 6, 1, kMaxKeepSeconds));
+  unsigned user = static_cast<unsigned>(timeout.count());
+  ZCRPC_SYSCALL(::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one), "SO_KEEPALIVE");
+  ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle), "TCP_KEEPIDLE");
+  ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval),
+                "TCP_KEEPINTVL");
+  ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user, sizeof user),
+                "TCP_USER_TIMEOUT");
+}
+
+void checkDeadPeerTimeout(std::chrono::milliseconds timeout) {
+  if (timeout.count() != 0 && (timeout < std::chrono::seconds(1) || timeout > std::chrono::hours(24)))
+    throw InvalidArgument("tcp dead-peer timeout of " + std::to_string(timeout.count()) +
+                          " ms must be 0 (off) or between 1 s and 24 h");
+}
+
 bool tokensEqual(std::string_view a, std::string_view b) noexcept {
   // Constant time in the content (the length of a shared secret is not secret here).
   volatile unsigned char diff = a.size() != b.size();
@@ -205,10 +231,11 @@ void checkTcpOptions(const ConnectionOptions& o) {
 class TcpConnection final : public Connection, private SegmentSource, private LeaseOwner {
  public:
   TcpConnection(os::Fd fd, std::string what, const ConnectionOptions& options,
-                uint64_t maxMessageBytes)
+                uint64_t maxMessageBytes, std::chrono::milliseconds deadPeerTimeout)
       : fd_(std::move(fd)),
         what_(std::move(what)),
         options_(options),
+        deadPeerTimeout_(deadPeerTimeout),
         maxMessage_(maxMessageBytes),
         // Segments, header, table, trace context, and the padding before blobs.
         maxFrame_(maxMessageBytes + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry) +
@@ -620,7 +647,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN) return;
-        fault(os::errnoText("write to " + what_, errno));
+        fault(ioError("write to", errno));
         return;
       }
       size_t left = static_cast<size_t>(n);
@@ -714,7 +741,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       }
       if (errno == EINTR) continue;
       if (errno == EAGAIN) return Status::kWouldBlock;
-      fault(os::errnoText("read from " + what_, errno));
+      fault(ioError("read from", errno));
       return Status::kDisconnected;
     }
     auto& slot = leases_.next();
@@ -780,7 +807,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     }
     if (errno == EINTR) return true;
     if (errno != EAGAIN) {
-      fault(os::errnoText("read from " + what_, errno));
+      fault(ioError("read from", errno));
       eof_ = true;
     }
     return false;
@@ -791,6 +818,15 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     if (error_.empty()) error_ = "peer closed the connection";
     closed_.store(true);
     return Status::kDisconnected;
+  }
+
+  /// The text of a failed read or write; a kernel timeout names the dead-peer timeout.
+  std::string ioError(const char* op, int err) const {
+    std::string text = os::errnoText(std::string(op) + " " + what_, err);
+    if (err == ETIMEDOUT && deadPeerTimeout_.count())
+      text += " (the peer answered nothing for the dead-peer timeout of " +
+              std::to_string(deadPeerTimeout_.count()) + " ms)";
+    return text;
   }
 
   void fault(std::string why) noexcept {
@@ -834,6 +870,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   uint32_t epollEvents_ = 0;  // receiving thread; 0: the socket is not in epoll_ yet
   std::string what_;
   ConnectionOptions options_;
+  std::chrono::milliseconds deadPeerTimeout_;
   uint64_t maxMessage_;
   uint64_t maxFrame_;
   std::atomic<bool> closed_{false};
@@ -880,6 +917,7 @@ class TcpListener final : public Listener {
  public:
   TcpListener(std::string_view hostPort, const TcpOptions& options) : options_(options) {
     checkTcpOptions(options_.connection);
+    checkDeadPeerTimeout(options_.deadPeerTimeout);
     HostPort hp = splitHostPort(hostPort);
     std::string what = hostPort.starts_with("tcp://") ? std::string(hostPort)
                                                       : "tcp://" + std::string(hostPort);
@@ -1026,8 +1064,10 @@ class TcpListener final : public Listener {
     a.accepted = 1;
     a.maxMessageBytes = maxMessage;
     setNoDelay(p.fd.get());
+    setDeadPeerTimeout(p.fd.get(), options_.deadPeerTimeout);
     writeAll(p.fd.get(), &a, sizeof a, p.deadline, p.what);
-    return std::make_unique<TcpConnection>(std::move(p.fd), p.what, options_.connection, maxMessage);
+    return std::make_unique<TcpConnection>(std::move(p.fd), p.what, options_.connection, maxMessage,
+                                           options_.deadPeerTimeout);
   }
 
   TcpOptions options_;
@@ -1046,6 +1086,7 @@ std::unique_ptr<Listener> listenTcp(std::string_view hostPort, const TcpOptions&
 
 std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptions& options) {
   checkTcpOptions(options.connection);
+  checkDeadPeerTimeout(options.deadPeerTimeout);
   if (options.token.size() > kMaxToken)
     throw InvalidArgument("token longer than " + std::to_string(kMaxToken) + " bytes");
   HostPort hp = splitHostPort(hostPort);
@@ -1082,6 +1123,7 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
       }
     }
     setNoDelay(fd.get());
+    setDeadPeerTimeout(fd.get(), options.deadPeerTimeout);
     Hello hello;
     hello.tokenBytes = static_cast<uint32_t>(options.token.size());
     hello.maxMessageBytes = options.connection.maxMessageBytes;
@@ -1095,7 +1137,8 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
       throw Failed(what + ": refused by server: " + answer.reason);
     }
     uint64_t maxMessage = std::min<uint64_t>(answer.maxMessageBytes, options.connection.maxMessageBytes);
-    return std::make_unique<TcpConnection>(std::move(fd), what, options.connection, maxMessage);
+    return std::make_unique<TcpConnection>(std::move(fd), what, options.connection, maxMessage,
+                                           options.deadPeerTimeout);
   }
   throw Failed(what + ": " + lastError);
 }
