@@ -173,10 +173,13 @@ TcpOptions netOptions() {
   return t;
 }
 
-/// The kind of error a call ended with, "ok", and how long it took: "<kind> <ms>".
-std::string timedCall(Channel& ch, uint16_t method, uint64_t seq, std::chrono::milliseconds timeout) {
+/// The kind of error a call ended with, "ok", and how long it took: "<kind> <ms>"; with
+/// `why`, then " | " and the error's message.
+std::string timedCall(Channel& ch, uint16_t method, uint64_t seq, std::chrono::milliseconds timeout,
+                      bool why = false) {
   auto start = Clock::now();
   std::string outcome = "ok";
+  std::string message;
   try {
     auto req = ch.newRequest(kEchoInterface, method, 16);
     req.setTimeout(timeout);
@@ -184,8 +187,10 @@ std::string timedCall(Channel& ch, uint16_t method, uint64_t seq, std::chrono::m
     (void)req.call();
   } catch (const Error& e) {
     outcome = std::string(errorKindName(e.kind()));
+    message = e.what();
   }
-  return outcome + " " + std::to_string(static_cast<int>(msSince(start)));
+  outcome += " " + std::to_string(static_cast<int>(msSince(start)));
+  return why ? outcome + " | " + message : outcome;
 }
 
 class Netns : public ::testing::Test {
@@ -440,18 +445,7 @@ TEST_F(Netns, PeersThatGoSilentAreDroppedAfterTheDeadPeerTimeout) {
       if (!echoCall(ch, i, 100, 2s)) return 11;
     clientReport.put("idle");
     if (clientControl.get(30s) != "call") return 12;
-    auto start = Clock::now();
-    std::string outcome = "ok 0 | ";
-    try {
-      auto req = ch.newRequest(kEchoInterface, kEcho, 16);
-      req.setTimeout(4000ms);
-      buildPayload(req.message(), 7, 0);
-      (void)req.call();
-    } catch (const Error& e) {
-      outcome = std::string(errorKindName(e.kind())) + " " +
-                std::to_string(static_cast<int>(msSince(start))) + " | " + e.what();
-    }
-    clientReport.put(outcome);
+    clientReport.put(timedCall(ch, kEcho, 7, 4000ms, /*why=*/true));
     return 0;
   });
   clientReport.closeWrite();
