@@ -2,7 +2,8 @@
 # .ci/run must run the README's test command and nothing else: the README's test line (the
 # one starting "scripts/zcrpc-dev test" in its first code block) must be .ci/run's last line,
 # and it must reach the repository's scripts/zcrpc-dev however it is started (a copy of .ci/run
-# in a scratch tree, with a stand-in zcrpc-dev, is started from elsewhere, via sh, on stdin).
+# in a scratch tree, with a stand-in zcrpc-dev, is started from elsewhere, via sh, on stdin,
+# and with the executable bits gone).
 # Usage: ci_run_test.sh SOURCE_ROOT
 set -eu
 root=${1:?usage: ci_run_test.sh SOURCE_ROOT}
@@ -35,4 +36,7 @@ check "as a program from another directory" 'cd "$scratch/elsewhere" && ../repo/
 check "with sh from another directory" 'cd "$scratch/elsewhere" && sh ../repo/.ci/run'
 check "with bash from the root" 'cd "$scratch/repo" && bash .ci/run'
 check "on sh's standard input from the root" 'cd "$scratch/repo" && sh < .ci/run'
+# A tree copied without executable bits (an archive, a copy that drops modes).
+chmod -x "$scratch/repo/.ci/run" "$scratch/repo/scripts/zcrpc-dev"
+check "with sh from another directory, no executable bits" 'cd "$scratch/elsewhere" && sh ../repo/.ci/run'
 echo "ok: .ci/run runs the README's test command from the repository root: $readme_line"

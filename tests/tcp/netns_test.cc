@@ -460,6 +460,7 @@ TEST_F(Netns, PeersThatGoSilentAreDroppedAfterTheDeadPeerTimeout) {
     count = connections();
   }
   const int droppedAfterMs = static_cast<int>(msSince(down));
+  std::printf("server's connection count %s after %d ms\n", count.c_str(), droppedAfterMs);
   EXPECT_EQ(count, "0") << "the server still holds the connection from the vanished host "
                         << droppedAfterMs << " ms after the link went down";
   // About the timeout (the kernel's keepalive timer ticks once a second at this setting).
