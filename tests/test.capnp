@@ -4,3 +4,17 @@ struct Note {
   text @1 :Text;
   blobs @2 :List(Data);
 }
+
+# OutgoingMessage::referenceData: Data fields among others, in a union and a nested struct.
+struct Refs {
+  id @0 :UInt64;
+  first @1 :Data;
+  note @2 :Text;
+  second @3 :Data;
+  choice :union {
+    none @4 :Void;
+    blob @5 :Data;
+    text @6 :Text;
+  }
+  inner @7 :Refs;
+}

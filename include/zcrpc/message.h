@@ -6,7 +6,9 @@
 #include <optional>
 #include <utility>
 
+#include <capnp/any.h>
 #include <capnp/message.h>
+#include <capnp/schema.h>
 
 #include "zcrpc/frame.h"
 
@@ -21,6 +23,10 @@ class SegmentSource {
   virtual kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) = 0;
   /// The open message is dropped unsent; its space goes back to the transport.
   virtual void abandon() noexcept = 0;
+  /// Data of at least this many bytes given to OutgoingMessage::referenceData stays in the
+  /// caller's memory until send(), which gathers it into the frame; smaller data, and all
+  /// data for a transport that does not gather (the default), is copied in at once.
+  virtual uint64_t gathersFromBytes() const noexcept { return UINT64_MAX; }
 
  protected:
   ~SegmentSource() = default;
@@ -87,6 +93,48 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   void setRoomWaitHook(RoomWaitHook* hook) noexcept { roomWaitHook_ = hook; }
   RoomWaitHook* roomWaitHook() const noexcept { return roomWaitHook_; }
 
+  /// Sets the Data field named `field` of `target`, a struct (or group) of this message,
+  /// to `bytes` without copying them into the message where the transport can: tcp takes
+  /// data from 16 KiB on from the caller's memory at send(), appended to the segment that
+  /// holds the field, so the receiver reads an ordinary message of one segment (unlike
+  /// capnp::Orphanage::referenceExternalData, whose data becomes a segment of its own and
+  /// costs Cap'n Proto's multi-segment bookkeeping on both sides). Other transports, and
+  /// smaller data, get a copy now, as setData() would make. A member of a union becomes the
+  /// union's active member (pass the union's group, e.g. `root.getChoice()`).
+  ///
+  /// The bytes must stay unchanged until send() returns, and no longer: what the kernel has
+  /// not taken by then is copied. Data left to send() reads as empty until then. Setting or
+  /// clearing the field again replaces the reference, as it would replace a copy. Throws
+  /// InvalidArgument when the struct has no Data field of that name or is not part of this
+  /// message, or when the message is not open.
+  template <typename StructBuilder>
+  void referenceData(StructBuilder target, kj::StringPtr field,
+                     kj::ArrayPtr<const kj::byte> bytes) {
+    referenceData(capnp::toAny(target), capnp::Schema::from<capnp::FromBuilder<StructBuilder>>(),
+                  field, bytes);
+  }
+  /// As above, for a struct known by its schema (`schema` must be `target`'s type).
+  void referenceData(capnp::AnyStruct::Builder target, capnp::StructSchema schema,
+                     kj::StringPtr field, kj::ArrayPtr<const kj::byte> bytes);
+
+  /// Data that referenceData() left in the caller's memory, for the transport to gather:
+  /// the field's pointer, its value until send() points it at the data (an empty Data; the
+  /// field was set again when it differs), and the bytes.
+  struct Reference {
+    capnp::word* pointer;
+    uint64_t placeholder;
+    kj::ArrayPtr<const kj::byte> bytes;
+  };
+  /// At most this many per message stay in the caller's memory; further ones are copied.
+  static constexpr size_t kMaxReferences = 8;
+  kj::ArrayPtr<const Reference> references() const noexcept {
+    return kj::arrayPtr(references_, referenceCount_);
+  }
+  /// Bytes the transport added to the segments at send() (gathered data and its padding):
+  /// with the segments' words, the payload the peer receives. For the transport.
+  void setGatheredBytes(uint64_t bytes) noexcept { gatheredBytes_ = bytes; }
+  uint64_t gatheredBytes() const noexcept { return gatheredBytes_; }
+
   /// The segments to send; a message nobody wrote to becomes one with a null root.
   kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend() {
     if (!firstTaken_) getRoot<capnp::AnyPointer>();  // allocates the root pointer's segment
@@ -103,6 +151,8 @@ class OutgoingMessage final : public capnp::MessageBuilder {
     buildDeadline_ = std::chrono::steady_clock::time_point::max();
     buildWait_ = std::chrono::nanoseconds::max();
     roomWaitHook_ = nullptr;
+    referenceCount_ = 0;
+    gatheredBytes_ = 0;
   }
   void markSent() noexcept { source_ = nullptr; }
 
@@ -117,6 +167,9 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   kj::ArrayPtr<capnp::word> first_;
   bool firstTaken_ = false;
   TraceContext trace_;
+  size_t referenceCount_ = 0;
+  uint64_t gatheredBytes_ = 0;
+  Reference references_[kMaxReferences];
 };
 
 /// Limits applied to every Cap'n Proto reader over received bytes.

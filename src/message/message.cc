@@ -1,6 +1,8 @@
 #include "zcrpc/message.h"
 
+#include <array>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "zcrpc/error.h"
@@ -21,6 +23,90 @@ kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSi
     return more;
   }
   return source_->allocateMore(minimumSize);
+}
+
+namespace {
+
+/// Where referenceData() finds a Data field: its pointer, and its union's discriminant.
+struct DataField {
+  capnp::Schema schema;
+  std::string name;
+  uint32_t pointerIndex = 0;
+  uint16_t discriminant = capnp::schema::Field::NO_DISCRIMINANT;
+  uint32_t discriminantAt = 0;  // bytes into the data section
+};
+
+/// The schema lookup costs more than a whole small call (hundreds of instructions through
+/// the schema's own Cap'n Proto encoding), so each thread keeps the fields it used last.
+template <typename What>
+const DataField& findDataField(capnp::StructSchema schema, kj::StringPtr name, const What& what) {
+  static thread_local std::array<DataField, 8> cache;
+  static thread_local size_t next = 0;
+  for (const DataField& f : cache)
+    if (f.schema == schema && f.name == name.cStr()) return f;
+  auto found = schema.findFieldByName(name);
+  if (found == nullptr) throw InvalidArgument(what() + ": the struct has no field of that name");
+  const capnp::StructSchema::Field field = KJ_ASSERT_NONNULL(found);
+  const auto proto = field.getProto();
+  if (!proto.isSlot() || field.getType().which() != capnp::schema::Type::DATA)
+    throw InvalidArgument(what() + ": the field is not of type Data");
+  DataField& f = cache[next++ % cache.size()];
+  f.schema = schema;
+  f.name = name.cStr();
+  f.pointerIndex = proto.getSlot().getOffset();
+  f.discriminant = proto.getDiscriminantValue();
+  f.discriminantAt = schema.getProto().getStruct().getDiscriminantOffset() * 2;
+  return f;
+}
+
+}  // namespace
+
+void OutgoingMessage::referenceData(capnp::AnyStruct::Builder target, capnp::StructSchema schema,
+                                    kj::StringPtr name, kj::ArrayPtr<const kj::byte> bytes) {
+  // Built only for an error.
+  const auto what = [&] {
+    return "referenceData(" + std::string(name.cStr()) + ") on " +
+           std::string(schema.getShortDisplayName().cStr());
+  };
+  if (!source_) throw InvalidArgument(what() + ": the message is not open (not started, or sent)");
+  const DataField& field = findDataField(schema, name, what);
+  if (bytes.size() >= (uint64_t{1} << 29))
+    throw InvalidArgument(what() + ": " + std::to_string(bytes.size()) +
+                          " bytes exceed Cap'n Proto's limit for a Data field (2^29 - 1)");
+  const uint32_t index = field.pointerIndex;
+  const uint16_t discriminant = field.discriminant;
+  const uint64_t discriminantAt = field.discriminantAt;
+  auto pointers = target.getPointerSection();
+  auto data = target.getDataSection();
+  if (index >= pointers.size() ||
+      (discriminant != capnp::schema::Field::NO_DISCRIMINANT && discriminantAt + 2 > data.size()))
+    throw InvalidArgument(what() + ": the struct given is not of that type");
+  // A struct's pointer section follows its data section, whole words of it.
+  capnp::word* pointer = reinterpret_cast<capnp::word*>(data.end()) + index;
+  bool inMessage = false;
+  for (auto segment : getSegmentsForOutput())
+    inMessage = inMessage || (pointer >= segment.begin() && pointer < segment.end());
+  if (!inMessage) throw InvalidArgument(what() + ": the struct is not part of this message");
+
+  if (discriminant != capnp::schema::Field::NO_DISCRIMINANT)
+    std::memcpy(data.begin() + discriminantAt, &discriminant,
+                sizeof discriminant);  // little-endian
+  // An earlier reference for this field is replaced.
+  size_t slot = 0;
+  while (slot < referenceCount_ && references_[slot].pointer != pointer) ++slot;
+  if (slot < referenceCount_) references_[slot] = references_[--referenceCount_];
+  const auto size = static_cast<capnp::uint>(bytes.size());
+  if (bytes.size() < source_->gathersFromBytes() || referenceCount_ == kMaxReferences) {
+    auto copy = pointers[index].initAs<capnp::Data>(size);
+    if (size) std::memcpy(copy.begin(), bytes.begin(), size);
+    return;
+  }
+  // An empty Data until send(), whose pointer tells the transport that the field was not
+  // set again meanwhile (a later value wins, as it would over a copy).
+  pointers[index].initAs<capnp::Data>(0);
+  uint64_t placeholder;
+  std::memcpy(&placeholder, static_cast<const void*>(pointer), sizeof placeholder);
+  references_[referenceCount_++] = {pointer, placeholder, bytes};
 }
 
 capnp::MessageReader& IncomingMessage::makeReader() {

@@ -14,7 +14,7 @@ constexpr uint32_t kDefaultRequestWords = 64;
 uint64_t payloadBytes(OutgoingMessage& msg) {
   uint64_t words = 0;
   for (auto segment : msg.segmentsForSend()) words += segment.size();
-  return words * sizeof(capnp::word);
+  return words * sizeof(capnp::word) + msg.gatheredBytes();
 }
 
 std::chrono::nanoseconds sinceTicks(uint64_t start) noexcept {

@@ -40,7 +40,7 @@ std::string hex(uint64_t v) {
 uint64_t payloadBytes(OutgoingMessage& msg) {
   uint64_t words = 0;
   for (auto segment : msg.segmentsForSend()) words += segment.size();
-  return words * sizeof(capnp::word);
+  return words * sizeof(capnp::word) + msg.gatheredBytes();
 }
 
 /// Heap memory for an answer built while its connection had no room for it (the client

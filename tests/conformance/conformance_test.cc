@@ -269,6 +269,167 @@ TEST_P(Conformance, ExternalDataMayBeReusedOnceSent) {
   EXPECT_TRUE(receivePayload(*p.server, 7, 200 << 10));
 }
 
+// ---------------------------------------------------------------------------------------
+// OutgoingMessage::referenceData
+
+/// Bytes for referenceData: a pattern, at an odd address (nothing asks for alignment).
+struct Bytes {
+  Bytes(size_t n, uint64_t seed) : storage(n + 1), size(n) { fillPattern(data(), n, seed); }
+  uint8_t* data() { return storage.data() + 1; }
+  kj::ArrayPtr<const kj::byte> ptr() { return {data(), size}; }
+  void scribble() { std::memset(data(), 0xAA, size); }
+  std::vector<uint8_t> storage;
+  size_t size;
+};
+
+::testing::AssertionResult hasPattern(capnp::Data::Reader got, size_t size, uint64_t seed) {
+  if (got.size() != size)
+    return ::testing::AssertionFailure() << got.size() << " bytes, expected " << size;
+  std::vector<uint8_t> want(size);
+  fillPattern(want.data(), size, seed);
+  if (size && std::memcmp(got.begin(), want.data(), size) != 0)
+    return ::testing::AssertionFailure() << "the bytes differ from pattern " << seed;
+  return ::testing::AssertionSuccess();
+}
+
+/// Receives one message on its own thread and checks it with `check`.
+class OneReceiver final {
+ public:
+  OneReceiver(Connection& c, std::function<void(IncomingMessage&)> check)
+      : thread_([this, &c, check = std::move(check)] {
+          IncomingMessage in;
+          status_ = c.receive(in, deadlineAfter(20s));
+          if (status_ == Status::kOk) check(in);
+          done_ = true;
+        }) {}
+  Status join() {
+    thread_.join();
+    return status_;
+  }
+  bool done() const { return done_.load(); }
+
+ private:
+  std::atomic<bool> done_{false};
+  Status status_ = Status::kWouldBlock;
+  std::jthread thread_;
+};
+
+TEST_P(Conformance, ReferencedDataArrivesInItsFields) {
+  auto p = connectPair();
+  // Large, odd-sized, small (copied at once), in a union and in a nested struct. 3 MiB is
+  // more than a socket takes at once, so tcp copies what the kernel has not taken before
+  // send() returns; the buffers are overwritten right after it.
+  Bytes first(3u << 20, 1), second((20u << 10) + 3, 2), blob((17u << 10) + 5, 3), small(100, 4),
+      innerFirst(64u << 10, 5), replaced(32u << 10, 6);
+  OneReceiver receiver(*p.server, [&](IncomingMessage& in) {
+    auto root = in.getRoot<::Refs>();
+    EXPECT_EQ(root.getId(), 7u);
+    EXPECT_TRUE(hasPattern(root.getFirst(), first.size, 1));
+    EXPECT_EQ(root.getNote(), "between");
+    EXPECT_TRUE(hasPattern(root.getSecond(), second.size, 2));
+    ASSERT_TRUE(root.getChoice().isBlob());
+    EXPECT_TRUE(hasPattern(root.getChoice().getBlob(), blob.size, 3));
+    EXPECT_EQ(root.getInner().getId(), 8u);
+    EXPECT_TRUE(hasPattern(root.getInner().getFirst(), innerFirst.size, 5));
+    EXPECT_TRUE(hasPattern(root.getInner().getSecond(), small.size, 4));
+    // tcp gathers the data into the segment of its field: the reader sees one segment.
+    if (transport().name == "tcp") {
+      EXPECT_EQ(in.segmentCount(), 1u);
+    }
+  });
+  {
+    OutgoingMessage m;
+    ASSERT_EQ(p.client->startMessage(m, 64, deadlineAfter(5s)), Status::kOk);
+    auto root = m.initRoot<::Refs>();
+    root.setId(7);
+    m.referenceData(root, "first", replaced.ptr());
+    m.referenceData(root, "first", first.ptr());  // replaces the reference before
+    root.setNote("between");
+    m.referenceData(root, "second", second.ptr());
+    m.referenceData(root.getChoice(), "blob", blob.ptr());  // makes blob the union's member
+    EXPECT_TRUE(root.getChoice().isBlob());
+    auto inner = root.initInner();
+    inner.setId(8);
+    m.referenceData(inner, "first", innerFirst.ptr());
+    m.referenceData(inner, "second", small.ptr());
+    // Copied at once, or (tcp) gathered at send(), till when the field reads as empty.
+    EXPECT_EQ(root.getFirst().size(), transport().name == "tcp" ? 0u : first.size);
+    ASSERT_EQ(p.client->send(m, /*flush=*/false), Status::kOk);
+  }
+  for (Bytes* b : {&first, &second, &blob, &small, &innerFirst, &replaced}) b->scribble();
+  flushUntil(*p.client, [&] { return receiver.done(); });
+  EXPECT_EQ(receiver.join(), Status::kOk) << p.server->lastError();
+}
+
+TEST_P(Conformance, AReferencedFieldSetAgainKeepsTheLaterValue) {
+  auto p = connectPair();
+  Bytes first(64u << 10, 1), second(32u << 10, 2), blob(20u << 10, 3), many(16u << 10, 9);
+  constexpr int kChain = 10;  // more references than a message keeps: the last are copied
+  OneReceiver receiver(*p.server, [&](IncomingMessage& in) {
+    auto root = in.getRoot<::Refs>();
+    EXPECT_EQ(root.getFirst(), capnp::Data::Reader(reinterpret_cast<const kj::byte*>("later"), 5));
+    EXPECT_FALSE(root.hasSecond());
+    ASSERT_TRUE(root.getChoice().isText());
+    EXPECT_EQ(root.getChoice().getText(), "text wins");
+    auto r = root.getInner();
+    for (int i = 0; i < kChain; ++i, r = r.getInner())
+      EXPECT_TRUE(hasPattern(r.getFirst(), many.size, 9)) << "link " << i;
+  });
+  {
+    OutgoingMessage m;
+    ASSERT_EQ(p.client->startMessage(m, 64, deadlineAfter(5s)), Status::kOk);
+    auto root = m.initRoot<::Refs>();
+    m.referenceData(root, "first", first.ptr());
+    root.setFirst(capnp::Data::Reader(reinterpret_cast<const kj::byte*>("later"), 5));
+    m.referenceData(root, "second", second.ptr());
+    root.disownSecond();
+    m.referenceData(root.getChoice(), "blob", blob.ptr());
+    root.getChoice().setText("text wins");
+    auto link = root;
+    for (int i = 0; i < kChain; ++i) {
+      link = link.initInner();
+      m.referenceData(link, "first", many.ptr());
+    }
+    ASSERT_EQ(p.client->send(m), Status::kOk);
+  }
+  many.scribble();
+  flushUntil(*p.client, [&] { return receiver.done(); });
+  EXPECT_EQ(receiver.join(), Status::kOk) << p.server->lastError();
+}
+
+TEST_P(Conformance, ReferenceDataRefusesWhatItCannotDoByName) {
+  auto p = connectPair();
+  Bytes bytes(20u << 10, 1);
+  OutgoingMessage m;
+  ASSERT_EQ(p.client->startMessage(m, 16, deadlineAfter(5s)), Status::kOk);
+  auto root = m.initRoot<::Refs>();
+  auto refused = [&](auto target, const char* field, const char* why) {
+    try {
+      m.referenceData(target, field, bytes.ptr());
+      ADD_FAILURE() << field << ": accepted";
+    } catch (const InvalidArgument& e) {
+      EXPECT_THAT(e.what(), HasSubstr(field));
+      EXPECT_THAT(e.what(), HasSubstr(why));
+    }
+  };
+  refused(root, "nosuch", "has no field of that name");
+  refused(root, "note", "is not of type Data");
+  refused(root, "inner", "is not of type Data");
+  capnp::MallocMessageBuilder other;
+  auto foreign = other.initRoot<::Refs>();
+  refused(foreign, "first", "is not part of this message");
+  EXPECT_FALSE(foreign.hasFirst());
+  // The message itself is unharmed, and sends.
+  root.setId(3);
+  m.referenceData(root, "first", bytes.ptr());
+  ASSERT_EQ(p.client->send(m), Status::kOk);
+  refused(root, "first", "the message is not open");
+  IncomingMessage in;
+  ASSERT_EQ(p.server->receive(in, deadlineAfter(5s)), Status::kOk) << p.server->lastError();
+  EXPECT_EQ(in.getRoot<::Refs>().getId(), 3u);
+  EXPECT_TRUE(hasPattern(in.getRoot<::Refs>().getFirst(), bytes.size, 1));
+}
+
 TEST_P(Conformance, OversizeIsRefusedAndTheConnectionStaysUsable) {
   auto o = options();
   auto p = connectPair(o);
@@ -296,6 +457,22 @@ TEST_P(Conformance, OversizeIsRefusedAndTheConnectionStaysUsable) {
     ASSERT_EQ(p.client->startMessage(m, 8, deadlineAfter(5s)), Status::kOk);
     buildExternalPayload(m, 3, ext.span());
     EXPECT_THROW((void)p.client->send(m), InvalidArgument);
+  }
+  {
+    // Data given to referenceData over the limit: refused when copied in, or (tcp) at send().
+    ExternalBuffer ext(o.maxMessageBytes - 8, 3);
+    OutgoingMessage m;
+    ASSERT_EQ(p.client->startMessage(m, 8, deadlineAfter(5s)), Status::kOk);
+    auto root = m.initRoot<bench::Payload>();
+    root.setSeq(3);
+    auto data = kj::arrayPtr(static_cast<const kj::byte*>(ext.data()), ext.size);
+    try {
+      m.referenceData(root, "data", data);
+      (void)p.client->send(m);
+      ADD_FAILURE() << "a message over the maximum was sent";
+    } catch (const InvalidArgument& e) {
+      EXPECT_THAT(e.what(), HasSubstr("maximum message size"));
+    }
   }
   ASSERT_EQ(sendPayload(*p.client, 4, 5000, deadlineAfter(5s)), Status::kOk);
   EXPECT_TRUE(receivePayload(*p.server, 1, 1000));

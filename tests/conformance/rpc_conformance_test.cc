@@ -190,7 +190,9 @@ TEST_P(Conformance, RpcAnswerMayReferenceTheRequest) {
     if (r.ok() && checkPayload(r.response(), seq, sizes[seq % 4])) ++answered;
   };
   for (uint64_t i = 0; i < kCalls; ++i) {
-    const uint16_t method = (i / 4) % 2 ? kDeferredEchoByReference : kEchoByReference;
+    const uint16_t methods[] = {kEchoByReference, kDeferredEchoByReference, kEchoByReferenceData,
+                                kDeferredEchoByReferenceData};
+    const uint16_t method = methods[(i / 4) % 4];
     auto req = ch.newRequest(kEchoInterface, method, payloadWords(sizes[i % 4]));
     req.setTimeout(20s);
     buildPayload(req.message(), i, sizes[i % 4]);

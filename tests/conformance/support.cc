@@ -322,6 +322,27 @@ bool EchoService::dispatch(uint64_t interfaceId, uint16_t methodId, CallContext&
       });
       return true;
     }
+    case kEchoByReferenceData: {
+      auto in = context.request().getRoot<bench::Payload>();
+      auto& out = context.response(8);
+      auto r = out.initRoot<bench::Payload>();
+      r.setSeq(in.getSeq());
+      r.setChecksum(in.getChecksum());
+      out.referenceData(r, "data", in.getData());
+      return true;
+    }
+    case kDeferredEchoByReferenceData: {
+      DeferredReply reply = context.defer();
+      auto in = reply.request().getRoot<bench::Payload>();
+      reply.complete(
+          [seq = in.getSeq(), sum = in.getChecksum(), data = in.getData()](OutgoingMessage& out) {
+            auto r = out.initRoot<bench::Payload>();
+            r.setSeq(seq);
+            r.setChecksum(sum);
+            out.referenceData(r, "data", data);
+          });
+      return true;
+    }
     case kFail:
       throw ApplicationError(kFailCode, "boom from EchoService");
     case kSleep: {

@@ -151,6 +151,9 @@ enum EchoMethod : uint16_t {
   kDeferredEchoByReference = 6,
   /// As kMake, but from a 4-word first segment: the data grows the answer mid-build.
   kMakeGrowing = 7,
+  /// As kEchoByReference and kDeferredEchoByReference, with OutgoingMessage::referenceData.
+  kEchoByReferenceData = 8,
+  kDeferredEchoByReferenceData = 9,
   kUnknownMethod = 77,
 };
 inline constexpr int32_t kFailCode = 42;

@@ -2,6 +2,8 @@
 // then through Channel and Server over loopback (counts exact under concurrent calls,
 // errors by kind, bytes the same on both sides), trace contexts from setTrace() and a
 // Tracer reaching handlers, and the admin interface read with the generated AdminClient.
+#include "zcrpc/metrics.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -14,8 +16,8 @@
 #include "admin.capnp.zcrpc.h"
 #include "metrics/echo_impl.h"
 #include "zcrpc/loopback.h"
-#include "zcrpc/metrics.h"
 #include "zcrpc/rpc.h"
+#include "zcrpc/tcp.h"
 
 namespace zcrpc {
 namespace {
@@ -153,6 +155,16 @@ class Fixture {
     server_.addConnection(std::move(server));
     return std::make_unique<Channel>(std::move(client), options);
   }
+  /// A channel over tcp on loopback.
+  std::unique_ptr<Channel> tcpChannel() {
+    auto listener = listenTcp("127.0.0.1:0", TcpOptions{});
+    std::unique_ptr<Connection> accepted;
+    std::thread acceptor([&] { accepted = listener->accept(deadlineAfter(10s)); });
+    auto client = connectTcp(listener->endpoint(), TcpOptions{});
+    acceptor.join();
+    server_.addConnection(std::move(accepted));
+    return std::make_unique<Channel>(std::move(client));
+  }
   Server& server() { return server_; }
   EchoImpl& impl() { return impl_; }
 
@@ -245,6 +257,31 @@ TEST(ChannelMetrics, CountsCallsErrorsBytesAndLatencyOnBothSides) {
   EXPECT_EQ(delayS.calls, 1u);
   EXPECT_GE(delayS.latency.minNanos(), 1.5e6) << "a deferred call counts until it completes";
   EXPECT_EQ(methodOf(stats.methods, kEchoIface, kSink).requestBytes, sinkC.requestBytes);
+}
+
+TEST(ChannelMetrics, BytesIncludeDataGatheredAtSend) {
+  // Over tcp, referenceData leaves large data to send(), which gathers it into the frame:
+  // both ends count it, and the same amount.
+  Fixture f;
+  auto ch = f.tcpChannel();
+  echo::EchoClient client(*ch);
+  const std::string data(20u << 10, 'r');
+  for (int i = 0; i < 3; ++i) {
+    auto req = client.echoRequest(8);
+    req.raw().message().referenceData(
+        req.params(), "data",
+        capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(data.data()), data.size()));
+    ASSERT_EQ(req.call().results().getData().size(), data.size());
+  }
+  MethodSnapshot echoC = clientMethod(*ch, kEcho);
+  EXPECT_GE(echoC.requestBytes, 3 * data.size());
+  EXPECT_LE(echoC.requestBytes, 3 * (data.size() + 64 + 56));
+  MethodSnapshot echoS;
+  ASSERT_TRUE(eventually([&] {
+    echoS = methodOf(f.server().stats().methods, kEchoIface, kEcho);
+    return echoS.calls == 3;
+  }));
+  EXPECT_EQ(echoS.requestBytes, echoC.requestBytes) << "the same messages seen from both ends";
 }
 
 TEST(ChannelMetrics, CountsAreExactUnderConcurrentCalls) {

@@ -3,7 +3,8 @@
 // Sending: messages are built in a per-connection send buffer (large segments in chunks
 // of their own), frames queue as iovecs, and one writev() sends a batch: small frames are
 // coalesced, large segments go from where they were built without a staging copy, and
-// large external data (referenceExternalData) is written from the caller's memory.
+// large external data (referenceExternalData) is written from the caller's memory, as is
+// large data given to OutgoingMessage::referenceData, gathered into its field's segment.
 // Receiving: one non-blocking read fills a per-connection receive ring with as many frames
 // as have arrived; each is validated and handed out in place as a lease. A frame that
 // would not fit before the end of the ring is moved to its start (only its first bytes
@@ -324,11 +325,27 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       return Status::kDisconnected;
     }
     auto segments = msg.segmentsForSend();  // may allocate through allocateMore(), which locks
+    auto refs = msg.references();
     std::unique_lock lock(sendLock_);
     size_t n = segments.size();
     if (n > kMaxSegments)
       throw InvalidArgument("message on " + what_ + " has more than " +
                             std::to_string(kMaxSegments) + " segments");
+    // Data given to referenceData() goes at the end of the segment that holds its field,
+    // unless the field was set again since (its placeholder is gone): that value wins.
+    constexpr uint8_t kReplaced = 0xff;
+    std::array<uint8_t, OutgoingMessage::kMaxReferences> refSegment{};
+    uint64_t referenced = 0;
+    for (size_t r = 0; r < refs.size(); ++r) {
+      size_t s = 0;
+      while (s < n &&
+             !(refs[r].pointer >= segments[s].begin() && refs[r].pointer < segments[s].end()))
+        ++s;
+      uint64_t word = ~refs[r].placeholder;
+      if (s < n) std::memcpy(&word, static_cast<const void*>(refs[r].pointer), sizeof word);
+      refSegment[r] = word == refs[r].placeholder ? static_cast<uint8_t>(s) : kReplaced;
+      if (refSegment[r] != kReplaced) referenced += (refs[r].bytes.size() + 7) & ~uint64_t{7};
+    }
     // The table goes right after the last segment when that one lies in the buffer (the
     // unused end of its reservation is free now), so a small frame is one contiguous
     // range; otherwise after the open region (room was reserved either way).
@@ -341,16 +358,18 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     if (tableAt + n * sizeof(SegmentEntry) + sizeof(TraceContext) > sendBytes_)
       throw Overloaded("no send buffer room for the segment table on " + what_);
     auto* table = reinterpret_cast<SegmentEntry*>(send_ + tableAt);
-    uint64_t payload = 0;
+    uint64_t payload = referenced;
     for (size_t i = 0; i < n; ++i) payload += uint64_t{segments[i].size()} * 8;
     if (payload > maxMessage_) {
       lock.unlock();
       throw InvalidArgument("message exceeds the maximum message size " +
                             std::to_string(maxMessage_) + " bytes of " + what_);
     }
+    uint64_t slack = maxMessage_ - payload;  // for the padding before referenced data
+    uint64_t gathered = 0;
     uint64_t frameBytes = kFrameHeaderBytes;
     pushIov(send_ + open_.start, kFrameHeaderBytes);
-    size_t external = 0;  // segments sent from the caller's memory: external_[0, external)
+    size_t external = 0;  // ranges sent from the caller's memory: external_[0, external)
     for (size_t i = 0; i < n; ++i) {
       const capnp::word* seg = segments[i].begin();
       uint64_t bytes = uint64_t{segments[i].size()} * 8;
@@ -362,18 +381,9 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         // copied before returning; a small one is copied now and coalesced with others.
         if (flushNow || bytes >= kWriteExternalBytes) {
           byReference = true;
-          external_[external++] = {const_cast<capnp::word*>(seg), bytes};
+          external_[external++] = {reinterpret_cast<const std::byte*>(seg), bytes};
           if (bytes >= kWriteExternalBytes) {
-            // The kernel copies it into its own pages, which a write fills from their
-            // start: that copy runs fastest when the source lies at the same offset within
-            // a cache line as the destination (64 KiB round trip: 0.5-9 us less, depending
-            // on where the host runs the CPUs). Up to 56 bytes of padding, which the frame's
-            // table skips, put it there. It lands after what is queued, which a partial
-            // write may have left at any byte count: the padding stays whole words, as
-            // frames are, and is then only as good as it can be.
-            const uint64_t at = pendingBytes_.load(std::memory_order_relaxed);
-            const uint64_t pad =
-                (reinterpret_cast<uintptr_t>(seg) - at) & (kCopyAlignment - 1) & ~uint64_t{7};
+            const uint64_t pad = alignmentPadding(seg);
             pushIov(kPadding.data(), pad, /*joinable=*/false);
             frameBytes += pad;
           }
@@ -383,10 +393,32 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
           seg = copy;
         }
       }
-      table[i] = {static_cast<uint32_t>(segments[i].size()),
-                  static_cast<uint32_t>(frameBytes / 8)};
+      const uint64_t segmentAt = frameBytes;
       pushIov(seg, bytes, /*joinable=*/!byReference);
       frameBytes += bytes;
+      for (size_t r = 0; r < refs.size(); ++r) {
+        if (refSegment[r] != i) continue;
+        const kj::byte* data = refs[r].bytes.begin();
+        const uint64_t size = refs[r].bytes.size();
+        uint64_t pad = alignmentPadding(data);
+        if (pad > slack) pad = 0;  // inside the segment, so it counts as payload
+        slack -= pad;
+        pushIov(kPadding.data(), pad, /*joinable=*/false);
+        frameBytes += pad;
+        // The field becomes a near pointer to a list of bytes right here, in its segment.
+        const uint64_t offset = (frameBytes - segmentAt) / 8 -
+                                static_cast<uint64_t>(refs[r].pointer - segments[i].begin()) - 1;
+        const uint64_t listPointer = (offset << 2) | 1 | (((size << 3) | 2) << 32);
+        std::memcpy(static_cast<void*>(refs[r].pointer), &listPointer, sizeof listPointer);
+        external_[external++] = {reinterpret_cast<const std::byte*>(data), size};
+        pushIov(data, size, /*joinable=*/false);
+        const uint64_t tail = (8 - size % 8) % 8;
+        pushIov(kPadding.data(), tail, /*joinable=*/false);
+        frameBytes += size + tail;
+        gathered += pad + size + tail;
+      }
+      table[i] = {static_cast<uint32_t>((frameBytes - segmentAt) / 8),
+                  static_cast<uint32_t>(segmentAt / 8)};
     }
     const bool traced = msg.trace().valid();
     const uint64_t tail = n * sizeof(SegmentEntry) + (traced ? sizeof(TraceContext) : 0);
@@ -401,6 +433,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     h.reserved = 0;
     used_ = tableAt + tail;
     open_.msg = nullptr;
+    msg.setGatheredBytes(gathered);
     msg.markSent();
     if (flushNow || external || pending_.size() > kMaxIov - kMaxSegments - 2) writePending();
     if (external && pendingBytes_.load(std::memory_order_relaxed)) copyUnsentExternal(external);
@@ -548,6 +581,8 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     return kj::ArrayPtr<capnp::word>(seg, want / 8);
   }
 
+  uint64_t gathersFromBytes() const noexcept override { return kWriteExternalBytes; }
+
   void abandon() noexcept override {
     std::lock_guard lock(sendLock_);
     open_.msg = nullptr;
@@ -605,6 +640,17 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         c.queuedAt = sentTotal_ + pendingBytes_;
   }
 
+  /// Padding (whole words) before data written from the caller's memory. The kernel copies
+  /// it into its own pages, which a write fills from their start: that copy runs fastest
+  /// when the source lies at the same offset within a cache line as the destination (64 KiB
+  /// round trip: 0.5-9 us less, depending on where the host runs the CPUs). The data lands
+  /// after what is queued, which a partial write may have left at any byte count: the
+  /// padding stays whole words, as frames are, and is then only as good as it can be.
+  uint64_t alignmentPadding(const void* data) const noexcept {
+    const uint64_t at = pendingBytes_.load(std::memory_order_relaxed);
+    return (reinterpret_cast<uintptr_t>(data) - at) & (kCopyAlignment - 1) & ~uint64_t{7};
+  }
+
   bool ownsMemory(const capnp::word* p) const noexcept {
     auto* b = reinterpret_cast<const std::byte*>(p);
     if (b >= send_ && b < send_ + sendBytes_) return true;
@@ -622,7 +668,7 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
       at += v.iov_len;
       auto* b = static_cast<const std::byte*>(v.iov_base);
       for (size_t e = 0; e < external; ++e) {
-        auto* begin = reinterpret_cast<const std::byte*>(external_[e].begin);
+        const std::byte* begin = external_[e].begin;
         if (b < begin || b >= begin + external_[e].bytes) continue;
         auto* copy = newChunk(static_cast<uint32_t>((v.iov_len + 7) / 8));
         std::memcpy(copy, b, v.iov_len);
@@ -903,10 +949,11 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
   std::deque<Chunk> chunks_;
   bool lastJoinable_ = true;  // pending_.back() may be extended by the next range
   struct ExternalRange {
-    capnp::word* begin;
+    const std::byte* begin;
     uint64_t bytes;
   };
-  std::array<ExternalRange, kMaxSegments> external_{};  // send()'s by-reference segments
+  // send()'s ranges in the caller's memory: external segments and referenced data.
+  std::array<ExternalRange, kMaxSegments + OutgoingMessage::kMaxReferences> external_{};
 
   LeaseQueue leases_;
 };
