@@ -24,7 +24,7 @@ void BenchEchoService::echo(EchoCall& call) {
   if (byReference(data.size(), referenceFrom_)) {
     // The request's data stays where it lies until the answer is sent (the call holds it).
     auto results = call.results(echoWords(0));
-    results.adoptData(capnp::Orphanage::getForMessageContaining(results).referenceExternalData(data));
+    call.context().response().referenceData(results, "data", data);
   } else {
     call.results(echoWords(data.size())).setData(data);
   }
@@ -47,10 +47,12 @@ void BenchEchoService::fail(FailCall& call) {
 
 namespace {
 
-/// An echo request's data: `data` copied in, or referenced when `byRef`.
-void fillEcho(echo::Echo::EchoParams::Builder params, capnp::Data::Reader data, bool byRef) {
+/// An echo request's data: `data` copied in, or left to send() when `byRef`
+/// (OutgoingMessage::referenceData).
+void fillEcho(OutgoingMessage& msg, echo::Echo::EchoParams::Builder params,
+              capnp::Data::Reader data, bool byRef) {
   if (byRef)
-    params.adoptData(capnp::Orphanage::getForMessageContaining(params).referenceExternalData(data));
+    msg.referenceData(params, "data", data);
   else
     params.setData(data);
 }
@@ -66,7 +68,7 @@ Latency rpcPingPong(echo::EchoClient& client, std::span<const std::byte> payload
   const kj::byte last = n ? data[n - 1] : 0;
   auto roundTrip = [&] {
     auto req = client.echoRequest(words);
-    fillEcho(req.params(), data, byRef);
+    fillEcho(req.raw().message(), req.params(), data, byRef);
     auto resp = req.call();
     capnp::Data::Reader back = resp.results().getData();  // read in place
     if (back.size() != n || (n && back[n - 1] != last))
@@ -128,7 +130,7 @@ Pipelined rpcPipelined(echo::EchoClient& client, std::span<const std::byte> payl
   for (;;) {
     while (channel.outstanding() < window && issued < maxCalls) {
       auto req = client.echoRequest(words);
-      fillEcho(req.params(), data, byRef);
+      fillEcho(req.raw().message(), req.params(), data, byRef);
       req.callAsync(onDone);
       ++issued;
     }

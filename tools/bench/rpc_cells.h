@@ -41,12 +41,12 @@ constexpr uint32_t echoWords(size_t payloadBytes) {
   return static_cast<uint32_t>(4 + (payloadBytes + 7) / 8);
 }
 
-/// Over tcp, payloads from this size on travel by reference (Orphanage::referenceExternalData)
+/// Over tcp, payloads from this size on travel by reference (OutgoingMessage::referenceData)
 /// unless --copy-payload: the client's request points at its payload buffer and the
 /// server's answer at the request it received, as the raw TCP echo sends back the buffer it
 /// read into. That is how a zcrpc user sends a large blob over tcp: the kernel takes it
-/// straight from that memory. Smaller payloads are copied into the message (cheaper than an
-/// extra segment), and so are all over shm (rpc_mode.cc says why).
+/// straight from that memory. Smaller payloads are copied into the message, and so are all
+/// over shm (rpc_mode.cc says why).
 constexpr size_t kByReferenceBytes = 16 << 10;
 
 /// Whether a payload of `bytes` goes by reference, given the smallest size that does.

@@ -219,12 +219,13 @@ void printReport(std::FILE* out, const RpcRun& run, bool color) {
   if (o.referenceFrom == SIZE_MAX)
     p("Payloads: copied into every request and answer (--copy-payload); Cap'n Proto RPC copies too");
   else
-    fmt::print(out,
-               "Payloads: copied into the message, except over tcp from {} KiB on, where "
-               "zcrpc's request references the client's buffer and the answer the request "
-               "(referenceExternalData; written from there), as the raw echo sends back the "
-               "buffer it read into; Cap'n Proto RPC copies\n",
-               o.referenceFrom >> 10);
+    fmt::print(
+        out,
+        "Payloads: copied into the message, except over tcp from {} KiB on, where "
+        "zcrpc's request references the client's buffer and the answer the request "
+        "(OutgoingMessage::referenceData; written from there), as the raw echo sends back the "
+        "buffer it read into; Cap'n Proto RPC copies\n",
+        o.referenceFrom >> 10);
   fmt::print(out, "{} repetition{}, {:.2f} s per cell{}; pipelined window {}\n", o.reps,
              o.reps == 1 ? "" : "s", o.seconds, o.quick ? " (--quick)" : "", o.window);
   fmt::print(out,
