@@ -23,6 +23,7 @@
 #include "zcrpc/loopback.h"
 #include "zcrpc/rpc.h"
 #include "zcrpc/shm.h"
+#include "zcrpc/tcp.h"
 
 namespace zcrpc::rpctest {
 
@@ -67,6 +68,9 @@ enum Method : uint16_t {
   kThrowOverloaded = 10,
   /// Defers and parks the DeferredReply in the service (takeParked()).
   kPark = 11,
+  /// As kEcho, but the answer's data is the request's, given to
+  /// OutgoingMessage::referenceData (over tcp written from the request where it lies).
+  kEchoReferencing = 12,
   kUnknownMethod = 99,
 };
 
@@ -263,6 +267,17 @@ class TestService final : public Service {
         echoes.fetch_add(1, std::memory_order_relaxed);
         return true;
       }
+      case kEchoReferencing: {
+        ServerCall<Payload, Payload> call(ctx);
+        auto p = call.params();
+        auto d = p.getData();
+        auto r = call.results(payloadWords(0));
+        r.setSeq(p.getSeq() + 1);
+        r.setChecksum(p.getChecksum());
+        ctx.response().referenceData(r, "data", d);
+        echoes.fetch_add(1, std::memory_order_relaxed);
+        return true;
+      }
       case kFailApp: {
         uint64_t seq = ctx.request().getRoot<Payload>().getSeq();
         throw ApplicationError(static_cast<int32_t>(1000 + seq),
@@ -409,10 +424,10 @@ inline void fillSlow(Payload::Builder p, uint64_t token, std::chrono::millisecon
 // ---------------------------------------------------------------------------------------
 // Serving the test service over one transport.
 
-enum class Transport { kLoopback, kShm };
+enum class Transport { kLoopback, kShm, kTcp };
 
 inline const char* transportName(Transport t) {
-  return t == Transport::kLoopback ? "Loopback" : "Shm";
+  return t == Transport::kLoopback ? "Loopback" : t == Transport::kShm ? "Shm" : "Tcp";
 }
 
 inline std::string uniqueName(const std::string& what) {
@@ -444,6 +459,10 @@ class Harness final {
       ShmListenOptions lo;
       lo.connection = connOptions_;
       server_->addListener(listenShm(name_, lo));
+    } else if (transport_ == Transport::kTcp) {
+      auto listener = listenTcp("127.0.0.1:0", tcpOptions(connOptions_));
+      name_ = listener->endpoint();
+      server_->addListener(std::move(listener));
     }
     server_->start();
   }
@@ -455,6 +474,7 @@ class Harness final {
   std::unique_ptr<Connection> connect() { return connect(connOptions_); }
   std::unique_ptr<Connection> connect(const ConnectionOptions& o) {
     if (transport_ == Transport::kShm) return connectShm(name_, o);
+    if (transport_ == Transport::kTcp) return connectTcp(name_, tcpOptions(o));
     auto [client, server] = makeLoopbackPair(o);
     server_->addConnection(std::move(server));
     return std::move(client);
@@ -463,6 +483,7 @@ class Harness final {
     return std::make_unique<Channel>(connect(), o);
   }
   Server& server() { return *server_; }
+  /// The shm name or the tcp endpoint.
   const std::string& name() const { return name_; }
   Transport transport() const { return transport_; }
 
@@ -476,6 +497,11 @@ class Harness final {
   TestService service;  // first: outlives the server
 
  private:
+  static TcpOptions tcpOptions(const ConnectionOptions& o) {
+    TcpOptions t;
+    t.connection = o;
+    return t;
+  }
   Transport transport_;
   ConnectionOptions connOptions_;
   std::string name_;
