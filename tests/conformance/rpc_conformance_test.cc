@@ -222,15 +222,31 @@ TEST_P(Conformance, RpcPipelinedBeyondTheRingsDoesNotDeadlock) {
   try {
     while (done < kCalls && Clock::now() < until) {
       while (issued < kCalls && ch.outstanding() < co.window) {
-        auto req = ch.newRequest(kEchoInterface, kEcho, payloadWords(kPayload));
-        req.setTimeout(4s);
-        buildPayload(req.message(), issued, kPayload);
+        // A third of the calls send their data with referenceData and are answered the
+        // same way (answers that find the client's memory full wait in the server's
+        // backlog, built in its own memory), a third are answered by reference.
         const uint64_t seq = issued++;
-        req.callAsync([&, seq](CallResult&& r) {
+        const uint16_t methods[] = {kEcho, kEchoByReference, kEchoByReferenceData};
+        auto req = ch.newRequest(kEchoInterface, methods[seq % 3],
+                                 payloadWords(seq % 3 == 2 ? 0 : kPayload));
+        req.setTimeout(4s);
+        auto onResult = [&, seq](CallResult&& r) {
           ++done;
           if (r.ok() && checkPayload(r.response(), seq, kPayload)) return;
           if (failed++ == 0) firstError = r.ok() ? "wrong payload" : r.errorMessage();
-        });
+        };
+        if (seq % 3 == 2) {
+          std::vector<uint8_t> data(kPayload);
+          fillPattern(data.data(), data.size(), seq);
+          auto p = req.message().initRoot<bench::Payload>();
+          p.setSeq(seq);
+          p.setChecksum(checksum(data.data(), data.size()));
+          req.message().referenceData(p, "data", kj::arrayPtr(data.data(), data.size()));
+          req.callAsync(std::move(onResult));
+          continue;  // `data` may go: the request is sent
+        }
+        buildPayload(req.message(), seq, kPayload);
+        req.callAsync(std::move(onResult));
       }
       ch.pollUntil(deadlineAfter(100ms));
     }
@@ -387,7 +403,9 @@ TEST_P(Conformance, RpcLargeRequestWhileUncollectedAnswersFillOurMemory) {
   for (uint64_t i = 0; i < kCalls; ++i) {
     // The answer starts small and takes its data into the server's memory as it is sent
     // (the server's answer backlog would take an answer that is large from the start).
-    auto req = ch.newRequest(kEchoInterface, kEchoByReference, payloadWords(0));
+    // Every other pair of answers takes the data with referenceData.
+    const uint16_t method = (i / 2) % 2 ? kEchoByReferenceData : kEchoByReference;
+    auto req = ch.newRequest(kEchoInterface, method, payloadWords(0));
     req.setTimeout(10s);
     building = true;
     buildPayload(req.message(), i, kPayload);
