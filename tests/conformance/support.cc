@@ -287,6 +287,23 @@ const TransportFactory& tcpTransport() {
 // ---------------------------------------------------------------------------------------
 // EchoService
 
+namespace {
+
+/// An echo answer whose data is the request's, left where it lies: given to
+/// OutgoingMessage::referenceData, or referenced with Orphanage::referenceExternalData.
+void answerByReference(OutgoingMessage& out, uint64_t seq, uint64_t sum, capnp::Data::Reader data,
+                       bool withReferenceData) {
+  auto r = out.initRoot<bench::Payload>();
+  r.setSeq(seq);
+  r.setChecksum(sum);
+  if (withReferenceData)
+    out.referenceData(r, "data", data);
+  else
+    r.adoptData(out.getOrphanage().referenceExternalData(data));
+}
+
+}  // namespace
+
 bool EchoService::dispatch(uint64_t interfaceId, uint16_t methodId, CallContext& context) {
   if (interfaceId != kEchoInterface) return false;
   uint64_t n = ++calls_;
@@ -301,45 +318,21 @@ bool EchoService::dispatch(uint64_t interfaceId, uint16_t methodId, CallContext&
       r.setData(data);
       return true;
     }
-    case kEchoByReference: {
-      auto in = context.request().getRoot<bench::Payload>();
-      auto& out = context.response(8);
-      auto r = out.initRoot<bench::Payload>();
-      r.setSeq(in.getSeq());
-      r.setChecksum(in.getChecksum());
-      r.adoptData(out.getOrphanage().referenceExternalData(in.getData()));
-      return true;
-    }
-    case kDeferredEchoByReference: {
-      DeferredReply reply = context.defer();
-      auto in = reply.request().getRoot<bench::Payload>();
-      reply.complete([seq = in.getSeq(), sum = in.getChecksum(), data = in.getData()](
-                         OutgoingMessage& out) {
-        auto r = out.initRoot<bench::Payload>();
-        r.setSeq(seq);
-        r.setChecksum(sum);
-        r.adoptData(out.getOrphanage().referenceExternalData(data));
-      });
-      return true;
-    }
+    case kEchoByReference:
     case kEchoByReferenceData: {
       auto in = context.request().getRoot<bench::Payload>();
-      auto& out = context.response(8);
-      auto r = out.initRoot<bench::Payload>();
-      r.setSeq(in.getSeq());
-      r.setChecksum(in.getChecksum());
-      out.referenceData(r, "data", in.getData());
+      answerByReference(context.response(8), in.getSeq(), in.getChecksum(), in.getData(),
+                        methodId == kEchoByReferenceData);
       return true;
     }
+    case kDeferredEchoByReference:
     case kDeferredEchoByReferenceData: {
       DeferredReply reply = context.defer();
       auto in = reply.request().getRoot<bench::Payload>();
       reply.complete(
-          [seq = in.getSeq(), sum = in.getChecksum(), data = in.getData()](OutgoingMessage& out) {
-            auto r = out.initRoot<bench::Payload>();
-            r.setSeq(seq);
-            r.setChecksum(sum);
-            out.referenceData(r, "data", data);
+          [seq = in.getSeq(), sum = in.getChecksum(), data = in.getData(),
+           withReferenceData = methodId == kDeferredEchoByReferenceData](OutgoingMessage& out) {
+            answerByReference(out, seq, sum, data, withReferenceData);
           });
       return true;
     }
