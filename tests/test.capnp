@@ -17,4 +17,5 @@ struct Refs {
     text @6 :Text;
   }
   inner @7 :Refs;
+  items @8 :List(Refs);
 }

@@ -316,11 +316,11 @@ class OneReceiver final {
 
 TEST_P(Conformance, ReferencedDataArrivesInItsFields) {
   auto p = connectPair();
-  // Large, odd-sized, small (copied at once), in a union and in a nested struct. 3 MiB is
-  // more than a socket takes at once, so tcp copies what the kernel has not taken before
-  // send() returns; the buffers are overwritten right after it.
+  // Large, odd-sized, small (copied at once), in a union, in a nested struct and in a list
+  // element. 3 MiB is more than a socket takes at once, so tcp copies what the kernel has
+  // not taken before send() returns; the buffers are overwritten right after it.
   Bytes first(3u << 20, 1), second((20u << 10) + 3, 2), blob((17u << 10) + 5, 3), small(100, 4),
-      innerFirst(64u << 10, 5), replaced(32u << 10, 6);
+      innerFirst(64u << 10, 5), replaced(32u << 10, 6), listed(24u << 10, 7);
   OneReceiver receiver(*p.server, [&](IncomingMessage& in) {
     auto root = in.getRoot<::Refs>();
     EXPECT_EQ(root.getId(), 7u);
@@ -332,6 +332,9 @@ TEST_P(Conformance, ReferencedDataArrivesInItsFields) {
     EXPECT_EQ(root.getInner().getId(), 8u);
     EXPECT_TRUE(hasPattern(root.getInner().getFirst(), innerFirst.size, 5));
     EXPECT_TRUE(hasPattern(root.getInner().getSecond(), small.size, 4));
+    ASSERT_EQ(root.getItems().size(), 2u);
+    EXPECT_FALSE(root.getItems()[0].hasFirst());
+    EXPECT_TRUE(hasPattern(root.getItems()[1].getFirst(), listed.size, 7));
     // tcp gathers the data into the segment of its field: the reader sees one segment.
     if (transport().name == "tcp") {
       EXPECT_EQ(in.segmentCount(), 1u);
@@ -352,11 +355,13 @@ TEST_P(Conformance, ReferencedDataArrivesInItsFields) {
     inner.setId(8);
     m.referenceData(inner, "first", innerFirst.ptr());
     m.referenceData(inner, "second", small.ptr());
+    auto items = root.initItems(2);  // a struct in a list
+    m.referenceData(items[1], "first", listed.ptr());
     // Copied at once, or (tcp) gathered at send(), till when the field reads as empty.
     EXPECT_EQ(root.getFirst().size(), transport().name == "tcp" ? 0u : first.size);
     ASSERT_EQ(p.client->send(m, /*flush=*/false), Status::kOk);
   }
-  for (Bytes* b : {&first, &second, &blob, &small, &innerFirst, &replaced}) b->scribble();
+  for (Bytes* b : {&first, &second, &blob, &small, &innerFirst, &replaced, &listed}) b->scribble();
   flushUntil(*p.client, [&] { return receiver.done(); });
   EXPECT_EQ(receiver.join(), Status::kOk) << p.server->lastError();
 }
