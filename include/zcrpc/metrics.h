@@ -135,7 +135,9 @@ struct MethodSnapshot {
   uint16_t methodId = 0;
   uint64_t calls = 0;  ///< requests and one-way messages sent (client) or dispatched (server)
   std::array<uint64_t, kErrorKinds> errors{};  ///< by ErrorKind value
-  uint64_t requestBytes = 0;   ///< Cap'n Proto payload bytes (segments), frames not counted
+  /// Cap'n Proto payload bytes: the segments as received, with data gathered into them at
+  /// send (OutgoingMessage::referenceData over tcp); frame headers and tables not counted.
+  uint64_t requestBytes = 0;
   uint64_t responseBytes = 0;
   /// Client: round trip from send to the call's end. Server: from dispatch until the
   /// answer was handed to the transport (a deferred call: its completion). Both sides
