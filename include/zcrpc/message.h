@@ -1,14 +1,15 @@
 // zcrpc — Cap'n Proto messages built and read in place in transport memory.
 #pragma once
 
-#include <chrono>
-#include <cstdint>
-#include <optional>
-#include <utility>
-
 #include <capnp/any.h>
 #include <capnp/message.h>
 #include <capnp/schema.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <utility>
 
 #include "zcrpc/frame.h"
 
@@ -130,6 +131,27 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   kj::ArrayPtr<const Reference> references() const noexcept {
     return kj::arrayPtr(references_, referenceCount_);
   }
+  /// For transports: the index in `segments` of the segment that holds reference `r`'s
+  /// field, or -1 when the field was set again since (its placeholder is gone).
+  static int gatherSegment(const Reference& r,
+                           kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) noexcept {
+    for (size_t s = 0; s < segments.size(); ++s) {
+      if (r.pointer < segments[s].begin() || r.pointer >= segments[s].end()) continue;
+      uint64_t word;
+      std::memcpy(&word, static_cast<const void*>(r.pointer), sizeof word);
+      return word == r.placeholder ? static_cast<int>(s) : -1;
+    }
+    return -1;
+  }
+  /// For transports: points reference `r`'s field at its data, placed `dataWord` words into
+  /// the segment that starts at `segment` (the field's own segment): a near list pointer.
+  static void pointAtGathered(const Reference& r, const capnp::word* segment,
+                              uint64_t dataWord) noexcept {
+    const uint64_t offset = dataWord - static_cast<uint64_t>(r.pointer - segment) - 1;
+    const uint64_t word = (offset << 2) | 1 | ((uint64_t{r.bytes.size()} << 3 | 2) << 32);
+    std::memcpy(static_cast<void*>(r.pointer), &word, sizeof word);
+  }
+
   /// Bytes the transport added to the segments at send() (gathered data and its padding):
   /// with the segments' words, the payload the peer receives. For the transport.
   void setGatheredBytes(uint64_t bytes) noexcept { gatheredBytes_ = bytes; }

@@ -99,7 +99,7 @@ namespace zcrpc::rpctest {
 namespace {
 
 constexpr size_t kDataBytes = 64;
-constexpr size_t kReferencedBytes = 20 << 10;  // over tcp's 16 KiB: gathered at send()
+constexpr size_t kReferencedBytes = 20 << 10;  // gathered at send() by tcp and shm
 constexpr uint64_t kWarmUpCalls = 10'000;
 constexpr uint64_t kMeasuredCalls = 100'000;
 
@@ -261,14 +261,15 @@ TEST_P(ZeroAlloc, AsyncCallWithSmallCallbackAllocatesNothing) {
   });
 }
 
-// Large data given to OutgoingMessage::referenceData, both ways, over tcp: gathered into
-// the frame at send(), so neither end builds or reads a multi-segment message (with
+// Large data given to OutgoingMessage::referenceData, both ways, over tcp and shm: added
+// to the field's segment at send() (tcp writes it from where it lies, shm copies it into
+// the record), so neither end builds or reads a multi-segment message (with
 // Orphanage::referenceExternalData, Cap'n Proto allocates on both ends for every call).
-// (Transports that copy the data in put what does not fit the first segment into a
-// segment of its own, as setData() would: a multi-segment message.)
-class ZeroAllocTcp : public ZeroAlloc {};
+// (loopback copies the data in at once: what does not fit the first segment goes into a
+// segment of its own, as setData() would put it.)
+class ZeroAllocGathered : public ZeroAlloc {};
 
-TEST_P(ZeroAllocTcp, ReferencedDataAllocatesNothing) {
+TEST_P(ZeroAllocGathered, ReferencedDataAllocatesNothing) {
   Channel& ch = *channel_;
   std::vector<uint8_t> data(kReferencedBytes);
   expectNoAllocations("referenceData() both ways", [&](uint64_t seq) {
@@ -289,7 +290,8 @@ TEST_P(ZeroAllocTcp, ReferencedDataAllocatesNothing) {
 INSTANTIATE_TEST_SUITE_P(Transports, ZeroAlloc,
                          ::testing::Values(Transport::kLoopback, Transport::kShm, Transport::kTcp),
                          [](const auto& info) { return std::string(transportName(info.param)); });
-INSTANTIATE_TEST_SUITE_P(Transports, ZeroAllocTcp, ::testing::Values(Transport::kTcp),
+INSTANTIATE_TEST_SUITE_P(Transports, ZeroAllocGathered,
+                         ::testing::Values(Transport::kShm, Transport::kTcp),
                          [](const auto& info) { return std::string(transportName(info.param)); });
 
 }  // namespace

@@ -406,7 +406,7 @@ Status RingConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegme
   const uint32_t inlineBytes = kRecordFixed + static_cast<uint32_t>(firstBytes);
   if (open_.msg || firstBytes - 1 >= fastFirstMaxBytes_ ||  // also catches 0 words
       closed_.load(std::memory_order_relaxed) || peerDead_.load(std::memory_order_relaxed) ||
-      files_.ringBytes - offset < inlineBytes + kTableReserve ||
+      files_.ringBytes - offset < std::max(inlineBytes + kTableReserve, gatherRoom_) ||
       pos + inlineBytes + kTableAccounted - cachedHead_ > files_.ringBytes)
     return tryStartMessageSlow(msg, firstSegmentWords);
   std::byte* record = txRing_ + offset;
@@ -451,7 +451,7 @@ Status RingConnection::tryStartMessageSlow(OutgoingMessage& msg, uint32_t firstS
 
   uint64_t pos = tail_;
   uint64_t toEnd = files_.ringBytes - (pos & ringMask_);
-  bool wrap = toEnd < inlineBytes + kTableReserve;
+  bool wrap = toEnd < std::max(inlineBytes + kTableReserve, gatherRoom_);
   if (!ringRoom((wrap ? pos + toEnd : pos) + need))
     return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kWouldBlock;
   uint64_t arenaMark = arenaTail_;
@@ -594,13 +594,23 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   if (n > kMaxSegments)
     throw InvalidArgument("message on " + endpoint() + " has more than " +
                           std::to_string(kMaxSegments) + " segments");
+  // Data given to referenceData(), whose field is still its placeholder: by segment.
+  auto refs = msg.references();
+  std::array<int, OutgoingMessage::kMaxReferences> refSegment;
+  uint32_t segmentsWithRefs = 0;  // bit i: segment i holds a field to gather
+  uint64_t gathered = 0;
+  for (size_t r = 0; r < refs.size(); ++r) {
+    refSegment[r] = OutgoingMessage::gatherSegment(refs[r], segments);
+    if (refSegment[r] >= 0) segmentsWithRefs |= 1u << refSegment[r];
+  }
   std::byte* record = txRing_ + (open_.start & ringMask_);
   const std::byte* frame = record + kRecordHeaderBytes;
   std::array<SegmentEntry, kMaxSegments> table;
   uint32_t inlineEnd = kRecordHeaderBytes + kFrameHeaderBytes;
   uint64_t total = 0;
   size_t i = 0;
-  if (n == 1 && reinterpret_cast<const std::byte*>(segments[0].begin()) == record + kRecordFixed) {
+  if (n == 1 && !segmentsWithRefs &&
+      reinterpret_cast<const std::byte*>(segments[0].begin()) == record + kRecordFixed) {
     // The common small message: one segment, the first one, inline right after the header.
     uint32_t words = static_cast<uint32_t>(segments[0].size());
     total = uint64_t{words} * 8;
@@ -614,8 +624,16 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
     total += uint64_t{words} * 8;
     auto* b = reinterpret_cast<const std::byte*>(begin);
     if (b >= record && b < record + open_.reserved) {
+      uint32_t end = static_cast<uint32_t>(b - record) + words * 8;
+      if (segmentsWithRefs >> i & 1) {
+        const uint32_t added = gatherAfter(msg, segments, i, refSegment, end);
+        words += added / 8;
+        total += added;
+        gathered += added;
+        end += added;
+      }
       table[i] = {words, static_cast<uint32_t>((b - frame) / 8)};
-      inlineEnd = std::max<uint32_t>(inlineEnd, static_cast<uint32_t>(b - record) + words * 8);
+      inlineEnd = std::max<uint32_t>(inlineEnd, end);
     } else if (b >= txArena_ && b < txArena_ + arenaBytes_) {
       table[i] = {words, kArenaBit | static_cast<uint32_t>((b - txArena_) / 8)};
     } else if (words == 0) {
@@ -655,6 +673,32 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
       table[i] = {words, kArenaBit | static_cast<uint32_t>((p - txArena_) / 8)};
     }
   }
+  // Referenced data that could not follow its field's segment in the record: a segment of
+  // its own in the arena, a landing pad and the data, reached by a far pointer.
+  for (size_t r = 0; r < refs.size(); ++r) {
+    if (refSegment[r] < 0) continue;
+    if (n == kMaxSegments)
+      throw InvalidArgument("message on " + endpoint() + " needs more than " +
+                            std::to_string(kMaxSegments) + " segments");
+    const uint64_t bytes = 8 + ((refs[r].bytes.size() + 7) & ~uint64_t{7});
+    total += bytes;
+    if (total > maxMessage_)
+      throw InvalidArgument("message exceeds the maximum message size " +
+                            std::to_string(maxMessage_) + " bytes of " + endpoint());
+    std::byte* p = arenaAllocate(bytes, /*mayWait=*/true);
+    if (!p) throw Overloaded("arena of " + endpoint() + " cannot hold referenced data");
+    const OutgoingMessage::Reference& ref = refs[r];
+    // The landing pad: a list of bytes right after it.
+    const uint64_t pad = 1 | (uint64_t{ref.bytes.size()} << 3 | 2) << 32;
+    std::memcpy(p, &pad, sizeof pad);
+    std::memcpy(p + 8, ref.bytes.begin(), ref.bytes.size());
+    std::memset(p + 8 + ref.bytes.size(), 0, bytes - 8 - ref.bytes.size());
+    const uint64_t far = 2 | uint64_t{n} << 32;  // to the landing pad: word 0 of segment n
+    std::memcpy(static_cast<void*>(ref.pointer), &far, sizeof far);
+    table[n++] = {static_cast<uint32_t>(bytes / 8),
+                  kArenaBit | static_cast<uint32_t>((p - txArena_) / 8)};
+    gathered += bytes;
+  }
   if (total > maxMessage_)
     throw InvalidArgument("message exceeds the maximum message size " +
                           std::to_string(maxMessage_) + " bytes of " + endpoint());
@@ -680,11 +724,54 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   tail_ = open_.start + recordBytes;
   arenaPublished_ = arenaTail_;
   open_.msg = nullptr;
+  msg.setGatheredBytes(gathered);
   msg.markSent();
   wakePending_ = true;
   if (flush) wakeConsumer();
   if (recordBytes >= kZeroAheadFrom) zeroAhead(recordBytes);
   return Status::kOk;
+}
+
+uint32_t RingConnection::gatherAfter(OutgoingMessage& msg,
+                                     kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                                     size_t i,
+                                     std::array<int, OutgoingMessage::kMaxReferences>& refSegment,
+                                     uint32_t end) {
+  // Only after the record's last segment (in-record segments ascend: see parseFrame), as
+  // far as the record may grow without waiting; what does not fit goes to the arena.
+  std::byte* record = txRing_ + (open_.start & ringMask_);
+  for (size_t j = i + 1; j < segments.size(); ++j) {
+    auto* bj = reinterpret_cast<const std::byte*>(segments[j].begin());
+    if (bj >= record && bj < record + open_.reserved) return 0;
+  }
+  auto refs = msg.references();
+  const auto* segment = reinterpret_cast<const std::byte*>(segments[i].begin());
+  const uint64_t limit =
+      std::min<uint64_t>(recordLimit(0), files_.ringBytes - (open_.start & ringMask_));
+  uint32_t added = 0;
+  for (size_t r = 0; r < refs.size(); ++r) {
+    if (refSegment[r] != static_cast<int>(i)) continue;
+    const uint64_t size = refs[r].bytes.size();
+    const uint64_t bytes = (size + 7) & ~uint64_t{7};
+    const uint64_t newEnd = uint64_t{end} + added + bytes;
+    if (newEnd + kTableReserve > limit) {
+      // The ring's end came first: records start at the ring's beginning from now on when
+      // less than this is left (else every small record after this one would fail too).
+      if (newEnd + kTableReserve <= recordLimit(0))
+        gatherRoom_ = std::max(gatherRoom_, static_cast<uint32_t>(newEnd + kTableReserve));
+      continue;
+    }
+    if (!extendRecord(static_cast<uint32_t>(newEnd + kTableReserve), /*mayWait=*/false)) continue;
+    std::byte* at = record + end + added;
+    std::memcpy(at, refs[r].bytes.begin(), size);
+    std::memset(at + size, 0, bytes - size);
+    OutgoingMessage::pointAtGathered(refs[r], segments[i].begin(),
+                                     static_cast<uint64_t>(at - segment) / 8);
+    added += static_cast<uint32_t>(bytes);
+    refSegment[r] = -1;  // done
+  }
+  open_.ringEnd = std::max<uint32_t>(open_.ringEnd, end + added);
+  return added;
 }
 
 void RingConnection::zeroAhead(uint64_t want) {

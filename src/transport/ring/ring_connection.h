@@ -83,6 +83,9 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   // SegmentSource
   kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) override;
   void abandon() noexcept override;
+  /// Referenced data from this size on is copied at send(), right after its field's
+  /// segment when that can grow, so the message keeps one segment.
+  uint64_t gathersFromBytes() const noexcept override { return 1024; }
   // LeaseOwner
   const ParsedFrame& leasedFrame(uint32_t slot) const noexcept override {
     return leases_.at(slot).frame;
@@ -122,6 +125,12 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   void afterReleased(bool leaseWaiter) noexcept;
   void wakeProducer() noexcept;
   uint32_t recordLimit(uint64_t segmentBytes) const noexcept;
+  /// send(): copies referenced data whose field lies in segment `i` (in the record, ending
+  /// at record offset `end`) right after it, as far as the record can grow now; returns
+  /// the bytes added and marks those references done (-1).
+  uint32_t gatherAfter(OutgoingMessage& msg,
+                       kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, size_t i,
+                       std::array<int, OutgoingMessage::kMaxReferences>& refSegment, uint32_t end);
   /// Until when a wait for room while building or sending the open message may last: its
   /// build deadline and build wait, at most connectTimeout from now.
   Deadline buildWaitDeadline() const;
@@ -163,6 +172,11 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   // since zeroAhead() cleared them (none when ringZeroedTo_ is not above that). The
   // record word at tail_ is never cleared ahead: the consumer may be polling it.
   uint64_t ringZeroedTo_ = 0;
+  // Room a record needed at the ring's end to take referenced data after its segment
+  // (gatherAfter()): a record that would start with less than this left wraps first. The
+  // largest seen, so after the first lap such data stops falling back to the arena; at
+  // most a quarter of the ring's end goes unused per lap.
+  uint32_t gatherRoom_ = 0;
   uint64_t arenaTail_ = 0;
   uint64_t arenaPublished_ = 0;  // arena end of the last published record
   uint64_t cachedArenaHead_ = 0;

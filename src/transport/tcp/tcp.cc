@@ -337,14 +337,9 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
     std::array<uint8_t, OutgoingMessage::kMaxReferences> refSegment{};
     uint64_t referenced = 0;
     for (size_t r = 0; r < refs.size(); ++r) {
-      size_t s = 0;
-      while (s < n &&
-             !(refs[r].pointer >= segments[s].begin() && refs[r].pointer < segments[s].end()))
-        ++s;
-      uint64_t word = ~refs[r].placeholder;
-      if (s < n) std::memcpy(&word, static_cast<const void*>(refs[r].pointer), sizeof word);
-      refSegment[r] = word == refs[r].placeholder ? static_cast<uint8_t>(s) : kReplaced;
-      if (refSegment[r] != kReplaced) referenced += (refs[r].bytes.size() + 7) & ~uint64_t{7};
+      const int s = OutgoingMessage::gatherSegment(refs[r], segments);
+      refSegment[r] = s < 0 ? kReplaced : static_cast<uint8_t>(s);
+      if (s >= 0) referenced += (refs[r].bytes.size() + 7) & ~uint64_t{7};
     }
     // The table goes right after the last segment when that one lies in the buffer (the
     // unused end of its reservation is free now), so a small frame is one contiguous
@@ -405,11 +400,9 @@ class TcpConnection final : public Connection, private SegmentSource, private Le
         slack -= pad;
         pushIov(kPadding.data(), pad, /*joinable=*/false);
         frameBytes += pad;
-        // The field becomes a near pointer to a list of bytes right here, in its segment.
-        const uint64_t offset = (frameBytes - segmentAt) / 8 -
-                                static_cast<uint64_t>(refs[r].pointer - segments[i].begin()) - 1;
-        const uint64_t listPointer = (offset << 2) | 1 | (((size << 3) | 2) << 32);
-        std::memcpy(static_cast<void*>(refs[r].pointer), &listPointer, sizeof listPointer);
+        // The field points at the data right here, in its segment.
+        OutgoingMessage::pointAtGathered(refs[r], segments[i].begin(),
+                                         (frameBytes - segmentAt) / 8);
         external_[external++] = {reinterpret_cast<const std::byte*>(data), size};
         pushIov(data, size, /*joinable=*/false);
         const uint64_t tail = (8 - size % 8) % 8;
