@@ -95,13 +95,14 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   RoomWaitHook* roomWaitHook() const noexcept { return roomWaitHook_; }
 
   /// Sets the Data field named `field` of `target`, a struct (or group) of this message,
-  /// to `bytes` without copying them into the message where the transport can: tcp takes
-  /// data from 16 KiB on from the caller's memory at send(), appended to the segment that
-  /// holds the field, so the receiver reads an ordinary message of one segment (unlike
+  /// to `bytes` without copying them into the message yet, where the transport can: tcp
+  /// takes data from 16 KiB on from the caller's memory at send(), appended to the segment
+  /// that holds the field, and the shm and loopback rings copy data from 1 KiB on there at
+  /// send(). The receiver then reads an ordinary message of one segment (unlike
   /// capnp::Orphanage::referenceExternalData, whose data becomes a segment of its own and
-  /// costs Cap'n Proto's multi-segment bookkeeping on both sides). Other transports, and
-  /// smaller data, get a copy now, as setData() would make. A member of a union becomes the
-  /// union's active member (pass the union's group, e.g. `root.getChoice()`).
+  /// costs Cap'n Proto's multi-segment bookkeeping on both ends). rdma, and smaller data,
+  /// get a copy now, as setData() would make. A member of a union becomes the union's
+  /// active member (pass the union's group, e.g. `root.getChoice()`).
   ///
   /// The bytes must stay unchanged until send() returns, and no longer: what the kernel has
   /// not taken by then is copied. Data left to send() reads as empty until then. Setting or
