@@ -111,15 +111,19 @@ class NetnsGuard final {
     pid_ = ::fork();
     if (pid_ == 0) {
       ::setsid();  // a runner killing our process group must not take the guard along
+      // The pipe's read end may be fd 0, 1 or 2 (started with standard input closed, as CI
+      // may start us): move it above them before they become /dev/null, or the guard reads
+      // end-of-file at once and deletes the namespaces while the test uses them.
+      const int readEnd = ::fcntl(fds[0], F_DUPFD, 3);
       int devnull = ::open("/dev/null", O_RDWR);
       ::dup2(devnull, 0);
       ::dup2(devnull, 1);
       ::dup2(devnull, 2);  // and it must not hold the runner's output pipes open
       for (int fd = 3; fd < 1024; ++fd)
-        if (fd != fds[0]) ::close(fd);
+        if (fd != readEnd) ::close(fd);
       char c;
       for (;;) {  // nobody writes: read returns 0 when the last writer (us) is gone
-        ssize_t n = ::read(fds[0], &c, 1);
+        ssize_t n = ::read(readEnd, &c, 1);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
       }
