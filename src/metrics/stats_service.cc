@@ -5,7 +5,7 @@
 
 #include <unistd.h>
 
-#include "metrics/admin_stats.capnp.h"
+#include "zcrpc/admin_stats.capnp.h"
 
 namespace zcrpc {
 

@@ -1,9 +1,14 @@
 #!/bin/bash
 # install_test.sh SOURCE_ROOT BUILD_ROOT MODE
-#   MODE install:    `meson install --destdir` the build, then compile and run a program
-#                    against the installed headers and library found through pkg-config.
+#   MODE install:    `meson install --destdir` the build, then compile and run programs
+#                    against the installed headers and library found through pkg-config:
+#                    consumer.cc (messages only) and service_consumer.cc, whose schema
+#                    greeter.capnp has an interface, generated with the installed plugin by
+#                    the README's `capnp compile -oc++ -ozcrpc` line, and which uses the
+#                    installed admin stub.
 #   MODE subproject: a separate meson project that uses zcrpc as a subproject through
-#                    dependency('zcrpc') (meson.override_dependency), built from scratch.
+#                    dependency('zcrpc') (meson.override_dependency), built from scratch,
+#                    generating greeter.capnp's stubs with zcrpc-schemas.meson.example.
 set -euo pipefail
 src=$1 build=$2 mode=$3
 work=$(mktemp -d -t zcrpc-install.XXXXXX)
@@ -18,31 +23,60 @@ install)
   [[ -n $pc ]] || fail "no zcrpc.pc installed"
   lib=$(find "$work/root" -name 'libzcrpc.so*' -print -quit)
   [[ -n $lib ]] || fail "no libzcrpc.so installed"
-  for h in rpc.h transport.h message.h frame.h shm.h tcp.h loopback.h config.h context.h; do
+  for h in rpc.h transport.h message.h frame.h shm.h tcp.h loopback.h config.h context.h \
+           admin.capnp admin_stats.capnp admin.capnp.h admin_stats.capnp.h admin.capnp.zcrpc.h; do
     [[ -n $(find "$work/root" -path "*/include/zcrpc/$h" -print -quit) ]] || fail "header zcrpc/$h not installed"
   done
-  [[ -n $(find "$work/root" -path '*/bin/capnpc-zcrpc' -print -quit) ]] || fail "capnpc-zcrpc not installed"
+  plugin=$(find "$work/root" -path '*/bin/capnpc-zcrpc' -print -quit)
+  [[ -n $plugin ]] || fail "capnpc-zcrpc not installed"
+  # Installed tools that link libzcrpc carry the library's directory as their run path,
+  # unless it is one the loader searches anyway (prefix /usr).
+  libdir=$(dirname "${lib#"$work/root"}")
+  info=$(find "$work/root" -path '*/bin/zcrpc-info' -print -quit)
+  [[ -n $info ]] || fail "zcrpc-info not installed"
+  if [[ $libdir != /usr/lib* ]]; then
+    readelf -d "$info" | grep -q "R.*PATH.*\[$libdir\]" ||
+      fail "zcrpc-info has no run path $libdir: $(readelf -d "$info" | grep PATH)"
+  fi
   export PKG_CONFIG_PATH=$(dirname "$pc") PKG_CONFIG_SYSROOT_DIR="$work/root"
   flags=$(pkg-config --cflags --libs zcrpc) || fail "pkg-config cannot resolve zcrpc"
   # shellcheck disable=SC2086
   g++ -std=c++20 -Wall -Werror "$src/tests/install/consumer.cc" -o "$work/consumer" $flags ||
     fail "a program does not build against the installed zcrpc (flags: $flags)"
   LD_LIBRARY_PATH=$(dirname "$lib") "$work/consumer" || fail "the consumer failed"
+
+  # A schema with an interface, through the installed plugin found on PATH as `-ozcrpc`.
+  mkdir "$work/app"
+  cp "$src/tests/install/greeter.capnp" "$src/tests/install/service_consumer.cc" "$work/app/"
+  (cd "$work/app" && PATH=$(dirname "$plugin"):$PATH capnp compile -oc++ -ozcrpc greeter.capnp) ||
+    fail "capnp compile -oc++ -ozcrpc greeter.capnp failed with the installed capnpc-zcrpc"
+  [[ -f $work/app/greeter.capnp.zcrpc.h ]] || fail "the plugin wrote no greeter.capnp.zcrpc.h"
+  # shellcheck disable=SC2086
+  (cd "$work/app" && g++ -std=c++20 -Wall -Werror service_consumer.cc greeter.capnp.c++ \
+      -o service_consumer $flags -pthread) ||
+    fail "a program with an interface schema does not build against the installed zcrpc (flags: $flags)"
+  LD_LIBRARY_PATH=$(dirname "$lib") "$work/app/service_consumer" || fail "the service consumer failed"
   ;;
 subproject)
   mkdir -p "$work/consumer/subprojects"
   ln -s "$src" "$work/consumer/subprojects/zcrpc"
-  cp "$src/tests/install/consumer.cc" "$work/consumer/"
-  cat >"$work/consumer/meson.build" <<'MESON'
+  cp "$src/tests/install/consumer.cc" "$src/tests/install/service_consumer.cc" \
+     "$src/tests/install/greeter.capnp" "$work/consumer/"
+  {
+    cat <<'MESON'
 project('zcrpc-consumer', 'cpp', default_options: ['cpp_std=c++20', 'buildtype=release'])
 subproject('zcrpc', default_options: ['tests=false', 'benchmarks=false', 'rdma=disabled', 'fuzz=disabled'])
 executable('consumer', 'consumer.cc', dependencies: dependency('zcrpc'))
 MESON
+    sed 's/my_service.capnp/greeter.capnp/' "$src/tools/capnpc-zcrpc/zcrpc-schemas.meson.example"
+    echo "executable('service_consumer', 'service_consumer.cc', dependencies: my_schema_dep)"
+  } >"$work/consumer/meson.build"
   (cd "$work/consumer" && meson setup build >"$work/setup.log" 2>&1) ||
     { tail -30 "$work/setup.log" >&2; fail "meson setup of a project using zcrpc as a subproject failed"; }
-  ninja -C "$work/consumer/build" consumer >"$work/build.log" 2>&1 ||
+  ninja -C "$work/consumer/build" consumer service_consumer >"$work/build.log" 2>&1 ||
     { tail -30 "$work/build.log" >&2; fail "building against the zcrpc subproject failed"; }
   "$work/consumer/build/consumer" || fail "the consumer failed"
+  "$work/consumer/build/service_consumer" || fail "the service consumer failed"
   ;;
 *) fail "unknown mode" ;;
 esac

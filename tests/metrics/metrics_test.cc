@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "admin.capnp.zcrpc.h"
+#include "zcrpc/admin.capnp.zcrpc.h"
 #include "metrics/echo_impl.h"
 #include "zcrpc/loopback.h"
 #include "zcrpc/rpc.h"

@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-#include "admin.capnp.zcrpc.h"
+#include "zcrpc/admin.capnp.zcrpc.h"
 #include "zcrpc/context.h"
 #include "zcrpc/rpc.h"
 
