@@ -1,45 +1,56 @@
 #!/usr/bin/env python3
 """Runs zcrpc-bench (the arguments after the binary) and checks that its JSON holds what
-every run must measure: each cell's latencies and, per rpc row, Cap'n Proto's own work and
-the bound built on it; over tcp also the frame size the peer saw and the raw ping-pong of
-that many bytes. Targets are reported, not asserted: only a failure to measure fails."""
+every run must measure: in each row, every series that ran has its figures (the baselines,
+zcrpc, Cap'n Proto's own work, the bound built on it, the rates; over tcp the frame size
+the peer saw), every rival either has figures or is listed as missing with a reason, and
+the summary answers for each transport and wait mode. Targets are reported, not asserted:
+only a failure to measure fails."""
 import json
 import subprocess
 import sys
+
+NEEDED = {"rpc": ["zcrpc", "capnp-work", "bound", "zcrpc-pipelined"],
+          "messages": ["floor", "zcrpc", "floor-check", "capnp-work", "bound", "zcrpc-one-way"]}
 
 
 def main() -> int:
     bench, args = sys.argv[1], sys.argv[2:]
     json_path = args[args.index("--json") + 1]
-    done = subprocess.run([bench] + args, check=False)
-    if done.returncode != 0:
-        print(f"zcrpc-bench exited with {done.returncode}")
+    if subprocess.run([bench] + args, check=False).returncode != 0:
+        print("check_quick: zcrpc-bench failed")
         return 1
     with open(json_path, encoding="utf-8") as f:
         report = json.load(f)
-    problems = []
-    rows = report["rpc"]["summary"]
-    if not rows:
-        problems.append("rpc summary is empty")
-    for row in rows:
-        name = f'{row["transport"]} {row["wait_mode"]} {row["payload_bytes"]} B'
-        for series in ("reference", "zcrpc", "capnp"):
-            if not row[series]["p50_ns"] > 0:
-                problems.append(f"{name}: no {series} p50")
-        if not row.get("capnp_work_p50_ns", 0) > 0:
-            problems.append(f"{name}: Cap'n Proto's own work not measured")
-        if not row.get("bound_vs_reference", 0) > 0 or not row.get("zcrpc_vs_bound", 0) > 0:
-            problems.append(f"{name}: no bound")
-        if row["transport"] == "tcp":
-            frame = row.get("frame_bytes", 0)
+    missing = {m["series"]: m["why"] for m in report["missing"]}
+    problems = [] if report["rows"] else ["no rows"]
+    for row in report["rows"]:
+        name = f'{row["section"]} {row["transport"]} {row["wait_mode"]} {row["payload_bytes"]} B'
+        series = {s["id"]: s for s in row["series"]}
+        needed = NEEDED[row["section"]] + (["memcpy"] if row["section"] == "messages" and row["payload_bytes"] >= 1 << 20 else [])
+        if row["section"] == "rpc":
+            needed += ["floor"] if row["transport"] == "shm" else ["raw-tcp", "raw-tcp-frame"]
+        for s in row["series"]:
+            median = s["median"].get("p50") or s["median"].get("per_second")
+            if s["role"] == "rival" and not median and s["id"] not in missing:
+                problems.append(f"{name}: rival {s['id']} has no figures and is not listed as missing")
+        for sid in needed:
+            s = series.get(sid)
+            if not s or not (s["median"].get("p50") or s["median"].get("per_second")):
+                problems.append(f"{name}: no figures for {sid}")
+        if row["section"] == "rpc" and row["transport"] == "tcp":
+            frame = series["zcrpc"]["reps"][0].get("peer_value", 0)
             # a 32-byte header, the root pointer, the struct, the segment table: 40+ bytes over
             if not row["payload_bytes"] + 40 < frame < row["payload_bytes"] + 4096:
                 problems.append(f"{name}: implausible frame size {frame}")
-            if not row.get("frame_reference_p50_ns", 0) > 0:
-                problems.append(f"{name}: no raw ping-pong of the frame's bytes")
+    config = report["config"]
+    if "rpc" in {r["section"] for r in report["rows"]} and \
+            len(report["summary"]) != len(config["transports"]) * len(config["wait_modes"]):
+        problems.append(f"summary has {len(report['summary'])} lines")
     for p in problems:
         print("check_quick:", p)
-    print(f"check_quick: {len(rows)} rpc rows checked, {len(problems)} problem(s)")
+    for sid, why in missing.items():
+        print(f"check_quick: missing {sid}: {why}")
+    print(f"check_quick: {len(report['rows'])} rows checked, {len(problems)} problem(s)")
     return 1 if problems else 0
 
 

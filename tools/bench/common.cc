@@ -1,21 +1,30 @@
 #include "common.h"
 
+#include <fmt/format.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-
-#include <fmt/format.h>
 
 namespace zcrpc::bench {
 
 void throwErrno(const std::string& context) {
   int err = errno;
   throw BenchError(context + ": " + std::strerror(err));
+}
+
+UnlinkOnExit::UnlinkOnExit(std::string path) : path_(std::move(path)) {
+  if (!path_.empty()) ::unlink(path_.c_str());
+}
+
+UnlinkOnExit::~UnlinkOnExit() {
+  if (!path_.empty()) ::unlink(path_.c_str());
 }
 
 void pinToCpu(int cpu) {
@@ -27,8 +36,7 @@ void pinToCpu(int cpu) {
     throwErrno(fmt::format("pin to CPU {} (sched_setaffinity)", cpu));
   // The kernel migrates the thread before sched_setaffinity returns.
   int now = ::sched_getcpu();
-  if (now != cpu)
-    throw BenchError(fmt::format("pinned to CPU {} but running on CPU {}", cpu, now));
+  if (now != cpu) throw BenchError(fmt::format("pinned to CPU {} but running on CPU {}", cpu, now));
 }
 
 uint64_t preemptionCount() noexcept {
@@ -54,10 +62,14 @@ size_t parseSize(const std::string& text) {
   std::string unit = text.substr(pos);
   for (auto& ch : unit) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   size_t mul = 1;
-  if (unit == "" || unit == "b") mul = 1;
-  else if (unit == "k" || unit == "kib") mul = 1024;
-  else if (unit == "m" || unit == "mib") mul = kMiB;
-  else throw BenchError("size '" + text + "': unit must be B, K/KiB or M/MiB");
+  if (unit == "" || unit == "b")
+    mul = 1;
+  else if (unit == "k" || unit == "kib")
+    mul = 1024;
+  else if (unit == "m" || unit == "mib")
+    mul = kMiB;
+  else
+    throw BenchError("size '" + text + "': unit must be B, K/KiB or M/MiB");
   if (v == 0 || v > kMaxPayloadBytes / mul)
     throw BenchError("size '" + text + "' must be between 1 byte and 16 MiB");
   return static_cast<size_t>(v) * mul;
@@ -83,6 +95,55 @@ std::string formatSize(uint64_t bytes) {
   if (bytes >= kMiB && bytes % kMiB == 0) return fmt::format("{} MiB", bytes / kMiB);
   if (bytes >= kKiB && bytes % kKiB == 0) return fmt::format("{} KiB", bytes / kKiB);
   return fmt::format("{} B", bytes);
+}
+
+std::string_view transportName(Transport t) noexcept {
+  return t == Transport::kShm ? "shm" : "tcp";
+}
+
+Transport parseTransport(std::string_view text) {
+  if (text == "shm") return Transport::kShm;
+  if (text == "tcp") return Transport::kTcp;
+  throw BenchError("transport '" + std::string(text) + "' must be shm or tcp");
+}
+
+Budget Budget::forPayload(size_t payloadBytes, double seconds) {
+  Budget b;
+  auto ns = std::chrono::nanoseconds(static_cast<int64_t>(seconds * 1e9));
+  // ~1.9 M round trips for 64 B, ~650 k for 4 KiB, ~60 k for 64 KiB, ~3.8 k for 1 MiB: more
+  // than fit in the time at the expected speeds, so time is the usual bound.
+  b.maxIterations =
+      std::clamp<uint64_t>(static_cast<uint64_t>(4e9 / (payloadBytes + 2000.0)), 5000, 2'000'000);
+  b.measure = ns;
+  b.warmup = ns / 4;
+  b.warmupIterations = b.maxIterations / 4;
+  return b;
+}
+
+Rate rateOf(uint64_t count, double seconds, size_t bytes) {
+  Rate r;
+  r.count = count;
+  r.seconds = seconds;
+  r.perSecond = static_cast<double>(count) / seconds;
+  r.bytesPerSecond = r.perSecond * static_cast<double>(bytes);
+  return r;
+}
+
+Latency summarizeLatency(std::span<uint64_t> samples) {
+  Latency l;
+  l.samples = samples.size();
+  if (samples.empty()) return l;
+  std::sort(samples.begin(), samples.end());
+  auto rank = [&](double q) {  // nearest rank
+    size_t r = static_cast<size_t>(std::ceil(q * static_cast<double>(samples.size())));
+    return samples[std::clamp<size_t>(r, 1, samples.size()) - 1];
+  };
+  l.minNs = samples.front();
+  l.p50Ns = rank(0.50);
+  l.p99Ns = rank(0.99);
+  l.p999Ns = rank(0.999);
+  l.maxNs = samples.back();
+  return l;
 }
 
 }  // namespace zcrpc::bench

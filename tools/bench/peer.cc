@@ -1,5 +1,7 @@
 #include "peer.h"
 
+#include <fmt/format.h>
+#include <kj/exception.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -7,86 +9,52 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <thread>
-
-#include <fmt/format.h>
-#include <kj/exception.h>
+#include <vector>
 
 namespace zcrpc::bench {
 
 namespace {
 
-/// Runs in the forked child; never returns.
-[[noreturn]] void runChild(int fd, pid_t parent, const PeerProcess::Body& body) {
-  // Die with the parent, whatever kills it; close the race with a parent that already died.
-  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(3);
-  int code = 0;
-  {
-    ControlChannel control(fd);
-    std::string error;
-    try {
-      body(control);
-    } catch (const std::exception& e) {
-      error = e.what();
-    } catch (const kj::Exception& e) {
-      error = std::string("Cap'n Proto: ") + e.getDescription().cStr();
-    } catch (...) {
-      error = "unknown exception";
-    }
-    if (!error.empty()) {
-      code = 1;
-      Reply r;
-      r.kind = ReplyKind::kError;
-      std::strncpy(r.text, error.c_str(), sizeof r.text - 1);
-      try {
-        control.send(r);
-      } catch (...) {
-      }
-    }
+constexpr auto kIdleTimeout = std::chrono::seconds(120);  // the peer's longest wait for a command
+
+std::string errorText(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (const kj::Exception& x) {
+    return std::string("Cap'n Proto: ") + x.getDescription().cStr();
+  } catch (...) {
+    return "unknown exception";
   }
-  // _exit: no atexit handlers and no flushing of stdio buffers copied from the parent.
-  ::_exit(code);
 }
 
-std::string describeStatus(int status) {
-  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status))
-    return fmt::format("killed by signal {} ({})", WTERMSIG(status), ::strsignal(WTERMSIG(status)));
-  return fmt::format("ended with wait status {:#x}", status);
+Reply reply(ReplyKind kind, const std::string& text = {}) {
+  Reply r;
+  r.kind = kind;
+  std::strncpy(r.text, text.c_str(), sizeof r.text - 1);
+  return r;
 }
 
 }  // namespace
 
-ControlChannel::~ControlChannel() { close(); }
-
-void ControlChannel::close() noexcept {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+void ControlChannel::send(const void* p, size_t n) {
+  ssize_t r;
+  do r = ::send(fd(), p, n, MSG_NOSIGNAL);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) throwErrno("control socket send");
+  if (static_cast<size_t>(r) != n) throw BenchError("control socket: short send");
 }
 
-void ControlChannel::sendBytes(const void* p, size_t n) {
-  for (;;) {
-    ssize_t r = ::send(fd_, p, n, MSG_NOSIGNAL);
-    if (r == static_cast<ssize_t>(n)) return;
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) throwErrno("control socket send");
-    throw BenchError("control socket: short send");
-  }
-}
-
-bool ControlChannel::receiveBytes(void* p, size_t n, Deadline deadline) {
-  for (;;) {
-    auto now = Clock::now();
-    if (now >= deadline) return false;
-    auto ms = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
-    pollfd pfd{fd_, POLLIN, 0};
-    int pr = ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(ms, 1000)));
-    if (pr < 0 && errno != EINTR) throwErrno("control socket poll");
-    if (pr <= 0) continue;
-    ssize_t r = ::recv(fd_, p, n, MSG_DONTWAIT);
+bool ControlChannel::receive(void* p, size_t n, Deadline deadline) {
+  for (auto now = Clock::now(); now < deadline; now = Clock::now()) {
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+    if (!(os::pollOne(fd(), POLLIN, std::min(ms, std::chrono::milliseconds(1000))) &
+          (POLLIN | POLLHUP)))
+      continue;
+    ssize_t r = ::recv(fd(), p, n, MSG_DONTWAIT);
     if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (r < 0) throwErrno("control socket receive");
     if (r == 0) throw BenchError("control socket closed by the other process");
@@ -94,73 +62,69 @@ bool ControlChannel::receiveBytes(void* p, size_t n, Deadline deadline) {
       throw BenchError(fmt::format("control socket: message of {} bytes, expected {}", r, n));
     return true;
   }
+  return false;
 }
 
-PeerProcess::PeerProcess(Body body) {
+PeerProcess::PeerProcess(const std::function<void(ControlChannel&)>& body) {
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-    throwErrno("control socketpair");
-  // Allocated before fork, so nothing can throw between fork and owning the child.
-  control_ = std::make_unique<ControlChannel>(sv[0]);
-  pid_t parent = ::getpid();
-  pid_t pid = ::fork();
-  if (pid < 0) {
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throwErrno("socketpair");
+  control_ = std::make_unique<ControlChannel>(sv[0]);  // before fork: nothing throws after it
+  const pid_t parent = ::getpid();
+  pid_ = ::fork();
+  if (pid_ < 0) {
     ::close(sv[1]);
     throwErrno("fork");
   }
-  if (pid == 0) {
-    ::close(sv[0]);
-    runChild(sv[1], parent, body);
+  if (pid_ > 0) {
+    ::close(sv[1]);
+    return;
   }
-  ::close(sv[1]);
-  pid_ = pid;
+  // The child: dies with the parent, whatever kills it (and if that already happened).
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(3);
+  int code = 0;
+  {
+    ControlChannel control(sv[1]);
+    try {
+      body(control);
+    } catch (...) {
+      code = 1;
+      try {
+        control.send(reply(ReplyKind::kError, errorText(std::current_exception())));
+      } catch (...) {
+      }
+    }
+  }
+  ::_exit(code);  // no atexit handlers, no flushing of stdio buffers copied from the parent
 }
 
 PeerProcess::~PeerProcess() {
-  if (pid_ <= 0) return;
   control_->close();  // the child sees a hang-up and exits; otherwise reap() kills it
   reap(std::chrono::milliseconds(500));
 }
 
 Reply PeerProcess::expect(ReplyKind kind, Deadline deadline, const std::string& what) {
   Reply r;
-  bool got = false;
   try {
-    got = control_->receive(r, deadline);
+    if (!control_->receive(r, deadline))
+      throw BenchError(what + ": the peer process did not answer in time");
   } catch (const BenchError& e) {
+    siginfo_t exited{};  // WNOWAIT: leaves the child for reap() to collect
+    if (pid_ <= 0 || ::waitid(P_PID, pid_, &exited, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+        exited.si_pid == 0)
+      throw;
     throw BenchError(what + ": the peer process went away (" + e.what() + "; it " +
                      reap(std::chrono::milliseconds(1000)) + ")");
   }
-  if (!got) throw BenchError(what + ": the peer process did not answer in time");
-  if (r.kind == ReplyKind::kError) {
-    r.text[sizeof r.text - 1] = 0;
-    throw BenchError(what + ": the peer process failed: " + r.text);
-  }
+  r.text[sizeof r.text - 1] = 0;
+  if (r.kind == ReplyKind::kError) throw BenchError(what + ": the peer process failed: " + r.text);
   if (r.kind != kind)
-    throw BenchError(fmt::format("{}: unexpected reply {} from the peer process (expected {})",
-                                 what, static_cast<uint32_t>(r.kind),
-                                 static_cast<uint32_t>(kind)));
+    throw BenchError(fmt::format("{}: reply {} from the peer process, expected {}", what,
+                                 static_cast<uint32_t>(r.kind), static_cast<uint32_t>(kind)));
   return r;
 }
 
-std::string PeerProcess::failure(std::chrono::milliseconds wait) {
-  if (pid_ <= 0) return "it " + ended_;
-  Reply r;
-  try {
-    if (!control_->receive(r, Clock::now() + wait)) return {};
-  } catch (const BenchError&) {
-    return "it " + reap(std::chrono::milliseconds(1000));
-  }
-  if (r.kind != ReplyKind::kError) return {};
-  r.text[sizeof r.text - 1] = 0;
-  return r.text;
-}
-
 void PeerProcess::quit() {
-  if (pid_ <= 0) throw BenchError("the peer process already " + ended_);
-  Command c;
-  c.op = Op::kQuit;
-  send(c);
+  send(Command{Op::kQuit, 0, {}});
   expect(ReplyKind::kDone, Clock::now() + std::chrono::seconds(5), "stopping the peer process");
   std::string how = reap(std::chrono::milliseconds(5000));
   if (!WIFEXITED(exitStatus_) || WEXITSTATUS(exitStatus_) != 0)
@@ -169,10 +133,8 @@ void PeerProcess::quit() {
 
 std::string PeerProcess::reap(std::chrono::milliseconds grace) noexcept {
   if (pid_ <= 0) return ended_;
-  auto until = Clock::now() + grace;
-  int status = 0;
-  for (;;) {
-    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+  for (auto until = Clock::now() + grace;;) {
+    pid_t r = ::waitpid(pid_, &exitStatus_, WNOHANG);
     if (r == pid_) break;
     if (r < 0 && errno != EINTR) {  // not our child any more: nothing left to reap
       pid_ = -1;
@@ -180,15 +142,81 @@ std::string PeerProcess::reap(std::chrono::milliseconds grace) noexcept {
     }
     if (Clock::now() >= until) {
       ::kill(pid_, SIGKILL);
-      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+      while (::waitpid(pid_, &exitStatus_, 0) < 0 && errno == EINTR) {
       }
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   pid_ = -1;
-  exitStatus_ = status;
-  return ended_ = describeStatus(status);
+  const int s = exitStatus_;
+  return ended_ = WIFEXITED(s)     ? fmt::format("exited with status {}", WEXITSTATUS(s))
+                  : WIFSIGNALED(s) ? fmt::format("was killed by signal {} ({})", WTERMSIG(s),
+                                                 ::strsignal(WTERMSIG(s)))
+                                   : fmt::format("ended with wait status {:#x}", s);
+}
+
+// ---- the peer's side ---------------------------------------------------------------------
+
+PeerCell::PeerCell(ControlChannel& control, const CellSpec& cellSpec, std::span<std::byte> room)
+    : spec(cellSpec),
+      // The measuring side ends a serving cell; it has its own stall bounds (each wait, the
+      // drain of a pipelined window), so the peer allows for them.
+      deadline(Clock::now() + std::chrono::nanoseconds(cellSpec.budgetNs) + 3 * kStallTimeout),
+      scratch(room),
+      control_(control) {}
+
+int PeerCell::controlFd() const noexcept { return control_.fd(); }
+
+void PeerCell::started(std::string_view endpoint) {
+  if (started_) throw BenchError("peer: cell started twice");
+  started_ = true;
+  control_.send(reply(ReplyKind::kStarted, std::string(endpoint)));
+}
+
+void PeerCell::awaitEnd() {
+  Command c;
+  if (!control_.receive(c, deadline))
+    throw BenchError("peer: the measuring process did not end the cell in time");
+  endedWith(std::as_bytes(std::span(&c, 1)));
+}
+
+void PeerCell::endedWith(std::span<const std::byte> message) {
+  Command c;
+  if (message.size() == sizeof c) std::memcpy(&c, message.data(), sizeof c);
+  if (message.size() != sizeof c || c.op != Op::kEndCell)
+    throw BenchError("peer: expected the end of the cell on the control socket");
+  ended_ = true;
+}
+
+void servePeer(ControlChannel& control, std::span<System* const> systems, int cpu,
+               size_t scratchBytes) {
+  pinToCpu(cpu);  // before any thread starts: servers' threads inherit the CPU
+  std::vector<std::byte> scratch(scratchBytes, std::byte{0});  // faulted in now
+  control.send(reply(ReplyKind::kReady));
+  for (;;) {
+    Command c;
+    if (!control.receive(c, Clock::now() + kIdleTimeout))
+      throw BenchError("peer: no command from the measuring process for 120 s");
+    if (c.op == Op::kEndCell) continue;  // of a cell that failed here first
+    if (c.op == Op::kQuit) return control.send(reply(ReplyKind::kDone));
+    if (c.op != Op::kCell || c.system >= systems.size() || c.spec.budgetNs < 0 ||
+        c.spec.payloadBytes > scratch.size())
+      throw BenchError("peer: bad command");
+    const uint64_t preempted = preemptionCount();
+    PeerCell cell(control, c.spec, scratch);
+    std::string error;
+    try {
+      systems[c.system]->serve(cell);
+      if (!cell.ended()) cell.awaitEnd();
+    } catch (...) {
+      error = errorText(std::current_exception());
+    }
+    Reply r = reply(error.empty() ? ReplyKind::kDone : ReplyKind::kError, error);
+    r.value = cell.value;
+    r.preemptions = preemptionCount() - preempted;
+    control.send(r);
+  }
 }
 
 }  // namespace zcrpc::bench

@@ -1,420 +1,413 @@
 #include "report.h"
 
-#include <algorithm>
-#include <cerrno>
-#include <cmath>
-#include <cstring>
-#include <string_view>
-
 #include <fmt/color.h>
 #include <fmt/format.h>
+#include <sys/wait.h>
 
-#include "json.h"
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 
 namespace zcrpc::bench {
 
 namespace {
 
-constexpr size_t kTargetLatencyBytes = 64;
-constexpr double kTargetLatencyRatio = 1.2;
-constexpr size_t kTargetRateBytes = 64;
-constexpr double kTargetMessagesPerSecond = 10e6;
-constexpr size_t kTargetBandwidthBytes = size_t{1} << 20;
-constexpr double kTargetMemcpyShare = 0.5;
-/// Involuntary context switches in one cell from which the report warns that other load
-/// disturbed the run (a 0.5 s cell on an idle host sees almost none).
-constexpr double kBusyPreemptions = 10;
+using Json = nlohmann::ordered_json;
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+constexpr uint64_t kBusyPreemptions = 10;  // in one cell: other load took a pinned CPU
+
+double value(std::optional<double> v) { return v.value_or(0); }
+std::string ratioText(std::optional<double> v) { return v ? formatRatio(*v) : "-"; }
+bool isRate(const SeriesInfo& s) { return s.measure != Measure::kRoundTrip; }
+std::string roleName(Role r) {
+  return std::array{"reference", "zcrpc", "rival", "part", "derived"}[static_cast<size_t>(r)];
 }
-
-template <typename Get>
-double medianOf(const Run& run, size_t index, Get get) {
-  std::vector<double> v;
-  for (const auto& rep : run.reps) v.push_back(get(rep.sizes[index]));
-  return median(std::move(v));
+std::string waitLabel(WaitMode w) {
+  return std::string(waitModeName(w)) + (w == WaitMode::kSpinThenSleep ? " (default)" : "");
 }
-
-template <typename Get>
-std::optional<double> optionalMedianOf(const Run& run, size_t index, Get get) {
-  std::vector<double> v;
-  for (const auto& rep : run.reps)
-    if (auto x = get(rep.sizes[index])) v.push_back(*x);
-  if (v.empty()) return std::nullopt;
-  return median(std::move(v));
-}
-
-std::string ns(double v) {
-  if (v < 1e4) return fmt::format("{:.0f} ns", v);
-  if (v < 1e6) return fmt::format("{:.1f} us", v / 1e3);
-  return fmt::format("{:.2f} ms", v / 1e6);
-}
-
-std::string rate(double v) {
-  if (v >= 1e6) return fmt::format("{:.2f} M", v / 1e6);
-  if (v >= 1e3) return fmt::format("{:.1f} k", v / 1e3);
-  return fmt::format("{:.0f}", v);
-}
-
-std::string gbps(double bytesPerSecond) { return fmt::format("{:.2f}", bytesPerSecond / 1e9); }
-std::string ratio(double v) { return fmt::format("{:.2f}x", v); }
-std::string count(uint64_t v) { return v >= 10'000 ? rate(static_cast<double>(v)) : std::to_string(v); }
-
-const SizeSummary* find(const std::vector<SizeSummary>& s, size_t bytes) {
-  for (const auto& x : s)
-    if (x.payloadBytes == bytes) return &x;
-  return nullptr;
-}
-
-void writeRatios(JsonWriter& j, std::string_view key, const Ratios& r) {
-  j.beginObject(key);
-  j.number("p50", r.p50);
-  j.number("p99", r.p99);
-  j.number("p999", r.p999);
-  j.endObject();
-}
-
-void writeGb(JsonWriter& j, std::string_view key, const std::optional<double>& bytesPerSecond) {
-  j.optional(key, bytesPerSecond ? std::optional<double>(*bytesPerSecond / 1e9) : std::nullopt);
-}
-
-}  // namespace
-
-void writeLatency(JsonWriter& j, std::string_view key, const Latency& l) {
-  j.beginObject(key);
-  j.integer("samples", l.samples);
-  j.integer("min_ns", l.minNs);
-  j.integer("p50_ns", l.p50Ns);
-  j.integer("p99_ns", l.p99Ns);
-  j.integer("p999_ns", l.p999Ns);
-  j.integer("max_ns", l.maxNs);
-  j.integer("preemptions", l.preemptions);
-  j.endObject();
-}
-
-std::vector<SizeSummary> summarize(const Run& run) {
-  std::vector<SizeSummary> out;
-  if (run.reps.empty()) return out;
-  for (size_t i = 0; i < run.reps.front().sizes.size(); ++i) {
-    SizeSummary s;
-    s.payloadBytes = run.reps.front().sizes[i].payloadBytes;
-    auto d = [](uint64_t v) { return static_cast<double>(v); };
-    s.floorP50 = medianOf(run, i, [&](const SizeResult& r) { return d(r.floor.p50Ns); });
-    s.floorP99 = medianOf(run, i, [&](const SizeResult& r) { return d(r.floor.p99Ns); });
-    s.floorP999 = medianOf(run, i, [&](const SizeResult& r) { return d(r.floor.p999Ns); });
-    s.zcrpcP50 = medianOf(run, i, [&](const SizeResult& r) { return d(r.zcrpc.p50Ns); });
-    s.zcrpcP99 = medianOf(run, i, [&](const SizeResult& r) { return d(r.zcrpc.p99Ns); });
-    s.zcrpcP999 = medianOf(run, i, [&](const SizeResult& r) { return d(r.zcrpc.p999Ns); });
-    s.ratio.p50 = medianOf(run, i, [](const SizeResult& r) { return r.ratio.p50; });
-    s.ratio.p99 = medianOf(run, i, [](const SizeResult& r) { return r.ratio.p99; });
-    s.ratio.p999 = medianOf(run, i, [](const SizeResult& r) { return r.ratio.p999; });
-    s.capnpWorkP50 = medianOf(run, i, [&](const SizeResult& r) { return d(r.capnpWork.p50Ns); });
-    s.boundVsFloor = medianOf(run, i, [](const SizeResult& r) { return r.boundVsFloor; });
-    s.zcrpcVsBound = medianOf(run, i, [](const SizeResult& r) { return r.zcrpcVsBound; });
-    s.messagesPerSecond =
-        medianOf(run, i, [](const SizeResult& r) { return r.oneWay.messagesPerSecond; });
-    s.bytesPerSecond = medianOf(run, i, [](const SizeResult& r) { return r.oneWay.bytesPerSecond; });
-    s.memcpyBytesPerSecond =
-        optionalMedianOf(run, i, [](const SizeResult& r) { return r.memcpyBytesPerSecond; });
-    s.oneWayVsMemcpy =
-        optionalMedianOf(run, i, [](const SizeResult& r) { return r.oneWayVsMemcpy; });
-    out.push_back(s);
-  }
-  return out;
-}
-
-std::vector<TargetResult> evaluateTargets(const Run& run, const std::vector<SizeSummary>& summary) {
-  std::vector<TargetResult> t(3);
-  t[0].name = formatSize(kTargetLatencyBytes) + " round trip p50 vs floor";
-  t[0].goal = "<= " + ratio(kTargetLatencyRatio);
-  t[0].threshold = kTargetLatencyRatio;
-  t[0].atMost = true;
-  if (auto* s = find(summary, kTargetLatencyBytes)) t[0].value = s->ratio.p50;
-
-  t[1].name = fmt::format("{} one-way msg/s (batch {})", formatSize(kTargetRateBytes),
-                          run.config.batch);
-  t[1].goal = ">= " + rate(kTargetMessagesPerSecond);
-  t[1].threshold = kTargetMessagesPerSecond;
-  if (auto* s = find(summary, kTargetRateBytes)) t[1].value = s->messagesPerSecond;
-
-  t[2].name = formatSize(kTargetBandwidthBytes) + " one-way vs memcpy bandwidth";
-  t[2].goal = ">= " + ratio(kTargetMemcpyShare);
-  t[2].threshold = kTargetMemcpyShare;
-  if (auto* s = find(summary, kTargetBandwidthBytes)) t[2].value = s->oneWayVsMemcpy;
-
-  for (size_t i = 0; i < t.size(); ++i) {
-    if (!t[i].value) {
-      t[i].measured = "not run";
-      t[i].verdict = Verdict::kNotMeasured;
-      continue;
-    }
-    double v = *t[i].value;
-    t[i].measured = i == 1 ? rate(v) : ratio(v);
-    bool pass = t[i].atMost ? v <= t[i].threshold : v >= t[i].threshold;
-    t[i].verdict = pass ? Verdict::kPass : Verdict::kMiss;
-  }
-  return t;
-}
-
-void printReport(std::FILE* out, const Run& run, bool color) {
-  const RunConfig& c = run.config;
-  auto summary = summarize(run);
-  auto targets = evaluateTargets(run, summary);
-  auto p = [out](std::string_view s) { fmt::print(out, "{}\n", s); };
-
-  p("");
-  fmt::print(out,
-             "zcrpc-bench: shm:// between two processes pinned to CPUs {} (measuring) and {} "
-             "(echo/sink)\n",
-             c.clientCpu, c.serverCpu);
-  fmt::print(out,
-             "zcrpc wait mode {}, floor busy-poll; ring {} + arena {} per direction; {} "
-             "repetition{}, {:.2f} s per cell{}\n",
-             c.waitMode, formatSize(c.ringBytes), formatSize(c.arenaBytes), c.reps,
-             c.reps == 1 ? "" : "s", c.secondsPerCell, c.quick ? " (--quick)" : "");
-  fmt::print(out, "Host load average (1 min) {:.2f} at start, {:.2f} at end (2 pinned busy "
-             "processes add about 2)\n", c.loadStart, c.loadEnd);
-  p("Figures are medians over repetitions; ratios are zcrpc / floor within each repetition, "
-    "then the median.");
-
-  p("");
-  p("Round trip (ping-pong; request built in place, echoed with one copy; steady_clock per round "
-    "trip)");
-  std::string rule(112, '-');
-  fmt::print(out, "  {:<8}| {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} | {:>13}\n",
-             "size", "floor p50", "p99", "p99.9", "zcrpc p50", "p99", "p99.9", "x p50", "x p99",
-             "x p99.9", "samples f/z");
-  fmt::print(out, "  {}\n", rule);
-  for (size_t i = 0; i < summary.size(); ++i) {
-    const auto& s = summary[i];
-    const auto& last = run.reps.back().sizes[i];
-    fmt::print(out,
-               "  {:<8}| {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} | {:>13}\n",
-               formatSize(s.payloadBytes), ns(s.floorP50), ns(s.floorP99), ns(s.floorP999),
-               ns(s.zcrpcP50), ns(s.zcrpcP99), ns(s.zcrpcP999), ratio(s.ratio.p50),
-               ratio(s.ratio.p99), ratio(s.ratio.p999),
-               count(last.floor.samples) + "/" + count(last.zcrpc.samples));
-  }
-
-  p("");
-  p("Cap'n Proto's own share (one thread, no transport, measured in each repetition: the request");
-  p("built into memory zeroed beforehand and read, the echo built and read, the data field empty,");
-  p("since moving the payload's bytes is what the floor does too). Every round trip of Cap'n Proto");
-  p("messages does this work in sequence, so floor + capnp is the least one can take, however the");
-  p("messages travel.");
-  fmt::print(out, "  {:<8}| {:>9} {:>9} | {:>12} {:>8} | {:>10}\n", "size", "capnp p50", "p99",
-             "floor+capnp", "x floor", "zcrpc x it");
-  fmt::print(out, "  {}\n", std::string(68, '-'));
-  for (size_t i = 0; i < summary.size(); ++i) {
-    const auto& s = summary[i];
-    double p99 = medianOf(run, i, [](const SizeResult& r) { return static_cast<double>(r.capnpWork.p99Ns); });
-    fmt::print(out, "  {:<8}| {:>9} {:>9} | {:>12} {:>8} | {:>10}\n", formatSize(s.payloadBytes),
-               ns(s.capnpWorkP50), ns(p99), ns(s.floorP50 + s.capnpWorkP50), ratio(s.boundVsFloor),
-               ratio(s.zcrpcVsBound));
-  }
-
-  p("");
-  fmt::print(out,
-             "One-way stream (send without flush, flush() every {} messages; the sink checks and "
-             "releases each one; GB = 1e9 bytes)\n",
-             c.batch);
-  fmt::print(out, "  {:<8}| {:>10} | {:>9} | {:>11} | {:>9}\n", "size", "msg/s", "GB/s",
-             "memcpy GB/s", "vs memcpy");
-  fmt::print(out, "  {}\n", std::string(62, '-'));
-  for (const auto& s : summary)
-    fmt::print(out, "  {:<8}| {:>10} | {:>9} | {:>11} | {:>9}\n", formatSize(s.payloadBytes),
-               rate(s.messagesPerSecond), gbps(s.bytesPerSecond),
-               s.memcpyBytesPerSecond ? gbps(*s.memcpyBytesPerSecond) : "",
-               s.oneWayVsMemcpy ? ratio(*s.oneWayVsMemcpy) : "");
-
-  p("");
-  p("Per repetition. 'first': which latency cell ran first (alternates); a shorter floor run on");
-  p("the other side of the zcrpc cell checks that the CPUs did not move ('check' = its p50 vs the");
-  p("floor's); 'preempt': involuntary context switches of both processes in the floor / zcrpc /");
-  p("stream cells (other load on the host taking a pinned CPU).");
-  fmt::print(out,
-             "  {:>3} {:<7} {:<6}| {:>9} {:>6} {:>9} {:>6} | {:>10} {:>10} {:>6} | {:>8} {:>6} "
-             "{:>6} | {:>12}\n",
-             "rep", "size", "first", "floor p50", "check", "zcrpc p50", "x", "floor 99.9",
-             "zcrpc 99.9", "x", "msg/s", "GB/s", "x mcpy", "preempt");
-  for (size_t r = 0; r < run.reps.size(); ++r) {
-    const auto& rep = run.reps[r];
-    for (const auto& s : rep.sizes) {
-      double drift = s.floor.p50Ns ? static_cast<double>(s.floorCheck.p50Ns) /
-                                             static_cast<double>(s.floor.p50Ns) - 1
-                                   : 0;
-      fmt::print(out,
-                 "  {:>3} {:<7} {:<6}| {:>9} {:>+5.0f}% {:>9} {:>6} | {:>10} {:>10} {:>6} | {:>8} "
-                 "{:>6} {:>6} | {:>12}\n",
-                 r + 1, formatSize(s.payloadBytes), rep.zcrpcFirst ? "zcrpc" : "floor",
-                 ns(static_cast<double>(s.floor.p50Ns)), drift * 100,
-                 ns(static_cast<double>(s.zcrpc.p50Ns)), ratio(s.ratio.p50),
-                 ns(static_cast<double>(s.floor.p999Ns)), ns(static_cast<double>(s.zcrpc.p999Ns)),
-                 ratio(s.ratio.p999), rate(s.oneWay.messagesPerSecond),
-                 gbps(s.oneWay.bytesPerSecond), s.oneWayVsMemcpy ? ratio(*s.oneWayVsMemcpy) : "",
-                 fmt::format("{}/{}/{}", s.floor.preemptions + s.floorCheck.preemptions,
-                             s.zcrpc.preemptions, s.oneWay.preemptions));
-    }
-  }
-
-  std::vector<double> preempted;
-  for (const auto& rep : run.reps)
-    for (const auto& s : rep.sizes)
-      for (uint64_t n : {s.floor.preemptions, s.zcrpc.preemptions, s.oneWay.preemptions})
-        preempted.push_back(static_cast<double>(n));
-  double mostPreempted = preempted.empty() ? 0 : *std::max_element(preempted.begin(), preempted.end());
-  if (mostPreempted >= kBusyPreemptions) {
-    p("");
-    fmt::print(out,
-               "Note: other load shared the pinned CPUs (median {:.0f}, most {:.0f} involuntary "
-               "context switches per cell).\n"
-               "      Tails (p99, p99.9) and the one-way stream, which needs both CPUs at once, "
-               "suffer most;\n"
-               "      rerun on an idle host for undisturbed figures.\n",
-               median(preempted), mostPreempted);
-  }
-
-  p("");
-  p("Targets (reported, not asserted)");
-  for (const auto& t : targets) {
-    std::string verdict = t.verdict == Verdict::kPass   ? "PASS"
-                          : t.verdict == Verdict::kMiss ? "MISS"
-                                                        : "n/a";
-    std::string shown = verdict;
-    if (color && t.verdict != Verdict::kNotMeasured)
-      shown = fmt::format(fmt::fg(t.verdict == Verdict::kPass ? fmt::color::green : fmt::color::red) |
-                              fmt::emphasis::bold,
-                          "{}", verdict);
-    fmt::print(out, "  {:<44} goal {:<10} measured {:<10} {}\n", t.name, t.goal, t.measured,
-               shown);
-  }
-  if (const auto* s = find(summary, kTargetLatencyBytes); s && s->boundVsFloor > 0)
-    fmt::print(out,
-               "  ({} floor + Cap'n Proto's own work alone is {} the floor, the least a round trip "
-               "of Cap'n Proto\n   messages can take, so the {} goal is {} for any "
-               "transport of them; zcrpc is {} that bound.)\n",
-               formatSize(kTargetLatencyBytes), ratio(s->boundVsFloor), ratio(kTargetLatencyRatio),
-               s->boundVsFloor > kTargetLatencyRatio ? "out of reach" : "within reach",
-               ratio(s->zcrpcVsBound));
-  p("");
-}
-
-void writeJson(JsonWriter& j, const Run& run) {
-  const RunConfig& c = run.config;
-  j.beginObject();
-  j.string("mode", "messages");
-  j.beginObject("config");
-  j.string("transport", "shm");
-  j.string("endpoint", "shm://" + c.endpoint);
-  j.beginArray("cpus");
-  j.integer({}, static_cast<uint64_t>(c.clientCpu));
-  j.integer({}, static_cast<uint64_t>(c.serverCpu));
-  j.endArray();
-  j.string("wait_mode", c.waitMode);
-  j.string("floor_wait_mode", "busy-poll");
-  j.integer("reps", c.reps);
-  j.number("seconds_per_cell", c.secondsPerCell);
-  j.integer("batch", c.batch);
-  j.integer("ring_bytes", c.ringBytes);
-  j.integer("arena_bytes", c.arenaBytes);
-  j.boolean("quick", c.quick);
-  j.number("loadavg_start", c.loadStart);
-  j.number("loadavg_end", c.loadEnd);
-  j.beginArray("sizes");
-  for (size_t s : c.sizes) j.integer({}, s);
-  j.endArray();
-  j.endObject();
-
-  j.beginArray("reps");
-  for (size_t r = 0; r < run.reps.size(); ++r) {
-    const auto& rep = run.reps[r];
-    j.beginObject();
-    j.integer("rep", r + 1);
-    j.string("latency_order", rep.zcrpcFirst ? "zcrpc-first" : "floor-first");
-    j.beginArray("sizes");
-    for (const auto& s : rep.sizes) {
-      j.beginObject();
-      j.integer("payload_bytes", s.payloadBytes);
-      writeLatency(j, "floor", s.floor);
-      writeLatency(j, "zcrpc", s.zcrpc);
-      writeLatency(j, "floor_check", s.floorCheck);
-      writeRatios(j, "ratio", s.ratio);
-      writeLatency(j, "capnp_work", s.capnpWork);
-      j.number("floor_plus_capnp_vs_floor", s.boundVsFloor);
-      j.number("zcrpc_vs_floor_plus_capnp", s.zcrpcVsBound);
-      j.beginObject("throughput");
-      j.integer("messages", s.oneWay.messages);
-      j.number("seconds", s.oneWay.seconds);
-      j.number("msgs_per_s", s.oneWay.messagesPerSecond);
-      j.number("bytes_per_s", s.oneWay.bytesPerSecond);
-      j.integer("preemptions", s.oneWay.preemptions);
-      j.endObject();
-      j.optional("memcpy_bytes_per_s", s.memcpyBytesPerSecond);
-      writeGb(j, "memcpy_gb_per_s", s.memcpyBytesPerSecond);
-      j.optional("throughput_vs_memcpy", s.oneWayVsMemcpy);
-      j.endObject();
-    }
-    j.endArray();
-    j.endObject();
-  }
-  j.endArray();
-
-  auto summary = summarize(run);
-  j.beginArray("summary");
-  for (const auto& s : summary) {
-    j.beginObject();
-    j.integer("payload_bytes", s.payloadBytes);
-    j.beginObject("floor");
-    j.number("p50_ns", s.floorP50);
-    j.number("p99_ns", s.floorP99);
-    j.number("p999_ns", s.floorP999);
-    j.endObject();
-    j.beginObject("zcrpc");
-    j.number("p50_ns", s.zcrpcP50);
-    j.number("p99_ns", s.zcrpcP99);
-    j.number("p999_ns", s.zcrpcP999);
-    j.endObject();
-    writeRatios(j, "ratio", s.ratio);
-    j.number("capnp_work_p50_ns", s.capnpWorkP50);
-    j.number("floor_plus_capnp_vs_floor", s.boundVsFloor);
-    j.number("zcrpc_vs_floor_plus_capnp", s.zcrpcVsBound);
-    j.beginObject("throughput");
-    j.number("msgs_per_s", s.messagesPerSecond);
-    j.number("bytes_per_s", s.bytesPerSecond);
-    j.endObject();
-    j.optional("memcpy_bytes_per_s", s.memcpyBytesPerSecond);
-    writeGb(j, "memcpy_gb_per_s", s.memcpyBytesPerSecond);
-    j.optional("throughput_vs_memcpy", s.oneWayVsMemcpy);
-    j.endObject();
-  }
-  j.endArray();
-
-  j.beginArray("targets");
-  for (const auto& t : evaluateTargets(run, summary)) {
-    j.beginObject();
-    j.string("name", t.name);
-    j.string("goal", t.goal);
-    j.optional("measured", t.value);
-    j.number("threshold", t.threshold);
-    j.string("result", t.verdict == Verdict::kPass   ? "PASS"
-                       : t.verdict == Verdict::kMiss ? "MISS"
-                                                     : "not-run");
-    j.endObject();
-  }
-  j.endArray();
-  j.endObject();
+std::vector<Stat> statsOf(const SeriesInfo& s) {
+  if (!isRate(s)) return {Stat::kP50, Stat::kP99, Stat::kP999};
+  if (s.measure == Measure::kOneWay) return {Stat::kPerSecond, Stat::kBytesPerSecond};
+  return {Stat::kPerSecond, Stat::kStallFree, Stat::kStalled, Stat::kBytesPerSecond};
 }
 
 void writeTextFile(const std::string& path, const std::string& text) {
   std::FILE* f = std::fopen(path.c_str(), "w");
   if (!f) throwErrno("open " + path);
   bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) throwErrno("write " + path);
+  if (!(std::fclose(f) == 0 && ok)) throwErrno("write " + path);
+}
+
+const Row* rpcRow(const Table& table, Transport t, WaitMode w, size_t size) {
+  for (const Row& r : table.rows)
+    if (r.section == "rpc" && r.transport == t && r.waitMode == w && r.payloadBytes == size)
+      return &r;
+  return nullptr;
+}
+
+/// The rival with the lowest median p50 in `row`, or npos.
+size_t bestRival(const Row& row) {
+  size_t best = Row::npos;
+  for (size_t i = 0; i < row.series.size(); ++i)
+    if (auto p50 = medianOf(row, i, Stat::kP50);
+        row.series[i].role == Role::kRival && p50 &&
+        (best == Row::npos || *p50 < *medianOf(row, best, Stat::kP50)))
+      best = i;
+  return best;
+}
+
+std::string p50p99(const Row& row, size_t i) {
+  if (i == Row::npos) return "-";
+  return formatNs(value(medianOf(row, i, Stat::kP50))) + " / " +
+         formatNs(value(medianOf(row, i, Stat::kP99)));
+}
+
+size_t smallest(const Settings& s) { return *std::min_element(s.sizes.begin(), s.sizes.end()); }
+
+}  // namespace
+
+void printSummary(std::FILE* out, const Table& table) {
+  const Settings& s = table.settings;
+  const size_t size = smallest(s);
+  fmt::print(out, "\nzcrpc-bench: which transport for me? Echo call round trip of {}, p50 / p99\n",
+             formatSize(size));
+  fmt::print(out,
+             "(medians of {} repetitions, {:.2f} s per cell, CPUs {} and {}, load average {:.1f} "
+             "at start, {:.1f} at end)\n\n",
+             s.reps, s.seconds, s.clientCpu, s.serverCpu, table.loadStart, table.loadEnd);
+  constexpr std::string_view kLine = "  {:<4} {:<26} {:>19}   {:<34} {:>19}  {}\n";
+  fmt::print(out, kLine, "over", "wait mode", "zcrpc", "fastest rival", "rival", "rival/zcrpc");
+  bool any = false;
+  for (Transport t : s.transports)
+    for (WaitMode w : s.waitModes)
+      if (const Row* row = rpcRow(table, t, w, size)) {
+        any = true;
+        const size_t z = row->find("zcrpc"), best = bestRival(*row);
+        fmt::print(out, kLine, transportName(t), waitLabel(w), p50p99(*row, z),
+                   best == Row::npos ? "(none measured)" : row->series[best].label,
+                   p50p99(*row, best),
+                   best == Row::npos ? "-" : ratioText(medianRatio(*row, best, z, Stat::kP50)));
+      }
+  if (!any) fmt::print(out, "  (no rpc rows: run with --mode rpc or all)\n");
+  fmt::print(out,
+             "  rdma: not measured here (tests/rdma/ sets it against raw verbs in a qemu guest)\n");
+  if (any && s.sizes.size() > 1) {
+    fmt::print(out, "\n  zcrpc p50 by payload size:  ");
+    for (size_t b : s.sizes) fmt::print(out, "{:>10}", formatSize(b));
+    for (Transport t : s.transports)
+      for (WaitMode w : s.waitModes) {
+        fmt::print(out, "\n  {:<4} {:<23}", transportName(t), waitModeName(w));
+        for (size_t b : s.sizes) {
+          const Row* row = rpcRow(table, t, w, b);
+          fmt::print(out, "{:>10}",
+                     row ? formatNs(value(medianOf(*row, row->find("zcrpc"), Stat::kP50))) : "-");
+        }
+      }
+    fmt::print(out, "\n");
+  }
+  fmt::print(out,
+             "\n  shm: two processes on one host; tcp: anywhere else (here 127.0.0.1). Rivals with "
+             "their own wait\n  ([epoll] in --details) wait the same way in every row.\n");
+  for (const Missing& m : table.missing) fmt::print(out, "  Missing: {}: {}\n", m.series, m.why);
+  const auto results = evaluate(table, standardTargets());
+  auto count = [&](auto pred) { return std::count_if(results.begin(), results.end(), pred); };
+  fmt::print(out,
+             "  Targets met: {} of {} measured. --details: every row, ratio and target; "
+             "--json/--csv: every figure; --plot: a chart.\n\n",
+             count([](const TargetResult& r) { return r.verdict == Verdict::kPass; }),
+             count([](const TargetResult& r) { return r.verdict != Verdict::kNotMeasured; }));
+}
+
+void printDetails(std::FILE* out, const Table& table, bool color) {
+  uint64_t mostPreempted = 0;
+  fmt::print(out,
+             "Details. p50 / p99 / p99.9 of each round trip (steady_clock around each), medians "
+             "over repetitions;\n'x' = the series / the row's first series, in each repetition, "
+             "then the median. [epoll]: its own wait.\n");
+  constexpr std::string_view kLine = "  {:<46}|{:>9} {:>9} {:>9} |{:>8} {:>7} {:>7} |{:>8} {:>7}\n";
+  for (const Row& row : table.rows) {
+    fmt::print(out, "\n{}{}", row.name(),
+               fmt::format(fmt::runtime(kLine), "", "p50", "p99", "p99.9", "x " + row.series[0].id,
+                           "p99", "p99.9", "samples", "preempt")
+                   .substr(row.name().size()));
+    for (size_t i = 0; i < row.series.size(); ++i) {
+      const SeriesInfo& si = row.series[i];
+      if (!medianOf(row, i, Stat::kP50)) continue;  // never ran in this row
+      const std::string label = si.label + (si.ownWait.empty() ? "" : " [" + si.ownWait + "]");
+      uint64_t samples = UINT64_MAX, preempted = 0;
+      for (const auto& rep : row.reps) {
+        samples = std::min(samples, rep.figures[i].latency.samples);
+        preempted = std::max(preempted, rep.figures[i].preemptions);
+      }
+      mostPreempted = std::max(mostPreempted, preempted);
+      auto m = [&](Stat st) { return value(medianOf(row, i, st)); };
+      if (isRate(si)) {
+        std::string extra;
+        if (si.measure == Measure::kPipelined)
+          extra = fmt::format(", window {}, stall-free {}/s, stalled {:.0f}%",
+                              row.reps[0].figures[i].rate.window, formatRate(m(Stat::kStallFree)),
+                              100 * m(Stat::kStalled));
+        if (size_t c = row.find("memcpy");
+            c != Row::npos && c != i && medianOf(row, c, Stat::kPerSecond))
+          extra += ", " + ratioText(medianRatio(row, i, c, Stat::kBytesPerSecond)) + " memcpy";
+        fmt::print(out, "  {:<46}|{:>9}/s {:.2f} GB/s{} | {}\n", label,
+                   formatRate(m(Stat::kPerSecond)), m(Stat::kBytesPerSecond) / 1e9, extra,
+                   preempted);
+        continue;
+      }
+      auto x = [&](Stat st) { return i ? ratioText(medianRatio(row, i, 0, st)) : ""; };
+      fmt::print(out, fmt::runtime(kLine), label, formatNs(m(Stat::kP50)), formatNs(m(Stat::kP99)),
+                 formatNs(m(Stat::kP999)), x(Stat::kP50), x(Stat::kP99), x(Stat::kP999),
+                 samples == 0       ? "-"
+                 : samples < 10'000 ? std::to_string(samples)
+                                    : formatRate(samples),
+                 si.role == Role::kDerived ? "" : std::to_string(preempted));
+    }
+    if (size_t z = row.find("raw-tcp-frame"); z != Row::npos)
+      fmt::print(out, "  zcrpc's request frame: {} bytes\n",
+                 row.reps[0].figures[row.find("zcrpc")].peerValue);
+    for (size_t r = 0; r < row.reps.size(); ++r) {
+      fmt::print(out, "  rep {} [{}]:", r + 1, row.reps[r].order);
+      for (size_t i = 0; i < row.series.size(); ++i)
+        if (row.series[i].role != Role::kDerived && row.reps[r].figures[i].latency.p50Ns)
+          fmt::print(out, " {} {}", row.series[i].id,
+                     formatNs(row.reps[r].figures[i].latency.p50Ns));
+      fmt::print(out, "\n");
+    }
+  }
+  if (mostPreempted >= kBusyPreemptions)
+    fmt::print(out,
+               "\nNote: other load shared the pinned CPUs (up to {} involuntary context switches "
+               "in one cell).\nTails, busy-polling figures and throughput suffer most; rerun on an "
+               "idle host for undisturbed figures.\n",
+               mostPreempted);
+  fmt::print(out, "\nTargets (reported, not asserted)\n");
+  for (const TargetResult& r : evaluate(table, standardTargets())) {
+    std::string verdict = r.verdict == Verdict::kPass   ? "PASS"
+                          : r.verdict == Verdict::kMiss ? "MISS"
+                                                        : "n/a";
+    if (color && r.verdict != Verdict::kNotMeasured)
+      verdict =
+          fmt::format(fmt::fg(r.verdict == Verdict::kPass ? fmt::color::green : fmt::color::red) |
+                          fmt::emphasis::bold,
+                      "{}", verdict);
+    fmt::print(out, "  {:<62} goal {:<9} measured {:<10} {}\n", r.name, r.goal, r.measured,
+               verdict);
+    if (!r.note.empty()) fmt::print(out, "    ({})\n", r.note);
+  }
+  fmt::print(out, "\n");
+}
+
+void writeJson(const std::string& path, const Table& table) {
+  const Settings& s = table.settings;
+  Json j = {
+      {"tool", "zcrpc-bench"},
+      {"config",
+       {{"cpus", {s.clientCpu, s.serverCpu}},
+        {"reps", s.reps},
+        {"seconds_per_cell", s.seconds},
+        {"sizes", s.sizes},
+        {"transports", Json::array()},
+        {"wait_modes", Json::array()},
+        {"batch", s.batch},
+        {"pipelined_window", s.window},
+        {"uncapped_window", s.uncappedWindow},
+        {"metrics", s.metrics},
+        {"spin_time_ns", s.spinTime.count()},
+        {"quick", s.quick},
+        {"payload_by_reference_from", s.referenceFrom == SIZE_MAX ? Json() : Json(s.referenceFrom)},
+        {"loadavg_start", table.loadStart},
+        {"loadavg_end", table.loadEnd}}},
+      {"missing", Json::array()},
+      {"rows", Json::array()},
+      {"summary", Json::array()},
+      {"targets", Json::array()}};
+  for (Transport t : s.transports) j["config"]["transports"].push_back(transportName(t));
+  for (WaitMode w : s.waitModes) j["config"]["wait_modes"].push_back(waitModeName(w));
+  for (const Missing& m : table.missing)
+    j["missing"].push_back({{"series", m.series}, {"why", m.why}});
+  for (const Row& row : table.rows) {
+    Json r = {{"section", row.section},
+              {"transport", transportName(row.transport)},
+              {"wait_mode", waitModeName(row.waitMode)},
+              {"payload_bytes", row.payloadBytes},
+              {"order", Json::array()},
+              {"series", Json::array()}};
+    for (const RowRep& rep : row.reps) r["order"].push_back(rep.order);
+    for (size_t i = 0; i < row.series.size(); ++i) {
+      const SeriesInfo& si = row.series[i];
+      Json x = {{"id", si.id},
+                {"label", si.label},
+                {"role", roleName(si.role)},
+                {"own_wait", si.ownWait},
+                {"median", Json::object()},
+                {"reps", Json::array()}};
+      for (Stat st : statsOf(si)) {  // NaN: not measured (dump() writes null)
+        x["median"][std::string(statName(st))] = medianOf(row, i, st).value_or(NAN);
+        if (i && !isRate(si))
+          x["vs_baseline"][std::string(statName(st))] = medianRatio(row, i, 0, st).value_or(NAN);
+      }
+      for (const RowRep& rep : row.reps) {
+        const Figure& f = rep.figures[i];
+        const Latency& l = f.latency;
+        Json fig = isRate(si)
+                       ? Json{{"count", f.rate.count},
+                              {"seconds", f.rate.seconds},
+                              {"window", f.rate.window}}
+                       : Json{{"samples", l.samples}, {"min_ns", l.minNs},   {"p50_ns", l.p50Ns},
+                              {"p99_ns", l.p99Ns},    {"p999_ns", l.p999Ns}, {"max_ns", l.maxNs}};
+        if (isRate(si))
+          for (Stat st : statsOf(si)) fig[std::string(statName(st))] = statOf(f, st);
+        fig["preemptions"] = f.preemptions;
+        if (f.peerValue) fig["peer_value"] = f.peerValue;
+        x["reps"].push_back(fig);
+      }
+      r["series"].push_back(x);
+    }
+    j["rows"].push_back(r);
+  }
+  for (Transport t : s.transports)
+    for (WaitMode w : s.waitModes)
+      if (const Row* row = rpcRow(table, t, w, smallest(s))) {
+        const size_t z = row->find("zcrpc"), b = bestRival(*row);
+        auto pair = [&](size_t i) {
+          return Json{{"id", row->series[i].id},
+                      {"label", row->series[i].label},
+                      {"p50_ns", value(medianOf(*row, i, Stat::kP50))},
+                      {"p99_ns", value(medianOf(*row, i, Stat::kP99))}};
+        };
+        Json e = {{"transport", transportName(t)},
+                  {"wait_mode", waitModeName(w)},
+                  {"payload_bytes", smallest(s)},
+                  {"zcrpc", pair(z)}};
+        if (b != Row::npos)
+          e["fastest_rival"] = pair(b),
+          e["rival_vs_zcrpc_p50"] = value(medianRatio(*row, b, z, Stat::kP50));
+        j["summary"].push_back(e);
+      }
+  for (const TargetResult& r : evaluate(table, standardTargets()))
+    j["targets"].push_back({{"name", r.name},
+                            {"goal", r.goal},
+                            {"measured", r.value ? Json(*r.value) : Json()},
+                            {"result", r.verdict == Verdict::kPass   ? "PASS"
+                                       : r.verdict == Verdict::kMiss ? "MISS"
+                                                                     : "not-run"},
+                            {"note", r.note}});
+  writeTextFile(path, j.dump(2) + "\n");
+}
+
+void writeCsv(const std::string& path, const Table& table) {
+  std::string text =
+      "section,transport,wait_mode,payload_bytes,series,role,p50_ns,p99_ns,p999_ns,x_base_p50,"
+      "x_base_p99,x_base_p999,per_second,per_second_stall_free,bytes_per_second,reps,"
+      "loadavg_start,loadavg_end\n";
+  auto num = [](std::optional<double> v) { return v ? fmt::format("{:.6g}", *v) : std::string(); };
+  for (const Row& row : table.rows)
+    for (size_t i = 0; i < row.series.size(); ++i) {
+      const bool rate = isRate(row.series[i]);
+      auto lat = [&](Stat s) { return rate ? "" : num(medianOf(row, i, s)); };
+      auto x = [&](Stat s) { return rate || !i ? "" : num(medianRatio(row, i, 0, s)); };
+      auto per = [&](Stat s) { return rate ? num(medianOf(row, i, s)) : ""; };
+      text +=
+          fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.2f},{:.2f}\n",
+                      row.section, transportName(row.transport), waitModeName(row.waitMode),
+                      row.payloadBytes, row.series[i].id, roleName(row.series[i].role),
+                      lat(Stat::kP50), lat(Stat::kP99), lat(Stat::kP999), x(Stat::kP50),
+                      x(Stat::kP99), x(Stat::kP999), per(Stat::kPerSecond), per(Stat::kStallFree),
+                      per(Stat::kBytesPerSecond), row.reps.size(), table.loadStart, table.loadEnd);
+    }
+  writeTextFile(path, text);
+}
+
+bool haveGnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
+
+void writePlot(const std::string& path, const Table& table) {
+  const Settings& s = table.settings;
+  struct Line {  // a system over a transport: p50 solid, p99 dashed, in the system's colour
+    std::string id;
+    Transport transport;
+    size_t colour;
+  };
+  std::vector<Line> lines;
+  std::vector<std::string> ids;
+  for (const Row& row : table.rows)
+    for (const SeriesInfo& si : row.series)
+      if (row.section == "rpc" && !isRate(si) && si.role != Role::kPart &&
+          si.role != Role::kDerived && std::none_of(lines.begin(), lines.end(), [&](const Line& l) {
+            return l.id == si.id && l.transport == row.transport;
+          })) {
+        if (std::find(ids.begin(), ids.end(), si.id) == ids.end()) ids.push_back(si.id);
+        lines.push_back(
+            {si.id, row.transport,
+             static_cast<size_t>(std::find(ids.begin(), ids.end(), si.id) - ids.begin())});
+      }
+  if (lines.empty()) throw BenchError("--plot: no rpc rows were measured");
+  std::string data = "$data << EOD\n";  // one block per wait mode: x, then p50 p99 of each line
+  double lo = INFINITY, hi = 0;
+  for (WaitMode w : s.waitModes) {
+    for (size_t x = 0; x < s.sizes.size(); ++x) {
+      data += std::to_string(x);
+      for (const Line& l : lines) {
+        const Row* row = rpcRow(table, l.transport, w, s.sizes[x]);
+        for (Stat st : {Stat::kP50, Stat::kP99}) {
+          const double v =
+              row && row->find(l.id) != Row::npos ? value(medianOf(*row, row->find(l.id), st)) : 0;
+          if (v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
+          data += v > 0 ? fmt::format(" {:.6e}", v / 1e9) : " NaN";
+        }
+      }
+      data += '\n';
+    }
+    data += "\n\n";
+  }
+  auto quote = [](std::string_view v) {
+    std::string q = "'";
+    for (char c : v) q += c == '\'' ? std::string("''") : std::string(1, c);
+    return q + "'";
+  };
+  static constexpr const char* kColours[] = {"#777777", "#1f5fbf", "#c0392b", "#27ae60", "#8e44ad",
+                                             "#d35400", "#16a085", "#2c3e50", "#b7950b", "#e84393"};
+  std::string gp =
+      data + "EOD\n" +
+      fmt::format(
+          "set terminal pngcairo size {},{} font 'sans,10' noenhanced\nset output {}\nset datafile "
+          "missing 'NaN'\n"
+          "set multiplot layout 1,{} title {} font 'sans,12'\nset logscale y 10\nset yrange "
+          "[{:.6e}:{:.6e}]\n"
+          "set format y '%.0s %cs'\nset ylabel 'round trip'\nset grid ytics mytics xtics\nset "
+          "offsets 0.25, 0.25, 0, 0\n"
+          "set key below horizontal maxcols 4 font ',9' samplen 4\nset xtics (",
+          std::max<size_t>(700 * s.waitModes.size(), 900), 560 + 9 * lines.size(),
+          quote(std::filesystem::absolute(path).string()), s.waitModes.size(),
+          quote(fmt::format(
+              "zcrpc-bench echo round trip: p50 solid, p99 dashed, one scale for every panel "
+              "(medians of {} repetitions; load average {:.1f})",
+              s.reps, table.loadEnd)),
+          lo / 1.5 / 1e9, hi * 1.5 / 1e9);
+  for (size_t x = 0; x < s.sizes.size(); ++x)
+    gp += fmt::format("{}{} {}", x ? ", " : "", quote(formatSize(s.sizes[x])), x);
+  gp += ")\n";
+  for (size_t p = 0; p < s.waitModes.size(); ++p) {
+    gp += fmt::format("set title {}\nplot ", quote("wait mode " + waitLabel(s.waitModes[p])));
+    for (size_t k = 0; k < lines.size(); ++k)
+      for (int q = 0; q < 2; ++q)
+        gp += fmt::format(
+            "{}$data index {} using 1:{} with linespoints lw {} dt {} pt {} lc rgb {} title {}",
+            k || q ? ", \\\n     " : "", p, 2 + 2 * k + q, 2 - q, 1 + q,
+            lines[k].transport == Transport::kShm ? 7 : 4, quote(kColours[lines[k].colour % 10]),
+            quote(fmt::format("{} {} {}", lines[k].id, transportName(lines[k].transport),
+                              q ? "p99" : "p50")));
+    gp += "\n";
+  }
+  std::FILE* gnuplot = ::popen("gnuplot", "w");
+  if (!gnuplot) throwErrno("--plot: cannot start gnuplot");
+  std::fwrite(gp.data(), 1, gp.size(), gnuplot);
+  if (int status = ::pclose(gnuplot); status != 0)
+    throw BenchError(
+        fmt::format("--plot: gnuplot failed (wait status {:#x}; its messages are above)", status));
 }
 
 }  // namespace zcrpc::bench

@@ -1,0 +1,352 @@
+// zcrpc-bench — the run: forks the peer, pins both processes, and measures every row in
+// every repetition, the systems of a row interleaved (an order that turns with the
+// repetition, the baseline always right next to zcrpc), on the same two CPUs.
+//
+// Sections (rows):
+//  * rpc: Echo.echo round trips through the generated stubs over shm and tcp in each wait
+//    mode, beside the baseline (floor ring / raw TCP in the same wait mode), every rival
+//    this build has, and over tcp a raw ping-pong of as many bytes as zcrpc's frames; then
+//    zcrpc's pipelined calls/s and Cap'n Proto's own work (one thread, no transport). A
+//    rival with its own wait is measured once per size and repetition for every wait mode.
+//  * messages: raw zcrpc messages over shm against the floor (always busy-polling), a
+//    shorter floor run on the other side of the zcrpc cell (did the CPUs move?), Cap'n
+//    Proto's own work, the one-way stream and, from 1 MiB, memcpy bandwidth.
+#include <fmt/format.h>
+#include <kj/exception.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "model.h"
+#include "peer.h"
+#include "system.h"
+
+namespace zcrpc::bench {
+
+namespace {
+
+constexpr auto kReplyTimeout = std::chrono::seconds(10);
+constexpr auto kSetupAllowance = std::chrono::seconds(5);  // connect, prefault, warm-up runs
+/// Room beyond the largest payload: the raw TCP cell that sends zcrpc's frame bytes.
+constexpr size_t kFrameSlack = 4096;
+constexpr size_t kMiB = size_t{1} << 20;
+
+class Driver final {
+ public:
+  Driver(const Settings& s, std::vector<System*> systems, PeerProcess& peer, size_t room,
+         Table& table)
+      : s_(s),
+        systems_(std::move(systems)),
+        peer_(peer),
+        table_(table),
+        payload_(room),
+        scratch_(room, std::byte{0}) {
+    for (size_t i = 0; i < payload_.size(); ++i) payload_[i] = std::byte(i * 131 + 7);
+    uint64_t most = 4096;
+    for (size_t size : s.sizes)
+      most = std::max(most, Budget::forPayload(size, s.seconds).maxIterations);
+    samples_.assign(most, 0);
+  }
+
+  /// One repetition of the echo rows of `t` and `size`, one row per wait mode.
+  void rpc(unsigned rep, Transport t, size_t size) {
+    std::map<std::string, Figure> ownWait;  // rivals measured once for all wait modes
+    for (WaitMode w : s_.waitModes) {
+      Row& row = this->row("rpc", t, w, size, [&](Row& r) {
+        r.series.push_back(system(t == Transport::kShm ? kFloor : kRawTcp).info(t));
+        r.series.push_back(system(kRpc).info(t));
+        if (t == Transport::kTcp)
+          r.series.emplace_back("raw-tcp-frame", "raw TCP of zcrpc's frame bytes", Role::kPart);
+        for (size_t i = kFirstRival; i < systems_.size(); ++i)
+          if (usable(i, t)) r.series.push_back(system(i).info(t));
+        r.series.emplace_back("zcrpc-pipelined", "zcrpc pipelined", Role::kZcrpc, "",
+                              Measure::kPipelined);
+        r.series.emplace_back("capnp-work", "Cap'n Proto's own work", Role::kPart);
+        r.series.emplace_back("bound",
+                              t == Transport::kShm ? "floor + Cap'n Proto's own work"
+                                                   : "raw TCP of frame bytes + capnp work",
+                              Role::kDerived);
+      });
+      RowRep& rr = row.reps.emplace_back();
+      rr.figures.resize(row.series.size());
+      const CellSpec spec{t, w, Measure::kRoundTrip, 0, 0, size, 0};
+      // Units run in an order that turns with the repetition; the baseline and zcrpc form
+      // one unit whose order alternates, so their ratio compares cells a moment apart.
+      std::vector<std::vector<size_t>> units{{0, 1}};
+      if (rep % 2) std::swap(units[0][0], units[0][1]);
+      for (size_t i = 2; i < row.series.size(); ++i)
+        if (row.series[i].measure == Measure::kRoundTrip && row.series[i].role != Role::kDerived &&
+            row.series[i].id != "capnp-work")
+          units.push_back({i});
+      std::rotate(units.begin(), units.begin() + rep % units.size(), units.end());
+      for (const auto& unit : units) {
+        for (size_t i : unit) {
+          const SeriesInfo& info = row.series[i];
+          Figure& f = rr.figures[i];
+          if (i == 0) {
+            f = cell(t == Transport::kShm ? kFloor : kRawTcp, spec, row.name() + " " + info.id);
+          } else if (i == 1) {
+            f = cell(kRpc, spec, row.name() + " zcrpc");
+            if (t == Transport::kTcp) frameBytes_[size] = f.peerValue;
+          } else if (info.id == "raw-tcp-frame") {
+            // zcrpc's frames over raw TCP: what the kernel charges for those bytes. Their size
+            // comes from the first zcrpc cell of this size (repetition 1 runs it first).
+            const uint64_t frame = frameBytes_[size];
+            if (frame < size || frame > size + kFrameSlack)
+              throw BenchError(
+                  fmt::format("{}: the peer saw request frames of {} bytes for {}-byte "
+                              "payloads",
+                              row.name(), frame, size));
+            CellSpec raw = spec;
+            raw.payloadBytes = frame;
+            f = cell(kRawTcp, raw, row.name() + " raw tcp of frame bytes");
+          } else if (auto hit = ownWait.find(info.id); hit != ownWait.end()) {
+            f = hit->second;
+            continue;
+          } else {
+            f = rival(systemOf(t, info.id), spec, row.name() + " " + info.id);
+            if (!info.ownWait.empty()) ownWait[info.id] = f;
+          }
+          rr.order += (rr.order.empty() ? "" : ",") + info.id;
+        }
+      }
+      CellSpec p = spec;
+      p.measure = Measure::kPipelined;
+      p.window = pipelineWindow(s_, t, size);
+      rr.figures[row.find("zcrpc-pipelined")] = cell(kRpc, p, row.name() + " zcrpc pipelined");
+      finishRow(row, rr, true, t == Transport::kShm ? 0 : row.find("raw-tcp-frame"));
+    }
+  }
+
+  /// One repetition of the messages row of `w` and `size`.
+  void messages(unsigned rep, WaitMode w, size_t size) {
+    Row& row = this->row("messages", Transport::kShm, w, size, [&](Row& r) {
+      r.series.push_back(system(kFloor).info(Transport::kShm));
+      r.series.back().label += ", busy-poll";
+      r.series.push_back(system(kMessages).info(Transport::kShm));
+      r.series.emplace_back("floor-check", "floor again, on zcrpc's other side", Role::kPart);
+      r.series.emplace_back("capnp-work", "Cap'n Proto's own work", Role::kPart);
+      r.series.emplace_back("bound", "floor + Cap'n Proto's own work", Role::kDerived);
+      r.series.emplace_back("zcrpc-one-way",
+                            fmt::format("zcrpc one-way (flush every {})", s_.batch), Role::kZcrpc,
+                            "", Measure::kOneWay);
+      r.series.emplace_back("memcpy", "memcpy, one core", Role::kPart, "", Measure::kOneWay);
+    });
+    RowRep& rr = row.reps.emplace_back();
+    rr.figures.resize(row.series.size());
+    const std::string what = row.name();
+    const CellSpec floor{Transport::kShm, WaitMode::kBusyPoll, Measure::kRoundTrip, 0, 0, size, 0};
+    CellSpec zcrpc = floor;
+    zcrpc.waitMode = w;
+    zcrpc.budgetNs =
+        std::chrono::nanoseconds(kSetupAllowance).count();  // the first prefaults twice
+    // A shorter floor run on the other side of the zcrpc cell: if the host moved the CPUs
+    // during the repetition, the two floors disagree.
+    Budget check = Budget::forPayload(size, s_.seconds);
+    check.measure /= 4;
+    check.warmup /= 4;
+    check.maxIterations = std::max<uint64_t>(check.maxIterations / 4, 1000);
+    std::vector<size_t> order =
+        rep % 2 ? std::vector<size_t>{2, 1, 0} : std::vector<size_t>{0, 1, 2};
+    for (size_t i : order) {
+      rr.figures[i] = i == 1   ? cell(kMessages, zcrpc, what + " zcrpc")
+                      : i == 0 ? cell(kFloor, floor, what + " floor")
+                               : cell(kFloor, floor, what + " floor check", check);
+      rr.order += (rr.order.empty() ? "" : ",") + row.series[i].id;
+    }
+    const auto cellTime = std::chrono::nanoseconds(static_cast<int64_t>(s_.seconds * 1e9));
+    if (size >= kMiB) {
+      uint64_t preempted = preemptionCount();
+      rr.figures[6].rate = memcpyBandwidth(size, cellTime);
+      rr.figures[6].preemptions = preemptionCount() - preempted;
+    }
+    zcrpc.measure = Measure::kOneWay;
+    rr.figures[5] = cell(kMessages, zcrpc, what + " zcrpc one-way stream");
+    finishRow(row, rr, false, 0);
+  }
+
+  /// Lists the rivals that cannot run here, and why.
+  void noteUnavailable() {
+    for (size_t i = kFirstRival; i < systems_.size(); ++i)
+      if (std::string why = system(i).unavailable(); !why.empty())
+        addMissing(system(i).info(s_.transports.front()).id, why);
+  }
+
+  // Indices of the fixed systems in systems_; rivals follow.
+  static constexpr size_t kFloor = 0, kRawTcp = 1, kRpc = 2, kMessages = 3, kFirstRival = 4;
+
+ private:
+  System& system(size_t i) { return *systems_[i]; }
+
+  bool usable(size_t i, Transport t) {
+    const std::string id = system(i).info(t).id;
+    if (!s_.only.empty() && std::find(s_.only.begin(), s_.only.end(), id) == s_.only.end())
+      return false;
+    return system(i).covers(t) && system(i).unavailable().empty() && !failed_.contains(id);
+  }
+
+  size_t systemOf(Transport t, const std::string& id) {
+    for (size_t i = kFirstRival; i < systems_.size(); ++i)
+      if (system(i).info(t).id == id) return i;
+    throw BenchError("no system for series " + id);
+  }
+
+  template <typename Init>
+  Row& row(const std::string& section, Transport t, WaitMode w, size_t size, Init init) {
+    for (Row& r : table_.rows)
+      if (r.section == section && r.transport == t && r.waitMode == w && r.payloadBytes == size)
+        return r;
+    Row& r = table_.rows.emplace_back();
+    r.section = section;
+    r.transport = t;
+    r.waitMode = w;
+    r.payloadBytes = size;
+    init(r);
+    return r;
+  }
+
+  /// Cap'n Proto's own work (this process alone; the peer waits for a command), the bound
+  /// built on it, and a progress line.
+  void finishRow(const Row& row, RowRep& rr, bool rpc, size_t moved) {
+    const size_t work = row.find("capnp-work"), bound = row.find("bound");
+    uint64_t preempted = preemptionCount();
+    rr.figures[work].latency = capnpWork(rpc, Budget::forPayload(0, s_.seconds / 4), samples_);
+    rr.figures[work].preemptions = preemptionCount() - preempted;
+    if (moved != Row::npos)
+      rr.figures[bound].latency.p50Ns =
+          rr.figures[moved].latency.p50Ns + rr.figures[work].latency.p50Ns;
+    std::string line;
+    for (size_t i = 0; i < row.series.size(); ++i) {
+      const Figure& f = rr.figures[i];
+      if (row.series[i].role == Role::kDerived || row.series[i].role == Role::kPart) continue;
+      if (f.latency.p50Ns)
+        line += fmt::format(", {} {}", row.series[i].id,
+                            formatNs(static_cast<double>(f.latency.p50Ns)));
+      if (i > 0 && f.latency.p50Ns && rr.figures[0].latency.p50Ns)
+        line += fmt::format(" ({})", formatRatio(static_cast<double>(f.latency.p50Ns) /
+                                                 static_cast<double>(rr.figures[0].latency.p50Ns)));
+      if (f.rate.perSecond)
+        line += fmt::format(", {} {}/s", row.series[i].id, formatRate(f.rate.perSecond));
+    }
+    fmt::print(stderr, "rep {}/{} {}: {}\n", row.reps.size(), s_.reps, row.name(), line.substr(2));
+  }
+
+  /// A rival's cell: a failure drops the rival from the rest of the run and says why.
+  Figure rival(size_t i, const CellSpec& spec, const std::string& what) {
+    try {
+      return cell(i, spec, what);
+    } catch (const BenchError& e) {
+      const std::string id = system(i).info(spec.transport).id;
+      failed_.insert(id);
+      addMissing(id, std::string("failed, left out from here on: ") + e.what());
+      fmt::print(stderr, "zcrpc-bench: {} failed, left out from here on: {}\n", id, e.what());
+      return {};
+    }
+  }
+
+  void addMissing(const std::string& id, const std::string& why) {
+    table_.missing.push_back({id, why});
+  }
+
+  /// Runs one cell: the peer serves, this process measures, both report back. `budget`
+  /// defaults to the payload's. Throws BenchError naming the cell (and the peer's reason).
+  Figure cell(size_t i, CellSpec spec, const std::string& what, std::optional<Budget> budget = {}) {
+    const Budget b = budget.value_or(Budget::forPayload(spec.payloadBytes, s_.seconds));
+    spec.budgetNs += (b.total() + kSetupAllowance).count();
+    peer_.send(Command{Op::kCell, static_cast<uint32_t>(i), spec});
+    Reply started = peer_.expect(ReplyKind::kStarted, Clock::now() + kReplyTimeout, what);
+    started.text[sizeof started.text - 1] = 0;
+    ClientCell c{spec,
+                 started.text,
+                 std::span<const std::byte>(payload_).first(spec.payloadBytes),
+                 scratch_,
+                 samples_,
+                 b,
+                 peer_.controlFd()};
+    const uint64_t preempted = preemptionCount();
+    Figure f;
+    std::string error;
+    try {
+      f = system(i).measure(c);
+    } catch (const std::exception& e) {
+      error = e.what();
+    } catch (const kj::Exception& e) {
+      error = std::string("Cap'n Proto: ") + e.getDescription().cStr();
+    }
+    f.preemptions = preemptionCount() - preempted;
+    try {
+      peer_.send(Command{Op::kEndCell, 0, {}});
+      Reply done = peer_.expect(
+          ReplyKind::kDone, Clock::now() + kReplyTimeout + std::chrono::nanoseconds(spec.budgetNs),
+          what);
+      f.preemptions += done.preemptions;
+      f.peerValue = done.value;
+    } catch (const BenchError& e) {
+      throw BenchError(error.empty() ? std::string(e.what())
+                                     : what + ": " + error + " (" + e.what() + ")");
+    }
+    if (!error.empty()) throw BenchError(what + ": " + error);
+    return f;
+  }
+
+  const Settings& s_;
+  std::vector<System*> systems_;
+  PeerProcess& peer_;
+  Table& table_;
+  std::vector<std::byte> payload_;  // the pattern every cell sends, word-aligned
+  std::vector<std::byte> scratch_;  // receive room
+  std::vector<uint64_t> samples_;
+  std::map<size_t, uint64_t> frameBytes_;  // zcrpc's request frame over tcp, per payload size
+  std::set<std::string> failed_;
+};
+
+}  // namespace
+
+Table runBench(const Settings& s) {
+  if (s.sizes.empty()) throw BenchError("--sizes: no sizes given");
+  Table table;
+  table.settings = s;
+  table.loadStart = loadAverage();
+  const size_t room = *std::max_element(s.sizes.begin(), s.sizes.end()) + kFrameSlack;
+  // Every system is made before the fork, so both processes hold one.
+  std::vector<std::unique_ptr<System>> owned;
+  owned.push_back(makeFloor(s, room));
+  owned.push_back(makeRawTcp(s));
+  owned.push_back(makeZcrpcRpc(s));
+  owned.push_back(makeZcrpcMessages(s));
+  std::vector<std::string> notBuilt;
+  for (auto& rival : makeRivals(s, notBuilt)) owned.push_back(std::move(rival));
+  for (const std::string& line : notBuilt) {
+    auto colon = line.find(':');
+    table.missing.push_back({line.substr(0, colon), line.substr(colon + 2)});
+  }
+  std::vector<System*> systems;
+  for (auto& sys : owned) systems.push_back(sys.get());
+
+  std::fflush(stdout);
+  std::fflush(stderr);
+  PeerProcess peer(
+      [&](ControlChannel& control) { servePeer(control, systems, s.serverCpu, room); });
+  pinToCpu(s.clientCpu);
+  peer.expect(ReplyKind::kReady, Clock::now() + kReplyTimeout, "starting the peer process");
+  Driver d(s, systems, peer, room, table);
+  if (s.rpc) d.noteUnavailable();
+  for (unsigned rep = 0; rep < s.reps; ++rep) {
+    if (s.messages)
+      for (WaitMode w : s.waitModes)
+        for (size_t size : s.sizes) d.messages(rep, w, size);
+    if (s.rpc)
+      for (Transport t : s.transports)
+        for (size_t size : s.sizes) d.rpc(rep, t, size);
+  }
+  peer.quit();
+  table.loadEnd = loadAverage();
+  return table;
+}
+
+}  // namespace zcrpc::bench

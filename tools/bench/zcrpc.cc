@@ -1,0 +1,505 @@
+#include <capnp/message.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bench.capnp.h"
+#include "echo.capnp.zcrpc.h"
+#include "system.h"
+#include "zcrpc/message.h"
+#include "zcrpc/rpc.h"
+#include "zcrpc/shm.h"
+#include "zcrpc/tcp.h"
+
+namespace zcrpc::bench {
+
+namespace {
+
+constexpr size_t kMiB = size_t{1} << 20;
+constexpr auto kPrefaultTime = std::chrono::seconds(3);  // longest prefault of a connection
+constexpr auto kShutdownGrace = std::chrono::seconds(2);
+constexpr auto kStall = std::chrono::milliseconds(2);  // a pipelined pass this long was stalled
+constexpr uint64_t kStopSeq = UINT64_MAX;  // seq of the message that ends a messages cell
+
+kj::ArrayPtr<const kj::byte> bytesOf(std::span<const std::byte> s) {
+  return kj::arrayPtr(reinterpret_cast<const kj::byte*>(s.data()), s.size());
+}
+
+void check(Status s, const char* what, const Connection& conn) {
+  if (s == Status::kOk) return;
+  std::string why = conn.lastError();
+  throw BenchError(fmt::format("{} on {}: {}{}{}", what, conn.endpoint(), statusName(s),
+                               why.empty() ? "" : ": ", why));
+}
+
+/// 64 MiB written once: the one-way stream's source (beyond the caches, as a real sender's
+/// data would be) and memcpy's buffers. Allocated on first use, in the process that uses it.
+std::span<std::byte> pool(int which) {
+  static std::array<std::vector<std::byte>, 2> pools;
+  auto& p = pools[which];
+  if (p.empty()) {
+    p.resize(64 * kMiB);
+    for (size_t i = 0; i < p.size(); ++i) p[i] = std::byte(i * 31 + which);
+  }
+  return p;
+}
+
+ConnectionOptions connectionOptions(const Settings& s, WaitMode w) {
+  ConnectionOptions co;
+  co.waitMode = w;
+  co.spinTime = s.spinTime;
+  return co;
+}
+
+// ---- RPC ---------------------------------------------------------------------------------
+
+/// Echo answers with the request's data (read in place): copied into an answer built in
+/// place (the one copy an echo makes) or, from `referenceFrom` bytes on, by reference to the
+/// request, as the raw TCP echo sends back the buffer it read into. It notes the largest
+/// request frame (header, segments, table: the bytes a stream transport carries), so a raw
+/// ping-pong of the same bytes can be measured. Threads: the server's worker.
+class BenchEchoService final : public echo::EchoService {
+ public:
+  explicit BenchEchoService(size_t referenceFrom) noexcept : referenceFrom_(referenceFrom) {}
+  void echo(EchoCall& call) override {
+    const uint64_t frame = call.context().request().header().frameBytes;
+    if (frame > largestFrame_.load(std::memory_order_relaxed)) largestFrame_ = frame;
+    capnp::Data::Reader data = call.params().getData();
+    if (data.size() >= referenceFrom_)  // the request stays until the answer is sent
+      call.context().response().referenceData(call.results(echoWords(0)), "data", data);
+    else
+      call.results(echoWords(data.size())).setData(data);
+  }
+  void ping(PingCall&) override {}
+  void sink(SinkCall&) override {}
+  void delay(DelayCall&) override { throw ApplicationError(1, "zcrpc-bench: no delay"); }
+  void fail(FailCall& call) override {
+    throw ApplicationError(call.params().getCode(), call.params().getMessage().cStr());
+  }
+  std::atomic<uint64_t> largestFrame_{0};
+
+ private:
+  size_t referenceFrom_;
+};
+
+class ZcrpcRpc final : public System {
+ public:
+  explicit ZcrpcRpc(const Settings& s) : s_(s) {}
+
+  SeriesInfo info(Transport) const override { return {"zcrpc", "zcrpc", Role::kZcrpc}; }
+  bool covers(Transport) const override { return true; }
+
+  void serve(PeerCell& cell) override {
+    ServerOptions so;
+    so.workerThreads = 1;
+    so.idleMode = cell.spec.waitMode;
+    so.spinTime = s_.spinTime;
+    so.metrics = s_.metrics;
+    BenchEchoService service(referenceFrom(cell.spec.transport));  // outlives the server
+    Server server(so);
+    server.addService(service);
+    const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode);
+    std::string endpoint;
+    if (cell.spec.transport == Transport::kShm) {
+      ShmListenOptions lo;
+      lo.connection = co;
+      endpoint = fmt::format("zcrpc-bench-{}-rpc-{}", ::getpid(), ++serves_);
+      server.addListener(listenShm(endpoint, lo));
+    } else {
+      TcpOptions to;
+      to.connection = co;
+      auto listener = listenTcp("127.0.0.1:0", to);
+      endpoint = listener->endpoint();
+      server.addListener(std::move(listener));
+    }
+    server.start();
+    cell.started(endpoint);
+    cell.awaitEnd();
+    server.shutdown(deadlineAfter(kShutdownGrace));
+    cell.value = service.largestFrame_.load();
+  }
+
+  Figure measure(ClientCell& cell) override {
+    const Transport t = cell.spec.transport;
+    const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode);
+    std::unique_ptr<Connection> conn;
+    if (t == Transport::kShm) {
+      conn = connectShm(cell.endpoint, co);
+    } else {
+      TcpOptions to;
+      to.connection = co;
+      conn = connectTcp(cell.endpoint, to);
+    }
+    ChannelOptions cho;
+    cho.window = std::max<uint32_t>(64, std::bit_ceil(s_.window));
+    cho.metrics = s_.metrics;
+    Channel channel(std::move(conn), cho);
+    echo::EchoClient client(channel);
+    if (t == Transport::kShm) {  // cycle both directions' ring and arena once
+      const ConnectionOptions defaults;
+      Budget b;
+      b.measure = kPrefaultTime;
+      b.maxIterations =
+          (defaults.ringBytes + defaults.arenaBytes) / std::max<size_t>(cell.payload.size(), 4096) +
+          16;
+      (void)pingPong(client, cell, b);
+    }
+    Figure f;
+    if (cell.spec.measure == Measure::kRoundTrip) {
+      f.latency = pingPong(client, cell, cell.budget);
+    } else {
+      const uint64_t maxCalls =
+          std::max<uint64_t>(1000, (uint64_t{64} << 30) / (cell.payload.size() + 64));
+      (void)pipelined(client, cell, cell.budget.measure / 4, maxCalls);  // warm-up
+      f.rate = pipelined(client, cell, cell.budget.measure, maxCalls);
+    }
+    return f;
+  }
+
+ private:
+  size_t referenceFrom(Transport t) const {
+    // Over tcp large payloads go by reference: the kernel writes them from the caller's
+    // memory. shm copies referenced data into its arena, where setData() builds it in the
+    // ring faster (5.5 vs 7.7 us at 64 KiB), so shm payloads are copied in.
+    return t == Transport::kTcp ? s_.referenceFrom : SIZE_MAX;
+  }
+
+  /// A request with the cell's payload, copied in or referenced from `referenceFrom` on;
+  /// `send` calls or queues it.
+  template <typename Send>
+  void request(echo::EchoClient& client, const ClientCell& cell, Send&& send) {
+    const bool byRef = cell.payload.size() >= referenceFrom(cell.spec.transport);
+    auto req = client.echoRequest(echoWords(byRef ? 0 : cell.payload.size()));
+    if (byRef)
+      req.raw().message().referenceData(req.params(), "data", bytesOf(cell.payload));
+    else
+      req.params().setData(bytesOf(cell.payload));
+    send(req);
+  }
+
+  Latency pingPong(echo::EchoClient& client, ClientCell& cell, const Budget& b) {
+    const size_t n = cell.payload.size();
+    const kj::byte last = n ? static_cast<kj::byte>(cell.payload[n - 1]) : 0;
+    auto roundTrip = [&] {
+      request(client, cell, [&](auto& req) {
+        auto resp = req.call();
+        capnp::Data::Reader back = resp.results().getData();  // read in place
+        if (back.size() != n || (n && back[n - 1] != last))
+          throw BenchError(fmt::format("zcrpc echo: answer of {} bytes, sent {}", back.size(), n));
+      });
+    };
+    return measureLatency(roundTrip, b, cell.samples);
+  }
+
+  /// callAsync() while fewer than the window are outstanding, then pollUntil() (which waits
+  /// by the connection's wait mode); every answer is checked in its callback.
+  Rate pipelined(echo::EchoClient& client, ClientCell& cell, std::chrono::nanoseconds duration,
+                 uint64_t maxCalls) {
+    struct State {  // one pointer to it is all a callback captures: stored inline, no allocation
+      size_t bytes = 0;
+      uint64_t completed = 0, failed = 0;
+      std::string firstError;
+    } state;
+    state.bytes = cell.payload.size();
+    State* shared = &state;
+    const CallCallback onDone = [shared](CallResult&& r) {
+      ++shared->completed;
+      size_t got = r.ok() ? r.results<echo::Echo::EchoResults>().getData().size() : 0;
+      if (r.ok() && got == shared->bytes) return;
+      if (shared->failed++ == 0)
+        shared->firstError = r.ok() ? fmt::format("answer of {} bytes, sent {}", got, shared->bytes)
+                                    : r.errorMessage();
+    };
+    Channel& channel = client.channel();
+    const uint32_t window = cell.spec.window;
+    const Deadline deadline = cellDeadline(duration);
+    uint64_t issued = 0, lastCompleted = 0, activeCalls = 0;
+    const auto start = Clock::now(), end = start + duration;
+    // Passes of the loop (each runs at least one call) that take kStall or more mean a
+    // process did not run; they, and the calls that finished in them, are left out of the
+    // stall-free rate.
+    auto last = start;
+    std::chrono::nanoseconds active{0}, stalled{0};
+    for (;;) {
+      while (channel.outstanding() < window && issued < maxCalls) {
+        request(client, cell, [&](auto& req) { req.callAsync(onDone); });
+        ++issued;
+      }
+      if (issued >= maxCalls) break;
+      const auto now = Clock::now();
+      if (now - last >= kStall) {
+        stalled += now - last;
+      } else {
+        active += now - last;
+        activeCalls += state.completed - lastCompleted;
+      }
+      last = now;
+      lastCompleted = state.completed;
+      if (now >= end) break;
+      if (channel.pollUntil(deadline) == 0 && Clock::now() >= deadline)
+        throw BenchError("zcrpc pipelined: no answer before the deadline");
+    }
+    while (channel.outstanding() > 0)
+      if (channel.pollUntil(deadline) == 0 && Clock::now() >= deadline)
+        throw BenchError("zcrpc pipelined: calls still unanswered at the deadline");
+    const auto stop = Clock::now();
+    if (state.failed)
+      throw BenchError(fmt::format("zcrpc pipelined: {} of {} calls failed; first: {}",
+                                   state.failed, state.completed, state.firstError));
+    if (state.completed != issued)
+      throw BenchError(
+          fmt::format("zcrpc pipelined: {} calls sent, {} answered", issued, state.completed));
+    Rate r = rateOf(state.completed, std::chrono::duration<double>(stop - start).count(),
+                    cell.payload.size());
+    r.window = window;
+    r.stalledFraction = std::chrono::duration<double>(stalled).count() / r.seconds;
+    if (active.count() > 0)
+      r.stallFreePerSecond =
+          static_cast<double>(activeCalls) / std::chrono::duration<double>(active).count();
+    return r;
+  }
+
+  const Settings& s_;
+  unsigned serves_ = 0;
+};
+
+// ---- messages ------------------------------------------------------------------------------
+
+/// Builds a bench::Payload in place and sends it.
+void sendPayload(Connection& conn, uint64_t seq, kj::ArrayPtr<const kj::byte> data,
+                 Deadline deadline, bool flush = true) {
+  OutgoingMessage out;
+  check(conn.startMessage(out, echoWords(data.size()), deadline), "start message", conn);
+  auto p = out.initRoot<Payload>();
+  p.setSeq(seq);
+  p.setData(data);
+  check(conn.send(out, flush), "send", conn);
+}
+
+/// The next Payload's seq, after checking it carries `bytes` (unless it is kStopSeq); its
+/// checksum goes to `checksum`.
+uint64_t receiveSeq(Connection& conn, size_t bytes, Deadline deadline,
+                    uint64_t* checksum = nullptr) {
+  IncomingMessage in;
+  check(conn.receive(in, deadline), "receive", conn);
+  auto p = in.getRoot<Payload>();
+  if (p.getSeq() != kStopSeq && p.getData().size() != bytes)
+    throw BenchError(
+        fmt::format("zcrpc: message of {} bytes, expected {}", p.getData().size(), bytes));
+  if (checksum) *checksum = p.getChecksum();
+  return p.getSeq();
+}
+
+class ZcrpcMessages final : public System {
+ public:
+  explicit ZcrpcMessages(const Settings& s) : s_(s) {}
+
+  SeriesInfo info(Transport) const override { return {"zcrpc", "zcrpc messages", Role::kZcrpc}; }
+  bool covers(Transport t) const override { return t == Transport::kShm; }
+
+  void serve(PeerCell& cell) override {
+    auto& conn = conns_[static_cast<size_t>(cell.spec.waitMode)];
+    const std::string endpoint =  // the peer's pid: unique while it runs
+        fmt::format("zcrpc-bench-{}-messages-{}", ::getpid(), static_cast<int>(cell.spec.waitMode));
+    std::unique_ptr<Listener> listener;
+    if (!conn) {  // the first cell of this wait mode: listen, then accept the client
+      ShmListenOptions lo;
+      lo.connection = connectionOptions(s_, cell.spec.waitMode);
+      listener = listenShm(endpoint, lo);
+    }
+    cell.started(endpoint);
+    if (listener && !(conn = listener->accept(cell.deadline))) {
+      std::string why = "nobody connected to " + listener->endpoint() + " in time";
+      for (const auto& refusal : listener->refusals()) why += "; refused: " + refusal;
+      throw BenchError(why);
+    }
+    // kRoundTrip echoes until the stop message, which it echoes too: the request read in
+    // place, its data copied into an answer built in place (the one copy an echo makes), the
+    // request released before the answer goes. kOneWay checks, counts and releases until the
+    // stop message and answers it with the count, twice (the warm-up stream, then the one
+    // measured).
+    const bool echo = cell.spec.measure == Measure::kRoundTrip;
+    for (int stream = 0; stream < (echo ? 1 : 2); ++stream) {
+      for (uint64_t count = 0;; ++count) {
+        IncomingMessage in;
+        check(conn->receive(in, cell.deadline), "receive", *conn);
+        auto req = in.getRoot<Payload>();
+        const uint64_t seq = req.getSeq();
+        if (!echo && seq != kStopSeq) {
+          if (seq != count || req.getData().size() != cell.spec.payloadBytes)
+            throw BenchError(fmt::format("sink: message {} of {} bytes, expected {} of {}", seq,
+                                         req.getData().size(), count, cell.spec.payloadBytes));
+          continue;
+        }
+        OutgoingMessage out;
+        check(conn->startMessage(out, echoWords(req.getData().size()), cell.deadline),
+              "start answer", *conn);
+        auto answer = out.initRoot<Payload>();
+        answer.setSeq(seq);
+        answer.setChecksum(count);
+        answer.setData(req.getData());
+        in.release();
+        check(conn->send(out), "send answer", *conn);
+        if (seq == kStopSeq) break;
+      }
+    }
+  }
+
+  Figure measure(ClientCell& cell) override {
+    auto& conn = conns_[static_cast<size_t>(cell.spec.waitMode)];
+    Figure f;
+    if (cell.spec.measure == Measure::kRoundTrip) {
+      if (!conn) {  // the first cell: connect, then cycle the rings and arenas once
+        conn = connectShm(cell.endpoint, connectionOptions(s_, cell.spec.waitMode));
+        const ConnectionOptions d;
+        std::vector<std::byte> big(kMiB);
+        for (auto [bytes, room] : {std::pair{d.ringBytes / 8, d.ringBytes}, {kMiB, d.arenaBytes}}) {
+          Budget b;
+          b.measure = kPrefaultTime;
+          b.maxIterations = room / bytes + 8;
+          (void)pingPong(*conn, std::span(big).first(bytes), b, cell.samples);
+        }
+      }
+      f.latency = pingPong(*conn, cell.payload, cell.budget, cell.samples);
+      const Deadline deadline = Clock::now() + kStallTimeout;
+      sendPayload(*conn, kStopSeq, {}, deadline);
+      if (receiveSeq(*conn, 0, deadline) != kStopSeq)
+        throw BenchError("zcrpc: the echo side did not acknowledge the end of the cell");
+    } else {
+      if (!conn) throw BenchError("messages: the one-way stream ran before a round trip");
+      (void)stream(*conn, cell.payload.size(), cell.budget.measure / 4);  // warm-up
+      f.rate = stream(*conn, cell.payload.size(), cell.budget.measure);
+    }
+    return f;
+  }
+
+ private:
+  static Latency pingPong(Connection& conn, std::span<const std::byte> payload, const Budget& b,
+                          std::span<uint64_t> samples) {
+    const Deadline deadline = cellDeadline(b.total());
+    uint64_t seq = 0;
+    auto roundTrip = [&] {
+      sendPayload(conn, seq, bytesOf(payload), deadline);
+      if (uint64_t back = receiveSeq(conn, payload.size(), deadline); back != seq++)
+        throw BenchError(fmt::format("zcrpc: echo of seq {}, sent {}", back, seq - 1));
+    };
+    return measureLatency(roundTrip, b, samples);
+  }
+
+  /// One-way stream of Payloads of `bytes` copied from the pool (rotating through it), sent
+  /// without flush and flushed every `batch`, for `duration`; then the stop message and the
+  /// sink's answer, which must count every message. The time runs to that answer.
+  Rate stream(Connection& conn, size_t bytes, std::chrono::nanoseconds duration) {
+    const std::span<const std::byte> source = pool(0);
+    const Deadline deadline = cellDeadline(duration);
+    const uint64_t maxMessages = std::max<uint64_t>(1000, (uint64_t{64} << 30) / (bytes + 64));
+    const size_t step = (bytes + 63) / 64 * 64;
+    uint64_t sent = 0, counted = 0;
+    const auto start = Clock::now(), end = start + duration;
+    for (size_t offset = 0; sent < maxMessages;) {
+      sendPayload(conn, sent, bytesOf(source.subspan(offset, bytes)), deadline, /*flush=*/false);
+      offset = offset + step + bytes > source.size() ? 0 : offset + step;
+      if (++sent % s_.batch == 0) check(conn.flush(), "flush", conn);
+      if ((sent & 15) == 0 && Clock::now() >= end) break;
+    }
+    sendPayload(conn, kStopSeq, {}, deadline);
+    if (receiveSeq(conn, 0, deadline, &counted) != kStopSeq || counted != sent)
+      throw BenchError(
+          fmt::format("zcrpc stream: the sink counted {} messages, {} were sent", counted, sent));
+    return rateOf(sent, std::chrono::duration<double>(Clock::now() - start).count(), bytes);
+  }
+
+  const Settings& s_;
+  std::array<std::unique_ptr<Connection>, 3> conns_;  ///< one per wait mode
+};
+
+template <typename Request, typename Answer>
+Latency capnpWorkOf(const Budget& budget, std::span<uint64_t> samples) {
+  const uint32_t words = echoWords(0);  // what zcrpc reserves: everything in one segment
+  std::vector<capnp::word> requestSpace(words), answerSpace(words);
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = uint64_t{1} << 40;  // as the connection's limit: no cap here
+  uint64_t seq = 0;
+  auto zero = [&] {
+    std::memset(requestSpace.data(), 0, words * sizeof(capnp::word));
+    std::memset(answerSpace.data(), 0, words * sizeof(capnp::word));
+  };
+  auto roundTrip = [&] {
+    capnp::MallocMessageBuilder request(kj::arrayPtr(requestSpace.data(), words));
+    {
+      auto r = request.initRoot<Request>();
+      if constexpr (requires { r.setSeq(seq); }) r.setSeq(seq);
+      r.setData(kj::ArrayPtr<const kj::byte>());
+    }
+    capnp::SegmentArrayMessageReader requestIn(request.getSegmentsForOutput(), options);
+    auto q = requestIn.getRoot<Request>();
+    capnp::MallocMessageBuilder answer(kj::arrayPtr(answerSpace.data(), words));
+    {
+      auto a = answer.initRoot<Answer>();
+      if constexpr (requires { a.setSeq(q.getSeq()); }) a.setSeq(q.getSeq());
+      a.setData(q.getData());
+    }
+    capnp::SegmentArrayMessageReader answerIn(answer.getSegmentsForOutput(), options);
+    auto got = answerIn.getRoot<Answer>();
+    bool same = got.hasData() && got.getData().size() == 0;
+    if constexpr (requires { got.getSeq(); }) same = same && got.getSeq() == seq;
+    if (!same) throw BenchError("capnp work: the answer read back differs from the request");
+    ++seq;
+  };
+  return measureLatency(roundTrip, budget, samples, zero);
+}
+
+}  // namespace
+
+std::unique_ptr<System> makeZcrpcRpc(const Settings& s) { return std::make_unique<ZcrpcRpc>(s); }
+std::unique_ptr<System> makeZcrpcMessages(const Settings& s) {
+  return std::make_unique<ZcrpcMessages>(s);
+}
+
+uint32_t pipelineWindow(const Settings& s, Transport t, size_t size) {
+  if (s.uncappedWindow) return s.window;
+  const ConnectionOptions defaults;     // the server's sizes: the peer listens with defaults
+  const uint64_t message = size + 128;  // payload, capnp pointers, frame and record headers
+  const uint64_t room = t == Transport::kShm && message > defaults.ringBytes / 4
+                            ? defaults.arenaBytes
+                            : defaults.ringBytes;
+  return static_cast<uint32_t>(std::clamp<uint64_t>(room / message, 1, s.window));
+}
+
+Latency capnpWork(bool rpc, const Budget& budget, std::span<uint64_t> samples) {
+  return rpc ? capnpWorkOf<echo::Echo::EchoParams, echo::Echo::EchoResults>(budget, samples)
+             : capnpWorkOf<Payload, Payload>(budget, samples);
+}
+
+Rate memcpyBandwidth(size_t chunkBytes, std::chrono::nanoseconds duration) {
+  std::span<const std::byte> source = pool(0);
+  std::span<std::byte> target = pool(1);
+  const size_t span = std::min(source.size(), target.size()) / chunkBytes * chunkBytes;
+  if (span == 0) throw BenchError("memcpy buffers smaller than a chunk");
+  size_t offset = 0;
+  auto copy = [&] {
+    std::memcpy(target.data() + offset, source.data() + offset, chunkBytes);
+    asm volatile("" : : "r"(target.data() + offset) : "memory");  // keep every copy
+    offset = offset + chunkBytes == span ? 0 : offset + chunkBytes;
+  };
+  for (size_t i = 0; i < span / chunkBytes; ++i) copy();  // one pass: warm TLB and pages
+  uint64_t copies = 0;
+  const uint64_t maxCopies = (uint64_t{1} << 40) / chunkBytes;  // 1 TiB: the count bound
+  const auto start = Clock::now(), end = start + duration;
+  auto now = start;
+  while (now < end && copies < maxCopies) {
+    copy();
+    ++copies;
+    now = Clock::now();
+  }
+  return rateOf(copies, std::chrono::duration<double>(now - start).count(), chunkBytes);
+}
+
+}  // namespace zcrpc::bench
