@@ -207,7 +207,7 @@ class Request final {
 /// Client end of one connection: call ids, the window of outstanding calls, deadlines
 /// and cancellation. Cheap; one per thread (see ChannelPool for sharing a service
 /// between threads). Threads: one at a time, and callbacks run on it.
-class Channel final : private OutgoingMessage::RoomWaitHook {
+class Channel final {
  public:
   explicit Channel(std::unique_ptr<Connection> connection, ChannelOptions options = {});
   ~Channel();
@@ -223,90 +223,27 @@ class Channel final : private OutgoingMessage::RoomWaitHook {
   size_t poll();
   /// As poll(), waiting up to `deadline` for at least one call to finish.
   size_t pollUntil(Deadline deadline);
-  size_t outstanding() const noexcept { return outstanding_; }
-  bool connected() const noexcept { return !disconnected_; }
-  Connection& connection() noexcept { return *connection_; }
-  const ChannelOptions& options() const noexcept { return options_; }
+  size_t outstanding() const noexcept;
+  bool connected() const noexcept;
+  Connection& connection() noexcept;
+  const ChannelOptions& options() const noexcept;
 
   /// Sends a ping frame and waits for the server's pong (answered by the server's
   /// polling thread, no handler involved); returns the round trip. Calls already
   /// outstanding keep going and may finish meanwhile. Throws DeadlineExceeded,
   /// Disconnected or Overloaded (window full) as a call would.
   std::chrono::nanoseconds ping(Deadline deadline);
-  std::chrono::nanoseconds ping() { return ping(deadlineAfter(options_.defaultTimeout)); }
+  std::chrono::nanoseconds ping() { return ping(deadlineAfter(options().defaultTimeout)); }
 
   /// This channel's counters (nullptr when options().metrics is false). The object
   /// lives as long as the Channel; its snapshot() may be taken from any thread.
-  const ConnectionMetrics* metrics() const noexcept { return metrics_.get(); }
+  const ConnectionMetrics* metrics() const noexcept;
 
  private:
   friend class RawRequest;
   friend class PendingCall;
-
-  enum class SlotState : uint8_t { kFree, kPending, kDone };
-  struct Slot {
-    uint64_t callId = 0;
-    SlotState state = SlotState::kFree;
-    Deadline deadline{};
-    CallCallback callback;
-    CallResult result;
-    MethodMetrics* method = nullptr;  // counters to charge when it ends (metrics on)
-    uint64_t startTicks = 0;          // ticks::now() when sent (metrics or tracer on)
-    bool traced = false;              // a tracer saw it begin
-    bool pinned = false;              // kDone, its response still in transport memory
-    TracedCall trace;                 // what the tracer saw (when traced)
-  };
-
-  /// Opens `msg` for a call due at `deadline`, or when none is given, `timeout` after the
-  /// request is sent (or first waits for room).
-  void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, std::chrono::nanoseconds timeout,
-                    std::optional<Deadline> deadline = std::nullopt);
-  /// Waits for send room while taking the responses that arrive (see channel.cc).
-  Status waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
-  /// Sends `msg`; the call is due at its build deadline (see RawRequest::deadline()).
-  uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback);
-  void finish(Slot& slot, CallResult&& result);
-  void noteEnd(Slot& slot, CallResult& result) noexcept;
-  /// noteEnd's work for an end by `kind` (kFailed: an answer of `responseBytes`).
-  void noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept;
-  bool handle(IncomingMessage& msg);  // true if it finished a call
-  size_t expire(Clock::time_point now);
-  void failAll(ErrorKind kind, const std::string& why);
-  void sendCancel(uint64_t callId) noexcept;
-  void sendQueuedCancels() noexcept;
-  void requestAbandoned() noexcept;
-  Slot* slotFor(uint64_t callId) noexcept;
-  CallResult takeResult(uint64_t callId);
-  IncomingMessage waitFor(uint64_t callId);
-  /// The deadline for one wait of the receive loops: nearestDeadline_, or sooner while
-  /// uncollected responses hold transport memory (see unpinResults()).
-  Deadline waitDeadline(Deadline& unpinAt);
-  /// Moves uncollected responses out of transport memory to the heap (see channel.cc).
-  void unpinResults();
-  /// After a wait that timed out: unpins results if their time came, expires calls
-  /// (returns how many).
-  size_t afterTimeout(Deadline unpinAt);
-  /// While a request being built waits for room: takes what arrived to the heap (early_).
-  void whileWaitingForRoom() override;
-  /// Handles the messages whileWaitingForRoom() took; returns how many calls finished.
-  size_t takeEarly();
-
-  std::unique_ptr<Connection> connection_;
-  ChannelOptions options_;
-  std::unique_ptr<Slot[]> slots_;
-  uint64_t mask_;
-  uint64_t nextCallId_ = 1;
-  size_t outstanding_ = 0;
-  size_t pinned_ = 0;  // slots with pinned results
-  Deadline nearestDeadline_ = kNoDeadline;
-  bool disconnected_ = false;
-  std::string disconnectReason_;
-  bool requestOpen_ = false;  // a RawRequest holds the connection's one open message
-  std::vector<IncomingMessage> early_;  // received while a request waited for room, on the heap
-  std::array<uint64_t, 64> cancelQueue_{};
-  size_t queuedCancels_ = 0;
-  std::unique_ptr<ConnectionMetrics> metrics_;
-  Tracer* tracer_ = nullptr;
+  struct Impl;  // src/rpc/channel.cc
+  std::unique_ptr<Impl> impl_;
 };
 
 /// Hands each thread its own Channel to one endpoint, created on first use by `connect`.

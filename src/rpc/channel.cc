@@ -10,13 +10,6 @@ namespace zcrpc {
 namespace {
 constexpr uint32_t kDefaultRequestWords = 64;
 
-/// Cap'n Proto payload of a message about to be sent (what the metrics call bytes).
-uint64_t payloadBytes(OutgoingMessage& msg) {
-  uint64_t words = 0;
-  for (auto segment : msg.segmentsForSend()) words += segment.size();
-  return words * sizeof(capnp::word) + msg.gatheredBytes();
-}
-
 std::chrono::nanoseconds sinceTicks(uint64_t start) noexcept {
   return std::chrono::nanoseconds(static_cast<int64_t>(ticks::toNanos(ticks::now() - start)));
 }
@@ -37,71 +30,197 @@ IncomingMessage& CallResult::response() {
 }
 
 // ------------------------------------------------------------------------------------
+// Channel::Impl: the state behind a Channel
+
+struct __attribute__((visibility("hidden"))) Channel::Impl final
+    : private OutgoingMessage::RoomWaitHook {
+  enum class SlotState : uint8_t { kFree, kPending, kDone };
+  struct Slot {
+    uint64_t callId = 0;
+    SlotState state = SlotState::kFree;
+    Deadline deadline{};
+    CallCallback callback;
+    CallResult result;
+    MethodMetrics* method = nullptr;  // counters to charge when it ends (metrics on)
+    uint64_t startTicks = 0;          // ticks::now() when sent (metrics or tracer on)
+    bool traced = false;              // a tracer saw it begin
+    bool pinned = false;              // kDone, its response still in transport memory
+    TracedCall trace;                 // what the tracer saw (when traced)
+  };
+
+  /// What one run of the receive loop (run()) waits for.
+  enum class Until : uint8_t {
+    kPolled,       ///< poll(): what has arrived, without waiting
+    kAnyFinished,  ///< pollUntil(): a call finished, none is outstanding, or the deadline
+    kCallDone,     ///< waitFor(): call `callId` finished
+    kSendRoom,     ///< waitForSendRoom(): `msg` could be started, or the deadline
+  };
+  struct Goal {
+    Until until;
+    Deadline deadline = kNoDeadline;    ///< kAnyFinished, kSendRoom
+    uint64_t callId = 0;                ///< kCallDone
+    OutgoingMessage* msg = nullptr;     ///< kSendRoom
+    uint32_t words = 0;                 ///< kSendRoom
+    Status status = Status::kOk;        ///< kSendRoom: the result of starting `msg`
+    size_t finished = 0;                ///< calls finished during the run
+  };
+
+  Impl(std::unique_ptr<Connection> connection, ChannelOptions options);
+  ~Impl();
+
+  /// Opens `msg` for a call due at `deadline`, or when none is given, `timeout` after the
+  /// request is sent (or first waits for room).
+  void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, std::chrono::nanoseconds timeout,
+                    std::optional<Deadline> deadline = std::nullopt);
+  /// Waits for send room while taking the responses that arrive (see run()).
+  Status waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
+  /// Sends `msg`; the call is due at its build deadline (see RawRequest::deadline()).
+  uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback);
+  void finish(Slot& slot, CallResult&& result);
+  void noteEnd(Slot& slot, CallResult& result) noexcept;
+  /// noteEnd's work for an end by `kind` (kFailed: an answer of `responseBytes`).
+  void noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept;
+  bool handle(IncomingMessage& msg);  // true if it finished a call
+  size_t expire(Clock::time_point now);
+  void failAll(ErrorKind kind, const std::string& why);
+  void sendCancel(uint64_t callId) noexcept;
+  void sendQueuedCancels() noexcept;
+  void requestAbandoned() noexcept;
+  Slot* slotFor(uint64_t callId) noexcept;
+  CallResult takeResult(uint64_t callId);
+  IncomingMessage waitFor(uint64_t callId);
+  size_t poll();
+  size_t pollUntil(Deadline deadline);
+  /// The one receive loop: takes and handles what arrives until `goal` (whose `until`
+  /// is U) is met. Returns kCallDone's awaited response when it arrived as one (else
+  /// the slot holds the result), otherwise an empty message.
+  template <Until U>
+  IncomingMessage run(Goal& goal);
+  /// The deadline for one wait of the receive loop: nearestDeadline_, or sooner while
+  /// uncollected responses hold transport memory (see unpinResults()).
+  Deadline waitDeadline(Deadline& unpinAt);
+  /// Moves uncollected responses out of transport memory to the heap (see channel.cc).
+  void unpinResults();
+  /// After a wait that timed out: unpins results if their time came, expires calls
+  /// (returns how many).
+  size_t afterTimeout(Deadline unpinAt);
+  /// While a request being built waits for room: takes what arrived to the heap (early_).
+  void whileWaitingForRoom() override;
+  /// Handles the messages whileWaitingForRoom() took; returns how many calls finished.
+  size_t takeEarly();
+
+  std::unique_ptr<Connection> connection_;
+  ChannelOptions options_;
+  std::unique_ptr<Slot[]> slots_;
+  uint64_t mask_;
+  uint64_t nextCallId_ = 1;
+  size_t outstanding_ = 0;
+  size_t pinned_ = 0;  // slots with pinned results
+  Deadline nearestDeadline_ = kNoDeadline;
+  bool disconnected_ = false;
+  std::string disconnectReason_;
+  bool requestOpen_ = false;  // a RawRequest holds the connection's one open message
+  std::vector<IncomingMessage> early_;  // received while a request waited for room, on the heap
+  std::array<uint64_t, 64> cancelQueue_{};
+  size_t queuedCancels_ = 0;
+  std::unique_ptr<ConnectionMetrics> metrics_;
+  Tracer* tracer_ = nullptr;
+};
+
+// ------------------------------------------------------------------------------------
 // RawRequest
 
 RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
                        uint32_t sizeHintWords)
     : channel_(channel) {
-  channel_.startMessage(message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
-                        channel.options().defaultTimeout);
+  channel_.impl_->startMessage(message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
+                               channel.impl_->options_.defaultTimeout);
   FrameHeader& h = message_.header();
   h.interfaceId = interfaceId;
   h.methodId = methodId;
 }
 
 RawRequest::~RawRequest() noexcept(false) {
-  if (message_.isOpen()) channel_.requestAbandoned();  // the message gives its space back
+  if (message_.isOpen()) channel_.impl_->requestAbandoned();  // the message gives its space back
 }
 
 IncomingMessage RawRequest::call() {
-  uint64_t id = channel_.send(message_, FrameKind::kRequest, {});
-  return channel_.waitFor(id);
+  Channel::Impl& channel = *channel_.impl_;
+  uint64_t id = channel.send(message_, FrameKind::kRequest, {});
+  return channel.waitFor(id);
 }
 
 PendingCall RawRequest::callAsync(CallCallback callback) {
-  uint64_t id = channel_.send(message_, FrameKind::kRequest, std::move(callback));
+  uint64_t id = channel_.impl_->send(message_, FrameKind::kRequest, std::move(callback));
   return PendingCall(channel_, id);
 }
 
-void RawRequest::sendOneWay() { channel_.send(message_, FrameKind::kOneWay, {}); }
+void RawRequest::sendOneWay() { channel_.impl_->send(message_, FrameKind::kOneWay, {}); }
 
 // ------------------------------------------------------------------------------------
 // PendingCall
 
 bool PendingCall::done() const {
-  auto* slot = channel_ ? channel_->slotFor(callId_) : nullptr;
-  return !slot || slot->state != Channel::SlotState::kPending;
+  auto* slot = channel_ ? channel_->impl_->slotFor(callId_) : nullptr;
+  return !slot || slot->state != Channel::Impl::SlotState::kPending;
 }
 
 CallResult PendingCall::wait() {
   if (!channel_) return CallResult(ErrorKind::kFailed, 0, "PendingCall is empty");
-  auto* slot = channel_->slotFor(callId_);
-  if (slot && slot->state == Channel::SlotState::kPending) {
+  Channel::Impl& channel = *channel_->impl_;
+  auto* slot = channel.slotFor(callId_);
+  if (slot && slot->state == Channel::Impl::SlotState::kPending) {
     if (slot->callback)
       return CallResult(ErrorKind::kFailed, 0, "call completes through its callback");
     try {
-      return CallResult(channel_->waitFor(callId_));
+      return CallResult(channel.waitFor(callId_));
     } catch (const ApplicationError& e) {
       return CallResult(ErrorKind::kApplication, e.code(), e.what());
     } catch (const Error& e) {
       return CallResult(e.kind(), 0, e.what());
     }
   }
-  return channel_->takeResult(callId_);
+  return channel.takeResult(callId_);
 }
 
 void PendingCall::cancel() {
-  auto* slot = channel_ ? channel_->slotFor(callId_) : nullptr;
-  if (!slot || slot->state != Channel::SlotState::kPending) return;
-  channel_->sendCancel(callId_);
-  channel_->finish(*slot, CallResult(ErrorKind::kCancelled, 0,
-                                     "call " + std::to_string(callId_) + " cancelled by the client"));
+  if (!channel_) return;
+  Channel::Impl& channel = *channel_->impl_;
+  auto* slot = channel.slotFor(callId_);
+  if (!slot || slot->state != Channel::Impl::SlotState::kPending) return;
+  channel.sendCancel(callId_);
+  channel.finish(*slot, CallResult(ErrorKind::kCancelled, 0,
+                                   "call " + std::to_string(callId_) + " cancelled by the client"));
 }
 
 // ------------------------------------------------------------------------------------
 // Channel
 
 Channel::Channel(std::unique_ptr<Connection> connection, ChannelOptions options)
+    : impl_(std::make_unique<Impl>(std::move(connection), options)) {}
+
+Channel::~Channel() = default;
+
+size_t Channel::poll() { return impl_->poll(); }
+size_t Channel::pollUntil(Deadline deadline) { return impl_->pollUntil(deadline); }
+size_t Channel::outstanding() const noexcept { return impl_->outstanding_; }
+bool Channel::connected() const noexcept { return !impl_->disconnected_; }
+Connection& Channel::connection() noexcept { return *impl_->connection_; }
+const ChannelOptions& Channel::options() const noexcept { return impl_->options_; }
+const ConnectionMetrics* Channel::metrics() const noexcept { return impl_->metrics_.get(); }
+
+std::chrono::nanoseconds Channel::ping(Deadline deadline) {
+  Impl& impl = *impl_;
+  OutgoingMessage m;
+  impl.startMessage(m, 1, {}, deadline);
+  m.initRoot<capnp::AnyPointer>();
+  const auto start = Clock::now();
+  const uint64_t id = impl.send(m, FrameKind::kPing, {});
+  (void)impl.waitFor(id);  // the pong; its lease goes at once
+  return Clock::now() - start;
+}
+
+Channel::Impl::Impl(std::unique_ptr<Connection> connection, ChannelOptions options)
     : connection_(std::move(connection)), options_(options) {
   if (!connection_) throw InvalidArgument("Channel needs a connection");
   if (options_.window == 0 || (options_.window & (options_.window - 1)))
@@ -119,19 +238,19 @@ Channel::Channel(std::unique_ptr<Connection> connection, ChannelOptions options)
   tracer_ = options_.tracer;
 }
 
-Channel::~Channel() {
+Channel::Impl::~Impl() {
   failAll(ErrorKind::kDisconnected, "channel to " + connection_->endpoint() + " destroyed");
   for (uint64_t i = 0; i <= mask_; ++i) slots_[i].result = CallResult();  // leases before connection
   connection_->close();
   if (metrics_) metrics_->markClosed();
 }
 
-Channel::Slot* Channel::slotFor(uint64_t callId) noexcept {
+Channel::Impl::Slot* Channel::Impl::slotFor(uint64_t callId) noexcept {
   Slot& s = slots_[callId & mask_];
   return s.callId == callId && s.state != SlotState::kFree ? &s : nullptr;
 }
 
-void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords,
+void Channel::Impl::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords,
                            std::chrono::nanoseconds timeout, std::optional<Deadline> deadline) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
@@ -161,61 +280,148 @@ void Channel::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords,
 
 namespace {
 /// How long a wait may last while uncollected responses hold transport memory before they
-/// move to the heap (see Channel::waitDeadline()).
+/// move to the heap (see Channel::Impl::waitDeadline()).
 constexpr auto kUnpinAfter = std::chrono::milliseconds(1);
 }  // namespace
 
-Status Channel::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline) {
-  // The send ring (or socket) is full. Waiting for room without reading responses would
-  // deadlock against a server that waits for room for those responses while our unread
-  // ones fill its ring: so, while calls are outstanding, alternate between taking the
-  // responses that arrived and short waits for room, the slices growing from 20 us to
-  // 1 ms so that a long stall does not spin.
-  auto slice = std::chrono::microseconds(20);
-  Deadline unpinAt = kNoDeadline;  // as in waitFor(): held responses may be what blocks us
+// The one receive loop behind poll(), pollUntil(), waitFor() and waitForSendRoom(). Each
+// round hands over what early_ holds, stops if the goal is met, then takes one message --
+// waiting for it by the connection's wait mode, or not while draining -- and handles it.
+//
+// * kCallDone waits for its answer straight away (nothing else usually arrives first) and
+//   takes the awaited response directly, without the round through a CallResult in the
+//   slot that finish() and takeResult() would make.
+// * The other goals first drain what has arrived (at most kDrainBurst messages), then
+//   expire overdue calls. kPolled stops there; kAnyFinished stops once a call finished
+//   (or none is outstanding), else waits for the next message and drains again.
+// * kSendRoom: the send ring (or socket) is full. Waiting for room without reading
+//   responses would deadlock against a server that waits for room for those responses
+//   while our unread ones fill its ring: so, while calls are outstanding, it alternates
+//   between taking the responses that arrived and short waits for room, the slices
+//   growing from 20 us to 1 ms so that a long stall does not spin; held responses are
+//   unpinned after kUnpinAfter, as in any wait (they may be what blocks us).
+// ------------------------------------------------------------------------------------
+// ChannelPool
+template <Channel::Impl::Until U>
+IncomingMessage Channel::Impl::run(Goal& g) {
+  constexpr int kDrainBurst = 256;
+  Deadline unpinAt = kNoDeadline;
+  auto slice = std::chrono::microseconds(20);  // kSendRoom's waits
+  bool draining = U != Until::kCallDone;
+  int drained = 0;  // messages taken in this drain
+  IncomingMessage msg;  // the one every return hands back (named: no copy)
   for (;;) {
-    if (!early_.empty()) [[unlikely]] takeEarly();
-    if (!outstanding_) return connection_->startMessage(msg, sizeHintWords, deadline);
-    IncomingMessage in;
-    bool received = false;
-    for (int i = 0; i < 256; ++i) {
-      Status r = connection_->tryReceive(in);
-      if (r != Status::kOk) {
-        if (r == Status::kDisconnected) return Status::kDisconnected;
-        break;
+    if (!early_.empty()) [[unlikely]] g.finished += takeEarly();
+    Slot* slot = nullptr;
+    if constexpr (U == Until::kCallDone) {
+      slot = slotFor(g.callId);
+      if (!slot) throw Failed("call " + std::to_string(g.callId) + " is unknown to this channel");
+      if (slot->state == SlotState::kDone) return msg;
+      if (disconnected_) failAll(ErrorKind::kDisconnected, disconnectReason_);
+    } else if constexpr (U == Until::kSendRoom) {
+      if (!outstanding_) {
+        g.status = connection_->startMessage(*g.msg, g.words, g.deadline);
+        return msg;
       }
-      handle(in);
-      in.release();
-      received = true;
     }
-    const auto now = Clock::now();
-    if (outstanding_ && now >= nearestDeadline_) expire(now);
-    Status s = connection_->tryStartMessage(msg, sizeHintWords);
-    if (s != Status::kWouldBlock) return s;
-    if (now >= deadline) return Status::kTimedOut;
-    if (pinned_) {
-      if (unpinAt == kNoDeadline)
-        unpinAt = now + kUnpinAfter;
-      else if (now >= unpinAt)
-        unpinResults();
+
+    Status s;
+    if (draining)
+      s = connection_->tryReceive(msg);
+    else if constexpr (U == Until::kCallDone)
+      s = connection_->receive(msg, waitDeadline(unpinAt));
+    else  // kAnyFinished (kSendRoom waits below, kPolled never)
+      s = connection_->receive(msg, std::min(g.deadline, waitDeadline(unpinAt)));
+
+    if (s == Status::kOk) {
+      if constexpr (U == Until::kCallDone) {
+        const FrameHeader& h = msg.header();
+        if (h.callId == g.callId && h.kind == static_cast<uint8_t>(FrameKind::kResponse) &&
+            !slot->callback) [[likely]] {
+          if (slot->method || slot->traced)
+            noteEnd(*slot, true, ErrorKind::kFailed, msg.payloadBytes());
+          slot->state = SlotState::kFree;
+          if (--outstanding_ == 0) nearestDeadline_ = kNoDeadline;
+          return msg;
+        }
+        handle(msg);
+        msg.release();
+        continue;
+      }
+      g.finished += handle(msg);
+      msg.release();
+      if (!draining) {  // kAnyFinished woke up: take the rest that arrived with it
+        draining = true;
+        drained = 0;
+      }
+      if (++drained < kDrainBurst) continue;
+    } else if (s == Status::kDisconnected) {
+      g.finished += outstanding_;
+      failAll(ErrorKind::kDisconnected, connection_->lastError());
+      if constexpr (U == Until::kCallDone) continue;  // its slot is done now
+      if constexpr (U == Until::kSendRoom) g.status = Status::kDisconnected;
+      return msg;
+    } else if (s == Status::kTimedOut) {  // a wait of kCallDone or kAnyFinished
+      g.finished += afterTimeout(unpinAt);
+      if (U == Until::kAnyFinished && (g.finished || !outstanding_ || Clock::now() >= g.deadline))
+        return msg;
+      continue;
     }
-    if (received) continue;
-    const Deadline until = std::min({deadline, nearestDeadline_, now + slice});
-    s = connection_->startMessage(msg, sizeHintWords, until);
-    if (s != Status::kTimedOut) return s;
-    if (!outstanding_) continue;
-    Status r = connection_->receive(in, std::min(deadline, Clock::now() + slice));
-    if (r == Status::kOk) {
-      handle(in);
-      in.release();
-    } else if (r == Status::kDisconnected) {
-      return Status::kDisconnected;
+
+    // Drained: what had arrived is handled (kWouldBlock, or a full burst).
+    const bool received = drained > 0;
+    draining = false;
+    drained = 0;
+    if constexpr (U != Until::kSendRoom) {
+      if (outstanding_ && Clock::now() >= nearestDeadline_) g.finished += expire(Clock::now());
+      if (U == Until::kPolled || g.finished || !outstanding_) return msg;
+      continue;  // kAnyFinished: wait for the next message
+    } else {
+      const auto now = Clock::now();
+      if (outstanding_ && now >= nearestDeadline_) g.finished += expire(now);
+      g.status = connection_->tryStartMessage(*g.msg, g.words);
+      if (g.status != Status::kWouldBlock) return msg;
+      if (now >= g.deadline) {
+        g.status = Status::kTimedOut;
+        return msg;
+      }
+      if (pinned_) {
+        if (unpinAt == kNoDeadline)
+          unpinAt = now + kUnpinAfter;
+        else if (now >= unpinAt)
+          unpinResults();
+      }
+      draining = true;
+      if (received) continue;
+      g.status = connection_->startMessage(
+          *g.msg, g.words, std::min({g.deadline, nearestDeadline_, now + slice}));
+      if (g.status != Status::kTimedOut) return msg;
+      if (outstanding_) {
+        Status r = connection_->receive(msg, std::min(g.deadline, Clock::now() + slice));
+        if (r == Status::kOk) {
+          g.finished += handle(msg);
+          msg.release();
+        } else if (r == Status::kDisconnected) {
+          failAll(ErrorKind::kDisconnected, connection_->lastError());
+          g.status = Status::kDisconnected;
+          return msg;
+        }
+      }
+      slice = std::min<std::chrono::microseconds>(slice * 2, std::chrono::milliseconds(1));
     }
-    slice = std::min<std::chrono::microseconds>(slice * 2, std::chrono::milliseconds(1));
   }
 }
 
-uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, CallCallback callback) {
+Status Channel::Impl::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline) {
+  Goal goal{Until::kSendRoom};
+  goal.deadline = deadline;
+  goal.msg = &msg;
+  goal.words = sizeHintWords;
+  (void)run<Until::kSendRoom>(goal);
+  return goal.status;
+}
+
+uint64_t Channel::Impl::send(OutgoingMessage& msg, FrameKind kind, CallCallback callback) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
@@ -276,7 +482,7 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   MethodMetrics* method = nullptr;
   if (counted) {
     method = &metrics_->method(interfaceId, methodId);
-    method->countCall(payloadBytes(msg));
+    method->countCall(sentPayloadBytes(msg));
   }
   if (slot) {
     // A default deadline is fixed here if nothing asked for it before: once the request
@@ -298,11 +504,11 @@ uint64_t Channel::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   return id;
 }
 
-void Channel::noteEnd(Slot& slot, CallResult& result) noexcept {
+void Channel::Impl::noteEnd(Slot& slot, CallResult& result) noexcept {
   noteEnd(slot, result.ok(), result.errorKind(), result.ok() ? result.response().payloadBytes() : 0);
 }
 
-void Channel::noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept {
+void Channel::Impl::noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept {
   const uint64_t elapsed = ticks::now() - slot.startTicks;
   if (MethodMetrics* m = slot.method) {
     m->recordLatency(elapsed);
@@ -319,7 +525,7 @@ void Channel::noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseByte
   }
 }
 
-void Channel::finish(Slot& slot, CallResult&& result) {
+void Channel::Impl::finish(Slot& slot, CallResult&& result) {
   if (slot.method || slot.traced) noteEnd(slot, result);
   --outstanding_;
   if (outstanding_ == 0) nearestDeadline_ = kNoDeadline;
@@ -336,7 +542,7 @@ void Channel::finish(Slot& slot, CallResult&& result) {
   }
 }
 
-bool Channel::handle(IncomingMessage& msg) {
+bool Channel::Impl::handle(IncomingMessage& msg) {
   const FrameHeader& h = msg.header();
   auto kind = static_cast<FrameKind>(h.kind);
   if (kind != FrameKind::kResponse && kind != FrameKind::kError && kind != FrameKind::kPong)
@@ -353,7 +559,7 @@ bool Channel::handle(IncomingMessage& msg) {
   return true;
 }
 
-size_t Channel::expire(Clock::time_point now) {
+size_t Channel::Impl::expire(Clock::time_point now) {
   size_t n = 0;
   // Callbacks run below may start calls (send() lowers nearestDeadline_ for them), in
   // slots this scan has passed: recompute into the member, never over it.
@@ -375,7 +581,7 @@ size_t Channel::expire(Clock::time_point now) {
   return n;
 }
 
-void Channel::failAll(ErrorKind kind, const std::string& why) {
+void Channel::Impl::failAll(ErrorKind kind, const std::string& why) {
   if (kind == ErrorKind::kDisconnected && !disconnected_) {
     disconnected_ = true;
     disconnectReason_ = why.empty() ? "connection closed" : why;
@@ -389,7 +595,7 @@ void Channel::failAll(ErrorKind kind, const std::string& why) {
   }
 }
 
-void Channel::sendCancel(uint64_t callId) noexcept {
+void Channel::Impl::sendCancel(uint64_t callId) noexcept {
   if (disconnected_) return;
   if (requestOpen_) {
     // The user is building a request on this connection (one open message at a time):
@@ -410,16 +616,16 @@ void Channel::sendCancel(uint64_t callId) noexcept {
   }
 }
 
-void Channel::sendQueuedCancels() noexcept {
+void Channel::Impl::sendQueuedCancels() noexcept {
   size_t n = std::exchange(queuedCancels_, 0);
   for (size_t i = 0; i < n; ++i) sendCancel(cancelQueue_[i]);
 }
 
-void Channel::requestAbandoned() noexcept {
+void Channel::Impl::requestAbandoned() noexcept {
   requestOpen_ = false;
 }
 
-CallResult Channel::takeResult(uint64_t callId) {
+CallResult Channel::Impl::takeResult(uint64_t callId) {
   Slot* slot = slotFor(callId);
   if (!slot || slot->state != SlotState::kDone)
     return CallResult(ErrorKind::kFailed, 0,
@@ -435,14 +641,14 @@ CallResult Channel::takeResult(uint64_t callId) {
 // answers held this way can take all of it, and the awaited answer then has no room to
 // arrive in (over tcp it stays in the kernel; over shm the server holds it back). So a
 // wait that lasts kUnpinAfter while such responses are held copies them to the heap.
-Deadline Channel::waitDeadline(Deadline& unpinAt) {
+Deadline Channel::Impl::waitDeadline(Deadline& unpinAt) {
   if (pinned_ == 0) [[likely]]
     return nearestDeadline_;
   if (unpinAt == kNoDeadline) unpinAt = Clock::now() + kUnpinAfter;
   return std::min(nearestDeadline_, unpinAt);
 }
 
-void Channel::unpinResults() {
+void Channel::Impl::unpinResults() {
   for (uint64_t i = 0; i <= mask_ && pinned_; ++i) {
     Slot& slot = slots_[i];
     if (!slot.pinned) continue;
@@ -459,7 +665,7 @@ void Channel::unpinResults() {
 // for room, answers are taken out of transport memory: those that arrived to the heap
 // (handled later, since a callback must not run while a request is open, in arrival
 // order before anything received after them), and held results as unpinResults() does.
-void Channel::whileWaitingForRoom() {
+void Channel::Impl::whileWaitingForRoom() {
   for (int i = 0; i < 256; ++i) {
     IncomingMessage in;
     if (connection_->tryReceive(in) != Status::kOk) break;  // a disconnect shows later
@@ -469,7 +675,7 @@ void Channel::whileWaitingForRoom() {
   if (pinned_) unpinResults();
 }
 
-size_t Channel::takeEarly() {
+size_t Channel::Impl::takeEarly() {
   size_t n = 0;
   std::vector<IncomingMessage> early = std::move(early_);
   early_.clear();
@@ -477,103 +683,36 @@ size_t Channel::takeEarly() {
   return n;
 }
 
-size_t Channel::afterTimeout(Deadline unpinAt) {
+size_t Channel::Impl::afterTimeout(Deadline unpinAt) {
   const auto now = Clock::now();
   if (pinned_ && now >= unpinAt) unpinResults();
   return expire(now);
 }
 
-IncomingMessage Channel::waitFor(uint64_t callId) {
-  Deadline unpinAt = kNoDeadline;
-  for (;;) {
-    if (!early_.empty()) [[unlikely]] takeEarly();
-    Slot* slot = slotFor(callId);
-    if (!slot) throw Failed("call " + std::to_string(callId) + " is unknown to this channel");
-    if (slot->state == SlotState::kDone) {
-      CallResult r = takeResult(callId);
-      r.throwIfError();
-      return std::move(r.response());
-    }
-    if (disconnected_) failAll(ErrorKind::kDisconnected, disconnectReason_);
-    IncomingMessage msg;
-    Status s = connection_->receive(msg, waitDeadline(unpinAt));
-    if (s == Status::kOk) {
-      const FrameHeader& h = msg.header();
-      if (h.callId == callId && h.kind == static_cast<uint8_t>(FrameKind::kResponse) &&
-          !slot->callback) [[likely]] {
-        // The answer awaited: to the caller directly, as finish() and takeResult() would
-        // hand it over, without the round through a CallResult in the slot.
-        if (slot->method || slot->traced) noteEnd(*slot, true, ErrorKind::kFailed, msg.payloadBytes());
-        slot->state = SlotState::kFree;
-        if (--outstanding_ == 0) nearestDeadline_ = kNoDeadline;
-        return msg;
-      }
-      handle(msg);
-    } else if (s == Status::kTimedOut) {
-      afterTimeout(unpinAt);
-    } else if (s == Status::kDisconnected) {
-      failAll(ErrorKind::kDisconnected, connection_->lastError());
-    }
+IncomingMessage Channel::Impl::waitFor(uint64_t callId) {
+  Goal goal{Until::kCallDone};
+  goal.callId = callId;
+  IncomingMessage answer = run<Until::kCallDone>(goal);
+  if (!answer.valid()) [[unlikely]] {
+    CallResult r = takeResult(callId);
+    r.throwIfError();
+    answer = std::move(r.response());
   }
+  return answer;
 }
 
-std::chrono::nanoseconds Channel::ping(Deadline deadline) {
-  OutgoingMessage m;
-  startMessage(m, 1, {}, deadline);
-  m.initRoot<capnp::AnyPointer>();
-  const auto start = Clock::now();
-  const uint64_t id = send(m, FrameKind::kPing, {});
-  (void)waitFor(id);  // the pong; its lease goes at once
-  return Clock::now() - start;
+size_t Channel::Impl::poll() {
+  Goal goal{Until::kPolled};
+  (void)run<Until::kPolled>(goal);
+  return goal.finished;
 }
 
-size_t Channel::poll() {
-  size_t n = early_.empty() ? 0 : takeEarly();
-  IncomingMessage msg;
-  for (int i = 0; i < 256; ++i) {
-    Status s = connection_->tryReceive(msg);
-    if (s == Status::kOk) {
-      n += handle(msg);
-      msg.release();
-      continue;
-    }
-    if (s == Status::kDisconnected && !disconnected_) {
-      n += outstanding_;
-      failAll(ErrorKind::kDisconnected, connection_->lastError());
-    }
-    break;
-  }
-  if (outstanding_ && Clock::now() >= nearestDeadline_) n += expire(Clock::now());
-  return n;
+size_t Channel::Impl::pollUntil(Deadline deadline) {
+  Goal goal{Until::kAnyFinished};
+  goal.deadline = deadline;
+  (void)run<Until::kAnyFinished>(goal);
+  return goal.finished;
 }
-
-size_t Channel::pollUntil(Deadline deadline) {
-  size_t n = poll();
-  Deadline unpinAt = kNoDeadline;
-  while (n == 0 && outstanding_) {
-    if (!early_.empty()) [[unlikely]] {  // a callback built a request meanwhile
-      n += takeEarly();
-      continue;
-    }
-    IncomingMessage msg;
-    Status s = connection_->receive(msg, std::min(deadline, waitDeadline(unpinAt)));
-    if (s == Status::kOk) {
-      n += handle(msg);
-      msg.release();
-      n += poll();
-    } else if (s == Status::kDisconnected) {
-      n += outstanding_;
-      failAll(ErrorKind::kDisconnected, connection_->lastError());
-    } else if (s == Status::kTimedOut) {
-      n += afterTimeout(unpinAt);
-      if (Clock::now() >= deadline) break;
-    }
-  }
-  return n;
-}
-
-// ------------------------------------------------------------------------------------
-// ChannelPool
 
 namespace {
 std::atomic<uint64_t> poolGenerations{1};

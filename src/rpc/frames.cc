@@ -1,6 +1,7 @@
 #include "rpc/frames.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include <kj/exception.h>
 
@@ -29,6 +30,18 @@ void writeError(OutgoingMessage& msg, ErrorKind kind, int32_t code, const std::s
   e.setCode(code);
   // Bounded, so an error always fits the ring.
   e.setMessage(capnp::Text::Reader(message.data(), std::min<size_t>(message.size(), 4000)));
+}
+
+uint64_t sentPayloadBytes(OutgoingMessage& msg) {
+  uint64_t words = 0;
+  for (auto segment : msg.segmentsForSend()) words += segment.size();
+  return words * sizeof(capnp::word) + msg.gatheredBytes();
+}
+
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
 }
 
 }  // namespace zcrpc

@@ -1,0 +1,58 @@
+#include "rpc/acceptor.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+
+namespace zcrpc {
+
+Acceptor::Acceptor(Adopt adopt)
+    : adopt_(std::move(adopt)),
+      wake_(ZCRPC_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd for acceptor")) {}
+
+std::vector<std::string> Acceptor::endpoints() const {
+  std::vector<std::string> out;
+  for (auto& l : listeners_) out.push_back(l->endpoint());
+  return out;
+}
+
+void Acceptor::start() { thread_ = std::thread([this] { run(); }); }
+
+void Acceptor::stop() {
+  stopping_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof one);
+  if (thread_.joinable()) thread_.join();
+  listeners_.clear();
+}
+
+void Acceptor::run() {
+  std::vector<pollfd> fds;
+  while (!stopping_.load(std::memory_order_acquire)) {
+    fds.clear();
+    fds.push_back({wake_.get(), POLLIN, 0});
+    // Sleeps until a client or a handshake in progress has something, or a handshake's
+    // deadline: no periodic wake-up to take a core from a busy-polling worker.
+    Deadline wakeAt = kNoDeadline;
+    for (auto& l : listeners_) wakeAt = std::min(wakeAt, l->addPollFds(fds));
+    int ms = -1;
+    if (wakeAt != kNoDeadline) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(wakeAt - Clock::now());
+      ms = static_cast<int>(std::clamp<int64_t>(left.count(), 0, 60'000));
+    }
+    if (::poll(fds.data(), fds.size(), ms) < 0) continue;
+    for (auto& l : listeners_) {
+      try {
+        if (auto c = l->accept(Clock::now())) adopt_(std::move(c));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "zcrpc: accept on %s failed: %s\n", l->endpoint().c_str(),
+                     e.what());
+      }
+    }
+  }
+}
+
+}  // namespace zcrpc

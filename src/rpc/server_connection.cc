@@ -1,0 +1,415 @@
+// ServerConnection: one client connection as a worker serves it.
+#include "rpc/server_connection.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+
+#include <kj/common.h>
+#include <kj/exception.h>
+
+#include "rpc/frames.h"
+
+namespace zcrpc {
+
+namespace {
+constexpr uint32_t kDefaultResponseWords = 64;
+}  // namespace
+
+ServerConnection::ServerConnection(const std::unordered_map<uint64_t, Service*>& services,
+                                   std::unique_ptr<Connection> connection, int workerWake,
+                                   std::shared_ptr<ConnectionMetrics> metrics, Tracer* tracer,
+                                   size_t maxDeferred, std::chrono::milliseconds answerRoomWait)
+    : services_(services), connection_(std::move(connection)), workerWake_(workerWake),
+      metrics_(std::move(metrics)), tracer_(tracer), maxDeferred_(maxDeferred),
+      answerRoomWait_(answerRoomWait) {}
+
+size_t ServerConnection::pump(size_t batch, bool rejecting) {
+  size_t n = hasMail() ? processMail() : 0;
+  if (!backlog_.empty()) n += backlog_.drain(*connection_, disconnected_);
+  // While answers wait for room, take no new requests: they stay in the client's ring,
+  // so a client that does not read its answers is held back by its own ring filling up,
+  // and the worker goes on serving its other connections.
+  const size_t take = backlog_.empty() ? batch : 0;
+  IncomingMessage msg;  // one for the loop: handle() releases (or takes) each request
+  for (size_t i = 0; i < take && !disconnected_; ++i) {
+    Status s = connection_->tryReceive(msg);
+    if (s == Status::kOk) {
+      handle(msg, rejecting);
+      msg.release();
+      ++n;
+    } else {
+      if (s == Status::kDisconnected) disconnected_ = true;
+      break;
+    }
+  }
+  if (n && !disconnected_) (void)connection_->flush();
+  return n;
+}
+
+void ServerConnection::checkPeer() {
+  if (!disconnected_ && connection_->checkPeer() == Status::kDisconnected) disconnected_ = true;
+}
+
+void ServerConnection::failDeferred(const std::string& why) {
+  processMail();
+  for (auto& [id, weak] : deferred_) {
+    if (auto state = weak.lock(); state && !state->answered.exchange(true)) {
+      // The handler's own later answer is then accepted and dropped quietly.
+      state->answeredByServer.store(true, std::memory_order_release);
+      state->cancelled.store(true, std::memory_order_release);
+      endCall(state->mark, false, ErrorKind::kDisconnected, 0);
+      if (!state->oneWay) sendError(id, ErrorKind::kDisconnected, 0, why);
+    }
+  }
+  deferred_.clear();
+  (void)connection_->flush();
+}
+
+void ServerConnection::closeMail() {
+  std::vector<Completion> left;
+  {
+    std::lock_guard lock(mailMutex_);
+    mailClosed_ = true;
+    left.swap(mail_);
+    hasMail_.store(false, std::memory_order_relaxed);
+  }
+}
+
+void ServerConnection::post(Completion&& c) {
+  {
+    std::unique_lock lock(mailMutex_);
+    if (mailClosed_) {
+      // The worker let this connection go: queueing would keep it alive through the
+      // state's owner pointer, forever. Drop the answer, outside the lock.
+      lock.unlock();
+      Completion dropped = std::move(c);
+      return;
+    }
+    mail_.push_back(std::move(c));
+  }
+  hasMail_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  (void)!::write(workerWake_, &one, sizeof one);
+}
+
+OutgoingMessage& ServerConnection::startResponse(std::optional<OutgoingMessage>& slot, uint32_t hint) {
+  if (slot) return *slot;
+  openAnswer(slot, hint ? hint : kDefaultResponseWords);
+  return *slot;
+}
+
+void ServerConnection::openAnswer(std::optional<OutgoingMessage>& slot, uint32_t words) {
+  slot.emplace();
+  if (backlog_.empty()) {
+    Status s = connection_->tryStartMessage(*slot, words);
+    if (s == Status::kOk) {
+      // The worker serves other connections too: growing this answer waits for room
+      // in the client's memory only briefly (then the call fails with Overloaded).
+      slot->setBuildWait(answerRoomWait_);
+      return;
+    }
+    if (s == Status::kDisconnected) {
+      slot.reset();
+      disconnected_ = true;
+      throw Disconnected("connection " + connection_->endpoint() + " lost");
+    }
+  }
+  backlog_.open(*slot, words, connection_->maxMessageBytes());
+}
+
+Status ServerConnection::sendAnswer(OutgoingMessage& out) {
+  if (!backlog_.holds(out)) return connection_->send(out, false);
+  backlog_.push(out);
+  return Status::kOk;
+}
+
+std::shared_ptr<DeferredState> ServerConnection::defer(CallContext& ctx) {
+  if (deferred_.size() >= maxDeferred_)
+    throw Overloaded("server connection " + connection_->endpoint() + " already has " +
+                     std::to_string(maxDeferred_) + " deferred calls");
+  auto state = std::make_shared<DeferredState>();
+  state->owner = shared_from_this();
+  state->callId = ctx.callId();
+  state->oneWay = ctx.isOneWay();
+  state->trace = ctx.request().trace();
+  state->mark = current_;
+  current_.method = nullptr;  // the deferred call reports its own end
+  current_.traced = false;
+  state->request = std::move(ctx.request());
+  deferred_[state->callId] = state;
+  return state;
+}
+
+void ServerConnection::handle(IncomingMessage& msg, bool rejecting) {
+  const FrameHeader& h = msg.header();
+  switch (static_cast<FrameKind>(h.kind)) {
+    case FrameKind::kRequest:
+    case FrameKind::kOneWay:
+      if (rejecting) {
+        if (h.kind == static_cast<uint8_t>(FrameKind::kRequest))
+          sendError(h.callId, ErrorKind::kDisconnected, 0, "server is shutting down");
+        return;
+      }
+      dispatch(msg);
+      return;
+    case FrameKind::kCancel:
+      if (auto it = deferred_.find(h.callId); it != deferred_.end())
+        if (auto state = it->second.lock())
+          state->cancelled.store(true, std::memory_order_release);
+      return;
+    case FrameKind::kPing: {
+      uint64_t id = h.callId;
+      msg.release();
+      std::optional<OutgoingMessage> out;
+      try {
+        openAnswer(out, 1);
+      } catch (const Disconnected&) {
+        return;
+      }
+      out->header().kind = static_cast<uint8_t>(FrameKind::kPong);
+      out->header().callId = id;
+      out->initRoot<capnp::AnyPointer>();
+      (void)sendAnswer(*out);
+      return;
+    }
+    default:
+      return;  // nothing else is meaningful from a client
+  }
+}
+
+void ServerConnection::dispatch(IncomingMessage& msg) {
+  const uint64_t callId = msg.header().callId;
+  const uint64_t interfaceId = msg.header().interfaceId;
+  const uint16_t methodId = msg.header().methodId;
+  const bool oneWay = msg.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
+  current_.method = nullptr;
+  current_.traced = false;
+  if (metrics_) {
+    current_.method = &metrics_->method(interfaceId, methodId);
+    current_.method->countCall(msg.payloadBytes());
+  }
+  if (tracer_) [[unlikely]] {
+    current_.traced = true;
+    current_.trace = TracedCall{interfaceId, methodId, callId, oneWay, msg.trace()};
+    tracer_->onServerCallBegin(current_.trace);
+  }
+  if (current_.method || current_.traced) current_.startTicks = ticks::now();
+  CallContext ctx(*this, msg);
+  ErrorKind kind = ErrorKind::kFailed;
+  int32_t code = 0;
+  std::string why;
+  try {
+    auto it = services_.find(interfaceId);
+    if (it == services_.end() || !it->second->dispatch(interfaceId, methodId, ctx)) {
+      kind = ErrorKind::kUnimplemented;
+      why = (it == services_.end() ? "interface 0x" + hex(interfaceId) + " is not served by "
+                                   : "method " + std::to_string(methodId) + " of interface 0x" +
+                                         hex(interfaceId) + " is not implemented by ") +
+            connection_->endpoint();
+    } else {
+      if (ctx.deferred_) return;  // defer() took over the call's mark
+      if (oneWay) {
+        endCall(current_, true, ErrorKind::kFailed, 0);
+        return;
+      }
+      OutgoingMessage& out = startResponse(ctx.response_, 1);
+      if (!out.isOpen()) return;
+      out.getRoot<capnp::AnyPointer>();  // an untouched response is an empty message
+      out.header().kind = static_cast<uint8_t>(FrameKind::kResponse);
+      out.header().callId = callId;
+      // The request is released after the answer is sent (by pump()), not before: the
+      // answer may reference its bytes (Orphanage::referenceExternalData), which the
+      // transport reads while sending.
+      const Status sent = sendAnswer(out);
+      // Counted once sent, overlapping with the caller's receipt. (The sizes come from
+      // the builder's bookkeeping, not from transport memory.)
+      endCall(current_, true, ErrorKind::kFailed,
+              current_.method && sent == Status::kOk ? sentPayloadBytes(out) : 0);
+      return;
+    }
+  } catch (const ApplicationError& e) {
+    kind = ErrorKind::kApplication, code = e.code(), why = e.what();
+  } catch (const Error& e) {
+    kind = e.kind(), why = e.what();
+  } catch (const kj::Exception& e) {
+    kind = ErrorKind::kInvalidArgument;
+    why = std::string("server could not read the request: ") + e.getDescription().cStr();
+  } catch (const std::exception& e) {
+    kind = ErrorKind::kApplication, why = e.what();
+  }
+  if (ctx.deferred_) return;  // a deferred call answers itself
+  if (!oneWay && !disconnected_) {
+    ctx.response_.reset();  // give back a half-built response first
+    msg.release();
+    sendError(callId, kind, code, why);
+  }
+  endCall(current_, false, kind, 0);
+}
+
+void ServerConnection::endCall(CallMark& mark, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept {
+  if (!mark.method && !mark.traced) return;
+  const uint64_t elapsed = ticks::now() - mark.startTicks;
+  if (MethodMetrics* m = mark.method) {
+    m->recordLatency(elapsed);
+    if (ok)
+      m->countResponse(responseBytes);
+    else
+      m->countError(kind);
+    mark.method = nullptr;
+  }
+  if (mark.traced) {
+    mark.traced = false;
+    auto duration = std::chrono::nanoseconds(static_cast<int64_t>(ticks::toNanos(elapsed)));
+    tracer_->onServerCallEnd(mark.trace, {ok, kind, duration});
+  }
+}
+
+void ServerConnection::sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why) {
+  if (disconnected_) return;
+  std::optional<OutgoingMessage> out;
+  try {
+    openAnswer(out, 16 + static_cast<uint32_t>(std::min<size_t>(why.size(), 4000) / 8));
+  } catch (const Disconnected&) {
+    return;
+  }
+  writeError(*out, kind, code, why);
+  out->header().kind = static_cast<uint8_t>(FrameKind::kError);
+  out->header().callId = callId;
+  (void)sendAnswer(*out);
+}
+
+size_t ServerConnection::processMail() {
+  std::vector<Completion> mail;
+  {
+    std::lock_guard lock(mailMutex_);
+    mail.swap(mail_);
+    hasMail_.store(false, std::memory_order_relaxed);
+  }
+  for (Completion& c : mail) {
+    deferred_.erase(c.state->callId);
+    // Released once the answer is sent: `fill` may reference the request's bytes.
+    KJ_DEFER(c.state->request.release());
+    CallMark& mark = c.state->mark;
+    if (disconnected_) {
+      endCall(mark, false, ErrorKind::kDisconnected, 0);
+      continue;
+    }
+    if (c.state->oneWay) {
+      endCall(mark, c.fill != nullptr, c.kind, 0);
+      continue;
+    }
+    if (!c.fill) {
+      sendError(c.state->callId, c.kind, c.code, c.message);
+      endCall(mark, false, c.kind, 0);
+      continue;
+    }
+    std::optional<OutgoingMessage> out;
+    ErrorKind kind = ErrorKind::kApplication;
+    int32_t code = 0;
+    std::string why;
+    try {
+      startResponse(out, 0);
+      c.fill(*out);
+      out->getRoot<capnp::AnyPointer>();
+      out->header().kind = static_cast<uint8_t>(FrameKind::kResponse);
+      out->header().callId = c.state->callId;
+      const Status sent = sendAnswer(*out);
+      endCall(mark, true, ErrorKind::kFailed,
+              mark.method && sent == Status::kOk ? sentPayloadBytes(*out) : 0);
+      continue;
+    } catch (const ApplicationError& e) {
+      code = e.code(), why = e.what();
+    } catch (const Error& e) {
+      kind = e.kind(), why = e.what();
+    } catch (const std::exception& e) {
+      why = e.what();
+    } catch (const kj::Exception& e) {
+      why = e.getDescription().cStr();
+    }
+    out.reset();
+    if (!disconnected_) sendError(c.state->callId, kind, code, why);
+    endCall(mark, false, kind, 0);
+  }
+  return mail.size();
+}
+
+// ------------------------------------------------------------------------------------
+// CallContext / DeferredReply
+
+const TraceContext& CallContext::trace() const noexcept {
+  static constexpr TraceContext kNone{};
+  if (request_.valid()) return request_.trace();
+  return deferred_ ? deferred_->trace : kNone;
+}
+
+bool CallContext::isOneWay() const noexcept {
+  return request_.valid() && request_.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
+}
+
+OutgoingMessage& CallContext::response(uint32_t sizeHintWords) {
+  if (deferred_) throw InvalidArgument("response() after defer(): answer through the DeferredReply");
+  if (isOneWay()) throw InvalidArgument("a one-way call has no response");
+  return connection_.startResponse(response_, sizeHintWords);
+}
+
+bool CallContext::isCancelled() const noexcept {
+  return deferred_ && deferred_->cancelled.load(std::memory_order_acquire);
+}
+
+DeferredReply CallContext::defer() {
+  if (deferred_) throw InvalidArgument("call " + std::to_string(callId()) + " deferred twice");
+  response_.reset();
+  deferred_ = connection_.defer(*this);
+  return DeferredReply(deferred_);
+}
+
+DeferredReply& DeferredReply::operator=(DeferredReply&& other) noexcept {
+  if (this != &other) {
+    this->~DeferredReply();
+    new (this) DeferredReply(std::move(other));
+  }
+  return *this;
+}
+
+DeferredReply::~DeferredReply() {
+  if (state_ && !state_->answered.load())
+    fail(ErrorKind::kFailed, "the handler dropped call " + std::to_string(state_->callId) +
+                                 " without answering it");
+}
+
+IncomingMessage& DeferredReply::request() {
+  if (!state_) throw InvalidArgument("empty DeferredReply");
+  return state_->request;
+}
+
+const TraceContext& DeferredReply::trace() const noexcept {
+  static constexpr TraceContext kNone{};
+  return state_ ? state_->trace : kNone;
+}
+
+bool DeferredReply::isCancelled() const noexcept {
+  return state_ && state_->cancelled.load(std::memory_order_acquire);
+}
+
+void DeferredReply::complete(std::function<void(OutgoingMessage&)> fill) {
+  if (!state_) throw InvalidArgument("DeferredReply is empty");
+  if (state_->answered.exchange(true)) {
+    if (state_->answeredByServer.load(std::memory_order_acquire)) {
+      state_.reset();  // the server already failed it (shutdown): nothing more to say
+      return;
+    }
+    throw InvalidArgument("DeferredReply answered twice");
+  }
+  if (!fill) fill = [](OutgoingMessage&) {};
+  auto owner = state_->owner;
+  owner->post(Completion{std::move(state_), std::move(fill), ErrorKind::kFailed, 0, {}});
+}
+
+void DeferredReply::fail(ErrorKind kind, std::string message, int32_t code) {
+  if (!state_ || state_->answered.exchange(true)) return;
+  auto owner = state_->owner;
+  owner->post(Completion{std::move(state_), {}, kind, code, std::move(message)});
+}
+
+}  // namespace zcrpc
