@@ -174,7 +174,7 @@ class EchoService final : public Service {
                                     std::chrono::milliseconds timeout = 5s);
 
 // ---------------------------------------------------------------------------------------
-// Raw TCP: the handshake as tcp.cc documents it (Hello, token bytes, Answer), so tests can
+// Raw TCP: the handshake as tcp_setup.h documents it (Hello, token bytes, Answer), so tests can
 // be the hostile side.
 
 struct TcpHello {

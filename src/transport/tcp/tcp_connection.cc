@@ -1,0 +1,110 @@
+// zcrpc — a tcp connection's life: construction, the event-loop wait, close, errors.
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include "transport/tcp/tcp_connection.h"
+
+namespace zcrpc::tcp {
+
+TcpConnection::TcpConnection(os::Fd fd, std::string what, const ConnectionOptions& options,
+                             uint64_t maxMessageBytes, std::chrono::milliseconds deadPeerTimeout)
+    : fd_(std::move(fd)),
+      what_(std::move(what)),
+      options_(options),
+      deadPeerTimeout_(deadPeerTimeout),
+      maxMessage_(maxMessageBytes),
+      // Segments, header, table, trace context, and the padding before blobs.
+      maxFrame_(maxMessageBytes + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry) +
+                sizeof(TraceContext) + kMaxSegments * (kCopyAlignment - 8)),
+      ringBytes_(options.ringBytes),
+      ringMask_(options.ringBytes - 1),
+      ring_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),
+      sendBytes_(options.ringBytes),
+      send_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),
+      leases_(options.maxLeases) {
+  pending_.reserve(kMaxIov);
+  limits_.maxMessageBytes = maxMessage_;
+  // The socket joins it at the first armWait(): a socket in an epoll set costs every
+  // arriving segment a wake-up callback in the kernel, which a busy-polling
+  // connection, never sleeping, would pay on every message for nothing.
+  epoll_ = os::Fd(ZCRPC_SYSCALL(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1 for " + what_));
+}
+
+TcpConnection::~TcpConnection() {
+  if (open_.msg) open_.msg->markSent();
+  close();
+  leases_.dropAll();
+  ::operator delete(ring_, std::align_val_t(64));
+  ::operator delete(send_, std::align_val_t(64));
+}
+
+bool TcpConnection::armWait() noexcept {
+  if (closed_.load() || frameBuffered()) return false;
+  flushFromReceiver();
+  uint32_t want = EPOLLIN | EPOLLRDHUP | (pendingBytes_.load() ? EPOLLOUT : 0u);
+  if (want != epollEvents_) {
+    epoll_event ev{};
+    ev.events = want;
+    // ADD reports a socket already readable at once, so nothing arriving before it is missed.
+    int op = epollEvents_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (::epoll_ctl(epoll_.get(), op, fd_.get(), &ev) == 0) {
+      epollEvents_ = want;
+    } else if (op == EPOLL_CTL_ADD) {
+      fault(os::errnoText("cannot watch " + what_ + " (epoll_ctl)", errno));
+      return false;  // closed: the caller's next receive reports it
+    }
+  }
+  return true;
+}
+
+Status TcpConnection::checkPeer() noexcept {
+  if (closed_.load() || eof_) return Status::kDisconnected;
+  short ev = os::pollOne(fd_.get(), POLLIN | POLLRDHUP, std::chrono::milliseconds(0));
+  if ((ev & (POLLHUP | POLLERR | POLLNVAL)) && !(ev & POLLIN)) {
+    fault("peer " + what_ + " hung up");
+    return Status::kDisconnected;
+  }
+  return Status::kOk;  // a half-closed peer's last frames are still read first
+}
+
+void TcpConnection::close() noexcept {
+  if (closed_.load()) return;
+  if (sendLock_.try_lock()) {
+    auto until = Clock::now() + std::chrono::milliseconds(200);
+    writePending();
+    while (pendingBytes_.load() && !closed_.load() && Clock::now() < until) {
+      os::pollOne(fd_.get(), POLLOUT, std::chrono::milliseconds(20));
+      writePending();
+    }
+    sendLock_.unlock();
+  }
+  closeNow();
+}
+
+void TcpConnection::closeNow() noexcept {
+  if (closed_.exchange(true)) return;
+  ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
+std::string TcpConnection::lastError() const {
+  std::lock_guard lock(errorMutex_);
+  return error_;
+}
+
+std::string TcpConnection::ioError(const char* op, int err) const {
+  std::string text = os::errnoText(std::string(op) + " " + what_, err);
+  if (err == ETIMEDOUT && deadPeerTimeout_.count())
+    text += " (the peer answered nothing for the dead-peer timeout of " +
+            std::to_string(deadPeerTimeout_.count()) + " ms)";
+  return text;
+}
+
+void TcpConnection::fault(std::string why) noexcept {
+  {
+    std::lock_guard lock(errorMutex_);
+    if (error_.empty()) error_ = std::move(why);
+  }
+  closeNow();
+}
+
+}  // namespace zcrpc::tcp

@@ -1,0 +1,192 @@
+// zcrpc — the tcp listener: accept, handshakes in progress, listenTcp().
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+
+#include "os/os.h"
+#include "transport/handshakes.h"
+#include "transport/tcp/tcp_connection.h"
+#include "transport/tcp/tcp_setup.h"
+
+namespace zcrpc {
+
+namespace {
+
+using namespace tcp;
+
+class TcpListener final : public Listener {
+ public:
+  TcpListener(std::string_view hostPort, const TcpOptions& options) : options_(options) {
+    checkTcpOptions(options_.connection);
+    checkDeadPeerTimeout(options_.deadPeerTimeout);
+    HostPort hp = splitHostPort(hostPort);
+    std::string what = hostPort.starts_with("tcp://") ? std::string(hostPort)
+                                                      : "tcp://" + std::string(hostPort);
+    AddrInfo ai;
+    resolve(hp, /*passive=*/true, ai, what);
+    int lastErr = 0;
+    for (addrinfo* a = ai.list; a; a = a->ai_next) {
+      os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+      if (!fd) {
+        lastErr = errno;
+        continue;
+      }
+      int one = 1;
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd.get(), 128) != 0) {
+        lastErr = errno;
+        continue;
+      }
+      socket_ = std::move(fd);
+      break;
+    }
+    if (!socket_) throw Failed(os::errnoText("listen on " + what, lastErr));
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    ::getsockname(socket_.get(), reinterpret_cast<sockaddr*>(&local), &len);
+    endpoint_ = "tcp://" + addressText(local);
+  }
+
+  /// Handshakes advance without blocking as their bytes arrive, each with its own
+  /// deadline (connectTimeout), so a silent client holds up neither accept() nor others.
+  std::unique_ptr<Connection> accept(Deadline deadline) override {
+    std::vector<pollfd> fds;
+    for (;;) {
+      while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
+        Pending p;
+        p.peer = peerAddress(client.get());
+        p.what = endpoint_ + " (server, peer " + p.peer + ")";
+        p.deadline = deadlineAfter(options_.connection.connectTimeout);
+        p.fd = std::move(client);
+        pending_.push_back(std::move(p));
+      }
+      auto now = Clock::now();
+      for (size_t i = 0; i < pending_.size();) {
+        Pending& p = pending_[i];
+        std::unique_ptr<Connection> done;
+        bool drop = false;
+        try {
+          done = advance(p);
+          if (!done && now >= p.deadline) throw Failed("handshake timed out");
+        } catch (const std::exception& e) {
+          remember(std::string("refused ") + p.peer + ": " + e.what());
+          drop = true;
+        }
+        if (done || drop) {
+          pending_.erase(pending_.begin() + static_cast<long>(i));
+          if (done) return done;
+          continue;
+        }
+        ++i;
+      }
+      if (now >= deadline) return nullptr;
+      fds.clear();
+      Deadline wakeAt = std::min(deadline, addPollFds(fds));
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wakeAt - now);
+      int ms = static_cast<int>(std::min<int64_t>(wait.count() + 1, 1000));
+      int r;
+      do r = ::poll(fds.data(), fds.size(), ms);
+      while (r < 0 && errno == EINTR);
+    }
+  }
+
+  int pollFd() const noexcept override { return socket_.get(); }
+  Deadline addPollFds(std::vector<pollfd>& fds) const override {
+    return pollListenerAndHandshakes(socket_.get(), pending_, fds);
+  }
+  std::string endpoint() const override { return endpoint_; }
+  std::vector<std::string> refusals() const override {
+    std::lock_guard lock(mutex_);
+    return {refusals_.begin(), refusals_.end()};
+  }
+
+ private:
+  void remember(std::string why) {
+    std::fprintf(stderr, "zcrpc: %s: %s\n", endpoint_.c_str(), why.c_str());
+    std::lock_guard lock(mutex_);
+    refusals_.push_back(std::move(why));
+    if (refusals_.size() > 64) refusals_.pop_front();
+  }
+
+  struct Pending {
+    os::Fd fd;
+    std::string peer;
+    std::string what;
+    Deadline deadline{};
+    std::string received;  // Hello, then the token
+  };
+
+  /// Reads what has arrived; answers once Hello and token are complete. Throws to drop.
+  std::unique_ptr<Connection> advance(Pending& p) {
+    size_t need = sizeof(Hello);
+    for (;;) {
+      if (p.received.size() >= sizeof(Hello)) {
+        Hello hello;
+        std::memcpy(&hello, p.received.data(), sizeof hello);
+        if (hello.magic != kHelloMagic) throw Failed("peer is not speaking the zcrpc tcp handshake");
+        if (hello.tokenBytes > kMaxToken)
+          return refuse(p, "token longer than " + std::to_string(kMaxToken) + " bytes");
+        need = sizeof(Hello) + hello.tokenBytes;
+        if (p.received.size() >= need) return answer(p, hello);
+      }
+      char buf[sizeof(Hello) + kMaxToken];
+      ssize_t n = ::recv(p.fd.get(), buf, need - p.received.size(), MSG_DONTWAIT);
+      if (n > 0) {
+        p.received.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n == 0) throw Disconnected("peer closed during the handshake");
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return nullptr;
+      throw Disconnected(os::errnoText("handshake receive", errno));
+    }
+  }
+
+  std::unique_ptr<Connection> refuse(Pending& p, const std::string& why) {
+    Answer a;
+    std::snprintf(a.reason, sizeof a.reason, "%s", why.c_str());
+    try {
+      writeAll(p.fd.get(), &a, sizeof a, deadlineAfter(std::chrono::milliseconds(100)), p.what);
+    } catch (...) {
+    }
+    throw Failed(why);
+  }
+
+  std::unique_ptr<Connection> answer(Pending& p, const Hello& hello) {
+    if (hello.version != kHelloVersion)
+      return refuse(p, "handshake version " + std::to_string(hello.version) + " not supported");
+    std::string_view token(p.received.data() + sizeof(Hello), hello.tokenBytes);
+    if (!tokensEqual(token, options_.token)) return refuse(p, "access token does not match");
+    if (hello.maxMessageBytes < 64) return refuse(p, "client's maximum message size is below 64 bytes");
+    // Both sides send and accept at most the smaller of the two limits.
+    uint64_t maxMessage =
+        std::min<uint64_t>(hello.maxMessageBytes, options_.connection.maxMessageBytes);
+    Answer a;
+    a.accepted = 1;
+    a.maxMessageBytes = maxMessage;
+    setNoDelay(p.fd.get());
+    setDeadPeerTimeout(p.fd.get(), options_.deadPeerTimeout);
+    writeAll(p.fd.get(), &a, sizeof a, p.deadline, p.what);
+    return std::make_unique<TcpConnection>(std::move(p.fd), p.what, options_.connection, maxMessage,
+                                           options_.deadPeerTimeout);
+  }
+
+  TcpOptions options_;
+  os::Fd socket_;
+  std::string endpoint_;
+  std::vector<Pending> pending_;
+  mutable std::mutex mutex_;
+  std::deque<std::string> refusals_;
+};
+
+}  // namespace
+
+std::unique_ptr<Listener> listenTcp(std::string_view hostPort, const TcpOptions& options) {
+  return std::make_unique<TcpListener>(hostPort, options);
+}
+
+}  // namespace zcrpc

@@ -1,0 +1,234 @@
+// zcrpc — tcp connection set-up shared by both ends, and the client's connectTcp().
+#include "transport/tcp/tcp_setup.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "os/os.h"
+#include "transport/ring/layout.h"
+#include "transport/tcp/tcp_connection.h"
+
+namespace zcrpc {
+namespace tcp {
+
+HostPort splitHostPort(std::string_view text) {
+  std::string_view s = text;
+  if (s.starts_with("tcp://")) s.remove_prefix(6);
+  std::string_view host, port;
+  if (!s.empty() && s[0] == '[') {
+    auto close = s.find(']');
+    if (close == std::string_view::npos || close + 1 >= s.size() || s[close + 1] != ':')
+      throw InvalidArgument("tcp endpoint '" + std::string(text) + "' is not [ipv6]:port");
+    host = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+  } else {
+    auto colon = s.rfind(':');
+    if (colon == std::string_view::npos)
+      throw InvalidArgument("tcp endpoint '" + std::string(text) + "' has no :port");
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+  }
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
+      std::stoul(std::string(port)) > 65535)
+    throw InvalidArgument("tcp endpoint '" + std::string(text) + "' has a bad port '" +
+                          std::string(port) + "'");
+  return HostPort{host.empty() ? std::string("0.0.0.0") : std::string(host), std::string(port)};
+}
+
+std::string addressText(const sockaddr_storage& a) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  char text[INET6_ADDRSTRLEN + 16];
+  if (a.ss_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(&a);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    std::snprintf(text, sizeof text, "%s:%u", host, ntohs(in->sin_port));
+  } else {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    std::snprintf(text, sizeof text, "[%s]:%u", host, ntohs(in6->sin6_port));
+  }
+  return text;
+}
+
+std::string peerAddress(int fd) {
+  sockaddr_storage a{};
+  socklen_t len = sizeof a;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return "?";
+  return addressText(a);
+}
+
+AddrInfo::~AddrInfo() {
+  if (list) ::freeaddrinfo(list);
+}
+
+void resolve(const HostPort& hp, bool passive, AddrInfo& out, const std::string& what) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = (passive ? AI_PASSIVE : 0) | AI_NUMERICSERV;
+  int r = ::getaddrinfo(hp.host.c_str(), hp.port.c_str(), &hints, &out.list);
+  if (r != 0) throw Failed("resolve " + what + ": " + ::gai_strerror(r));
+}
+
+void setNoDelay(int fd) {
+  int one = 1;
+  ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), "TCP_NODELAY");
+}
+
+/// Keepalive probes and TCP_USER_TIMEOUT (TcpOptions::deadPeerTimeout): the first probe
+/// after half the timeout of silence, then one every sixth of it (whole seconds, 1 to
+/// 32767); the kernel ends the connection once a probe is out and nothing has come back for
+/// the whole timeout, or sent data has waited that long for an acknowledgement.
+void setDeadPeerTimeout(int fd, std::chrono::milliseconds timeout) {
+  if (timeout.count() == 0) return;
+  int one = 1;
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(timeout).count();
+  constexpr int64_t kMaxKeepSeconds = 32767;  // the kernel's limit for both
+  int idle = static_cast<int>(std::clamp<int64_t>(secs / 2, 1, kMaxKeepSeconds));
+  int interval = static_cast<int>(std::clamp<int64_t>(secs / 6, 1, kMaxKeepSeconds));
+  unsigned user = static_cast<unsigned>(timeout.count());
+  ZCRPC_SYSCALL(::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one), "SO_KEEPALIVE");
+  ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle), "TCP_KEEPIDLE");
+  ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval),
+                "TCP_KEEPINTVL");
+  ZCRPC_SYSCALL(::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user, sizeof user),
+                "TCP_USER_TIMEOUT");
+}
+
+void checkDeadPeerTimeout(std::chrono::milliseconds timeout) {
+  if (timeout.count() != 0 && (timeout < std::chrono::seconds(1) || timeout > std::chrono::hours(24)))
+    throw InvalidArgument("tcp dead-peer timeout of " + std::to_string(timeout.count()) +
+                          " ms must be 0 (off) or between 1 s and 24 h");
+}
+
+bool tokensEqual(std::string_view a, std::string_view b) noexcept {
+  // Constant time in the content (the length of a shared secret is not secret here).
+  volatile unsigned char diff = a.size() != b.size();
+  size_t n = std::max(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff = diff | (x ^ y);
+  }
+  return diff == 0;
+}
+
+/// Blocking-with-deadline exact read/write for the handshake.
+void writeAll(int fd, const void* data, size_t size, Deadline deadline, const std::string& what) {
+  auto* p = static_cast<const char*>(data);
+  while (size) {
+    ssize_t n = ::send(fd, p, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      p += n, size -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake send", errno));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) throw Failed(what + ": handshake timed out");
+    os::pollOne(fd, POLLOUT, left);
+  }
+}
+
+void readAll(int fd, void* data, size_t size, Deadline deadline, const std::string& what) {
+  auto* p = static_cast<char*>(data);
+  while (size) {
+    ssize_t n = ::recv(fd, p, size, MSG_DONTWAIT);
+    if (n > 0) {
+      p += n, size -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) throw Disconnected(what + ": peer closed during the handshake");
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake receive", errno));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) throw Failed(what + ": handshake timed out");
+    os::pollOne(fd, POLLIN, left);
+  }
+}
+
+void checkTcpOptions(const ConnectionOptions& o) {
+  if (!ring::isPowerOfTwo(o.ringBytes) || o.ringBytes < 4096 || o.ringBytes > (1u << 30))
+    throw InvalidArgument("tcp buffer size " + std::to_string(o.ringBytes) +
+                          " must be a power of two between 4096 and 1073741824 bytes");
+  if (o.maxMessageBytes < 64 || o.maxMessageBytes > (uint64_t{1} << 32) - 4096)
+    throw InvalidArgument("maximum message size " + std::to_string(o.maxMessageBytes) +
+                          " must be between 64 bytes and 4 GiB");
+  if (!ring::isPowerOfTwo(o.maxLeases) || o.maxLeases > (1u << 20))
+    throw InvalidArgument("maxLeases " + std::to_string(o.maxLeases) +
+                          " must be a power of two up to 1048576");
+}
+
+}  // namespace tcp
+
+using namespace tcp;
+
+std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptions& options) {
+  checkTcpOptions(options.connection);
+  checkDeadPeerTimeout(options.deadPeerTimeout);
+  if (options.token.size() > kMaxToken)
+    throw InvalidArgument("token longer than " + std::to_string(kMaxToken) + " bytes");
+  HostPort hp = splitHostPort(hostPort);
+  std::string what = hostPort.starts_with("tcp://") ? std::string(hostPort)
+                                                    : "tcp://" + std::string(hostPort);
+  if (hp.host == "0.0.0.0") hp.host = "127.0.0.1";
+  auto deadline = deadlineAfter(options.connection.connectTimeout);
+  AddrInfo ai;
+  resolve(hp, /*passive=*/false, ai, what);
+  std::string lastError = "no address";
+  for (addrinfo* a = ai.list; a; a = a->ai_next) {
+    os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+    if (!fd) {
+      lastError = os::errnoText("socket", errno);
+      continue;
+    }
+    if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0) {
+      if (errno != EINPROGRESS) {
+        lastError = os::errnoText("connect", errno);
+        continue;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0 || !(os::pollOne(fd.get(), POLLOUT, left) & (POLLOUT | POLLERR | POLLHUP))) {
+        lastError = "connect timed out after " +
+                    std::to_string(options.connection.connectTimeout.count()) + " ms";
+        continue;
+      }
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err) {
+        lastError = os::errnoText("connect", err);
+        continue;
+      }
+    }
+    setNoDelay(fd.get());
+    setDeadPeerTimeout(fd.get(), options.deadPeerTimeout);
+    Hello hello;
+    hello.tokenBytes = static_cast<uint32_t>(options.token.size());
+    hello.maxMessageBytes = options.connection.maxMessageBytes;
+    writeAll(fd.get(), &hello, sizeof hello, deadline, what);
+    writeAll(fd.get(), options.token.data(), options.token.size(), deadline, what);
+    Answer answer;
+    readAll(fd.get(), &answer, sizeof answer, deadline, what);
+    if (answer.magic != kHelloMagic) throw Failed(what + ": peer is not a zcrpc tcp server");
+    if (!answer.accepted) {
+      answer.reason[sizeof answer.reason - 1] = 0;
+      throw Failed(what + ": refused by server: " + answer.reason);
+    }
+    uint64_t maxMessage = std::min<uint64_t>(answer.maxMessageBytes, options.connection.maxMessageBytes);
+    return std::make_unique<TcpConnection>(std::move(fd), what, options.connection, maxMessage,
+                                           options.deadPeerTimeout);
+  }
+  throw Failed(what + ": " + lastError);
+}
+
+}  // namespace zcrpc

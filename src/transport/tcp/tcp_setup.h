@@ -1,0 +1,84 @@
+// zcrpc — tcp connection set-up shared by both ends: addresses, socket options and the
+// handshake's wire format (Hello, token, Answer; see docs/wire-format.md).
+//
+// Files of the tcp transport:
+//   tcp_setup.{h,cc}     addresses, socket options, the handshake's messages, connectTcp()
+//   tcp_listener.cc      the listener: accept, handshakes in progress, listenTcp()
+//   tcp_connection.h     the connection (data path) and what its two halves share
+//   tcp_connection.cc    the connection's life: construction, event-loop wait, close, errors
+//   tcp_send.cc          sending: send buffer, iovec queue, writes
+//   tcp_receive.cc       receiving: receive ring, frames in place, big frames, reads
+#pragma once
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "zcrpc/tcp.h"
+
+struct addrinfo;
+
+// Internal to libzcrpc: nothing here is exported from the shared library.
+#pragma GCC visibility push(hidden)
+namespace zcrpc::tcp {
+
+inline constexpr uint64_t kHelloMagic = 0x31'7063'7263'7a74ull;  // bytes "tzcrcp1\0" on the wire
+inline constexpr uint32_t kHelloVersion = 1;
+inline constexpr size_t kMaxToken = 1024;
+
+/// The client's first message; `tokenBytes` bytes of token follow it.
+struct Hello {
+  uint64_t magic = kHelloMagic;
+  uint32_t version = kHelloVersion;
+  uint32_t tokenBytes = 0;
+  uint64_t maxMessageBytes = 0;  ///< the largest message the client accepts
+};
+/// The server's reply: accepted with the agreed maximum message size, or a reason.
+struct Answer {
+  uint64_t magic = kHelloMagic;
+  uint32_t version = kHelloVersion;
+  uint32_t accepted = 0;
+  uint64_t maxMessageBytes = 0;
+  char reason[160] = {};
+};
+
+struct HostPort {
+  std::string host;
+  std::string port;
+};
+
+/// Splits "[tcp://]host:port" (or "[ipv6]:port"); an empty host is 0.0.0.0. Throws
+/// InvalidArgument naming `text`.
+HostPort splitHostPort(std::string_view text);
+/// "host:port" or "[ipv6]:port" of a socket address.
+std::string addressText(const sockaddr_storage& a);
+/// The peer's address of a connected socket, or "?".
+std::string peerAddress(int fd);
+
+/// getaddrinfo's list, freed on destruction.
+struct AddrInfo {
+  addrinfo* list = nullptr;
+  ~AddrInfo();
+};
+/// Resolves `hp` (numeric port); throws Failed naming `what`.
+void resolve(const HostPort& hp, bool passive, AddrInfo& out, const std::string& what);
+
+void setNoDelay(int fd);
+/// Keepalive probes and TCP_USER_TIMEOUT for TcpOptions::deadPeerTimeout (0: off).
+void setDeadPeerTimeout(int fd, std::chrono::milliseconds timeout);
+void checkDeadPeerTimeout(std::chrono::milliseconds timeout);
+void checkTcpOptions(const ConnectionOptions& o);
+
+/// Compares access tokens in time independent of their content.
+bool tokensEqual(std::string_view a, std::string_view b) noexcept;
+
+/// Blocking-with-deadline exact write / read for the handshake; throw Disconnected or
+/// Failed (timed out) naming `what`.
+void writeAll(int fd, const void* data, size_t size, Deadline deadline, const std::string& what);
+void readAll(int fd, void* data, size_t size, Deadline deadline, const std::string& what);
+
+}  // namespace zcrpc::tcp
+#pragma GCC visibility pop
