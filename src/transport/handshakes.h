@@ -10,7 +10,7 @@
 
 namespace zcrpc {
 
-/// Appends the listening socket and the socket (`fd`) of every handshake in progress to
+/// Appends the listening socket and the socket (`pollFd()`) of every handshake in progress to
 /// `fds`, each polled for readability; returns the earliest handshake `deadline`, or
 /// kNoDeadline when none is in progress.
 template <typename Pending>
@@ -19,7 +19,7 @@ Deadline pollListenerAndHandshakes(int listenFd, const std::vector<Pending>& pen
   fds.push_back({listenFd, POLLIN, 0});
   Deadline first = kNoDeadline;
   for (const auto& p : pending) {
-    fds.push_back({p.fd.get(), POLLIN, 0});
+    fds.push_back({p.pollFd(), POLLIN, 0});
     first = std::min(first, p.deadline);
   }
   return first;

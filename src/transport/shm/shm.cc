@@ -243,6 +243,7 @@ class ShmListener final : public Listener {
  private:
   struct Pending {
     os::Fd fd;
+    int pollFd() const noexcept { return fd.get(); }
     os::PeerCredentials cred{};
     Deadline deadline{};
     std::string what;

@@ -6,9 +6,10 @@
 
 namespace zcrpc::tcp {
 
-TcpConnection::TcpConnection(os::Fd fd, std::string what, const ConnectionOptions& options,
-                             uint64_t maxMessageBytes, std::chrono::milliseconds deadPeerTimeout)
-    : fd_(std::move(fd)),
+TcpConnection::TcpConnection(std::unique_ptr<ByteStream> stream, std::string what,
+                             const ConnectionOptions& options, uint64_t maxMessageBytes,
+                             std::chrono::milliseconds deadPeerTimeout)
+    : stream_(std::move(stream)),
       what_(std::move(what)),
       options_(options),
       deadPeerTimeout_(deadPeerTimeout),
@@ -47,7 +48,7 @@ bool TcpConnection::armWait() noexcept {
     ev.events = want;
     // ADD reports a socket already readable at once, so nothing arriving before it is missed.
     int op = epollEvents_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    if (::epoll_ctl(epoll_.get(), op, fd_.get(), &ev) == 0) {
+    if (::epoll_ctl(epoll_.get(), op, stream_->fd(), &ev) == 0) {
       epollEvents_ = want;
     } else if (op == EPOLL_CTL_ADD) {
       fault(os::errnoText("cannot watch " + what_ + " (epoll_ctl)", errno));
@@ -59,7 +60,7 @@ bool TcpConnection::armWait() noexcept {
 
 Status TcpConnection::checkPeer() noexcept {
   if (closed_.load() || eof_) return Status::kDisconnected;
-  short ev = os::pollOne(fd_.get(), POLLIN | POLLRDHUP, std::chrono::milliseconds(0));
+  short ev = os::pollOne(stream_->fd(), POLLIN | POLLRDHUP, std::chrono::milliseconds(0));
   if ((ev & (POLLHUP | POLLERR | POLLNVAL)) && !(ev & POLLIN)) {
     fault("peer " + what_ + " hung up");
     return Status::kDisconnected;
@@ -73,7 +74,7 @@ void TcpConnection::close() noexcept {
     auto until = Clock::now() + std::chrono::milliseconds(200);
     writePending();
     while (pendingBytes_.load() && !closed_.load() && Clock::now() < until) {
-      os::pollOne(fd_.get(), POLLOUT, std::chrono::milliseconds(20));
+      os::pollOne(stream_->fd(), POLLOUT, std::chrono::milliseconds(20));
       writePending();
     }
     sendLock_.unlock();
@@ -83,7 +84,7 @@ void TcpConnection::close() noexcept {
 
 void TcpConnection::closeNow() noexcept {
   if (closed_.exchange(true)) return;
-  ::shutdown(fd_.get(), SHUT_RDWR);
+  ::shutdown(stream_->fd(), SHUT_RDWR);
 }
 
 std::string TcpConnection::lastError() const {

@@ -30,6 +30,7 @@
 #include "os/os.h"
 #include "os/spin.h"
 #include "transport/lease_queue.h"
+#include "transport/tcp/stream.h"
 #include "zcrpc/tcp.h"
 
 namespace zcrpc::tcp {
@@ -55,7 +56,8 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
                                                                   private SegmentSource,
                                                                   private LeaseOwner {
  public:
-  TcpConnection(os::Fd fd, std::string what, const ConnectionOptions& options,
+  /// Takes over `stream`, whose handshake is done.
+  TcpConnection(std::unique_ptr<ByteStream> stream, std::string what, const ConnectionOptions& options,
                 uint64_t maxMessageBytes, std::chrono::milliseconds deadPeerTimeout);
   ~TcpConnection() override;
 
@@ -164,7 +166,7 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
   template <typename Done>
   Status waitFor(Done done, Deadline deadline, bool forWrite);
 
-  os::Fd fd_;
+  std::unique_ptr<ByteStream> stream_;  // every byte in and out; its fd() for polls
   os::Fd epoll_;
   uint32_t epollEvents_ = 0;  // receiving thread; 0: the socket is not in epoll_ yet
   std::string what_;
@@ -230,7 +232,7 @@ Status TcpConnection::waitFor(Done done, Deadline deadline, bool forWrite) {
                        (forWrite || pendingBytes_.load(std::memory_order_relaxed) ? POLLOUT : 0) |
                        (forWrite ? 0 : POLLIN);
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-        os::pollOne(fd_.get(), events,
+        os::pollOne(stream_->fd(), events,
                     std::min(left + std::chrono::milliseconds(1), std::chrono::milliseconds(500)));
         continue;
       }

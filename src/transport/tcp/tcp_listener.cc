@@ -61,7 +61,7 @@ class TcpListener final : public Listener {
         p.peer = peerAddress(client.get());
         p.what = endpoint_ + " (server, peer " + p.peer + ")";
         p.deadline = deadlineAfter(options_.connection.connectTimeout);
-        p.fd = std::move(client);
+        p.stream = std::make_unique<SocketStream>(std::move(client));
         pending_.push_back(std::move(p));
       }
       auto now = Clock::now();
@@ -113,7 +113,8 @@ class TcpListener final : public Listener {
   }
 
   struct Pending {
-    os::Fd fd;
+    std::unique_ptr<ByteStream> stream;
+    int pollFd() const noexcept { return stream->fd(); }
     std::string peer;
     std::string what;
     Deadline deadline{};
@@ -134,7 +135,7 @@ class TcpListener final : public Listener {
         if (p.received.size() >= need) return answer(p, hello);
       }
       char buf[sizeof(Hello) + kMaxToken];
-      ssize_t n = ::recv(p.fd.get(), buf, need - p.received.size(), MSG_DONTWAIT);
+      ssize_t n = p.stream->read(buf, need - p.received.size());
       if (n > 0) {
         p.received.append(buf, static_cast<size_t>(n));
         continue;
@@ -150,7 +151,7 @@ class TcpListener final : public Listener {
     Answer a;
     std::snprintf(a.reason, sizeof a.reason, "%s", why.c_str());
     try {
-      writeAll(p.fd.get(), &a, sizeof a, deadlineAfter(std::chrono::milliseconds(100)), p.what);
+      writeAll(*p.stream, &a, sizeof a, deadlineAfter(std::chrono::milliseconds(100)), p.what);
     } catch (...) {
     }
     throw Failed(why);
@@ -168,10 +169,10 @@ class TcpListener final : public Listener {
     Answer a;
     a.accepted = 1;
     a.maxMessageBytes = maxMessage;
-    setNoDelay(p.fd.get());
-    setDeadPeerTimeout(p.fd.get(), options_.deadPeerTimeout);
-    writeAll(p.fd.get(), &a, sizeof a, p.deadline, p.what);
-    return std::make_unique<TcpConnection>(std::move(p.fd), p.what, options_.connection, maxMessage,
+    setNoDelay(p.stream->fd());
+    setDeadPeerTimeout(p.stream->fd(), options_.deadPeerTimeout);
+    writeAll(*p.stream, &a, sizeof a, p.deadline, p.what);
+    return std::make_unique<TcpConnection>(std::move(p.stream), p.what, options_.connection, maxMessage,
                                            options_.deadPeerTimeout);
   }
 

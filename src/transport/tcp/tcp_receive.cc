@@ -93,7 +93,7 @@ Status TcpConnection::startBig(uint32_t frameBytes, IncomingMessage& out) {
 Status TcpConnection::continueBig(IncomingMessage& out) {
   auto* base = reinterpret_cast<std::byte*>(big_.get());
   while (bigFilled_ < bigSize_) {
-    ssize_t n = ::recv(fd_.get(), base + bigFilled_, bigSize_ - bigFilled_, MSG_DONTWAIT);
+    ssize_t n = stream_->read(base + bigFilled_, bigSize_ - bigFilled_);
     if (n > 0) {
       bigFilled_ += static_cast<uint64_t>(n);
       continue;
@@ -158,7 +158,7 @@ bool TcpConnection::readMore() {
   // come; small ones clear it.
   if (afterBig_ && avail == 0) space = std::min<uint64_t>(space, kFrameHeaderBytes);
   if (space == 0) return false;
-  ssize_t n = ::recv(fd_.get(), ring_ + offset, space, MSG_DONTWAIT);
+  ssize_t n = stream_->read(ring_ + offset, space);
   if (n > 0) {
     tail_ += static_cast<uint64_t>(n);
     return true;

@@ -1,6 +1,4 @@
 // zcrpc — sending on a tcp connection: the send buffer, the iovec queue and its writes.
-#include <sys/socket.h>
-
 #include <cstring>
 
 #include "transport/tcp/tcp_connection.h"
@@ -282,15 +280,7 @@ void TcpConnection::copyUnsentExternal(size_t external) {
 
 void TcpConnection::writePending() {
   while (!pending_.empty()) {
-    msghdr mh{};
-    mh.msg_iov = pending_.data();
-    mh.msg_iovlen = std::min<size_t>(pending_.size(), IOV_MAX);
-    // sendmsg, not writev: MSG_NOSIGNAL, so a reset peer is an error, not a SIGPIPE.
-    // One range (the common small frame): send(), with no iovec array to import.
-    ssize_t n = pending_.size() == 1
-                    ? ::send(fd_.get(), pending_[0].iov_base, pending_[0].iov_len,
-                             MSG_NOSIGNAL | MSG_DONTWAIT)
-                    : ::sendmsg(fd_.get(), &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n = stream_->write(pending_.data(), pending_.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) return;

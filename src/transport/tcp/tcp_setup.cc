@@ -123,10 +123,12 @@ bool tokensEqual(std::string_view a, std::string_view b) noexcept {
 }
 
 /// Blocking-with-deadline exact read/write for the handshake.
-void writeAll(int fd, const void* data, size_t size, Deadline deadline, const std::string& what) {
+void writeAll(ByteStream& stream, const void* data, size_t size, Deadline deadline,
+              const std::string& what) {
   auto* p = static_cast<const char*>(data);
   while (size) {
-    ssize_t n = ::send(fd, p, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const iovec range{const_cast<char*>(p), size};
+    ssize_t n = stream.write(&range, 1);
     if (n > 0) {
       p += n, size -= static_cast<size_t>(n);
       continue;
@@ -135,14 +137,14 @@ void writeAll(int fd, const void* data, size_t size, Deadline deadline, const st
     if (n < 0 && errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake send", errno));
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) throw Failed(what + ": handshake timed out");
-    os::pollOne(fd, POLLOUT, left);
+    os::pollOne(stream.fd(), POLLOUT, left);
   }
 }
 
-void readAll(int fd, void* data, size_t size, Deadline deadline, const std::string& what) {
+void readAll(ByteStream& stream, void* data, size_t size, Deadline deadline, const std::string& what) {
   auto* p = static_cast<char*>(data);
   while (size) {
-    ssize_t n = ::recv(fd, p, size, MSG_DONTWAIT);
+    ssize_t n = stream.read(p, size);
     if (n > 0) {
       p += n, size -= static_cast<size_t>(n);
       continue;
@@ -152,7 +154,7 @@ void readAll(int fd, void* data, size_t size, Deadline deadline, const std::stri
     if (errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake receive", errno));
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) throw Failed(what + ": handshake timed out");
-    os::pollOne(fd, POLLIN, left);
+    os::pollOne(stream.fd(), POLLIN, left);
   }
 }
 
@@ -212,20 +214,21 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
     }
     setNoDelay(fd.get());
     setDeadPeerTimeout(fd.get(), options.deadPeerTimeout);
+    auto stream = std::make_unique<SocketStream>(std::move(fd));
     Hello hello;
     hello.tokenBytes = static_cast<uint32_t>(options.token.size());
     hello.maxMessageBytes = options.connection.maxMessageBytes;
-    writeAll(fd.get(), &hello, sizeof hello, deadline, what);
-    writeAll(fd.get(), options.token.data(), options.token.size(), deadline, what);
+    writeAll(*stream, &hello, sizeof hello, deadline, what);
+    writeAll(*stream, options.token.data(), options.token.size(), deadline, what);
     Answer answer;
-    readAll(fd.get(), &answer, sizeof answer, deadline, what);
+    readAll(*stream, &answer, sizeof answer, deadline, what);
     if (answer.magic != kHelloMagic) throw Failed(what + ": peer is not a zcrpc tcp server");
     if (!answer.accepted) {
       answer.reason[sizeof answer.reason - 1] = 0;
       throw Failed(what + ": refused by server: " + answer.reason);
     }
     uint64_t maxMessage = std::min<uint64_t>(answer.maxMessageBytes, options.connection.maxMessageBytes);
-    return std::make_unique<TcpConnection>(std::move(fd), what, options.connection, maxMessage,
+    return std::make_unique<TcpConnection>(std::move(stream), what, options.connection, maxMessage,
                                            options.deadPeerTimeout);
   }
   throw Failed(what + ": " + lastError);

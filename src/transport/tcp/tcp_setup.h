@@ -2,6 +2,7 @@
 // handshake's wire format (Hello, token, Answer; see docs/wire-format.md).
 //
 // Files of the tcp transport:
+//   stream.h             ByteStream: every byte in and out of a connection and its handshake
 //   tcp_setup.{h,cc}     addresses, socket options, the handshake's messages, connectTcp()
 //   tcp_listener.cc      the listener: accept, handshakes in progress, listenTcp()
 //   tcp_connection.h     the connection (data path) and what its two halves share
@@ -17,6 +18,7 @@
 #include <string>
 #include <string_view>
 
+#include "transport/tcp/stream.h"
 #include "zcrpc/tcp.h"
 
 struct addrinfo;
@@ -77,8 +79,9 @@ bool tokensEqual(std::string_view a, std::string_view b) noexcept;
 
 /// Blocking-with-deadline exact write / read for the handshake; throw Disconnected or
 /// Failed (timed out) naming `what`.
-void writeAll(int fd, const void* data, size_t size, Deadline deadline, const std::string& what);
-void readAll(int fd, void* data, size_t size, Deadline deadline, const std::string& what);
+void writeAll(ByteStream& stream, const void* data, size_t size, Deadline deadline,
+              const std::string& what);
+void readAll(ByteStream& stream, void* data, size_t size, Deadline deadline, const std::string& what);
 
 }  // namespace zcrpc::tcp
 #pragma GCC visibility pop
