@@ -152,6 +152,9 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
   bool frameBuffered() const noexcept;
   /// A complete frame at parse_ (or a big frame finished), as a lease.
   Status tryFrame(IncomingMessage& out);
+  /// Close with the reason a frame was refused (out of line: kept off the receive path).
+  [[gnu::cold, gnu::noinline]] Status badFrameSize(uint32_t frameBytes);
+  [[gnu::cold, gnu::noinline]] Status malformedFrame(const std::string& why);
   Status startBig(uint32_t frameBytes, IncomingMessage& out);
   Status continueBig(IncomingMessage& out);
   /// Reads what the kernel has into the ring. False when nothing more can be read now.

@@ -55,25 +55,30 @@ Status TcpConnection::tryFrame(IncomingMessage& out) {
   if (avail < kFrameHeaderBytes) return Status::kWouldBlock;
   uint32_t frameBytes;
   std::memcpy(&frameBytes, ring_ + (parse_ & ringMask_), sizeof frameBytes);
-  if (frameBytes < kFrameHeaderBytes || frameBytes % 8 || frameBytes > maxFrame_) {
-    fault("frame of " + std::to_string(frameBytes) + " bytes from " + what_ +
-          " is malformed or exceeds the maximum message size " + std::to_string(maxMessage_));
-    return Status::kDisconnected;
-  }
+  if (frameBytes < kFrameHeaderBytes || frameBytes % 8 || frameBytes > maxFrame_)
+    return badFrameSize(frameBytes);
   if (frameBytes > ringBytes_ / 4) return startBig(frameBytes, out);
   afterBig_ = false;
   if (avail < frameBytes) return Status::kWouldBlock;
   auto& slot = leases_.next();
   std::string why = parseFrame(std::span<const std::byte>(ring_ + (parse_ & ringMask_), frameBytes),
                                limits_, slot.frame);
-  if (!why.empty()) {
-    fault("malformed frame from " + what_ + ": " + why);
-    return Status::kDisconnected;
-  }
+  if (!why.empty()) return malformedFrame(why);
   parse_ += frameBytes;
   slot.end = parse_;
   out.attach(*this, leases_.push());
   return Status::kOk;
+}
+
+Status TcpConnection::badFrameSize(uint32_t frameBytes) {
+  fault("frame of " + std::to_string(frameBytes) + " bytes from " + what_ +
+        " is malformed or exceeds the maximum message size " + std::to_string(maxMessage_));
+  return Status::kDisconnected;
+}
+
+Status TcpConnection::malformedFrame(const std::string& why) {
+  fault("malformed frame from " + what_ + ": " + why);
+  return Status::kDisconnected;
 }
 
 Status TcpConnection::startBig(uint32_t frameBytes, IncomingMessage& out) {
@@ -90,7 +95,7 @@ Status TcpConnection::startBig(uint32_t frameBytes, IncomingMessage& out) {
   return continueBig(out);
 }
 
-Status TcpConnection::continueBig(IncomingMessage& out) {
+[[gnu::noinline]] Status TcpConnection::continueBig(IncomingMessage& out) {
   auto* base = reinterpret_cast<std::byte*>(big_.get());
   while (bigFilled_ < bigSize_) {
     ssize_t n = stream_->read(base + bigFilled_, bigSize_ - bigFilled_);
@@ -120,7 +125,7 @@ Status TcpConnection::continueBig(IncomingMessage& out) {
   return Status::kOk;
 }
 
-bool TcpConnection::readMore() {
+[[gnu::always_inline]] inline bool TcpConnection::readMore() {
   if (big_) return false;
   if (leases_.empty()) {
     // Nothing held and nothing buffered: read into the ring's start again, where the last

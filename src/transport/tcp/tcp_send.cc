@@ -234,7 +234,7 @@ bool TcpConnection::roomInSendBuffer(uint64_t need) {
   return used_ + need + kTableRoom <= sendBytes_;
 }
 
-void TcpConnection::pushIov(const void* p, uint64_t bytes, bool joinable) {
+inline void TcpConnection::pushIov(const void* p, uint64_t bytes, bool joinable) {
   if (!bytes) return;
   auto* b = const_cast<void*>(p);
   if (!pending_.empty() && joinable && lastJoinable_) {
