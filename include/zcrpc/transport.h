@@ -25,13 +25,27 @@ inline Deadline deadlineAfter(std::chrono::nanoseconds d) { return Clock::now() 
 /// How a thread waits for a peer.
 enum class WaitMode : uint8_t {
   kBusyPoll,       ///< spin on the shared word; lowest latency, burns a core
-  kSpinThenSleep,  ///< spin for `spinTime`, then sleep on a futex word in the shared mapping
-  kBlocking,       ///< sleep at once, woken through the connection's socket (shm) or futex
+  kSpinThenSleep,  ///< spin (see SpinPolicy), then sleep until the peer wakes it
+  kBlocking,       ///< sleep at once until the peer wakes it
 };
 
 std::string_view waitModeName(WaitMode mode) noexcept;
 /// Parses "busy-poll", "spin-then-sleep" or "blocking"; throws InvalidArgument naming it.
 WaitMode parseWaitMode(std::string_view text);
+
+/// How long spin-then-sleep spins before it sleeps.
+enum class SpinPolicy : uint8_t {
+  /// At most `spinTime`, as long as the recent gaps between messages suggest one will come
+  /// within it: a waiter whose messages come back to back spins; one that gets a message
+  /// every 100 us (or none) stops spinning after a few waits and sleeps at once, and spins
+  /// again once gaps shorten (see docs/ring.md, "Spinning that pays for itself").
+  kAdaptive,
+  kFixed,  ///< `spinTime` after every message, whatever the traffic
+};
+
+std::string_view spinPolicyName(SpinPolicy policy) noexcept;
+/// Parses "adaptive" or "fixed"; throws InvalidArgument naming it.
+SpinPolicy parseSpinPolicy(std::string_view text);
 
 /// Per-connection settings. Sizes are per direction.
 struct ConnectionOptions {
@@ -39,7 +53,8 @@ struct ConnectionOptions {
   uint64_t arenaBytes = uint64_t{136} << 20;  ///< multiple of 4 KiB; holds messages too big for the ring
   uint64_t maxMessageBytes = kDefaultMaxMessageBytes;
   WaitMode waitMode = WaitMode::kSpinThenSleep;
-  std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);
+  std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);  ///< the longest spin
+  SpinPolicy spinPolicy = SpinPolicy::kAdaptive;
   uint32_t maxLeases = 256;  ///< received messages held at once; power of two
   ReaderLimits readerLimits;
   std::chrono::milliseconds connectTimeout{5000};

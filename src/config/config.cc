@@ -23,7 +23,10 @@ constexpr SettingInfo kSettings[] = {
     {"wait_mode", SettingType::kEnum, "spin-then-sleep", "ZCRPC_WAIT_MODE",
      "How a connection waits for its peer", "busy-poll|spin-then-sleep|blocking"},
     {"spin_time", SettingType::kDuration, "50us", "ZCRPC_SPIN_TIME",
-     "Spin before sleeping (spin-then-sleep)", ""},
+     "Longest spin before sleeping (spin-then-sleep)", ""},
+    {"spin_policy", SettingType::kEnum, "adaptive", "ZCRPC_SPIN_POLICY",
+     "Spin-then-sleep spins as long as recent gaps between messages suggest (at most "
+     "spin_time), or spin_time every time", "adaptive|fixed"},
     {"max_leases", SettingType::kInt, "256", "ZCRPC_MAX_LEASES",
      "Received messages a connection may hold at once; a power of two", ""},
     {"traversal_limit_words", SettingType::kInt, "8388608", "ZCRPC_TRAVERSAL_LIMIT_WORDS",
@@ -428,6 +431,7 @@ ConnectionOptions Config::connectionOptions() const {
   o.maxMessageBytes = size("max_message_bytes");
   o.waitMode = parseWaitMode(text("wait_mode"));
   o.spinTime = duration("spin_time");
+  o.spinPolicy = parseSpinPolicy(text("spin_policy"));
   o.maxLeases = static_cast<uint32_t>(integer("max_leases"));
   o.readerLimits.traversalLimitWords = static_cast<uint64_t>(integer("traversal_limit_words"));
   o.readerLimits.nestingLimit = static_cast<int>(integer("nesting_limit"));

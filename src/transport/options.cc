@@ -21,6 +21,20 @@ WaitMode parseWaitMode(std::string_view text) {
                         "' is not one of busy-poll, spin-then-sleep, blocking");
 }
 
+std::string_view spinPolicyName(SpinPolicy policy) noexcept {
+  switch (policy) {
+    case SpinPolicy::kAdaptive: return "adaptive";
+    case SpinPolicy::kFixed: return "fixed";
+  }
+  return "unknown";
+}
+
+SpinPolicy parseSpinPolicy(std::string_view text) {
+  if (text == "adaptive") return SpinPolicy::kAdaptive;
+  if (text == "fixed") return SpinPolicy::kFixed;
+  throw InvalidArgument("spin policy '" + std::string(text) + "' is not one of adaptive, fixed");
+}
+
 bool CredentialPolicy::admits(uid_t uid, gid_t gid) const noexcept {
   if (sameUid && uid == ::geteuid()) return true;
   for (uid_t u : uids)

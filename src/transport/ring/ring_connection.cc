@@ -5,7 +5,6 @@
 #include <new>
 
 #include "os/os.h"
-#include "os/spin.h"
 
 namespace zcrpc::ring {
 
@@ -120,6 +119,8 @@ RingConnection::RingConnection(RingFiles files, std::unique_ptr<Link> link,
       txArena_(txRing_ + files.ringBytes),
       rxRing_(reinterpret_cast<const std::byte*>(files.peer) + kDataOffset),
       rxArena_(rxRing_ + files.ringBytes),
+      receiveWaiter_(options.waitMode, options.spinTime, options.spinPolicy, PollCost::kMemory),
+      spaceWaiter_(options.waitMode, options.spinTime, options.spinPolicy, PollCost::kMemory),
       leases_(options.maxLeases) {
   // Read once: a peer that changes these later only costs itself wake-ups.
   peerConsumerMaySleep_ = files_.peer->consumer.maySleep.load(std::memory_order_relaxed) != 0;
@@ -220,74 +221,67 @@ std::string RingConnection::lastError() const {
 
 template <typename Done>
 Status RingConnection::waitFor(Done done, Deadline deadline, bool forData) {
-  Clock::time_point spinUntil;
-  switch (options_.waitMode) {
-    case WaitMode::kBusyPoll: spinUntil = Clock::time_point::max(); break;
-    case WaitMode::kSpinThenSleep: spinUntil = Clock::now() + options_.spinTime; break;
-    case WaitMode::kBlocking: spinUntil = Clock::time_point::min(); break;
-  }
-  // Spinning, the first clock read comes after a few rounds, not at once: the answer is
-  // usually that close, and where clock_gettime is a syscall (VMs on an HPET or ACPI
-  // clock source) reading it first would delay noticing it.
-  for (uint32_t spins = spinUntil == Clock::time_point::min() ? 0 : 1;; ++spins) {
-    if (done()) return Status::kOk;
-    if ((spins & 63) == 0) {
-      if (!checkPeerAlive()) return done() ? Status::kOk : Status::kDisconnected;
-      auto now = Clock::now();
-      if (now >= deadline) return Status::kTimedOut;
-      if (now >= spinUntil) break;
+  // `done` may consume a message: the waiter calls it until it returns true, never after.
+  auto alive = [this](bool now) {
+    if (now) nextLivenessCheck_.store(0, std::memory_order_relaxed);  // after a sleep: the socket too
+    return checkPeerAlive();
+  };
+  if (forData)
+    return receiveWaiter_.wait(
+        done, alive, [&](Clock::duration left) { return sleepForData(done, left); }, deadline);
+  return spaceWaiter_.wait(
+      done, alive, [&](Clock::duration left) { return sleepForSpace(done, left); }, deadline);
+}
+
+template <typename Done>
+bool RingConnection::sleepForData(Done& done, Clock::duration left) {
+  const auto slice = std::min<Clock::duration>(kSleepSlice, left);
+  bool ready;
+  if (leases_.full()) {
+    // Nothing to wait for from the peer: every lease is held here. Sleep until one of
+    // them is released (by any thread).
+    uint32_t seq = leaseSeq_.load(std::memory_order_acquire);
+    // pairs with the unlock in LeaseQueue::reclaim(): either it frees a slot we see
+    // here, or it reports us as a waiter and afterReleased() bumps leaseSeq_.
+    if (leases_.announceWaiter()) os::futexWait(leaseSeq_, seq, slice);
+    leases_.withdrawWaiter();
+    ready = done();
+  } else {
+    ConsumerControl& me = files_.local->consumer;
+    const bool onLink = options_.waitMode == WaitMode::kBlocking;
+    const auto& seqWord = files_.peer->producer.dataSeq;
+    uint32_t seq = seqWord.load(std::memory_order_acquire);
+    // pairs with the seq_cst fence in the peer's wakeConsumer(): either it sees us
+    // asleep, or our re-check below sees its record.
+    me.sleeping.store(onLink ? kSleepSocket : kSleepFutex, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    ready = done();
+    if (!ready && !peerClosed()) {
+      if (onLink)  // a hang-up wakes this sleep, so it can be long
+        link_->sleepOnLink(std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::min<Clock::duration>(std::chrono::milliseconds(500), left) +
+            std::chrono::milliseconds(1)));
+      else
+        os::futexWait(seqWord, seq, slice);
     }
-    os::idleSpin(spins);
+    me.sleeping.store(kAwake, std::memory_order_relaxed);
   }
-  // Sleep phase: announce, re-check, sleep on the futex word the other side bumps.
-  ConsumerControl& me = files_.local->consumer;
-  ProducerControl& meP = files_.local->producer;
-  bool ready = false;
-  for (;;) {
-    auto now = Clock::now();
-    if (now >= deadline) return Status::kTimedOut;
-    auto slice = std::min<Clock::duration>(kSleepSlice, deadline - now);
-    if (forData && leases_.full()) {
-      // Nothing to wait for from the peer: every lease is held here. Sleep until one of
-      // them is released (by any thread).
-      uint32_t seq = leaseSeq_.load(std::memory_order_acquire);
-      // pairs with the unlock in LeaseQueue::reclaim(): either it frees a slot we see
-      // here, or it reports us as a waiter and afterReleased() bumps leaseSeq_.
-      if (leases_.announceWaiter()) os::futexWait(leaseSeq_, seq, slice);
-      leases_.withdrawWaiter();
-      ready = done();
-    } else if (forData) {
-      bool onLink = options_.waitMode == WaitMode::kBlocking;
-      const auto& seqWord = files_.peer->producer.dataSeq;
-      uint32_t seq = seqWord.load(std::memory_order_acquire);
-      // pairs with the seq_cst fence in the peer's wakeConsumer(): either it sees us
-      // asleep, or our re-check below sees its record.
-      me.sleeping.store(onLink ? kSleepSocket : kSleepFutex, std::memory_order_seq_cst);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      ready = done();  // `done` may consume a message: call it once per check
-      if (!ready && !peerClosed()) {
-        if (onLink)  // a hang-up wakes this sleep, so it can be long
-          link_->sleepOnLink(std::chrono::duration_cast<std::chrono::milliseconds>(
-              std::min<Clock::duration>(std::chrono::milliseconds(500), deadline - now) +
-              std::chrono::milliseconds(1)));
-        else
-          os::futexWait(seqWord, seq, slice);
-      }
-      me.sleeping.store(kAwake, std::memory_order_relaxed);
-    } else {
-      const auto& seqWord = files_.peer->consumer.spaceSeq;
-      uint32_t seq = seqWord.load(std::memory_order_acquire);
-      // pairs with the seq_cst fence in the peer's wakeProducer()
-      meP.waitingForSpace.store(1, std::memory_order_seq_cst);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      ready = done();
-      if (!ready && !peerClosed()) os::futexWait(seqWord, seq, slice);
-      meP.waitingForSpace.store(0, std::memory_order_relaxed);
-    }
-    if (ready || done()) return Status::kOk;
-    nextLivenessCheck_.store(0, std::memory_order_relaxed);  // after a sleep, look at the socket
-    if (!checkPeerAlive()) return done() ? Status::kOk : Status::kDisconnected;
-  }
+  return ready;
+}
+
+template <typename Done>
+bool RingConnection::sleepForSpace(Done& done, Clock::duration left) {
+  const auto slice = std::min<Clock::duration>(kSleepSlice, left);
+  ProducerControl& me = files_.local->producer;
+  const auto& seqWord = files_.peer->consumer.spaceSeq;
+  uint32_t seq = seqWord.load(std::memory_order_acquire);
+  // pairs with the seq_cst fence in the peer's wakeProducer()
+  me.waitingForSpace.store(1, std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const bool ready = done();
+  if (!ready && !peerClosed()) os::futexWait(seqWord, seq, slice);
+  me.waitingForSpace.store(0, std::memory_order_relaxed);
+  return ready;
 }
 
 // ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 
 #include "transport/lease_queue.h"
 #include "transport/ring/layout.h"
+#include "transport/waiter.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc::ring {
@@ -142,8 +143,16 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   bool checkPeerAlive() noexcept;  // rate-limited liveness; false = disconnected
   void fault(std::string reason) noexcept;
   void markPeerDead(std::string reason) noexcept;
+  /// Waits (by the wait mode) until `done()` returns true: for data or leases (`forData`,
+  /// receiving thread) or for room (sending thread).
   template <typename Done>
   Status waitFor(Done done, Deadline deadline, bool forData);
+  /// One sleep of waitFor(), at most `left`: announce it, check `done()` once more, sleep
+  /// (at most a slice, for liveness).
+  template <typename Done>
+  bool sleepForData(Done& done, Clock::duration left);
+  template <typename Done>
+  bool sleepForSpace(Done& done, Clock::duration left);
 
   RingFiles files_;
   std::unique_ptr<Link> link_;
@@ -158,6 +167,8 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   const std::byte* rxArena_;
   bool peerConsumerMaySleep_;
   bool peerProducerMaySleep_;
+  Waiter receiveWaiter_;  // receiving thread
+  Waiter spaceWaiter_;    // sending thread
 
   std::atomic<bool> closed_{false};
   std::atomic<bool> peerDead_{false};  // the peer closed or died: drain, then kDisconnected
