@@ -1,10 +1,9 @@
 #include "zcrpc/context.h"
 
-#include <netdb.h>
-
 #include <algorithm>
 #include <fstream>
 
+#include "transport/address.h"
 #include "zcrpc/shm.h"
 #include "zcrpc/tcp.h"
 #ifdef ZCRPC_HAVE_RDMA
@@ -29,23 +28,16 @@ bool shmSocketExists(const std::string& name) {
   return false;
 }
 
-bool resolves(const std::string& hostPort, std::string& why) {
-  std::string host = hostPort, port;
-  if (!host.empty() && host[0] == '[') {
-    auto close = host.find(']');
-    port = close == std::string::npos ? "" : host.substr(close + 2);
-    host = close == std::string::npos ? host : host.substr(1, close - 1);
-  } else if (auto colon = host.rfind(':'); colon != std::string::npos) {
-    port = host.substr(colon + 1);
-    host = host.substr(0, colon);
+/// Why a network endpoint's address is not usable (malformed, or it does not resolve), or
+/// empty when it resolves.
+std::string unresolvable(const EndpointUri& uri) {
+  try {
+    AddressList addresses;
+    std::string why = tryResolve(parseHostPort(uri.address, uri.scheme), /*passive=*/false, addresses);
+    return why.empty() ? why : "address " + uri.address + " does not resolve: " + why;
+  } catch (const InvalidArgument& e) {
+    return e.what();
   }
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* list = nullptr;
-  int r = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
-  if (list) ::freeaddrinfo(list);
-  if (r != 0) why = "address " + hostPort + " does not resolve: " + ::gai_strerror(r);
-  return r == 0;
 }
 
 std::string joined(const std::vector<std::string>& items) {
@@ -116,9 +108,7 @@ std::string Context::unusableReason(const EndpointUri& uri, [[maybe_unused]] con
       return "RDMA device '" + want + "' (rdma_device) not found";
   }
 #endif
-  std::string why;
-  if (!resolves(uri.address, why)) return why;
-  return {};
+  return unresolvable(uri);
 }
 
 TransportChoice Context::choose(std::span<const std::string> endpoints) const {

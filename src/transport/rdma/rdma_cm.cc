@@ -19,54 +19,6 @@
 namespace zcrpc {
 namespace rdma {
 
-std::string withScheme(std::string_view text) {
-  return text.starts_with("rdma://") ? std::string(text) : "rdma://" + std::string(text);
-}
-
-HostPort splitHostPort(std::string_view text) {
-  std::string_view s = text;
-  if (s.starts_with("rdma://")) s.remove_prefix(7);
-  auto colon = s.rfind(':');
-  if (colon == std::string_view::npos)
-    throw InvalidArgument("rdma endpoint '" + std::string(text) + "' has no :port");
-  std::string_view host = s.substr(0, colon), port = s.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
-      std::stoul(std::string(port)) > 65535)
-    throw InvalidArgument("rdma endpoint '" + std::string(text) + "' has a bad port '" +
-                          std::string(port) + "'");
-  return {host.empty() ? std::string("0.0.0.0") : std::string(host), std::string(port)};
-}
-
-sockaddr_storage resolveAddress(const HostPort& hp, bool passive, const std::string& what) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = (passive ? AI_PASSIVE : 0) | AI_NUMERICSERV;
-  addrinfo* list = nullptr;
-  int r = ::getaddrinfo(hp.host.c_str(), hp.port.c_str(), &hints, &list);
-  if (r != 0) throw Failed("resolve " + what + ": " + ::gai_strerror(r));
-  sockaddr_storage out{};
-  std::memcpy(&out, list->ai_addr, list->ai_addrlen);
-  ::freeaddrinfo(list);
-  return out;
-}
-
-std::string addressText(const sockaddr* a) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  char text[INET6_ADDRSTRLEN + 16];
-  if (a->sa_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(a);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    std::snprintf(text, sizeof text, "%s:%u", host, ntohs(in->sin_port));
-  } else {
-    auto* in6 = reinterpret_cast<const sockaddr_in6*>(a);
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    std::snprintf(text, sizeof text, "[%s]:%u", host, ntohs(in6->sin6_port));
-  }
-  return text;
-}
-
 void setNonBlocking(int fd, const std::string& what) {
   int flags = ZCRPC_SYSCALL(::fcntl(fd, F_GETFL), what + ": F_GETFL");
   ZCRPC_SYSCALL(::fcntl(fd, F_SETFL, flags | O_NONBLOCK), what + ": F_SETFL");
@@ -214,11 +166,10 @@ void checkRdmaOptions(const ConnectionOptions& o) {
 class RdmaListener final : public Listener {
  public:
   RdmaListener(std::string_view hostPort, const RdmaOptions& options)
-      : options_(options), what_(withScheme(hostPort)) {
+      : options_(options), what_(withScheme(hostPort, "rdma")) {
     checkRdmaOptions(options_.connection);
     checkDevicePresent(options_, what_);
-    HostPort hp = splitHostPort(hostPort);
-    sockaddr_storage addr = resolveAddress(hp, /*passive=*/true, what_);
+    sockaddr_storage addr = resolve(parseHostPort(hostPort, "rdma"), /*passive=*/true, what_).firstAddress();
     channel_ = EventChannel(what_);
     if (rdma_create_id(channel_.ch, &id_, nullptr, RDMA_PS_TCP) != 0)
       throw Failed(os::errnoText(what_ + ": rdma_create_id", errno));
@@ -348,12 +299,11 @@ std::unique_ptr<Listener> listenRdma(std::string_view hostPort, const RdmaOption
 
 std::unique_ptr<Connection> connectRdma(std::string_view hostPort, const RdmaOptions& options) {
   checkRdmaOptions(options.connection);
-  std::string what = withScheme(hostPort);
+  std::string what = withScheme(hostPort, "rdma");
   checkDevicePresent(options, what);
-  HostPort hp = splitHostPort(hostPort);
-  if (hp.host == "0.0.0.0") hp.host = "127.0.0.1";
+  const HostPort hp = parseHostPort(hostPort, "rdma").forConnect();
   auto deadline = deadlineAfter(options.connection.connectTimeout);
-  sockaddr_storage dst = resolveAddress(hp, /*passive=*/false, what);
+  sockaddr_storage dst = resolve(hp, /*passive=*/false, what).firstAddress();
   sockaddr_storage src{};
   bool haveSrc = false;
   if (!options.device.empty()) {
@@ -362,7 +312,7 @@ std::unique_ptr<Connection> connectRdma(std::string_view hostPort, const RdmaOpt
       throw Failed(what + ": RDMA device '" + options.device + "' port " + std::to_string(options.port) +
                    " has no IPv4 (RoCE v2) GID among its first " + std::to_string(kGidsScanned) +
                    " to bind to");
-    src = resolveAddress({ip, "0"}, /*passive=*/false, what);
+    src = resolve({ip, "0"}, /*passive=*/false, what).firstAddress();
     haveSrc = true;
   }
   EventChannel ch(what);

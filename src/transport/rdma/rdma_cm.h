@@ -1,9 +1,9 @@
-// zcrpc — rdma connection management (librdmacm): event channels and events, devices,
-// addresses. Used by the listener and connectRdma() (rdma_cm.cc) and by a connection's
+// zcrpc — rdma connection management (librdmacm): event channels and events, devices.
+// Used by the listener and connectRdma() (rdma_cm.cc) and by a connection's
 // set-up (rdma_setup.cc).
 //
 // Files of the rdma transport:
-//   rdma_cm.{h,cc}        connection management: devices, addresses, cm events, the
+//   rdma_cm.{h,cc}        connection management: devices, cm events, the
 //                         listener, listenRdma() and connectRdma()
 //   rdma_connection.h     the wire structs (private data, record header) and the connection
 //   rdma_setup.cc         a connection's verbs resources (PD, CQs, QP, registered memory),
@@ -23,21 +23,12 @@
 #include <utility>
 #include <vector>
 
+#include "transport/address.h"
 #include "zcrpc/rdma.h"
 
 // Internal to libzcrpc: nothing here is exported from the shared library.
 #pragma GCC visibility push(hidden)
 namespace zcrpc::rdma {
-
-std::string withScheme(std::string_view text);
-
-struct HostPort {
-  std::string host;
-  std::string port;
-};
-HostPort splitHostPort(std::string_view text);
-sockaddr_storage resolveAddress(const HostPort& hp, bool passive, const std::string& what);
-std::string addressText(const sockaddr* a);
 
 void setNonBlocking(int fd, const std::string& what);
 

@@ -1,5 +1,4 @@
 // zcrpc — the tcp listener: accept, handshakes in progress, listenTcp().
-#include <netdb.h>
 #include <sys/socket.h>
 
 #include <cstdio>
@@ -23,13 +22,11 @@ class TcpListener final : public Listener {
   TcpListener(std::string_view hostPort, const TcpOptions& options) : options_(options) {
     checkTcpOptions(options_.connection);
     checkDeadPeerTimeout(options_.deadPeerTimeout);
-    HostPort hp = splitHostPort(hostPort);
-    std::string what = hostPort.starts_with("tcp://") ? std::string(hostPort)
-                                                      : "tcp://" + std::string(hostPort);
-    AddrInfo ai;
-    resolve(hp, /*passive=*/true, ai, what);
+    const HostPort hp = parseHostPort(hostPort, "tcp");
+    const std::string what = withScheme(hostPort, "tcp");
+    const AddressList addresses = resolve(hp, /*passive=*/true, what);
     int lastErr = 0;
-    for (addrinfo* a = ai.list; a; a = a->ai_next) {
+    for (const addrinfo* a = addresses.first(); a; a = a->ai_next) {
       os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
       if (!fd) {
         lastErr = errno;
@@ -48,7 +45,7 @@ class TcpListener final : public Listener {
     sockaddr_storage local{};
     socklen_t len = sizeof local;
     ::getsockname(socket_.get(), reinterpret_cast<sockaddr*>(&local), &len);
-    endpoint_ = "tcp://" + addressText(local);
+    endpoint_ = "tcp://" + addressText(reinterpret_cast<const sockaddr*>(&local));
   }
 
   /// Handshakes advance without blocking as their bytes arrive, each with its own

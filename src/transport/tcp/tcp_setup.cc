@@ -1,8 +1,6 @@
 // zcrpc — tcp connection set-up shared by both ends, and the client's connectTcp().
 #include "transport/tcp/tcp_setup.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -10,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 
 #include "os/os.h"
@@ -19,65 +16,6 @@
 
 namespace zcrpc {
 namespace tcp {
-
-HostPort splitHostPort(std::string_view text) {
-  std::string_view s = text;
-  if (s.starts_with("tcp://")) s.remove_prefix(6);
-  std::string_view host, port;
-  if (!s.empty() && s[0] == '[') {
-    auto close = s.find(']');
-    if (close == std::string_view::npos || close + 1 >= s.size() || s[close + 1] != ':')
-      throw InvalidArgument("tcp endpoint '" + std::string(text) + "' is not [ipv6]:port");
-    host = s.substr(1, close - 1);
-    port = s.substr(close + 2);
-  } else {
-    auto colon = s.rfind(':');
-    if (colon == std::string_view::npos)
-      throw InvalidArgument("tcp endpoint '" + std::string(text) + "' has no :port");
-    host = s.substr(0, colon);
-    port = s.substr(colon + 1);
-  }
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
-      std::stoul(std::string(port)) > 65535)
-    throw InvalidArgument("tcp endpoint '" + std::string(text) + "' has a bad port '" +
-                          std::string(port) + "'");
-  return HostPort{host.empty() ? std::string("0.0.0.0") : std::string(host), std::string(port)};
-}
-
-std::string addressText(const sockaddr_storage& a) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  char text[INET6_ADDRSTRLEN + 16];
-  if (a.ss_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(&a);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    std::snprintf(text, sizeof text, "%s:%u", host, ntohs(in->sin_port));
-  } else {
-    auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a);
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    std::snprintf(text, sizeof text, "[%s]:%u", host, ntohs(in6->sin6_port));
-  }
-  return text;
-}
-
-std::string peerAddress(int fd) {
-  sockaddr_storage a{};
-  socklen_t len = sizeof a;
-  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return "?";
-  return addressText(a);
-}
-
-AddrInfo::~AddrInfo() {
-  if (list) ::freeaddrinfo(list);
-}
-
-void resolve(const HostPort& hp, bool passive, AddrInfo& out, const std::string& what) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = (passive ? AI_PASSIVE : 0) | AI_NUMERICSERV;
-  int r = ::getaddrinfo(hp.host.c_str(), hp.port.c_str(), &hints, &out.list);
-  if (r != 0) throw Failed("resolve " + what + ": " + ::gai_strerror(r));
-}
 
 void setNoDelay(int fd) {
   int one = 1;
@@ -179,15 +117,12 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
   checkDeadPeerTimeout(options.deadPeerTimeout);
   if (options.token.size() > kMaxToken)
     throw InvalidArgument("token longer than " + std::to_string(kMaxToken) + " bytes");
-  HostPort hp = splitHostPort(hostPort);
-  std::string what = hostPort.starts_with("tcp://") ? std::string(hostPort)
-                                                    : "tcp://" + std::string(hostPort);
-  if (hp.host == "0.0.0.0") hp.host = "127.0.0.1";
+  const HostPort hp = parseHostPort(hostPort, "tcp").forConnect();
+  const std::string what = withScheme(hostPort, "tcp");
   auto deadline = deadlineAfter(options.connection.connectTimeout);
-  AddrInfo ai;
-  resolve(hp, /*passive=*/false, ai, what);
+  const AddressList addresses = resolve(hp, /*passive=*/false, what);
   std::string lastError = "no address";
-  for (addrinfo* a = ai.list; a; a = a->ai_next) {
+  for (const addrinfo* a = addresses.first(); a; a = a->ai_next) {
     os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
     if (!fd) {
       lastError = os::errnoText("socket", errno);

@@ -1,9 +1,9 @@
-// zcrpc — tcp connection set-up shared by both ends: addresses, socket options and the
+// zcrpc — tcp connection set-up shared by both ends: socket options and the
 // handshake's wire format (Hello, token, Answer; see docs/wire-format.md).
 //
 // Files of the tcp transport:
 //   stream.h             ByteStream: every byte in and out of a connection and its handshake
-//   tcp_setup.{h,cc}     addresses, socket options, the handshake's messages, connectTcp()
+//   tcp_setup.{h,cc}     socket options, the handshake's messages, connectTcp()
 //   tcp_listener.cc      the listener: accept, handshakes in progress, listenTcp()
 //   tcp_connection.h     the connection (data path) and what its two halves share
 //   tcp_connection.cc    the connection's life: construction, event-loop wait, close, errors
@@ -18,10 +18,9 @@
 #include <string>
 #include <string_view>
 
+#include "transport/address.h"
 #include "transport/tcp/stream.h"
 #include "zcrpc/tcp.h"
-
-struct addrinfo;
 
 // Internal to libzcrpc: nothing here is exported from the shared library.
 #pragma GCC visibility push(hidden)
@@ -46,27 +45,6 @@ struct Answer {
   uint64_t maxMessageBytes = 0;
   char reason[160] = {};
 };
-
-struct HostPort {
-  std::string host;
-  std::string port;
-};
-
-/// Splits "[tcp://]host:port" (or "[ipv6]:port"); an empty host is 0.0.0.0. Throws
-/// InvalidArgument naming `text`.
-HostPort splitHostPort(std::string_view text);
-/// "host:port" or "[ipv6]:port" of a socket address.
-std::string addressText(const sockaddr_storage& a);
-/// The peer's address of a connected socket, or "?".
-std::string peerAddress(int fd);
-
-/// getaddrinfo's list, freed on destruction.
-struct AddrInfo {
-  addrinfo* list = nullptr;
-  ~AddrInfo();
-};
-/// Resolves `hp` (numeric port); throws Failed naming `what`.
-void resolve(const HostPort& hp, bool passive, AddrInfo& out, const std::string& what);
 
 void setNoDelay(int fd);
 /// Keepalive probes and TCP_USER_TIMEOUT for TcpOptions::deadPeerTimeout (0: off).
