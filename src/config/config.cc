@@ -7,6 +7,8 @@
 
 #include <toml++/toml.h>
 
+#include "transport/options.h"
+
 namespace zcrpc {
 
 namespace {
@@ -154,8 +156,6 @@ std::string expected(const SettingInfo& s) {
   return "?";
 }
 
-bool isPow2(uint64_t v) { return v && !(v & (v - 1)); }
-
 /// Checks `value` for `s`; returns the canonical text or an empty optional reason.
 std::string check(const SettingInfo& s, std::string_view raw, std::string& canonical) {
   std::string v = trim(raw);
@@ -168,7 +168,7 @@ std::string check(const SettingInfo& s, std::string_view raw, std::string& canon
     case SettingType::kInt: {
       int64_t n;
       if (!parseInt(v, n)) return "expected " + expected(s);
-      if ((s.name == "max_leases" || s.name == "window") && (n <= 0 || !isPow2(static_cast<uint64_t>(n))))
+      if ((s.name == "max_leases" || s.name == "window") && (n <= 0 || !isPowerOfTwo(static_cast<uint64_t>(n))))
         return "expected a power of two";
       if ((s.name == "server_threads" || s.name == "server_batch" || s.name == "nesting_limit" ||
            s.name == "traversal_limit_words") && n <= 0)
@@ -179,10 +179,10 @@ std::string check(const SettingInfo& s, std::string_view raw, std::string& canon
     case SettingType::kSize: {
       uint64_t n;
       if (!parseSize(v, n)) return "expected " + expected(s);
-      if (s.name == "ring_bytes" && (!isPow2(n) || n < 4096 || n > (uint64_t{1} << 30)))
+      if (s.name == "ring_bytes" && !validRingBytes(n))
         return "expected a power of two between 4KiB and 1GiB";
       if (s.name == "arena_bytes" && n % 4096) return "expected a multiple of 4096";
-      if (s.name == "max_message_bytes" && (n < 64 || n > (uint64_t{1} << 32) - 4096))
+      if (s.name == "max_message_bytes" && !validMaxMessageBytes(n))
         return "expected between 64 bytes and 4 GiB";
       canonical = std::to_string(n);
       return {};

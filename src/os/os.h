@@ -17,6 +17,10 @@
 
 namespace zcrpc::os {
 
+/// The cache line of the CPUs zcrpc runs on (x86-64, aarch64): what alignas() keeps apart
+/// when two threads write neighbouring data.
+inline constexpr size_t kCacheLine = 64;
+
 /// "context: strerror(err)".
 std::string errnoText(std::string_view context, int err);
 

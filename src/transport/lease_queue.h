@@ -6,7 +6,7 @@
 #include <memory>
 #include <type_traits>
 
-#include "transport/ring/layout.h"
+#include "os/os.h"
 #include "zcrpc/frame.h"
 
 namespace zcrpc {
@@ -25,7 +25,7 @@ class LeaseQueue final {
   // The bookkeeping comes first so that it shares the first cache line with the frame
   // header, and the first segments follow on the second: a small message touches two
   // lines of its entry, not three (the unused segment slots lie beyond).
-  struct alignas(ring::kCacheLine) Entry {
+  struct alignas(os::kCacheLine) Entry {
     uint64_t end = 0;                      ///< transport position after this message
     uint64_t aux = 0;                      ///< second position (the shm arena end)
     std::unique_ptr<capnp::word[]> owned;  ///< a buffer of its own, freed when reclaimed

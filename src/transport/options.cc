@@ -1,6 +1,8 @@
+#include "transport/options.h"
+
 #include <unistd.h>
 
-#include "zcrpc/transport.h"
+#include <string>
 
 namespace zcrpc {
 
@@ -33,6 +35,19 @@ SpinPolicy parseSpinPolicy(std::string_view text) {
   if (text == "adaptive") return SpinPolicy::kAdaptive;
   if (text == "fixed") return SpinPolicy::kFixed;
   throw InvalidArgument("spin policy '" + std::string(text) + "' is not one of adaptive, fixed");
+}
+
+void checkConnectionOptions(const ConnectionOptions& o, std::string_view ringName) {
+  if (!validRingBytes(o.ringBytes))
+    throw InvalidArgument(std::string(ringName) + " size " + std::to_string(o.ringBytes) +
+                          " must be a power of two between " + std::to_string(kMinRingBytes) + " and " +
+                          std::to_string(kMaxRingBytes) + " bytes");
+  if (!validMaxMessageBytes(o.maxMessageBytes))
+    throw InvalidArgument("maximum message size " + std::to_string(o.maxMessageBytes) +
+                          " must be between 64 bytes and 4 GiB");
+  if (!isPowerOfTwo(o.maxLeases) || o.maxLeases > kMaxLeases)
+    throw InvalidArgument("maxLeases " + std::to_string(o.maxLeases) + " must be a power of two up to " +
+                          std::to_string(kMaxLeases));
 }
 
 bool CredentialPolicy::admits(uid_t uid, gid_t gid) const noexcept {

@@ -151,23 +151,12 @@ void checkResolved(rdma_cm_id* id, const RdmaOptions& o, const std::string& what
   }
 }
 
-void checkRdmaOptions(const ConnectionOptions& o) {
-  if (!ring::isPowerOfTwo(o.ringBytes) || o.ringBytes < 4096 || o.ringBytes > (1u << 30))
-    throw InvalidArgument("rdma ring size " + std::to_string(o.ringBytes) +
-                          " must be a power of two between 4096 and 1073741824 bytes");
-  if (o.maxMessageBytes < 64 || o.maxMessageBytes > (uint64_t{1} << 32) - 4096)
-    throw InvalidArgument("maximum message size " + std::to_string(o.maxMessageBytes) +
-                          " must be between 64 bytes and 4 GiB");
-  if (!ring::isPowerOfTwo(o.maxLeases) || o.maxLeases > (1u << 20))
-    throw InvalidArgument("maxLeases " + std::to_string(o.maxLeases) +
-                          " must be a power of two up to 1048576");
-}
 
 class RdmaListener final : public Listener {
  public:
   RdmaListener(std::string_view hostPort, const RdmaOptions& options)
       : options_(options), what_(withScheme(hostPort, "rdma")) {
-    checkRdmaOptions(options_.connection);
+    checkConnectionOptions(options_.connection, "rdma ring");
     checkDevicePresent(options_, what_);
     sockaddr_storage addr = resolve(parseHostPort(hostPort, "rdma"), /*passive=*/true, what_).firstAddress();
     channel_ = EventChannel(what_);
@@ -298,7 +287,7 @@ std::unique_ptr<Listener> listenRdma(std::string_view hostPort, const RdmaOption
 }
 
 std::unique_ptr<Connection> connectRdma(std::string_view hostPort, const RdmaOptions& options) {
-  checkRdmaOptions(options.connection);
+  checkConnectionOptions(options.connection, "rdma ring");
   std::string what = withScheme(hostPort, "rdma");
   checkDevicePresent(options, what);
   const HostPort hp = parseHostPort(hostPort, "rdma").forConnect();

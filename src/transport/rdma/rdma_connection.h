@@ -42,7 +42,8 @@
 #include "os/spin.h"
 #include "transport/lease_queue.h"
 #include "transport/rdma/rdma_cm.h"
-#include "transport/ring/layout.h"
+#include "transport/options.h"
+#include "transport/record.h"
 
 // Internal to libzcrpc: nothing here is exported from the shared library.
 #pragma GCC visibility push(hidden)
@@ -50,9 +51,6 @@ namespace zcrpc::rdma {
 
 inline constexpr uint32_t kPrivateMagic = 0x6472'637a;  // "zcrd"
 inline constexpr uint16_t kPrivateVersion = 1;
-inline constexpr uint32_t kRecordHeaderBytes = 16;
-/// A record may use at most this fraction of the peer's ring; larger frames fragment.
-inline constexpr uint32_t kRecordShare = 4;
 /// Records one side may have in flight (unreleased) towards the other: the receive
 /// queue holds this many plus a re-post batch.
 inline constexpr uint32_t kRecvCredits = 512;
@@ -71,7 +69,7 @@ inline constexpr int kGidsScanned = 8;  // GID table entries scanned (reading th
 inline constexpr int64_t kResolveAttemptMs = 1000;
 using os::cpuRelax;
 using os::kYieldEvery;
-static_assert(ring::isPowerOfTwo(kRecvCredits) && ring::isPowerOfTwo(kSendDepth));
+static_assert(isPowerOfTwo(kRecvCredits) && isPowerOfTwo(kSendDepth));
 static_assert(kSignalEvery * 4 <= kSendDepth, "a signalled request among every quarter of the queue");
 static_assert(kRecvBatch < kRecvCredits);
 

@@ -20,7 +20,7 @@ Status RdmaConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegme
     pump();  // records waiting for credits go first
     if (outCount() >= kOutQueue - 1) return blockedOrDisconnected();
   }
-  bool inBuffer = kRecordHeaderBytes + kFrameHeaderBytes + firstBytes + kTableReserve <= sendBytes_ / 4;
+  bool inBuffer = kRecordHeaderBytes + kFrameHeaderBytes + firstBytes + kTableReserve <= sendBytes_ / kRecordShare;
   uint64_t need = kRecordHeaderBytes + kFrameHeaderBytes + kTableReserve + (inBuffer ? firstBytes : 0);
   uint64_t at = 0;
   if (!reserveSend(need, at)) {
@@ -163,9 +163,9 @@ kj::ArrayPtr<capnp::word> RdmaConnection::allocateMore(uint32_t minWords) {
     sendTail_ = open_.end;
     return reinterpret_cast<capnp::word*>(p);
   };
-  if (want <= room && want <= sendBytes_ / 4) {
+  if (want <= room && want <= sendBytes_ / kRecordShare) {
     seg = inBuffer(want);
-  } else if (minBytes <= room && minBytes <= sendBytes_ / 4) {
+  } else if (minBytes <= room && minBytes <= sendBytes_ / kRecordShare) {
     want = minBytes;
     seg = inBuffer(want);
   } else {

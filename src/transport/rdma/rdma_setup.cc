@@ -118,9 +118,9 @@ std::string RdmaConnection::setPeer(const void* data, size_t len) {
   std::memcpy(&p, data, sizeof p);
   if (p.magic != kPrivateMagic) return "peer is not speaking zcrpc rdma";
   if (p.version != kPrivateVersion) return "rdma protocol version " + std::to_string(p.version) + " not supported";
-  if (!ring::isPowerOfTwo(p.ringBytes) || p.ringBytes < 4096 || p.ringBytes > (1u << 30))
+  if (!validRingBytes(p.ringBytes))
     return "peer ring size " + std::to_string(p.ringBytes) + " is invalid";
-  if (!ring::isPowerOfTwo(p.recvCredits) || p.recvCredits < 2 * kRecvBatch || p.recvCredits > (1u << 16))
+  if (!isPowerOfTwo(p.recvCredits) || p.recvCredits < 2 * kRecvBatch || p.recvCredits > (1u << 16))
     return "peer receive credits " + std::to_string(p.recvCredits) + " are invalid";
   peerAddr_ = p.ringAddr;
   peerRkey_ = p.rkey;

@@ -13,18 +13,18 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "os/os.h"
+#include "transport/options.h"
+#include "transport/record.h"
+
 namespace zcrpc::ring {
 
-inline constexpr size_t kCacheLine = 64;
+using os::kCacheLine;
+using zcrpc::kRecordHeaderBytes;  // the ring's record: tag | length word, then the arena end
 inline constexpr uint64_t kMagic = 0x3170'7263'7a7a'0a01ull;  // "\x01\nzzcrp1"
 inline constexpr uint32_t kLayoutVersion = 2;  // 2: record tags are never zero
 inline constexpr size_t kDataOffset = 4096;
-inline constexpr uint32_t kMinRingBytes = 4096;
-inline constexpr uint32_t kMaxRingBytes = 1u << 30;
 inline constexpr uint64_t kMaxArenaBytes = uint64_t{8} << 30;  // arena word offsets fit 31 bits
-inline constexpr size_t kRecordHeaderBytes = 16;
-/// A record may use at most this fraction of the ring; larger segments go to the arena.
-inline constexpr uint32_t kRecordShare = 4;
 
 struct FileHeader {
   uint64_t magic;
@@ -70,7 +70,6 @@ static_assert(sizeof(FileControl) <= kDataOffset);
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
-constexpr bool isPowerOfTwo(uint64_t v) { return v && !(v & (v - 1)); }
 constexpr uint64_t fileBytesFor(uint64_t ringBytes, uint64_t arenaBytes) {
   return kDataOffset + ringBytes + arenaBytes;
 }

@@ -69,23 +69,15 @@ void initFile(std::byte* base, uint64_t ringBytes, uint64_t arenaBytes, uint64_t
 }
 
 void checkOptions(const ConnectionOptions& o) {
-  if (!isPowerOfTwo(o.ringBytes) || o.ringBytes < kMinRingBytes || o.ringBytes > kMaxRingBytes)
-    throw InvalidArgument("ring size " + std::to_string(o.ringBytes) +
-                          " must be a power of two between 4096 and 1073741824 bytes");
+  checkConnectionOptions(o, "ring");
   if (o.arenaBytes % 4096 != 0 || o.arenaBytes > kMaxArenaBytes)
     throw InvalidArgument("arena size " + std::to_string(o.arenaBytes) +
                           " must be a multiple of 4096 and at most 8 GiB");
-  if (o.maxMessageBytes < 64 || o.maxMessageBytes > (uint64_t{1} << 32) - 4096)
-    throw InvalidArgument("maximum message size " + std::to_string(o.maxMessageBytes) +
-                          " must be between 64 bytes and 4 GiB");
   if (o.maxMessageBytes + kRecordFixed + kTableReserve > o.ringBytes / 2 &&
       o.arenaBytes < o.maxMessageBytes)
     throw InvalidArgument("arena of " + std::to_string(o.arenaBytes) +
                           " bytes cannot hold a message of the maximum size " +
                           std::to_string(o.maxMessageBytes));
-  if (!isPowerOfTwo(o.maxLeases) || o.maxLeases > (1u << 20))
-    throw InvalidArgument("maxLeases " + std::to_string(o.maxLeases) +
-                          " must be a power of two up to 1048576");
 }
 
 std::string checkFileHeader(const FileHeader& h, uint64_t fileBytes) {
@@ -94,11 +86,11 @@ std::string checkFileHeader(const FileHeader& h, uint64_t fileBytes) {
     return "shared memory layout version " + std::to_string(h.version) + ", expected " +
            std::to_string(kLayoutVersion);
   if (h.headerBytes != sizeof(FileHeader)) return "bad header size in shared memory header";
-  if (!isPowerOfTwo(h.ringBytes) || h.ringBytes < kMinRingBytes || h.ringBytes > kMaxRingBytes)
+  if (!validRingBytes(h.ringBytes))
     return "bad ring size " + std::to_string(h.ringBytes) + " in shared memory header";
   if (h.arenaBytes % 4096 || h.arenaBytes > kMaxArenaBytes)
     return "bad arena size " + std::to_string(h.arenaBytes) + " in shared memory header";
-  if (h.maxMessageBytes < 64 || h.maxMessageBytes > (uint64_t{1} << 32) - 4096)
+  if (!validMaxMessageBytes(h.maxMessageBytes))
     return "bad maximum message size in shared memory header";
   if (h.fileBytes != fileBytes || fileBytesFor(h.ringBytes, h.arenaBytes) != fileBytes)
     return "shared memory size does not match its header";

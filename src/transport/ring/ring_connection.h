@@ -51,7 +51,8 @@ void initFile(std::byte* base, uint64_t ringBytes, uint64_t arenaBytes, uint64_t
               uint64_t fileBytes, WaitMode waitMode);
 /// Validates a file header copied out of shared memory; empty or the reason.
 std::string checkFileHeader(const FileHeader& h, uint64_t fileBytes);
-/// Checks the connection options a side is configured with; throws InvalidArgument.
+/// Checks the connection options a side is configured with (checkConnectionOptions, then
+/// the arena); throws InvalidArgument.
 void checkOptions(const ConnectionOptions& opts);
 
 // Hidden: used only inside libzcrpc, so calls between its members bind locally and the

@@ -30,6 +30,7 @@
 #include "os/os.h"
 #include "os/spin.h"
 #include "transport/lease_queue.h"
+#include "transport/record.h"
 #include "transport/tcp/stream.h"
 #include "zcrpc/tcp.h"
 

@@ -8,6 +8,7 @@
 
 #include "os/os.h"
 #include "transport/handshakes.h"
+#include "transport/options.h"
 #include "transport/tcp/tcp_connection.h"
 #include "transport/tcp/tcp_setup.h"
 
@@ -20,7 +21,7 @@ using namespace tcp;
 class TcpListener final : public Listener {
  public:
   TcpListener(std::string_view hostPort, const TcpOptions& options) : options_(options) {
-    checkTcpOptions(options_.connection);
+    checkConnectionOptions(options_.connection, "tcp buffer");
     checkDeadPeerTimeout(options_.deadPeerTimeout);
     const HostPort hp = parseHostPort(hostPort, "tcp");
     const std::string what = withScheme(hostPort, "tcp");

@@ -57,7 +57,7 @@ Status TcpConnection::tryFrame(IncomingMessage& out) {
   std::memcpy(&frameBytes, ring_ + (parse_ & ringMask_), sizeof frameBytes);
   if (frameBytes < kFrameHeaderBytes || frameBytes % 8 || frameBytes > maxFrame_)
     return badFrameSize(frameBytes);
-  if (frameBytes > ringBytes_ / 4) return startBig(frameBytes, out);
+  if (frameBytes > ringBytes_ / kRecordShare) return startBig(frameBytes, out);
   afterBig_ = false;
   if (avail < frameBytes) return Status::kWouldBlock;
   auto& slot = leases_.next();
@@ -146,7 +146,7 @@ Status TcpConnection::startBig(uint32_t frameBytes, IncomingMessage& out) {
   if (avail >= kFrameHeaderBytes) {
     uint32_t frameBytes;
     std::memcpy(&frameBytes, ring_ + (parse_ & ringMask_), sizeof frameBytes);
-    if (frameBytes <= ringBytes_ / 4) need = frameBytes;
+    if (frameBytes <= ringBytes_ / kRecordShare) need = frameBytes;
   }
   if ((parse_ & ringMask_) + need > ringBytes_) {
     uint64_t lap = (parse_ | ringMask_) + 1;

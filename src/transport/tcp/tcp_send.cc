@@ -28,7 +28,7 @@ Status TcpConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmen
     if (pendingBytes_.load(std::memory_order_relaxed) > sendBytes_)
       return closed_.load() ? Status::kDisconnected : Status::kWouldBlock;
   }
-  bool inBuffer = kFrameHeaderBytes + firstBytes + kTableReserveEntries * 8 <= sendBytes_ / 4;
+  bool inBuffer = kFrameHeaderBytes + firstBytes + kTableReserveEntries * 8 <= sendBytes_ / kRecordShare;
   uint64_t need = kFrameHeaderBytes + kTableReserveEntries * 8 + (inBuffer ? firstBytes : 0);
   if (!roomInSendBuffer(need)) return closed_.load() ? Status::kDisconnected : Status::kWouldBlock;
   std::byte* base = send_ + used_;
@@ -198,12 +198,12 @@ kj::ArrayPtr<capnp::word> TcpConnection::allocateMore(uint32_t minWords) {
   capnp::word* seg;
   uint64_t room = sendBytes_ - open_.end;
   uint64_t reserve = kTableRoom;
-  if (want + reserve <= room && want <= sendBytes_ / 4) {
+  if (want + reserve <= room && want <= sendBytes_ / kRecordShare) {
     auto* p = send_ + open_.end;
     std::memset(p, 0, want);
     seg = reinterpret_cast<capnp::word*>(p);
     open_.end += want;
-  } else if (minBytes + reserve <= room && minBytes <= sendBytes_ / 4) {
+  } else if (minBytes + reserve <= room && minBytes <= sendBytes_ / kRecordShare) {
     want = minBytes;
     auto* p = send_ + open_.end;
     std::memset(p, 0, want);

@@ -11,7 +11,7 @@
 #include <cstring>
 
 #include "os/os.h"
-#include "transport/ring/layout.h"
+#include "transport/options.h"
 #include "transport/tcp/tcp_connection.h"
 
 namespace zcrpc {
@@ -96,24 +96,13 @@ void readAll(ByteStream& stream, void* data, size_t size, Deadline deadline, con
   }
 }
 
-void checkTcpOptions(const ConnectionOptions& o) {
-  if (!ring::isPowerOfTwo(o.ringBytes) || o.ringBytes < 4096 || o.ringBytes > (1u << 30))
-    throw InvalidArgument("tcp buffer size " + std::to_string(o.ringBytes) +
-                          " must be a power of two between 4096 and 1073741824 bytes");
-  if (o.maxMessageBytes < 64 || o.maxMessageBytes > (uint64_t{1} << 32) - 4096)
-    throw InvalidArgument("maximum message size " + std::to_string(o.maxMessageBytes) +
-                          " must be between 64 bytes and 4 GiB");
-  if (!ring::isPowerOfTwo(o.maxLeases) || o.maxLeases > (1u << 20))
-    throw InvalidArgument("maxLeases " + std::to_string(o.maxLeases) +
-                          " must be a power of two up to 1048576");
-}
 
 }  // namespace tcp
 
 using namespace tcp;
 
 std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptions& options) {
-  checkTcpOptions(options.connection);
+  checkConnectionOptions(options.connection, "tcp buffer");
   checkDeadPeerTimeout(options.deadPeerTimeout);
   if (options.token.size() > kMaxToken)
     throw InvalidArgument("token longer than " + std::to_string(kMaxToken) + " bytes");

@@ -50,7 +50,6 @@ void setNoDelay(int fd);
 /// Keepalive probes and TCP_USER_TIMEOUT for TcpOptions::deadPeerTimeout (0: off).
 void setDeadPeerTimeout(int fd, std::chrono::milliseconds timeout);
 void checkDeadPeerTimeout(std::chrono::milliseconds timeout);
-void checkTcpOptions(const ConnectionOptions& o);
 
 /// Compares access tokens in time independent of their content.
 bool tokensEqual(std::string_view a, std::string_view b) noexcept;
