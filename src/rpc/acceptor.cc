@@ -5,7 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
+
+#include "zcrpc/log.h"
 
 namespace zcrpc {
 
@@ -48,8 +49,7 @@ void Acceptor::run() {
       try {
         if (auto c = l->accept(Clock::now())) adopt_(std::move(c));
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "zcrpc: accept on %s failed: %s\n", l->endpoint().c_str(),
-                     e.what());
+        logMessage(LogLevel::kError, "accept on " + l->endpoint() + " failed: " + e.what());
       }
     }
   }

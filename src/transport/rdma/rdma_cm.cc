@@ -15,6 +15,7 @@
 
 #include "os/os.h"
 #include "transport/rdma/rdma_connection.h"
+#include "zcrpc/log.h"
 
 namespace zcrpc {
 namespace rdma {
@@ -260,7 +261,7 @@ class RdmaListener final : public Listener {
   }
 
   void remember(std::string why) {
-    std::fprintf(stderr, "zcrpc: %s: %s\n", endpoint_.c_str(), why.c_str());
+    logMessage(LogLevel::kWarning, endpoint_ + ": " + why);
     std::lock_guard lock(mutex_);
     refusals_.push_back(std::move(why));
     if (refusals_.size() > 64) refusals_.pop_front();

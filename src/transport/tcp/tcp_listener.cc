@@ -11,6 +11,7 @@
 #include "transport/options.h"
 #include "transport/tcp/tcp_connection.h"
 #include "transport/tcp/tcp_setup.h"
+#include "zcrpc/log.h"
 
 namespace zcrpc {
 
@@ -104,7 +105,7 @@ class TcpListener final : public Listener {
 
  private:
   void remember(std::string why) {
-    std::fprintf(stderr, "zcrpc: %s: %s\n", endpoint_.c_str(), why.c_str());
+    logMessage(LogLevel::kWarning, endpoint_ + ": " + why);
     std::lock_guard lock(mutex_);
     refusals_.push_back(std::move(why));
     if (refusals_.size() > 64) refusals_.pop_front();
