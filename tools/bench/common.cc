@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <fmt/format.h>
+#include <poll.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -25,6 +26,11 @@ UnlinkOnExit::UnlinkOnExit(std::string path) : path_(std::move(path)) {
 
 UnlinkOnExit::~UnlinkOnExit() {
   if (!path_.empty()) ::unlink(path_.c_str());
+}
+
+bool readable(int fd) noexcept {
+  pollfd p{fd, POLLIN, 0};
+  return fd >= 0 && ::poll(&p, 1, 0) > 0;
 }
 
 void pinToCpu(int cpu) {

@@ -43,6 +43,9 @@ class UnlinkOnExit final {
   std::string path_;
 };
 
+/// Whether `fd` is readable or hung up now (never waits; false for -1).
+bool readable(int fd) noexcept;
+
 /// Pins the calling thread to `cpu` and checks it now runs there. Throws BenchError.
 void pinToCpu(int cpu);
 /// Involuntary context switches of this process so far: other load taking our CPU.

@@ -108,6 +108,8 @@ class Driver final {
           } else if (auto hit = ownWait.find(info.id); hit != ownWait.end()) {
             f = hit->second;
             continue;
+          } else if (failed_.contains(info.id)) {
+            continue;
           } else {
             f = rival(systemOf(t, info.id), spec, row.name() + " " + info.id);
             if (!info.ownWait.empty()) ownWait[info.id] = f;
@@ -258,8 +260,9 @@ class Driver final {
   Figure cell(size_t i, CellSpec spec, const std::string& what, std::optional<Budget> budget = {}) {
     const Budget b = budget.value_or(Budget::forPayload(spec.payloadBytes, s_.seconds));
     spec.budgetNs += (b.total() + kSetupAllowance).count();
-    peer_.send(Command{Op::kCell, static_cast<uint32_t>(i), spec});
-    Reply started = peer_.expect(ReplyKind::kStarted, Clock::now() + kReplyTimeout, what);
+    const uint32_t id = ++cells_;
+    peer_.send(Command{Op::kCell, static_cast<uint32_t>(i), id, 0, spec});
+    Reply started = peer_.expect(ReplyKind::kStarted, id, Clock::now() + kReplyTimeout, what);
     started.text[sizeof started.text - 1] = 0;
     ClientCell c{spec,
                  started.text,
@@ -280,10 +283,10 @@ class Driver final {
     }
     f.preemptions = preemptionCount() - preempted;
     try {
-      peer_.send(Command{Op::kEndCell, 0, {}});
+      peer_.send(Command{Op::kEndCell, 0, id, 0, {}});
       Reply done = peer_.expect(
-          ReplyKind::kDone, Clock::now() + kReplyTimeout + std::chrono::nanoseconds(spec.budgetNs),
-          what);
+          ReplyKind::kDone, id,
+          Clock::now() + kReplyTimeout + std::chrono::nanoseconds(spec.budgetNs), what);
       f.preemptions += done.preemptions;
       f.peerValue = done.value;
     } catch (const BenchError& e) {
@@ -303,6 +306,7 @@ class Driver final {
   std::vector<uint64_t> samples_;
   std::map<size_t, uint64_t> frameBytes_;  // zcrpc's request frame over tcp, per payload size
   std::set<std::string> failed_;
+  uint32_t cells_ = 0;  // cells started so far: each one's id
 };
 
 }  // namespace
@@ -333,7 +337,7 @@ Table runBench(const Settings& s) {
   PeerProcess peer(
       [&](ControlChannel& control) { servePeer(control, systems, s.serverCpu, room); });
   pinToCpu(s.clientCpu);
-  peer.expect(ReplyKind::kReady, Clock::now() + kReplyTimeout, "starting the peer process");
+  peer.expect(ReplyKind::kReady, 0, Clock::now() + kReplyTimeout, "starting the peer process");
   Driver d(s, systems, peer, room, table);
   if (s.rpc) d.noteUnavailable();
   for (unsigned rep = 0; rep < s.reps; ++rep) {

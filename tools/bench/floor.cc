@@ -35,10 +35,6 @@ struct WaitLine {
 
 constexpr size_t stride(size_t payload) { return (kSlotHeader + payload + 63) / 64 * 64; }
 
-bool peerStopped(int watchFd) noexcept {
-  return watchFd >= 0 && os::pollOne(watchFd, POLLIN, std::chrono::milliseconds(0)) != 0;
-}
-
 /// One process's end for one cell: private counters and the slot layout for the cell's
 /// payload size. Both ends must use the same size and wait mode. Threads: one.
 class End final {
@@ -73,7 +69,7 @@ class End final {
     for (uint32_t spins = 1; !arrived; ++spins) {
       if (mode_ == WaitMode::kBusyPoll) {
         if ((spins & 1023) == 0 && Clock::now() >= deadline) return std::nullopt;
-        if ((spins & 0xffff) == 0 && peerStopped(watchFd)) return std::nullopt;
+        if ((spins & 0xffff) == 0 && readable(watchFd)) return std::nullopt;
       } else if (mode_ == WaitMode::kBlocking || ((spins & 63) == 0 && Clock::now() >= spinUntil)) {
         if (!sleep(seq, want, deadline, watchFd)) return std::nullopt;
         break;
@@ -125,7 +121,7 @@ class End final {
                       std::min<std::chrono::nanoseconds>(deadline - now, kSleepSlice));
       w.sleeping.store(0, std::memory_order_relaxed);
       if (arrived || seq.load(std::memory_order_acquire) == want) return true;
-      if (Clock::now() >= deadline || peerStopped(watchFd)) return false;
+      if (Clock::now() >= deadline || readable(watchFd)) return false;
     }
   }
 
@@ -162,8 +158,8 @@ class Floor final : public System {
     End end = this->end(cell.spec, false);
     cell.started();
     for (;;) {  // echo until the stop marker, which is echoed too
-      auto req = end.receive(cell.deadline);
-      if (!req) throw BenchError("floor echo: the client went silent");
+      auto req = end.receive(cell.deadline, cell.controlFd());
+      if (!req) throw BenchError("floor echo: the client went silent or gave up");
       if (req->empty()) return end.sendStop();
       end.send(*req);  // reads the request in place: the one copy an echo makes
     }

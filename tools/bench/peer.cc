@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -31,9 +32,10 @@ std::string errorText(std::exception_ptr e) {
   }
 }
 
-Reply reply(ReplyKind kind, const std::string& text = {}) {
+Reply reply(ReplyKind kind, uint32_t id, const std::string& text = {}) {
   Reply r;
   r.kind = kind;
+  r.id = id;
   std::strncpy(r.text, text.c_str(), sizeof r.text - 1);
   return r;
 }
@@ -89,12 +91,14 @@ PeerProcess::PeerProcess(const std::function<void(ControlChannel&)>& body) {
     } catch (...) {
       code = 1;
       try {
-        control.send(reply(ReplyKind::kError, errorText(std::current_exception())));
+        control.send(reply(ReplyKind::kError, 0, errorText(std::current_exception())));
       } catch (...) {
       }
     }
   }
-  ::_exit(code);  // no atexit handlers, no flushing of stdio buffers copied from the parent
+  // exit(), not _exit(): libraries deregister in their static destructors (iceoryx's runtime
+  // tells RouDi it leaves). stdio was flushed before the fork, so nothing prints twice.
+  std::exit(code);
 }
 
 PeerProcess::~PeerProcess() {
@@ -102,11 +106,13 @@ PeerProcess::~PeerProcess() {
   reap(std::chrono::milliseconds(500));
 }
 
-Reply PeerProcess::expect(ReplyKind kind, Deadline deadline, const std::string& what) {
+Reply PeerProcess::expect(ReplyKind kind, uint32_t id, Deadline deadline, const std::string& what) {
   Reply r;
   try {
-    if (!control_->receive(r, deadline))
-      throw BenchError(what + ": the peer process did not answer in time");
+    do
+      if (!control_->receive(r, deadline))
+        throw BenchError(what + ": the peer process did not answer in time");
+    while (r.id != id && r.id != 0);
   } catch (const BenchError& e) {
     siginfo_t exited{};  // WNOWAIT: leaves the child for reap() to collect
     if (pid_ <= 0 || ::waitid(P_PID, pid_, &exited, WEXITED | WNOHANG | WNOWAIT) != 0 ||
@@ -124,8 +130,8 @@ Reply PeerProcess::expect(ReplyKind kind, Deadline deadline, const std::string& 
 }
 
 void PeerProcess::quit() {
-  send(Command{Op::kQuit, 0, {}});
-  expect(ReplyKind::kDone, Clock::now() + std::chrono::seconds(5), "stopping the peer process");
+  send(Command{Op::kQuit, 0, 0, 0, {}});
+  expect(ReplyKind::kDone, 0, Clock::now() + std::chrono::seconds(5), "stopping the peer process");
   std::string how = reap(std::chrono::milliseconds(5000));
   if (!WIFEXITED(exitStatus_) || WEXITSTATUS(exitStatus_) != 0)
     throw BenchError("the peer process " + how);
@@ -158,20 +164,24 @@ std::string PeerProcess::reap(std::chrono::milliseconds grace) noexcept {
 
 // ---- the peer's side ---------------------------------------------------------------------
 
-PeerCell::PeerCell(ControlChannel& control, const CellSpec& cellSpec, std::span<std::byte> room)
+PeerCell::PeerCell(ControlChannel& control, uint32_t id, const CellSpec& cellSpec,
+                   std::span<std::byte> room)
     : spec(cellSpec),
       // The measuring side ends a serving cell; it has its own stall bounds (each wait, the
       // drain of a pipelined window), so the peer allows for them.
       deadline(Clock::now() + std::chrono::nanoseconds(cellSpec.budgetNs) + 3 * kStallTimeout),
       scratch(room),
-      control_(control) {}
+      control_(control),
+      id_(id) {}
+
+bool PeerCell::abandoned() const noexcept { return readable(control_.fd()); }
 
 int PeerCell::controlFd() const noexcept { return control_.fd(); }
 
 void PeerCell::started(std::string_view endpoint) {
   if (started_) throw BenchError("peer: cell started twice");
   started_ = true;
-  control_.send(reply(ReplyKind::kStarted, std::string(endpoint)));
+  control_.send(reply(ReplyKind::kStarted, id_, std::string(endpoint)));
 }
 
 void PeerCell::awaitEnd() {
@@ -184,7 +194,7 @@ void PeerCell::awaitEnd() {
 void PeerCell::endedWith(std::span<const std::byte> message) {
   Command c;
   if (message.size() == sizeof c) std::memcpy(&c, message.data(), sizeof c);
-  if (message.size() != sizeof c || c.op != Op::kEndCell)
+  if (message.size() != sizeof c || c.op != Op::kEndCell || c.id != id_)
     throw BenchError("peer: expected the end of the cell on the control socket");
   ended_ = true;
 }
@@ -193,18 +203,18 @@ void servePeer(ControlChannel& control, std::span<System* const> systems, int cp
                size_t scratchBytes) {
   pinToCpu(cpu);  // before any thread starts: servers' threads inherit the CPU
   std::vector<std::byte> scratch(scratchBytes, std::byte{0});  // faulted in now
-  control.send(reply(ReplyKind::kReady));
+  control.send(reply(ReplyKind::kReady, 0));
   for (;;) {
     Command c;
     if (!control.receive(c, Clock::now() + kIdleTimeout))
       throw BenchError("peer: no command from the measuring process for 120 s");
     if (c.op == Op::kEndCell) continue;  // of a cell that failed here first
-    if (c.op == Op::kQuit) return control.send(reply(ReplyKind::kDone));
+    if (c.op == Op::kQuit) return control.send(reply(ReplyKind::kDone, 0));
     if (c.op != Op::kCell || c.system >= systems.size() || c.spec.budgetNs < 0 ||
         c.spec.payloadBytes > scratch.size())
       throw BenchError("peer: bad command");
     const uint64_t preempted = preemptionCount();
-    PeerCell cell(control, c.spec, scratch);
+    PeerCell cell(control, c.id, c.spec, scratch);
     std::string error;
     try {
       systems[c.system]->serve(cell);
@@ -212,7 +222,7 @@ void servePeer(ControlChannel& control, std::span<System* const> systems, int cp
     } catch (...) {
       error = errorText(std::current_exception());
     }
-    Reply r = reply(error.empty() ? ReplyKind::kDone : ReplyKind::kError, error);
+    Reply r = reply(error.empty() ? ReplyKind::kDone : ReplyKind::kError, c.id, error);
     r.value = cell.value;
     r.preemptions = preemptionCount() - preempted;
     control.send(r);

@@ -15,9 +15,12 @@ namespace zcrpc::bench {
 enum class Op : uint32_t { kCell = 1, kEndCell = 2, kQuit = 3 };
 
 /// What the measuring process asks: serve one cell of systems[system], end it, or quit.
+/// `id` numbers the cells; every reply names the cell it belongs to.
 struct Command {
   Op op = Op::kCell;
   uint32_t system = 0;
+  uint32_t id = 0;
+  uint32_t reserved = 0;
   CellSpec spec;
 };
 
@@ -30,7 +33,7 @@ enum class ReplyKind : uint32_t {
 
 struct Reply {
   ReplyKind kind = ReplyKind::kDone;
-  uint32_t reserved = 0;
+  uint32_t id = 0;  ///< the cell's Command::id; 0: the peer as a whole
   uint64_t value = 0;
   uint64_t preemptions = 0;  ///< kDone: the peer's involuntary context switches in the cell
   char text[4072] = {};      ///< room for a UCX worker address in hex
@@ -60,9 +63,9 @@ class ControlChannel final {
 };
 
 /// The forked peer: runs `body` with its end of the control socket, then exits (0, or 1
-/// after reporting an exception as kError). It dies with the parent (PR_SET_PDEATHSIG), and
-/// the destructor kills and reaps it on every path. Create it from the single-threaded
-/// main process with stdio flushed. Threads: the creating thread only.
+/// after reporting an exception as kError) through exit(), so static destructors run. It dies with
+/// the parent (PR_SET_PDEATHSIG), and the destructor kills and reaps it on every path. Create it
+/// from the single-threaded main process with stdio flushed. Threads: the creating thread only.
 class PeerProcess final {
  public:
   explicit PeerProcess(const std::function<void(ControlChannel&)>& body);
@@ -72,9 +75,10 @@ class PeerProcess final {
 
   void send(const Command& c) { control_->send(c); }
   int controlFd() const noexcept { return control_->fd(); }
-  /// Waits for a reply of `kind`. Throws BenchError naming `what` with the peer's own error
-  /// (or how it exited) when it failed, or when nothing came before `deadline`.
-  Reply expect(ReplyKind kind, Deadline deadline, const std::string& what);
+  /// Waits for a reply of `kind` for cell `id`, skipping late replies of cells given up
+  /// before. Throws BenchError naming `what` with the peer's own error (or how it exited)
+  /// when it failed, or when nothing came before `deadline`.
+  Reply expect(ReplyKind kind, uint32_t id, Deadline deadline, const std::string& what);
   /// Asks the peer to quit and reaps it. Throws BenchError when it exited with an error.
   void quit();
 

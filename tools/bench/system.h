@@ -71,7 +71,8 @@ class ControlChannel;
 /// The serving side of one cell, in the peer process. Threads: the peer's main thread.
 class PeerCell final {
  public:
-  PeerCell(ControlChannel& control, const CellSpec& spec, std::span<std::byte> scratch);
+  PeerCell(ControlChannel& control, uint32_t id, const CellSpec& spec,
+           std::span<std::byte> scratch);
   /// Tells the measuring side that the cell runs and where to connect. Call once, when
   /// listening (or, for loops that need no endpoint, right before the loop).
   void started(std::string_view endpoint = {});
@@ -81,6 +82,9 @@ class PeerCell final {
   /// throws BenchError unless it ends the cell.
   void endedWith(std::span<const std::byte> message);
   bool ended() const noexcept { return ended_; }
+  /// Whether the measuring side ended the cell before serve() returned (it gave up after a
+  /// failure): loops that wait in their own way check it now and then, and throw.
+  bool abandoned() const noexcept;
   int controlFd() const noexcept;
 
   const CellSpec spec;
@@ -90,6 +94,7 @@ class PeerCell final {
 
  private:
   ControlChannel& control_;
+  uint32_t id_;
   bool started_ = false;
   bool ended_ = false;
 };
@@ -102,7 +107,7 @@ struct ClientCell {
   std::span<std::byte> scratch;        ///< receive room for the largest payload (+4 KiB)
   std::span<uint64_t> samples;         ///< pre-touched room for the latency samples
   Budget budget;                       ///< kRoundTrip; the others run for budget.measure
-  int watchFd = -1;                    ///< the control socket: readable if the peer failed
+  int watchFd = -1;  ///< the control socket: readable() when the peer failed mid-cell
 };
 
 /// Which part a series plays in its row.
@@ -165,6 +170,12 @@ std::unique_ptr<System> makeZcrpcRpc(const Settings& s);
 std::unique_ptr<System> makeZcrpcMessages(const Settings& s);
 /// capnp_rpc.cc: Cap'n Proto's own RPC (EzRpc) serving the same Echo.
 std::unique_ptr<System> makeCapnpRpc();
+/// Built when their libraries are found (rivals.cc says which are not): ucx.cc, UCX active
+/// messages or tag matching; iceoryx.cc, iceoryx request/response with the RouDi daemon it
+/// starts now; grpc.cc, gRPC C++ serving the same echo, unary or on one stream.
+std::unique_ptr<System> makeUcx(const Settings& s, bool tag);
+std::unique_ptr<System> makeIceoryx(const Settings& s);
+std::unique_ptr<System> makeGrpc(bool stream);
 /// rivals.cc: the rivals this build has, in the order rows show them; `notBuilt` gets a
 /// "series: why" line for each one it has not.
 std::vector<std::unique_ptr<System>> makeRivals(const Settings& s,

@@ -1,0 +1,111 @@
+// zcrpc-bench — rival: gRPC C++ (Debian's libgrpc++) serving the same echo (echo.proto) over
+// a unix socket (shm rows) or TCP on 127.0.0.1 (tcp rows), unary and as a ping-pong on one
+// bidirectional stream. The synchronous API on both sides, as most users write it: a
+// blocking client call, and a server whose polling thread runs the handler (no hand-off to
+// another thread). A server is started for each cell and shut down after it. gRPC waits in
+// its own poller (epoll) whatever the row's wait mode; its messages are protobuf, copied
+// into and out of std::string on each side.
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include "echo.grpc.pb.h"
+#include "system.h"
+
+namespace zcrpc::bench {
+
+namespace {
+
+using zcrpcbench::Payload;
+
+constexpr int kMaxMessage = 64 << 20;  // beyond the largest payload: gRPC's default is 4 MiB
+
+class EchoService final : public zcrpcbench::Echo::Service {
+  grpc::Status Echo(grpc::ServerContext*, const Payload* request, Payload* reply) override {
+    reply->set_data(request->data());  // one copy, as zcrpc's echo makes
+    return grpc::Status::OK;
+  }
+  grpc::Status EchoStream(grpc::ServerContext*,
+                          grpc::ServerReaderWriter<Payload, Payload>* stream) override {
+    for (Payload p; stream->Read(&p);)
+      if (!stream->Write(p)) break;
+    return grpc::Status::OK;
+  }
+};
+
+class Grpc final : public System {
+ public:
+  explicit Grpc(bool stream) : stream_(stream) {}
+
+  SeriesInfo info(Transport t) const override {
+    return {stream_ ? "grpc-stream" : "grpc-unary",
+            fmt::format("gRPC {} ({})", stream_ ? "stream" : "unary",
+                        t == Transport::kShm ? "unix socket" : "TCP"),
+            Role::kRival, "epoll"};
+  }
+  bool covers(Transport) const override { return true; }
+
+  void serve(PeerCell& cell) override {
+    const bool unix = cell.spec.transport == Transport::kShm;
+    const std::string path = fmt::format("/tmp/zcrpc-bench-{}-grpc.sock", ::getpid());
+    UnlinkOnExit unlinkSocket(unix ? path : std::string());
+    EchoService service;
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort(unix ? "unix:" + path : "127.0.0.1:0",
+                             grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    builder.SetMaxReceiveMessageSize(kMaxMessage);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    if (!server || (!unix && port == 0)) throw BenchError("gRPC: the server did not start");
+    cell.started(unix ? "unix:" + path : fmt::format("127.0.0.1:{}", port));
+    cell.awaitEnd();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
+
+  Figure measure(ClientCell& cell) override {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(kMaxMessage);
+    auto channel =
+        grpc::CreateCustomChannel(cell.endpoint, grpc::InsecureChannelCredentials(), args);
+    auto stub = zcrpcbench::Echo::NewStub(channel);
+    Payload request, reply;
+    request.set_data(cell.payload.data(), cell.payload.size());
+    const size_t n = cell.payload.size();
+    auto check = [&](bool ok, const char* what) {
+      if (!ok || reply.data().size() != n || reply.data()[n - 1] != request.data()[n - 1])
+        throw BenchError(
+            fmt::format("gRPC {}: {}", what, ok ? "the echo came back different" : "failed"));
+    };
+    Figure f;
+    if (!stream_) {
+      auto roundTrip = [&] {
+        grpc::ClientContext context;  // one per call, as gRPC requires
+        context.set_deadline(std::chrono::system_clock::now() + kStallTimeout);
+        grpc::Status s = stub->Echo(&context, request, &reply);
+        if (!s.ok()) throw BenchError("gRPC unary: " + s.error_message());
+        check(true, "unary");
+      };
+      f.latency = measureLatency(roundTrip, cell.budget, cell.samples);
+      return f;
+    }
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + cell.budget.total() + kStallTimeout);
+    auto rw = stub->EchoStream(&context);
+    auto roundTrip = [&] { check(rw->Write(request) && rw->Read(&reply), "stream"); };
+    f.latency = measureLatency(roundTrip, cell.budget, cell.samples);
+    rw->WritesDone();
+    if (grpc::Status s = rw->Finish(); !s.ok())
+      throw BenchError("gRPC stream: " + s.error_message());
+    return f;
+  }
+
+ private:
+  bool stream_;
+};
+
+}  // namespace
+
+std::unique_ptr<System> makeGrpc(bool stream) { return std::make_unique<Grpc>(stream); }
+
+}  // namespace zcrpc::bench
