@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -36,6 +37,9 @@ const iox::capro::ServiceDescription kService{"zcrpc-bench", "echo", "shm"};
 pid_t roudi = -1;    // the daemon this process started
 pid_t starter = -1;  // that process (a forked peer inherits the atexit handler, not the daemon)
 
+/// The files of a run in /tmp (made before any signal can come: the handler only unlinks).
+std::array<std::string, 6> runFiles;
+
 /// At exit (after this process's runtime has gone, and the peer's): stops RouDi, which
 /// removes its shared memory, and the files of the run.
 void stopRouDi() {
@@ -49,8 +53,16 @@ void stopRouDi() {
       ::kill(roudi, SIGKILL), ::waitpid(roudi, &status, 0);
     roudi = -1;
   }
-  for (const char* file : {"roudi.toml", "roudi.log", "peer", "peer.lock"})
-    ::unlink(fmt::format("/tmp/zcrpc-bench-{}-{}", ::getpid(), file).c_str());
+  for (const std::string& file : runFiles) ::unlink(file.c_str());
+}
+
+/// SIGINT / SIGTERM / SIGHUP while RouDi runs: stop it and remove the run's files (both
+/// async-signal-safe), then die of the signal as before.
+void onSignal(int signal) {
+  if (::getpid() == starter && roudi > 0) ::kill(roudi, SIGTERM);
+  for (const std::string& file : runFiles) ::unlink(file.c_str());
+  ::signal(signal, SIG_DFL);
+  ::raise(signal);
 }
 
 /// Takes from `port` (a client's answers or a server's requests) as the wait mode says.
@@ -191,6 +203,10 @@ class Iceoryx final : public System {
     if (roudi < 0) throwErrno("fork for iox-roudi");
     starter = parent;
     std::atexit(stopRouDi);
+    size_t i = 0;  // this process's runtime, the peer's, RouDi's config and log
+    for (const char* file : {"", ".lock", "-peer", "-peer.lock", "-roudi.toml", "-roudi.log"})
+      runFiles[i++] = fmt::format("/tmp/zcrpc-bench-{}{}", parent, file);
+    for (int signal : {SIGINT, SIGTERM, SIGHUP}) ::signal(signal, onSignal);
     if (roudi == 0) {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
       if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent || fd < 0) ::_exit(126);

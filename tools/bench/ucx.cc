@@ -158,13 +158,16 @@ class Worker final {
     return ep;
   }
 
+  /// Closes `ep` without flushing: the stop message and its answer went through already,
+  /// and a flush over tcp would wait for the other side, which no longer progresses.
   void close(ucp_ep_h ep, Deadline deadline) {
     ucp_request_param_t p{};
-    ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);  // flush mode: what was sent arrives
-    if (!UCS_PTR_IS_ERR(r) && r) {
-      waitFor(
-          [&] { return ucp_request_check_status(r) != UCS_INPROGRESS || Clock::now() >= deadline; },
-          WaitMode::kBusyPoll, {}, deadline + kStallTimeout, -1);
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);
+    if (r && !UCS_PTR_IS_ERR(r)) {
+      waitFor([&] { return ucp_request_check_status(r) != UCS_INPROGRESS; }, WaitMode::kBusyPoll,
+              {}, deadline, -1);
       ucp_request_free(r);
     }
   }

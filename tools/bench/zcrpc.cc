@@ -24,6 +24,12 @@ namespace {
 
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr auto kPrefaultTime = std::chrono::seconds(3);  // longest prefault of a connection
+
+/// How long a new connection's rings and arenas are cycled: until done, at most 3 s and
+/// 8 times the cell (a --quick cell prefaults briefly: its figures are a smoke test's).
+std::chrono::nanoseconds prefaultTime(const Budget& cell) {
+  return std::min<std::chrono::nanoseconds>(kPrefaultTime, 8 * cell.total());
+}
 constexpr auto kShutdownGrace = std::chrono::seconds(2);
 constexpr auto kStall = std::chrono::milliseconds(2);  // a pipelined pass this long was stalled
 constexpr uint64_t kStopSeq = UINT64_MAX;  // seq of the message that ends a messages cell
@@ -362,7 +368,7 @@ class ZcrpcMessages final : public System {
         std::vector<std::byte> big(kMiB);
         for (auto [bytes, room] : {std::pair{d.ringBytes / 8, d.ringBytes}, {kMiB, d.arenaBytes}}) {
           Budget b;
-          b.measure = kPrefaultTime;
+          b.measure = prefaultTime(cell.budget);
           b.maxIterations = room / bytes + 8;
           (void)pingPong(*conn, std::span(big).first(bytes), b, cell.samples);
         }
