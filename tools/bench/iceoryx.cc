@@ -9,6 +9,7 @@
 // WaitSet; blocking sleeps at once.
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -37,8 +38,9 @@ const iox::capro::ServiceDescription kService{"zcrpc-bench", "echo", "shm"};
 pid_t roudi = -1;    // the daemon this process started
 pid_t starter = -1;  // that process (a forked peer inherits the atexit handler, not the daemon)
 
-/// The files of a run in /tmp (made before any signal can come: the handler only unlinks).
-std::array<std::string, 6> runFiles;
+/// The files of a run in /tmp (made before any signal can come: the handler only unlinks),
+/// then RouDi's two shared-memory segments, for when it cannot remove them itself.
+std::array<std::string, 8> runFiles;
 
 /// At exit (after this process's runtime has gone, and the peer's): stops RouDi, which
 /// removes its shared memory, and the files of the run.
@@ -53,14 +55,17 @@ void stopRouDi() {
       ::kill(roudi, SIGKILL), ::waitpid(roudi, &status, 0);
     roudi = -1;
   }
-  for (const std::string& file : runFiles) ::unlink(file.c_str());
+  for (size_t i = 0; i < 6; ++i) ::unlink(runFiles[i].c_str());
 }
 
-/// SIGINT / SIGTERM / SIGHUP while RouDi runs: stop it and remove the run's files (both
-/// async-signal-safe), then die of the signal as before.
+/// SIGINT / SIGTERM / SIGHUP while RouDi runs: kill it (a RouDi told to stop while processes
+/// are registered aborts, leaving its shared memory behind) and remove its segments and the
+/// run's files (all async-signal-safe), then die of the signal as before.
 void onSignal(int signal) {
-  if (::getpid() == starter && roudi > 0) ::kill(roudi, SIGTERM);
-  for (const std::string& file : runFiles) ::unlink(file.c_str());
+  if (::getpid() == starter && roudi > 0) {
+    ::kill(roudi, SIGKILL);
+    for (const std::string& file : runFiles) ::unlink(file.c_str());
+  }
   ::signal(signal, SIG_DFL);
   ::raise(signal);
 }
@@ -206,6 +211,9 @@ class Iceoryx final : public System {
     size_t i = 0;  // this process's runtime, the peer's, RouDi's config and log
     for (const char* file : {"", ".lock", "-peer", "-peer.lock", "-roudi.toml", "-roudi.log"})
       runFiles[i++] = fmt::format("/tmp/zcrpc-bench-{}{}", parent, file);
+    const passwd* user = ::getpwuid(::geteuid());  // RouDi names its data segment after the user
+    runFiles[i++] = "/dev/shm/iceoryx_mgmt";
+    runFiles[i++] = user ? fmt::format("/dev/shm/{}", user->pw_name) : std::string();
     for (int signal : {SIGINT, SIGTERM, SIGHUP}) ::signal(signal, onSignal);
     if (roudi == 0) {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -378,7 +378,7 @@ void writePlot(const std::string& path, const Table& table) {
           "set multiplot layout 1,{} title {} font 'sans,12'\nset logscale y 10\nset yrange "
           "[{:.6e}:{:.6e}]\n"
           "set format y '%.0s %cs'\nset ylabel 'round trip'\nset grid ytics mytics xtics\nset "
-          "offsets 0.25, 0.25, 0, 0\n"
+          "xrange [-0.3:{:.1f}]\n"
           "set key below horizontal maxcols 4 font ',9' samplen 4\nset xtics (",
           std::max<size_t>(700 * s.waitModes.size(), 900), 560 + 9 * lines.size(),
           quote(std::filesystem::absolute(path).string()), s.waitModes.size(),
@@ -386,7 +386,7 @@ void writePlot(const std::string& path, const Table& table) {
               "zcrpc-bench echo round trip: p50 solid, p99 dashed, one scale for every panel "
               "(medians of {} repetitions; load average {:.1f})",
               s.reps, table.loadEnd)),
-          lo / 1.5 / 1e9, hi * 1.5 / 1e9);
+          lo / 1.5 / 1e9, hi * 1.5 / 1e9, static_cast<double>(s.sizes.size()) - 0.7);
   for (size_t x = 0; x < s.sizes.size(); ++x)
     gp += fmt::format("{}{} {}", x ? ", " : "", quote(formatSize(s.sizes[x])), x);
   gp += ")\n";
@@ -396,8 +396,9 @@ void writePlot(const std::string& path, const Table& table) {
       for (int q = 0; q < 2; ++q)
         gp += fmt::format(
             "{}$data index {} using 1:{} with linespoints lw {} dt {} pt {} lc rgb {} title {}",
-            k || q ? ", \\\n     " : "", p, 2 + 2 * k + q, 2 - q, 1 + q,
-            lines[k].transport == Transport::kShm ? 7 : 4, quote(kColours[lines[k].colour % 10]),
+            k || q ? ", \\\n     " : "", p, 2 + 2 * k + q, (lines[k].id == "zcrpc" ? 4 : 2) - q,
+            1 + q, lines[k].transport == Transport::kShm ? 7 : 4,
+            quote(kColours[lines[k].colour % 10]),
             quote(fmt::format("{} {} {}", lines[k].id, transportName(lines[k].transport),
                               q ? "p99" : "p50")));
     gp += "\n";
