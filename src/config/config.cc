@@ -1,5 +1,6 @@
 #include "zcrpc/config.h"
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
@@ -8,6 +9,7 @@
 #include <toml++/toml.h>
 
 #include "transport/options.h"
+#include "zcrpc/context.h"
 
 namespace zcrpc {
 
@@ -216,9 +218,12 @@ std::string check(const SettingInfo& s, std::string_view raw, std::string& canon
     case SettingType::kList: {
       auto items = splitList(v);
       if (s.name == "transports") {
+        std::string known;
+        const TransportList builtin = builtinTransports();
+        for (const auto& t : builtin) known += (known.empty() ? "" : ", ") + std::string(t->scheme());
         for (auto& t : items)
-          if (t != "shm" && t != "rdma" && t != "tcp")
-            return "unknown transport '" + t + "' (known: shm, rdma, tcp)";
+          if (std::none_of(builtin.begin(), builtin.end(), [&](const auto& b) { return b->scheme() == t; }))
+            return "unknown transport '" + t + "' (known: " + known + ")";
         if (items.empty()) return "expected at least one transport";
       }
       if (s.name == "allow_uids" || s.name == "allow_gids")

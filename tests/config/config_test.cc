@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "zcrpc/context.h"
+#include "zcrpc/loopback.h"
 #ifdef ZCRPC_HAVE_RDMA
 #include "zcrpc/rdma.h"
 #endif
@@ -412,6 +414,101 @@ TEST(TransportChoice, ConnectFallsBackAndRecordsWhy) {
   EXPECT_THAT(verdictOf(choice, gone).reason, HasSubstr("no shm listener"));
   EXPECT_THAT(choice.describe(), HasSubstr(tcpListener->endpoint() + ": chosen"));
   conn->close();
+}
+
+// ---------------------------------------------------------------------------------------
+// The Context's list of transports: it connects and listens through the list it is given.
+
+/// A transport of the test's own under a built-in scheme: counts its calls and connects
+/// over a loopback pair.
+class FakeTransport final : public Transport {
+ public:
+  explicit FakeTransport(std::string scheme, std::string unavailable = {})
+      : scheme_(std::move(scheme)), unavailable_(std::move(unavailable)) {}
+  std::string_view scheme() const noexcept override { return scheme_; }
+  std::string_view summary() const noexcept override { return "the test's own"; }
+  TransportTraits traits() const noexcept override { return {}; }
+  std::span<const std::string_view> settings() const noexcept override { return {}; }
+  std::string unavailable(const Config&) const override { return unavailable_; }
+  std::string unreachable(std::string_view address, const Config&) const override {
+    return address == "far" ? "the test says far is unreachable" : "";
+  }
+  std::unique_ptr<Connection> connect(std::string_view address, const ConnectionOptions& o,
+                                      const Config&) const override {
+    connects.push_back(std::string(address));
+    options.push_back(o);
+    auto [a, b] = makeLoopbackPair(o);
+    peers.push_back(std::move(b));
+    return std::move(a);
+  }
+  std::unique_ptr<Listener> listen(std::string_view address, const ConnectionOptions&,
+                                   const Config&) const override {
+    throw Failed("fake listen on " + std::string(address));
+  }
+  std::string localAddress() const override { return "near"; }
+
+  mutable std::vector<std::string> connects;
+  mutable std::vector<ConnectionOptions> options;
+  mutable std::vector<std::unique_ptr<Connection>> peers;
+
+ private:
+  std::string scheme_, unavailable_;
+};
+
+TEST(Transports, TheBuiltInListHasShmTcpAndRdmaSayingWhatEachCanDo) {
+  TransportList list = builtinTransports();
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0]->scheme(), "shm");
+  EXPECT_EQ(list[1]->scheme(), "tcp");
+  EXPECT_EQ(list[2]->scheme(), "rdma");
+  EXPECT_FALSE(list[0]->traits().crossHost);
+  EXPECT_TRUE(list[0]->traits().sharedMemory);
+  EXPECT_EQ(list[0]->traits().gathersFromBytes, 1024u);
+  EXPECT_TRUE(list[1]->traits().crossHost);
+  EXPECT_EQ(list[1]->traits().gathersFromBytes, 16u << 10);
+  EXPECT_EQ(list[2]->traits().gathersFromBytes, UINT64_MAX);
+  EXPECT_EQ(list[2]->traits().compiledIn, ZCRPC_TEST_RDMA_COMPILED != 0);
+  // Each names settings of the table it reads; all of them exist.
+  auto table = settingsTable();
+  for (const auto& t : list)
+    for (std::string_view name : t->settings())
+      EXPECT_TRUE(std::any_of(table.begin(), table.end(), [&](const SettingInfo& s) { return s.name == name; }))
+          << t->scheme() << " reads unknown setting " << name;
+  EXPECT_EQ(list[1]->localAddress(), "127.0.0.1:0");
+  EXPECT_NE(list[0]->localAddress(), list[0]->localAddress()) << "a fresh shm name each time";
+}
+
+TEST(Transports, AContextConnectsThroughTheTransportsItIsGivenNotByName) {
+  auto fake = std::make_shared<FakeTransport>("tcp");
+  Context ctx{withTransports("shm,tcp"), {fake}};
+  EXPECT_EQ(ctx.transport("tcp"), fake.get());
+  EXPECT_EQ(ctx.transport("shm"), nullptr);
+  std::vector<std::string> eps{"shm://x", "tcp://far", "tcp://near?ring_bytes=64KiB"};
+  TransportChoice choice;
+  auto conn = ctx.connect(eps, &choice);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_THAT(verdictOf(choice, "shm://x").reason, HasSubstr("unknown transport 'shm'"));
+  EXPECT_THAT(verdictOf(choice, "tcp://far").reason, HasSubstr("the test says far is unreachable"));
+  ASSERT_EQ(fake->connects.size(), 1u);
+  EXPECT_EQ(fake->connects[0], "near");
+  EXPECT_EQ(fake->options[0].ringBytes, 64u << 10) << "the URI's query reaches the options";
+  EXPECT_THROW(ctx.listen("shm://x"), InvalidArgument);
+  try {
+    ctx.listen("tcp://somewhere:1");
+    ADD_FAILURE() << "listen did not reach the transport";
+  } catch (const Failed& e) {
+    EXPECT_STREQ(e.what(), "fake listen on somewhere:1");
+  }
+}
+
+TEST(Transports, AnUnavailableTransportIsSkippedWithItsReason) {
+  auto fake = std::make_shared<FakeTransport>("tcp", "switched off by the test");
+  Context ctx{withTransports("tcp"), {fake}};
+  std::vector<std::string> eps{"tcp://near"};
+  TransportChoice c = ctx.choose(eps);
+  EXPECT_EQ(c.chosen(), nullptr);
+  EXPECT_THAT(verdictOf(c, "tcp://near").reason, HasSubstr("switched off by the test"));
+  EXPECT_TRUE(fake->connects.empty());
 }
 
 }  // namespace

@@ -26,11 +26,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Adding a transport to the suite: one more line here.
-INSTANTIATE_TEST_SUITE_P(AllTransports, Conformance,
-                         ::testing::Values(&loopbackTransport(),  //
-                                           &shmTransport(),       //
-                                           &tcpTransport()),
+// Every transport of the library's list that is usable here, and loopback (support.cc).
+INSTANTIATE_TEST_SUITE_P(AllTransports, Conformance, ::testing::ValuesIn(allTransports()),
                          transportName);
 
 /// Receives Payloads `first`.. `first + count - 1` in order on its own thread.

@@ -16,8 +16,8 @@
 #include <fstream>
 #include <thread>
 
+#include "zcrpc/context.h"
 #include "zcrpc/loopback.h"
-#include "zcrpc/shm.h"
 #include "zcrpc/tcp.h"
 
 namespace zcrpc::conformance {
@@ -181,15 +181,6 @@ ConnectionOptions suiteOptions() {
   return o;
 }
 
-std::string uniqueShmName() {
-  static std::atomic<uint32_t> counter{0};
-  return "zcconf-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-}
-
-std::string shmNameOf(const std::string& endpoint) {
-  return endpoint.starts_with("shm://") ? endpoint.substr(6) : endpoint;
-}
-
 class TcpGarbagePeer final : public GarbagePeer {
  public:
   explicit TcpGarbagePeer(const ConnectionOptions& o) {
@@ -239,50 +230,77 @@ const TransportFactory& loopbackTransport() {
   return f;
 }
 
-const TransportFactory& shmTransport() {
-  static const TransportFactory f{
-      .name = "shm",
-      .options = suiteOptions(),
-      .makePair = [](const ConnectionOptions& o) { return pairThroughListener(shmTransport(), o); },
-      .makeListener =
-          [](const ConnectionOptions& o) -> std::unique_ptr<Listener> {
-            return listenShm(uniqueShmName(), ShmListenOptions{o, {}});
-          },
-      .connect = [](const std::string& endpoint,
-                    const ConnectionOptions& o) { return connectShm(shmNameOf(endpoint), o); },
-      .injectGarbage = {},
-      .noGarbageReason =
-          "shm: a hostile peer scribbling on its own transmit memory is covered by "
-          "tests/transport/shm_hostile_test",
+namespace {
+
+/// Test-only: the transports the suite can feed raw bytes (by scheme).
+std::unique_ptr<GarbagePeer> garbageFor(std::string_view scheme, const ConnectionOptions& o) {
+  if (scheme == "tcp") return std::make_unique<TcpGarbagePeer>(o);
+  return nullptr;
+}
+
+std::string noGarbageReasonFor(std::string_view scheme) {
+  if (scheme == "tcp") return {};
+  if (scheme == "shm")
+    return "shm: a hostile peer scribbling on its own transmit memory is covered by "
+           "tests/transport/shm_hostile_test";
+  return std::string(scheme) + ": the suite has no raw writer for it";
+}
+
+/// A factory for one transport of the library's list: listens on its localAddress() and
+/// connects through it with the suite's options and the default settings.
+TransportFactory factoryFor(std::shared_ptr<const Transport> t) {
+  const std::string scheme(t->scheme());
+  TransportFactory f;
+  f.name = scheme;
+  f.options = suiteOptions();
+  f.makePair = [scheme](const ConnectionOptions& o) { return pairThroughListener(transportNamed(scheme), o); };
+  f.makeListener = [t](const ConnectionOptions& o) { return t->listen(t->localAddress(), o, Config()); };
+  f.connect = [t](const std::string& endpoint, const ConnectionOptions& o) {
+    return t->connect(parseEndpoint(endpoint).address, o, Config());
   };
+  f.noGarbageReason = noGarbageReasonFor(scheme);
+  if (f.noGarbageReason.empty())
+    f.injectGarbage = [scheme](const ConnectionOptions& o) { return garbageFor(scheme, o); };
   return f;
 }
 
-const TransportFactory& tcpTransport() {
-  static const TransportFactory f{
-      .name = "tcp",
-      .options = suiteOptions(),
-      .makePair = [](const ConnectionOptions& o) { return pairThroughListener(tcpTransport(), o); },
-      .makeListener =
-          [](const ConnectionOptions& o) {
-            TcpOptions to;
-            to.connection = o;
-            return listenTcp("tcp://127.0.0.1:0", to);
-          },
-      .connect =
-          [](const std::string& endpoint, const ConnectionOptions& o) {
-            TcpOptions to;
-            to.connection = o;
-            return connectTcp(endpoint, to);
-          },
-      .injectGarbage =
-          [](const ConnectionOptions& o) -> std::unique_ptr<GarbagePeer> {
-            return std::make_unique<TcpGarbagePeer>(o);
-          },
-      .noGarbageReason = {},
-  };
-  return f;
+/// Every transport of builtinTransports() usable on this host, as a factory; the others
+/// with the reason they are left out (printed once).
+const std::vector<TransportFactory>& listedTransports() {
+  static const std::vector<TransportFactory> list = [] {
+    std::vector<TransportFactory> out;
+    const Config defaults;
+    for (const auto& t : builtinTransports()) {
+      std::string why = t->unavailable(defaults);
+      if (why.empty() && t->localAddress().empty()) why = "no local address to listen on";
+      if (!why.empty()) {
+        std::fprintf(stderr, "conformance: %s is not tested here: %s\n",
+                     std::string(t->scheme()).c_str(), why.c_str());
+        continue;
+      }
+      out.push_back(factoryFor(t));
+    }
+    return out;
+  }();
+  return list;
 }
+
+}  // namespace
+
+std::vector<const TransportFactory*> allTransports() {
+  std::vector<const TransportFactory*> out{&loopbackTransport()};
+  for (const auto& f : listedTransports()) out.push_back(&f);
+  return out;
+}
+
+const TransportFactory& transportNamed(std::string_view name) {
+  for (const TransportFactory* f : allTransports())
+    if (f->name == name) return *f;
+  throw Failed("conformance: no transport '" + std::string(name) + "' here");
+}
+
+const TransportFactory& shmTransport() { return transportNamed("shm"); }
+const TransportFactory& tcpTransport() { return transportNamed("tcp"); }
 
 // ---------------------------------------------------------------------------------------
 // EchoService

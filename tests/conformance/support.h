@@ -87,8 +87,9 @@ void flushUntil(Connection& c, const std::function<bool()>& done,
 ::testing::AssertionResult receiveDisconnect(Connection& c, std::chrono::milliseconds timeout);
 
 // ---------------------------------------------------------------------------------------
-// The factory each transport provides. Adding a transport to the conformance suite is one
-// more entry in INSTANTIATE_TEST_SUITE_P (conformance_test.cc).
+// The factory of each transport: loopback's, and one for every transport of the library's
+// list (builtinTransports()) that is usable here, made from that list (allTransports()).
+// A transport added to the list is in the suite without further code.
 
 /// Two connected ends. For listener transports `client` connected and `server` was
 /// accepted; for loopback they are the two ends of one pair.
@@ -126,6 +127,11 @@ struct TransportFactory {
 };
 
 const TransportFactory& loopbackTransport();
+/// Loopback, then every transport of builtinTransports() usable on this host (those that
+/// are not are named on stderr with the reason, once).
+std::vector<const TransportFactory*> allTransports();
+/// One of allTransports() by name; throws Failed when it is not there.
+const TransportFactory& transportNamed(std::string_view name);
 const TransportFactory& shmTransport();
 const TransportFactory& tcpTransport();
 

@@ -115,6 +115,15 @@ class ToolsTest(unittest.TestCase):
         self.assertRegex(r.stdout, r"window\s+128\s+environment\s+ZCRPC_WINDOW")
         self.assertRegex(r.stdout, r"wait_mode\s+spin-then-sleep\s+default\s+default")
 
+    def test_info_lists_the_transports_with_what_they_can_do(self):
+        r = run([INFO], env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"\n  shm   available\n.*this host only, shared memory, gathers referenceData from 1024 B\n"
+                                   r"\s+settings: the connection settings, arena_bytes")
+        self.assertRegex(r.stdout, r"\n  tcp   available\n.*other hosts, gathers referenceData from 16384 B\n"
+                                   r"\s+settings: the connection settings, token, dead_peer_timeout")
+        self.assertRegex(r.stdout, r"\n  rdma  (available|unavailable: .+)\n")
+
     def test_info_bad_environment_names_the_variable(self):
         r = run([INFO], env=clean_env(ZCRPC_RING_BYTES="3000"))
         self.assertEqual(r.returncode, 2)

@@ -113,6 +113,27 @@ void printSettings(const zcrpc::Config& config) {
                wValue, zcrpc::settingSourceName(r.source), wSource, r.origin);
 }
 
+/// The Context's transports: whether each can be used here (or why not), what it can do
+/// and the settings of its own it reads.
+void printTransports(const zcrpc::Context& context) {
+  fmt::print("transports:\n");
+  for (const auto& t : context.transports()) {
+    const zcrpc::TransportTraits traits = t->traits();
+    std::string why = t->unavailable(context.config());
+    fmt::print("  {:<5} {}\n", t->scheme(), why.empty() ? std::string("available") : "unavailable: " + why);
+    std::vector<std::string> can;
+    can.push_back(traits.crossHost ? "other hosts" : "this host only");
+    if (traits.sharedMemory) can.push_back("shared memory");
+    can.push_back(traits.gathersFromBytes == UINT64_MAX
+                      ? std::string("copies referenceData at once")
+                      : "gathers referenceData from " + std::to_string(traits.gathersFromBytes) + " B");
+    fmt::print("        {}; {}\n", t->summary(), join(can, ", "));
+    std::vector<std::string> settings(t->settings().begin(), t->settings().end());
+    fmt::print("        settings: the connection settings{}{}\n", settings.empty() ? "" : ", ",
+               join(settings, ", "));
+  }
+}
+
 void printChoice(const zcrpc::Context& context, const std::vector<std::string>& endpoints) {
   zcrpc::TransportChoice choice = context.choose(endpoints);
   fmt::print("transport choice (preference: {}):\n", join(context.config().transports(), ","));
@@ -156,11 +177,12 @@ int main(int argc, char** argv) {
 #else
     fmt::print("RDMA devices: not looked for (rdma transport not compiled in)\n");
 #endif
+    zcrpc::Context context(config);
+    printTransports(context);
     fmt::print("\n");
     printSettings(config);
     if (!endpoints.empty()) {
       fmt::print("\n");
-      zcrpc::Context context(config);
       printChoice(context, endpoints);
     }
   } catch (const std::exception& e) {

@@ -277,6 +277,21 @@ class RdmaListener final : public Listener {
 };
 
 }  // namespace
+
+std::string firstDeviceIpv4() {
+  for (const std::string& device : listDevices()) {
+    RdmaOptions o;
+    o.device = device;
+    try {
+      std::string ip = deviceIpv4(o, "rdma");
+      if (!ip.empty()) return ip;
+    } catch (const std::exception&) {
+      // no port 1: try the next device
+    }
+  }
+  return {};
+}
+
 }  // namespace rdma
 
 using namespace rdma;

@@ -70,6 +70,9 @@ CmEvent expectCmEvent(rdma_event_channel* ch, rdma_cm_event_type expected, Deadl
 
 std::string deviceName(ibv_context* verbs);
 std::vector<std::string> listDevices();
+/// The IPv4 address (RoCE v2 GID) of the first RDMA device that has one on port 1, or
+/// empty: where a listener for peers on this host can listen.
+std::string firstDeviceIpv4();
 
 }  // namespace zcrpc::rdma
 #pragma GCC visibility pop

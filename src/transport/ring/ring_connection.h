@@ -51,6 +51,10 @@ void initFile(std::byte* base, uint64_t ringBytes, uint64_t arenaBytes, uint64_t
               uint64_t fileBytes, WaitMode waitMode);
 /// Validates a file header copied out of shared memory; empty or the reason.
 std::string checkFileHeader(const FileHeader& h, uint64_t fileBytes);
+/// Data given to OutgoingMessage::referenceData from this size on is copied at send(),
+/// right after its field's segment when that can grow, so the message keeps one segment.
+inline constexpr uint64_t kGathersFromBytes = 1024;
+
 /// Checks the connection options a side is configured with (checkConnectionOptions, then
 /// the arena); throws InvalidArgument.
 void checkOptions(const ConnectionOptions& opts);
@@ -85,9 +89,7 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   // SegmentSource
   kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) override;
   void abandon() noexcept override;
-  /// Referenced data from this size on is copied at send(), right after its field's
-  /// segment when that can grow, so the message keeps one segment.
-  uint64_t gathersFromBytes() const noexcept override { return 1024; }
+  uint64_t gathersFromBytes() const noexcept override { return kGathersFromBytes; }
   // LeaseOwner
   const ParsedFrame& leasedFrame(uint32_t slot) const noexcept override {
     return leases_.at(slot).frame;
