@@ -48,6 +48,9 @@ struct MethodStats {
   requestBytes @4 :UInt64;
   responseBytes @5 :UInt64;
   latency @6 :Latency;
+  name @7 :Text;
+  # "Interface.method" as the service that dispatches it names it (capnpc-zcrpc generates
+  # the names); empty when the server has no name for it (a method no service has).
 }
 
 struct ConnectionStats {

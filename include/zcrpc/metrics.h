@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -133,6 +134,8 @@ inline constexpr size_t kErrorKinds = 9;  ///< ErrorKind values 1..8, index 0 un
 struct MethodSnapshot {
   uint64_t interfaceId = 0;
   uint16_t methodId = 0;
+  /// "Interface.method" when known (generated stubs and services), else empty.
+  std::string name;
   uint64_t calls = 0;  ///< requests and one-way messages sent (client) or dispatched (server)
   std::array<uint64_t, kErrorKinds> errors{};  ///< by ErrorKind value
   /// Cap'n Proto payload bytes: the segments as received, with data gathered into them at
@@ -168,10 +171,12 @@ struct ConnectionSnapshot {
 /// (the Channel's, or the server worker's that owns the connection); read from anywhere.
 class MethodMetrics final {
  public:
-  MethodMetrics(uint64_t interfaceId, uint16_t methodId) noexcept
-      : interfaceId_(interfaceId), methodId_(methodId) {}
+  /// `name`: "Interface.method" or empty; static storage (see RawRequest).
+  MethodMetrics(uint64_t interfaceId, uint16_t methodId, std::string_view name = {}) noexcept
+      : interfaceId_(interfaceId), methodId_(methodId), name_(name) {}
   uint64_t interfaceId() const noexcept { return interfaceId_; }
   uint16_t methodId() const noexcept { return methodId_; }
+  std::string_view name() const noexcept { return name_; }
 
   // Writer thread only.
   void countCall(uint64_t requestBytes) noexcept {
@@ -191,6 +196,7 @@ class MethodMetrics final {
  private:
   const uint64_t interfaceId_;
   const uint16_t methodId_;
+  const std::string_view name_;
   std::atomic<uint64_t> calls_{0};
   std::atomic<uint64_t> requestBytes_{0};
   std::atomic<uint64_t> responseBytes_{0};
@@ -215,11 +221,12 @@ class ConnectionMetrics final {
   ConnectionMetrics(const ConnectionMetrics&) = delete;
   ConnectionMetrics& operator=(const ConnectionMetrics&) = delete;
 
-  /// The counters of (interfaceId, methodId). Writer thread only.
-  MethodMetrics& method(uint64_t interfaceId, uint16_t methodId) {
+  /// The counters of (interfaceId, methodId), named `name` ("Interface.method", static
+  /// storage; empty: unnamed) when this call creates them. Writer thread only.
+  MethodMetrics& method(uint64_t interfaceId, uint16_t methodId, std::string_view name = {}) {
     if (last_ && last_->interfaceId() == interfaceId && last_->methodId() == methodId) [[likely]]
       return *last_;
-    return lookup(interfaceId, methodId);
+    return lookup(interfaceId, methodId, name);
   }
 
   uint64_t id() const noexcept { return id_; }
@@ -232,7 +239,7 @@ class ConnectionMetrics final {
   ConnectionSnapshot snapshot() const;
 
  private:
-  MethodMetrics& lookup(uint64_t interfaceId, uint16_t methodId);
+  MethodMetrics& lookup(uint64_t interfaceId, uint16_t methodId, std::string_view name);
 
   const uint64_t id_;
   const std::string endpoint_;

@@ -34,6 +34,9 @@ class ApplicationError final : public Error {
 struct TracedCall {
   uint64_t interfaceId = 0;
   uint16_t methodId = 0;
+  /// "Interface.method" (static storage) when known: a request made by a generated client
+  /// stub, a call dispatched to a generated service. Empty otherwise.
+  std::string_view methodName;
   uint64_t callId = 0;
   bool oneWay = false;
   /// Client, in onClientCallBegin: the context the caller set with setTrace() (or none);
@@ -145,10 +148,14 @@ class PendingCall final {
 /// place); threads: the Channel's thread.
 class RawRequest final {
  public:
-  RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords);
+  /// `methodName`: "Interface.method" for metrics and tracers; must have static storage
+  /// (generated stubs pass a string literal). Empty: metrics show the ids.
+  RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords,
+             std::string_view methodName = {});
   ~RawRequest() noexcept(false);
 
   OutgoingMessage& message() noexcept { return message_; }
+  std::string_view methodName() const noexcept { return methodName_; }
   /// The call's deadline, which also bounds waits for room while the request grows (it
   /// is the message's build deadline).
   void setDeadline(Deadline deadline) noexcept { message_.setBuildDeadline(deadline); }
@@ -170,14 +177,16 @@ class RawRequest final {
  private:
   Channel& channel_;
   OutgoingMessage message_;
+  std::string_view methodName_;
 };
 
 /// Typed request, as generated stubs return it.
 template <typename Params, typename Results>
 class Request final {
  public:
-  Request(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords)
-      : raw_(channel, interfaceId, methodId, sizeHintWords) {}
+  Request(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords,
+          std::string_view methodName = {})
+      : raw_(channel, interfaceId, methodId, sizeHintWords, methodName) {}
 
   typename Params::Builder params() { return raw_.message().getRoot<Params>(); }
   RawRequest& raw() noexcept { return raw_; }
@@ -363,6 +372,15 @@ class Service {
   /// Runs the handler of (interfaceId, methodId). Returns false when the method is
   /// unknown (the caller gets Unimplemented).
   virtual bool dispatch(uint64_t interfaceId, uint16_t methodId, CallContext& context) = 0;
+  /// "Interface.method" (static storage, or storage that lives as long as the service) of
+  /// a method this service dispatches, for metrics, zcrpc-stat and tracers; empty when it
+  /// has no name for it (the default). Generated services return their schema's names.
+  /// Any thread.
+  virtual std::string_view methodName(uint64_t interfaceId, uint16_t methodId) const noexcept {
+    (void)interfaceId;
+    (void)methodId;
+    return {};
+  }
 };
 
 struct ServerOptions {

@@ -86,6 +86,7 @@ uint64_t MethodSnapshot::errorCount() const noexcept {
 }
 
 void MethodSnapshot::merge(const MethodSnapshot& other) {
+  if (name.empty()) name = other.name;
   calls += other.calls;
   for (size_t i = 0; i < kErrorKinds; ++i) errors[i] += other.errors[i];
   requestBytes += other.requestBytes;
@@ -103,6 +104,7 @@ MethodSnapshot MethodMetrics::snapshot() const {
   MethodSnapshot s;
   s.interfaceId = interfaceId_;
   s.methodId = methodId_;
+  s.name = name_;
   // Relaxed loads pair with the writer's relaxed stores: each value is one the writer
   // stored (no tearing); the values may come from slightly different moments.
   s.calls = calls_.load(std::memory_order_relaxed);
@@ -141,7 +143,8 @@ ConnectionMetrics::ConnectionMetrics(std::string endpoint, MetricsSide side)
 
 ConnectionMetrics::~ConnectionMetrics() = default;
 
-MethodMetrics& ConnectionMetrics::lookup(uint64_t interfaceId, uint16_t methodId) {
+MethodMetrics& ConnectionMetrics::lookup(uint64_t interfaceId, uint16_t methodId,
+                                         std::string_view name) {
   constexpr size_t mask = 2 * kMaxMethods - 1;
   static_assert((2 * kMaxMethods & mask) == 0, "slot count must be a power of two");
   const size_t used = used_.load(std::memory_order_relaxed);  // writer's own value
@@ -153,7 +156,7 @@ MethodMetrics& ConnectionMetrics::lookup(uint64_t interfaceId, uint16_t methodId
       continue;
     }
     if (used >= kMaxMethods) break;  // table full: the overflow entry
-    owned_[used] = std::make_unique<MethodMetrics>(interfaceId, methodId);
+    owned_[used] = std::make_unique<MethodMetrics>(interfaceId, methodId, name);
     slot = static_cast<uint8_t>(used + 1);
     // pairs with the acquire load in snapshot(): the entry is constructed before it is seen
     order_[used].store(owned_[used].get(), std::memory_order_release);

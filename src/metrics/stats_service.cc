@@ -14,6 +14,7 @@ namespace {
 void fillMethod(admin::MethodStats::Builder out, const MethodSnapshot& m, bool buckets) {
   out.setInterfaceId(m.interfaceId);
   out.setMethodId(m.methodId);
+  if (!m.name.empty()) out.setName(m.name);
   out.setCalls(m.calls);
   out.setRequestBytes(m.requestBytes);
   out.setResponseBytes(m.responseBytes);
@@ -58,6 +59,10 @@ class StatsService final : public Service {
       : source_(std::move(source)), workerThreads_(workerThreads) {}
 
   std::span<const uint64_t> interfaceIds() const noexcept override { return kIds; }
+  std::string_view methodName(uint64_t interfaceId, uint16_t methodId) const noexcept override {
+    return interfaceId == kAdminInterfaceId && methodId == 0 ? "zcrpc.admin.Admin.stats"
+                                                             : std::string_view();
+  }
 
   bool dispatch(uint64_t interfaceId, uint16_t methodId, CallContext& context) override {
     if (interfaceId != kAdminInterfaceId || methodId != 0) return false;

@@ -75,7 +75,8 @@ struct __attribute__((visibility("hidden"))) Channel::Impl final
   /// Waits for send room while taking the responses that arrive (see run()).
   Status waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
   /// Sends `msg`; the call is due at its build deadline (see RawRequest::deadline()).
-  uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback);
+  uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
+                std::string_view methodName = {});
   void finish(Slot& slot, CallResult&& result);
   void noteEnd(Slot& slot, CallResult& result) noexcept;
   /// noteEnd's work for an end by `kind` (kFailed: an answer of `responseBytes`).
@@ -131,8 +132,8 @@ struct __attribute__((visibility("hidden"))) Channel::Impl final
 // RawRequest
 
 RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
-                       uint32_t sizeHintWords)
-    : channel_(channel) {
+                       uint32_t sizeHintWords, std::string_view methodName)
+    : channel_(channel), methodName_(methodName) {
   channel_.impl_->startMessage(message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
                                channel.impl_->options_.defaultTimeout);
   FrameHeader& h = message_.header();
@@ -146,16 +147,19 @@ RawRequest::~RawRequest() noexcept(false) {
 
 IncomingMessage RawRequest::call() {
   Channel::Impl& channel = *channel_.impl_;
-  uint64_t id = channel.send(message_, FrameKind::kRequest, {});
+  uint64_t id = channel.send(message_, FrameKind::kRequest, {}, methodName_);
   return channel.waitFor(id);
 }
 
 PendingCall RawRequest::callAsync(CallCallback callback) {
-  uint64_t id = channel_.impl_->send(message_, FrameKind::kRequest, std::move(callback));
+  uint64_t id =
+      channel_.impl_->send(message_, FrameKind::kRequest, std::move(callback), methodName_);
   return PendingCall(channel_, id);
 }
 
-void RawRequest::sendOneWay() { channel_.impl_->send(message_, FrameKind::kOneWay, {}); }
+void RawRequest::sendOneWay() {
+  channel_.impl_->send(message_, FrameKind::kOneWay, {}, methodName_);
+}
 
 // ------------------------------------------------------------------------------------
 // PendingCall
@@ -421,7 +425,8 @@ Status Channel::Impl::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWor
   return goal.status;
 }
 
-uint64_t Channel::Impl::send(OutgoingMessage& msg, FrameKind kind, CallCallback callback) {
+uint64_t Channel::Impl::send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
+                             std::string_view methodName) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
@@ -439,7 +444,7 @@ uint64_t Channel::Impl::send(OutgoingMessage& msg, FrameKind kind, CallCallback 
     slot = &slots_[id & mask_];
     if (slot->state == SlotState::kPending || outstanding_ > mask_) {
       if (metrics_ && isCall) {
-        MethodMetrics& m = metrics_->method(interfaceId, methodId);
+        MethodMetrics& m = metrics_->method(interfaceId, methodId, methodName);
         m.countCall(0);
         m.countError(ErrorKind::kOverloaded);
       }
@@ -459,7 +464,8 @@ uint64_t Channel::Impl::send(OutgoingMessage& msg, FrameKind kind, CallCallback 
   TracedCall traced;
   const bool tracing = tracer_ && isCall;
   if (tracing) [[unlikely]] {
-    traced = TracedCall{interfaceId, methodId, id, kind == FrameKind::kOneWay, msg.trace()};
+    traced = TracedCall{interfaceId, methodId, methodName, id, kind == FrameKind::kOneWay,
+                        msg.trace()};
     tracer_->onClientCallBegin(traced);
     msg.setTrace(traced.trace);
   }
@@ -467,7 +473,7 @@ uint64_t Channel::Impl::send(OutgoingMessage& msg, FrameKind kind, CallCallback 
   const uint64_t start = counted || tracing ? ticks::now() : 0;
   if (connection_->send(msg) != Status::kOk) {
     if (counted) {
-      MethodMetrics& m = metrics_->method(interfaceId, methodId);
+      MethodMetrics& m = metrics_->method(interfaceId, methodId, methodName);
       m.countCall(0);
       m.countError(ErrorKind::kDisconnected);
     }
@@ -481,7 +487,7 @@ uint64_t Channel::Impl::send(OutgoingMessage& msg, FrameKind kind, CallCallback 
   // sizes come from the builder's own bookkeeping, not from transport memory.)
   MethodMetrics* method = nullptr;
   if (counted) {
-    method = &metrics_->method(interfaceId, methodId);
+    method = &metrics_->method(interfaceId, methodId, methodName);
     method->countCall(sentPayloadBytes(msg));
   }
   if (slot) {

@@ -79,6 +79,15 @@ ServerStats Server::stats() const {
   ServerStats s = impl_->options.metrics ? impl_->registry.snapshot() : ServerStats{};
   if (impl_->endpointsFixed.load(std::memory_order_acquire))  // pairs with start()'s store
     s.endpoints = impl_->endpointNames;
+  // Methods are named by the services that dispatch them (the map is fixed once started).
+  auto name = [&](MethodSnapshot& m) {
+    if (!m.name.empty()) return;
+    auto it = impl_->services.find(m.interfaceId);
+    if (it != impl_->services.end()) m.name = it->second->methodName(m.interfaceId, m.methodId);
+  };
+  for (auto& m : s.methods) name(m);
+  for (auto& c : s.connections)
+    for (auto& m : c.methods) name(m);
   return s;
 }
 

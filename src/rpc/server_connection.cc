@@ -191,7 +191,11 @@ void ServerConnection::dispatch(IncomingMessage& msg) {
   }
   if (tracer_) [[unlikely]] {
     current_.traced = true;
-    current_.trace = TracedCall{interfaceId, methodId, callId, oneWay, msg.trace()};
+    auto named = services_.find(interfaceId);
+    current_.trace = TracedCall{
+        interfaceId, methodId,
+        named == services_.end() ? std::string_view() : named->second->methodName(interfaceId, methodId),
+        callId, oneWay, msg.trace()};
     tracer_->onServerCallBegin(current_.trace);
   }
   if (current_.method || current_.traced) current_.startTicks = ticks::now();

@@ -182,6 +182,30 @@ TEST(CodegenShape, InterfaceIdsAreCapnpsAndListTheBases) {
                      ServerCall<common::Greeter::GreetParams, common::Greeter::GreetResults>>);
 }
 
+TEST(CodegenShape, ServicesAndRequestsNameMethodsBySchemaName) {
+  DerivedImpl derived;
+  // Own methods, and inherited ones under the interface that declares them.
+  EXPECT_EQ(derived.methodName(capnp::typeId<Derived>(), 0), "Derived.mirror");
+  EXPECT_EQ(derived.methodName(capnp::typeId<Derived>(), 3), "Derived.delete");
+  EXPECT_EQ(derived.methodName(capnp::typeId<Derived>(), 4), "Derived.dispatch");
+  EXPECT_EQ(derived.methodName(capnp::typeId<Middle>(), 0), "Middle.shout");
+  EXPECT_EQ(derived.methodName(capnp::typeId<common::Greeter>(), 0), "Greeter.greet");
+  // Unknown ordinals and interfaces have no name.
+  EXPECT_EQ(derived.methodName(capnp::typeId<Derived>(), 5), "");
+  EXPECT_EQ(derived.methodName(capnp::typeId<Both>(), 0), "");
+  // Nested interfaces by their scope path; an interface without methods names nothing.
+  EXPECT_EQ(NestedImpl().methodName(capnp::typeId<Holder::Nested>(), 0), "Holder.Nested.get");
+  EXPECT_EQ(InnerImpl().methodName(capnp::typeId<Outer::Inner>(), 0), "Outer.Inner.inner");
+  EXPECT_EQ(TaggedImpl().methodName(capnp::typeId<Marker>(), 0), "");
+
+  // The client's requests carry the same names.
+  auto [a, b] = makeLoopbackPair();
+  Channel channel(std::move(a));
+  DerivedClient client(channel);
+  EXPECT_EQ(client.shoutRequest().raw().methodName(), "Middle.shout");
+  EXPECT_EQ(client.deleteRequest().raw().methodName(), "Derived.delete");
+}
+
 // ------------------------------------------------------------------------------------
 // Calls
 

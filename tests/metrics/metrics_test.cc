@@ -214,6 +214,7 @@ TEST(ChannelMetrics, CountsCallsErrorsBytesAndLatencyOnBothSides) {
   ASSERT_TRUE(eventually([&] { return f.impl().sunk() == 8; }));
 
   MethodSnapshot echoC = clientMethod(*ch, kEcho);
+  EXPECT_EQ(echoC.name, "Echo.echo") << "named by the generated client stub";
   EXPECT_EQ(echoC.calls, 10u);
   EXPECT_EQ(echoC.errorCount(), 0u);
   EXPECT_EQ(echoC.latency.count(), 10u);
@@ -245,6 +246,8 @@ TEST(ChannelMetrics, CountsCallsErrorsBytesAndLatencyOnBothSides) {
   EXPECT_EQ(stats.connections[0].side, MetricsSide::kServer);
   EXPECT_EQ(stats.connectionsOpened, 1u);
   MethodSnapshot echoS = methodOf(stats.methods, kEchoIface, kEcho);
+  EXPECT_EQ(echoS.name, "Echo.echo") << "named by the generated service";
+  EXPECT_EQ(stats.connections[0].methods.at(0).name, "Echo.echo");
   EXPECT_EQ(echoS.calls, 10u);
   EXPECT_EQ(echoS.requestBytes, echoC.requestBytes) << "the same messages seen from both ends";
   EXPECT_EQ(echoS.responseBytes, echoC.responseBytes);
@@ -492,6 +495,7 @@ TEST(Tracing, TracerSeesEveryCallBeginAndEndOnBothSides) {
   EXPECT_TRUE(c[1].end.ok);
   EXPECT_GT(c[1].end.duration.count(), 0);
   EXPECT_EQ(c[4].call.methodId, kFail);
+  EXPECT_EQ(c[4].call.methodName, "Echo.fail");
   EXPECT_FALSE(c[5].end.ok);
   EXPECT_EQ(c[5].end.error, ErrorKind::kApplication);
   EXPECT_TRUE(c[6].call.oneWay);
@@ -503,6 +507,7 @@ TEST(Tracing, TracerSeesEveryCallBeginAndEndOnBothSides) {
   EXPECT_EQ(s[2].call.trace.traceId, 0x77u);
   EXPECT_EQ(s[2].call.trace.spanId, 102u);
   EXPECT_EQ(s[4].call.callId, c[4].call.callId);
+  EXPECT_EQ(s[4].call.methodName, "Echo.fail");
   EXPECT_FALSE(s[5].end.ok);
   EXPECT_EQ(s[5].end.error, ErrorKind::kApplication);
   EXPECT_TRUE(s[6].call.oneWay);
@@ -548,6 +553,7 @@ TEST(StatsEndpoint, AdminClientReadsTheServersCounters) {
     if (m.getInterfaceId() == kEchoIface) totals.emplace(m.getMethodId(), m);
   ASSERT_EQ(totals.count(kEcho), 1u);
   auto e = totals.at(kEcho);
+  EXPECT_EQ(std::string(e.getName().cStr()), "Echo.echo");
   EXPECT_EQ(e.getCalls(), 7u);
   EXPECT_EQ(e.getErrors().size(), 0u);
   EXPECT_GT(e.getRequestBytes(), 7u * 32);
@@ -576,7 +582,8 @@ TEST(StatsEndpoint, AdminClientReadsTheServersCounters) {
   EXPECT_EQ(resp2.results().getConnections().size(), 0u);
   bool sawAdmin = false;
   for (auto m : resp2.results().getMethods())
-    sawAdmin |= m.getInterfaceId() == kAdminInterfaceId && m.getCalls() == 2;
+    sawAdmin |= m.getInterfaceId() == kAdminInterfaceId && m.getCalls() == 2 &&
+                m.getName() == "zcrpc.admin.Admin.stats";
   EXPECT_TRUE(sawAdmin);
 }
 

@@ -45,10 +45,12 @@ void appendItem(std::string& list, std::string_view sep, std::string_view item) 
   list += item;
 }
 
-std::string methodName(uint64_t iface, uint16_t method) {
-  if (iface == zcrpc::kAdminInterfaceId && method == 0) return "zcrpc.admin.Admin.stats";
-  if (iface == 0 && method == zcrpc::ConnectionMetrics::kOverflowMethod) return "(other methods)";
-  return fmt::format("{:#018x}.{}", iface, method);
+/// The name the server gave the method ("Inventory.placeOrder"), else its ids.
+std::string methodName(MethodStats::Reader m) {
+  if (m.hasName() && m.getName().size() > 0) return m.getName().cStr();
+  if (m.getInterfaceId() == 0 && m.getMethodId() == zcrpc::ConnectionMetrics::kOverflowMethod)
+    return "(other methods)";
+  return fmt::format("{:#018x}.{}", m.getInterfaceId(), m.getMethodId());
 }
 
 std::string micros(double ns) {
@@ -122,7 +124,7 @@ class Printer {
       auto l = m.getLatency();
       double r = withRate ? rate(m, sinceLast) : -1;
       fmt::print("{:<32} {:>10} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {}\n",
-                 methodName(m.getInterfaceId(), m.getMethodId()), m.getCalls(),
+                 methodName(m), m.getCalls(),
                  r < 0 ? std::string("-") : fmt::format("{:.1f}", r), errorTotal(m),
                  bytes(m.getRequestBytes()), bytes(m.getResponseBytes()), micros(l.getP50Ns()),
                  micros(l.getP90Ns()), micros(l.getP99Ns()), micros(l.getP999Ns()),
@@ -168,7 +170,7 @@ class Printer {
         "{{\"interface_id\":\"{:#018x}\",\"method_id\":{},\"name\":{},\"calls\":{},{}\"errors\":{{{}}},"
         "\"request_bytes\":{},\"response_bytes\":{},\"latency_ns\":{{\"count\":{},\"min\":{},"
         "\"mean\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
-        m.getInterfaceId(), m.getMethodId(), jsonString(methodName(m.getInterfaceId(), m.getMethodId())),
+        m.getInterfaceId(), m.getMethodId(), jsonString(methodName(m)),
         m.getCalls(), r < 0 ? std::string() : fmt::format("\"calls_per_s\":{},", jsonNumber(r)), errors,
         m.getRequestBytes(), m.getResponseBytes(), l.getCount(), jsonNumber(l.getMinNs()),
         jsonNumber(l.getMeanNs()), jsonNumber(l.getP50Ns()), jsonNumber(l.getP90Ns()),
