@@ -449,7 +449,11 @@ uint64_t Channel::Impl::send(OutgoingMessage& msg, FrameKind kind, CallCallback 
         m.countError(ErrorKind::kOverloaded);
       }
       throw Overloaded("window of " + std::to_string(options_.window) +
-                       " outstanding calls on " + connection_->endpoint() + " is full");
+                       " outstanding calls on " + connection_->endpoint() +
+                       " is full: finished calls are taken (and their callbacks run) only "
+                       "by poll() or pollUntil() on this thread, or PendingCall::wait(); "
+                       "call one before starting more, or raise the window setting "
+                       "(ZCRPC_WINDOW, ChannelOptions::window)");
     }
     // An uncollected old result gives way (a collected one was moved out already).
     if (slot->state == SlotState::kDone) {

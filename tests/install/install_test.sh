@@ -5,7 +5,8 @@
 #                    consumer.cc (messages only) and service_consumer.cc, whose schema
 #                    greeter.capnp has an interface, generated with the installed plugin by
 #                    the README's `capnp compile -oc++ -ozcrpc` line, and which uses the
-#                    installed admin stub.
+#                    installed admin stub; and the quickstart (examples/quickstart), built
+#                    by the commands docs/quickstart.md gives, then run.
 #   MODE subproject: a separate meson project that uses zcrpc as a subproject through
 #                    dependency('zcrpc') (meson.override_dependency), built from scratch,
 #                    generating greeter.capnp's stubs with zcrpc-schemas.meson.example.
@@ -56,6 +57,18 @@ install)
       -o service_consumer $flags -pthread) ||
     fail "a program with an interface schema does not build against the installed zcrpc (flags: $flags)"
   LD_LIBRARY_PATH=$(dirname "$lib") "$work/app/service_consumer" || fail "the service consumer failed"
+
+  # The quickstart, built by docs/quickstart.md's own commands, then served and called.
+  mkdir "$work/quickstart"
+  cp "$src/examples/quickstart/"{inventory.capnp,server.cc,client.cc} "$work/quickstart/"
+  sed -n '/<!-- quickstart-build:begin -->/,/<!-- quickstart-build:end -->/p' "$src/docs/quickstart.md" |
+    grep -v -e '^<!--' -e '^```' >"$work/quickstart/build.sh"
+  grep -q 'capnp compile' "$work/quickstart/build.sh" || fail "docs/quickstart.md has no build commands"
+  (cd "$work/quickstart" && PATH=$(dirname "$plugin"):$PATH bash -eu build.sh) ||
+    fail "the quickstart does not build with docs/quickstart.md's commands: $(cat "$work/quickstart/build.sh")"
+  LD_LIBRARY_PATH=$(dirname "$lib") python3 "$src/examples/run_example.py" \
+    "$work/quickstart/quickstart_server" "$work/quickstart/quickstart_client" ||
+    fail "the quickstart built against the install failed"
   ;;
 subproject)
   mkdir -p "$work/consumer/subprojects"

@@ -524,6 +524,9 @@ TEST_P(RpcTest, FullWindowIsOverloaded) {
     } catch (const Overloaded& e) {
       EXPECT_THAT(e.what(), HasSubstr("window of 4 outstanding calls"));
       EXPECT_THAT(e.what(), HasSubstr("is full"));
+      // ... and says what to do: callbacks and results are taken only when polled.
+      EXPECT_THAT(e.what(), HasSubstr("poll() or pollUntil()"));
+      EXPECT_THAT(e.what(), HasSubstr("ZCRPC_WINDOW"));
     }
   }  // the unsent request gives its space back
   EXPECT_EQ(ch->outstanding(), 4u);
