@@ -48,7 +48,9 @@ class Config final {
 
   void loadFile(const std::string& path);
   void loadTomlString(std::string_view toml, const std::string& origin);
-  /// Applies every ZCRPC_* variable of the table found in the environment.
+  /// Applies every ZCRPC_* variable of the table found in the environment. A ZCRPC_*
+  /// variable that is no setting (nor ZCRPC_CONFIG) is ignored with a warning naming the
+  /// nearest setting's variable.
   void loadEnvironment();
   /// Applies `key=value&...` (the part after '?'); `uri` names the source in errors.
   void applyQuery(std::string_view query, std::string_view uri);
@@ -61,6 +63,13 @@ class Config final {
   std::chrono::nanoseconds duration(std::string_view name) const;
   const std::string& text(std::string_view name) const;
   std::vector<std::string> list(std::string_view name) const;
+
+  /// What was ignored while loading, one line each, naming the source and, when one is
+  /// near, the name probably meant: a ZCRPC_* variable that is no setting, a TOML table or
+  /// key outside [zcrpc] in a file that has one. Each is also logged (zcrpc/log.h, level
+  /// warning) when it is found. Not errors: an unknown key where zcrpc reads settings
+  /// still throws InvalidArgument.
+  const std::vector<std::string>& warnings() const noexcept { return warnings_; }
 
   struct Effective {
     std::string name;
@@ -88,7 +97,9 @@ class Config final {
     std::string origin = "default";
   };
   const Value& value(std::string_view name, SettingType expected) const;
+  void warn(std::string text);
   std::map<std::string, Value, std::less<>> values_;
+  std::vector<std::string> warnings_;
 };
 
 /// Splits "scheme://rest?query" into its parts (no validation of `rest`).

@@ -120,6 +120,9 @@ class Context final {
 
  private:
   Config configFor(const EndpointUri& uri, std::string_view text) const;
+  /// "unknown scheme 'x' (known: shm://, ...)" (with a suggestion), or empty when one of
+  /// this Context's transports has `scheme`.
+  std::string unknownScheme(std::string_view scheme) const;
   std::string unusableReason(const EndpointUri& uri, const Config& config) const;
   Config config_;
   TransportList transports_;

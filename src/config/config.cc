@@ -8,6 +8,11 @@
 
 #include <toml++/toml.h>
 
+#include "config/nearest.h"
+#include "zcrpc/log.h"
+
+extern char** environ;
+
 #include "transport/options.h"
 #include "zcrpc/context.h"
 
@@ -69,6 +74,28 @@ const SettingInfo* find(std::string_view name) {
   for (const auto& s : kSettings)
     if (s.name == name) return &s;
   return nullptr;
+}
+
+/// Every setting's name (TOML key, URI query key).
+std::vector<std::string_view> settingNames() {
+  std::vector<std::string_view> out;
+  for (const auto& s : kSettings) out.push_back(s.name);
+  return out;
+}
+
+/// The environment variables zcrpc reads: every setting's and ZCRPC_CONFIG.
+constexpr std::string_view kConfigVariable = "ZCRPC_CONFIG";
+std::vector<std::string_view> variableNames() {
+  std::vector<std::string_view> out{kConfigVariable};
+  for (const auto& s : kSettings) out.push_back(s.env);
+  return out;
+}
+
+bool startsWithNoCase(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i)
+    if (std::toupper(static_cast<unsigned char>(s[i])) != prefix[i]) return false;
+  return true;
 }
 
 std::string_view typeName(SettingType t) {
@@ -294,7 +321,9 @@ Config Config::load() {
 void Config::set(std::string_view name, std::string_view raw, SettingSource source,
                  std::string origin) {
   const SettingInfo* s = find(name);
-  if (!s) throw InvalidArgument(origin + ": unknown setting '" + std::string(name) + "'");
+  if (!s)
+    throw InvalidArgument(origin + ": unknown setting '" + std::string(name) + "'" +
+                          didYouMean(name, settingNames()));
   std::string canonical;
   std::string why = check(*s, raw, canonical);
   if (!why.empty())
@@ -315,14 +344,36 @@ void Config::loadTomlString(std::string_view text, const std::string& origin) {
     msg << origin << ":" << e.source().begin.line << ": " << e.description();
     throw InvalidArgument(msg.str());
   }
+  // Settings live at the top level or under [zcrpc]. A file with a [zcrpc] table may hold
+  // other programs' tables and keys too: those are ignored, each with a warning (a
+  // misspelt setting outside [zcrpc] would otherwise vanish without a word).
   const toml::table* root = &table;
   if (auto z = table["zcrpc"].as_table()) root = z;
+  std::vector<std::string_view> names = settingNames();
+  for (auto&& [key, node] : table) {
+    if (root == &table) break;  // no [zcrpc]: every top-level key is read below
+    if (key.str() == "zcrpc") continue;
+    std::string k(key.str());
+    std::string where = origin + ":" + std::to_string(node.source().begin.line);
+    if (node.is_table())
+      warn(where + ": table [" + k + "] ignored: zcrpc reads only [zcrpc] in this file" +
+           didYouMean(k, std::vector<std::string_view>{"zcrpc"}));
+    else
+      warn(where + ": key " + k + " ignored: outside [zcrpc], where zcrpc reads its settings" +
+           (find(k) ? "; move it into [zcrpc]" : didYouMean(k, names)));
+  }
   for (auto&& [key, node] : *root) {
     std::string k(key.str());
     if (root == &table && k == "zcrpc") continue;
     std::string where = origin + ":" + std::to_string(node.source().begin.line) + " key " + k;
     const SettingInfo* s = find(k);
-    if (!s) throw InvalidArgument(where + ": unknown setting");
+    if (!s) {
+      std::string hint = didYouMean(k, names);
+      if (hint.empty() && node.is_table() && root == &table)
+        hint = "; settings go at the top level or under [zcrpc]" +
+               didYouMean(k, std::vector<std::string_view>{"zcrpc"});
+      throw InvalidArgument(where + ": unknown setting" + hint);
+    }
     set(k, tomlValueText(node, *s, where), SettingSource::kFile, where);
   }
 }
@@ -343,6 +394,21 @@ void Config::loadEnvironment() {
     std::string env(s.env);
     if (const char* v = std::getenv(env.c_str())) set(s.name, v, SettingSource::kEnvironment, env);
   }
+  // A variable that looks like zcrpc's but is none of them is most likely misspelt.
+  std::vector<std::string_view> known = variableNames();
+  for (char** e = environ; e && *e; ++e) {
+    std::string_view entry(*e);
+    std::string_view name = entry.substr(0, entry.find('='));
+    if (!startsWithNoCase(name, "ZCRPC_")) continue;
+    if (std::find(known.begin(), known.end(), name) != known.end()) continue;
+    warn(std::string(name) + " is set but is not a zcrpc setting (ignored)" +
+         didYouMean(name, known));
+  }
+}
+
+void Config::warn(std::string text) {
+  logMessage(LogLevel::kWarning, text);
+  warnings_.push_back(std::move(text));
 }
 
 void Config::applyQuery(std::string_view query, std::string_view uri) {

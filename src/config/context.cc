@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "config/nearest.h"
+
 namespace zcrpc {
 
 namespace {
@@ -46,9 +48,21 @@ Config Context::configFor(const EndpointUri& uri, std::string_view text) const {
   return c;
 }
 
+std::string Context::unknownScheme(std::string_view scheme) const {
+  if (transport(scheme)) return {};
+  std::vector<std::string_view> schemes;
+  std::string known;
+  for (const auto& t : transports_) {
+    schemes.push_back(t->scheme());
+    known += (known.empty() ? "" : ", ") + std::string(t->scheme()) + "://";
+  }
+  return "unknown scheme '" + std::string(scheme) + "' (known: " + known + ")" +
+         didYouMean(scheme, schemes);
+}
+
 std::string Context::unusableReason(const EndpointUri& uri, const Config& config) const {
   const Transport* t = transport(uri.scheme);
-  if (!t) return "unknown transport '" + uri.scheme + "'";
+  if (!t) return unknownScheme(uri.scheme);
   std::string why = t->unavailable(config);
   if (!why.empty()) return why;
   return t->unreachable(uri.address, config);
@@ -60,6 +74,10 @@ TransportChoice Context::choose(std::span<const std::string> endpoints) const {
   std::vector<std::pair<size_t, std::string>> ordered;
   for (const auto& e : endpoints) {
     EndpointUri uri = parseEndpoint(e);
+    if (std::string why = unknownScheme(uri.scheme); !why.empty()) {
+      choice.verdicts.push_back({e, uri.scheme, false, why});
+      continue;
+    }
     auto it = std::find(prefs.begin(), prefs.end(), uri.scheme);
     if (it == prefs.end()) {
       choice.verdicts.push_back({e, uri.scheme, false,
@@ -123,8 +141,9 @@ std::unique_ptr<Listener> Context::listen(std::string_view endpoint) const {
   EndpointUri uri = parseEndpoint(endpoint);
   const Transport* t = transport(uri.scheme);
   if (!t || !t->traits().compiledIn)
-    throw InvalidArgument("cannot listen on '" + std::string(endpoint) + "': transport '" +
-                          uri.scheme + "' is " + (t ? "not compiled in" : "unknown"));
+    throw InvalidArgument("cannot listen on '" + std::string(endpoint) + "': " +
+                          (t ? "transport '" + uri.scheme + "' is not compiled in"
+                             : unknownScheme(uri.scheme)));
   const Config c = configFor(uri, endpoint);
   return t->listen(uri.address, c.connectionOptions(), c);
 }

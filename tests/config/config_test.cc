@@ -22,6 +22,8 @@
 namespace zcrpc {
 namespace {
 
+using ::testing::AllOf;
+using ::testing::Contains;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -276,6 +278,60 @@ TEST(ConfigErrors, UriErrorsNameTheUri) {
               HasSubstr("tcp://127.0.0.1:0?ring_bytes=5 (ring_bytes)"));
 }
 
+TEST(ConfigErrors, UnknownSettingsNameTheNearestOne) {
+  Config c;
+  EXPECT_THAT(errorOf([&] { c.loadTomlString("ring_byte = \"64KiB\"\n", "svc.toml"); }),
+              HasSubstr("svc.toml:1 key ring_byte: unknown setting; did you mean ring_bytes?"));
+  EXPECT_THAT(errorOf([&] { c.applyQuery("windw=8", "tcp://h:1?windw=8"); }),
+              HasSubstr("unknown setting 'windw'; did you mean window?"));
+  // Without [zcrpc], a misspelt [zcrpc] table is an unknown top-level key.
+  EXPECT_THAT(errorOf([&] { c.loadTomlString("[zcprc]\nwindow = 8\n", "svc.toml"); }),
+              HasSubstr("svc.toml:1 key zcprc: unknown setting; settings go at the top level or "
+                        "under [zcrpc]; did you mean zcrpc?"));
+  EXPECT_THAT(errorOf([&] { c.loadTomlString("colour = 1\n", "svc.toml"); }),
+              AllOf(HasSubstr("unknown setting"), Not(HasSubstr("did you mean"))));
+}
+
+TEST(ConfigWarnings, MisspeltVariablesAreIgnoredWithTheNearestName) {
+  ScopedEnv typo("ZCRPC_RING_BYTE", "64KiB");
+  ScopedEnv lower("zcrpc_windw", "8");
+  ScopedEnv far("ZCRPC_SOMETHING_ELSE_ENTIRELY", "1");
+  ScopedEnv real("ZCRPC_WINDOW", "32");
+  Config c;
+  c.loadEnvironment();
+  EXPECT_EQ(effectiveOf(c, "ring_bytes").source, SettingSource::kDefault);
+  EXPECT_EQ(c.integer("window"), 32);
+  EXPECT_THAT(c.warnings(), Contains(HasSubstr("ZCRPC_RING_BYTE is set but is not a zcrpc "
+                                               "setting (ignored); did you mean ZCRPC_RING_BYTES?")));
+  EXPECT_THAT(c.warnings(), Contains(HasSubstr("zcrpc_windw is set but is not a zcrpc setting "
+                                               "(ignored); did you mean ZCRPC_WINDOW?")));
+  EXPECT_THAT(c.warnings(), Contains(AllOf(HasSubstr("ZCRPC_SOMETHING_ELSE_ENTIRELY is set"),
+                                           Not(HasSubstr("did you mean")))));
+  EXPECT_THAT(c.warnings(), Not(Contains(HasSubstr("ZCRPC_WINDOW "))));
+  EXPECT_THAT(c.warnings(), Not(Contains(HasSubstr("ZCRPC_CONFIG"))));
+}
+
+TEST(ConfigWarnings, TablesAndKeysOutsideZcrpcAreIgnoredWithAWarning) {
+  Config c;
+  c.loadTomlString(
+      "window = 8\n"
+      "[zcprc]\nring_bytes = \"64KiB\"\n"
+      "[zcrpc]\nspin_time = \"1us\"\n"
+      "[myapp]\nthreads = 4\n",
+      "svc.toml");
+  EXPECT_EQ(c.duration("spin_time"), std::chrono::microseconds(1));
+  EXPECT_EQ(effectiveOf(c, "window").source, SettingSource::kDefault);
+  EXPECT_EQ(effectiveOf(c, "ring_bytes").source, SettingSource::kDefault);
+  EXPECT_THAT(c.warnings(), Contains(HasSubstr("svc.toml:1: key window ignored: outside "
+                                               "[zcrpc], where zcrpc reads its settings; move it "
+                                               "into [zcrpc]")));
+  EXPECT_THAT(c.warnings(), Contains(HasSubstr("svc.toml:2: table [zcprc] ignored: zcrpc reads "
+                                               "only [zcrpc] in this file; did you mean zcrpc?")));
+  EXPECT_THAT(c.warnings(), Contains(AllOf(HasSubstr("svc.toml:6: table [myapp] ignored"),
+                                           Not(HasSubstr("did you mean")))));
+  EXPECT_EQ(c.warnings().size(), 3u);
+}
+
 TEST(ConfigErrors, AccessorsOfTheWrongTypeAreRefused) {
   Config c;
   EXPECT_THAT(errorOf([&] { (void)c.size("window"); }), HasSubstr("'window' is not a size"));
@@ -357,9 +413,21 @@ TEST(TransportChoice, UnresolvableTcpAndUnknownSchemesAreSkippedWithReasons) {
   ASSERT_NE(c.chosen(), nullptr);
   EXPECT_EQ(c.chosen()->endpoint, eps[1]);
 
-  std::vector<std::string> odd{"carrier://pigeon"};
-  TransportChoice c2 = Context{withTransports("shm,rdma,tcp")}.choose(odd);
-  EXPECT_THAT(verdictOf(c2, odd[0]).reason, HasSubstr("transport 'carrier' is not in the preference list"));
+  // A scheme zcrpc has no transport for is named as such (as listen() names it), not as
+  // one missing from the preference list; a near one is suggested.
+  std::vector<std::string> odd{"carrier://pigeon", "http://example.com:80", "tpc://h:1"};
+  Context all{withTransports("shm,rdma,tcp")};
+  TransportChoice c2 = all.choose(odd);
+  EXPECT_THAT(verdictOf(c2, odd[0]).reason,
+              AllOf(HasSubstr("unknown scheme 'carrier' (known: shm://, tcp://, rdma://)"),
+                    Not(HasSubstr("preference"))));
+  EXPECT_THAT(verdictOf(c2, odd[1]).reason, HasSubstr("unknown scheme 'http'"));
+  EXPECT_THAT(verdictOf(c2, odd[2]).reason,
+              HasSubstr("unknown scheme 'tpc' (known: shm://, tcp://, rdma://); did you mean tcp?"));
+  EXPECT_THAT(errorOf([&] { (void)all.connect(std::vector<std::string>{odd[1]}); }),
+              HasSubstr("http://example.com:80: skipped: unknown scheme 'http'"));
+  EXPECT_THAT(errorOf([&] { (void)all.listen(odd[1]); }),
+              HasSubstr("cannot listen on 'http://example.com:80': unknown scheme 'http'"));
 }
 
 TEST(TransportChoice, TransportsOutsideThePreferenceListAreSkipped) {
@@ -487,7 +555,7 @@ TEST(Transports, AContextConnectsThroughTheTransportsItIsGivenNotByName) {
   TransportChoice choice;
   auto conn = ctx.connect(eps, &choice);
   ASSERT_NE(conn, nullptr);
-  EXPECT_THAT(verdictOf(choice, "shm://x").reason, HasSubstr("unknown transport 'shm'"));
+  EXPECT_THAT(verdictOf(choice, "shm://x").reason, HasSubstr("unknown scheme 'shm' (known: tcp://)"));
   EXPECT_THAT(verdictOf(choice, "tcp://far").reason, HasSubstr("the test says far is unreachable"));
   ASSERT_EQ(fake->connects.size(), 1u);
   EXPECT_EQ(fake->connects[0], "near");

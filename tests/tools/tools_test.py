@@ -111,7 +111,10 @@ class ToolsTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stdout, r"transports compiled in: shm, tcp")
         self.assertIn("RDMA devices:", r.stdout)
-        self.assertRegex(r.stdout, r"ring_bytes\s+65536\s+file\s+%s:1 key ring_bytes" % re.escape(f.name))
+        # Sizes as people write them.
+        self.assertRegex(r.stdout, r"ring_bytes\s+64KiB\s+file\s+%s:1 key ring_bytes" % re.escape(f.name))
+        self.assertRegex(r.stdout, r"arena_bytes\s+136MiB\s+default")
+        self.assertNotIn("ignored (warnings)", r.stdout)
         self.assertRegex(r.stdout, r"window\s+128\s+environment\s+ZCRPC_WINDOW")
         self.assertRegex(r.stdout, r"wait_mode\s+spin-then-sleep\s+default\s+default")
 
@@ -124,6 +127,22 @@ class ToolsTest(unittest.TestCase):
                                    r"\s+settings: the connection settings, token, dead_peer_timeout")
         self.assertRegex(r.stdout, r"\n  rdma  (available|unavailable: .+)\n")
 
+    def test_info_shows_what_the_configuration_ignored(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write('[zcprc]\nwindow = 8\n[zcrpc]\nspin_time = "10us"\n')
+        try:
+            r = run([INFO], env=clean_env(ZCRPC_CONFIG=f.name, ZCRPC_RING_BYTE="64KiB"))
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("ignored (warnings):", r.stdout)
+        self.assertIn("ZCRPC_RING_BYTE is set but is not a zcrpc setting (ignored); "
+                      "did you mean ZCRPC_RING_BYTES?", r.stdout)
+        self.assertIn("%s:1: table [zcprc] ignored: zcrpc reads only [zcrpc] in this file; "
+                      "did you mean zcrpc?" % f.name, r.stdout)
+        self.assertRegex(r.stdout, r"window\s+64\s+default")
+        self.assertEqual(r.stderr, "", "printed once, not logged as well")
+
     def test_info_bad_environment_names_the_variable(self):
         r = run([INFO], env=clean_env(ZCRPC_RING_BYTES="3000"))
         self.assertEqual(r.returncode, 2)
@@ -135,28 +154,39 @@ class ToolsTest(unittest.TestCase):
         r = run([INFO, self.tcp, missing, self.shm, rdma])
         self.assertEqual(r.returncode, 0, r.stderr)
         out = r.stdout
-        self.assertIn("transport choice (preference: shm,rdma,tcp):", out)
-        self.assertRegex(out, r"%s\s+shm\s+chosen" % re.escape(self.shm))
-        self.assertRegex(out, r"%s\s+shm\s+skipped: no shm listener @zcrpc/%s" %
+        self.assertIn("transport choice (preference: shm,rdma,tcp), each endpoint tried:", out)
+        self.assertRegex(out, r"%s\s+shm\s+chosen \(connected in [\d.]+ ms\)" % re.escape(self.shm))
+        self.assertRegex(out, r"%s\s+shm\s+fails: no shm listener @zcrpc/%s" %
                          (re.escape(missing), unique("missing")))
-        self.assertRegex(out, r"%s\s+tcp\s+skipped: an earlier preference was chosen" % re.escape(self.tcp))
-        self.assertRegex(out, r"%s\s+rdma\s+skipped: an earlier preference was chosen" % re.escape(rdma))
+        # Every other endpoint says whether it would work too, not only the chosen one.
+        self.assertRegex(out, r"%s\s+tcp\s+works too \(connected in [\d.]+ ms\); an earlier "
+                         r"preference is chosen" % re.escape(self.tcp))
+        self.assertRegex(out, r"%s\s+rdma\s+fails: (rdma transport not compiled in|no RDMA device)" %
+                         re.escape(rdma))
         self.assertIn("would connect to %s over shm" % self.shm, out)
 
-        # rdma first: skipped for what this build and host lack (no RDMA NIC on the test hosts)
-        r = run([INFO, rdma, self.tcp], env=clean_env(ZCRPC_TRANSPORTS="rdma,tcp"))
-        self.assertRegex(r.stdout, r"%s\s+rdma\s+skipped: (rdma transport not compiled in|no RDMA device)" %
-                         re.escape(rdma))
+        # tcp counts as chosen only when it connects: a refused address that resolves fails.
+        refused = "tcp://127.0.0.1:1"
+        r = run([INFO, refused, self.tcp], env=clean_env(ZCRPC_TRANSPORTS="tcp"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"%s\s+tcp\s+fails: connect failed: .*refused" % re.escape(refused))
+        self.assertRegex(r.stdout, r"%s\s+tcp\s+chosen" % re.escape(self.tcp))
         self.assertIn("would connect to %s over tcp" % self.tcp, r.stdout)
+        # --no-connect plans as Context::choose() does: an address that resolves is taken.
+        r = run([INFO, "--no-connect", refused, self.tcp], env=clean_env(ZCRPC_TRANSPORTS="tcp"))
+        self.assertIn("planned without connecting", r.stdout)
+        self.assertRegex(r.stdout, r"%s\s+tcp\s+chosen" % re.escape(refused))
 
-        r = run([INFO, self.shm, self.tcp], env=clean_env(ZCRPC_TRANSPORTS="tcp"))
+        r = run([INFO, self.shm, self.tcp, "http://example.com:80"], env=clean_env(ZCRPC_TRANSPORTS="tcp"))
         self.assertRegex(r.stdout, r"%s\s+shm\s+skipped: transport 'shm' is not in the preference list" %
                          re.escape(self.shm))
+        self.assertRegex(r.stdout, r"http://example.com:80\s+http\s+skipped: unknown scheme 'http'")
         self.assertIn("would connect to %s over tcp" % self.tcp, r.stdout)
 
         r = run([INFO, "tcp://no-such-host.invalid:1"])
+        self.assertEqual(r.returncode, 1, "no endpoint works: exit status 1")
         self.assertIn("does not resolve", r.stdout)
-        self.assertIn("no endpoint is usable", r.stdout)
+        self.assertIn("no endpoint works", r.stdout)
 
     # ---------------------------------------------------------------- zcrpc-ping
 

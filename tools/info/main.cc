@@ -1,16 +1,20 @@
 // zcrpc-info — what this build of zcrpc can do and what it would decide here: transports
 // compiled in, RDMA devices with their ports and first GIDs, the effective settings and
-// where each came from, the generated settings reference (--settings), and for a list of
-// endpoints which transport would be chosen and why each other one was skipped.
+// where each came from (sizes in KiB/MiB/GiB), what the configuration ignored (misspelt
+// variables, tables outside [zcrpc]), the generated settings reference (--settings), and
+// for a list of endpoints whether each one works (it connects to every one, handshake
+// included) and which a client would choose.
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "zcrpc/context.h"
+#include "zcrpc/log.h"
 
 #ifdef ZCRPC_HAVE_RDMA
 #include <arpa/inet.h>
@@ -97,8 +101,36 @@ void printRdmaDevices() {
 }
 #endif
 
+/// A size setting's bytes as people write them: "1MiB", "136MiB", "4KiB"; sizes that are
+/// no whole number of a unit get one decimal and their bytes: "1.4MiB (1500000)".
+std::string humanSize(const std::string& bytesText) {
+  uint64_t bytes = 0;
+  try {
+    bytes = std::stoull(bytesText);
+  } catch (const std::exception&) {
+    return bytesText;
+  }
+  constexpr std::pair<uint64_t, const char*> kUnits[] = {
+      {uint64_t{1} << 30, "GiB"}, {uint64_t{1} << 20, "MiB"}, {uint64_t{1} << 10, "KiB"}};
+  for (auto [unit, name] : kUnits) {
+    if (bytes < unit) continue;
+    if (bytes % unit == 0) return fmt::format("{}{}", bytes / unit, name);
+    return fmt::format("{:.1f}{} ({})", static_cast<double>(bytes) / static_cast<double>(unit),
+                       name, bytes);
+  }
+  return fmt::format("{} bytes", bytes);
+}
+
+bool isSize(const std::string& name) {
+  for (const auto& s : zcrpc::settingsTable())
+    if (s.name == name) return s.type == zcrpc::SettingType::kSize;
+  return false;
+}
+
 void printSettings(const zcrpc::Config& config) {
   auto rows = config.effective();
+  for (auto& r : rows)
+    if (isSize(r.name)) r.value = humanSize(r.value);
   size_t wName = 7, wValue = 5, wSource = 6;
   for (const auto& r : rows) {
     wName = std::max(wName, r.name.size());
@@ -134,18 +166,73 @@ void printTransports(const zcrpc::Context& context) {
   }
 }
 
-void printChoice(const zcrpc::Context& context, const std::vector<std::string>& endpoints) {
+void printWarnings(const zcrpc::Config& config) {
+  if (config.warnings().empty()) return;
+  fmt::print("\nignored (warnings):\n");
+  for (const auto& w : config.warnings()) fmt::print("  {}\n", w);
+}
+
+/// What one endpoint does when a client connects to it.
+struct Trial {
+  bool works = false;
+  std::string detail;  // "connected in 0.3 ms", or why it fails
+};
+
+/// Connects to `endpoint` alone (handshake included) and closes again.
+Trial tryEndpoint(const zcrpc::Context& context, const std::string& endpoint) {
+  zcrpc::TransportChoice one;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    auto connection = context.connect(std::span<const std::string>(&endpoint, 1), &one);
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    connection->close();
+    return {true, fmt::format("connected in {:.1f} ms", ms)};
+  } catch (const std::exception& e) {
+    if (!one.verdicts.empty() && !one.verdicts[0].reason.empty()) return {false, one.verdicts[0].reason};
+    return {false, e.what()};
+  }
+}
+
+/// Every endpoint in the order a client considers them: each one that the preference list
+/// admits is tried for real, so "chosen" is the first that connects (an address that
+/// merely resolves is not enough), and the others say whether they would work too.
+/// `plan`: choose() only, without connecting. Returns true when some endpoint works.
+bool printChoice(const zcrpc::Context& context, const std::vector<std::string>& endpoints, bool plan) {
   zcrpc::TransportChoice choice = context.choose(endpoints);
-  fmt::print("transport choice (preference: {}):\n", join(context.config().transports(), ","));
+  fmt::print("transport choice (preference: {}){}:\n", join(context.config().transports(), ","),
+             plan ? ", planned without connecting" : ", each endpoint tried");
   size_t w = 8;
   for (const auto& v : choice.verdicts) w = std::max(w, v.endpoint.size());
-  for (const auto& v : choice.verdicts)
-    fmt::print("  {:<{}}  {:<5} {}\n", v.endpoint, w, v.transport,
-               v.chosen ? std::string("chosen") : "skipped: " + v.reason);
-  if (const auto* c = choice.chosen())
-    fmt::print("would connect to {} over {}\n", c->endpoint, c->transport);
+  const zcrpc::EndpointVerdict* chosen = nullptr;
+  const std::vector<std::string> prefs = context.config().transports();
+  for (const auto& v : choice.verdicts) {
+    std::string verdict;
+    // The preference list holds known transports only: an endpoint outside it (or of an
+    // unknown scheme) is never used, so it is not tried either.
+    const bool considered = std::find(prefs.begin(), prefs.end(), v.transport) != prefs.end();
+    if (plan) {
+      verdict = v.chosen ? "chosen" : "skipped: " + v.reason;
+      if (v.chosen) chosen = &v;
+    } else if (!considered) {
+      verdict = "skipped: " + v.reason;
+    } else {
+      Trial t = tryEndpoint(context, v.endpoint);
+      if (t.works && !chosen) {
+        chosen = &v;
+        verdict = "chosen (" + t.detail + ")";
+      } else if (t.works) {
+        verdict = "works too (" + t.detail + "); an earlier preference is chosen";
+      } else {
+        verdict = "fails: " + t.detail;
+      }
+    }
+    fmt::print("  {:<{}}  {:<5} {}\n", v.endpoint, w, v.transport, verdict);
+  }
+  if (chosen)
+    fmt::print("would connect to {} over {}\n", chosen->endpoint, chosen->transport);
   else
-    fmt::print("no endpoint is usable\n");
+    fmt::print("no endpoint {}\n", plan ? "is usable" : "works");
+  return chosen != nullptr;
 }
 
 }  // namespace
@@ -155,19 +242,27 @@ int main(int argc, char** argv) {
   bool reference = false;
   std::vector<std::string> endpoints;
   std::string configFile;
+  bool plan = false;
+  app.add_flag("--no-connect", plan,
+               "choose among the endpoints without connecting to any (shm: its listener "
+               "exists; rdma and tcp: the address resolves)");
   app.add_flag("--settings", reference,
                "print the settings reference (Markdown: name, type, default, variable, meaning)");
   app.add_option("--config", configFile, "read this TOML file (as ZCRPC_CONFIG would)");
   app.add_option("endpoints", endpoints,
                  "endpoints of one service (shm://NAME, tcp://HOST:PORT, rdma://HOST:PORT): "
-                 "show which would be chosen and why the others were skipped");
+                 "connect to each, show which works and which a client would choose; exit "
+                 "status 1 when none works");
   CLI11_PARSE(app, argc, argv);
 
   if (reference) {
     fmt::print("{}", zcrpc::Config::reference());
     return 0;
   }
+  bool anyWorks = true;
   try {
+    // What the configuration ignores is printed below, not logged on stderr as well.
+    zcrpc::setLogLevel(zcrpc::LogLevel::kError);
     zcrpc::Config config = zcrpc::Config::load();
     if (!configFile.empty()) config.loadFile(configFile);
     fmt::print("zcrpc {}\n", ZCRPC_VERSION);
@@ -181,14 +276,15 @@ int main(int argc, char** argv) {
     printTransports(context);
     fmt::print("\n");
     printSettings(config);
+    printWarnings(config);
     if (!endpoints.empty()) {
       fmt::print("\n");
-      printChoice(context, endpoints);
+      anyWorks = printChoice(context, endpoints, plan);
     }
   } catch (const std::exception& e) {
     std::fflush(stdout);
     fmt::print(stderr, "zcrpc-info: {}\n", e.what());
     return 2;
   }
-  return 0;
+  return anyWorks ? 0 : 1;
 }
