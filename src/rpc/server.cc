@@ -3,7 +3,7 @@
 // deferred answers) and answer_backlog.cc (answers waiting for room).
 #include <algorithm>
 
-#include "metrics/stats_service.h"
+#include "rpc/stats_service.h"
 #include "rpc/acceptor.h"
 #include "rpc/frames.h"
 #include "rpc/worker.h"

@@ -1,7 +1,7 @@
 // The admin service: Admin.stats answered from Server::stats(). Hand-written dispatch over
 // kAdminInterfaceId (capnpc-zcrpc's output needs Cap'n Proto's RPC library, which libzcrpc
 // does not link); the tests check the id against the generated AdminClient.
-#include "metrics/stats_service.h"
+#include "rpc/stats_service.h"
 
 #include <unistd.h>
 
