@@ -539,9 +539,65 @@ TEST(Tcp, HandshakeTimesOutWhenTheServerStaysSilent) {
   auto o = tcpOptions();
   o.connection.connectTimeout = 300ms;
   auto start = Clock::now();
-  EXPECT_THROW((void)connectTcp("127.0.0.1:" + std::to_string(port), o), Failed);
+  try {
+    (void)connectTcp("127.0.0.1:" + std::to_string(port), o);
+    ADD_FAILURE() << "a silent server was taken for a zcrpc server";
+  } catch (const Failed& e) {
+    EXPECT_THAT(e.what(), HasSubstr("no handshake answer within 300 ms (connect_timeout): is it "
+                                    "a zcrpc tcp server?"));
+  }
   EXPECT_GE(msSince(start), 250.0);
   EXPECT_LT(msSince(start), 1500.0);
+}
+
+/// A raw server on `listener` that reads the client's hello, then writes `reply` and
+/// holds the connection open for `hold` (or closes it at once when `reply` is empty and
+/// `hold` is zero), as servers of other protocols do.
+std::jthread otherProtocolServer(const OwnedFd& listener, std::string reply,
+                                 std::chrono::milliseconds hold) {
+  return std::jthread([&listener, reply = std::move(reply), hold] {
+    pollfd p{listener.get(), POLLIN, 0};
+    if (::poll(&p, 1, 3000) <= 0) return;
+    OwnedFd c(::accept(listener.get(), nullptr, nullptr));
+    TcpHello hello;
+    (void)readExactly(c.get(), &hello, sizeof hello);
+    if (!reply.empty()) (void)writeExactly(c.get(), reply.data(), reply.size());
+    std::this_thread::sleep_for(hold);
+  });
+}
+
+// Another protocol's short answer (an HTTP server answering binary with 400 and waiting
+// for more) fails the handshake at once, naming what came, not at connect_timeout.
+TEST(Tcp, AServerOfAnotherProtocolFailsAtOnceNamingWhatItSent) {
+  uint16_t port = 0;
+  OwnedFd listener = rawListener(16, port);
+  ASSERT_TRUE(listener);
+  auto fake = otherProtocolServer(listener, "HTTP/1.1 400 Bad Request\r\n\r\n", 1200ms);
+  auto o = tcpOptions();
+  o.connection.connectTimeout = 2000ms;
+  auto start = Clock::now();
+  try {
+    (void)connectTcp("127.0.0.1:" + std::to_string(port), o);
+    ADD_FAILURE() << "accepted a server that is not zcrpc";
+  } catch (const Failed& e) {
+    EXPECT_THAT(e.what(), HasSubstr("the peer answered \"HTTP/1.1 400 Bad Request\\r\\n\\r\\n\" "
+                                    "instead of a zcrpc handshake: not a zcrpc tcp server"));
+  }
+  EXPECT_LT(msSince(start), 1000.0) << "failed at once, not at the 2 s connect_timeout";
+}
+
+TEST(Tcp, AServerThatClosesWithoutAnsweringSaysSo) {
+  uint16_t port = 0;
+  OwnedFd listener = rawListener(16, port);
+  ASSERT_TRUE(listener);
+  auto fake = otherProtocolServer(listener, "", 0ms);
+  try {
+    (void)connectTcp("127.0.0.1:" + std::to_string(port), tcpOptions());
+    ADD_FAILURE() << "accepted a server that closed at once";
+  } catch (const Disconnected& e) {
+    EXPECT_THAT(e.what(), HasSubstr("the peer closed the connection without answering the "
+                                    "handshake: is it a zcrpc tcp server?"));
+  }
 }
 
 TEST(Tcp, AServerThatIsNotZcrpcIsRefused) {

@@ -97,6 +97,56 @@ void readAll(ByteStream& stream, void* data, size_t size, Deadline deadline, con
 }
 
 
+namespace {
+/// Up to the first 40 bytes of `data` in double quotes, as text where printable and \xNN
+/// otherwise (what a peer that is not a zcrpc server sent, for the error message).
+std::string quoted(const char* data, size_t size) {
+  std::string out = "\"";
+  for (size_t i = 0; i < std::min<size_t>(size, 40); ++i) {
+    const auto c = static_cast<unsigned char>(data[i]);
+    if (c == '\r') out += "\\r";
+    else if (c == '\n') out += "\\n";
+    else if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') out += static_cast<char>(c);
+    else {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      out += hex;
+    }
+  }
+  return out + (size > 40 ? "...\"" : "\"");
+}
+}  // namespace
+
+void readAnswer(ByteStream& stream, Answer& answer, Deadline deadline, const std::string& what,
+                std::chrono::milliseconds timeout) {
+  auto* p = reinterpret_cast<char*>(&answer);
+  const uint64_t magic = kHelloMagic;
+  const std::string hint = ": is it a zcrpc tcp server? (one answers at once, and says why when it refuses)";
+  size_t got = 0;
+  while (got < sizeof answer) {
+    ssize_t n = stream.read(p + got, sizeof answer - got);
+    if (n > 0) {
+      got += static_cast<size_t>(n);
+      if (std::memcmp(p, &magic, std::min(got, sizeof magic)) != 0)
+        throw Failed(what + ": the peer answered " + quoted(p, got) +
+                     " instead of a zcrpc handshake: not a zcrpc tcp server");
+      continue;
+    }
+    if (n == 0)
+      throw Disconnected(what + (got ? ": the peer closed the connection within its handshake answer"
+                                     : ": the peer closed the connection without answering the handshake") +
+                         hint);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake receive", errno));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0)
+      throw Failed(what + ": no handshake answer within " + std::to_string(timeout.count()) +
+                   " ms (connect_timeout)" + (got ? " (" + std::to_string(got) + " bytes came)" : "") +
+                   hint);
+    os::pollOne(stream.fd(), POLLIN, left);
+  }
+}
+
 }  // namespace tcp
 
 using namespace tcp;
@@ -145,8 +195,7 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
     writeAll(*stream, &hello, sizeof hello, deadline, what);
     writeAll(*stream, options.token.data(), options.token.size(), deadline, what);
     Answer answer;
-    readAll(*stream, &answer, sizeof answer, deadline, what);
-    if (answer.magic != kHelloMagic) throw Failed(what + ": peer is not a zcrpc tcp server");
+    readAnswer(*stream, answer, deadline, what, options.connection.connectTimeout);
     if (!answer.accepted) {
       answer.reason[sizeof answer.reason - 1] = 0;
       throw Failed(what + ": refused by server: " + answer.reason);

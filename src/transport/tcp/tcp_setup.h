@@ -59,6 +59,12 @@ bool tokensEqual(std::string_view a, std::string_view b) noexcept;
 void writeAll(ByteStream& stream, const void* data, size_t size, Deadline deadline,
               const std::string& what);
 void readAll(ByteStream& stream, void* data, size_t size, Deadline deadline, const std::string& what);
+/// Reads a server's Answer to the client's Hello. A peer that is not a zcrpc tcp server
+/// fails as soon as that shows: bytes that are not the magic (named in the message), or a
+/// close before a whole answer; a silent one at `deadline` (`timeout` is its length, for
+/// the message). Every failure says the peer may not be a zcrpc server.
+void readAnswer(ByteStream& stream, Answer& answer, Deadline deadline, const std::string& what,
+                std::chrono::milliseconds timeout);
 
 }  // namespace zcrpc::tcp
 #pragma GCC visibility pop
