@@ -281,6 +281,7 @@ class ChannelPool final {
 
 class ServerConnection;
 struct DeferredState;
+class HealthStatus;  // zcrpc/health.h
 
 /// One call as its handler sees it: the request read in place, the response built in
 /// place (started on first use of `response()`), cancellation, deferral.
@@ -420,6 +421,12 @@ class Server final {
   /// endpoint and connection of this server, answering with stats(); zcrpc-stat reads
   /// it. Before start(). Idempotent.
   void enableStats();
+  /// Serves zcrpc's health-check interface (zcrpc/health.h, schemas/health.capnp) on
+  /// every endpoint and connection of this server, answering from the returned statuses:
+  /// "" (the server as a whole) is kServing until shutdown() begins, then kNotServing;
+  /// other names report what the application set. Before start(). Idempotent. The
+  /// statuses live as long as the server; set them from any thread.
+  HealthStatus& enableHealth();
   /// Starts the accept thread and the worker threads.
   void start();
   /// Stops accepting, answers or fails every call in flight (deferred calls get until

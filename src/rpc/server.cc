@@ -3,9 +3,10 @@
 // deferred answers) and answer_backlog.cc (answers waiting for room).
 #include <algorithm>
 
-#include "rpc/stats_service.h"
 #include "rpc/acceptor.h"
 #include "rpc/frames.h"
+#include "rpc/health_service.h"
+#include "rpc/stats_service.h"
 #include "rpc/worker.h"
 #include "zcrpc/rpc.h"
 
@@ -16,6 +17,8 @@ struct __attribute__((visibility("hidden"))) Server::Impl {
   std::unordered_map<uint64_t, Service*> services;
   MetricsRegistry registry;
   std::unique_ptr<Service> statsService;
+  std::unique_ptr<HealthStatus> health;  // after enableHealth(): read by its service
+  std::unique_ptr<Service> healthService;
   std::vector<std::string> endpointNames;  // fixed at start(): read by workers without a lock
   std::atomic<bool> endpointsFixed{false};
   std::vector<std::unique_ptr<Worker>> workers;
@@ -101,10 +104,25 @@ void Server::start() {
   impl_->acceptor.start();
 }
 
+HealthStatus& Server::enableHealth() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->health) return *impl_->health;
+    if (impl_->started) throw InvalidArgument("enableHealth after start()");
+    impl_->health = std::make_unique<HealthStatus>();
+    impl_->health->set("", ServingStatus::kServing);
+    impl_->healthService = makeHealthService(*impl_->health);
+  }
+  addService(*impl_->healthService);
+  return *impl_->health;
+}
+
 void Server::shutdown(Deadline deadline) {
   std::lock_guard lock(impl_->mutex);
   if (impl_->stopped) return;
   impl_->stopped = true;
+  // Health checks that still reach us while we drain say so.
+  if (impl_->health) impl_->health->set("", ServingStatus::kNotServing);
   impl_->acceptor.stop();  // no new clients from here on
   for (auto& w : impl_->workers) w->stop(deadline);
   if (impl_->started)

@@ -10,6 +10,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +19,7 @@
 #include "metrics/echo_impl.h"
 #include "zcrpc/balancer.h"
 #include "zcrpc/context.h"
+#include "zcrpc/health.h"
 
 extern char** environ;
 
@@ -148,6 +151,242 @@ TEST(BalancedChannel, RefusesBadArguments) {
   EXPECT_EQ(parseBalancePolicy("least-outstanding"), BalancePolicy::kLeastOutstanding);
   EXPECT_EQ(balancePolicyName(BalancePolicy::kRoundRobin), "round-robin");
   EXPECT_THROW(parseBalancePolicy("random"), InvalidArgument);
+}
+
+// ---------------------------------------------------------------------------------------
+// Health checks
+
+/// An in-process Echo server with the health service, on a listener of its own.
+class HealthyServer final {
+ public:
+  HealthyServer(const Context& context, const std::string& endpoint) {
+    server_.addService(impl_);
+    health_ = &server_.enableHealth();
+    health_->set("Echo", ServingStatus::kServing);
+    server_.addListener(context.listen(endpoint));
+    server_.start();
+    endpoint_ = server_.endpoints().at(0);
+  }
+  const std::string& endpoint() const { return endpoint_; }
+  Server& server() { return server_; }
+  HealthStatus& health() { return *health_; }
+
+ private:
+  std::string endpoint_;
+  EchoImpl impl_;
+  Server server_;
+  HealthStatus* health_ = nullptr;
+};
+
+/// Polls `balanced` until `done()` holds (at most 5 s).
+template <typename F>
+bool pollUntil(BalancedChannel& balanced, F&& done) {
+  for (int i = 0; i < 2500; ++i) {
+    if (done()) return true;
+    balanced.poll();
+    std::this_thread::sleep_for(2ms);
+  }
+  return done();
+}
+
+TEST(BalancedChannel, SkipsAServerThatIsUpButNotServingAndUsesItOnceItServesAgain) {
+  Context context(testConfig());
+  HealthyServer a(context, "shm://" + uniqueName("healthy-a"));
+  HealthyServer b(context, "shm://" + uniqueName("healthy-b"));
+  BalancerOptions options;
+  options.healthService = "Echo";
+  options.healthEvery = 20ms;
+  std::vector<std::string> endpoints{a.endpoint(), b.endpoint()};
+  BalancedChannel balanced(context, endpoints, options);
+  ASSERT_EQ(balanced.connectedCount(), 2u);
+  EXPECT_EQ(balanced.servers()[0].health, ServingStatus::kServing);
+
+  b.health().set("Echo", ServingStatus::kNotServing);  // up, but draining
+  ASSERT_TRUE(pollUntil(balanced, [&] { return balanced.connectedCount() == 1; }));
+  const auto down = balanced.servers()[1];
+  EXPECT_TRUE(down.connected) << "still connected: only not serving";
+  EXPECT_FALSE(down.usable);
+  EXPECT_EQ(down.health, ServingStatus::kNotServing);
+  EXPECT_EQ(down.lastError, "health: not serving");
+  const uint64_t before = echoCallsOf(b.server().stats());
+  for (int i = 0; i < 50; ++i) balanced.call([](Channel& ch) { echoOnce(ch); });
+  EXPECT_EQ(echoCallsOf(b.server().stats()), before) << "a server that is not serving got calls";
+  EXPECT_EQ(echoCallsOf(a.server().stats()), 50u);
+
+  b.health().set("Echo", ServingStatus::kServing);
+  ASSERT_TRUE(pollUntil(balanced, [&] { return balanced.connectedCount() == 2; }));
+  for (int i = 0; i < 50; ++i) balanced.call([](Channel& ch) { echoOnce(ch); });
+  EXPECT_GT(echoCallsOf(b.server().stats()), before) << "serving again, used again";
+
+  // An unknown service name is not serving anywhere.
+  BalancerOptions unknown = options;
+  unknown.healthService = "Inventory";
+  BalancedChannel nobody(context, endpoints, unknown);
+  EXPECT_EQ(nobody.connectedCount(), 0u);
+  EXPECT_EQ(nobody.servers()[0].health, ServingStatus::kServiceUnknown);
+  try {
+    nobody.pick();
+    ADD_FAILURE() << "picked a server that does not serve Inventory";
+  } catch (const Disconnected& e) {
+    EXPECT_NE(std::string(e.what()).find("health: service unknown"), std::string::npos) << e.what();
+  }
+}
+
+TEST(BalancedChannel, AServerWithoutTheHealthServiceCountsAsServing) {
+  Context context(testConfig());
+  LocalServer plain(context);
+  BalancerOptions options;
+  options.healthService = "";
+  BalancedChannel balanced(context, std::vector<std::string>{plain.endpoint()}, options);
+  EXPECT_EQ(balanced.connectedCount(), 1u);
+  balanced.call([](Channel& ch) { echoOnce(ch); });
+}
+
+// ---------------------------------------------------------------------------------------
+// Names: every address a name resolves to, SRV records, re-resolution
+
+/// A resolver whose answers the test sets. Threads: the balancer calls it from its own
+/// resolving thread while the test changes the answers, so a mutex guards them.
+class FakeResolver final : public Resolver {
+ public:
+  void setHost(const std::string& host, std::vector<std::string> addresses) {
+    std::lock_guard lock(mutex_);
+    hosts_[host] = std::move(addresses);
+  }
+  void setSrv(const std::string& name, std::vector<SrvTarget> targets) {
+    std::lock_guard lock(mutex_);
+    srv_[name] = std::move(targets);
+  }
+  int lookups() const {
+    std::lock_guard lock(mutex_);
+    return lookups_;
+  }
+  std::vector<std::string> addresses(const std::string& host) override {
+    std::lock_guard lock(mutex_);
+    ++lookups_;
+    auto it = hosts_.find(host);
+    if (it == hosts_.end()) throw Failed("host " + host + " does not resolve: no such name (test)");
+    return it->second;
+  }
+  std::vector<SrvTarget> srv(const std::string& name) override {
+    std::lock_guard lock(mutex_);
+    ++lookups_;
+    auto it = srv_.find(name);
+    if (it == srv_.end()) throw Failed("SRV " + name + " does not resolve: no such name (test)");
+    return it->second;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, std::vector<std::string>> hosts_;
+  std::map<std::string, std::vector<SrvTarget>> srv_;
+  int lookups_ = 0;
+};
+
+/// An Echo server on tcp://<address>:<port> (port 0: any).
+std::unique_ptr<HealthyServer> tcpServer(const Context& context, const std::string& address,
+                                         uint16_t port = 0) {
+  return std::make_unique<HealthyServer>(context, "tcp://" + address + ":" + std::to_string(port));
+}
+
+uint16_t portOf(const std::string& endpoint) {
+  return static_cast<uint16_t>(std::stoul(endpoint.substr(endpoint.rfind(':') + 1)));
+}
+
+TEST(BalancedChannel, ANameStandsForEveryAddressItResolvesToAndFollowsItsChanges) {
+  Context context(testConfig());
+  // Three "hosts" on one port: 127.0.0.2-4 all reach this host's loopback.
+  auto first = tcpServer(context, "127.0.0.2");
+  const uint16_t port = portOf(first->endpoint());
+  std::unique_ptr<HealthyServer> second, third;
+  try {
+    second = tcpServer(context, "127.0.0.3", port);
+    third = tcpServer(context, "127.0.0.4", port);
+  } catch (const Error& e) {
+    GTEST_SKIP() << "port " << port << " is taken on 127.0.0.3 or .4: " << e.what();
+  }
+  FakeResolver resolver;
+  resolver.setHost("kv.test", {"127.0.0.2", "127.0.0.3"});
+  BalancerOptions options;
+  options.resolver = &resolver;
+  options.resolveEvery = 30ms;
+  const std::string name = "tcp://kv.test:" + std::to_string(port);
+  BalancedChannel balanced(context, std::vector<std::string>{name}, options);
+  ASSERT_EQ(balanced.size(), 2u);
+  EXPECT_EQ(balanced.connectedCount(), 2u);
+  EXPECT_EQ(balanced.servers()[0].name, "kv.test");
+  EXPECT_EQ(balanced.servers()[0].endpoint, "tcp://127.0.0.2:" + std::to_string(port));
+  for (int i = 0; i < 40; ++i) balanced.call([](Channel& ch) { echoOnce(ch); });
+  EXPECT_EQ(echoCallsOf(first->server().stats()), 20u);
+  EXPECT_EQ(echoCallsOf(second->server().stats()), 20u);
+
+  // The service scales out: the name gains an address, and the balancer finds it without
+  // being made again.
+  resolver.setHost("kv.test", {"127.0.0.2", "127.0.0.3", "127.0.0.4"});
+  ASSERT_TRUE(pollUntil(balanced, [&] { return balanced.connectedCount() == 3; }));
+  for (int i = 0; i < 30; ++i) balanced.call([](Channel& ch) { echoOnce(ch); });
+  EXPECT_EQ(echoCallsOf(third->server().stats()), 10u);
+
+  // ... and shrinks: a vanished address is dropped; a channel picked before stays valid.
+  Channel* kept = balanced.channel(0);
+  ASSERT_NE(kept, nullptr);
+  resolver.setHost("kv.test", {"127.0.0.3", "127.0.0.4"});
+  ASSERT_TRUE(pollUntil(balanced, [&] { return balanced.size() == 2; }));
+  for (const auto& s : balanced.servers())
+    EXPECT_EQ(s.endpoints.at(0).find("127.0.0.2:"), std::string::npos) << s.endpoints.at(0);
+  EXPECT_TRUE(kept->connected()) << "a dropped server's channel stays usable for calls in flight";
+  const uint64_t firstCalls = echoCallsOf(first->server().stats());
+  for (int i = 0; i < 20; ++i) balanced.call([](Channel& ch) { echoOnce(ch); });
+  EXPECT_EQ(echoCallsOf(first->server().stats()), firstCalls) << "a dropped server got calls";
+
+  // A name that stops resolving keeps the servers it had: DNS trouble is not an outage.
+  resolver.setHost("kv.test", {});
+  const int lookups = resolver.lookups();
+  ASSERT_TRUE(pollUntil(balanced, [&] { return resolver.lookups() > lookups + 1; }));
+  EXPECT_EQ(balanced.size(), 2u);
+  balanced.call([](Channel& ch) { echoOnce(ch); });
+}
+
+TEST(BalancedChannel, SrvRecordsNameTheServersOfTheLowestPriority) {
+  Context context(testConfig());
+  auto a = tcpServer(context, "127.0.0.2");
+  auto b = tcpServer(context, "127.0.0.3");
+  auto backup = tcpServer(context, "127.0.0.4");
+  FakeResolver resolver;
+  resolver.setHost("a.test", {"127.0.0.2"});
+  resolver.setHost("b.test", {"127.0.0.3"});
+  resolver.setHost("backup.test", {"127.0.0.4"});
+  resolver.setSrv("_kv._tcp.test", {{"a.test", portOf(a->endpoint()), 10, 1},
+                                    {"b.test", portOf(b->endpoint()), 10, 1},
+                                    {"backup.test", portOf(backup->endpoint()), 20, 1}});
+  BalancerOptions options;
+  options.resolver = &resolver;
+  options.resolveEvery = 0ms;  // resolved once
+  BalancedChannel balanced(context, std::vector<std::string>{"tcp://_kv._tcp.test"}, options);
+  ASSERT_EQ(balanced.size(), 2u);
+  EXPECT_EQ(balanced.connectedCount(), 2u);
+  for (int i = 0; i < 20; ++i) balanced.call([](Channel& ch) { echoOnce(ch); });
+  EXPECT_EQ(echoCallsOf(a->server().stats()), 10u);
+  EXPECT_EQ(echoCallsOf(b->server().stats()), 10u);
+  EXPECT_EQ(echoCallsOf(backup->server().stats()), 0u);
+  EXPECT_EQ(balanced.servers()[0].name, "_kv._tcp.test");
+}
+
+TEST(BalancedChannel, ANameThatDoesNotResolveIsNamedWhenNothingIsUsable) {
+  Context context(testConfig());
+  FakeResolver resolver;
+  BalancerOptions options;
+  options.resolver = &resolver;
+  BalancedChannel balanced(context, std::vector<std::string>{"tcp://nowhere.test:7000"}, options);
+  EXPECT_EQ(balanced.size(), 0u);
+  try {
+    balanced.pick();
+    ADD_FAILURE() << "pick() returned with no server";
+  } catch (const Disconnected& e) {
+    EXPECT_NE(std::string(e.what()).find("tcp://nowhere.test: host nowhere.test does not resolve"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // ---------------------------------------------------------------------------------------

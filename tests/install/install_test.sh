@@ -25,7 +25,8 @@ install)
   lib=$(find "$work/root" -name 'libzcrpc.so*' -print -quit)
   [[ -n $lib ]] || fail "no libzcrpc.so installed"
   for h in rpc.h transport.h message.h frame.h shm.h tcp.h loopback.h config.h context.h \
-           admin.capnp admin_stats.capnp admin.capnp.h admin_stats.capnp.h admin.capnp.zcrpc.h; do
+           admin.capnp admin_stats.capnp admin.capnp.h admin_stats.capnp.h admin.capnp.zcrpc.h \
+           health.h health.capnp health_types.capnp health.capnp.zcrpc.h health_types.capnp.h; do
     [[ -n $(find "$work/root" -path "*/include/zcrpc/$h" -print -quit) ]] || fail "header zcrpc/$h not installed"
   done
   plugin=$(find "$work/root" -path '*/bin/capnpc-zcrpc' -print -quit)

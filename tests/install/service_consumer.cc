@@ -3,6 +3,7 @@
 // stub, and reads the server's stats through the installed admin stub. It links only if
 // the build flags bring capnp-rpc and kj-async (capnpc-c++'s Greeter::Client/Server).
 #include <zcrpc/admin.capnp.zcrpc.h>
+#include <zcrpc/health.h>
 #include <zcrpc/loopback.h>
 #include <zcrpc/rpc.h>
 
@@ -27,6 +28,7 @@ int main() {
   zcrpc::Server server;
   server.addService(impl);
   server.enableStats();
+  server.enableHealth().set("Greeter", zcrpc::ServingStatus::kServing);
   auto [client, served] = zcrpc::makeLoopbackPair();
   server.addConnection(std::move(served));
   server.start();
@@ -51,6 +53,11 @@ int main() {
   if (greets != 1) {
     std::fprintf(stderr, "service_consumer: the stats show %llu greet calls, not 1\n",
                  static_cast<unsigned long long>(greets));
+    return 1;
+  }
+  if (zcrpc::checkHealth(channel, "Greeter", zcrpc::deadlineAfter(std::chrono::seconds(5))) !=
+      zcrpc::ServingStatus::kServing) {
+    std::fprintf(stderr, "service_consumer: Greeter is not serving\n");
     return 1;
   }
   std::printf("service_consumer: %s; stats: %llu greet call\n", got.c_str(),

@@ -19,11 +19,19 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
+
+#include <cstring>
+#include <fstream>
+#include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <thread>
 
 #include "conformance/support.h"
+#include "zcrpc/balancer.h"
+#include "zcrpc/health.h"
 #include "zcrpc/tcp.h"
 
 namespace zcrpc::conformance {
@@ -521,6 +529,194 @@ TEST_F(Netns, ConnectToAnAddressThatDropsPacketsTimesOut) {
   EXPECT_LT(ms, 1500) << rest;
   EXPECT_THAT(rest, StartsWith(" Failed")) << "expected Failed";
   EXPECT_EQ(client.wait(5s), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Names across hosts: a BalancedChannel given a DNS name spreads over every address the
+// name resolves to (A records and SRV), follows the service as it scales out, and skips a
+// host that is up but not serving. The DNS server is dnsmasq on the server host; the
+// client host's resolver (getaddrinfo, res_nquery) reads a resolv.conf naming it, bound
+// over /etc/resolv.conf in the client's own mount namespace.
+
+/// A directory of this test's, removed with everything in it on destruction.
+class TempDir final {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/zcrpc-netns-dns.XXXXXX";
+    if (::mkdtemp(pattern)) path_ = pattern;
+  }
+  ~TempDir() {
+    if (!path_.empty()) (void)run({"rm", "-rf", path_});
+  }
+  const std::string& path() const { return path_; }
+  void write(const std::string& name, const std::string& text) const {
+    std::ofstream(path_ + "/" + name) << text;
+  }
+
+ private:
+  std::string path_;
+};
+
+/// In a forked child: a mount namespace of its own in which /etc/resolv.conf is `file`.
+bool useResolvConf(const std::string& file) {
+  return ::unshare(CLONE_NEWNS) == 0 &&
+         ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0 &&
+         ::mount(file.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) == 0;
+}
+
+/// "198.18.7.1:12 198.18.7.3:12": each server's address (its endpoint without "tcp://")
+/// and how often pick() chose it, ordered by address; only servers pick() may choose.
+std::string picksOf(const BalancedChannel& balanced) {
+  std::map<std::string, uint64_t> picks;
+  for (const auto& s : balanced.servers())
+    if (s.usable) picks[s.endpoints.at(0).substr(6)] = s.picks;
+  std::string out;
+  for (const auto& [address, n] : picks) out += (out.empty() ? "" : " ") + address + "=" + std::to_string(n);
+  return out;
+}
+
+TEST_F(Netns, ABalancedChannelFollowsADnsNameAcrossHostsAndSkipsOnesNotServing) {
+  if (::access("/usr/sbin/dnsmasq", X_OK) != 0)
+    GTEST_SKIP() << "dnsmasq is not installed (Debian: dnsmasq-base; scripts/zcrpc-dev installs it)";
+  TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  // Three hosts' addresses on the server side; a zcrpc server on port 7000 of each.
+  for (const char* a : {"198.18.7.3", "198.18.7.4"})
+    ASSERT_TRUE(must({"ip", "-n", nsServer_, "addr", "add", std::string(a) + "/24", "dev", vethServer_}));
+  const std::vector<std::string> hosts{"198.18.7.1", "198.18.7.3", "198.18.7.4"};
+  std::vector<std::unique_ptr<LinePipe>> reports, controls;
+  for (const auto& host : hosts) {
+    reports.push_back(std::make_unique<LinePipe>());
+    controls.push_back(std::make_unique<LinePipe>());
+    LinePipe& report = *reports.back();
+    LinePipe& control = *controls.back();
+    spawn([&, host] {
+      if (!enterNetns(nsServer_)) return 10;
+      EchoService service;
+      Server srv(ServerOptions{.workerThreads = 1});
+      srv.addService(service);
+      HealthStatus& health = srv.enableHealth();
+      health.set("Echo", ServingStatus::kServing);
+      srv.addListener(listenTcp(host + ":7000", netOptions()));
+      srv.start();
+      report.put("ready");
+      for (Bound b(100, 60s); b.next();) {
+        std::string command = control.get(60s);
+        if (command == "drain") {
+          health.set("Echo", ServingStatus::kNotServing);
+          report.put("draining");
+          continue;
+        }
+        break;  // "stop", or the test is gone
+      }
+      srv.shutdown(deadlineAfter(1s));
+      return 0;
+    });
+    report.closeWrite();
+    ASSERT_EQ(report.get(10s), "ready") << host;
+  }
+
+  // The name's first two hosts, and an SRV name for two of them.
+  dir.write("hosts", "198.18.7.1 svc.zcrpc.test\n198.18.7.3 svc.zcrpc.test\n"
+                     "198.18.7.1 a.zcrpc.test\n198.18.7.3 b.zcrpc.test\n");
+  dir.write("resolv.conf", "nameserver 198.18.7.1\noptions timeout:1 attempts:2\n");
+  Child& dns = spawn([&] {
+    if (!enterNetns(nsServer_)) return 10;
+    int log = ::open((dir.path() + "/dnsmasq.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (log >= 0) {
+      ::dup2(log, 1);
+      ::dup2(log, 2);
+    }
+    const std::string hostsFile = "--addn-hosts=" + dir.path() + "/hosts";
+    ::execl("/usr/sbin/dnsmasq", "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--user=root",
+            "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=198.18.7.1",
+            "--port=53", "--pid-file=", hostsFile.c_str(),
+            "--srv-host=_kv._tcp.zcrpc.test,a.zcrpc.test,7000,10",
+            "--srv-host=_kv._tcp.zcrpc.test,b.zcrpc.test,7000,10", nullptr);
+    ::_exit(127);
+  });
+
+  LinePipe clientReport, clientControl;
+  Child& client = spawn([&] {
+    if (!enterNetns(nsClient_)) return 10;
+    if (!useResolvConf(dir.path() + "/resolv.conf")) {
+      clientReport.put("no private /etc/resolv.conf: " + std::string(std::strerror(errno)));
+      return 11;
+    }
+    try {
+      Config config;
+      config.set("transports", "tcp", SettingSource::kCode, "test");
+      config.set("connect_timeout", "2s", SettingSource::kCode, "test");
+      Context context(config);
+      BalancerOptions options;
+      options.resolveEvery = 100ms;
+      options.maxBackoff = 200ms;
+      options.healthService = "Echo";
+      options.healthEvery = 50ms;
+      BalancedChannel balanced(context, std::vector<std::string>{"tcp://svc.zcrpc.test:7000"}, options);
+      auto settle = [&](size_t usable) {
+        for (Bound b(2000, 8s); b.next() && balanced.connectedCount() != usable;) {
+          balanced.poll();
+          std::this_thread::sleep_for(5ms);
+        }
+        return balanced.connectedCount() == usable;
+      };
+      auto calls = [&](int n) {
+        for (int i = 0; i < n; ++i)
+          balanced.call([&](Channel& ch) {
+            if (!echoCall(ch, static_cast<uint64_t>(i), 64, 2s)) throw Failed("echo failed");
+          });
+      };
+      if (!settle(2)) clientReport.put("two hosts never came up");
+      calls(40);
+      clientReport.put(picksOf(balanced));
+      if (clientControl.get(10s) != "grown") return 12;
+      if (!settle(3)) clientReport.put("the third host never came up");
+      calls(30);
+      clientReport.put(picksOf(balanced));
+      if (clientControl.get(10s) != "drained") return 13;
+      if (!settle(2)) clientReport.put("the draining host was never skipped");
+      calls(20);
+      clientReport.put(picksOf(balanced));
+
+      BalancerOptions srvOptions;
+      srvOptions.resolveEvery = 0ms;
+      BalancedChannel bySrv(context, std::vector<std::string>{"tcp://_kv._tcp.zcrpc.test"}, srvOptions);
+      std::set<std::string> targets;  // the DNS server may answer in any order
+      for (const auto& s : bySrv.servers()) targets.insert(s.endpoints.at(0));
+      std::string srv = std::to_string(bySrv.connectedCount()) + ":";
+      for (const auto& t : targets) srv += " " + t;
+      clientReport.put(srv);
+    } catch (const std::exception& e) {
+      clientReport.put(std::string("error: ") + e.what());
+      return 14;
+    }
+    return 0;
+  });
+  clientReport.closeWrite();
+  auto dnsLog = [&] {
+    std::ifstream in(dir.path() + "/dnsmasq.log");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(clientReport.get(15s), "198.18.7.1:7000=20 198.18.7.3:7000=20") << dnsLog();
+
+  // Scale out: a third host joins the name, and the running client finds it.
+  dir.write("hosts", "198.18.7.1 svc.zcrpc.test\n198.18.7.3 svc.zcrpc.test\n198.18.7.4 svc.zcrpc.test\n"
+                     "198.18.7.1 a.zcrpc.test\n198.18.7.3 b.zcrpc.test\n");
+  ASSERT_EQ(::kill(dns.pid(), SIGHUP), 0);  // dnsmasq reads its hosts files again
+  clientControl.put("grown");
+  EXPECT_EQ(clientReport.get(15s), "198.18.7.1:7000=30 198.18.7.3:7000=30 198.18.7.4:7000=10") << dnsLog();
+
+  // The middle host stays up but stops serving: the client skips it.
+  controls[1]->put("drain");
+  EXPECT_EQ(reports[1]->get(5s), "draining");
+  clientControl.put("drained");
+  EXPECT_EQ(clientReport.get(15s), "198.18.7.1:7000=40 198.18.7.4:7000=20") << dnsLog();
+
+  // SRV: the two targets of _kv._tcp, each by its own name.
+  EXPECT_EQ(clientReport.get(15s), "2: tcp://198.18.7.1:7000 tcp://198.18.7.3:7000") << dnsLog();
+  EXPECT_EQ(client.wait(10s), 0);
+  for (auto& c : controls) c->put("stop");
 }
 
 }  // namespace

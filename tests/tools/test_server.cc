@@ -1,6 +1,7 @@
 // zcrpc-test-server [--no-stats] [--threads N] ENDPOINT... — serves Echo (schemas/echo.capnp,
-// tests/metrics/echo_impl.h) and, unless --no-stats, the stats endpoint, on every endpoint
-// given (tcp://127.0.0.1:0 picks a port). Prints "ready ENDPOINT..." (the endpoints as
+// tests/metrics/echo_impl.h) and, unless --no-stats, the stats endpoint and the health
+// service (the server and "Echo" serving; SIGUSR1 makes both not serving, SIGUSR2 serving
+// again), on every endpoint given (tcp://127.0.0.1:0 picks a port). Prints "ready ENDPOINT..." (the endpoints as
 // listening, ports resolved) on one line once it serves, then runs until SIGTERM/SIGINT.
 // For the tool and balancer tests: they start it, read the line, and kill it.
 //
@@ -17,6 +18,7 @@
 
 #include "metrics/echo_impl.h"
 #include "zcrpc/context.h"
+#include "zcrpc/health.h"
 
 namespace {
 
@@ -65,6 +67,8 @@ int main(int argc, char** argv) {
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);  // health: stop serving (the server and "Echo")
+  sigaddset(&set, SIGUSR2);  // health: serve again
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts: all inherit it
 
   bool stats = true;
@@ -86,15 +90,28 @@ int main(int argc, char** argv) {
     zcrpc::testing::EchoImpl impl;
     zcrpc::Server server(options);
     server.addService(impl);
-    if (stats) server.enableStats();
+    zcrpc::HealthStatus* health = nullptr;
+    if (stats) {
+      server.enableStats();
+      health = &server.enableHealth();
+      health->set("Echo", zcrpc::ServingStatus::kServing);
+    }
     for (const auto& e : endpoints) server.addListener(context.listen(e));
     server.start();
     std::string line = "ready";
     for (const auto& e : server.endpoints()) line += " " + e;
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
-    int sig = 0;
-    while (sigwait(&set, &sig) != 0) {
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&set, &sig) != 0) continue;
+      if ((sig == SIGUSR1 || sig == SIGUSR2) && health) {
+        auto s = sig == SIGUSR1 ? zcrpc::ServingStatus::kNotServing : zcrpc::ServingStatus::kServing;
+        health->set("", s);
+        health->set("Echo", s);
+        continue;
+      }
+      if (sig == SIGINT || sig == SIGTERM) break;
     }
     server.shutdown();
   } catch (const std::exception& e) {

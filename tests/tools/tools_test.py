@@ -227,6 +227,35 @@ class ToolsTest(unittest.TestCase):
         m = re.search(r"(\d+) sent, (\d+) received", out)
         self.assertGreaterEqual(int(m.group(2)), 3, out)
 
+    def test_ping_health_checks(self):
+        with Server("shm://" + unique("health")) as s:
+            ep = s.endpoints[0]
+            r = run([PING, "--health", "-c", "2", "-i", "0", ep])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stdout, r"health of the server from %s: seq=1 serving time=[\d.]+ us" % re.escape(ep))
+            self.assertIn("2 sent, 2 received", r.stdout)
+            r = run([PING, "--health", "Echo", "-c", "1", ep])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("health of 'Echo' from %s: seq=1 serving" % ep, r.stdout)
+            r = run([PING, "--health", "Inventory", "-c", "1", ep])
+            self.assertEqual(r.returncode, 3, "answered, but not serving: exit status 3")
+            self.assertIn("seq=1 service unknown", r.stdout)
+            # Up but not serving (the server's SIGUSR1 sets it so).
+            s.proc.send_signal(signal.SIGUSR1)
+            deadline = time.time() + 5
+            while True:
+                r = run([PING, "--health", "Echo", "-c", "1", ep])
+                if r.returncode != 0 or time.time() > deadline:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(r.returncode, 3, r.stdout)
+            self.assertIn("seq=1 not serving", r.stdout)
+            s.proc.send_signal(signal.SIGUSR2)
+        with Server("shm://" + unique("nohealth"), stats=False) as s:
+            r = run([PING, "--health", "-c", "1", s.endpoints[0]])
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("does not serve health checks (Server::enableHealth())", r.stderr)
+
     def test_ping_unreachable_server(self):
         r = run([PING, "-c", "1", "shm://" + unique("nobody")])
         self.assertEqual(r.returncode, 2)

@@ -1,7 +1,9 @@
 // zcrpc-ping ENDPOINT... — round trips of ping frames to a running zcrpc server, as ping(8)
 // reports them: one line per pong, then count, loss and min/avg/p50/p99/max. Stops after
 // -c COUNT pings or at Ctrl-C. The server answers pings on its polling thread, with no
-// service involved, so this works against any zcrpc server.
+// service involved, so this works against any zcrpc server. With --health [SERVICE] each
+// probe is a health check instead (zcrpc/health.h; the server's enableHealth()), which
+// also says whether the server serves SERVICE ("" : the server as a whole).
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <signal.h>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "zcrpc/context.h"
+#include "zcrpc/health.h"
 #include "zcrpc/rpc.h"
 
 namespace {
@@ -61,6 +64,12 @@ int main(int argc, char** argv) {
   app.add_option("-W,--timeout", timeout, "seconds to wait for each pong")
       ->check(CLI::PositiveNumber);
   app.add_flag("-q,--quiet", quiet, "print only the summary");
+  std::string healthService;
+  auto* health = app.add_option("--health", healthService,
+                                "probe with health checks of SERVICE (none: the server as a "
+                                "whole) instead of ping frames; exit status 3 when the last "
+                                "answer was not 'serving'")
+                     ->expected(0, 1);
   CLI11_PARSE(app, argc, argv);
 
   struct sigaction sa{};
@@ -83,6 +92,8 @@ int main(int argc, char** argv) {
   fmt::print("PING {}\n", target);
   std::fflush(stdout);
 
+  const bool checking = health->count() > 0;
+  zcrpc::ServingStatus last = zcrpc::ServingStatus::kUnknown;
   std::vector<double> rtts;
   uint64_t sent = 0;
   int status = 0;
@@ -94,10 +105,25 @@ int main(int argc, char** argv) {
     if (gStop.load()) break;
     ++sent;
     try {
-      auto rtt = channel->ping(zcrpc::deadlineAfter(wait));
-      double ns = static_cast<double>(rtt.count());
-      rtts.push_back(ns);
-      if (!quiet) fmt::print("pong from {}: seq={} time={} us\n", target, sent, micros(ns));
+      if (checking) {
+        const auto start = std::chrono::steady_clock::now();
+        last = zcrpc::checkHealth(*channel, healthService, zcrpc::deadlineAfter(wait));
+        double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count();
+        rtts.push_back(ns);
+        if (!quiet)
+          fmt::print("health of {} from {}: seq={} {} time={} us\n",
+                     healthService.empty() ? std::string("the server") : "'" + healthService + "'",
+                     target, sent, zcrpc::servingStatusName(last), micros(ns));
+      } else {
+        auto rtt = channel->ping(zcrpc::deadlineAfter(wait));
+        double ns = static_cast<double>(rtt.count());
+        rtts.push_back(ns);
+        if (!quiet) fmt::print("pong from {}: seq={} time={} us\n", target, sent, micros(ns));
+      }
+    } catch (const zcrpc::Unimplemented&) {
+      fmt::print(stderr, "zcrpc-ping: {} does not serve health checks (Server::enableHealth())\n", target);
+      status = 1;
+      break;
     } catch (const zcrpc::DeadlineExceeded&) {
       if (!quiet) fmt::print("no pong from {}: seq={} timed out after {} s\n", target, sent, timeout);
     } catch (const std::exception& e) {
@@ -122,5 +148,6 @@ int main(int argc, char** argv) {
                micros(percentile(rtts, 0.99)), micros(rtts.back()));
   }
   if (rtts.empty()) status = 1;
+  if (checking && status == 0 && last != zcrpc::ServingStatus::kServing) status = 3;
   return status;
 }
