@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/errors.h"
 #include "zcrpc/context.h"
 #include "zcrpc/loopback.h"
 #ifdef ZCRPC_HAVE_RDMA
@@ -70,18 +71,7 @@ Config::Effective effectiveOf(const Config& c, const std::string& name) {
   return {};
 }
 
-/// The message of the InvalidArgument `f` throws ("" if it throws none).
-template <typename F>
-std::string errorOf(F&& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("wrong exception type: ") + e.what();
-  }
-  return "";
-}
+using test::errorOf;
 
 std::string uniqueName(const char* what) {
   return std::string("cfgtest-") + what + "-" + std::to_string(::getpid());

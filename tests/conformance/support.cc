@@ -25,39 +25,6 @@ namespace zcrpc::conformance {
 // ---------------------------------------------------------------------------------------
 // Payloads
 
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdull;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ull;
-  x ^= x >> 33;
-  return x;
-}
-
-void fillPattern(uint8_t* p, size_t n, uint64_t seed) {
-  uint64_t s = mix64(seed + 0x9E3779B97F4A7C15ull);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    std::memcpy(p + i, &s, 8);
-  }
-  s = s * 6364136223846793005ull + 1442695040888963407ull;
-  for (; i < n; ++i) p[i] = static_cast<uint8_t>(s >> (8 * (i % 8)));
-}
-
-uint64_t checksum(const uint8_t* p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull ^ n;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * 0x100000001b3ull;
-    h ^= h >> 29;
-  }
-  for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
-  return mix64(h);
-}
-
 void buildPayload(OutgoingMessage& msg, uint64_t seq, size_t size) {
   auto p = msg.initRoot<bench::Payload>();
   p.setSeq(seq);
@@ -535,76 +502,6 @@ std::vector<std::byte> validEmptyFrame(uint64_t callId, FrameKind kind, uint64_t
 
 // ---------------------------------------------------------------------------------------
 // Processes and memory
-
-Child::Child(const std::function<int()>& body) {
-  pid_t parent = ::getpid();
-  std::fflush(nullptr);
-  pid_ = ::fork();
-  if (pid_ < 0) throw std::runtime_error("fork failed");
-  if (pid_ == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(121);
-    int code = 120;
-    try {
-      code = body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child %d: exception: %s\n", ::getpid(), e.what());
-    } catch (...) {
-      std::fprintf(stderr, "child %d: unknown exception\n", ::getpid());
-    }
-    std::fflush(nullptr);
-    ::_exit(code);
-  }
-}
-
-void Child::kill() {
-  if (!running()) return;
-  ::kill(pid_, SIGKILL);
-  int st = 0;
-  while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
-  }
-  status_ = st;
-  reaped_ = true;
-}
-
-int Child::wait(std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  bool killed = false;
-  while (running()) {
-    int st = 0;
-    pid_t r = ::waitpid(pid_, &st, WNOHANG);
-    if (r == pid_) {
-      status_ = st;
-      reaped_ = true;
-      break;
-    }
-    if (Clock::now() >= deadline) {
-      kill();
-      killed = true;
-      break;
-    }
-    std::this_thread::sleep_for(2ms);
-  }
-  if (killed) return -1;
-  if (WIFEXITED(status_)) return WEXITSTATUS(status_);
-  if (WIFSIGNALED(status_)) return 128 + WTERMSIG(status_);
-  return -1;
-}
-
-bool Child::ended() {
-  if (!running()) return true;
-  int st = 0;
-  if (::waitpid(pid_, &st, WNOHANG) != pid_) return false;
-  status_ = st;
-  reaped_ = true;
-  return true;
-}
-
-std::string describeExit(int code) {
-  if (code == -1) return "hung (killed at the timeout)";
-  if (code > 128) return "killed by signal " + std::to_string(code - 128) + " (" + strsignal(code - 128) + ")";
-  return "exit " + std::to_string(code);
-}
 
 LinePipe::LinePipe() {
   if (::pipe2(fds_, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "bench.capnp.h"
+#include "common/child.h"
+#include "common/pattern.h"
 #include "zcrpc/rpc.h"
 #include "zcrpc/transport.h"
 
@@ -56,9 +58,9 @@ inline double msSince(Clock::time_point t) {
 // Payloads: bench::Payload{seq, checksum, data}; data is a pattern derived from seq, so a
 // torn, stale or reordered byte is caught.
 
-uint64_t mix64(uint64_t x);
-void fillPattern(uint8_t* p, size_t n, uint64_t seed);
-uint64_t checksum(const uint8_t* p, size_t n);
+using test::checksum;
+using test::fillPattern;
+using test::mix64;
 /// Words of one segment holding a Payload with `size` data bytes.
 inline uint32_t payloadWords(size_t size) { return static_cast<uint32_t>(4 + (size + 7) / 8); }
 /// Largest payload whose single segment is exactly `maxMessageBytes`.
@@ -241,32 +243,8 @@ std::vector<std::byte> validEmptyFrame(uint64_t callId, FrameKind kind = FrameKi
 // ---------------------------------------------------------------------------------------
 // Processes and memory
 
-/// A forked child running `body` (exit code = its return value; 120 if it threw). Killed
-/// and reaped on destruction; dies with the test process (PR_SET_PDEATHSIG). The child
-/// must not use gtest assertions: it reports through its exit code, pipes and stderr.
-class Child final {
- public:
-  explicit Child(const std::function<int()>& body);
-  ~Child() { kill(); }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  pid_t pid() const { return pid_; }
-  bool running() const { return pid_ > 0 && !reaped_; }
-  void kill();
-  /// Exit code; -1 if it had to be killed at `timeout`; 128+signal if a signal ended it.
-  int wait(std::chrono::milliseconds timeout);
-  /// True (and reaped) if it has ended by now; does not wait.
-  bool ended();
-
- private:
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  int status_ = 0;
-};
-
-/// "exit N", "killed by signal N (name)" or "hung (killed at the timeout)" for a code
-/// from Child::wait().
-std::string describeExit(int code);
+using test::Child;
+using test::describeExit;
 
 /// A pipe for a child to report lines to the test.
 class LinePipe final {

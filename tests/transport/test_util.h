@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "bench.capnp.h"
+#include "common/child.h"
+#include "common/pattern.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc::test {
@@ -31,39 +33,6 @@ using namespace std::chrono_literals;
 // ---------------------------------------------------------------------------------------
 // Payloads: bench::Payload{seq, checksum, data} with data derived from the seed and a
 // checksum over the bytes, so any torn, stale or overwritten byte is caught.
-
-inline uint64_t mix64(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdull;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ull;
-  x ^= x >> 33;
-  return x;
-}
-
-inline void fillPattern(uint8_t* p, size_t n, uint64_t seed) {
-  uint64_t s = mix64(seed + 0x9E3779B97F4A7C15ull);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    std::memcpy(p + i, &s, 8);
-  }
-  s = s * 6364136223846793005ull + 1442695040888963407ull;
-  for (; i < n; ++i) p[i] = static_cast<uint8_t>(s >> (8 * (i % 8)));
-}
-
-inline uint64_t checksum(const uint8_t* p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull ^ n;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * 0x100000001b3ull;
-    h ^= h >> 29;
-  }
-  for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
-  return mix64(h);
-}
 
 /// Words a Payload of `size` data bytes needs in one segment (root pointer + struct + data).
 inline uint32_t payloadWords(size_t size) { return static_cast<uint32_t>(4 + (size + 7) / 8); }
@@ -186,83 +155,6 @@ class Pipe {
 
  private:
   int fds_[2] = {-1, -1};
-};
-
-/// A forked child running `body`; its exit code is body's return value (or 120 if it
-/// threw). Killed (SIGKILL) and reaped on destruction, so no test path leaks a process;
-/// the child also dies if the test process dies (PR_SET_PDEATHSIG).
-/// The child must not use gtest assertions (they would be lost): it reports through its
-/// exit code and stderr.
-class Child {
- public:
-  explicit Child(const std::function<int()>& body) {
-    pid_t parent = ::getpid();
-    std::fflush(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(121);
-      int code = 120;
-      try {
-        code = body();
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "child %d: exception: %s\n", ::getpid(), e.what());
-      } catch (...) {
-        std::fprintf(stderr, "child %d: unknown exception\n", ::getpid());
-      }
-      std::fflush(nullptr);
-      ::_exit(code);
-    }
-  }
-  ~Child() { kill(); }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  pid_t pid() const { return pid_; }
-  bool running() const { return pid_ > 0 && !reaped_; }
-
-  /// SIGKILL and reap (idempotent).
-  void kill() {
-    if (!running()) return;
-    ::kill(pid_, SIGKILL);
-    int st;
-    while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
-    }
-    status_ = st;
-    reaped_ = true;
-  }
-  void signal(int sig) {
-    if (running()) ::kill(pid_, sig);
-  }
-
-  /// Waits for the child to exit; kills it at `timeout`. Returns the exit code, or -1 if it
-  /// had to be killed, or 128+signal if a signal ended it.
-  int wait(std::chrono::milliseconds timeout) {
-    auto deadline = Clock::now() + timeout;
-    while (running()) {
-      int st;
-      pid_t r = ::waitpid(pid_, &st, WNOHANG);
-      if (r == pid_) {
-        status_ = st;
-        reaped_ = true;
-        break;
-      }
-      if (Clock::now() >= deadline) {
-        kill();
-        return -1;
-      }
-      std::this_thread::sleep_for(2ms);
-    }
-    if (WIFEXITED(status_)) return WEXITSTATUS(status_);
-    if (WIFSIGNALED(status_)) return 128 + WTERMSIG(status_);
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  int status_ = 0;
 };
 
 /// Runs `body` (which may use gtest assertions) in a child process, so a crash in the code
