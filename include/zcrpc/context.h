@@ -22,6 +22,11 @@ struct TransportTraits {
   /// caller's memory until send(), which gathers it into the frame; UINT64_MAX: never (the
   /// data is copied in at once).
   uint64_t gathersFromBytes = UINT64_MAX;
+  /// Carries the RPC core's frames only (requests, answers, errors, cancellations, pings),
+  /// translated to a protocol of its own on the wire (capnp, capnp+unix: Cap'n Proto's RPC
+  /// protocol), not plain messages (FrameKind::kData): give its connections to a Channel
+  /// or a Server, not to the message API.
+  bool rpcFramesOnly = false;
 };
 
 /// One transport as a Context uses it: its URI scheme, whether it can be used here (and

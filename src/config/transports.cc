@@ -10,6 +10,8 @@
 #include "transport/address.h"
 #include "transport/ring/ring_connection.h"
 #include "transport/tcp/tcp_connection.h"
+#include "compat/sockets.h"
+#include "zcrpc/capnp.h"
 #include "zcrpc/context.h"
 #include "zcrpc/shm.h"
 #include "zcrpc/tcp.h"
@@ -187,11 +189,71 @@ class RdmaTransport final : public Transport {
                                                              "rdma_gid_index"};
 };
 
+/// Standard Cap'n Proto peers (zcrpc/capnp.h): Cap'n Proto's own RPC protocol over TCP
+/// (capnp://host:port) or a unix stream socket (capnp+unix:///path, capnp+unix://@name).
+class CapnpTransport final : public Transport {
+ public:
+  explicit CapnpTransport(bool unix) : unix_(unix) {}
+  std::string_view scheme() const noexcept override {
+    return unix_ ? compat::kUnixScheme : compat::kTcpScheme;
+  }
+  std::string_view summary() const noexcept override {
+    return unix_ ? "Cap'n Proto's own RPC protocol on a unix socket, to and from standard Cap'n Proto peers"
+                 : "Cap'n Proto's own RPC protocol over TCP, to and from standard Cap'n Proto peers";
+  }
+  TransportTraits traits() const noexcept override {
+    return {.compiledIn = true, .crossHost = !unix_, .sharedMemory = false,
+            .gathersFromBytes = UINT64_MAX, .rpcFramesOnly = true};
+  }
+  std::span<const std::string_view> settings() const noexcept override {
+    return unix_ ? std::span<const std::string_view>(kUnixSettings) : std::span<const std::string_view>(kTcpSettings);
+  }
+  std::string unavailable(const Config&) const override { return {}; }
+  std::string unreachable(std::string_view address, const Config&) const override {
+    if (!unix_) return unresolvable(address, scheme());
+    try {
+      compat::UnixAddress a(address);
+      if (!a.abstract() && ::access(a.path().c_str(), F_OK) != 0)
+        return "no socket " + a.path() + " on this host";
+    } catch (const InvalidArgument& e) {
+      return e.what();
+    }
+    return {};
+  }
+  std::unique_ptr<Connection> connect(std::string_view address, const ConnectionOptions& o,
+                                      const Config& c) const override {
+    return unix_ ? connectCapnpUnix(address, options(o, c)) : connectCapnp(address, options(o, c));
+  }
+  std::unique_ptr<Listener> listen(std::string_view address, const ConnectionOptions& o,
+                                   const Config& c) const override {
+    return unix_ ? listenCapnpUnix(address, options(o, c)) : listenCapnp(address, options(o, c));
+  }
+  std::string localAddress() const override {
+    if (!unix_) return "127.0.0.1:0";
+    static std::atomic<uint32_t> next{0};
+    return "@zcrpc-capnp-local-" + std::to_string(::getpid()) + "-" + std::to_string(next++);
+  }
+
+ private:
+  static CapnpOptions options(const ConnectionOptions& o, const Config& c) {
+    CapnpOptions out;
+    out.connection = o;
+    out.policy = c.credentialPolicy();
+    out.deadPeerTimeout = c.tcpOptions().deadPeerTimeout;
+    return out;
+  }
+  static constexpr std::array<std::string_view, 1> kTcpSettings{"dead_peer_timeout"};
+  static constexpr std::array<std::string_view, 3> kUnixSettings{"allow_same_uid", "allow_uids",
+                                                                 "allow_gids"};
+  bool unix_;
+};
+
 }  // namespace
 
 TransportList builtinTransports() {
   return {std::make_shared<ShmTransport>(), std::make_shared<TcpTransport>(),
-          std::make_shared<RdmaTransport>()};
+          std::make_shared<RdmaTransport>(), std::make_shared<CapnpTransport>(false),
+          std::make_shared<CapnpTransport>(true)};
 }
 
 std::vector<std::string> compiledTransports() {

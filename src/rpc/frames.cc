@@ -9,7 +9,9 @@
 
 namespace zcrpc {
 
-CallResult readError(IncomingMessage& msg) {
+CallResult readError(IncomingMessage& msg) { return readError(msg.reader()); }
+
+CallResult readError(capnp::MessageReader& msg) {
   try {
     auto e = msg.getRoot<wire::RpcError>();
     uint8_t kind = e.getKind();

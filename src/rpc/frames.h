@@ -11,6 +11,8 @@ namespace zcrpc {
 /// Reads an error frame's body into a failed CallResult; a body that cannot be read
 /// becomes kFailed with the reason.
 CallResult readError(IncomingMessage& msg);
+/// The same for an error body read through any Cap'n Proto reader (standard peers' frames).
+CallResult readError(capnp::MessageReader& msg);
 
 /// Fills `msg` (already started) with an error body.
 void writeError(OutgoingMessage& msg, ErrorKind kind, int32_t code, const std::string& message);

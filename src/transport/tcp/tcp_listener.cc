@@ -27,23 +27,7 @@ class TcpListener final : public Listener {
     const HostPort hp = parseHostPort(hostPort, "tcp");
     const std::string what = withScheme(hostPort, "tcp");
     const AddressList addresses = resolve(hp, /*passive=*/true, what);
-    int lastErr = 0;
-    for (const addrinfo* a = addresses.first(); a; a = a->ai_next) {
-      os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
-      if (!fd) {
-        lastErr = errno;
-        continue;
-      }
-      int one = 1;
-      ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd.get(), 128) != 0) {
-        lastErr = errno;
-        continue;
-      }
-      socket_ = std::move(fd);
-      break;
-    }
-    if (!socket_) throw Failed(os::errnoText("listen on " + what, lastErr));
+    socket_ = listenSocket(addresses.first(), what);
     sockaddr_storage local{};
     socklen_t len = sizeof local;
     ::getsockname(socket_.get(), reinterpret_cast<sockaddr*>(&local), &len);

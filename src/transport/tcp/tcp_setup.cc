@@ -96,6 +96,56 @@ void readAll(ByteStream& stream, void* data, size_t size, Deadline deadline, con
   }
 }
 
+os::Fd listenSocket(const addrinfo* addresses, const std::string& what) {
+  int lastErr = 0;
+  for (const addrinfo* a = addresses; a; a = a->ai_next) {
+    os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+    if (!fd) {
+      lastErr = errno;
+      continue;
+    }
+    int one = 1;
+    if (a->ai_family != AF_UNIX) ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd.get(), 128) != 0) {
+      lastErr = errno;
+      continue;
+    }
+    return fd;
+  }
+  throw Failed(os::errnoText("listen on " + what, lastErr));
+}
+
+os::Fd connectSocket(const addrinfo* addresses, Deadline deadline, std::chrono::milliseconds timeout,
+                     const std::string& what) {
+  std::string lastError = "no address";
+  for (const addrinfo* a = addresses; a; a = a->ai_next) {
+    os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
+    if (!fd) {
+      lastError = os::errnoText("socket", errno);
+      continue;
+    }
+    if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0) {
+      if (errno != EINPROGRESS && errno != EAGAIN) {
+        lastError = os::errnoText("connect", errno);
+        continue;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0 || !(os::pollOne(fd.get(), POLLOUT, left) & (POLLOUT | POLLERR | POLLHUP))) {
+        lastError = "connect timed out after " + std::to_string(timeout.count()) + " ms";
+        continue;
+      }
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err) {
+        lastError = os::errnoText("connect", err);
+        continue;
+      }
+    }
+    return fd;
+  }
+  throw Failed(what + ": " + lastError);
+}
 
 namespace {
 /// Up to the first 40 bytes of `data` in double quotes, as text where printable and \xNN
@@ -160,32 +210,8 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
   const std::string what = withScheme(hostPort, "tcp");
   auto deadline = deadlineAfter(options.connection.connectTimeout);
   const AddressList addresses = resolve(hp, /*passive=*/false, what);
-  std::string lastError = "no address";
-  for (const addrinfo* a = addresses.first(); a; a = a->ai_next) {
-    os::Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
-    if (!fd) {
-      lastError = os::errnoText("socket", errno);
-      continue;
-    }
-    if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0) {
-      if (errno != EINPROGRESS) {
-        lastError = os::errnoText("connect", errno);
-        continue;
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0 || !(os::pollOne(fd.get(), POLLOUT, left) & (POLLOUT | POLLERR | POLLHUP))) {
-        lastError = "connect timed out after " +
-                    std::to_string(options.connection.connectTimeout.count()) + " ms";
-        continue;
-      }
-      int err = 0;
-      socklen_t len = sizeof err;
-      ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err) {
-        lastError = os::errnoText("connect", err);
-        continue;
-      }
-    }
+  {
+    os::Fd fd = connectSocket(addresses.first(), deadline, options.connection.connectTimeout, what);
     setNoDelay(fd.get());
     setDeadPeerTimeout(fd.get(), options.deadPeerTimeout);
     auto stream = std::make_unique<SocketStream>(std::move(fd));
@@ -204,7 +230,6 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
     return std::make_unique<TcpConnection>(std::move(stream), what, options.connection, maxMessage,
                                            options.deadPeerTimeout);
   }
-  throw Failed(what + ": " + lastError);
 }
 
 }  // namespace zcrpc

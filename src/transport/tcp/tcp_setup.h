@@ -47,6 +47,16 @@ struct Answer {
 };
 
 void setNoDelay(int fd);
+
+/// A non-blocking stream socket listening on the first of `addresses` it can bind (tcp with
+/// SO_REUSEADDR, or a hand-made unix-socket addrinfo); throws Failed "listen on <what>: ...".
+os::Fd listenSocket(const addrinfo* addresses, const std::string& what);
+
+/// A connected non-blocking stream socket to the first of `addresses` that accepts before
+/// `deadline` (tcp, or a hand-made unix-socket addrinfo); throws Failed "<what>: <the last
+/// reason>" (`timeout` is the limit the deadline came from, for that text).
+os::Fd connectSocket(const addrinfo* addresses, Deadline deadline, std::chrono::milliseconds timeout,
+                     const std::string& what);
 /// Keepalive probes and TCP_USER_TIMEOUT for TcpOptions::deadPeerTimeout (0: off).
 void setDeadPeerTimeout(int fd, std::chrono::milliseconds timeout);
 void checkDeadPeerTimeout(std::chrono::milliseconds timeout);

@@ -1,0 +1,83 @@
+// zcrpc — zcrpc frames in heap memory, for connections whose wire is not zcrpc's own: the
+// session builds its outgoing frames in them (SegmentSource), and frames made from what the
+// peer sent are handed to the session as leases on them (LeaseOwner).
+#pragma once
+
+#include <capnp/any.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <kj/array.h>
+
+#include "zcrpc/transport.h"
+
+#pragma GCC visibility push(hidden)
+namespace zcrpc::compat {
+
+/// One frame in heap memory: first built through an OutgoingMessage (open()), then either
+/// read by its connection (the session's outgoing frame) or sealed into a lease the session
+/// receives (IncomingMessage). A sealed frame owns itself and goes when its lease is
+/// released, which any thread may do.
+///
+/// Threads: built on one thread; its lease released on any.
+class HeapFrame final : public SegmentSource, public LeaseOwner {
+ public:
+  /// Told when the OutgoingMessage built on an unsealed frame is dropped unsent.
+  class Owner {
+   public:
+    virtual void abandoned(HeapFrame& frame) noexcept = 0;
+
+   protected:
+    ~Owner() = default;
+  };
+
+  /// A frame that may grow to `maxMessageBytes` (then InvalidArgument), read with `limits`.
+  HeapFrame(uint64_t maxMessageBytes, const ReaderLimits& limits) noexcept
+      : max_(maxMessageBytes), limits_(limits) {}
+
+  /// Opens `msg` on this frame with a first segment of `words` zeroed words.
+  void open(OutgoingMessage& msg, uint32_t words);
+  /// `owner` learns when the message opened here is dropped unsent (it may delete the frame).
+  void setOwner(Owner* owner) noexcept { owner_ = owner; }
+  bool holds(OutgoingMessage& msg) const noexcept { return &msg.header() == &header_; }
+  FrameHeader& header() noexcept { return header_; }
+
+  /// Hands the built frame to the session: the lease owns this object from here on.
+  static IncomingMessage seal(std::unique_ptr<HeapFrame> frame, OutgoingMessage& built);
+
+  /// A frame whose root is a copy of `root` (a Cap'n Proto struct or null), in one segment.
+  /// Copies because a zcrpc frame's root is the message root, and Cap'n Proto's params and
+  /// results lie inside its RPC message (rpc.capnp Payload.content).
+  static IncomingMessage copyOf(const FrameHeader& header, capnp::AnyPointer::Reader root,
+                                uint64_t maxMessageBytes, const ReaderLimits& limits);
+  /// An error frame (FrameKind::kError) for call `callId`, as the session's own errors are.
+  static IncomingMessage error(uint64_t callId, ErrorKind kind, int32_t code, const std::string& message,
+                               const ReaderLimits& limits);
+
+  // SegmentSource
+  kj::ArrayPtr<capnp::word> allocateMore(uint32_t minWords) override;
+  void abandon() noexcept override {
+    if (owner_) owner_->abandoned(*this);
+  }
+  // LeaseOwner
+  const ParsedFrame& leasedFrame(uint32_t) const noexcept override { return frame_; }
+  const ReaderLimits& readerLimits() const noexcept override { return limits_; }
+  void releaseLease(uint32_t) noexcept override { delete this; }
+  bool heapCopy() const noexcept override { return true; }
+
+ private:
+  kj::ArrayPtr<capnp::word> take(uint64_t words);
+
+  FrameHeader header_{};
+  Owner* owner_ = nullptr;
+  uint64_t max_;
+  ReaderLimits limits_;
+  uint64_t allocated_ = 0;  // words
+  std::vector<kj::Array<capnp::word>> chunks_;
+  ParsedFrame frame_;  // once sealed
+};
+
+}  // namespace zcrpc::compat
+#pragma GCC visibility pop
