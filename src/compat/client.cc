@@ -130,6 +130,12 @@ class CapnpClientConnection final : public CapnpConnection, private kj::TaskSet:
   }
 
   void fail(uint64_t id, const kj::Exception& e) {
+    if (e.getType() == kj::Exception::Type::DISCONNECTED && streamEnded()) {
+      // The connection itself ended (the RPC system fails every call so): the channel
+      // learns it from the connection, as over zcrpc's own transports, and fails its calls.
+      fault(endReason());
+      return;
+    }
     ZcrpcError z = fromCapnp(e);
     deliver(HeapFrame::error(id, z.kind, z.code, z.message, options().connection.readerLimits));
     done_.push_back(id);

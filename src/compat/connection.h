@@ -130,6 +130,10 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
   /// Notes why the connection failed (first reason wins) and closes it.
   void fault(const std::string& why) noexcept;
   bool broken() const noexcept { return broken_; }
+  /// The socket reached its end (the peer closed it, or it failed).
+  bool streamEnded() const noexcept { return stream_ && stream_->ended(); }
+  /// Why the RPC system ended the connection, from what the stream saw.
+  std::string endReason() const;
   const CapnpOptions& options() const noexcept { return options_; }
   const std::string& peer() const noexcept { return peer_; }
   capnp::ReaderOptions readerOptions() const noexcept;
@@ -140,8 +144,6 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
   /// Opens `msg` on a frame of its own for the session.
   Status open(OutgoingMessage& msg, uint32_t words);
   void abandoned(HeapFrame& frame) noexcept override;
-  /// Why the RPC system ended the connection, from what the stream saw.
-  std::string endReason() const;
 
   const std::string endpoint_;
   const std::string peer_;

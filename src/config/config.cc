@@ -21,7 +21,7 @@ namespace zcrpc {
 namespace {
 
 constexpr SettingInfo kSettings[] = {
-    {"transports", SettingType::kList, "shm,rdma,tcp", "ZCRPC_TRANSPORTS",
+    {"transports", SettingType::kList, "shm,rdma,tcp,capnp+unix,capnp", "ZCRPC_TRANSPORTS",
      "Ordered transport preference when a client is given several endpoints", ""},
     {"ring_bytes", SettingType::kSize, "1MiB", "ZCRPC_RING_BYTES",
      "Ring (shm) or buffer (tcp) size per direction; a power of two", ""},

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <string>
 
 #include "conformance/support.h"
@@ -19,6 +20,13 @@ class Conformance : public ::testing::TestWithParam<const TransportFactory*> {
   /// A SIGPIPE from a transport writing to a reset peer would end the whole program and
   /// hide every later result; tcp_test checks that case on its own, in a child process.
   static void SetUpTestSuite() { ::signal(SIGPIPE, SIG_IGN); }
+  /// A transport that carries RPC frames only (standard Cap'n Proto peers) runs the RPC
+  /// core's cases (named Rpc*), not the transport contract's plain messages.
+  void SetUp() override {
+    const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    if (transport().rpcFramesOnly && name.rfind("Rpc", 0) != 0)
+      GTEST_SKIP() << transport().name << " carries RPC frames only, not plain messages";
+  }
 
   const TransportFactory& transport() const { return *GetParam(); }
   ConnectionOptions options() const { return GetParam()->options; }
@@ -27,8 +35,12 @@ class Conformance : public ::testing::TestWithParam<const TransportFactory*> {
   bool hasListener() const { return static_cast<bool>(transport().makeListener); }
 };
 
+/// The transport's name as a test name allows it ("capnp+unix" -> "capnp_unix").
 inline std::string transportName(const ::testing::TestParamInfo<const TransportFactory*>& info) {
-  return info.param->name;
+  std::string name = info.param->name;
+  for (char& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return name;
 }
 
 }  // namespace zcrpc::conformance

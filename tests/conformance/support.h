@@ -126,6 +126,9 @@ struct TransportFactory {
   /// `noGarbageReason` says why the malformed-frame tests are skipped.
   std::function<std::unique_ptr<GarbagePeer>(const ConnectionOptions&)> injectGarbage;
   std::string noGarbageReason;
+  /// Carries the RPC core's frames only (TransportTraits::rpcFramesOnly): the fixture runs
+  /// its Rpc* cases only.
+  bool rpcFramesOnly = false;
 };
 
 const TransportFactory& loopbackTransport();

@@ -154,7 +154,7 @@ class ToolsTest(unittest.TestCase):
         r = run([INFO, self.tcp, missing, self.shm, rdma])
         self.assertEqual(r.returncode, 0, r.stderr)
         out = r.stdout
-        self.assertIn("transport choice (preference: shm,rdma,tcp), each endpoint tried:", out)
+        self.assertIn("transport choice (preference: shm,rdma,tcp,capnp+unix,capnp), each endpoint tried:", out)
         self.assertRegex(out, r"%s\s+shm\s+chosen \(connected in [\d.]+ ms\)" % re.escape(self.shm))
         self.assertRegex(out, r"%s\s+shm\s+fails: no shm listener @zcrpc/%s" %
                          (re.escape(missing), unique("missing")))
