@@ -130,7 +130,7 @@ void CapnpConnection::fault(const std::string& why) noexcept {
   }
   // A client that broke the protocol (or sent what the limits refuse) is one its listener
   // lists; one that simply went away is not.
-  if (refusals_ && stream_ && (!stream_->sentAbort().empty() || !stream_->failure().empty()))
+  if (refusals_ && stream_ && stream_->peerBrokeRules())
     refusals_->add("disconnected " + peer_ + ": " + why);
   close();
 }

@@ -223,6 +223,7 @@ void SocketMessageStream::deliver() {
     bytes = chunk_ ? wholeMessageBytes() : 0;
   } catch (const std::exception& e) {
     fail(e.what());
+    brokeRules_ = true;
     auto f = kj::mv(waiting_);
     endDelivered_ = true;
     f->reject(streamException(kj::Exception::Type::FAILED, failure_));

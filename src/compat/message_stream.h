@@ -98,6 +98,9 @@ class SocketMessageStream final : public capnp::MessageStream {
   /// The reason of an Abort message (rpc.capnp) the RPC system sent (it found the peer
   /// breaking the protocol), or received (the peer gave up on us); empty when none.
   const std::string& sentAbort() const noexcept { return sentAbort_; }
+  /// The peer broke the framing's rules or the limits (as opposed to going away): the
+  /// failure() or sentAbort() is its fault.
+  bool peerBrokeRules() const noexcept { return brokeRules_ || !sentAbort_.empty(); }
   const std::string& receivedAbort() const noexcept { return receivedAbort_; }
 
   // capnp::MessageStream
@@ -143,6 +146,7 @@ class SocketMessageStream final : public capnp::MessageStream {
   bool ended_ = false;         // end of stream read, or failed
   bool endDelivered_ = false;  // ... and the RPC system was told
   bool writeClosed_ = false;   // writes failed after the end: output is dropped
+  bool brokeRules_ = false;    // the failure is the peer's framing (or size)
   std::string failure_;
   kj::Own<kj::PromiseFulfiller<kj::Maybe<capnp::MessageReaderAndFds>>> waiting_;  // a read waits
   capnp::ReaderOptions waitingOptions_;

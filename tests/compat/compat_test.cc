@@ -19,9 +19,15 @@
 
 #include <capnp/rpc.capnp.h>
 #include <capnp/serialize.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <functional>
 
 #include "common.capnp.zcrpc.h"
 #include "echo.capnp.h"
@@ -775,6 +781,285 @@ TEST_P(ZcrpcClient, ThroughContextConnectToZcrpcsOwnListener) {
   } catch (const ApplicationError& e) {
     EXPECT_EQ(e.code(), -7);
     EXPECT_EQ(std::string(e.what()), "negative");
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input from a raw socket: the listener closes what breaks the rules, with the reason
+// in refusals(), and goes on serving honest clients.
+
+/// A client that writes whatever a test wants on a raw socket to a capnp endpoint.
+class RawPeer final {
+ public:
+  explicit RawPeer(const std::string& endpoint) {
+    const std::string tcp = "capnp://", unix = "capnp+unix://";
+    if (endpoint.rfind(tcp, 0) == 0) {
+      const std::string hostPort = endpoint.substr(tcp.size());
+      const auto colon = hostPort.rfind(':');
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(static_cast<uint16_t>(std::stoi(hostPort.substr(colon + 1))));
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+        throw std::runtime_error("raw connect failed");
+    } else {
+      const std::string name = endpoint.substr(unix.size() + 1);  // "@name"
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      std::memcpy(a.sun_path + 1, name.data(), name.size());
+      fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (::connect(fd_, reinterpret_cast<sockaddr*>(&a),
+                    static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())) != 0)
+        throw std::runtime_error("raw connect failed");
+    }
+  }
+  ~RawPeer() { ::close(fd_); }
+  int fd() const { return fd_; }
+
+  /// Writes all of `bytes` (blocking); false when the server closed meanwhile.
+  bool write(kj::ArrayPtr<const kj::byte> bytes) {
+    while (bytes.size()) {
+      const ssize_t n = ::send(fd_, bytes.begin(), bytes.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      bytes = bytes.slice(static_cast<size_t>(n), bytes.size());
+    }
+    return true;
+  }
+  bool send(capnp::MessageBuilder& message) {
+    auto flat = capnp::messageToFlatArray(message);
+    return write(flat.asBytes());
+  }
+
+  /// What the server sent until it closed the connection (or `timeout`).
+  struct Seen {
+    bool closed = false;
+    std::string abort;                   // the reason of an Abort message
+    std::vector<capnp::rpc::Message::Which> kinds;
+    std::vector<std::string> exceptions;  // reasons of Returns that are exceptions
+  };
+  Seen readUntilClosed(std::chrono::milliseconds timeout) {
+    Seen seen;
+    std::vector<capnp::word> buf;
+    size_t have = 0;  // bytes
+    const auto until = Clock::now() + timeout;
+    for (;;) {
+      // Every whole message received so far.
+      for (;;) {
+        auto words = kj::arrayPtr(buf.data(), have / 8);
+        if (words.size() == 0) break;
+        const size_t need = capnp::expectedSizeInWordsFromPrefix(words);
+        if (words.size() < need) break;
+        capnp::FlatArrayMessageReader reader(words.slice(0, need));
+        auto m = reader.getRoot<capnp::rpc::Message>();
+        seen.kinds.push_back(m.which());
+        if (m.isAbort()) seen.abort = m.getAbort().getReason().cStr();
+        if (m.isReturn() && m.getReturn().isException())
+          seen.exceptions.push_back(m.getReturn().getException().getReason().cStr());
+        std::memmove(buf.data(), buf.data() + need, have - need * 8);
+        have -= need * 8;
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
+      if (left.count() <= 0) return seen;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return seen;
+      if (buf.size() * 8 < have + 65536) buf.resize((have + 65536) / 8 + 1);
+      const ssize_t n = ::recv(fd_, reinterpret_cast<char*>(buf.data()) + have, buf.size() * 8 - have, 0);
+      if (n <= 0) {
+        seen.closed = true;
+        return seen;
+      }
+      have += static_cast<size_t>(n);
+    }
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+bool anyContains(const std::vector<std::string>& list, const std::string& part) {
+  for (const auto& s : list)
+    if (s.find(part) != std::string::npos) return true;
+  return false;
+}
+
+/// Whether the listener lists a refusal containing `part` within a few seconds (the client
+/// may see its connection end before the server's worker has written the reason down).
+::testing::AssertionResult refused(const ZcrpcEchoServer& server, const std::string& part) {
+  for (Bound b(5000, 5s); b.next();) {
+    if (anyContains(server.refusals(), part)) return ::testing::AssertionSuccess();
+    std::this_thread::sleep_for(1ms);
+  }
+  return ::testing::AssertionFailure() << "no refusal with '" << part
+                                       << "': " << ::testing::PrintToString(server.refusals());
+}
+
+/// An honest client's echo round trip still works.
+void expectServing(const std::string& kj) {
+  capnp::EzRpcClient client(kj);
+  auto req = client.getMain<echo::Echo>().echoRequest();
+  req.setData(pattern(32, 4));
+  EXPECT_EQ(req.send().wait(client.getWaitScope()).getData().size(), 32u);
+}
+
+class BadInput : public StandardClient {};
+INSTANTIATE_TEST_SUITE_P(Sockets, BadInput, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "unix" : "tcp"; });
+
+TEST_P(BadInput, GarbageBytesCloseTheConnectionWithTheReason) {
+  ZcrpcEchoServer server(unix());
+  {
+    RawPeer raw(server.endpoint());
+    // A first word claiming 2^31 segments: Cap'n Proto's framing allows 512.
+    const uint32_t words[4] = {0x7fffffffu, 1, 0xdeadbeefu, 0x12345678u};
+    raw.write(kj::arrayPtr(reinterpret_cast<const kj::byte*>(words), sizeof words));
+    EXPECT_TRUE(raw.readUntilClosed(5s).closed);
+  }
+  {
+    // Framing that holds, around a message that is not an RPC message.
+    RawPeer raw(server.endpoint());
+    uint64_t message[4] = {0, 0, 0, 0};
+    const uint32_t table[2] = {0, 3};
+    std::memcpy(message, table, sizeof table);
+    message[1] = 0xffff'ffff'ffff'fff1ull;  // a far pointer into a segment that is not there
+    raw.write(kj::arrayPtr(reinterpret_cast<const kj::byte*>(message), sizeof message));
+    auto seen = raw.readUntilClosed(5s);
+    EXPECT_TRUE(seen.closed);
+    EXPECT_FALSE(seen.abort.empty()) << "no Abort telling the client why";
+  }
+  EXPECT_TRUE(refused(server, "segments (at most 512)"));
+  EXPECT_TRUE(refused(server, "broke Cap'n Proto's RPC protocol"));
+  expectServing(server.kj());
+}
+
+TEST_P(BadInput, UnknownQuestionAndImportIdsAreRefused) {
+  ZcrpcEchoServer server(unix());
+  struct Case {
+    const char* what;
+    std::function<void(capnp::rpc::Message::Builder)> build;
+  };
+  const std::vector<Case> cases = {
+      {"Finish of a question never asked",
+       [](auto m) { m.initFinish().setQuestionId(99); }},
+      {"Release of an import never given",
+       [](auto m) {
+         auto r = m.initRelease();
+         r.setId(55);
+         r.setReferenceCount(1);
+       }},
+      {"Call on an import never given",
+       [](auto m) {
+         auto c = m.initCall();
+         c.setQuestionId(1);
+         c.initTarget().setImportedCap(77);
+         c.setInterfaceId(capnp::typeId<echo::Echo>());
+         c.initParams();
+       }},
+      {"Call pipelined on a question never asked",
+       [](auto m) {
+         auto c = m.initCall();
+         c.setQuestionId(2);
+         c.initTarget().initPromisedAnswer().setQuestionId(1234);
+         c.setInterfaceId(capnp::typeId<echo::Echo>());
+         c.initParams();
+       }},
+      {"Disembargo naming nothing",
+       [](auto m) {
+         auto d = m.initDisembargo();
+         d.initTarget().setImportedCap(66);
+         d.getContext().setReceiverLoopback(5);
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    RawPeer raw(server.endpoint());
+    capnp::MallocMessageBuilder message;
+    c.build(message.initRoot<capnp::rpc::Message>());
+    raw.send(message);
+    auto seen = raw.readUntilClosed(3s);
+    // Either the connection is aborted with a reason, or the call fails with one.
+    EXPECT_TRUE((seen.closed && !seen.abort.empty()) || !seen.exceptions.empty())
+        << "closed " << seen.closed << ", abort '" << seen.abort << "', " << seen.exceptions.size()
+        << " exceptions";
+  }
+  EXPECT_TRUE(refused(server, "'Finish' for invalid question ID"));
+  EXPECT_TRUE(refused(server, "Tried to release invalid export ID"));
+  EXPECT_TRUE(refused(server, "Message target is not a current export ID"));
+  EXPECT_TRUE(refused(server, "PromisedAnswer.questionId is not a current question"));
+  EXPECT_TRUE(refused(server, "Invalid embargo ID"));
+  expectServing(server.kj());
+}
+
+TEST_P(BadInput, MessageOverTheSizeLimitIsRefusedBeforeItArrives) {
+  CapnpOptions o;
+  o.connection.maxMessageBytes = 1 << 20;
+  ZcrpcEchoServer server(unix(), o);
+  {
+    RawPeer raw(server.endpoint());
+    // A table announcing one segment of 2 MiB; the bytes themselves never come.
+    const uint32_t table[2] = {0, (2u << 20) / 8};
+    raw.write(kj::arrayPtr(reinterpret_cast<const kj::byte*>(table), sizeof table));
+    EXPECT_TRUE(raw.readUntilClosed(5s).closed) << "the server waited for 2 MiB it will not take";
+  }
+  EXPECT_TRUE(refused(server, "over the maximum message size of 1048576"));
+  {
+    // A standard client's call over the limit: its connection goes, the next one works.
+    capnp::EzRpcClient client(server.kj());
+    auto req = client.getMain<echo::Echo>().echoRequest();
+    req.setData(pattern(2 << 20, 1));
+    EXPECT_THROW(req.send().wait(client.getWaitScope()), kj::Exception);
+  }
+  expectServing(server.kj());
+}
+
+TEST_P(BadInput, SlowClientDoesNotHoldUpOthers) {
+  // One worker serves both clients: the slow one must not stall it.
+  CapnpOptions o;
+  o.connection.ringBytes = 256 << 10;
+  ZcrpcEchoServer server(unix(), o);
+  RawPeer slow(server.endpoint());
+  {
+    // Bootstrap, then pipelined 256 KiB echo calls it never reads the answers of, until
+    // the server stops reading them (the socket fills) or 64 MiB went.
+    capnp::MallocMessageBuilder boot;
+    boot.initRoot<capnp::rpc::Message>().initBootstrap().setQuestionId(0);
+    ASSERT_TRUE(slow.send(boot));
+    const int flags = ::fcntl(slow.fd(), F_GETFL);
+    ::fcntl(slow.fd(), F_SETFL, flags | O_NONBLOCK);
+    auto payload = pattern(256 << 10, 2);
+    size_t sent = 0;
+    for (uint32_t q = 1; q <= 256; ++q) {
+      capnp::MallocMessageBuilder message;
+      auto call = message.initRoot<capnp::rpc::Message>().initCall();
+      call.setQuestionId(q);
+      call.initTarget().initPromisedAnswer().setQuestionId(0);
+      call.setInterfaceId(capnp::typeId<echo::Echo>());
+      call.setMethodId(0);
+      call.initParams().getContent().initAs<echo::Echo::EchoParams>().setData(payload);
+      auto flat = capnp::messageToFlatArray(message);
+      auto bytes = flat.asBytes();
+      size_t off = 0;
+      const auto until = Clock::now() + 200ms;
+      while (off < bytes.size() && Clock::now() < until) {
+        const ssize_t n = ::send(slow.fd(), bytes.begin() + off, bytes.size() - off, MSG_NOSIGNAL);
+        if (n > 0) off += static_cast<size_t>(n);
+        else std::this_thread::sleep_for(1ms);
+      }
+      if (off < bytes.size()) break;  // the server no longer reads us
+      sent += bytes.size();
+    }
+    EXPECT_LT(sent, size_t{64} << 20) << "the server kept reading from a client that reads nothing";
+  }
+  // Meanwhile an honest client is served promptly.
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto echo = client.getMain<echo::Echo>();
+  for (int i = 0; i < 50; ++i) {
+    const auto t0 = Clock::now();
+    auto req = echo.echoRequest();
+    req.setData(pattern(64, static_cast<uint8_t>(i)));
+    EXPECT_EQ(req.send().wait(ws).getData().size(), 64u);
+    EXPECT_LT(Clock::now() - t0, 1s) << "call " << i << " waited behind the slow client";
   }
 }
 
