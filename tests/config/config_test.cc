@@ -409,11 +409,11 @@ TEST(TransportChoice, UnresolvableTcpAndUnknownSchemesAreSkippedWithReasons) {
   Context all{withTransports("shm,rdma,tcp")};
   TransportChoice c2 = all.choose(odd);
   EXPECT_THAT(verdictOf(c2, odd[0]).reason,
-              AllOf(HasSubstr("unknown scheme 'carrier' (known: shm://, tcp://, rdma://)"),
+              AllOf(HasSubstr("unknown scheme 'carrier' (known: shm://, tcp://, rdma://, capnp://, capnp+unix://)"),
                     Not(HasSubstr("preference"))));
   EXPECT_THAT(verdictOf(c2, odd[1]).reason, HasSubstr("unknown scheme 'http'"));
   EXPECT_THAT(verdictOf(c2, odd[2]).reason,
-              HasSubstr("unknown scheme 'tpc' (known: shm://, tcp://, rdma://); did you mean tcp?"));
+              HasSubstr("unknown scheme 'tpc' (known: shm://, tcp://, rdma://, capnp://, capnp+unix://); did you mean tcp?"));
   EXPECT_THAT(errorOf([&] { (void)all.connect(std::vector<std::string>{odd[1]}); }),
               HasSubstr("http://example.com:80: skipped: unknown scheme 'http'"));
   EXPECT_THAT(errorOf([&] { (void)all.listen(odd[1]); }),
@@ -513,12 +513,19 @@ class FakeTransport final : public Transport {
   std::string scheme_, unavailable_;
 };
 
-TEST(Transports, TheBuiltInListHasShmTcpAndRdmaSayingWhatEachCanDo) {
+TEST(Transports, TheBuiltInListHasShmTcpRdmaAndStandardPeersSayingWhatEachCanDo) {
   TransportList list = builtinTransports();
-  ASSERT_EQ(list.size(), 3u);
+  ASSERT_EQ(list.size(), 5u);
   EXPECT_EQ(list[0]->scheme(), "shm");
   EXPECT_EQ(list[1]->scheme(), "tcp");
   EXPECT_EQ(list[2]->scheme(), "rdma");
+  EXPECT_EQ(list[3]->scheme(), "capnp");
+  EXPECT_EQ(list[4]->scheme(), "capnp+unix");
+  for (size_t i = 0; i < 3; ++i) EXPECT_FALSE(list[i]->traits().rpcFramesOnly) << list[i]->scheme();
+  EXPECT_TRUE(list[3]->traits().rpcFramesOnly);  // Cap'n Proto's RPC protocol on the wire
+  EXPECT_TRUE(list[4]->traits().rpcFramesOnly);
+  EXPECT_TRUE(list[3]->traits().crossHost);
+  EXPECT_FALSE(list[4]->traits().crossHost);
   EXPECT_FALSE(list[0]->traits().crossHost);
   EXPECT_TRUE(list[0]->traits().sharedMemory);
   EXPECT_EQ(list[0]->traits().gathersFromBytes, 1024u);

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 NEEDED = {"rpc": ["zcrpc", "capnp-work", "bound", "zcrpc-pipelined"],
+          "standard": ["capnp", "zcrpc-capnp", "zcrpc-capnp-client", "zcrpc"],
           "messages": ["floor", "zcrpc", "floor-check", "capnp-work", "bound", "zcrpc-one-way"]}
 
 

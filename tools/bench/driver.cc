@@ -8,6 +8,12 @@
 //    this build has, and over tcp a raw ping-pong of as many bytes as zcrpc's frames; then
 //    zcrpc's pipelined calls/s and Cap'n Proto's own work (one thread, no transport). A
 //    rival with its own wait is measured once per size and repetition for every wait mode.
+//  * standard: standard Cap'n Proto peers (zcrpc/capnp.h). Cap'n Proto's own client
+//    (EzRpcClient) and server (EzRpcServer) serving the same Echo, the baseline, over a unix
+//    socket (shm rows) or TCP (tcp rows); the same client against zcrpc's capnp listener
+//    serving zcrpc's echo handler; a zcrpc Channel over capnp:// against EzRpcServer; and
+//    zcrpc's own transport (shm / tcp) beside them: what moving a client to it buys. The
+//    Cap'n Proto pair waits in epoll and is measured once per size and repetition.
 //  * messages: raw zcrpc messages over shm against the floor (always busy-polling), a
 //    shorter floor run on the other side of the zcrpc cell (did the CPUs move?), Cap'n
 //    Proto's own work, the one-way stream and, from 1 MiB, memcpy bandwidth.
@@ -125,6 +131,41 @@ class Driver final {
     }
   }
 
+  /// One repetition of the standard rows of `t` and `size`, one row per wait mode.
+  void standard(unsigned rep, Transport t, size_t size) {
+    std::optional<Figure> baseline;  // EzRpc both ends: its own wait, once for all wait modes
+    for (WaitMode w : standardWaitModes(s_)) {
+      Row& row = this->row("standard", t, w, size, [&](Row& r) {
+        r.series.push_back(system(kCapnpBaseline).info(t));
+        r.series[0].role = Role::kReference;
+        r.series.push_back(system(kCapnpListener).info(t));
+        r.series.push_back(system(kCapnpClient).info(t));
+        r.series.push_back(system(kRpc).info(t));
+        r.series.back().label = t == Transport::kShm ? "zcrpc over shm" : "zcrpc over tcp";
+      });
+      RowRep& rr = row.reps.emplace_back();
+      rr.figures.resize(row.series.size());
+      const CellSpec spec{t, w, Measure::kRoundTrip, 0, 0, size, 0};
+      // The baseline and zcrpc's listener form one unit whose order alternates (their ratio
+      // is the target); the units' order turns with the repetition.
+      std::vector<std::vector<size_t>> units{{0, 1}, {2}, {3}};
+      if (rep % 2) std::swap(units[0][0], units[0][1]);
+      std::rotate(units.begin(), units.begin() + rep % units.size(), units.end());
+      const size_t systems[] = {kCapnpBaseline, kCapnpListener, kCapnpClient, kRpc};
+      for (const auto& unit : units)
+        for (size_t i : unit) {
+          if (i == 0 && baseline) {
+            rr.figures[0] = *baseline;
+            continue;
+          }
+          rr.figures[i] = cell(systems[i], spec, row.name() + " " + row.series[i].id);
+          if (i == 0) baseline = rr.figures[0];
+          rr.order += (rr.order.empty() ? "" : ",") + row.series[i].id;
+        }
+      finishRow(row, rr, true, Row::npos);
+    }
+  }
+
   /// One repetition of the messages row of `w` and `size`.
   void messages(unsigned rep, WaitMode w, size_t size) {
     Row& row = this->row("messages", Transport::kShm, w, size, [&](Row& r) {
@@ -180,7 +221,8 @@ class Driver final {
   }
 
   // Indices of the fixed systems in systems_; rivals follow.
-  static constexpr size_t kFloor = 0, kRawTcp = 1, kRpc = 2, kMessages = 3, kFirstRival = 4;
+  static constexpr size_t kFloor = 0, kRawTcp = 1, kRpc = 2, kMessages = 3, kCapnpListener = 4,
+                          kCapnpClient = 5, kCapnpBaseline = 6, kFirstRival = 7;
 
  private:
   System& system(size_t i) { return *systems_[i]; }
@@ -216,12 +258,14 @@ class Driver final {
   /// built on it, and a progress line.
   void finishRow(const Row& row, RowRep& rr, bool rpc, size_t moved) {
     const size_t work = row.find("capnp-work"), bound = row.find("bound");
-    uint64_t preempted = preemptionCount();
-    rr.figures[work].latency = capnpWork(rpc, Budget::forPayload(0, s_.seconds / 4), samples_);
-    rr.figures[work].preemptions = preemptionCount() - preempted;
-    if (moved != Row::npos)
-      rr.figures[bound].latency.p50Ns =
-          rr.figures[moved].latency.p50Ns + rr.figures[work].latency.p50Ns;
+    if (work != Row::npos) {
+      uint64_t preempted = preemptionCount();
+      rr.figures[work].latency = capnpWork(rpc, Budget::forPayload(0, s_.seconds / 4), samples_);
+      rr.figures[work].preemptions = preemptionCount() - preempted;
+      if (moved != Row::npos)
+        rr.figures[bound].latency.p50Ns =
+            rr.figures[moved].latency.p50Ns + rr.figures[work].latency.p50Ns;
+    }
     std::string line;
     for (size_t i = 0; i < row.series.size(); ++i) {
       const Figure& f = rr.figures[i];
@@ -311,6 +355,13 @@ class Driver final {
 
 }  // namespace
 
+std::vector<WaitMode> standardWaitModes(const Settings& s) {
+  std::vector<WaitMode> modes = s.waitModes;
+  if (std::find(modes.begin(), modes.end(), WaitMode::kBlocking) == modes.end())
+    modes.push_back(WaitMode::kBlocking);
+  return modes;
+}
+
 Table runBench(const Settings& s) {
   if (s.sizes.empty()) throw BenchError("--sizes: no sizes given");
   Table table;
@@ -323,6 +374,9 @@ Table runBench(const Settings& s) {
   owned.push_back(makeRawTcp(s));
   owned.push_back(makeZcrpcRpc(s));
   owned.push_back(makeZcrpcMessages(s));
+  owned.push_back(makeZcrpcCapnpListener(s));
+  owned.push_back(makeZcrpcCapnpClient(s));
+  owned.push_back(makeCapnpRpc());  // the standard rows' baseline
   std::vector<std::string> notBuilt;
   for (auto& rival : makeRivals(s, notBuilt)) owned.push_back(std::move(rival));
   for (const std::string& line : notBuilt) {
@@ -347,6 +401,11 @@ Table runBench(const Settings& s) {
     if (s.rpc)
       for (Transport t : s.transports)
         for (size_t size : s.sizes) d.rpc(rep, t, size);
+    if (s.standard)
+      for (Transport t : s.transports)
+        for (size_t size : s.sizes)
+          if (s.standardAllSizes || size == *std::min_element(s.sizes.begin(), s.sizes.end()))
+            d.standard(rep, t, size);
   }
   peer.quit();
   table.loadEnd = loadAverage();

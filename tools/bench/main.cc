@@ -64,7 +64,7 @@ int run(Settings& s, const Outputs& o) {
   checkWritable(o.plot, "--plot");
   if (s.messages &&
       std::find(s.transports.begin(), s.transports.end(), Transport::kShm) == s.transports.end()) {
-    if (!s.rpc) throw BenchError("--mode messages measures shm only; use --mode rpc for tcp");
+    if (!s.rpc && !s.standard) throw BenchError("--mode messages measures shm only; use --mode rpc for tcp");
     s.messages = false;
   }
   Table table = runBench(s);
@@ -92,8 +92,10 @@ int main(int argc, char** argv) {
       "zcrpc-bench: which transport for me — zcrpc against a floor and its rivals, "
       "measured side by side between two pinned processes"};
   app.add_option("--mode", mode,
-                 "rpc: echo calls (and the rivals); messages: raw messages over shm; all")
-      ->check(CLI::IsMember({"rpc", "messages", "all"}))
+                 "rpc: echo calls (and the rivals); messages: raw messages over shm; standard: "
+                 "standard Cap'n Proto peers against zcrpc (every size); all (standard at the "
+                 "smallest size)")
+      ->check(CLI::IsMember({"rpc", "messages", "standard", "all"}))
       ->capture_default_str();
   app.add_option("--cpus", cpus, "CPUs of the measuring and the serving process: A,B")
       ->capture_default_str();
@@ -146,8 +148,10 @@ int main(int argc, char** argv) {
   }
   s.metrics = !noMetrics;
   if (copyPayload) s.referenceFrom = SIZE_MAX;
-  s.rpc = mode != "messages";
-  s.messages = mode != "rpc";
+  s.rpc = mode == "rpc" || mode == "all";
+  s.messages = mode == "messages" || mode == "all";
+  s.standard = mode == "standard" || mode == "all";
+  s.standardAllSizes = mode == "standard";
   ::signal(SIGPIPE, SIG_IGN);  // a dead peer shows up as an error, not as a signal
   try {
     std::tie(s.clientCpu, s.serverCpu) = parseCpus(cpus);

@@ -41,11 +41,15 @@ void writeTextFile(const std::string& path, const std::string& text) {
   if (!(std::fclose(f) == 0 && ok)) throwErrno("write " + path);
 }
 
-const Row* rpcRow(const Table& table, Transport t, WaitMode w, size_t size) {
+const Row* sectionRow(const Table& table, std::string_view section, Transport t, WaitMode w,
+                      size_t size) {
   for (const Row& r : table.rows)
-    if (r.section == "rpc" && r.transport == t && r.waitMode == w && r.payloadBytes == size)
+    if (r.section == section && r.transport == t && r.waitMode == w && r.payloadBytes == size)
       return &r;
   return nullptr;
+}
+const Row* rpcRow(const Table& table, Transport t, WaitMode w, size_t size) {
+  return sectionRow(table, "rpc", t, w, size);
 }
 
 /// The rival with the lowest median p50 in `row`, or npos.
@@ -63,6 +67,34 @@ std::string p50p99(const Row& row, size_t i) {
   if (i == Row::npos) return "-";
   return formatNs(value(medianOf(row, i, Stat::kP50))) + " / " +
          formatNs(value(medianOf(row, i, Stat::kP99)));
+}
+
+/// The standard rows' lines of the summary: Cap'n Proto's own client against its own server
+/// and against zcrpc's capnp listener, a zcrpc Channel against Cap'n Proto's server, and
+/// zcrpc's own transport, at the smallest size, in each wait mode measured.
+void printStandard(std::FILE* out, const Table& table, size_t size) {
+  constexpr std::string_view kLine = "  {:<4} {:<26} {:>19}   {:>19} {:>6}   {:>19}   {:>19}\n";
+  bool header = false;
+  for (Transport t : table.settings.transports)
+    for (WaitMode w : standardWaitModes(table.settings)) {
+      const Row* row = sectionRow(table, "standard", t, w, size);
+      if (!row) continue;
+      if (!header) {
+        fmt::print(out,
+                   "\n  Standard Cap'n Proto peers (zcrpc/capnp.h), {} echo p50 / p99. Cap'n "
+                   "Proto's side waits in epoll;\n  the wait mode is zcrpc's (its server, its "
+                   "Channel); 'x' = zcrpc's listener / EzRpcServer:\n",
+                   formatSize(size));
+        fmt::print(out, kLine, "over", "zcrpc waits", "EzRpc client+server", "EzRpcClient->zcrpc",
+                   "x", "zcrpc->EzRpcServer", "zcrpc native");
+        header = true;
+      }
+      const size_t listener = row->find("zcrpc-capnp"), client = row->find("zcrpc-capnp-client"),
+                   native = row->find("zcrpc");
+      fmt::print(out, kLine, t == Transport::kShm ? "unix" : "tcp", waitLabel(w), p50p99(*row, 0),
+                 p50p99(*row, listener), ratioText(medianRatio(*row, listener, 0, Stat::kP50)),
+                 p50p99(*row, client), p50p99(*row, native) + (t == Transport::kShm ? " shm" : " tcp"));
+    }
 }
 
 size_t smallest(const Settings& s) { return *std::min_element(s.sizes.begin(), s.sizes.end()); }
@@ -92,6 +124,7 @@ void printSummary(std::FILE* out, const Table& table) {
                    best == Row::npos ? "-" : ratioText(medianRatio(*row, best, z, Stat::kP50)));
       }
   if (!any) fmt::print(out, "  (no rpc rows: run with --mode rpc or all)\n");
+  printStandard(out, table, size);
   fmt::print(out,
              "  rdma: not measured here (tests/rdma/ sets it against raw verbs in a qemu guest)\n");
   if (any && s.sizes.size() > 1) {

@@ -29,6 +29,10 @@ struct Settings {
   unsigned reps = 3;
   bool rpc = true;       ///< the rpc rows (RPC round trips, rivals, pipelined)
   bool messages = true;  ///< the messages rows (raw zcrpc messages over shm vs the floor)
+  /// The standard rows (standard Cap'n Proto clients and servers against zcrpc), at the
+  /// smallest size only unless standardAllSizes.
+  bool standard = true;
+  bool standardAllSizes = false;
   uint32_t batch = 32;   ///< messages per flush() in the one-way stream
   uint32_t window = 32;  ///< pipelined calls outstanding (capped to the rings unless uncapped)
   bool uncappedWindow = false;
@@ -39,6 +43,10 @@ struct Settings {
   std::vector<std::string> only;  ///< --rivals: the rival series to run (empty: all)
   bool quick = false;
 };
+
+/// The wait modes of the standard rows: the run's, and blocking (zcrpc sleeping in poll(), as
+/// Cap'n Proto's side sleeps in epoll) when the run has not named it.
+std::vector<WaitMode> standardWaitModes(const Settings& s);
 
 /// What a cell measures.
 enum class Measure : uint8_t {
@@ -170,6 +178,18 @@ std::unique_ptr<System> makeZcrpcRpc(const Settings& s);
 std::unique_ptr<System> makeZcrpcMessages(const Settings& s);
 /// capnp_rpc.cc: Cap'n Proto's own RPC (EzRpc) serving the same Echo.
 std::unique_ptr<System> makeCapnpRpc();
+/// capnp_rpc.cc, for the systems that meet Cap'n Proto's own RPC: an EzRpcServer serving Echo
+/// for one cell (a unix socket in shm rows, TCP in tcp rows; the endpoint it reports is kj's
+/// "unix:/path" or "127.0.0.1:port"), and an EzRpcClient's echo round trips against such an
+/// address.
+void serveCapnpEcho(PeerCell& cell);
+Latency capnpEchoLatency(ClientCell& cell, const std::string& kjAddress);
+/// zcrpc.cc, standard Cap'n Proto peers (zcrpc/capnp.h), the "standard" rows: a zcrpc::Server
+/// serving the same echo handler through its capnp listener to an EzRpcClient (unix socket
+/// in shm rows, TCP in tcp rows; the server in the row's wait mode), and a zcrpc Channel
+/// over capnp:// calling an EzRpcServer (the channel in the row's wait mode).
+std::unique_ptr<System> makeZcrpcCapnpListener(const Settings& s);
+std::unique_ptr<System> makeZcrpcCapnpClient(const Settings& s);
 /// Built when their libraries are found (rivals.cc says which are not): ucx.cc, UCX active
 /// messages or tag matching; iceoryx.cc, iceoryx request/response with the RouDi daemon it
 /// starts now; grpc.cc, gRPC C++ serving the same echo, unary or on one stream.

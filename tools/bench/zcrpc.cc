@@ -13,6 +13,7 @@
 #include "bench.capnp.h"
 #include "echo.capnp.zcrpc.h"
 #include "system.h"
+#include "zcrpc/capnp.h"
 #include "zcrpc/message.h"
 #include "zcrpc/rpc.h"
 #include "zcrpc/shm.h"
@@ -95,14 +96,38 @@ class BenchEchoService final : public echo::EchoService {
   size_t referenceFrom_;
 };
 
+/// Which peers a ZcrpcRpc cell puts together.
+enum class Flavor : uint8_t {
+  kNative,         ///< zcrpc Channel -> zcrpc Server, over shm:// or tcp://
+  kCapnpListener,  ///< EzRpcClient -> zcrpc Server's capnp listener (unix socket or TCP)
+  kCapnpClient,    ///< zcrpc Channel over capnp:// -> EzRpcServer
+};
+
 class ZcrpcRpc final : public System {
  public:
-  explicit ZcrpcRpc(const Settings& s) : s_(s) {}
+  ZcrpcRpc(const Settings& s, Flavor flavor) : s_(s), flavor_(flavor) {}
 
-  SeriesInfo info(Transport) const override { return {"zcrpc", "zcrpc", Role::kZcrpc}; }
+  SeriesInfo info(Transport t) const override {
+    const bool unix = t == Transport::kShm;
+    switch (flavor_) {
+      case Flavor::kCapnpListener:
+        return {"zcrpc-capnp",
+                unix ? "zcrpc capnp+unix listener <- EzRpcClient" : "zcrpc capnp listener <- EzRpcClient",
+                Role::kZcrpc};
+      case Flavor::kCapnpClient:
+        return {"zcrpc-capnp-client",
+                unix ? "zcrpc Channel over capnp+unix -> EzRpcServer"
+                     : "zcrpc Channel over capnp -> EzRpcServer",
+                Role::kZcrpc};
+      case Flavor::kNative:
+        break;
+    }
+    return {"zcrpc", "zcrpc", Role::kZcrpc};
+  }
   bool covers(Transport) const override { return true; }
 
   void serve(PeerCell& cell) override {
+    if (flavor_ == Flavor::kCapnpClient) return serveCapnpEcho(cell);
     ServerOptions so;
     so.workerThreads = 1;
     so.idleMode = cell.spec.waitMode;
@@ -113,7 +138,21 @@ class ZcrpcRpc final : public System {
     server.addService(service);
     const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode);
     std::string endpoint;
-    if (cell.spec.transport == Transport::kShm) {
+    if (flavor_ == Flavor::kCapnpListener) {
+      // The same handler, served to Cap'n Proto's own client through the capnp listener,
+      // on a socket of the kind EzRpcServer gets in this row (its endpoint in kj's form).
+      CapnpOptions o;
+      o.connection = co;
+      if (cell.spec.transport == Transport::kShm) {
+        const std::string path = fmt::format("/tmp/zcrpc-bench-{}-zcrpc-capnp-{}.sock", ::getpid(), ++serves_);
+        server.addListener(listenCapnpUnix(path, o));  // removes the socket file when it goes
+        endpoint = "unix:" + path;
+      } else {
+        auto listener = listenCapnp("127.0.0.1:0", o);
+        endpoint = listener->endpoint().substr(std::string_view("capnp://").size());
+        server.addListener(std::move(listener));
+      }
+    } else if (cell.spec.transport == Transport::kShm) {
       ShmListenOptions lo;
       lo.connection = co;
       endpoint = fmt::format("zcrpc-bench-{}-rpc-{}", ::getpid(), ++serves_);
@@ -135,8 +174,19 @@ class ZcrpcRpc final : public System {
   Figure measure(ClientCell& cell) override {
     const Transport t = cell.spec.transport;
     const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode);
+    if (flavor_ == Flavor::kCapnpListener) {
+      Figure f;
+      f.latency = capnpEchoLatency(cell, cell.endpoint);
+      return f;
+    }
     std::unique_ptr<Connection> conn;
-    if (t == Transport::kShm) {
+    if (flavor_ == Flavor::kCapnpClient) {
+      CapnpOptions o;
+      o.connection = co;
+      const std::string_view unixPrefix = "unix:";
+      conn = cell.endpoint.rfind(unixPrefix, 0) == 0 ? connectCapnpUnix(cell.endpoint.substr(unixPrefix.size()), o)
+                                                    : connectCapnp(cell.endpoint, o);
+    } else if (t == Transport::kShm) {
       conn = connectShm(cell.endpoint, co);
     } else {
       TcpOptions to;
@@ -148,7 +198,7 @@ class ZcrpcRpc final : public System {
     cho.metrics = s_.metrics;
     Channel channel(std::move(conn), cho);
     echo::EchoClient client(channel);
-    if (t == Transport::kShm) {  // cycle both directions' ring and arena once
+    if (t == Transport::kShm && flavor_ == Flavor::kNative) {  // cycle both directions' ring and arena once
       const ConnectionOptions defaults;
       Budget b;
       b.measure = kPrefaultTime;
@@ -273,6 +323,7 @@ class ZcrpcRpc final : public System {
   }
 
   const Settings& s_;
+  Flavor flavor_;
   unsigned serves_ = 0;
 };
 
@@ -464,7 +515,15 @@ Latency capnpWorkOf(const Budget& budget, std::span<uint64_t> samples) {
 
 }  // namespace
 
-std::unique_ptr<System> makeZcrpcRpc(const Settings& s) { return std::make_unique<ZcrpcRpc>(s); }
+std::unique_ptr<System> makeZcrpcRpc(const Settings& s) {
+  return std::make_unique<ZcrpcRpc>(s, Flavor::kNative);
+}
+std::unique_ptr<System> makeZcrpcCapnpListener(const Settings& s) {
+  return std::make_unique<ZcrpcRpc>(s, Flavor::kCapnpListener);
+}
+std::unique_ptr<System> makeZcrpcCapnpClient(const Settings& s) {
+  return std::make_unique<ZcrpcRpc>(s, Flavor::kCapnpClient);
+}
 std::unique_ptr<System> makeZcrpcMessages(const Settings& s) {
   return std::make_unique<ZcrpcMessages>(s);
 }
