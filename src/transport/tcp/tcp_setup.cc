@@ -210,26 +210,24 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
   const std::string what = withScheme(hostPort, "tcp");
   auto deadline = deadlineAfter(options.connection.connectTimeout);
   const AddressList addresses = resolve(hp, /*passive=*/false, what);
-  {
-    os::Fd fd = connectSocket(addresses.first(), deadline, options.connection.connectTimeout, what);
-    setNoDelay(fd.get());
-    setDeadPeerTimeout(fd.get(), options.deadPeerTimeout);
-    auto stream = std::make_unique<SocketStream>(std::move(fd));
-    Hello hello;
-    hello.tokenBytes = static_cast<uint32_t>(options.token.size());
-    hello.maxMessageBytes = options.connection.maxMessageBytes;
-    writeAll(*stream, &hello, sizeof hello, deadline, what);
-    writeAll(*stream, options.token.data(), options.token.size(), deadline, what);
-    Answer answer;
-    readAnswer(*stream, answer, deadline, what, options.connection.connectTimeout);
-    if (!answer.accepted) {
-      answer.reason[sizeof answer.reason - 1] = 0;
-      throw Failed(what + ": refused by server: " + answer.reason);
-    }
-    uint64_t maxMessage = std::min<uint64_t>(answer.maxMessageBytes, options.connection.maxMessageBytes);
-    return std::make_unique<TcpConnection>(std::move(stream), what, options.connection, maxMessage,
-                                           options.deadPeerTimeout);
+  os::Fd fd = connectSocket(addresses.first(), deadline, options.connection.connectTimeout, what);
+  setNoDelay(fd.get());
+  setDeadPeerTimeout(fd.get(), options.deadPeerTimeout);
+  auto stream = std::make_unique<SocketStream>(std::move(fd));
+  Hello hello;
+  hello.tokenBytes = static_cast<uint32_t>(options.token.size());
+  hello.maxMessageBytes = options.connection.maxMessageBytes;
+  writeAll(*stream, &hello, sizeof hello, deadline, what);
+  writeAll(*stream, options.token.data(), options.token.size(), deadline, what);
+  Answer answer;
+  readAnswer(*stream, answer, deadline, what, options.connection.connectTimeout);
+  if (!answer.accepted) {
+    answer.reason[sizeof answer.reason - 1] = 0;
+    throw Failed(what + ": refused by server: " + answer.reason);
   }
+  uint64_t maxMessage = std::min<uint64_t>(answer.maxMessageBytes, options.connection.maxMessageBytes);
+  return std::make_unique<TcpConnection>(std::move(stream), what, options.connection, maxMessage,
+                                         options.deadPeerTimeout);
 }
 
 }  // namespace zcrpc
