@@ -1,5 +1,7 @@
 #include "compat/heap_frame.h"
 
+#include <capnp/capability.h>
+
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -56,7 +58,16 @@ IncomingMessage HeapFrame::copyOf(const FrameHeader& header, capnp::AnyPointer::
   auto frame = std::make_unique<HeapFrame>(std::max<uint64_t>(maxMessageBytes, words * 8), limits);
   OutgoingMessage out;
   frame->open(out, static_cast<uint32_t>(std::min<uint64_t>(words, UINT32_MAX)));
-  out.getRoot<capnp::AnyPointer>().set(root);
+  // Capabilities the copy meets land in `caps` instead of the message's own table, so we
+  // can tell: zcrpc frames carry none yet (issue 18), and a handler or caller must not get
+  // a message whose capability pointers lead nowhere.
+  capnp::BuilderCapabilityTable caps;
+  caps.imbue(out.getRoot<capnp::AnyPointer>()).set(root);
+  if (caps.getTable().size() != 0)
+    throw Unimplemented(std::to_string(caps.getTable().size()) +
+                        " capabilit" + (caps.getTable().size() == 1 ? "y" : "ies") +
+                        " in the message: zcrpc does not pass capabilities over standard Cap'n Proto "
+                        "connections yet");
   frame->header_ = header;
   return seal(std::move(frame), out);
 }

@@ -49,7 +49,9 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
 
   /// A frame whose root is a copy of `root` (a Cap'n Proto struct or null), in one segment.
   /// Copies because a zcrpc frame's root is the message root, and Cap'n Proto's params and
-  /// results lie inside its RPC message (rpc.capnp Payload.content).
+  /// results lie inside its RPC message (rpc.capnp Payload.content). Throws Unimplemented
+  /// when `root` holds a capability (zcrpc frames carry none yet), InvalidArgument when it
+  /// exceeds `maxMessageBytes`.
   static IncomingMessage copyOf(const FrameHeader& header, capnp::AnyPointer::Reader root,
                                 uint64_t maxMessageBytes, const ReaderLimits& limits);
   /// An error frame (FrameKind::kError) for call `callId`, as the session's own errors are.

@@ -81,10 +81,15 @@ class CapnpServerConnection final : public CapnpConnection {
     try {
       request = HeapFrame::copyOf(h, context.getParams(), options().connection.maxMessageBytes,
                                   options().connection.readerLimits);
-    } catch (const Error& e) {
-      return toCapnp(ErrorKind::kInvalidArgument, 0, std::string("server could not read the request: ") + e.what());
-    } catch (kj::Exception& e) {
-      return kj::mv(e);
+    } catch (const Error& e) {  // InvalidArgument (over a limit) or Unimplemented (a capability)
+      return toCapnp(e.kind(), 0, std::string("server could not take the request: ") + e.what());
+    } catch (kj::Exception& e) {  // the params broke a reader limit (or were malformed)
+      // (A context added with wrapContext() would not travel: rpc.capnp carries the reason.)
+      const auto& limits = options().connection.readerLimits;
+      return kj::Exception(e.getType(), "(zcrpc)", 0,
+                           kj::str("server could not read the request (traversal_limit_words ",
+                                   limits.traversalLimitWords, ", nesting_limit ", limits.nestingLimit,
+                                   "): ", e.getDescription()));
     }
     context.releaseParams();  // copied: the Call message may go
     // zcrpc's cancellation is a flag the handler may look at (isCancelled()), never an

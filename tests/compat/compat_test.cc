@@ -179,7 +179,8 @@ class ZcrpcEchoServer final {
 class CapnpEcho final : public echo::Echo::Server {
  public:
   /// `timer` is set once the server (which owns the timer) exists.
-  CapnpEcho(kj::Timer*& timer, std::atomic<int>& cancelled) : timer_(timer), cancelled_(cancelled) {}
+  CapnpEcho(kj::Timer*& timer, std::atomic<int>& cancelled, std::atomic<int>& sinks)
+      : timer_(timer), cancelled_(cancelled), sinks_(sinks) {}
 
  protected:
   kj::Promise<void> echo(EchoContext context) override {
@@ -188,7 +189,10 @@ class CapnpEcho final : public echo::Echo::Server {
     return kj::READY_NOW;
   }
   kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
-  kj::Promise<void> sink(SinkContext) override { return kj::READY_NOW; }
+  kj::Promise<void> sink(SinkContext) override {
+    ++sinks_;
+    return kj::READY_NOW;
+  }
   kj::Promise<void> delay(DelayContext context) override {
     context.allowCancellation();
     auto answered = std::make_shared<bool>(false);
@@ -211,6 +215,7 @@ class CapnpEcho final : public echo::Echo::Server {
  private:
   kj::Timer*& timer_;
   std::atomic<int>& cancelled_;
+  std::atomic<int>& sinks_;
 };
 
 /// capnp::EzRpcServer serving CapnpEcho on a thread of its own (its own KJ event loop).
@@ -222,7 +227,7 @@ class CapnpEchoServer final {
                             : "127.0.0.1:0";
     thread_ = std::thread([this, bind, unix] {
       kj::Timer* timer = nullptr;
-      capnp::EzRpcServer server(kj::heap<CapnpEcho>(timer, cancelled_), bind);
+      capnp::EzRpcServer server(kj::heap<CapnpEcho>(timer, cancelled_, sinks_), bind);
       timer = &server.getIoProvider().getTimer();
       auto& ws = server.getWaitScope();
       const unsigned port = server.getPort().wait(ws);
@@ -251,6 +256,7 @@ class CapnpEchoServer final {
     return endpoint_;
   }
   int cancelled() const { return cancelled_.load(); }
+  int sinks() const { return sinks_.load(); }
 
  private:
   static inline std::atomic<int> next_{0};
@@ -259,6 +265,7 @@ class CapnpEchoServer final {
   std::string endpoint_;
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop_;
   std::atomic<int> cancelled_{0};
+  std::atomic<int> sinks_{0};
   std::thread thread_;
 };
 
@@ -629,6 +636,80 @@ TEST_P(StandardClient, CredentialPolicyRefusesUnixClients) {
   EXPECT_EQ(server.echo().pings(), 0);
 }
 
+/// A Cap'n Proto capability of the test's own (any call on it is unimplemented).
+class Nothing final : public capnp::Capability::Server {
+ public:
+  DispatchCallResult dispatchCall(uint64_t, uint16_t,
+                                  capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>) override {
+    return {KJ_EXCEPTION(UNIMPLEMENTED, "nothing here"), false};
+  }
+};
+
+TEST_P(StandardClient, CapabilityInParamsIsUnimplementedAndTheConnectionGoesOn) {
+  ZcrpcEchoServer server(unix());
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  // Echo.echo's params with a capability where the data pointer goes: what a client of a
+  // schema passing capabilities sends. zcrpc's frames carry no capabilities yet (issue 18).
+  auto req = client.getMain().typelessRequest(capnp::typeId<echo::Echo>(), 0, nullptr);
+  req.initAsAnyStruct(0, 1).getPointerSection()[0].setAs<capnp::Capability>(
+      capnp::Capability::Client(kj::heap<Nothing>()));
+  try {
+    req.send().wait(ws);
+    FAIL() << "a call carrying a capability returned";
+  } catch (const kj::Exception& e) {
+    EXPECT_EQ(e.getType(), kj::Exception::Type::UNIMPLEMENTED) << e.getDescription().cStr();
+    EXPECT_NE(std::string(e.getDescription().cStr()).find("1 capability in the message"), std::string::npos)
+        << e.getDescription().cStr();
+  }
+  auto echo = client.getMain<echo::Echo>();
+  auto ok = echo.echoRequest();
+  ok.setData(pattern(16, 2));
+  EXPECT_EQ(ok.send().wait(ws).getData().size(), 16u);
+  EXPECT_TRUE(server.refusals().empty()) << server.refusals().front();
+}
+
+TEST_P(StandardClient, ReaderLimitsBoundWhatTheServerReads) {
+  CapnpOptions o;
+  o.connection.readerLimits.traversalLimitWords = 4096;  // 32 KiB
+  o.connection.readerLimits.nestingLimit = 16;
+  ZcrpcEchoServer server(unix(), o);
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto echo = client.getMain<echo::Echo>();
+  {
+    auto req = echo.echoRequest();
+    req.setData(pattern(64 * 1024, 1));  // over the traversal limit
+    try {
+      req.send().wait(ws);
+      FAIL() << "a request over the traversal limit was served";
+    } catch (const kj::Exception& e) {
+      const std::string what = e.getDescription().cStr();
+      EXPECT_NE(what.find("server could not read the request (traversal_limit_words 4096, nesting_limit 16)"),
+                std::string::npos)
+          << what;
+      EXPECT_NE(what.find("traversal limit"), std::string::npos) << what;
+    }
+  }
+  {
+    // Params 40 structs deep (over the nesting limit of 16).
+    auto req = client.getMain().typelessRequest(capnp::typeId<echo::Echo>(), 0, nullptr);
+    auto s = req.initAsAnyStruct(0, 1);
+    for (int depth = 0; depth < 40; ++depth) s = s.getPointerSection()[0].initAsAnyStruct(0, 1);
+    try {
+      req.send().wait(ws);
+      FAIL() << "a request nested over the limit was served";
+    } catch (const kj::Exception& e) {
+      EXPECT_NE(std::string(e.getDescription().cStr()).find("too deeply-nested"), std::string::npos)
+          << e.getDescription().cStr();
+    }
+  }
+  // Within the limits the connection goes on.
+  auto req = echo.echoRequest();
+  req.setData(pattern(1024, 3));
+  EXPECT_EQ(req.send().wait(ws).getData().size(), 1024u);
+}
+
 // ---------------------------------------------------------------------------------------
 // zcrpc clients calling Cap'n Proto's own server.
 
@@ -782,6 +863,90 @@ TEST_P(ZcrpcClient, ThroughContextConnectToZcrpcsOwnListener) {
     EXPECT_EQ(e.code(), -7);
     EXPECT_EQ(std::string(e.what()), "negative");
   }
+}
+
+TEST_P(ZcrpcClient, OneWayCallsReachBothKindsOfServer) {
+  // Over zcrpc's own capnp listener: the handler runs, and no answer is left waiting.
+  ZcrpcEchoServer ours(unix());
+  Channel channel(connectTo(ours.endpoint()));
+  echo::EchoClient echo(channel);
+  for (int i = 0; i < 10; ++i) {
+    auto req = echo.sinkRequest();
+    req.params().setData(pattern(100, static_cast<uint8_t>(i)));
+    req.sendOneWay();
+  }
+  // Nothing is polled for them: sendOneWay() itself put them on the socket.
+  for (Bound b(5000, 5s); b.next() && ours.echo().sunk() < 1000;) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(ours.echo().sunk(), 1000u);
+  EXPECT_EQ(channel.outstanding(), 0u);
+  echo.pingRequest().call();  // the channel goes on
+  // Over Cap'n Proto's own server: its Returns are dropped when they come.
+  CapnpEchoServer theirs(unix());
+  Channel other(connectTo(theirs.endpoint()));
+  echo::EchoClient echo2(other);
+  for (int i = 0; i < 10; ++i) {
+    auto req = echo2.sinkRequest();
+    req.params().setData(pattern(100, static_cast<uint8_t>(i)));
+    req.sendOneWay();
+  }
+  for (Bound b(5000, 5s); b.next() && theirs.sinks() < 10;) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(theirs.sinks(), 10);
+  EXPECT_EQ(other.outstanding(), 0u);
+  echo2.pingRequest().call();
+}
+
+/// A standard server whose every answer holds a capability.
+class GivesCapabilities final : public capnp::Capability::Server {
+ public:
+  DispatchCallResult dispatchCall(uint64_t, uint16_t,
+                                  capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
+    context.getResults().initAsAnyStruct(0, 1).getPointerSection()[0].setAs<capnp::Capability>(
+        capnp::Capability::Client(kj::heap<Nothing>()));
+    return {kj::READY_NOW, false};
+  }
+};
+
+TEST_P(ZcrpcClient, CapabilityInResultsIsUnimplementedAndTheChannelGoesOn) {
+  const std::string name = "zcrpc-compat-caps-" + std::to_string(::getpid());
+  std::mutex mutex;
+  std::condition_variable ready;
+  std::string endpoint;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop;
+  std::thread thread([&] {
+    capnp::EzRpcServer server(kj::heap<GivesCapabilities>(), unix() ? "unix-abstract:" + name : "127.0.0.1:0");
+    auto& ws = server.getWaitScope();
+    const unsigned port = server.getPort().wait(ws);
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    {
+      std::lock_guard lock(mutex);
+      endpoint = unix() ? "capnp+unix://@" + name : "capnp://127.0.0.1:" + std::to_string(port);
+      stop = kj::mv(paf.fulfiller);
+    }
+    ready.notify_all();
+    paf.promise.wait(ws);
+  });
+  {
+    std::unique_lock lock(mutex);
+    ready.wait(lock, [&] { return stop.get() != nullptr; });
+  }
+  {
+    Channel channel(connectTo(endpoint));
+    echo::EchoClient echo(channel);
+    for (int i = 0; i < 2; ++i) {
+      try {
+        echo.pingRequest().call();
+        ADD_FAILURE() << "results holding a capability were taken";
+      } catch (const Unimplemented& e) {
+        EXPECT_NE(std::string(e.what()).find("1 capability in the message"), std::string::npos) << e.what();
+      }
+    }
+    EXPECT_TRUE(channel.connected());
+  }
+  {
+    std::lock_guard lock(mutex);
+    stop->fulfill();
+  }
+  thread.join();
 }
 
 // ---------------------------------------------------------------------------------------
