@@ -27,7 +27,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <functional>
+#include <sys/wait.h>
 
 #include "common.capnp.zcrpc.h"
 #include "echo.capnp.h"
@@ -147,11 +151,13 @@ std::string freshAddress(bool unix) {
 /// A zcrpc::Server serving EchoImpl through one capnp listener.
 class ZcrpcEchoServer final {
  public:
-  explicit ZcrpcEchoServer(bool unix, CapnpOptions options = {}, ServerOptions serverOptions = {})
+  /// `address`: where to listen (default: freshAddress(), an abstract socket for unix).
+  explicit ZcrpcEchoServer(bool unix, CapnpOptions options = {}, ServerOptions serverOptions = {},
+                           std::string address = {})
       : server_(serverOptions) {
     server_.addService(echo_);
-    auto listener = unix ? listenCapnpUnix(freshAddress(true), options)
-                         : listenCapnp(freshAddress(false), options);
+    if (address.empty()) address = freshAddress(unix);
+    auto listener = unix ? listenCapnpUnix(address, options) : listenCapnp(address, options);
     listener_ = listener.get();
     endpoint_ = listener->endpoint();
     server_.addListener(std::move(listener));
@@ -708,6 +714,78 @@ TEST_P(StandardClient, ReaderLimitsBoundWhatTheServerReads) {
   auto req = echo.echoRequest();
   req.setData(pattern(1024, 3));
   EXPECT_EQ(req.send().wait(ws).getData().size(), 1024u);
+}
+
+// ---------------------------------------------------------------------------------------
+// A client in another language: capnp-es (JavaScript, from npm) on Node.js, running
+// tests/compat/js/client.mjs. scripts/zcrpc-dev test installs it (npm ci into
+// <build>/compat-js) and then requires it (ZCRPC_REQUIRE_JS_CLIENT=1); elsewhere a missing
+// Node.js or capnp-es skips the test, saying what is missing.
+
+/// `text` quoted for the shell.
+std::string shellQuoted(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+/// Runs `command` with /bin/sh: its exit status and what it printed (stdout and stderr).
+std::pair<int, std::string> runCommand(const std::string& command) {
+  std::string output;
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) output.append(buf, n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+TEST_P(StandardClient, JavaScriptClientCallsEchoThroughTheListener) {
+  const char* dirEnv = std::getenv("ZCRPC_COMPAT_JS_DIR");
+  const char* clientEnv = std::getenv("ZCRPC_COMPAT_JS_CLIENT");
+  const char* schemaEnv = std::getenv("ZCRPC_ECHO_SCHEMA");
+  ASSERT_TRUE(dirEnv && clientEnv && schemaEnv) << "run it through meson test (it sets ZCRPC_COMPAT_JS_*)";
+  const std::string dir = dirEnv, client = clientEnv, schema = schemaEnv;
+  const char* requiredEnv = std::getenv("ZCRPC_REQUIRE_JS_CLIENT");
+  const bool required = requiredEnv && std::string(requiredEnv) == "1";
+  std::string missing;
+  if (runCommand("node --version").first != 0)
+    missing = "no Node.js (node) on PATH";
+  else if (::access((dir + "/node_modules/capnp-es/package.json").c_str(), R_OK) != 0 ||
+           ::access((dir + "/node_modules/.bin/capnpc-js").c_str(), X_OK) != 0)
+    missing = "capnp-es is not installed in " + dir + " (scripts/zcrpc-dev test runs npm ci there)";
+  if (!missing.empty()) {
+    if (required) FAIL() << missing;
+    GTEST_SKIP() << missing;
+  }
+  // The client and echo.js (from schemas/echo.capnp by capnp-es's generator) go inside
+  // `dir`, where Node.js finds the capnp-es package for them (an ES module resolves its
+  // imports from where it lies) and dir's package.json makes them ES modules.
+  const std::string generated =
+      dir + "/generated-" + std::to_string(::getpid()) + "-" + (unix() ? "unix" : "tcp");
+  std::filesystem::create_directories(generated);
+  struct Remove {
+    std::string path;
+    ~Remove() { std::filesystem::remove_all(path); }
+  } remove{generated};
+  std::filesystem::copy_file(client, generated + "/client.mjs");
+  const std::string schemaDir = std::filesystem::path(schema).parent_path().string();
+  auto [genStatus, genOutput] =
+      runCommand("capnp compile -o" + shellQuoted(dir + "/node_modules/.bin/capnpc-js") + ":" +
+                 shellQuoted(generated) + " --src-prefix=" + shellQuoted(schemaDir) + " " + shellQuoted(schema));
+  ASSERT_EQ(genStatus, 0) << genOutput;
+
+  // A socket file for unix: Node.js's net module connects to those (not to abstract names).
+  ZcrpcEchoServer server(unix(), {}, {}, unix() ? generated + "/echo.sock" : "");
+  auto [status, output] = runCommand("timeout 120 node " + shellQuoted(generated + "/client.mjs") + " " +
+                                     shellQuoted(server.kj()) + " " + shellQuoted(generated));
+  EXPECT_EQ(status, 0) << output;
+  EXPECT_NE(output.find("echo 1048576 ok"), std::string::npos) << output;
+  EXPECT_NE(output.find("fail ok"), std::string::npos) << output;
+  EXPECT_NE(output.find("\ndone\n"), std::string::npos) << output;
+  EXPECT_EQ(server.echo().sunk(), 100u);
+  EXPECT_TRUE(server.refusals().empty()) << server.refusals().front();
 }
 
 // ---------------------------------------------------------------------------------------
