@@ -17,8 +17,14 @@
 namespace zcrpc {
 
 /// What one round of polling costs, which sets how often the spin reads the clock and
-/// yields: a read of (shared) memory, or a system call (a non-blocking recv()).
-enum class PollCost : uint8_t { kMemory, kSystemCall };
+/// yields.
+enum class PollCost : uint8_t {
+  kMemory,      ///< a read of (shared) memory: yield every os::kYieldEvery rounds
+  kSystemCall,  ///< a system call (a non-blocking recv()): yield every kYieldEveryCalls
+  /// a read of memory by a poll that itself yields now and then (rdma's tryReceive, for
+  /// the softirq work of a kernel-side provider): the spin only pauses
+  kMemorySelfYielding,
+};
 
 /// How long to spin before sleeping, learnt from the gaps a waiter sees (adaptive policy).
 ///
@@ -118,8 +124,10 @@ Status Waiter::wait(Poll&& poll, Alive&& alive, Sleep&& sleep, Deadline deadline
       }
       if (cost_ == PollCost::kSystemCall)
         os::idleSpin<os::kYieldEveryCalls>(round);  // each round was a system call
-      else
+      else if (cost_ == PollCost::kMemory)
         os::idleSpin(round);
+      else
+        os::cpuRelax();
     }
     now -= spin;  // where the wait began, near enough, for the spin limit's gap
   }

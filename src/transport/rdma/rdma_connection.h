@@ -44,6 +44,7 @@
 #include "transport/rdma/rdma_cm.h"
 #include "transport/options.h"
 #include "transport/record.h"
+#include "transport/waiter.h"
 
 // Internal to libzcrpc: nothing here is exported from the shared library.
 #pragma GCC visibility push(hidden)
@@ -352,6 +353,9 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   bool armed_ = false;
   mutable std::mutex errorMutex_;
   std::string error_;
+  Waiter receiveWaiter_;  // receiving thread
+  Waiter sendWaiter_;     // sending thread
+  uint32_t cmChecks_[2] = {0, 0};  // each waiting thread's count of liveness checks
 
   // receive (receiving thread, except the released counters)
   uint32_t ringBytes_;
@@ -414,45 +418,36 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
 
 template <typename Done>
 Status RdmaConnection::waitFor(Done done, Deadline deadline, bool forWrite) {
-  Clock::time_point spinUntil = options_.waitMode == WaitMode::kBusyPoll ? Clock::time_point::max()
-                                : options_.waitMode == WaitMode::kSpinThenSleep
-                                    ? Clock::now() + options_.spinTime
-                                    : Clock::time_point::min();
-  // Spinning, the first clock read comes after a few rounds, not at once (see
-  // RingConnection::waitFor). A busy poller reads it only to bound the wait by the
-  // deadline, which needs no microsecond precision: every kYieldEvery rounds then, for
-  // where clock_gettime is a system call (VMs on an HPET clock source) each read is a
-  // stretch in which an arriving record goes unnoticed.
-  const uint32_t clockMask = options_.waitMode == WaitMode::kBusyPoll ? kYieldEvery - 1 : 15;
-  for (uint32_t spins = spinUntil == Clock::time_point::min() ? 0 : 1;; ++spins) {
-    if (done()) return Status::kOk;
-    if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
-    if ((spins & clockMask) == 0) {
-      auto now = Clock::now();
-      if (now >= deadline) return Status::kTimedOut;
-      if ((spins & 4095) == 0) {
-        handleCmEvents();
-        if (peerGone_ && forWrite) return disconnected("peer disconnected");
-      }
-      if (now >= spinUntil) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-        if (forWrite) {
-          // Room comes back through the peer's credit word, which raises no event:
-          // sleep in short slices and look again.
-          timespec ts{0, 100'000};
-          ::nanosleep(&ts, nullptr);
-        } else if (armWait()) {
-          // Records of ours waiting for the peer's credits are posted when we wake; the
-          // credit word raises no event, so sleep in short slices while there are any.
-          auto slice = outCount() ? std::chrono::milliseconds(1) : std::chrono::milliseconds(100);
-          os::pollOne(epoll_.get(), POLLIN, std::min(left + std::chrono::milliseconds(1), slice));
-          disarmWait();
-        }
-        continue;
+  // Connection-manager events (the peer's disconnect) every 256 liveness checks while
+  // spinning (a few thousand polls), and after every sleep.
+  auto alive = [&](bool now) {
+    if (closed_.load(std::memory_order_relaxed)) return false;
+    if (now || (++cmChecks_[forWrite] & 255) == 0) {
+      handleCmEvents();
+      if (peerGone_ && forWrite) {
+        (void)disconnected("peer disconnected");
+        return false;
       }
     }
-    cpuRelax();
-  }
+    return true;
+  };
+  auto sleep = [&](Clock::duration left) {
+    auto leftMs = std::chrono::duration_cast<std::chrono::milliseconds>(left);
+    if (forWrite) {
+      // Room comes back through the peer's credit word, which raises no event: sleep in
+      // short slices and look again.
+      timespec ts{0, 100'000};
+      ::nanosleep(&ts, nullptr);
+    } else if (armWait()) {
+      // Records of ours waiting for the peer's credits are posted when we wake; the credit
+      // word raises no event, so sleep in short slices while there are any.
+      auto slice = outCount() ? std::chrono::milliseconds(1) : std::chrono::milliseconds(100);
+      os::pollOne(epoll_.get(), POLLIN, std::min(leftMs + std::chrono::milliseconds(1), slice));
+      disarmWait();
+    }
+    return false;
+  };
+  return (forWrite ? sendWaiter_ : receiveWaiter_).wait(done, alive, sleep, deadline);
 }
 
 }  // namespace zcrpc::rdma

@@ -17,6 +17,8 @@ TcpConnection::TcpConnection(std::unique_ptr<ByteStream> stream, std::string wha
       // Segments, header, table, trace context, and the padding before blobs.
       maxFrame_(maxMessageBytes + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry) +
                 sizeof(TraceContext) + kMaxSegments * (kCopyAlignment - 8)),
+      receiveWaiter_(options.waitMode, options.spinTime, options.spinPolicy, PollCost::kSystemCall),
+      sendWaiter_(options.waitMode, options.spinTime, options.spinPolicy, PollCost::kSystemCall),
       ringBytes_(options.ringBytes),
       ringMask_(options.ringBytes - 1),
       ring_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),

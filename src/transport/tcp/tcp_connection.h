@@ -32,6 +32,7 @@
 #include "transport/lease_queue.h"
 #include "transport/record.h"
 #include "transport/tcp/stream.h"
+#include "transport/waiter.h"
 #include "zcrpc/tcp.h"
 
 namespace zcrpc::tcp {
@@ -182,6 +183,8 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
   mutable std::mutex errorMutex_;
   std::string error_;
   bool eof_ = false;
+  Waiter receiveWaiter_;  // receiving thread
+  Waiter sendWaiter_;     // sending thread
 
   // receive (receiving thread; head_ also from releasing threads)
   uint64_t ringBytes_;
@@ -219,30 +222,20 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
 
 template <typename Done>
 Status TcpConnection::waitFor(Done done, Deadline deadline, bool forWrite) {
-  Clock::time_point spinUntil = options_.waitMode == WaitMode::kBusyPoll ? Clock::time_point::max()
-                                : options_.waitMode == WaitMode::kSpinThenSleep
-                                    ? Clock::now() + options_.spinTime
-                                    : Clock::time_point::min();
-  // Spinning, the first clock read comes after a few rounds, not at once (see
-  // RingConnection::waitFor).
-  for (uint32_t spins = spinUntil == Clock::time_point::min() ? 0 : 1;; ++spins) {
-    if (done()) return Status::kOk;
-    if (closed_.load(std::memory_order_relaxed)) return Status::kDisconnected;
-    if ((spins & 15) == 0) {
-      auto now = Clock::now();
-      if (now >= deadline) return Status::kTimedOut;
-      if (now >= spinUntil) {
-        short events = POLLRDHUP |
-                       (forWrite || pendingBytes_.load(std::memory_order_relaxed) ? POLLOUT : 0) |
-                       (forWrite ? 0 : POLLIN);
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-        os::pollOne(stream_->fd(), events,
-                    std::min(left + std::chrono::milliseconds(1), std::chrono::milliseconds(500)));
-        continue;
-      }
-    }
-    os::idleSpin<os::kYieldEveryCalls>(spins);  // each round was a recv()
-  }
+  // The kernel wakes a thread sleeping in poll() on the socket: no announcement needed,
+  // and a hang-up wakes it too.
+  auto sleep = [&](Clock::duration left) {
+    short events = POLLRDHUP |
+                   (forWrite || pendingBytes_.load(std::memory_order_relaxed) ? POLLOUT : 0) |
+                   (forWrite ? 0 : POLLIN);
+    os::pollOne(stream_->fd(), events,
+                std::min(std::chrono::duration_cast<std::chrono::milliseconds>(left) +
+                             std::chrono::milliseconds(1),
+                         std::chrono::milliseconds(500)));
+    return false;
+  };
+  auto alive = [this](bool) { return !closed_.load(std::memory_order_relaxed); };
+  return (forWrite ? sendWaiter_ : receiveWaiter_).wait(done, alive, sleep, deadline);
 }
 
 }  // namespace zcrpc::tcp
