@@ -390,9 +390,11 @@ struct ServerOptions {
   size_t maxDeferredPerConnection = 1024;
   /// Received messages handled per connection before moving to the next.
   size_t batch = 32;
-  /// How an idle worker waits: busy-poll, spin for `spinTime` then sleep, or sleep.
+  /// How an idle worker waits: busy-poll, spin (at most `spinTime`, by `spinPolicy`)
+  /// then sleep, or sleep.
   WaitMode idleMode = WaitMode::kSpinThenSleep;
   std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);
+  SpinPolicy spinPolicy = SpinPolicy::kAdaptive;
   /// How long building or sending an answer may wait for room in the client's memory (a
   /// large answer the client's unread messages leave no room for). Past it the call fails
   /// with Overloaded and the worker goes on with its other connections, so a client that

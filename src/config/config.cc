@@ -523,6 +523,7 @@ ServerOptions Config::serverOptions() const {
   o.batch = static_cast<size_t>(integer("server_batch"));
   o.idleMode = parseWaitMode(text("server_idle_mode"));
   o.spinTime = duration("spin_time");
+  o.spinPolicy = parseSpinPolicy(text("spin_policy"));
   return o;
 }
 

@@ -1,30 +1,41 @@
 // Server worker threads.
 #include "rpc/worker.h"
 
-#include <poll.h>
-#include <sched.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 
-#include "os/spin.h"
 #include "rpc/server_connection.h"
 
 namespace zcrpc {
 
 namespace {
-constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kCongestedSlice = std::chrono::milliseconds(1);
-constexpr uint32_t kClockEvery = 64;   // idle busy-poll rounds between clock reads
-constexpr auto kYieldInterval = std::chrono::microseconds(20);  // longest spin between yields
-constexpr auto kLivenessEvery = std::chrono::milliseconds(50);
+// Hang-ups wake the worker as events; this sweep over every peer is the safety net (a
+// peer that marks itself closed in shared memory without hanging up, a transport whose
+// liveness raises no event), cheap enough for thousands of idle connections.
+constexpr auto kLivenessEvery = std::chrono::seconds(1);
+constexpr int kEventsPerSleep = 64;
+// Clock reads of a spinning worker (every 64 idle rounds) between looks at its epoll set
+// for hang-ups: a few hundred microseconds to a few milliseconds apart.
+constexpr uint32_t kEventCheckEvery = 16;
 }  // namespace
 
 Worker::Worker(const std::unordered_map<uint64_t, Service*>& services,
                const ServerOptions& options, MetricsRegistry& registry)
     : services_(services), options_(options), registry_(registry),
-      wake_(ZCRPC_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd for worker")) {}
+      wake_(ZCRPC_SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd for worker")),
+      epoll_(ZCRPC_SYSCALL(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1 for worker")),
+      waiter_(options.idleMode, options.spinTime, options.spinPolicy, PollCost::kMixed) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = nullptr;  // the worker's own wake-up
+  ZCRPC_SYSCALL(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev), "epoll_ctl for worker");
+}
 
 void Worker::adopt(std::unique_ptr<Connection> c) {
   {
@@ -52,9 +63,14 @@ void Worker::adoptInbox() {
   std::lock_guard lock(inboxMutex_);
   for (auto& c : inbox_) {
     auto metrics = options_.metrics ? registry_.open(c->endpoint(), MetricsSide::kServer) : nullptr;
-    connections_.push_back(std::make_shared<ServerConnection>(
+    auto w = std::make_unique<Watched>();
+    w->conn = std::make_shared<ServerConnection>(
         services_, std::move(c), wake_.get(), std::move(metrics), options_.tracer,
-        options_.maxDeferredPerConnection, options_.answerRoomWait));
+        options_.maxDeferredPerConnection, options_.answerRoomWait);
+    updateRegistration(*w);
+    w->queued = true;
+    toArm_.push_back(w.get());
+    connections_.push_back(std::move(w));
   }
   inbox_.clear();
   hasInbox_.store(false, std::memory_order_relaxed);
@@ -62,110 +78,150 @@ void Worker::adoptInbox() {
 
 size_t Worker::pumpAll(bool rejecting) {
   size_t n = 0;
-  for (auto& c : connections_) n += c->pump(options_.batch, rejecting);
+  bool congested = false;
+  for (auto& w : connections_) {
+    const size_t k = w->conn->pump(options_.batch, rejecting);
+    n += k;
+    // Traffic: stop the peer signalling us for each message while we are awake.
+    if (k && w->armed) disarm(*w);
+    const bool congestedNow = w->conn->congested();
+    congested |= congestedNow;
+    // In epoll_ exactly while neither gone nor congested (see updateRegistration).
+    if (w->registered == (congestedNow || w->conn->disconnected())) [[unlikely]]
+      updateRegistration(*w);
+  }
+  anyCongested_ = congested;
   return n;
 }
 
+void Worker::updateRegistration(Watched& w) {
+  const bool gone = w.conn->disconnected();
+  const bool want = !gone && !w.conn->congested();
+  anyGone_ |= gone;
+  if (want == w.registered) return;
+  const int fd = w.conn->connection().waitFd();
+  if (want) {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.ptr = &w;
+    // ADD reports a descriptor already readable at once: nothing before it is missed.
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+      // Without it the connection is still polled every round, and by the liveness sweep.
+      w.conn->checkPeer();
+      return;
+    }
+  } else {
+    (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+    if (w.armed) disarm(w);
+  }
+  w.registered = want;
+  if (want && !w.queued) {
+    w.queued = true;
+    toArm_.push_back(&w);
+  }
+}
+
+void Worker::disarm(Watched& w) {
+  w.conn->connection().disarmWait();
+  w.armed = false;
+  if (!w.queued) {
+    w.queued = true;
+    toArm_.push_back(&w);
+  }
+}
+
 void Worker::reap() {
-  auto gone = std::remove_if(connections_.begin(), connections_.end(), [this](auto& c) {
-    if (!c->disconnected() || !c->idle() || c->hasMail()) return false;
-    c->close();
-    c->closeMail();
-    registry_.retire(c->metrics());
+  anyGone_ = false;
+  auto gone = std::remove_if(connections_.begin(), connections_.end(), [this](auto& w) {
+    ServerConnection& c = *w->conn;
+    if (!c.disconnected() || !c.idle() || c.hasMail()) return false;
+    updateRegistration(*w);  // out of epoll_ before its descriptor closes
+    if (w->queued) std::erase(toArm_, w.get());
+    c.close();
+    c.closeMail();
+    registry_.retire(c.metrics());
     return true;
   });
   count_ -= static_cast<size_t>(connections_.end() - gone);
   connections_.erase(gone, connections_.end());
 }
 
-void Worker::sleep() {
-  std::vector<pollfd>& fds = pollFds_;  // reused: no allocation per sleep
-  fds.clear();
-  fds.push_back({wake_.get(), POLLIN, 0});
-  bool ready = false;
-  bool congested = false;
-  size_t armed = 0;
-  for (auto& c : connections_) {
-    if (c->disconnected()) continue;
-    if (c->congested()) {
-      // Its requests wait unread and nothing signals freed room: look again soon.
-      congested = true;
+bool Worker::sleep(Clock::duration left) {
+  // Arm what is not armed. Connections armed before stay armed: an idle one costs nothing.
+  size_t keep = 0;
+  for (size_t i = 0; i < toArm_.size(); ++i) {
+    Watched& w = *toArm_[i];
+    if (!w.registered) {  // congested or gone: polled, not slept on
+      if (!w.conn->disconnected()) toArm_[keep++] = &w;
+      else w.queued = false;
       continue;
     }
-    if (!c->connection().armWait()) {
-      ready = true;
-      break;
+    if (!w.conn->connection().armWait()) {
+      // Something is there already: no sleep. The rest stays queued.
+      for (size_t j = i; j < toArm_.size(); ++j) toArm_[keep++] = toArm_[j];
+      toArm_.resize(keep);
+      return false;
     }
-    ++armed;
-    fds.push_back({c->connection().waitFd(), POLLIN | POLLRDHUP, 0});
+    w.armed = true;
+    w.queued = false;
   }
-  if (!ready) {
-    int r;
-    // Slices bound the liveness checks of connections; with none, only wake() ends it.
-    const int ms = congested              ? static_cast<int>(kCongestedSlice.count())
-                   : connections_.empty() ? -1
-                                          : static_cast<int>(kSleepSlice.count());
-    do r = ::poll(fds.data(), fds.size(), ms);
-    while (r < 0 && errno == EINTR);
+  toArm_.resize(keep);
+  // With congested connections, look again soon: freed room raises no event.
+  Clock::duration timeout = left;
+  if (anyCongested_) timeout = std::min<Clock::duration>(timeout, kCongestedSlice);
+  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(timeout).count();
+  takeEvents(static_cast<int>(std::clamp<int64_t>(ms, 0, INT32_MAX)));
+  return false;
+}
+
+void Worker::takeEvents(int timeoutMs) {
+  epoll_event events[kEventsPerSleep];
+  const int n = ::epoll_wait(epoll_.get(), events, kEventsPerSleep, timeoutMs);
+  for (int i = 0; i < n; ++i) {
+    auto* w = static_cast<Watched*>(events[i].data.ptr);
+    if (!w) {
+      uint64_t count;
+      (void)!::read(wake_.get(), &count, sizeof count);
+      continue;
+    }
+    // Disarming also clears the signal (the shm socket's wake-up bytes), whether or not
+    // this connection was armed: a level-triggered wait would return again at once.
+    disarm(*w);
+    if (events[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) {
+      w->conn->checkPeer();
+      updateRegistration(*w);
+    }
   }
-  size_t i = 0;
-  for (auto& c : connections_) {
-    if (c->disconnected() || c->congested()) continue;
-    if (i++ >= armed) break;
-    c->connection().disarmWait();
-  }
-  for (size_t k = 1; k < fds.size(); ++k)
-    if (fds[k].revents & (POLLHUP | POLLRDHUP | POLLERR))
-      for (auto& c : connections_)
-        if (c->connection().waitFd() == fds[k].fd) c->checkPeer();
-  uint64_t count;
-  (void)!::read(wake_.get(), &count, sizeof count);
 }
 
 void Worker::run() {
-  auto nextLiveness = Clock::now();
-  Clock::time_point idleSince, lastYield;
-  uint32_t idleRounds = 0;  // polling rounds that found nothing, since the last work
-  bool slept = false;       // ... and whether a sleep() ended one of them
-  const bool spins = options_.idleMode != WaitMode::kBlocking;
+  auto nextLiveness = Clock::now() + kLivenessEvery;
   while (!stopping_.load(std::memory_order_acquire)) {
     adoptInbox();
-    if (pumpAll(false)) {
-      idleRounds = 0;
-      slept = false;
-      continue;
-    }
-    const uint32_t round = idleRounds++;
-    // While spinning, an idle round reads the clock only every kClockEvery-th time:
-    // where clock_gettime is a syscall (VMs on an HPET or ACPI clock source) it would
-    // make every round slow and every arriving request wait for the round to end.
-    if (spins && !slept && (round & (kClockEvery - 1)) != 0) {
-      os::idleSpin(round + 1);  // yields now and then: see idleSpin
-      continue;
-    }
-    const auto now = Clock::now();
-    if (round == 0) idleSince = now;
-    if (now >= nextLiveness) {
-      for (auto& c : connections_) c->checkPeer();
-      nextLiveness = now + kLivenessEvery;
+    if (pumpAll(false) && !anyGone_) continue;
+    if (anyGone_) reap();
+    // Idle: spin (by the idle mode and what the spin limit learnt), then sleep.
+    Status s = waiter_.wait(
+        [this] {
+          if (stopping_.load(std::memory_order_acquire)) return true;
+          adoptInbox();
+          return pumpAll(false) > 0 || anyGone_;
+        },
+        [this](bool) {
+          // While spinning (busy-poll: always), hang-ups are taken from the epoll set
+          // now and then without sleeping: every kEventCheckEvery clock reads.
+          if ((++eventChecks_ & (kEventCheckEvery - 1)) == 0) takeEvents(0);
+          return true;  // the peers' liveness is per connection (anyGone_ ends the wait)
+        },
+        [this](Clock::duration left) { return sleep(left); }, nextLiveness);
+    if (s == Status::kTimedOut) {
+      for (auto& w : connections_) {
+        w->conn->checkPeer();
+        if (w->conn->disconnected()) updateRegistration(*w);
+      }
+      nextLiveness = Clock::now() + kLivenessEvery;
       reap();
     }
-    if (!slept && (options_.idleMode == WaitMode::kBusyPoll ||
-                   (options_.idleMode == WaitMode::kSpinThenSleep &&
-                    now - idleSince < options_.spinTime))) {
-      // The rounds between clock reads yield now and then (idleSpin); this one yields
-      // when kYieldInterval has passed since the last yield here: a round over tcp
-      // connections is a recv() each, so kYieldEvery of them take far longer.
-      if (now - lastYield >= kYieldInterval) {
-        ::sched_yield();
-        lastYield = now;
-      } else {
-        os::cpuRelax();
-      }
-      continue;
-    }
-    sleep();
-    slept = true;
   }
   drain();
 }
@@ -175,18 +231,21 @@ void Worker::drain() {
   for (;;) {
     size_t n = pumpAll(false);
     bool deferredLeft = false;
-    for (auto& c : connections_) deferredLeft |= !c->idle() && !c->disconnected();
+    for (auto& w : connections_) deferredLeft |= !w->conn->idle() && !w->conn->disconnected();
     if (!n && !deferredLeft) break;
     if (Clock::now() >= drainDeadline_) break;
     if (!n) std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  for (auto& c : connections_) {
-    c->failDeferred("server shut down before answering");
-    c->pump(SIZE_MAX / 2, /*rejecting=*/true);
-    c->close();
-    c->closeMail();
-    registry_.retire(c->metrics());
+  for (auto& w : connections_) {
+    ServerConnection& c = *w->conn;
+    c.failDeferred("server shut down before answering");
+    c.pump(SIZE_MAX / 2, /*rejecting=*/true);
+    if (w->registered) (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.connection().waitFd(), nullptr);
+    c.close();
+    c.closeMail();
+    registry_.retire(c.metrics());
   }
+  toArm_.clear();
   connections_.clear();
   count_ = 0;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "os/os.h"
+#include "transport/waiter.h"
 #include "zcrpc/rpc.h"
 
 namespace zcrpc {
@@ -20,6 +21,13 @@ class ServerConnection;
 /// Polls its connections, dispatching their calls, and sleeps (by the server's idle mode)
 /// when none has anything. Threads: adopt() and stop() from any thread; the rest runs on
 /// the worker's own thread, started by start().
+///
+/// Sleeping costs O(1) whatever the number of connections: every connection's waitFd()
+/// sits in one epoll set from adoption on (with the worker's own wake-up eventfd), and
+/// stays armed (its peer signals it) while it is idle. A connection is disarmed when it
+/// has traffic, so a busy client does not pay for a signal per message while the worker
+/// is awake, and re-armed at the next sleep. Hang-ups come as events; a slow sweep
+/// (kLivenessEvery) checks every peer besides.
 class __attribute__((visibility("hidden"))) Worker final {
  public:
   Worker(const std::unordered_map<uint64_t, Service*>& services, const ServerOptions& options,
@@ -36,13 +44,30 @@ class __attribute__((visibility("hidden"))) Worker final {
   size_t connections() const { return count_.load(std::memory_order_relaxed); }
 
  private:
+  /// A connection as the worker's sleep sees it. Heap-stable: the epoll set points at it.
+  struct Watched {
+    std::shared_ptr<ServerConnection> conn;
+    bool registered = false;  // its waitFd() is in epoll_ (not while congested or gone)
+    bool armed = false;       // armWait() returned true and no disarmWait() since
+    bool queued = false;      // in toArm_
+  };
+
   void wake();
   void adoptInbox();
   size_t pumpAll(bool rejecting);
+  /// Keeps `w`'s registration in epoll_ in step with its state: a connection that is gone
+  /// or congested (its requests wait unread) would make a level-triggered wait return at
+  /// once; it is polled instead (congested: in 1 ms slices).
+  void updateRegistration(Watched& w);
+  void disarm(Watched& w);
   /// Lets go of connections that are gone and have nothing left to answer.
   void reap();
-  /// Sleeps until a connection has something, mail arrives or a slice passes.
-  void sleep();
+  /// One sleep of at most `left`: arms the connections that are not armed, then waits in
+  /// epoll_wait for a signal, mail, a hang-up or the end of the slice. Returns false (the
+  /// worker's waiter then polls every connection).
+  bool sleep(Clock::duration left);
+  /// Takes what epoll_ reports within `timeoutMs`: mail, signals and hang-ups.
+  void takeEvents(int timeoutMs);
   void run();
   /// Graceful end: keep answering until quiet and every deferred call is answered (or
   /// the deadline passes), then fail what is left, refuse what still arrives, close.
@@ -59,8 +84,13 @@ class __attribute__((visibility("hidden"))) Worker final {
   std::vector<std::unique_ptr<Connection>> inbox_;
   std::atomic<bool> hasInbox_{false};
   std::atomic<size_t> count_{0};
-  std::vector<std::shared_ptr<ServerConnection>> connections_;
-  std::vector<pollfd> pollFds_;  // sleep()'s, kept for its capacity
+  std::vector<std::unique_ptr<Watched>> connections_;
+  std::vector<Watched*> toArm_;  // connections to arm at the next sleep
+  bool anyCongested_ = false;    // the last pumpAll() left a connection congested
+  bool anyGone_ = false;         // a connection went since the last reap()
+  os::Fd epoll_;                 // wake_ and the registered connections' waitFd()s
+  Waiter waiter_;
+  uint32_t eventChecks_ = 0;     // alive() calls of the waiter, for takeEvents(0)
 };
 
 }  // namespace zcrpc

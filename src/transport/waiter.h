@@ -24,7 +24,14 @@ enum class PollCost : uint8_t {
   /// a read of memory by a poll that itself yields now and then (rdma's tryReceive, for
   /// the softirq work of a kernel-side provider): the spin only pauses
   kMemorySelfYielding,
+  /// rounds of any cost (a server worker's round over connections of every transport:
+  /// a recv() each over tcp): as kMemory, and a yield at least every kYieldInterval by
+  /// the clock
+  kMixed,
 };
+
+/// The longest a PollCost::kMixed spin goes without a yield (see os::idleSpin).
+inline constexpr auto kYieldInterval = std::chrono::microseconds(20);
 
 /// How long to spin before sleeping, learnt from the gaps a waiter sees (adaptive policy).
 ///
@@ -111,6 +118,7 @@ Status Waiter::wait(Poll&& poll, Alive&& alive, Sleep&& sleep, Deadline deadline
                                : spin == Clock::duration::max() ? os::kYieldEvery - 1
                                                                 : 63;
     Clock::time_point spinUntil = Clock::time_point::max();
+    Clock::time_point lastYield{};
     for (uint32_t round = 1;; ++round) {
       if (poll()) return Status::kOk;
       if ((round & clockMask) == 0) {
@@ -121,10 +129,15 @@ Status Waiter::wait(Poll&& poll, Alive&& alive, Sleep&& sleep, Deadline deadline
           spinUntil = now + spin;  // the first read: the spin counts from here
         else if (now >= spinUntil)
           break;
+        if (cost_ == PollCost::kMixed && now - lastYield >= kYieldInterval) {
+          ::sched_yield();  // rounds over tcp connections take far longer than kYieldEvery's
+          lastYield = now;
+          continue;
+        }
       }
       if (cost_ == PollCost::kSystemCall)
         os::idleSpin<os::kYieldEveryCalls>(round);  // each round was a system call
-      else if (cost_ == PollCost::kMemory)
+      else if (cost_ == PollCost::kMemory || cost_ == PollCost::kMixed)
         os::idleSpin(round);
       else
         os::cpuRelax();

@@ -258,6 +258,54 @@ TEST_P(Conformance, RpcPipelinedBeyondTheRingsDoesNotDeadlock) {
   EXPECT_EQ(ch.outstanding(), 0u);
 }
 
+// A client the server held back (its answers waited for room, so the worker stopped
+// taking its requests and polled it instead of sleeping on it) is served as promptly as
+// any once it reads again: its next calls wake the sleeping worker.
+TEST_P(Conformance, RpcAClientHeldBackIsServedPromptlyOnceItReadsAgain) {
+  auto o = options();
+  o.ringBytes = 64u << 10;
+  ServerOptions so;
+  so.idleMode = WaitMode::kBlocking;  // no spinning to hide a missed wake-up
+  RpcSetup rpc(*this, o, so);
+  auto held = transport().makePair(o);
+  rpc.server.addConnection(std::move(held.server));
+  Connection& raw = *held.client;
+  constexpr uint64_t kPayload = 12u << 10;  // answers overfill the 64 KiB answer ring
+  uint64_t requests = 0;
+  for (uint64_t i = 0; i < 40; ++i) {
+    OutgoingMessage m;
+    if (raw.startMessage(m, payloadWords(kPayload), deadlineAfter(300ms)) != Status::kOk) break;
+    buildPayload(m, i, kPayload);
+    markEchoRequest(m, kEcho, i + 1);
+    ASSERT_EQ(raw.send(m), Status::kOk);
+    ++requests;
+  }
+  ASSERT_GT(requests * kPayload, o.ringBytes);
+  std::this_thread::sleep_for(50ms);  // the server has filled our answer ring
+  uint64_t answered = 0;
+  IncomingMessage in;
+  while (answered < requests && raw.receive(in, deadlineAfter(3s)) == Status::kOk) {
+    EXPECT_TRUE(checkPayload(in, answered, kPayload));
+    in.release();
+    ++answered;
+  }
+  ASSERT_EQ(answered, requests);
+  std::this_thread::sleep_for(20ms);  // the worker goes back to sleep
+  for (uint64_t i = 0; i < 5; ++i) {
+    OutgoingMessage m;
+    ASSERT_EQ(raw.startMessage(m, payloadWords(100), deadlineAfter(1s)), Status::kOk);
+    buildPayload(m, 1000 + i, 100);
+    markEchoRequest(m, kEcho, requests + 1 + i);
+    ASSERT_EQ(raw.send(m), Status::kOk);
+    const auto start = Clock::now();
+    ASSERT_EQ(raw.receive(in, deadlineAfter(3s)), Status::kOk) << "call " << i;
+    EXPECT_TRUE(checkPayload(in, 1000 + i, 100));
+    in.release();
+    EXPECT_LT(msSince(start), 500.0) << "call " << i << " waited for a liveness round";
+    std::this_thread::sleep_for(5ms);
+  }
+}
+
 // A client that sends calls and then stops reading the answers must not stall the
 // server's other clients (one worker serves both), and its closing must free the server.
 TEST_P(Conformance, RpcClientThatStopsReadingDoesNotStallOthers) {
