@@ -226,6 +226,13 @@ class CapnpTransport final : public Transport {
   }
   std::unique_ptr<Listener> listen(std::string_view address, const ConnectionOptions& o,
                                    const Config& c) const override {
+    if (!unix_ && !c.text("token").empty())
+      // A token guards the server's tcp listeners; a standard client has no way to present
+      // it (rpc.capnp has no such field), so serving it here would bypass the token.
+      throw InvalidArgument(withScheme(address, scheme()) +
+                            ": the server has an access token (token), and standard Cap'n Proto clients cannot present "
+                            "one; serve them on capnp+unix:// (checked by the credential policy), or say " +
+                            withScheme(address, scheme()) + "?token= to serve this listener without it");
     return unix_ ? listenCapnpUnix(address, options(o, c)) : listenCapnp(address, options(o, c));
   }
   std::string localAddress() const override {
@@ -242,7 +249,7 @@ class CapnpTransport final : public Transport {
     out.deadPeerTimeout = c.tcpOptions().deadPeerTimeout;
     return out;
   }
-  static constexpr std::array<std::string_view, 1> kTcpSettings{"dead_peer_timeout"};
+  static constexpr std::array<std::string_view, 2> kTcpSettings{"token", "dead_peer_timeout"};
   static constexpr std::array<std::string_view, 3> kUnixSettings{"allow_same_uid", "allow_uids",
                                                                  "allow_gids"};
   bool unix_;

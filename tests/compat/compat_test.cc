@@ -38,6 +38,7 @@
 #include "echo.capnp.zcrpc.h"
 #include "services.capnp.zcrpc.h"
 #include "zcrpc/capnp.h"
+#include "zcrpc/config.h"
 #include "zcrpc/context.h"
 #include "zcrpc/rpc.h"
 
@@ -714,6 +715,23 @@ TEST_P(StandardClient, ReaderLimitsBoundWhatTheServerReads) {
   auto req = echo.echoRequest();
   req.setData(pattern(1024, 3));
   EXPECT_EQ(req.send().wait(ws).getData().size(), 1024u);
+}
+
+TEST(CapnpAccess, AServerWithATokenServesStandardTcpClientsOnlyWhenTheEndpointSaysSo) {
+  Config config;
+  config.loadTomlString("token = \"s3cret\"\n", "server.toml");
+  Context context(config);
+  try {
+    context.listen("capnp://127.0.0.1:0");
+    ADD_FAILURE() << "a capnp:// listener started on a server with a token";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("standard Cap'n Proto clients cannot present one"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("capnp://127.0.0.1:0?token="), std::string::npos) << e.what();
+  }
+  // Said explicitly on the endpoint, or on a unix socket (the credential policy applies).
+  EXPECT_NE(context.listen("capnp://127.0.0.1:0?token="), nullptr);
+  EXPECT_NE(context.listen("capnp+unix://" + freshAddress(true)), nullptr);
 }
 
 // ---------------------------------------------------------------------------------------
