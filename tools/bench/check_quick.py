@@ -2,7 +2,7 @@
 """Runs zcrpc-bench (the arguments after the binary) and checks that its JSON holds what
 every run must measure: in each row, every series that ran has its figures (the baselines,
 zcrpc, Cap'n Proto's own work, the bound built on it, the rates; over tcp the frame size
-the peer saw), every rival either has figures or is listed as missing with a reason, and
+the peer saw; in open-loop rows the CPU time per call of both processes), every rival either has figures or is listed as missing with a reason, and
 the summary answers for each transport and wait mode. Targets are reported, not asserted:
 only a failure to measure fails."""
 import json
@@ -11,7 +11,8 @@ import sys
 
 NEEDED = {"rpc": ["zcrpc", "capnp-work", "bound", "zcrpc-pipelined"],
           "standard": ["capnp", "zcrpc-capnp", "zcrpc-capnp-client", "zcrpc"],
-          "messages": ["floor", "zcrpc", "floor-check", "capnp-work", "bound", "zcrpc-one-way"]}
+          "messages": ["floor", "zcrpc", "floor-check", "capnp-work", "bound", "zcrpc-one-way"],
+          "open-loop": ["zcrpc"]}
 
 
 def main() -> int:
@@ -30,6 +31,13 @@ def main() -> int:
         needed = NEEDED[row["section"]] + (["memcpy"] if row["section"] == "messages" and row["payload_bytes"] >= 1 << 20 else [])
         if row["section"] == "rpc":
             needed += ["floor"] if row["transport"] == "shm" else ["raw-tcp", "raw-tcp-frame"]
+        if row["section"] == "open-loop":
+            name += f' {row["interval_ns"]} ns apart'
+            needed += ["floor", "unix-socket"] if row["transport"] == "shm" else ["raw-tcp"]
+            for sid in needed:  # CPU time per call of both processes, counted
+                m = series.get(sid, {}).get("median", {})
+                if not (m.get("client_cpu_ns_per_call") and m.get("server_cpu_ns_per_call")):
+                    problems.append(f"{name}: no CPU time per call for {sid}")
         for s in row["series"]:
             median = s["median"].get("p50") or s["median"].get("per_second")
             if s["role"] == "rival" and not median and s["id"] not in missing:

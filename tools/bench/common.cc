@@ -6,6 +6,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <cctype>
 #include <cerrno>
 #include <cmath>
@@ -81,6 +83,22 @@ size_t parseSize(const std::string& text) {
   return static_cast<size_t>(v) * mul;
 }
 
+double parseRate(const std::string& text) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &pos);
+  } catch (const std::exception&) {
+    throw BenchError("rate '" + text + "' is not a number of calls per second");
+  }
+  const std::string unit = text.substr(pos);
+  if (unit == "k" || unit == "K") v *= 1e3;
+  else if (unit == "M") v *= 1e6;
+  else if (!unit.empty()) throw BenchError("rate '" + text + "': unit must be k or M");
+  if (!(v >= 1 && v <= 1e6)) throw BenchError("rate '" + text + "' must be 1 to 1M calls/s");
+  return v;
+}
+
 std::pair<int, int> parseCpus(const std::string& text) {
   int a = -1, b = -1;
   char tail = 0;
@@ -133,6 +151,40 @@ Rate rateOf(uint64_t count, double seconds, size_t bytes) {
   r.perSecond = static_cast<double>(count) / seconds;
   r.bytesPerSecond = r.perSecond * static_cast<double>(bytes);
   return r;
+}
+
+uint64_t processCpuNs(pid_t pid) {
+  const std::string dir = fmt::format("/proc/{}/task", pid);
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) throwErrno("open " + dir);
+  uint64_t total = 0;
+  while (const dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::FILE* f = std::fopen((dir + "/" + e->d_name + "/schedstat").c_str(), "r");
+    if (!f) continue;  // a thread that just ended
+    unsigned long long ns = 0;
+    if (std::fscanf(f, "%llu", &ns) == 1) total += ns;
+    std::fclose(f);
+  }
+  ::closedir(d);
+  return total;
+}
+
+std::chrono::nanoseconds paceUntil(Clock::time_point due) {
+  const auto wake = due - kPaceSpin;
+  if (Clock::now() < wake) {
+    const auto ns = wake.time_since_epoch().count();  // steady_clock is CLOCK_MONOTONIC
+    const timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+    }
+  }
+  const auto spinStart = Clock::now();
+  auto now = spinStart;
+  while (now < due) {
+    cpuRelax();
+    now = Clock::now();
+  }
+  return now - spinStart;
 }
 
 Latency summarizeLatency(std::span<uint64_t> samples) {

@@ -12,6 +12,10 @@
 #include <string_view>
 #include <utility>
 
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "os/spin.h"
 #include "zcrpc/transport.h"
 
@@ -56,6 +60,8 @@ double loadAverage() noexcept;
 std::string formatSize(uint64_t bytes);
 /// "64", "4K", "4KiB", "1M", "1MiB" -> bytes, 1 byte to 16 MiB. Throws BenchError.
 size_t parseSize(const std::string& text);
+/// "10k", "1000", "2.5k", "1M" calls per second: 1 to 1 M. Throws BenchError.
+double parseRate(const std::string& text);
 /// "A,B": two different CPUs this process may run on. Throws BenchError.
 std::pair<int, int> parseCpus(const std::string& text);
 
@@ -81,12 +87,23 @@ struct Budget {
   /// iterations for bigger payloads; warm-up a quarter of the time and count.
   static Budget forPayload(size_t payloadBytes, double seconds);
   std::chrono::nanoseconds total() const { return warmup + measure; }
+
+  /// Open loop: one call every `interval`, each timed from when it was due (so a call that
+  /// waited for an earlier one counts that wait: no coordinated omission); zero: back to
+  /// back, each timed from its start.
+  std::chrono::nanoseconds interval{0};
+  /// Open loop: the serving process, whose CPU time over the timed calls is counted.
+  pid_t peer = 0;
 };
 
 /// Round-trip times of one cell, in nanoseconds (nearest-rank percentiles).
 struct Latency {
   uint64_t samples = 0;
   uint64_t minNs = 0, p50Ns = 0, p99Ns = 0, p999Ns = 0, maxNs = 0;
+  /// Open loop: CPU time per call of this process (the calls; pacing spins left out) and
+  /// of the serving one (all its threads), over the timed calls; and the calls per
+  /// second achieved (below 1/interval when the system could not keep up).
+  double clientCpuNs = 0, serverCpuNs = 0, achievedPerSecond = 0;
 };
 
 /// A throughput cell: messages or calls in `seconds`.
@@ -108,14 +125,71 @@ Rate rateOf(uint64_t count, double seconds, size_t bytes);
 /// Sorts `samples` and takes nearest-rank percentiles.
 Latency summarizeLatency(std::span<uint64_t> samples);
 
+/// CPU time all threads of process `pid` have run so far, in nanoseconds
+/// (/proc/<pid>/task/*/schedstat). Throws BenchError when it cannot be read.
+uint64_t processCpuNs(pid_t pid);
+
+/// Waits until `due`: sleeps (clock_nanosleep) to kPaceSpin before it, then spins. Returns
+/// how long it spun (CPU time that pacing, not the call, took).
+std::chrono::nanoseconds paceUntil(Clock::time_point due);
+inline constexpr auto kPaceSpin = std::chrono::microseconds(30);
+
+namespace detail {
+/// measureLatency's open loop: calls due every b.interval, timed from when each was due.
+template <typename RoundTrip, typename Prepare>
+Latency openLoop(RoundTrip& roundTrip, const Budget& b, std::span<uint64_t> samples,
+                 Prepare& prepare) {
+  // Warm-up at the same pace, so the spin limits and caches have seen this traffic.
+  // A system slower than the pace falls behind: it is stopped a little after its window
+  // (`grace`), so the cell keeps to its budget; achievedPerSecond tells.
+  const auto grace = std::min<Clock::duration>(b.measure / 4, std::chrono::seconds(1));
+  auto next = Clock::now() + b.interval;
+  const auto warmEnd = next + b.warmup;
+  for (uint64_t i = 0; i < b.warmupIterations && next < warmEnd && Clock::now() < warmEnd + grace;
+       ++i, next += b.interval) {
+    prepare();
+    (void)paceUntil(next);
+    roundTrip();
+  }
+  const size_t limit = std::min<uint64_t>(b.maxIterations, samples.size());
+  const pid_t self = ::getpid();
+  std::chrono::nanoseconds paced{0};
+  next = std::max(next, Clock::now() + b.interval);
+  const auto start = next, end = start + b.measure;
+  const uint64_t cpuClient0 = processCpuNs(self), cpuServer0 = b.peer ? processCpuNs(b.peer) : 0;
+  size_t n = 0;
+  Clock::time_point done{};
+  while (n < limit && next < end && (n == 0 || done < end + grace)) {
+    prepare();
+    paced += paceUntil(next);
+    roundTrip();
+    done = Clock::now();
+    samples[n++] = static_cast<uint64_t>((done - next).count());
+    next += b.interval;
+  }
+  const double cpuClient = static_cast<double>(processCpuNs(self) - cpuClient0);
+  const double cpuServer = b.peer ? static_cast<double>(processCpuNs(b.peer) - cpuServer0) : 0;
+  Latency l = summarizeLatency(samples.first(n));
+  if (n) {
+    l.clientCpuNs = std::max(0.0, cpuClient - static_cast<double>(paced.count())) /
+                    static_cast<double>(n);
+    l.serverCpuNs = cpuServer / static_cast<double>(n);
+    l.achievedPerSecond = static_cast<double>(n) / std::chrono::duration<double>(done - start).count();
+  }
+  return l;
+}
+}  // namespace detail
+
 /// Warm-up, then timed round trips: `roundTrip()` until the budget's time or count runs
-/// out, each timed with one steady_clock reading on each side. A template, so every system
+/// out, each timed with one steady_clock reading on each side (open loop, with
+/// b.interval set: see detail::openLoop). A template, so every system
 /// is timed by the same inlined code. `samples` bounds the count too and must be
 /// pre-touched. `prepare()` runs before each round trip, outside the timed part.
 template <typename RoundTrip, typename Prepare = void (*)()>
 Latency measureLatency(
     RoundTrip&& roundTrip, const Budget& b, std::span<uint64_t> samples,
     Prepare&& prepare = [] {}) {
+  if (b.interval.count() > 0) return detail::openLoop(roundTrip, b, samples, prepare);
   auto warmEnd = Clock::now() + b.warmup;
   for (uint64_t i = 0; i < b.warmupIterations; ++i) {
     prepare();

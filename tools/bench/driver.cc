@@ -17,6 +17,11 @@
 //  * messages: raw zcrpc messages over shm against the floor (always busy-polling), a
 //    shorter floor run on the other side of the zcrpc cell (did the CPUs move?), Cap'n
 //    Proto's own work, the one-way stream and, from 1 MiB, memcpy bandwidth.
+//  * open-loop: echo calls started at a fixed pace whatever the answers do (a service with
+//    real traffic, asleep when a call comes), timed from when each was due, with the CPU
+//    time per call of both processes: zcrpc (and, in spin-then-sleep, zcrpc with the fixed
+//    spin) against the baseline in the same wait mode (the futex-woken floor ring / raw
+//    TCP), a blocking unix-socket ping-pong (shm) and Cap'n Proto's RPC.
 #include <fmt/format.h>
 #include <kj/exception.h>
 #include <unistd.h>
@@ -56,7 +61,7 @@ class Driver final {
     uint64_t most = 4096;
     for (size_t size : s.sizes)
       most = std::max(most, Budget::forPayload(size, s.seconds).maxIterations);
-    samples_.assign(most, 0);
+    samples_.assign(std::max(most, s.openLoopCalls), 0);
   }
 
   /// One repetition of the echo rows of `t` and `size`, one row per wait mode.
@@ -213,6 +218,60 @@ class Driver final {
     finishRow(row, rr, false, 0);
   }
 
+  /// One repetition of the open-loop row of `t`, `w`, `size` at one call every `interval`.
+  void openLoop(unsigned rep, Transport t, WaitMode w, size_t size, int64_t interval) {
+    Row& row = this->row("open-loop", t, w, size, [&](Row& r) {
+      r.intervalNs = interval;
+      r.series.push_back(system(t == Transport::kShm ? kFloor : kRawTcp).info(t));
+      r.series.push_back(system(kRpc).info(t));
+      if (w == WaitMode::kSpinThenSleep) r.series.push_back(system(kRpcFixedSpin).info(t));
+      if (system(kUnixSocket).covers(t)) r.series.push_back(system(kUnixSocket).info(t));
+      for (size_t i = kFirstRival; i < systems_.size(); ++i)
+        if (usable(i, t) && system(i).info(t).id == "capnp") r.series.push_back(system(i).info(t));
+      for (SeriesInfo& si : r.series) si.measure = Measure::kOpenLoop;
+    }, interval);
+    RowRep& rr = row.reps.emplace_back();
+    rr.figures.resize(row.series.size());
+    CellSpec spec{t, w, Measure::kOpenLoop, 0, 0, size, 0};
+    spec.intervalNs = interval;
+    // At least openLoopCalls calls, more if Settings::seconds holds more; a tenth again
+    // (at least 50) at the same pace to warm up.
+    Budget b;
+    b.interval = std::chrono::nanoseconds(interval);
+    b.peer = peer_.pid();
+    b.maxIterations = std::max<uint64_t>(
+        s_.openLoopCalls, static_cast<uint64_t>(s_.seconds * 1e9 / static_cast<double>(interval)));
+    b.maxIterations = std::min<uint64_t>(b.maxIterations, samples_.size());
+    b.measure = b.interval * b.maxIterations;
+    b.warmupIterations = std::max<uint64_t>(50, b.maxIterations / 10);
+    b.warmup = b.interval * b.warmupIterations;
+    std::vector<std::vector<size_t>> units{{0, 1}};
+    if (rep % 2) std::swap(units[0][0], units[0][1]);
+    for (size_t i = 2; i < row.series.size(); ++i) units.push_back({i});
+    std::rotate(units.begin(), units.begin() + rep % units.size(), units.end());
+    for (const auto& unit : units)
+      for (size_t i : unit) {
+        const std::string& id = row.series[i].id;
+        const size_t sys = i == 0   ? (t == Transport::kShm ? kFloor : kRawTcp)
+                           : i == 1 ? kRpc
+                           : id == "zcrpc-fixed-spin" ? kRpcFixedSpin
+                           : id == "unix-socket"      ? kUnixSocket
+                                                      : systemOf(t, id);
+        const std::string what = row.name() + " " + id;
+        rr.figures[i] = i < 2 ? cell(sys, spec, what, b) : rival(sys, spec, what, b);
+        rr.order += (rr.order.empty() ? "" : ",") + id;
+      }
+    std::string line;
+    for (size_t i = 0; i < row.series.size(); ++i)
+      if (const Latency& l = rr.figures[i].latency; l.p50Ns)
+        line += fmt::format(", {} {}/{} cpu {}+{}", row.series[i].id,
+                            formatNs(static_cast<double>(l.p50Ns)),
+                            formatNs(static_cast<double>(l.p99Ns)), formatNs(l.clientCpuNs),
+                            formatNs(l.serverCpuNs));
+    fmt::print(stderr, "rep {}/{} {}: {}\n", row.reps.size(), s_.reps, row.name(),
+               line.empty() ? "-" : line.substr(2));
+  }
+
   /// Lists the rivals that cannot run here, and why.
   void noteUnavailable() {
     for (size_t i = kFirstRival; i < systems_.size(); ++i)
@@ -222,7 +281,8 @@ class Driver final {
 
   // Indices of the fixed systems in systems_; rivals follow.
   static constexpr size_t kFloor = 0, kRawTcp = 1, kRpc = 2, kMessages = 3, kCapnpListener = 4,
-                          kCapnpClient = 5, kCapnpBaseline = 6, kFirstRival = 7;
+                          kCapnpClient = 5, kCapnpBaseline = 6, kRpcFixedSpin = 7, kUnixSocket = 8,
+                          kFirstRival = 9;
 
  private:
   System& system(size_t i) { return *systems_[i]; }
@@ -241,9 +301,11 @@ class Driver final {
   }
 
   template <typename Init>
-  Row& row(const std::string& section, Transport t, WaitMode w, size_t size, Init init) {
+  Row& row(const std::string& section, Transport t, WaitMode w, size_t size, Init init,
+           int64_t intervalNs = 0) {
     for (Row& r : table_.rows)
-      if (r.section == section && r.transport == t && r.waitMode == w && r.payloadBytes == size)
+      if (r.section == section && r.transport == t && r.waitMode == w && r.payloadBytes == size &&
+          r.intervalNs == intervalNs)
         return r;
     Row& r = table_.rows.emplace_back();
     r.section = section;
@@ -283,9 +345,10 @@ class Driver final {
   }
 
   /// A rival's cell: a failure drops the rival from the rest of the run and says why.
-  Figure rival(size_t i, const CellSpec& spec, const std::string& what) {
+  Figure rival(size_t i, const CellSpec& spec, const std::string& what,
+               std::optional<Budget> budget = {}) {
     try {
-      return cell(i, spec, what);
+      return cell(i, spec, what, budget);
     } catch (const BenchError& e) {
       const std::string id = system(i).info(spec.transport).id;
       failed_.insert(id);
@@ -377,6 +440,8 @@ Table runBench(const Settings& s) {
   owned.push_back(makeZcrpcCapnpListener(s));
   owned.push_back(makeZcrpcCapnpClient(s));
   owned.push_back(makeCapnpRpc());  // the standard rows' baseline
+  owned.push_back(makeZcrpcRpc(s, SpinPolicy::kFixed));
+  owned.push_back(makeUnixSocket(s));
   std::vector<std::string> notBuilt;
   for (auto& rival : makeRivals(s, notBuilt)) owned.push_back(std::move(rival));
   for (const std::string& line : notBuilt) {
@@ -393,7 +458,7 @@ Table runBench(const Settings& s) {
   pinToCpu(s.clientCpu);
   peer.expect(ReplyKind::kReady, 0, Clock::now() + kReplyTimeout, "starting the peer process");
   Driver d(s, systems, peer, room, table);
-  if (s.rpc) d.noteUnavailable();
+  if (s.rpc || !s.openLoopRates.empty()) d.noteUnavailable();
   for (unsigned rep = 0; rep < s.reps; ++rep) {
     if (s.messages)
       for (WaitMode w : s.waitModes)
@@ -406,6 +471,11 @@ Table runBench(const Settings& s) {
         for (size_t size : s.sizes)
           if (s.standardAllSizes || size == *std::min_element(s.sizes.begin(), s.sizes.end()))
             d.standard(rep, t, size);
+    for (double rate : s.openLoopRates)
+      for (Transport t : s.transports)
+        for (WaitMode w : s.openLoopWaitModes)
+          d.openLoop(rep, t, w, *std::min_element(s.sizes.begin(), s.sizes.end()),
+                     static_cast<int64_t>(1e9 / rate));
   }
   peer.quit();
   table.loadEnd = loadAverage();

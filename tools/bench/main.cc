@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <kj/exception.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -86,16 +87,16 @@ int main(int argc, char** argv) {
   Outputs o;
   std::string mode = "all", cpus = "0,1";
   std::vector<std::string> sizes{"64", "4K", "64K", "1M"}, transports{"shm", "tcp"},
-      waits{"busy-poll", "spin-then-sleep"};
+      waits{"busy-poll", "spin-then-sleep"}, rates, openWaits;
   bool noMetrics = false, copyPayload = false;
   CLI::App app{
       "zcrpc-bench: which transport for me — zcrpc against a floor and its rivals, "
       "measured side by side between two pinned processes"};
   app.add_option("--mode", mode,
                  "rpc: echo calls (and the rivals); messages: raw messages over shm; standard: "
-                 "standard Cap'n Proto peers against zcrpc (every size); all (standard at the "
-                 "smallest size)")
-      ->check(CLI::IsMember({"rpc", "messages", "standard", "all"}))
+                 "standard Cap'n Proto peers against zcrpc (every size); open-loop: calls at a "
+                 "fixed pace (see --rates); all (standard at the smallest size, open loop shorter)")
+      ->check(CLI::IsMember({"rpc", "messages", "standard", "open-loop", "all"}))
       ->capture_default_str();
   app.add_option("--cpus", cpus, "CPUs of the measuring and the serving process: A,B")
       ->capture_default_str();
@@ -112,6 +113,20 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::IsMember({"busy-poll", "spin-then-sleep", "blocking"}))
       ->capture_default_str();
+  app.add_option("--rates", rates,
+                 "Open loop: calls per second (1k, 10k, 100k, 250...); default 1k,10k (with "
+                 "--mode open-loop 1k,10k,100k); 'none' for no open-loop rows")
+      ->delimiter(',');
+  app.add_option("--open-loop-wait-modes", openWaits,
+                 "Open loop: wait modes of zcrpc and the baselines; default spin-then-sleep,"
+                 "blocking (with --mode open-loop also busy-poll)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"busy-poll", "spin-then-sleep", "blocking"}));
+  auto* openCalls =
+      app.add_option("--open-loop-calls", s.openLoopCalls,
+                     "Open loop: calls timed per cell, at least (default 1000; 2000 with --mode "
+                     "open-loop; a tenth more warm up)")
+          ->check(CLI::Range(uint64_t{10}, uint64_t{1'000'000}));
   app.add_option("--rivals", s.only,
                  "Only these rivals (series ids, e.g. capnp); default: all built")
       ->delimiter(',');
@@ -152,7 +167,17 @@ int main(int argc, char** argv) {
   s.messages = mode == "messages" || mode == "all";
   s.standard = mode == "standard" || mode == "all";
   s.standardAllSizes = mode == "standard";
+  const bool openOnly = mode == "open-loop";
+  if (openCalls->count() == 0) s.openLoopCalls = s.quick ? 100 : openOnly ? 2000 : 1000;
+  if (rates.empty() && (openOnly || mode == "all"))
+    rates = openOnly && !s.quick ? std::vector<std::string>{"1k", "10k", "100k"}
+                                 : std::vector<std::string>{"1k", "10k"};
+  if (openWaits.empty())
+    openWaits = openOnly && !s.quick
+                    ? std::vector<std::string>{"busy-poll", "spin-then-sleep", "blocking"}
+                    : std::vector<std::string>{"spin-then-sleep", "blocking"};
   ::signal(SIGPIPE, SIG_IGN);  // a dead peer shows up as an error, not as a signal
+  ::prctl(PR_SET_TIMERSLACK, 1UL);  // open-loop pacing sleeps wake on time (both processes)
   try {
     std::tie(s.clientCpu, s.serverCpu) = parseCpus(cpus);
     s.sizes = parseList<size_t>(sizes, parseSize);
@@ -160,6 +185,10 @@ int main(int argc, char** argv) {
         parseList<Transport>(transports, [](const std::string& t) { return parseTransport(t); });
     s.waitModes = parseList<zcrpc::WaitMode>(
         waits, [](const std::string& w) { return zcrpc::parseWaitMode(w); });
+    s.openLoopWaitModes = parseList<zcrpc::WaitMode>(
+        openWaits, [](const std::string& w) { return zcrpc::parseWaitMode(w); });
+    if (!(rates.size() == 1 && rates[0] == "none"))
+      s.openLoopRates = parseList<double>(rates, parseRate);
     return run(s, o);
   } catch (const std::exception& e) {
     std::fflush(stdout);

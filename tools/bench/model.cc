@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace zcrpc::bench {
 
@@ -18,8 +19,7 @@ std::optional<double> median(std::vector<double> v) {
 std::string targetName(const Row& row, const Target& t) {
   std::string what = fmt::format("{} {}", t.series, statName(t.stat));
   if (!t.versus.empty()) what += " / " + t.versus;
-  return fmt::format("{} {} {} {}: {}", row.section, transportName(row.transport),
-                     waitModeName(row.waitMode), formatSize(row.payloadBytes), what);
+  return fmt::format("{}: {}", row.name(), what);
 }
 
 bool isRatio(const Target& t) { return !t.versus.empty(); }
@@ -33,8 +33,16 @@ size_t Row::find(std::string_view id) const {
 }
 
 std::string Row::name() const {
-  return fmt::format("{} {} {} {}", section, transportName(transport), waitModeName(waitMode),
-                     formatSize(payloadBytes));
+  std::string n = fmt::format("{} {} {} {}", section, transportName(transport),
+                              waitModeName(waitMode), formatSize(payloadBytes));
+  if (intervalNs) n += fmt::format(" {}", formatPace(intervalNs));
+  return n;
+}
+
+std::string formatPace(int64_t intervalNs) {
+  const double rate = 1e9 / static_cast<double>(intervalNs);
+  if (rate >= 1000 && std::fmod(rate, 1000) == 0) return fmt::format("{:.0f}k calls/s", rate / 1000);
+  return fmt::format("{:.0f} calls/s", rate);
 }
 
 std::string_view statName(Stat s) noexcept {
@@ -53,6 +61,12 @@ std::string_view statName(Stat s) noexcept {
       return "stalled_fraction";
     case Stat::kBytesPerSecond:
       return "bytes_per_second";
+    case Stat::kClientCpu:
+      return "client_cpu_ns_per_call";
+    case Stat::kServerCpu:
+      return "server_cpu_ns_per_call";
+    case Stat::kAchieved:
+      return "achieved_per_second";
   }
   return "?";
 }
@@ -73,6 +87,12 @@ double statOf(const Figure& f, Stat s) noexcept {
       return f.rate.stalledFraction;
     case Stat::kBytesPerSecond:
       return f.rate.bytesPerSecond;
+    case Stat::kClientCpu:
+      return f.latency.clientCpuNs;
+    case Stat::kServerCpu:
+      return f.latency.serverCpuNs;
+    case Stat::kAchieved:
+      return f.latency.achievedPerSecond;
   }
   return 0;
 }
@@ -97,7 +117,9 @@ std::optional<double> medianRatio(const Row& row, size_t a, size_t b, Stat s) {
 std::vector<Target> standardTargets() {
   const auto shm = Transport::kShm, tcp = Transport::kTcp;
   const size_t k64 = 64, k1M = size_t{1} << 20;
+  const int64_t kMs1 = 1'000'000, kUs100 = 100'000;  // 1 k and 10 k calls/s
   using enum Stat;
+  using enum WaitMode;
   return {
       // Raw messages over shm (messages rows).
       {"messages", shm, k64, "zcrpc", "floor", kP50, true, 1.2},
@@ -114,6 +136,16 @@ std::vector<Target> standardTargets() {
       // Cap'n Proto's own server (issue 19): no slower over the same socket kind.
       {"standard", shm, k64, "zcrpc-capnp", "capnp", kP50, true, 1.0},
       {"standard", tcp, k64, "zcrpc-capnp", "capnp", kP50, true, 1.0},
+      // When nobody spins (issue 24): calls at a fixed pace, open loop.
+      {"open-loop", shm, k64, "zcrpc", "unix-socket", kP50, true, 1.0, kSpinThenSleep, kMs1},
+      {"open-loop", shm, k64, "zcrpc", "floor", kP50, true, 1.1, kSpinThenSleep, kMs1},
+      {"open-loop", shm, k64, "zcrpc", "floor", kP99, true, 1.5, kSpinThenSleep, kMs1},
+      {"open-loop", shm, k64, "zcrpc", "floor", kServerCpu, true, 1.5, kSpinThenSleep, kUs100},
+      {"open-loop", shm, k64, "zcrpc", "zcrpc-fixed-spin", kP50, true, 1.0, kSpinThenSleep, kUs100},
+      {"open-loop", shm, k64, "zcrpc", "floor", kP50, true, 1.1, kBlocking, kMs1},
+      {"open-loop", tcp, k64, "zcrpc", "raw-tcp", kP50, true, 1.15, kBlocking, kMs1},
+      {"rpc", shm, k64, "zcrpc", "floor", kP50, true, 1.1, kBlocking},
+      {"rpc", tcp, k64, "zcrpc", "raw-tcp", kP50, true, 1.15, kBlocking},
   };
 }
 
@@ -126,7 +158,9 @@ std::vector<TargetResult> evaluate(const Table& table, std::span<const Target> t
     bool any = false;
     for (const Row& row : table.rows) {
       if (row.section != t.section || (t.transport && *t.transport != row.transport) ||
-          (t.payloadBytes && *t.payloadBytes != row.payloadBytes))
+          (t.payloadBytes && *t.payloadBytes != row.payloadBytes) ||
+          (t.waitMode && *t.waitMode != row.waitMode) ||
+          (t.intervalNs && *t.intervalNs != row.intervalNs))
         continue;
       const size_t a = row.find(t.series), b = isRatio(t) ? row.find(t.versus) : Row::npos;
       if (a == Row::npos || (isRatio(t) && b == Row::npos)) continue;
@@ -166,10 +200,13 @@ std::vector<TargetResult> evaluate(const Table& table, std::span<const Target> t
     }
     if (!any) {
       TargetResult r;
-      r.name = fmt::format("{} {}{}: {} {}{}", t.section,
-                           t.transport ? transportName(*t.transport) : "any",
-                           t.payloadBytes ? " " + formatSize(*t.payloadBytes) : "", t.series,
-                           statName(t.stat), isRatio(t) ? " / " + t.versus : "");
+      std::string where = fmt::format("{} {}", t.section,
+                                      t.transport ? transportName(*t.transport) : "any");
+      if (t.waitMode) where += fmt::format(" {}", waitModeName(*t.waitMode));
+      if (t.payloadBytes) where += fmt::format(" {}", formatSize(*t.payloadBytes));
+      if (t.intervalNs) where += fmt::format(" {}", formatPace(*t.intervalNs));
+      r.name = fmt::format("{}: {} {}{}", where, t.series, statName(t.stat),
+                           isRatio(t) ? " / " + t.versus : "");
       r.goal = goal;
       r.measured = "not run";
       out.push_back(std::move(r));

@@ -29,13 +29,14 @@ struct Row {
   Transport transport = Transport::kShm;
   WaitMode waitMode = WaitMode::kBusyPoll;
   size_t payloadBytes = 0;
+  int64_t intervalNs = 0;          ///< open-loop rows: a call every intervalNs
   std::vector<SeriesInfo> series;  ///< series[0] is the baseline
   std::vector<RowRep> reps;
 
   /// Index of the series `id`, or npos.
   size_t find(std::string_view id) const;
   static constexpr size_t npos = SIZE_MAX;
-  std::string name() const;  ///< "echo shm busy-poll 64 B"
+  std::string name() const;  ///< "echo shm busy-poll 64 B", "open-loop shm blocking 64 B 10 k/s"
 };
 
 /// A series that could not be measured in this run, and why.
@@ -51,7 +52,18 @@ struct Table {
   std::vector<Missing> missing;
 };
 
-enum class Stat { kP50, kP99, kP999, kPerSecond, kStallFree, kStalled, kBytesPerSecond };
+enum class Stat {
+  kP50,
+  kP99,
+  kP999,
+  kPerSecond,
+  kStallFree,
+  kStalled,
+  kBytesPerSecond,
+  kClientCpu,  ///< open loop: CPU ns per call of the measuring process
+  kServerCpu,  ///< open loop: CPU ns per call of the serving process
+  kAchieved,   ///< open loop: calls per second achieved
+};
 std::string_view statName(Stat s) noexcept;  ///< "p50", ..., "per_second"
 double statOf(const Figure& f, Stat s) noexcept;
 /// Whether a cell filled the figure (a latency or a rate).
@@ -74,6 +86,8 @@ struct Target {
   Stat stat = Stat::kP50;
   bool atMost = true;  ///< pass when value <= threshold (else >=)
   double threshold = 0;
+  std::optional<WaitMode> waitMode = {};     ///< only rows of this wait mode
+  std::optional<int64_t> intervalNs = {};    ///< open loop: only rows of this pace
 };
 
 struct TargetResult {
@@ -97,5 +111,7 @@ Table runBench(const Settings& s);
 std::string formatNs(double ns);
 std::string formatRate(double perSecond);
 std::string formatRatio(double ratio);
+/// "10k calls/s" for an interval of 100 us.
+std::string formatPace(int64_t intervalNs);
 
 }  // namespace zcrpc::bench

@@ -75,6 +75,7 @@ class PeerProcess final {
 
   void send(const Command& c) { control_->send(c); }
   int controlFd() const noexcept { return control_->fd(); }
+  pid_t pid() const noexcept { return pid_; }
   /// Waits for a reply of `kind` for cell `id`, skipping late replies of cells given up
   /// before. Throws BenchError naming `what` with the peer's own error (or how it exited)
   /// when it failed, or when nothing came before `deadline`.

@@ -9,7 +9,10 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include <cstring>
 #include <string>
 
 #include "os/os.h"
@@ -29,12 +32,14 @@ sockaddr_in loopback(uint16_t port) {
   return a;
 }
 
-/// TCP_NODELAY, and the blocking mode `mode` needs: non-blocking unless kBlocking, where
-/// SO_RCVTIMEO/SO_SNDTIMEO make a blocking call return so the loops can check deadlines.
-os::Fd prepare(os::Fd fd, WaitMode mode) {
+/// TCP_NODELAY (tcp), and the blocking mode `mode` needs: non-blocking unless kBlocking,
+/// where SO_RCVTIMEO/SO_SNDTIMEO make a blocking call return so the loops can check deadlines.
+os::Fd prepare(os::Fd fd, WaitMode mode, bool tcp = true) {
   int one = 1;
   timeval slice{0, std::chrono::duration_cast<std::chrono::microseconds>(kSleepSlice).count()};
-  ZCRPC_SYSCALL(::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), "TCP_NODELAY");
+  if (tcp)
+    ZCRPC_SYSCALL(::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one),
+                  "TCP_NODELAY");
   if (mode == WaitMode::kBlocking) {
     ZCRPC_SYSCALL(::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice),
                   "SO_RCVTIMEO");
@@ -160,8 +165,81 @@ class RawTcp final : public System {
   const Settings& s_;
 };
 
+/// A unix stream socket ping-pong, blocking reads on both sides whatever the row's wait
+/// mode: what two processes on one host do when they use the kernel's plainest channel.
+class UnixSocket final : public System {
+ public:
+  explicit UnixSocket(const Settings& s) : s_(s) {}
+
+  SeriesInfo info(Transport) const override {
+    return {"unix-socket", "unix socket ping-pong", Role::kReference, "blocking read"};
+  }
+  bool covers(Transport t) const override { return t == Transport::kShm; }
+
+  void serve(PeerCell& cell) override {
+    os::Fd listener(ZCRPC_SYSCALL(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
+    const std::string name = fmt::format("zcrpc-bench-{}-unix-{}", ::getpid(), ++serves_);
+    sockaddr_un addr = address(name);
+    ZCRPC_SYSCALL(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), length(name)),
+                  "bind @" + name);
+    ZCRPC_SYSCALL(::listen(listener.get(), 1), "listen");
+    cell.started(name);
+    while (!(os::pollOne(listener.get(), POLLIN, kSleepSlice) & POLLIN))
+      if (Clock::now() >= cell.deadline) throw BenchError("unix socket: nobody connected in time");
+    os::Fd socket = prepare(
+        os::Fd(ZCRPC_SYSCALL(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC), "accept")),
+        WaitMode::kBlocking, /*tcp=*/false);
+    auto in = cell.scratch.first(cell.spec.payloadBytes);
+    uint64_t count = 0;
+    try {  // echo until the client closes at a message boundary
+      for (; readExactly(socket.get(), in, WaitMode::kBlocking, s_.spinTime, cell.deadline, true);
+           ++count)
+        writeAll(socket.get(), in, WaitMode::kBlocking, cell.deadline);
+    } catch (const BenchError& e) {
+      throw BenchError(fmt::format("unix socket: {} after echoing {} messages", e.what(), count));
+    }
+  }
+
+  Figure measure(ClientCell& cell) override {
+    os::Fd fd(ZCRPC_SYSCALL(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
+    sockaddr_un addr = address(cell.endpoint);
+    ZCRPC_SYSCALL(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), length(cell.endpoint)),
+                  "connect @" + cell.endpoint);
+    os::Fd socket = prepare(std::move(fd), WaitMode::kBlocking, /*tcp=*/false);
+    const Deadline deadline = cellDeadline(cell.budget.total());
+    const size_t n = cell.payload.size();
+    auto in = cell.scratch.first(n);
+    auto roundTrip = [&] {
+      writeAll(socket.get(), cell.payload, WaitMode::kBlocking, deadline);
+      readExactly(socket.get(), in, WaitMode::kBlocking, s_.spinTime, deadline, /*eofOk=*/false);
+      if (in[n - 1] != cell.payload[n - 1])
+        throw BenchError("unix socket: the echo came back different");
+    };
+    Figure f;
+    f.latency = measureLatency(roundTrip, cell.budget, cell.samples);
+    return f;  // the socket closes here: the peer's echo loop sees EOF
+  }
+
+ private:
+  /// An abstract socket: nothing in the file system to clean up.
+  static sockaddr_un address(const std::string& name) {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    if (name.size() + 1 > sizeof a.sun_path) throw BenchError("unix socket name too long: " + name);
+    std::memcpy(a.sun_path + 1, name.data(), name.size());
+    return a;
+  }
+  static socklen_t length(const std::string& name) {
+    return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  }
+
+  const Settings& s_;
+  unsigned serves_ = 0;
+};
+
 }  // namespace
 
 std::unique_ptr<System> makeRawTcp(const Settings& s) { return std::make_unique<RawTcp>(s); }
+std::unique_ptr<System> makeUnixSocket(const Settings& s) { return std::make_unique<UnixSocket>(s); }
 
 }  // namespace zcrpc::bench

@@ -21,7 +21,10 @@ constexpr uint64_t kBusyPreemptions = 10;  // in one cell: other load took a pin
 
 double value(std::optional<double> v) { return v.value_or(0); }
 std::string ratioText(std::optional<double> v) { return v ? formatRatio(*v) : "-"; }
-bool isRate(const SeriesInfo& s) { return s.measure != Measure::kRoundTrip; }
+bool isRate(const SeriesInfo& s) {
+  return s.measure == Measure::kPipelined || s.measure == Measure::kOneWay;
+}
+bool isOpenLoop(const SeriesInfo& s) { return s.measure == Measure::kOpenLoop; }
 std::string roleName(Role r) {
   return std::array{"reference", "zcrpc", "rival", "part", "derived"}[static_cast<size_t>(r)];
 }
@@ -29,6 +32,9 @@ std::string waitLabel(WaitMode w) {
   return std::string(waitModeName(w)) + (w == WaitMode::kSpinThenSleep ? " (default)" : "");
 }
 std::vector<Stat> statsOf(const SeriesInfo& s) {
+  if (isOpenLoop(s))
+    return {Stat::kP50,       Stat::kP99,       Stat::kP999,
+            Stat::kClientCpu, Stat::kServerCpu, Stat::kAchieved};
   if (!isRate(s)) return {Stat::kP50, Stat::kP99, Stat::kP999};
   if (s.measure == Measure::kOneWay) return {Stat::kPerSecond, Stat::kBytesPerSecond};
   return {Stat::kPerSecond, Stat::kStallFree, Stat::kStalled, Stat::kBytesPerSecond};
@@ -101,6 +107,40 @@ size_t smallest(const Settings& s) { return *std::min_element(s.sizes.begin(), s
 
 }  // namespace
 
+/// The open-loop rows in a few lines: what a service with real traffic (asleep when a call
+/// comes) gets from each wait mode, against the baselines and a plain unix socket.
+static void printOpenLoopSummary(std::FILE* out, const Table& table) {
+  std::vector<const Row*> rows;
+  for (const Row& r : table.rows)
+    if (r.section == "open-loop") rows.push_back(&r);
+  if (rows.empty()) return;
+  fmt::print(out,
+             "\n  Open loop: {} echo calls at a fixed pace, timed from when each was due; p50 / p99, "
+             "and CPU per call\n  of the client + the server ('!' after the pace: could not keep "
+             "it).\n",
+             formatSize(rows.front()->payloadBytes));
+  constexpr std::string_view kLine = "  {:<4} {:<26} {:<14} {:<38} {:<46} {}\n";
+  fmt::print(out, kLine, "over", "wait mode", "pace", "zcrpc", "baseline (same wait mode)",
+             "unix socket (blocking)");
+  auto cellText = [](const Row& row, std::string_view id) -> std::string {
+    const size_t i = row.find(id);
+    if (i == Row::npos || !medianOf(row, i, Stat::kP50)) return "-";
+    return fmt::format("{} / {}  {}+{}", formatNs(value(medianOf(row, i, Stat::kP50))),
+                       formatNs(value(medianOf(row, i, Stat::kP99))),
+                       formatNs(value(medianOf(row, i, Stat::kClientCpu))),
+                       formatNs(value(medianOf(row, i, Stat::kServerCpu))));
+  };
+  for (const Row* row : rows) {
+    const size_t z = row->find("zcrpc");
+    const bool slow = value(medianOf(*row, z, Stat::kAchieved)) <
+                      0.95e9 / static_cast<double>(row->intervalNs);
+    fmt::print(out, kLine, transportName(row->transport), waitLabel(row->waitMode),
+               formatPace(row->intervalNs) + (slow ? " !" : ""), cellText(*row, "zcrpc"),
+               row->series[0].id + " " + cellText(*row, row->series[0].id),
+               cellText(*row, "unix-socket"));
+  }
+}
+
 void printSummary(std::FILE* out, const Table& table) {
   const Settings& s = table.settings;
   const size_t size = smallest(s);
@@ -141,6 +181,7 @@ void printSummary(std::FILE* out, const Table& table) {
       }
     fmt::print(out, "\n");
   }
+  printOpenLoopSummary(out, table);
   fmt::print(out,
              "\n  shm: two processes on one host; tcp: anywhere else (here 127.0.0.1). Rivals with "
              "their own wait\n  ([epoll] in --details) wait the same way in every row.\n");
@@ -198,6 +239,12 @@ void printDetails(std::FILE* out, const Table& table, bool color) {
                  : samples < 10'000 ? std::to_string(samples)
                                     : formatRate(samples),
                  si.role == Role::kDerived ? "" : std::to_string(preempted));
+      if (isOpenLoop(si))
+        fmt::print(out, "  {:<46}| CPU per call: client {} server {} ({}), {} calls/s achieved\n",
+                   "", formatNs(m(Stat::kClientCpu)), formatNs(m(Stat::kServerCpu)),
+                   i ? ratioText(medianRatio(row, i, 0, Stat::kServerCpu)) + " " + row.series[0].id
+                     : std::string("baseline"),
+                   formatRate(m(Stat::kAchieved)));
     }
     if (size_t z = row.find("raw-tcp-frame"); z != Row::npos)
       fmt::print(out, "  zcrpc's request frame: {} bytes\n",
@@ -267,6 +314,7 @@ void writeJson(const std::string& path, const Table& table) {
               {"transport", transportName(row.transport)},
               {"wait_mode", waitModeName(row.waitMode)},
               {"payload_bytes", row.payloadBytes},
+              {"interval_ns", row.intervalNs ? Json(row.intervalNs) : Json()},
               {"order", Json::array()},
               {"series", Json::array()}};
     for (const RowRep& rep : row.reps) r["order"].push_back(rep.order);
@@ -292,7 +340,7 @@ void writeJson(const std::string& path, const Table& table) {
                               {"window", f.rate.window}}
                        : Json{{"samples", l.samples}, {"min_ns", l.minNs},   {"p50_ns", l.p50Ns},
                               {"p99_ns", l.p99Ns},    {"p999_ns", l.p999Ns}, {"max_ns", l.maxNs}};
-        if (isRate(si))
+        if (isRate(si) || isOpenLoop(si))
           for (Stat st : statsOf(si)) fig[std::string(statName(st))] = statOf(f, st);
         fig["preemptions"] = f.preemptions;
         if (f.peerValue) fig["peer_value"] = f.peerValue;
@@ -336,7 +384,7 @@ void writeCsv(const std::string& path, const Table& table) {
   std::string text =
       "section,transport,wait_mode,payload_bytes,series,role,p50_ns,p99_ns,p999_ns,x_base_p50,"
       "x_base_p99,x_base_p999,per_second,per_second_stall_free,bytes_per_second,reps,"
-      "loadavg_start,loadavg_end\n";
+      "loadavg_start,loadavg_end,interval_ns,client_cpu_ns_per_call,server_cpu_ns_per_call\n";
   auto num = [](std::optional<double> v) { return v ? fmt::format("{:.6g}", *v) : std::string(); };
   for (const Row& row : table.rows)
     for (size_t i = 0; i < row.series.size(); ++i) {
@@ -344,13 +392,15 @@ void writeCsv(const std::string& path, const Table& table) {
       auto lat = [&](Stat s) { return rate ? "" : num(medianOf(row, i, s)); };
       auto x = [&](Stat s) { return rate || !i ? "" : num(medianRatio(row, i, 0, s)); };
       auto per = [&](Stat s) { return rate ? num(medianOf(row, i, s)) : ""; };
-      text +=
-          fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.2f},{:.2f}\n",
-                      row.section, transportName(row.transport), waitModeName(row.waitMode),
-                      row.payloadBytes, row.series[i].id, roleName(row.series[i].role),
-                      lat(Stat::kP50), lat(Stat::kP99), lat(Stat::kP999), x(Stat::kP50),
-                      x(Stat::kP99), x(Stat::kP999), per(Stat::kPerSecond), per(Stat::kStallFree),
-                      per(Stat::kBytesPerSecond), row.reps.size(), table.loadStart, table.loadEnd);
+      auto cpu = [&](Stat s) { return isOpenLoop(row.series[i]) ? num(medianOf(row, i, s)) : ""; };
+      text += fmt::format(
+          "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.2f},{:.2f},{},{},{}\n", row.section,
+          transportName(row.transport), waitModeName(row.waitMode), row.payloadBytes,
+          row.series[i].id, roleName(row.series[i].role), lat(Stat::kP50), lat(Stat::kP99),
+          lat(Stat::kP999), x(Stat::kP50), x(Stat::kP99), x(Stat::kP999), per(Stat::kPerSecond),
+          per(Stat::kStallFree), per(Stat::kBytesPerSecond), row.reps.size(), table.loadStart,
+          table.loadEnd, row.intervalNs ? std::to_string(row.intervalNs) : std::string(),
+          cpu(Stat::kClientCpu), cpu(Stat::kServerCpu));
     }
   writeTextFile(path, text);
 }

@@ -42,6 +42,12 @@ struct Settings {
   std::chrono::nanoseconds spinTime = std::chrono::microseconds(50);  ///< spin-then-sleep
   std::vector<std::string> only;  ///< --rivals: the rival series to run (empty: all)
   bool quick = false;
+  /// The open-loop rows: calls at these rates (calls/s), in these wait modes, over
+  /// Settings::transports at the smallest size (empty rates: none).
+  std::vector<double> openLoopRates;
+  std::vector<WaitMode> openLoopWaitModes{WaitMode::kSpinThenSleep, WaitMode::kBlocking};
+  /// Calls timed per open-loop cell (at least; at high rates Settings::seconds may run more).
+  uint64_t openLoopCalls = 2000;
 };
 
 /// The wait modes of the standard rows: the run's, and blocking (zcrpc sleeping in poll(), as
@@ -53,6 +59,9 @@ enum class Measure : uint8_t {
   kRoundTrip,  ///< one request, one answer, timed per round trip
   kPipelined,  ///< calls/s with `window` outstanding (a warm-up run first)
   kOneWay,     ///< messages/s one way, the receiver acknowledging the end (a warm-up run first)
+  /// round trips started at a fixed rate whatever the answers do (CellSpec::intervalNs),
+  /// timed from when each was due, with the CPU time per call of both processes
+  kOpenLoop,
 };
 
 /// One cell's parameters; they travel to the peer in the control message.
@@ -64,6 +73,7 @@ struct CellSpec {
   uint32_t window = 0;  ///< kPipelined
   uint64_t payloadBytes = 0;
   int64_t budgetNs = 0;  ///< the measuring side's time: bounds the peer's waits
+  int64_t intervalNs = 0;  ///< kOpenLoop: a call every intervalNs
 };
 
 /// What one cell measured.
@@ -174,8 +184,11 @@ std::unique_ptr<System> makeRawTcp(const Settings& s);
 /// zcrpc.cc: echo calls through the generated stubs (kRoundTrip, kPipelined) against a
 /// zcrpc::Server with one worker started for each cell, and raw bench::Payload messages over
 /// one shm:// connection per wait mode (kRoundTrip, kOneWay).
-std::unique_ptr<System> makeZcrpcRpc(const Settings& s);
+std::unique_ptr<System> makeZcrpcRpc(const Settings& s, SpinPolicy spin = SpinPolicy::kAdaptive);
 std::unique_ptr<System> makeZcrpcMessages(const Settings& s);
+/// raw_tcp.cc: a ping-pong over a unix stream socket with blocking reads on both sides (the
+/// plain kernel way two processes on one host talk: the open-loop rows' reference).
+std::unique_ptr<System> makeUnixSocket(const Settings& s);
 /// capnp_rpc.cc: Cap'n Proto's own RPC (EzRpc) serving the same Echo.
 std::unique_ptr<System> makeCapnpRpc();
 /// capnp_rpc.cc, for the systems that meet Cap'n Proto's own RPC: an EzRpcServer serving Echo

@@ -58,10 +58,12 @@ std::span<std::byte> pool(int which) {
   return p;
 }
 
-ConnectionOptions connectionOptions(const Settings& s, WaitMode w) {
+ConnectionOptions connectionOptions(const Settings& s, WaitMode w,
+                                    SpinPolicy p = SpinPolicy::kAdaptive) {
   ConnectionOptions co;
   co.waitMode = w;
   co.spinTime = s.spinTime;
+  co.spinPolicy = p;
   return co;
 }
 
@@ -105,7 +107,8 @@ enum class Flavor : uint8_t {
 
 class ZcrpcRpc final : public System {
  public:
-  ZcrpcRpc(const Settings& s, Flavor flavor) : s_(s), flavor_(flavor) {}
+  ZcrpcRpc(const Settings& s, Flavor flavor, SpinPolicy spin = SpinPolicy::kAdaptive)
+      : s_(s), flavor_(flavor), spin_(spin) {}
 
   SeriesInfo info(Transport t) const override {
     const bool unix = t == Transport::kShm;
@@ -122,6 +125,8 @@ class ZcrpcRpc final : public System {
       case Flavor::kNative:
         break;
     }
+    if (spin_ == SpinPolicy::kFixed)
+      return {"zcrpc-fixed-spin", "zcrpc, spin_policy fixed", Role::kZcrpc};
     return {"zcrpc", "zcrpc", Role::kZcrpc};
   }
   bool covers(Transport) const override { return true; }
@@ -132,11 +137,12 @@ class ZcrpcRpc final : public System {
     so.workerThreads = 1;
     so.idleMode = cell.spec.waitMode;
     so.spinTime = s_.spinTime;
+    so.spinPolicy = spin_;
     so.metrics = s_.metrics;
     BenchEchoService service(referenceFrom(cell.spec.transport));  // outlives the server
     Server server(so);
     server.addService(service);
-    const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode);
+    const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode, spin_);
     std::string endpoint;
     if (flavor_ == Flavor::kCapnpListener) {
       // The same handler, served to Cap'n Proto's own client through the capnp listener,
@@ -173,7 +179,7 @@ class ZcrpcRpc final : public System {
 
   Figure measure(ClientCell& cell) override {
     const Transport t = cell.spec.transport;
-    const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode);
+    const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode, spin_);
     if (flavor_ == Flavor::kCapnpListener) {
       Figure f;
       f.latency = capnpEchoLatency(cell, cell.endpoint);
@@ -208,7 +214,7 @@ class ZcrpcRpc final : public System {
       (void)pingPong(client, cell, b);
     }
     Figure f;
-    if (cell.spec.measure == Measure::kRoundTrip) {
+    if (cell.spec.measure != Measure::kPipelined) {  // closed or open loop (cell.budget)
       f.latency = pingPong(client, cell, cell.budget);
     } else {
       const uint64_t maxCalls =
@@ -324,6 +330,7 @@ class ZcrpcRpc final : public System {
 
   const Settings& s_;
   Flavor flavor_;
+  SpinPolicy spin_;
   unsigned serves_ = 0;
 };
 
@@ -515,8 +522,8 @@ Latency capnpWorkOf(const Budget& budget, std::span<uint64_t> samples) {
 
 }  // namespace
 
-std::unique_ptr<System> makeZcrpcRpc(const Settings& s) {
-  return std::make_unique<ZcrpcRpc>(s, Flavor::kNative);
+std::unique_ptr<System> makeZcrpcRpc(const Settings& s, SpinPolicy spin) {
+  return std::make_unique<ZcrpcRpc>(s, Flavor::kNative, spin);
 }
 std::unique_ptr<System> makeZcrpcCapnpListener(const Settings& s) {
   return std::make_unique<ZcrpcRpc>(s, Flavor::kCapnpListener);
