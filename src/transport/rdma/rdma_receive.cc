@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include "transport/rdma/rdma_connection.h"
+#include "transport/try_wait.h"
 
 namespace zcrpc::rdma {
 
@@ -43,13 +44,9 @@ Status RdmaConnection::tryReceive(IncomingMessage& out) {
 }
 
 Status RdmaConnection::receive(IncomingMessage& out, Deadline deadline) {
-  Status result = tryReceive(out);
-  if (result != Status::kWouldBlock) return result;
-  Status w = waitFor([&] {
-    result = tryReceive(out);
-    return result != Status::kWouldBlock;
-  }, deadline, /*forWrite=*/false);
-  return w == Status::kOk ? result : w;
+  return tryThenWait([&] { return tryReceive(out); },
+                     [&](auto ready, Deadline d) { return waitFor(ready, d, /*forWrite=*/false); },
+                     deadline);
 }
 
 bool RdmaConnection::armWait() noexcept {

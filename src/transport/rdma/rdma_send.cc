@@ -2,6 +2,7 @@
 // the peer's credits allow, credits posted and learnt, send completions.
 #include <arpa/inet.h>
 
+#include "transport/try_wait.h"
 #include "transport/rdma/rdma_connection.h"
 
 namespace zcrpc::rdma {
@@ -55,13 +56,9 @@ Status RdmaConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegme
 }
 
 Status RdmaConnection::startMessage(OutgoingMessage& msg, uint32_t words, Deadline deadline) {
-  Status result = tryStartMessage(msg, words);
-  if (result != Status::kWouldBlock) return result;
-  Status w = waitFor([&] {
-    result = tryStartMessage(msg, words);
-    return result != Status::kWouldBlock;
-  }, deadline, /*forWrite=*/true);
-  return w == Status::kOk ? result : w;
+  return tryThenWait([&] { return tryStartMessage(msg, words); },
+                     [&](auto ready, Deadline d) { return waitFor(ready, d, /*forWrite=*/true); },
+                     deadline);
 }
 
 Status RdmaConnection::send(OutgoingMessage& msg, bool flushNow) {

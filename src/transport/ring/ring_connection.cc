@@ -5,6 +5,7 @@
 #include <new>
 
 #include "os/os.h"
+#include "transport/try_wait.h"
 
 namespace zcrpc::ring {
 
@@ -481,16 +482,9 @@ Status RingConnection::tryStartMessageSlow(OutgoingMessage& msg, uint32_t firstS
 
 Status RingConnection::startMessage(OutgoingMessage& msg, uint32_t firstSegmentWords,
                                     Deadline deadline) {
-  Status result = tryStartMessage(msg, firstSegmentWords);
-  if (result == Status::kWouldBlock) {
-    Status w = waitForSpace(
-        [&] {
-          result = tryStartMessage(msg, firstSegmentWords);
-          return result != Status::kWouldBlock;
-        },
-        deadline);
-    if (w != Status::kOk) return w;
-  }
+  const Status result =
+      tryThenWait([&] { return tryStartMessage(msg, firstSegmentWords); },
+                  [&](auto ready, Deadline d) { return waitForSpace(ready, d); }, deadline);
   if (result == Status::kOk) msg.setBuildDeadline(deadline);
   return result;
 }
@@ -864,17 +858,9 @@ Status RingConnection::tryReceive(IncomingMessage& out) {
 }
 
 Status RingConnection::receive(IncomingMessage& out, Deadline deadline) {
-  Status s = tryReceive(out);
-  if (s != Status::kWouldBlock) return s;
-  Status result = Status::kWouldBlock;
-  Status w = waitFor(
-      [&] {
-        result = tryReceive(out);
-        return result != Status::kWouldBlock;
-      },
-      deadline, /*forData=*/true);
-  if (w == Status::kOk) return result;
-  return w;
+  return tryThenWait([&] { return tryReceive(out); },
+                     [&](auto ready, Deadline d) { return waitFor(ready, d, /*forData=*/true); },
+                     deadline);
 }
 
 void RingConnection::releaseLease(uint32_t slot) noexcept {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "transport/tcp/tcp_connection.h"
+#include "transport/try_wait.h"
 
 namespace zcrpc::tcp {
 
@@ -32,13 +33,9 @@ Status TcpConnection::tryReceive(IncomingMessage& out) {
 }
 
 Status TcpConnection::receive(IncomingMessage& out, Deadline deadline) {
-  Status result = tryReceive(out);
-  if (result != Status::kWouldBlock) return result;
-  Status w = waitFor([&] {
-    result = tryReceive(out);
-    return result != Status::kWouldBlock;
-  }, deadline, /*forWrite=*/false);
-  return w == Status::kOk ? result : w;
+  return tryThenWait([&] { return tryReceive(out); },
+                     [&](auto ready, Deadline d) { return waitFor(ready, d, /*forWrite=*/false); },
+                     deadline);
 }
 
 bool TcpConnection::frameBuffered() const noexcept {

@@ -1,6 +1,7 @@
 // zcrpc — sending on a tcp connection: the send buffer, the iovec queue and its writes.
 #include <cstring>
 
+#include "transport/try_wait.h"
 #include "transport/tcp/tcp_connection.h"
 
 namespace zcrpc::tcp {
@@ -52,13 +53,9 @@ Status TcpConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegmen
 }
 
 Status TcpConnection::startMessage(OutgoingMessage& msg, uint32_t words, Deadline deadline) {
-  Status result = tryStartMessage(msg, words);
-  if (result != Status::kWouldBlock) return result;
-  Status w = waitFor([&] {
-    result = tryStartMessage(msg, words);
-    return result != Status::kWouldBlock;
-  }, deadline, /*forWrite=*/true);
-  return w == Status::kOk ? result : w;
+  return tryThenWait([&] { return tryStartMessage(msg, words); },
+                     [&](auto ready, Deadline d) { return waitFor(ready, d, /*forWrite=*/true); },
+                     deadline);
 }
 
 Status TcpConnection::send(OutgoingMessage& msg, bool flushNow) {
