@@ -69,6 +69,40 @@ struct CredentialPolicy {
   bool admits(uid_t uid, gid_t gid) const noexcept;
 };
 
+/// Who the peer of a connection is, as far as its transport established it: filled at
+/// set-up, constant afterwards. Services read it from their call context to authorise
+/// calls (CallContext::peer()).
+struct PeerIdentity {
+  std::string transport;  ///< "shm", "tcp", "rdma", "loopback"; empty when unknown
+  std::string address;    ///< tcp/rdma: the peer's host:port; shm: "pid N"
+  /// shm: the peer's process credentials (SO_PEERCRED), checked against the listener's
+  /// policy before anything was shared.
+  bool hasCredentials = false;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  /// tcp/rdma: the peer presented the listener's access token (a listener without one
+  /// leaves this false).
+  bool tokenVerified = false;
+  /// TLS: the protocol and cipher suite negotiated ("TLSv1.3"; empty without TLS), and
+  /// whether the kernel encrypts what is sent / decrypts what is received (kTLS).
+  std::string tlsProtocol;
+  std::string tlsCipher;
+  bool kernelTlsSend = false;
+  bool kernelTlsReceive = false;
+  /// The peer's certificate, verified against the configured CAs (a server's, always, on
+  /// a client; a client's on a server that asks for one): its subject (RFC 2253, e.g.
+  /// "CN=billing,O=Example") and subject alternative names ("DNS:host", "IP:10.0.0.1",
+  /// "URI:spiffe://...", "email:..."). Empty when the peer presented none.
+  std::string certificateSubject;
+  std::vector<std::string> certificateNames;
+
+  bool hasCertificate() const noexcept { return !certificateSubject.empty(); }
+  /// One line for logs and tools, e.g. "tcp 10.0.0.2:5123, TLSv1.3 TLS_AES_128_GCM_SHA256,
+  /// certificate CN=client".
+  std::string describe() const;
+};
+
 /// A reliable, ordered, message-oriented link. Outgoing messages are built in place in
 /// transport memory; received ones are leases on transport memory.
 ///
@@ -118,6 +152,8 @@ class Connection {
   virtual uint64_t maxMessageBytes() const noexcept = 0;
   /// Received messages this connection lets its user hold at once (leases).
   virtual uint32_t maxLeases() const noexcept = 0;
+  /// Who the peer is (see PeerIdentity); constant once the connection exists. Any thread.
+  virtual const PeerIdentity& peer() const noexcept;
 };
 
 /// Accepts connections on one endpoint. Threads: one at a time.

@@ -50,6 +50,27 @@ void checkConnectionOptions(const ConnectionOptions& o, std::string_view ringNam
                           std::to_string(kMaxLeases));
 }
 
+const PeerIdentity& Connection::peer() const noexcept {
+  static const PeerIdentity kUnknown;
+  return kUnknown;
+}
+
+std::string PeerIdentity::describe() const {
+  std::string out = transport.empty() ? "unknown peer" : transport;
+  if (!address.empty()) out += " " + address;
+  if (hasCredentials)
+    out += ", pid " + std::to_string(pid) + " uid " + std::to_string(uid) + " gid " + std::to_string(gid);
+  if (tokenVerified) out += ", token";
+  if (!tlsProtocol.empty()) {
+    out += ", " + tlsProtocol + " " + tlsCipher;
+    if (kernelTlsSend || kernelTlsReceive)
+      out += std::string(" (kernel TLS") + (kernelTlsSend ? " send" : "") +
+             (kernelTlsReceive ? " receive" : "") + ")";
+  }
+  if (hasCertificate()) out += ", certificate " + certificateSubject;
+  return out;
+}
+
 bool CredentialPolicy::admits(uid_t uid, gid_t gid) const noexcept {
   if (sameUid && uid == ::geteuid()) return true;
   for (uid_t u : uids)
