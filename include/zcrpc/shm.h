@@ -11,6 +11,10 @@ namespace zcrpc {
 struct ShmListenOptions {
   ConnectionOptions connection;  ///< the server's sizes are the connection's sizes
   CredentialPolicy policy;
+  /// Connections (handshakes in progress included) this listener lets live at once;
+  /// more are refused with the reason. 0: a quarter of the process's descriptor limit
+  /// (RLIMIT_NOFILE) at the time the listener starts (see defaultMaxConnections()).
+  uint32_t maxConnections = 0;
 };
 
 /// Listens on the abstract unix socket `@zcrpc/<name>` (no file on disk). Throws Failed

@@ -60,6 +60,12 @@ struct ConnectionOptions {
   std::chrono::milliseconds connectTimeout{5000};
 };
 
+/// The connection limit a listener uses when none is configured: a quarter of the
+/// process's soft descriptor limit (RLIMIT_NOFILE), at least 16. Each connection takes
+/// two or three descriptors, so a listener at its limit leaves at least a quarter of
+/// them to the rest of the process.
+uint32_t defaultMaxConnections() noexcept;
+
 /// Who may connect to a listener (checked with SO_PEERCRED before any memory is shared).
 /// Empty lists and `sameUid` false admit nobody.
 struct CredentialPolicy {

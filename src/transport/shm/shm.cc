@@ -17,11 +17,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <mutex>
 
 #include "os/os.h"
+#include "transport/accept_gate.h"
 #include "transport/handshakes.h"
 #include "transport/ring/ring_connection.h"
 
@@ -63,6 +65,16 @@ void sendRefusal(int fd, const std::string& why) noexcept {
   }
 }
 
+/// Refuses a client the listener is about to drop: first reads what it sent and nobody
+/// will read (closing a unix socket with unread data makes the client's receive fail
+/// with ECONNRESET before it sees the reason), then sends the reason.
+void refuseClient(int fd, const std::string& why) noexcept {
+  char discard[sizeof(HandshakeMessage)];
+  for (int i = 0; i < 4; ++i)  // descriptors attached to what is discarded are closed
+    if (::recv(fd, discard, sizeof discard, MSG_DONTWAIT) <= 0) break;
+  sendRefusal(fd, why);
+}
+
 HandshakeMessage receiveStep(int fd, Step expected, os::Fd* passed,
                              std::chrono::milliseconds timeout, const std::string& what) {
   HandshakeMessage m;
@@ -91,12 +103,14 @@ HandshakeMessage receiveStep(int fd, Step expected, os::Fd* passed,
 /// Everything a live shm connection owns besides the ring state.
 class ShmLink final : public ring::Link {
  public:
-  ShmLink(os::Fd socket, os::Fd localFile, os::Mapping local, os::Mapping peer, std::string what)
+  ShmLink(os::Fd socket, os::Fd localFile, os::Mapping local, os::Mapping peer, std::string what,
+          ConnectionCount::Ticket ticket = {})
       : socket_(std::move(socket)),
         localFile_(std::move(localFile)),
         local_(std::move(local)),
         peer_(std::move(peer)),
-        what_(std::move(what)) {}
+        what_(std::move(what)),
+        ticket_(std::move(ticket)) {}
 
   bool peerGone() noexcept override { return os::peerHungUp(socket_.get()); }
   void wakePeer() noexcept override {
@@ -126,6 +140,7 @@ class ShmLink final : public ring::Link {
   os::Mapping local_;
   os::Mapping peer_;
   std::string what_;
+  ConnectionCount::Ticket ticket_;  // the listener's count of live connections
 };
 
 struct OwnFile {
@@ -180,7 +195,10 @@ ring::RingFiles filesOf(const ShmLink& link, const HandshakeMessage& m) {
 class ShmListener final : public Listener {
  public:
   ShmListener(std::string name, const ShmListenOptions& options)
-      : name_(std::move(name)), options_(options) {
+      : name_(std::move(name)),
+        options_(options),
+        gate_("shm://" + name_),
+        count_(options.maxConnections ? options.maxConnections : defaultMaxConnections()) {
     ring::checkOptions(options_.connection);
     socket_ = os::listenAbstract(name_);
   }
@@ -188,10 +206,17 @@ class ShmListener final : public Listener {
   std::unique_ptr<Connection> accept(Deadline deadline) override {
     std::vector<pollfd> fds;
     for (;;) {
-      while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
+      while (os::Fd client = gate_.accept(socket_.get(), refuseClient)) {
         auto cred = os::peerCredentials(client.get());
         Pending p;
         p.what = endpoint() + " (server, peer pid " + std::to_string(cred.pid) + ")";
+        if (!count_.tryTake(p.ticket)) {
+          std::string why = endpoint() + " has reached its limit of " + std::to_string(count_.limit()) +
+                            " connections (max_connections)";
+          refuseClient(client.get(), why);
+          remember("refused pid " + std::to_string(cred.pid) + ": " + why);
+          continue;
+        }
         p.cred = cred;
         p.fd = std::move(client);
         p.deadline = deadlineAfter(options_.connection.connectTimeout);
@@ -205,10 +230,12 @@ class ShmListener final : public Listener {
         try {
           done = advance(p);
           if (!done && now >= p.deadline) {
-            sendRefusal(p.fd.get(), "handshake timed out");
+            refuse(p, "handshake timed out");
             throw Failed("handshake with " + p.what + " timed out");
           }
         } catch (const std::exception& e) {
+          // Tell the client why, unless it was told (best effort: it may be gone).
+          if (!p.refused) refuseClient(p.fd.get(), e.what());
           remember(e.what());
           drop = true;
         }
@@ -232,7 +259,11 @@ class ShmListener final : public Listener {
 
   int pollFd() const noexcept override { return socket_.get(); }
   Deadline addPollFds(std::vector<pollfd>& fds) const override {
-    return pollListenerAndHandshakes(socket_.get(), pending_, fds);
+    // While the gate backs off (out of descriptors), the socket is not polled: it stays
+    // readable with clients waiting, and would wake the caller at once, again and again.
+    bool backingOff = gate_.backingOff(Clock::now());
+    Deadline next = pollListenerAndHandshakes(backingOff ? -1 : socket_.get(), pending_, fds);
+    return backingOff ? std::min(next, gate_.retryAt()) : next;
   }
   std::string endpoint() const override { return "shm://" + name_; }
   std::vector<std::string> refusals() const override {
@@ -250,9 +281,20 @@ class ShmListener final : public Listener {
     bool accepted = false;  // Accept sent; waiting for Ready
     OwnFile own;
     HandshakeMessage offer;
+    ConnectionCount::Ticket ticket;  // moves to the connection
+    bool refused = false;            // the client was told why it is dropped
   };
 
+  static void refuse(Pending& p, const std::string& why) {
+    refuseClient(p.fd.get(), why);
+    p.refused = true;
+  }
+
   void remember(std::string why) {
+    uint64_t suppressed = 0;
+    if (log_.allow(Clock::now(), suppressed))
+      std::fprintf(stderr, "zcrpc: %s: %s%s\n", endpoint().c_str(), why.c_str(),
+                   suppressed ? (" (and " + std::to_string(suppressed) + " more refusals since the last message)").c_str() : "");
     std::lock_guard lock(mutex_);
     refusals_.push_back(std::move(why));
     if (refusals_.size() > 64) refusals_.pop_front();
@@ -269,7 +311,7 @@ class ShmListener final : public Listener {
     if (*n != sizeof m || m.magic != kHandshakeMagic)
       throw Failed(p.what + ": peer is not speaking the zcrpc shm handshake");
     if (m.version != kHandshakeVersion) {
-      sendRefusal(p.fd.get(), "handshake version not supported");
+      refuse(p, "handshake version not supported");
       throw Failed(p.what + ": handshake version " + std::to_string(m.version));
     }
     const auto& co = options_.connection;
@@ -279,7 +321,7 @@ class ShmListener final : public Listener {
         std::string why = "uid " + std::to_string(p.cred.uid) + " gid " +
                           std::to_string(p.cred.gid) +
                           " is not admitted by the credential policy of " + endpoint();
-        sendRefusal(p.fd.get(), why);
+        refuse(p, why);
         throw Failed("refused pid " + std::to_string(p.cred.pid) + ": " + why);
       }
       p.own = createOwnFile(p.what, co.ringBytes, co.arenaBytes, co.maxMessageBytes, co.waitMode);
@@ -299,14 +341,15 @@ class ShmListener final : public Listener {
     try {
       peer = mapPeerFile(fds[0], p.offer.fileBytes, p.offer, p.what);
     } catch (const std::exception& e) {
-      sendRefusal(p.fd.get(), e.what());
+      refuse(p, e.what());
       throw;
     }
     HandshakeMessage done;
     done.step = Step::kEstablished;
     sendStep(p.fd.get(), done);
     auto link = std::make_unique<ShmLink>(std::move(p.fd), std::move(p.own.fd),
-                                          std::move(p.own.map), std::move(peer), p.what);
+                                          std::move(p.own.map), std::move(peer), p.what,
+                                          std::move(p.ticket));
     auto files = filesOf(*link, p.offer);
     return std::make_unique<ring::RingConnection>(files, std::move(link), co);
   }
@@ -314,6 +357,9 @@ class ShmListener final : public Listener {
   std::string name_;
   ShmListenOptions options_;
   os::Fd socket_;
+  AcceptGate gate_;
+  ConnectionCount count_;
+  LogLimiter log_;
   std::vector<Pending> pending_;
   mutable std::mutex mutex_;
   std::deque<std::string> refusals_;
