@@ -16,7 +16,7 @@ Acceptor::Acceptor(Adopt adopt)
 
 std::vector<std::string> Acceptor::endpoints() const {
   std::vector<std::string> out;
-  for (auto& l : listeners_) out.push_back(l->endpoint());
+  for (auto& e : listeners_) out.push_back(e.listener->endpoint());
   return out;
 }
 
@@ -38,18 +38,30 @@ void Acceptor::run() {
     // Sleeps until a client or a handshake in progress has something, or a handshake's
     // deadline: no periodic wake-up to take a core from a busy-polling worker.
     Deadline wakeAt = kNoDeadline;
-    for (auto& l : listeners_) wakeAt = std::min(wakeAt, l->addPollFds(fds));
+    auto now = Clock::now();
+    for (auto& e : listeners_)
+      wakeAt = std::min(wakeAt, now < e.restUntil ? e.restUntil : e.listener->addPollFds(fds));
     int ms = -1;
     if (wakeAt != kNoDeadline) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(wakeAt - Clock::now());
       ms = static_cast<int>(std::clamp<int64_t>(left.count(), 0, 60'000));
     }
     if (::poll(fds.data(), fds.size(), ms) < 0) continue;
-    for (auto& l : listeners_) {
+    now = Clock::now();
+    for (auto& e : listeners_) {
+      if (now < e.restUntil) continue;
       try {
-        if (auto c = l->accept(Clock::now())) adopt_(std::move(c));
-      } catch (const std::exception& e) {
-        logMessage(LogLevel::kError, "accept on " + l->endpoint() + " failed: " + e.what());
+        if (auto c = e.listener->accept(now)) adopt_(std::move(c));
+        e.rest = std::chrono::milliseconds(0);
+      } catch (const std::exception& ex) {
+        e.rest = std::clamp(e.rest * 2, std::chrono::milliseconds(10), std::chrono::milliseconds(1000));
+        e.restUntil = now + e.rest;
+        uint64_t suppressed = 0;
+        if (log_.allow(now, suppressed))
+          logMessage(LogLevel::kError,
+                     "accept on " + e.listener->endpoint() + " failed: " + ex.what() + "; retrying in " +
+                         std::to_string(e.rest.count()) + " ms" +
+                         (suppressed ? " (" + std::to_string(suppressed) + " more failures since the last message)" : ""));
       }
     }
   }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "os/os.h"
+#include "transport/accept_gate.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc {
@@ -22,7 +23,9 @@ class __attribute__((visibility("hidden"))) Acceptor final {
   explicit Acceptor(Adopt adopt);
   ~Acceptor() { stop(); }
 
-  void add(std::unique_ptr<Listener> listener) { listeners_.push_back(std::move(listener)); }
+  void add(std::unique_ptr<Listener> listener) {
+    listeners_.push_back({std::move(listener), {}, std::chrono::milliseconds(0)});
+  }
   std::vector<std::string> endpoints() const;
   void start();
   /// Ends the thread and closes the listeners: no new clients from here on. Idempotent.
@@ -31,8 +34,18 @@ class __attribute__((visibility("hidden"))) Acceptor final {
  private:
   void run();
 
+  /// A listener whose accept() threw rests (is neither polled nor asked) until
+  /// `restUntil`, 10 ms doubling to 1 s while it keeps failing: an error that repeats
+  /// must not make the acceptor spin and log on every round.
+  struct Entry {
+    std::unique_ptr<Listener> listener;
+    Clock::time_point restUntil;
+    std::chrono::milliseconds rest;
+  };
+
   Adopt adopt_;
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<Entry> listeners_;
+  LogLimiter log_;
   std::thread thread_;
   os::Fd wake_;
   std::atomic<bool> stopping_{false};
