@@ -378,7 +378,25 @@ std::unique_ptr<Connection> connectShm(std::string_view name, const ConnectionOp
   os::Fd sock = os::connectAbstract(name, timeout);
   HandshakeMessage hello;
   hello.step = Step::kHello;
-  sendStep(sock.get(), hello);
+  try {
+    sendStep(sock.get(), hello);
+  } catch (const Disconnected&) {
+    // The listener may have refused and hung up before our Hello went out (a limit, or no
+    // descriptors left): its reason waits in our socket.
+    HandshakeMessage m;
+    os::Fd fds[2];
+    size_t count = 0;
+    std::optional<size_t> n;
+    try {
+      n = os::tryReceiveWithFds(sock.get(), std::as_writable_bytes(std::span(&m, 1)), fds, count);
+    } catch (const std::exception&) {
+    }
+    if (n && *n == sizeof m && m.magic == kHandshakeMagic && m.step == Step::kRefuse) {
+      m.reason[sizeof m.reason - 1] = 0;
+      throw Failed(what + ": refused by peer: " + m.reason);
+    }
+    throw;
+  }
   os::Fd serverFd;
   HandshakeMessage accept = receiveStep(sock.get(), Step::kAccept, &serverFd, timeout, what);
   if (accept.fileBytes != ring::fileBytesFor(accept.ringBytes, accept.arenaBytes))
