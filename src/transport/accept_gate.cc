@@ -6,7 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
+
+#include "zcrpc/log.h"
 
 namespace zcrpc {
 
@@ -73,9 +74,11 @@ void AcceptGate::backOff(int err, Clock::time_point now) {
   uint64_t suppressed = 0;
   if (log_.allow(now, suppressed)) {
     std::string more = suppressed ? " (" + std::to_string(suppressed) + " times since the last message)" : "";
-    std::fprintf(stderr, "zcrpc: %s: accept: %s; refused %llu waiting clients so far; not accepting for %lld ms%s\n",
-                 endpoint_.c_str(), os::errnoText(outOfDescriptors(err) ? "out of file descriptors" : "out of memory", err).c_str(),
-                 static_cast<unsigned long long>(refused_), static_cast<long long>(backoff_.count()), more.c_str());
+    logMessage(LogLevel::kWarning,
+               endpoint_ + ": accept: " +
+                   os::errnoText(outOfDescriptors(err) ? "out of file descriptors" : "out of memory", err) +
+                   "; refused " + std::to_string(refused_) + " waiting clients so far; not accepting for " +
+                   std::to_string(backoff_.count()) + " ms" + more);
   }
 }
 

@@ -25,6 +25,7 @@
 #include "os/os.h"
 #include "transport/accept_gate.h"
 #include "transport/handshakes.h"
+#include "zcrpc/log.h"
 #include "transport/ring/ring_connection.h"
 
 namespace zcrpc {
@@ -293,8 +294,9 @@ class ShmListener final : public Listener {
   void remember(std::string why) {
     uint64_t suppressed = 0;
     if (log_.allow(Clock::now(), suppressed))
-      std::fprintf(stderr, "zcrpc: %s: %s%s\n", endpoint().c_str(), why.c_str(),
-                   suppressed ? (" (and " + std::to_string(suppressed) + " more refusals since the last message)").c_str() : "");
+      logMessage(LogLevel::kWarning,
+                 endpoint() + ": " + why +
+                     (suppressed ? " (and " + std::to_string(suppressed) + " more refusals since the last message)" : ""));
     std::lock_guard lock(mutex_);
     refusals_.push_back(std::move(why));
     if (refusals_.size() > 64) refusals_.pop_front();
