@@ -56,6 +56,8 @@ CapnpConnection::CapnpConnection(std::unique_ptr<tcp::ByteStream> stream,
       refusals_(std::move(refusals)),
       epoll_(ZCRPC_SYSCALL(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1 for " + endpoint_)) {
   checkConnectionOptions(options_.connection, "capnp buffer");
+  identity_.transport = endpoint_.starts_with("capnp+unix:") ? "capnp+unix" : "capnp";
+  identity_.address = peer_;
   StreamLimits limits;
   limits.maxMessageBytes = options_.connection.maxMessageBytes;
   stream_ = std::make_unique<SocketMessageStream>(std::move(stream), limits);

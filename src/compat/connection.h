@@ -135,7 +135,9 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
   /// Why the RPC system ended the connection, from what the stream saw.
   std::string endReason() const;
   const CapnpOptions& options() const noexcept { return options_; }
-  const std::string& peer() const noexcept { return peer_; }
+  /// Who the peer is (Connection::peer()): the transport (the endpoint's scheme) and the
+  /// peer's address.
+  const PeerIdentity& peer() const noexcept override { return identity_; }
   capnp::ReaderOptions readerOptions() const noexcept;
 
  private:
@@ -147,6 +149,7 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
 
   const std::string endpoint_;
   const std::string peer_;
+  PeerIdentity identity_;
   const CapnpOptions options_;
   std::shared_ptr<RefusalLog> refusals_;
   os::Fd epoll_;
