@@ -305,6 +305,10 @@ class CallContext final {
   OutgoingMessage& response(uint32_t sizeHintWords = 0);
   /// True when the client cancelled this call (or gave up on it) before it completed.
   bool isCancelled() const noexcept;
+  /// Who called: the authenticated identity of the connection the call came on (a TLS
+  /// client's verified certificate, an shm client's uid/gid, whether it presented the
+  /// token), for services that authorise per method. Valid while the call is.
+  const PeerIdentity& peer() const noexcept;
 
   /// Completes the call later, from any thread: see DeferredReply. The request lease
   /// moves into it. After this the handler must return without touching response().
@@ -357,6 +361,7 @@ class ServerCall final {
   }
   CallContext& context() noexcept { return context_; }
   const TraceContext& trace() const noexcept { return context_.trace(); }
+  const PeerIdentity& peer() const noexcept { return context_.peer(); }
   bool isCancelled() const noexcept { return context_.isCancelled(); }
   DeferredReply defer() { return context_.defer(); }
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "zcrpc/tls.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc {
@@ -24,10 +25,20 @@ struct TcpOptions {
   /// (the RPC core always waits for the answer, which does this). Queued output beyond
   /// the buffer size makes tryStartMessage() return kWouldBlock.
   ConnectionOptions connection;
+  /// TLS 1.3 (see zcrpc/tls.h): with `tls.enabled` the connection starts with a TLS
+  /// handshake, and the zcrpc handshake, the token and every frame travel inside it. Both
+  /// ends must agree: a TLS listener refuses a plain client and the other way round.
+  TlsOptions tls;
   /// Shared access token; empty = none. A client whose token differs is refused before
-  /// any call is dispatched (constant-time comparison) and the refusal is logged with
-  /// its address. The token travels in clear text: use it on trusted networks only.
+  /// any call is dispatched (compared in constant time) and the refusal is logged with
+  /// its address. It travels inside TLS; over plain tcp it would travel in clear text,
+  /// so a listener or client with a token and without TLS refuses to start unless
+  /// `allowPlaintextToken` says otherwise.
   std::string token;
+  bool allowPlaintextToken = false;
+  /// Listener only: connections (handshakes in progress included) it lets live at once;
+  /// more are refused with the reason. 0: defaultMaxConnections().
+  uint32_t maxConnections = 0;
   /// A peer that goes silent is dropped after about this long: the kernel probes an idle
   /// connection (TCP keepalive, first probe after half of it) and ends the connection,
   /// as it does one whose sent data stays unacknowledged or unsent (the peer's window

@@ -60,7 +60,30 @@ constexpr SettingInfo kSettings[] = {
     {"allow_gids", SettingType::kList, "", "ZCRPC_ALLOW_GIDS",
      "shm: primary gids admitted", ""},
     {"token", SettingType::kString, "", "ZCRPC_TOKEN",
-     "tcp: shared access token (empty: none)", ""},
+     "tcp: shared access token (empty: none); sent only inside TLS unless allow_plaintext_token", ""},
+    {"allow_plaintext_token", SettingType::kBool, "false", "ZCRPC_ALLOW_PLAINTEXT_TOKEN",
+     "tcp: let the token travel over plain tcp, in clear text (zcrpc-info warns)", ""},
+    {"tls", SettingType::kBool, "false", "ZCRPC_TLS",
+     "tcp: TLS 1.3 around the handshake, the token and every frame (tcp://host:port?tls=on)", ""},
+    {"tls_cert_file", SettingType::kString, "", "ZCRPC_TLS_CERT_FILE",
+     "tcp TLS: PEM certificate chain (server: required; client: for mutual TLS)", ""},
+    {"tls_key_file", SettingType::kString, "", "ZCRPC_TLS_KEY_FILE",
+     "tcp TLS: PEM private key of tls_cert_file", ""},
+    {"tls_ca_file", SettingType::kString, "", "ZCRPC_TLS_CA_FILE",
+     "tcp TLS: PEM CAs the peer's certificate must chain to (client: empty = the system's; server: for client certificates)", ""},
+    {"tls_server_name", SettingType::kString, "", "ZCRPC_TLS_SERVER_NAME",
+     "tcp TLS client: the name the server's certificate must carry (empty: the endpoint's host)", ""},
+    {"tls_client_auth", SettingType::kEnum, "none", "ZCRPC_TLS_CLIENT_AUTH",
+     "tcp TLS server: ask clients for a certificate (mutual TLS)", "none|optional|required"},
+    {"tls_ktls", SettingType::kBool, "true", "ZCRPC_TLS_KTLS",
+     "tcp TLS: let the kernel encrypt what is sent (kTLS) where it can, so sends stay zero-copy", ""},
+    {"tls_ciphersuites", SettingType::kString,
+     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", "ZCRPC_TLS_CIPHERSUITES",
+     "tcp TLS: TLS 1.3 cipher suites in order of preference", ""},
+    {"tls_reload_interval", SettingType::kDuration, "10s", "ZCRPC_TLS_RELOAD_INTERVAL",
+     "tcp TLS server: check the certificate, key and CA files this often and reload changes; 0s: never", ""},
+    {"max_connections", SettingType::kInt, "0", "ZCRPC_MAX_CONNECTIONS",
+     "listeners: connections each lets live at once, more are refused (0: a quarter of RLIMIT_NOFILE)", ""},
     {"dead_peer_timeout", SettingType::kDuration, "30s", "ZCRPC_DEAD_PEER_TIMEOUT",
      "tcp: drop a peer silent this long (keepalive probes, TCP_USER_TIMEOUT); 0s: off", ""},
     {"rdma_device", SettingType::kString, "", "ZCRPC_RDMA_DEVICE",
@@ -199,6 +222,8 @@ std::string check(const SettingInfo& s, std::string_view raw, std::string& canon
       if (!parseInt(v, n)) return "expected " + expected(s);
       if ((s.name == "max_leases" || s.name == "window") && (n <= 0 || !isPowerOfTwo(static_cast<uint64_t>(n))))
         return "expected a power of two";
+      if (s.name == "max_connections" && (n < 0 || n > (1 << 24)))
+        return "expected 0 (a quarter of the descriptor limit) or a positive number of connections";
       if ((s.name == "server_threads" || s.name == "server_batch" || s.name == "nesting_limit" ||
            s.name == "traversal_limit_words") && n <= 0)
         return "expected a positive integer";
@@ -538,6 +563,7 @@ CredentialPolicy Config::credentialPolicy() const {
 ShmListenOptions Config::shmListenOptions() const {
   ShmListenOptions o;
   o.connection = connectionOptions();
+  o.maxConnections = static_cast<uint32_t>(integer("max_connections"));
   o.policy = credentialPolicy();
   return o;
 }
@@ -546,6 +572,18 @@ TcpOptions Config::tcpOptions() const {
   TcpOptions o;
   o.connection = connectionOptions();
   o.token = text("token");
+  o.allowPlaintextToken = flag("allow_plaintext_token");
+  o.maxConnections = static_cast<uint32_t>(integer("max_connections"));
+  o.tls.enabled = flag("tls");
+  o.tls.certFile = text("tls_cert_file");
+  o.tls.keyFile = text("tls_key_file");
+  o.tls.caFile = text("tls_ca_file");
+  o.tls.serverName = text("tls_server_name");
+  o.tls.clientAuth = parseClientAuth(text("tls_client_auth"));
+  o.tls.kernelTls = flag("tls_ktls");
+  o.tls.ciphersuites = text("tls_ciphersuites");
+  o.tls.reloadInterval =
+      std::chrono::duration_cast<std::chrono::milliseconds>(duration("tls_reload_interval"));
   o.deadPeerTimeout =
       std::chrono::duration_cast<std::chrono::milliseconds>(duration("dead_peer_timeout"));
   return o;

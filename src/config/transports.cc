@@ -72,7 +72,9 @@ class ShmTransport final : public Transport {
   }
   std::unique_ptr<Listener> listen(std::string_view address, const ConnectionOptions& o,
                                    const Config& c) const override {
-    return listenShm(address, ShmListenOptions{o, c.credentialPolicy()});
+    ShmListenOptions l = c.shmListenOptions();
+    l.connection = o;
+    return listenShm(address, l);
   }
   std::string localAddress() const override {
     static std::atomic<uint32_t> next{0};
@@ -80,8 +82,8 @@ class ShmTransport final : public Transport {
   }
 
  private:
-  static constexpr std::array<std::string_view, 4> kSettings{"arena_bytes", "allow_same_uid",
-                                                             "allow_uids", "allow_gids"};
+  static constexpr std::array<std::string_view, 5> kSettings{"arena_bytes", "allow_same_uid", "allow_uids",
+                                                             "allow_gids", "max_connections"};
 };
 
 class TcpTransport final : public Transport {
@@ -113,7 +115,10 @@ class TcpTransport final : public Transport {
     t.connection = o;
     return t;
   }
-  static constexpr std::array<std::string_view, 2> kSettings{"token", "dead_peer_timeout"};
+  static constexpr std::array<std::string_view, 13> kSettings{
+      "token",           "allow_plaintext_token", "tls",         "tls_cert_file",       "tls_key_file",
+      "tls_ca_file",     "tls_server_name",       "tls_client_auth", "tls_ktls",        "tls_ciphersuites",
+      "tls_reload_interval", "max_connections",   "dead_peer_timeout"};
 };
 
 class RdmaTransport final : public Transport {

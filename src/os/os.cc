@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -61,6 +62,50 @@ Mapping& Mapping::operator=(Mapping&& o) noexcept {
 
 Mapping::~Mapping() {
   if (base_) ::munmap(base_, reserved_);
+}
+
+namespace {
+size_t wholePages(size_t bytes) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  return (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+}
+}  // namespace
+
+Memory::Memory(size_t bytes, std::string_view what) : size_(wholePages(bytes)) {
+  void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    size_ = 0;
+    throw Failed(errnoText("cannot map " + std::to_string(bytes) + " bytes for " + std::string(what), errno));
+  }
+  base_ = static_cast<std::byte*>(p);
+}
+
+Memory& Memory::operator=(Memory&& o) noexcept {
+  if (this != &o) {
+    if (base_) ::munmap(base_, size_);
+    base_ = std::exchange(o.base_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+Memory::~Memory() {
+  if (base_) ::munmap(base_, size_);
+}
+
+bool Memory::grow(size_t bytes) noexcept {
+  if (bytes <= size_) return true;
+  const size_t want = wholePages(bytes);
+  void* p = base_ ? ::mremap(base_, size_, want, MREMAP_MAYMOVE)
+                  : ::mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return false;
+  base_ = static_cast<std::byte*>(p);
+  size_ = want;
+  return true;
+}
+
+void Memory::discard() noexcept {
+  if (base_) (void)::madvise(base_, size_, MADV_DONTNEED);
 }
 
 Fd createSealedMemfd(std::string_view name, size_t size) {

@@ -83,6 +83,34 @@ class Mapping final {
   size_t reserved_ = 0;  // size plus guard
 };
 
+/// Private anonymous memory straight from the kernel (mmap), not from the allocator:
+/// freeing it gives it back to the system at once (an allocator keeps large freed blocks
+/// for reuse, so a server whose connections come and go would keep their buffers), and
+/// growing it moves pages (mremap) instead of copying bytes. Pages cost memory only once
+/// touched. Move-only, one owner; not thread-safe.
+class Memory final {
+ public:
+  Memory() = default;
+  /// At least `bytes` (whole pages). Throws Failed naming `what` when the system refuses
+  /// (an address-space or overcommit limit).
+  Memory(size_t bytes, std::string_view what);
+  Memory(Memory&& o) noexcept : base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  Memory& operator=(Memory&& o) noexcept;
+  ~Memory();
+  std::byte* data() const noexcept { return base_; }
+  size_t size() const noexcept { return size_; }
+  explicit operator bool() const noexcept { return base_ != nullptr; }
+  /// Grows to at least `bytes`, keeping the contents (the address may change). False, and
+  /// unchanged, when the system refuses.
+  [[nodiscard]] bool grow(size_t bytes) noexcept;
+  /// Hands the pages back to the system; they read as zeros when touched again.
+  void discard() noexcept;
+
+ private:
+  std::byte* base_ = nullptr;
+  size_t size_ = 0;
+};
+
 /// Anonymous memory file of `size` bytes, sealed against shrinking and growing so a peer
 /// holding it cannot make our mapping fault. Nothing appears in the file system.
 Fd createSealedMemfd(std::string_view name, size_t size);

@@ -357,6 +357,8 @@ OutgoingMessage& CallContext::response(uint32_t sizeHintWords) {
   return connection_.startResponse(response_, sizeHintWords);
 }
 
+const PeerIdentity& CallContext::peer() const noexcept { return connection_.connection().peer(); }
+
 bool CallContext::isCancelled() const noexcept {
   return deferred_ && deferred_->cancelled.load(std::memory_order_acquire);
 }

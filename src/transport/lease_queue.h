@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "os/os.h"
+#include "transport/ring/layout.h"
 #include "zcrpc/frame.h"
 
 namespace zcrpc {
@@ -28,7 +29,7 @@ class LeaseQueue final {
   struct alignas(os::kCacheLine) Entry {
     uint64_t end = 0;                      ///< transport position after this message
     uint64_t aux = 0;                      ///< second position (the shm arena end)
-    std::unique_ptr<capnp::word[]> owned;  ///< a buffer of its own, freed when reclaimed
+    os::Memory owned;  ///< memory of its own (a large frame), given back when reclaimed
     std::atomic<uint32_t> released{0};
     ParsedFrame frame;
   };
@@ -107,7 +108,7 @@ class LeaseQueue final {
 
   /// Forgets every lease (the connection is going away).
   void dropAll() noexcept {
-    for (uint64_t i = 0; i <= mask_; ++i) entries_[i].owned.reset();
+    for (uint64_t i = 0; i <= mask_; ++i) entries_[i].owned = os::Memory();
   }
 
  private:
@@ -153,7 +154,7 @@ class LeaseQueue final {
       Entry& e = entries_[h & mask_];
       end = e.end;
       aux = e.aux;
-      e.owned.reset();
+      e.owned = os::Memory();
       e.released.store(0, std::memory_order_relaxed);
       ++h;
       advanced = true;

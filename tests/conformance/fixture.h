@@ -29,6 +29,8 @@ class Conformance : public ::testing::TestWithParam<const TransportFactory*> {
   }
 
   const TransportFactory& transport() const { return *GetParam(); }
+  /// The tcp transport, plain or with TLS: what tcp.h documents holds for both.
+  bool overTcp() const { return transport().name == "tcp" || transport().name == "tls"; }
   ConnectionOptions options() const { return GetParam()->options; }
   ConnectionPair connectPair(const ConnectionOptions& o) const { return transport().makePair(o); }
   ConnectionPair connectPair() const { return connectPair(options()); }

@@ -400,7 +400,7 @@ TEST_P(Conformance, RpcRequestThatCannotGrowFailsAtItsDeadline) {
     // Over tcp (and the capnp transports, also sockets that queue what the kernel does not
     // take) the wait is for room to start the request, inside newRequest(), before a
     // deadline can be set on it: only the channel's default timeout can bound that.
-    if (setOnRequest && (transport().name == std::string("tcp") || transport().rpcFramesOnly)) continue;
+    if (setOnRequest && (overTcp() || transport().rpcFramesOnly)) continue;
     SCOPED_TRACE(setOnRequest ? "setTimeout on the request" : "the channel's default timeout");
     auto o = options();
     o.connectTimeout = 5000ms;

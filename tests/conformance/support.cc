@@ -16,6 +16,8 @@
 #include <fstream>
 #include <thread>
 
+#include "tls/test_pki.h"
+#include "transport/tls/tls.h"
 #include "zcrpc/context.h"
 #include "zcrpc/loopback.h"
 #include "zcrpc/tcp.h"
@@ -176,7 +178,101 @@ class TcpGarbagePeer final : public GarbagePeer {
   std::unique_ptr<Connection> victim_;
 };
 
+/// The certificates of the tls transport: made once, removed at exit.
+const test::TestPki& testPki() {
+  static const test::TestPki pki;
+  return pki;
+}
+
+/// A TLS client that speaks the handshake itself and then writes whatever a test wants,
+/// encrypted: the tls transport's malformed frames arrive through TLS as they would.
+class TlsGarbagePeer final : public GarbagePeer {
+ public:
+  explicit TlsGarbagePeer(const ConnectionOptions& o)
+      : context_(tls::Side::kClient, tlsTcpOptions(o, false).tls, "garbage peer") {
+    listener_ = listenTcp("127.0.0.1:0", tlsTcpOptions(o, true));
+    raw_ = rawConnect(portOf(listener_->endpoint()));
+    if (!raw_) throw Failed("garbage peer: raw connect failed");
+    ::fcntl(raw_.get(), F_SETFL, ::fcntl(raw_.get(), F_GETFL) | O_NONBLOCK);
+    session_ = std::make_unique<tls::Session>(context_, raw_.get(), "127.0.0.1", "garbage peer");
+    std::thread acceptor([&] { victim_ = listener_->accept(deadlineAfter(5s)); });
+    try {
+      session_->handshake(deadlineAfter(5s));
+      TcpHello hello;
+      hello.maxMessageBytes = o.maxMessageBytes;
+      write(std::as_bytes(std::span(&hello, 1)));
+      TcpAnswer answer;
+      auto* p = reinterpret_cast<char*>(&answer);
+      size_t got = 0;
+      for (auto until = Clock::now() + 5s; got < sizeof answer && Clock::now() < until;) {
+        ssize_t n = session_->read(p + got, sizeof answer - got);
+        if (n > 0) got += static_cast<size_t>(n);
+        else if (n == 0) break;
+        else std::this_thread::sleep_for(1ms);
+      }
+      if (got != sizeof answer || !answer.accepted) throw Failed("garbage peer: handshake not accepted");
+    } catch (...) {
+      acceptor.join();
+      throw;
+    }
+    acceptor.join();
+    if (!victim_) throw Failed("garbage peer: not accepted");
+  }
+  Connection& victim() override { return *victim_; }
+  void write(std::span<const std::byte> bytes) override {
+    auto until = Clock::now() + 5s;
+    while (!bytes.empty() && Clock::now() < until) {
+      iovec v{const_cast<std::byte*>(bytes.data()), bytes.size()};
+      ssize_t n = session_->writev(&v, 1);
+      if (n > 0) bytes = bytes.subspan(static_cast<size_t>(n));
+      else std::this_thread::sleep_for(1ms);
+    }
+    while (!session_->flush() && Clock::now() < until) std::this_thread::sleep_for(1ms);
+    if (!bytes.empty()) throw Failed("garbage peer: write failed");
+  }
+  int rawFd() const override { return raw_.get(); }
+
+ private:
+  tls::Context context_;
+  std::unique_ptr<Listener> listener_;
+  OwnedFd raw_;
+  std::unique_ptr<tls::Session> session_;  // over raw_; destroyed before it
+  std::unique_ptr<Connection> victim_;
+};
+
 }  // namespace
+
+TcpOptions tlsTcpOptions(const ConnectionOptions& o, bool server) {
+  TcpOptions to;
+  to.connection = o;
+  to.tls.enabled = true;
+  to.tls.caFile = testPki().caFile();
+  const auto& id = server ? testPki().server() : testPki().client();
+  to.tls.certFile = id.cert;
+  to.tls.keyFile = id.key;
+  if (server) to.tls.clientAuth = ClientAuth::kRequired;
+  return to;
+}
+
+const TransportFactory& tlsTransport() {
+  static const TransportFactory f{
+      .name = "tls",
+      .options = suiteOptions(),
+      .makePair = [](const ConnectionOptions& o) { return pairThroughListener(tlsTransport(), o); },
+      .makeListener =
+          [](const ConnectionOptions& o) { return listenTcp("tcp://127.0.0.1:0", tlsTcpOptions(o, true)); },
+      .connect =
+          [](const std::string& endpoint, const ConnectionOptions& o) {
+            return connectTcp(endpoint, tlsTcpOptions(o, false));
+          },
+      .injectGarbage =
+          [](const ConnectionOptions& o) -> std::unique_ptr<GarbagePeer> {
+            return std::make_unique<TlsGarbagePeer>(o);
+          },
+      .noGarbageReason = {},
+  };
+  return f;
+}
 
 const TransportFactory& loopbackTransport() {
   static const TransportFactory f{
@@ -257,7 +353,13 @@ const std::vector<TransportFactory>& listedTransports() {
 
 std::vector<const TransportFactory*> allTransports() {
   std::vector<const TransportFactory*> out{&loopbackTransport()};
-  for (const auto& f : listedTransports()) out.push_back(&f);
+  bool tcp = false;
+  for (const auto& f : listedTransports()) {
+    out.push_back(&f);
+    tcp = tcp || f.name == "tcp";
+  }
+  // tcp://...?tls=on is the tcp transport with other settings, not an entry of the list.
+  if (tcp) out.push_back(&tlsTransport());
   return out;
 }
 

@@ -23,6 +23,7 @@
 #include "common/child.h"
 #include "common/pattern.h"
 #include "zcrpc/rpc.h"
+#include "zcrpc/tcp.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc::conformance {
@@ -139,6 +140,10 @@ std::vector<const TransportFactory*> allTransports();
 const TransportFactory& transportNamed(std::string_view name);
 const TransportFactory& shmTransport();
 const TransportFactory& tcpTransport();
+/// tcp with TLS 1.3 and client certificates both ways, from a test CA made at start.
+const TransportFactory& tlsTransport();
+/// TcpOptions for the tls transport's listener (`server`) or clients, over `o`.
+TcpOptions tlsTcpOptions(const ConnectionOptions& o, bool server);
 
 /// Listen, accept in a thread, connect: a ConnectionPair for a listener transport.
 ConnectionPair pairThroughListener(const TransportFactory& t, const ConnectionOptions& o);

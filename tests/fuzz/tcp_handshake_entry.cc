@@ -20,6 +20,7 @@ constexpr char kToken[] = "fuzz-token";
 TcpOptions options() {
   TcpOptions o;
   o.token = kToken;
+  o.allowPlaintextToken = true;  // the plain handshake is what is fuzzed here
   o.connection.ringBytes = 64 << 10;
   o.connection.maxMessageBytes = 128 << 10;
   o.connection.maxLeases = 16;

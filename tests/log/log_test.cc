@@ -42,9 +42,11 @@ class LogTest : public ::testing::Test {
 TEST_F(LogTest, ARefusedTcpClientIsReportedThroughTheSinkNotStderr) {
   TcpOptions server;
   server.token = "right";
+  server.allowPlaintextToken = true;  // a refusal over plain tcp is what is logged here
   auto listener = listenTcp("127.0.0.1:0", server);
   TcpOptions client;
   client.token = "wrong";
+  client.allowPlaintextToken = true;
   client.connection.connectTimeout = std::chrono::milliseconds(2000);
   testing::internal::CaptureStderr();
   std::thread t([&] { (void)listener->accept(deadlineAfter(std::chrono::seconds(1))); });

@@ -33,6 +33,7 @@ TcpOptions tcpOptions(std::string token = {}) {
   t.connection = tcpTransport().options;
   t.connection.connectTimeout = 2000ms;
   t.token = std::move(token);
+  t.allowPlaintextToken = true;  // these tests are about plain tcp; tls_tcp_test covers TLS
   return t;
 }
 

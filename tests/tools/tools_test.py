@@ -124,7 +124,8 @@ class ToolsTest(unittest.TestCase):
         self.assertRegex(r.stdout, r"\n  shm   available\n.*this host only, shared memory, gathers referenceData from 1024 B\n"
                                    r"\s+settings: the connection settings, arena_bytes")
         self.assertRegex(r.stdout, r"\n  tcp   available\n.*other hosts, gathers referenceData from 16384 B\n"
-                                   r"\s+settings: the connection settings, token, dead_peer_timeout")
+                                   r"\s+settings: the connection settings, token, allow_plaintext_token, tls, tls_cert_file, "
+                                   r"tls_key_file, tls_ca_file, .*, max_connections, dead_peer_timeout\n")
         self.assertRegex(r.stdout, r"\n  rdma  (available|unavailable: .+)\n")
 
     def test_info_shows_what_the_configuration_ignored(self):

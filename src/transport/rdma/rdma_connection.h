@@ -40,6 +40,7 @@
 
 #include "os/os.h"
 #include "os/spin.h"
+#include "transport/frame_assembly.h"
 #include "transport/lease_queue.h"
 #include "transport/rdma/rdma_cm.h"
 #include "transport/options.h"
@@ -371,9 +372,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
   uint32_t recvConsumed_ = 0;
   uint32_t emptyPolls_ = 0;
   std::array<ibv_recv_wr, kRecvBatch> recvWrs_{};
-  std::unique_ptr<capnp::word[]> big_;
-  uint64_t bigSize_ = 0;
-  uint64_t bigFilled_ = 0;
+  FrameAssembly big_;  // a fragmented frame, as its fragments arrive
   FrameLimits limits_;
   std::atomic<uint32_t> headerCredit_{0};
   std::atomic<bool> lastTaken_{false};  // the last completion polled was taken, not yet answered

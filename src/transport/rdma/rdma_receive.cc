@@ -147,7 +147,7 @@ Status RdmaConnection::handleCompletion(const ibv_wc& wc, IncomingMessage& out) 
   slot.aux = recordsIn_;
   std::span<const std::byte> body(p + kRecordHeaderBytes, len - kRecordHeaderBytes);
   if (rh.flags == 0) {
-    if (big_) return malformed("whole frame inside a fragmented one");
+    if (big_.active()) return malformed("whole frame inside a fragmented one");
     std::string why = parseFrame(body, limits_, slot.frame);
     if (!why.empty()) return malformed(why);
     out.attach(*this, leases_.push());
@@ -156,28 +156,32 @@ Status RdmaConnection::handleCompletion(const ibv_wc& wc, IncomingMessage& out) 
   if (!(rh.flags & kFragment) || (rh.flags & ~(kFragment | kFirst | kLast)))
     return malformed("record flags " + std::to_string(rh.flags));
   if (rh.flags & kFirst) {
-    if (big_) return malformed("a fragmented frame starts inside another");
+    if (big_.active()) return malformed("a fragmented frame starts inside another");
     if (rh.frameBytes < kFrameHeaderBytes || rh.frameBytes % 8 || rh.frameBytes > maxFrame_)
       return malformed("fragmented frame of " + std::to_string(rh.frameBytes) +
                        " bytes exceeds the maximum message size " + std::to_string(maxMessage_));
-    big_.reset(new capnp::word[rh.frameBytes / 8]);
-    bigSize_ = rh.frameBytes;
-    bigFilled_ = 0;
-  } else if (!big_) {
+    // Memory for the frame comes as its fragments do, not for what the first one claims.
+    if (!big_.begin(rh.frameBytes)) return malformed("no memory for a frame of " + std::to_string(rh.frameBytes) + " bytes");
+  } else if (!big_.active()) {
     return malformed("a fragment without its first");
   }
-  if (bigFilled_ + body.size() > bigSize_) return malformed("fragments longer than their frame");
-  std::memcpy(reinterpret_cast<std::byte*>(big_.get()) + bigFilled_, body.data(), body.size());
-  bigFilled_ += body.size();
+  if (big_.filled() + body.size() > big_.size()) return malformed("fragments longer than their frame");
+  for (auto rest = body; !rest.empty();) {
+    auto room = big_.room();
+    if (room.empty()) return malformed("no memory to grow a frame of " + std::to_string(big_.size()) + " bytes");
+    size_t n = std::min(room.size(), rest.size());
+    std::memcpy(room.data(), rest.data(), n);
+    big_.filledBy(n);
+    rest = rest.subspan(n);
+  }
   if (!(rh.flags & kLast)) {
     releaseLease(leases_.push());  // the ring space is free again at once
     return Status::kWouldBlock;
   }
-  if (bigFilled_ != bigSize_) return malformed("fragments shorter than their frame");
-  std::string why = parseFrame(std::span<const std::byte>(reinterpret_cast<std::byte*>(big_.get()), bigSize_),
-                               limits_, slot.frame);
+  if (!big_.complete()) return malformed("fragments shorter than their frame");
+  std::string why = parseFrame(std::span<const std::byte>(big_.data(), big_.size()), limits_, slot.frame);
   if (!why.empty()) return malformed(why);
-  slot.owned = std::move(big_);
+  slot.owned = big_.take();
   out.attach(*this, leases_.push());
   return Status::kOk;
 }

@@ -84,6 +84,10 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   std::string endpoint() const override { return link_->describe(); }
   uint64_t maxMessageBytes() const noexcept override { return maxMessage_; }
   uint32_t maxLeases() const noexcept override { return options_.maxLeases; }
+  const PeerIdentity& peer() const noexcept override { return peer_; }
+  /// Who the peer is, as the transport that set the connection up established it (shm:
+  /// its credentials). Before the connection is handed out only.
+  void setPeer(PeerIdentity peer) { peer_ = std::move(peer); }
 
  private:
   // SegmentSource
@@ -159,6 +163,7 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
 
   RingFiles files_;
   std::unique_ptr<Link> link_;
+  PeerIdentity peer_;
   ConnectionOptions options_;
   uint64_t ringMask_;
   uint64_t arenaBytes_;

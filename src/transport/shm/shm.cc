@@ -101,6 +101,18 @@ HandshakeMessage receiveStep(int fd, Step expected, os::Fd* passed,
   return m;
 }
 
+/// Who the peer is: its process credentials, as SO_PEERCRED gave them.
+PeerIdentity peerOf(const os::PeerCredentials& cred) {
+  PeerIdentity peer;
+  peer.transport = "shm";
+  peer.address = "pid " + std::to_string(cred.pid);
+  peer.hasCredentials = true;
+  peer.pid = cred.pid;
+  peer.uid = cred.uid;
+  peer.gid = cred.gid;
+  return peer;
+}
+
 /// Everything a live shm connection owns besides the ring state.
 class ShmLink final : public ring::Link {
  public:
@@ -353,7 +365,9 @@ class ShmListener final : public Listener {
                                           std::move(p.own.map), std::move(peer), p.what,
                                           std::move(p.ticket));
     auto files = filesOf(*link, p.offer);
-    return std::make_unique<ring::RingConnection>(files, std::move(link), co);
+    auto conn = std::make_unique<ring::RingConnection>(files, std::move(link), co);
+    conn->setPeer(peerOf(p.cred));
+    return conn;
   }
 
   std::string name_;
@@ -412,10 +426,13 @@ std::unique_ptr<Connection> connectShm(std::string_view name, const ConnectionOp
   sendStep(sock.get(), ready, own.readOnly.get());
   own.readOnly.reset();
   receiveStep(sock.get(), Step::kEstablished, nullptr, timeout, what);
+  const auto cred = os::peerCredentials(sock.get());  // the server's, as of its listen()
   auto link = std::make_unique<ShmLink>(std::move(sock), std::move(own.fd), std::move(own.map),
                                         std::move(peer), what);
   auto files = filesOf(*link, accept);
-  return std::make_unique<ring::RingConnection>(files, std::move(link), options);
+  auto conn = std::make_unique<ring::RingConnection>(files, std::move(link), options);
+  conn->setPeer(peerOf(cred));
+  return conn;
 }
 
 }  // namespace zcrpc

@@ -7,6 +7,7 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <string>
 #include <utility>
 
 #include "os/os.h"
@@ -35,6 +36,20 @@ class ByteStream {
   /// Writes what the stream takes now of `count` ranges (at most IOV_MAX are looked at).
   virtual ssize_t write(const iovec* iov, size_t count) noexcept = 0;
   virtual ssize_t read(void* into, size_t bytes) noexcept = 0;
+
+  /// A layer with buffers of its own (TLS) says so: read() has bytes to give while the
+  /// socket is not readable (do not sleep on the socket then), or bytes written wait
+  /// in the layer for room in the socket (poll it for POLLOUT, then flushOutput()).
+  /// `buffers()` is constant: callers test it once and skip the others when false.
+  virtual bool buffers() const noexcept { return false; }
+  virtual bool hasBufferedInput() const noexcept { return false; }
+  virtual bool hasPendingOutput() const noexcept { return false; }
+  /// Moves what waits in the layer to the socket; true when nothing is left.
+  virtual bool flushOutput() noexcept { return true; }
+  /// The connection is closing: a layer may say goodbye on the wire (TLS close_notify).
+  virtual void finish() noexcept {}
+  /// Why the layer failed, when read() or write() reported EPROTO.
+  virtual std::string failure() const { return {}; }
 };
 
 /// Plain tcp: the socket's own send and receive.

@@ -8,8 +8,10 @@ namespace zcrpc::tcp {
 
 TcpConnection::TcpConnection(std::unique_ptr<ByteStream> stream, std::string what,
                              const ConnectionOptions& options, uint64_t maxMessageBytes,
-                             std::chrono::milliseconds deadPeerTimeout)
+                             std::chrono::milliseconds deadPeerTimeout, PeerIdentity peer)
     : stream_(std::move(stream)),
+      streamBuffers_(stream_->buffers()),
+      peer_(std::move(peer)),
       what_(std::move(what)),
       options_(options),
       deadPeerTimeout_(deadPeerTimeout),
@@ -42,9 +44,9 @@ TcpConnection::~TcpConnection() {
 }
 
 bool TcpConnection::armWait() noexcept {
-  if (closed_.load() || frameBuffered()) return false;
+  if (closed_.load() || frameBuffered() || inputBuffered()) return false;
   flushFromReceiver();
-  uint32_t want = EPOLLIN | EPOLLRDHUP | (pendingBytes_.load() ? EPOLLOUT : 0u);
+  uint32_t want = EPOLLIN | EPOLLRDHUP | (outputWaits() ? EPOLLOUT : 0u);
   if (want != epollEvents_) {
     epoll_event ev{};
     ev.events = want;
@@ -75,10 +77,11 @@ void TcpConnection::close() noexcept {
   if (sendLock_.try_lock()) {
     auto until = Clock::now() + std::chrono::milliseconds(200);
     writePending();
-    while (pendingBytes_.load() && !closed_.load() && Clock::now() < until) {
+    while (outputWaits() && !closed_.load() && Clock::now() < until) {
       os::pollOne(stream_->fd(), POLLOUT, std::chrono::milliseconds(20));
       writePending();
     }
+    if (!closed_.load()) stream_->finish();  // TLS: close_notify
     sendLock_.unlock();
   }
   closeNow();
@@ -95,6 +98,10 @@ std::string TcpConnection::lastError() const {
 }
 
 std::string TcpConnection::ioError(const char* op, int err) const {
+  if (streamBuffers_) {
+    std::string layer = stream_->failure();  // TLS: the alert or the protocol error
+    if (!layer.empty()) return layer;
+  }
   std::string text = os::errnoText(std::string(op) + " " + what_, err);
   if (err == ETIMEDOUT && deadPeerTimeout_.count())
     text += " (the peer answered nothing for the dead-peer timeout of " +

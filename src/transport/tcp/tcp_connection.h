@@ -29,6 +29,7 @@
 
 #include "os/os.h"
 #include "os/spin.h"
+#include "transport/frame_assembly.h"
 #include "transport/lease_queue.h"
 #include "transport/record.h"
 #include "transport/tcp/stream.h"
@@ -45,6 +46,10 @@ inline constexpr uint64_t kWriteExternalBytes = 16 << 10;
 /// A segment written from the caller's memory starts this many bytes into the write, modulo
 /// this, as its address does (see TcpConnection::send()).
 inline constexpr uint64_t kCopyAlignment = 64;
+/// A frame larger than a quarter of the ring is read into its own memory at most this
+/// much per receive call, so one peer streaming a large frame cannot hold the thread that
+/// serves it (a server's worker) for longer than reading this much takes (~0.1-0.3 ms).
+inline constexpr uint64_t kBigReadPerCall = 1 << 20;
 /// Send-buffer room kept after a frame's segments for its table and trace context.
 inline constexpr uint64_t kTableRoom = kMaxSegments * sizeof(SegmentEntry) + sizeof(TraceContext);
 
@@ -60,7 +65,8 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
  public:
   /// Takes over `stream`, whose handshake is done.
   TcpConnection(std::unique_ptr<ByteStream> stream, std::string what, const ConnectionOptions& options,
-                uint64_t maxMessageBytes, std::chrono::milliseconds deadPeerTimeout);
+                uint64_t maxMessageBytes, std::chrono::milliseconds deadPeerTimeout,
+                PeerIdentity peer = {});
   ~TcpConnection() override;
 
   // ---- sending (tcp_send.cc) ----
@@ -88,6 +94,7 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
   std::string endpoint() const override { return what_; }
   uint64_t maxMessageBytes() const noexcept override { return maxMessage_; }
   uint32_t maxLeases() const noexcept override { return options_.maxLeases; }
+  const PeerIdentity& peer() const noexcept override { return peer_; }
 
  private:
   struct OpenFrame {
@@ -142,9 +149,16 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
   void copyUnsentExternal(size_t external);
   void writePending();
 
+  /// Output waits: frames queued here, or bytes the stream's own layer (TLS) holds.
+  bool outputWaits() const noexcept {
+    return pendingBytes_.load(std::memory_order_relaxed) || (streamBuffers_ && stream_->hasPendingOutput());
+  }
+  /// Input waits in the stream's own layer (TLS) though the socket may not be readable.
+  bool inputBuffered() const noexcept { return streamBuffers_ && stream_->hasBufferedInput(); }
+
   /// Receiving thread: pushes out queued frames unless the sending thread is at it.
   void flushFromReceiver() {
-    if (!pendingBytes_.load(std::memory_order_relaxed) || !sendLock_.try_lock()) return;
+    if (!outputWaits() || !sendLock_.try_lock()) return;
     writePending();
     sendLock_.unlock();
   }
@@ -172,6 +186,8 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
   Status waitFor(Done done, Deadline deadline, bool forWrite);
 
   std::unique_ptr<ByteStream> stream_;  // every byte in and out; its fd() for polls
+  const bool streamBuffers_;            // stream_->buffers(): a layer with buffers (TLS)
+  const PeerIdentity peer_;
   os::Fd epoll_;
   uint32_t epollEvents_ = 0;  // receiving thread; 0: the socket is not in epoll_ yet
   std::string what_;
@@ -193,9 +209,7 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
   uint64_t tail_ = 0;
   uint64_t parse_ = 0;
   std::atomic<uint64_t> head_{0};
-  std::unique_ptr<capnp::word[]> big_;
-  uint64_t bigSize_ = 0;
-  uint64_t bigFilled_ = 0;
+  FrameAssembly big_;      // a frame larger than a quarter of the ring, as it arrives
   bool afterBig_ = false;  // the last frame was big (see readMore())
   FrameLimits limits_;
 
@@ -225,9 +239,9 @@ Status TcpConnection::waitFor(Done done, Deadline deadline, bool forWrite) {
   // The kernel wakes a thread sleeping in poll() on the socket: no announcement needed,
   // and a hang-up wakes it too.
   auto sleep = [&](Clock::duration left) {
-    short events = POLLRDHUP |
-                   (forWrite || pendingBytes_.load(std::memory_order_relaxed) ? POLLOUT : 0) |
-                   (forWrite ? 0 : POLLIN);
+    // Bytes the stream's layer (TLS) already holds need no sleep: the socket may be quiet.
+    if (!forWrite && inputBuffered()) return false;
+    short events = POLLRDHUP | (forWrite || outputWaits() ? POLLOUT : 0) | (forWrite ? 0 : POLLIN);
     os::pollOne(stream_->fd(), events,
                 std::min(std::chrono::duration_cast<std::chrono::milliseconds>(left) +
                              std::chrono::milliseconds(1),

@@ -12,6 +12,7 @@
 #include "transport/tcp/tcp_connection.h"
 #include "transport/tcp/tcp_setup.h"
 #include "zcrpc/log.h"
+#include "transport/tcp/tls_stream.h"
 
 namespace zcrpc {
 
@@ -32,6 +33,9 @@ class TcpListener final : public Listener {
     socklen_t len = sizeof local;
     ::getsockname(socket_.get(), reinterpret_cast<sockaddr*>(&local), &len);
     endpoint_ = "tcp://" + addressText(reinterpret_cast<const sockaddr*>(&local));
+    checkTokenPolicy(options_, endpoint_);
+    if (options_.tls.enabled)
+      tls_ = std::make_unique<tls::Context>(tls::Side::kServer, options_.tls, endpoint_);
   }
 
   /// Handshakes advance without blocking as their bytes arrive, each with its own
@@ -44,7 +48,22 @@ class TcpListener final : public Listener {
         p.peer = peerAddress(client.get());
         p.what = endpoint_ + " (server, peer " + p.peer + ")";
         p.deadline = deadlineAfter(options_.connection.connectTimeout);
-        p.stream = std::make_unique<SocketStream>(std::move(client));
+        setNoDelay(client.get());  // before any handshake: its flights must not wait
+        if (tls_) {
+          // Changed certificate, key or CA files take effect from the next client on.
+          if (std::string why = tls_->reloadIfChanged(); !why.empty())
+            remember("TLS credentials not reloaded (the old ones stay): " + why);
+          try {
+            auto stream = std::make_unique<TlsStream>(std::move(client), *tls_, "", "");
+            p.tls = stream.get();
+            p.stream = std::move(stream);
+          } catch (const std::exception& e) {
+            remember(std::string("refused ") + p.peer + ": " + e.what());
+            continue;
+          }
+        } else {
+          p.stream = std::make_unique<SocketStream>(std::move(client));
+        }
         pending_.push_back(std::move(p));
       }
       auto now = Clock::now();
@@ -97,6 +116,9 @@ class TcpListener final : public Listener {
 
   struct Pending {
     std::unique_ptr<ByteStream> stream;
+    TlsStream* tls = nullptr;  // stream, when TLS is on; its handshake comes first
+    bool tlsStarted = false;   // bytes came and they were not a plain Hello
+    bool tlsDone = false;
     int pollFd() const noexcept { return stream->fd(); }
     std::string peer;
     std::string what;
@@ -106,12 +128,38 @@ class TcpListener final : public Listener {
 
   /// Reads what has arrived; answers once Hello and token are complete. Throws to drop.
   std::unique_ptr<Connection> advance(Pending& p) {
+    if (p.tls && !p.tlsDone) {
+      if (!p.tlsStarted) {
+        // A plain zcrpc client gets the reason in its own protocol, not a TLS alert.
+        uint64_t magic = 0;
+        ssize_t n = ::recv(p.stream->fd(), &magic, sizeof magic, MSG_PEEK | MSG_DONTWAIT);
+        if (n == static_cast<ssize_t>(sizeof magic) && magic == kHelloMagic) {
+          Answer a;
+          std::snprintf(a.reason, sizeof a.reason, "%s", "this listener speaks TLS: connect with tls=on");
+          SocketStream plain(os::Fd(::dup(p.stream->fd())));
+          try {
+            writeAll(plain, &a, sizeof a, deadlineAfter(std::chrono::milliseconds(100)), p.what);
+          } catch (...) {
+          }
+          throw Failed("plain client on a TLS listener (told to connect with tls=on)");
+        }
+        p.tlsStarted = n > 0;
+      }
+      // TLS first (throws Failed with the reason: a bad client certificate, a protocol error).
+      if (p.tls->session().handshake() != tls::Session::Progress::kDone) return nullptr;
+      p.tlsDone = true;
+    }
     size_t need = sizeof(Hello);
     for (;;) {
       if (p.received.size() >= sizeof(Hello)) {
         Hello hello;
         std::memcpy(&hello, p.received.data(), sizeof hello);
-        if (hello.magic != kHelloMagic) throw Failed("peer is not speaking the zcrpc tcp handshake");
+        if (hello.magic != kHelloMagic) {
+          // A TLS ClientHello: a record of type 22 (handshake), version 3.x.
+          if (p.received[0] == 0x16 && p.received[1] == 0x03)
+            throw Failed("client started a TLS handshake, but TLS is off on this listener");
+          throw Failed("peer is not speaking the zcrpc tcp handshake");
+        }
         if (hello.tokenBytes > kMaxToken)
           return refuse(p, "token longer than " + std::to_string(kMaxToken) + " bytes");
         need = sizeof(Hello) + hello.tokenBytes;
@@ -152,14 +200,19 @@ class TcpListener final : public Listener {
     Answer a;
     a.accepted = 1;
     a.maxMessageBytes = maxMessage;
-    setNoDelay(p.stream->fd());
     setDeadPeerTimeout(p.stream->fd(), options_.deadPeerTimeout);
     writeAll(*p.stream, &a, sizeof a, p.deadline, p.what);
+    PeerIdentity peer;
+    peer.transport = "tcp";
+    peer.address = p.peer;
+    peer.tokenVerified = !options_.token.empty();
+    if (p.tls) p.tls->session().describePeer(peer);
     return std::make_unique<TcpConnection>(std::move(p.stream), p.what, options_.connection, maxMessage,
-                                           options_.deadPeerTimeout);
+                                           options_.deadPeerTimeout, std::move(peer));
   }
 
   TcpOptions options_;
+  std::unique_ptr<tls::Context> tls_;  // when TLS is on: the server's configuration
   os::Fd socket_;
   std::string endpoint_;
   std::vector<Pending> pending_;

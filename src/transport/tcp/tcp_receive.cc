@@ -47,7 +47,7 @@ bool TcpConnection::frameBuffered() const noexcept {
 }
 
 Status TcpConnection::tryFrame(IncomingMessage& out) {
-  if (big_) return continueBig(out);
+  if (big_.active()) return continueBig(out);
   uint64_t avail = tail_ - parse_;
   if (avail < kFrameHeaderBytes) return Status::kWouldBlock;
   uint32_t frameBytes;
@@ -79,11 +79,14 @@ Status TcpConnection::malformedFrame(const std::string& why) {
 }
 
 Status TcpConnection::startBig(uint32_t frameBytes, IncomingMessage& out) {
-  big_ = std::unique_ptr<capnp::word[]>(new capnp::word[frameBytes / 8]);
-  bigSize_ = frameBytes;
   uint64_t have = std::min<uint64_t>(tail_ - parse_, frameBytes);
-  std::memcpy(big_.get(), ring_ + (parse_ & ringMask_), have);  // only what already arrived
-  bigFilled_ = have;
+  // Memory for the frame comes as its bytes do (FrameAssembly), not for what it claims.
+  if (!big_.begin(frameBytes, have)) {
+    fault("no memory for a frame of " + std::to_string(frameBytes) + " bytes from " + what_);
+    return Status::kDisconnected;
+  }
+  std::memcpy(big_.room().data(), ring_ + (parse_ & ringMask_), have);  // what already arrived
+  big_.filledBy(have);
   afterBig_ = true;
   parse_ += have;
   // The rest of this frame goes straight into its own buffer; the next frame starts
@@ -93,11 +96,21 @@ Status TcpConnection::startBig(uint32_t frameBytes, IncomingMessage& out) {
 }
 
 [[gnu::noinline]] Status TcpConnection::continueBig(IncomingMessage& out) {
-  auto* base = reinterpret_cast<std::byte*>(big_.get());
-  while (bigFilled_ < bigSize_) {
-    ssize_t n = stream_->read(base + bigFilled_, bigSize_ - bigFilled_);
+  // One call reads at most kBigReadPerCall: a peer streaming a large frame as fast as it
+  // can must not keep a server's worker from its other connections until it is whole.
+  for (uint64_t taken = 0; !big_.complete(); ) {
+    if (taken >= kBigReadPerCall) return Status::kWouldBlock;
+    auto room = big_.room();
+    if (room.empty()) {
+      fault("no memory to grow a frame of " + std::to_string(big_.size()) + " bytes from " + what_ +
+            " past " + std::to_string(big_.filled()));
+      big_.reset();
+      return Status::kDisconnected;
+    }
+    ssize_t n = stream_->read(room.data(), std::min<uint64_t>(room.size(), kBigReadPerCall - taken));
     if (n > 0) {
-      bigFilled_ += static_cast<uint64_t>(n);
+      big_.filledBy(static_cast<size_t>(n));
+      taken += static_cast<uint64_t>(n);
       continue;
     }
     if (n == 0) {
@@ -110,20 +123,20 @@ Status TcpConnection::startBig(uint32_t frameBytes, IncomingMessage& out) {
     return Status::kDisconnected;
   }
   auto& slot = leases_.next();
-  std::string why = parseFrame(std::span<const std::byte>(base, bigSize_), limits_, slot.frame);
+  std::string why = parseFrame(std::span<const std::byte>(big_.data(), big_.size()), limits_, slot.frame);
   if (!why.empty()) {
     fault("malformed frame from " + what_ + ": " + why);
     big_.reset();
     return Status::kDisconnected;
   }
   slot.end = parse_;  // ring bytes this frame used (its first part) are free with it
-  slot.owned = std::move(big_);
+  slot.owned = big_.take();
   out.attach(*this, leases_.push());
   return Status::kOk;
 }
 
 [[gnu::always_inline]] inline bool TcpConnection::readMore() {
-  if (big_) return false;
+  if (big_.active()) return false;
   if (leases_.empty()) {
     // Nothing held and nothing buffered: read into the ring's start again, where the last
     // frames left their lines in cache, rather than walking the whole (cold) ring.

@@ -295,7 +295,13 @@ void TcpConnection::writePending() {
     }
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<long>(i));
   }
-  // Everything is in the kernel: the buffer and the chunks are free again.
+  // A layer with buffers (TLS) took it all: push out what it holds for the socket.
+  if (streamBuffers_ && !stream_->flushOutput() && !stream_->failure().empty()) {
+    fault(ioError("write to", EPROTO));
+    return;
+  }
+  // Everything is in the kernel (or encrypted in the layer's own memory): the buffer and
+  // the chunks are free again.
   if (!open_.msg) used_ = 0;
   while (!chunks_.empty() && chunks_.front().queuedAt != kNotQueued &&
          chunks_.front().queuedAt <= sentTotal_)

@@ -10,9 +10,13 @@
 #include <algorithm>
 #include <cstring>
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
 #include "os/os.h"
 #include "transport/options.h"
 #include "transport/tcp/tcp_connection.h"
+#include "transport/tcp/tls_stream.h"
 
 namespace zcrpc {
 namespace tcp {
@@ -49,15 +53,18 @@ void checkDeadPeerTimeout(std::chrono::milliseconds timeout) {
 }
 
 bool tokensEqual(std::string_view a, std::string_view b) noexcept {
-  // Constant time in the content (the length of a shared secret is not secret here).
-  volatile unsigned char diff = a.size() != b.size();
-  size_t n = std::max(a.size(), b.size());
-  for (size_t i = 0; i < n; ++i) {
-    unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff = diff | (x ^ y);
-  }
-  return diff == 0;
+  // Digests first: equal-length inputs for CRYPTO_memcmp, whose time does not depend on
+  // where they differ, and nothing learnt from the length either.
+  unsigned char da[SHA256_DIGEST_LENGTH], db[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(a.data()), a.size(), da);
+  SHA256(reinterpret_cast<const unsigned char*>(b.data()), b.size(), db);
+  return CRYPTO_memcmp(da, db, sizeof da) == 0;
+}
+
+void checkTokenPolicy(const TcpOptions& options, const std::string& what) {
+  if (!options.token.empty() && !options.tls.enabled && !options.allowPlaintextToken)
+    throw InvalidArgument(what + ": the access token would travel in clear text over plain tcp: "
+                          "turn TLS on (tls=on) or allow it explicitly (allow_plaintext_token=true)");
 }
 
 /// Blocking-with-deadline exact read/write for the handshake.
@@ -72,7 +79,10 @@ void writeAll(ByteStream& stream, const void* data, size_t size, Deadline deadli
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake send", errno));
+    if (n < 0 && errno != EAGAIN) {
+      std::string layer = stream.failure();  // TLS: the alert or protocol error
+      throw Disconnected(layer.empty() ? os::errnoText(what + ": handshake send", errno) : layer);
+    }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) throw Failed(what + ": handshake timed out");
     os::pollOne(stream.fd(), POLLOUT, left);
@@ -89,7 +99,10 @@ void readAll(ByteStream& stream, void* data, size_t size, Deadline deadline, con
     }
     if (n == 0) throw Disconnected(what + ": peer closed during the handshake");
     if (errno == EINTR) continue;
-    if (errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake receive", errno));
+    if (errno != EAGAIN) {
+      std::string layer = stream.failure();  // TLS: the alert or protocol error
+      throw Disconnected(layer.empty() ? os::errnoText(what + ": handshake receive", errno) : layer);
+    }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) throw Failed(what + ": handshake timed out");
     os::pollOne(stream.fd(), POLLIN, left);
@@ -177,9 +190,14 @@ void readAnswer(ByteStream& stream, Answer& answer, Deadline deadline, const std
     ssize_t n = stream.read(p + got, sizeof answer - got);
     if (n > 0) {
       got += static_cast<size_t>(n);
-      if (std::memcmp(p, &magic, std::min(got, sizeof magic)) != 0)
+      if (std::memcmp(p, &magic, std::min(got, sizeof magic)) != 0) {
+        // A TLS alert record (type 21, version 3.x) instead of an Answer: a TLS server
+        // refusing a client that did not start TLS.
+        if (p[0] == 0x15 && (got < 2 || p[1] == 0x03))
+          throw Failed(what + ": the server speaks TLS (it answered with a TLS alert): connect with tls=on");
         throw Failed(what + ": the peer answered " + quoted(p, got) +
                      " instead of a zcrpc handshake: not a zcrpc tcp server");
+      }
       continue;
     }
     if (n == 0)
@@ -187,7 +205,10 @@ void readAnswer(ByteStream& stream, Answer& answer, Deadline deadline, const std
                                      : ": the peer closed the connection without answering the handshake") +
                          hint);
     if (errno == EINTR) continue;
-    if (errno != EAGAIN) throw Disconnected(os::errnoText(what + ": handshake receive", errno));
+    if (errno != EAGAIN) {
+      std::string layer = stream.failure();  // TLS: the server's alert or a protocol error
+      throw Disconnected(layer.empty() ? os::errnoText(what + ": handshake receive", errno) : layer);
+    }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0)
       throw Failed(what + ": no handshake answer within " + std::to_string(timeout.count()) +
@@ -208,12 +229,29 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
     throw InvalidArgument("token longer than " + std::to_string(kMaxToken) + " bytes");
   const HostPort hp = parseHostPort(hostPort, "tcp").forConnect();
   const std::string what = withScheme(hostPort, "tcp");
+  checkTokenPolicy(options, what);
+  // The client's TLS configuration (its CAs and certificate), loaded once per connect.
+  std::unique_ptr<tls::Context> tlsContext;
+  if (options.tls.enabled) tlsContext = std::make_unique<tls::Context>(tls::Side::kClient, options.tls, what);
   auto deadline = deadlineAfter(options.connection.connectTimeout);
   const AddressList addresses = resolve(hp, /*passive=*/false, what);
   os::Fd fd = connectSocket(addresses.first(), deadline, options.connection.connectTimeout, what);
   setNoDelay(fd.get());
   setDeadPeerTimeout(fd.get(), options.deadPeerTimeout);
-  auto stream = std::make_unique<SocketStream>(std::move(fd));
+  PeerIdentity peer;
+  peer.transport = "tcp";
+  peer.address = peerAddress(fd.get());
+  std::unique_ptr<ByteStream> stream;
+  if (tlsContext) {
+    // The server must prove it is the one named: tls.serverName, or the endpoint's host.
+    auto tlsStream = std::make_unique<TlsStream>(
+        std::move(fd), *tlsContext, options.tls.serverName.empty() ? hp.host : options.tls.serverName, what);
+    tlsStream->session().handshake(deadline);
+    tlsStream->session().describePeer(peer);
+    stream = std::move(tlsStream);
+  } else {
+    stream = std::make_unique<SocketStream>(std::move(fd));
+  }
   Hello hello;
   hello.tokenBytes = static_cast<uint32_t>(options.token.size());
   hello.maxMessageBytes = options.connection.maxMessageBytes;
@@ -227,7 +265,7 @@ std::unique_ptr<Connection> connectTcp(std::string_view hostPort, const TcpOptio
   }
   uint64_t maxMessage = std::min<uint64_t>(answer.maxMessageBytes, options.connection.maxMessageBytes);
   return std::make_unique<TcpConnection>(std::move(stream), what, options.connection, maxMessage,
-                                         options.deadPeerTimeout);
+                                         options.deadPeerTimeout, std::move(peer));
 }
 
 }  // namespace zcrpc

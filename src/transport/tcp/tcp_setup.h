@@ -61,8 +61,12 @@ os::Fd connectSocket(const addrinfo* addresses, Deadline deadline, std::chrono::
 void setDeadPeerTimeout(int fd, std::chrono::milliseconds timeout);
 void checkDeadPeerTimeout(std::chrono::milliseconds timeout);
 
-/// Compares access tokens in time independent of their content.
+/// Compares access tokens in time independent of their content and length (digests of
+/// both, compared with CRYPTO_memcmp).
 bool tokensEqual(std::string_view a, std::string_view b) noexcept;
+/// Refuses a token without TLS unless plain text is allowed (see TcpOptions::token);
+/// throws InvalidArgument naming `what`.
+void checkTokenPolicy(const TcpOptions& options, const std::string& what);
 
 /// Blocking-with-deadline exact write / read for the handshake; throw Disconnected or
 /// Failed (timed out) naming `what`.

@@ -361,7 +361,7 @@ Session::Progress Session::handshake() {
   } else {
     why = "TLS handshake failed: " + takeErrors("SSL error " + std::to_string(err));
   }
-  throw Failed(what_ + ": " + why);
+  throw Failed(what_.empty() ? why : what_ + ": " + why);
 }
 
 void Session::handshake(std::chrono::steady_clock::time_point deadline) {
