@@ -1,6 +1,7 @@
 // Server worker threads.
 #include "rpc/worker.h"
 
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <cstdint>
 
 #include "rpc/server_connection.h"
+#include "zcrpc/log.h"
 
 namespace zcrpc {
 
@@ -132,7 +134,8 @@ void Worker::disarm(Watched& w) {
 
 void Worker::reap() {
   anyGone_ = false;
-  auto gone = std::remove_if(connections_.begin(), connections_.end(), [this](auto& w) {
+  const auto now = Clock::now();
+  auto gone = std::remove_if(connections_.begin(), connections_.end(), [&](auto& w) {
     ServerConnection& c = *w->conn;
     if (!c.disconnected() || !c.idle() || c.hasMail()) return false;
     updateRegistration(*w);  // out of epoll_ before its descriptor closes
@@ -140,10 +143,27 @@ void Worker::reap() {
     c.close();
     c.closeMail();
     registry_.retire(c.metrics());
+    uint64_t suppressed = 0;
+    if (closeLog_.allow(now, suppressed) && logEnabled(LogLevel::kInfo)) {
+      std::string why = c.connection().lastError();
+      logMessage(LogLevel::kInfo, c.connection().endpoint() + " closed: " +
+                                      (why.empty() ? std::string("by this server") : why) +
+                                      (suppressed ? " (and " + std::to_string(suppressed) +
+                                                        " more connections closed since the last message)"
+                                                  : std::string()));
+    }
     return true;
   });
-  count_ -= static_cast<size_t>(connections_.end() - gone);
+  const size_t reaped = static_cast<size_t>(connections_.end() - gone);
+  count_ -= reaped;
   connections_.erase(gone, connections_.end());
+  if (reaped) trimPending_ = true;
+  // With no connection left the worker may sleep long: trim now rather than later.
+  if (trimPending_ && (now >= nextTrim_ || connections_.empty())) {
+    ::malloc_trim(0);
+    trimPending_ = false;
+    nextTrim_ = now + std::chrono::seconds(1);
+  }
 }
 
 bool Worker::sleep(Clock::duration left) {

@@ -12,6 +12,7 @@
 
 #include "os/os.h"
 #include "transport/waiter.h"
+#include "transport/accept_gate.h"
 #include "zcrpc/rpc.h"
 
 namespace zcrpc {
@@ -60,7 +61,10 @@ class __attribute__((visibility("hidden"))) Worker final {
   /// once; it is polled instead (congested: in 1 ms slices).
   void updateRegistration(Watched& w);
   void disarm(Watched& w);
-  /// Lets go of connections that are gone and have nothing left to answer.
+  /// Lets go of connections that are gone and have nothing left to answer, logging why
+  /// each closed (at most a line a second, with a count), and hands the memory they freed
+  /// back to the system (malloc_trim, at most once a second: the allocator would keep it,
+  /// and a server whose clients come and go would keep growing).
   void reap();
   /// One sleep of at most `left`: arms the connections that are not armed, then waits in
   /// epoll_wait for a signal, mail, a hang-up or the end of the slice. Returns false (the
@@ -80,6 +84,9 @@ class __attribute__((visibility("hidden"))) Worker final {
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   Deadline drainDeadline_{};
+  LogLimiter closeLog_;          // worker thread
+  bool trimPending_ = false;     // worker thread: connections went since the last trim
+  Clock::time_point nextTrim_{};
   std::mutex inboxMutex_;
   std::vector<std::unique_ptr<Connection>> inbox_;
   std::atomic<bool> hasInbox_{false};

@@ -21,11 +21,12 @@ TcpConnection::TcpConnection(std::unique_ptr<ByteStream> stream, std::string wha
                 sizeof(TraceContext) + kMaxSegments * (kCopyAlignment - 8)),
       receiveWaiter_(options.waitMode, options.spinTime, options.spinPolicy, PollCost::kSystemCall),
       sendWaiter_(options.waitMode, options.spinTime, options.spinPolicy, PollCost::kSystemCall),
+      buffers_(uint64_t{2} * options.ringBytes, "the buffers of " + what_),
       ringBytes_(options.ringBytes),
       ringMask_(options.ringBytes - 1),
-      ring_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),
+      ring_(buffers_.data()),
       sendBytes_(options.ringBytes),
-      send_(static_cast<std::byte*>(::operator new(options.ringBytes, std::align_val_t(64)))),
+      send_(buffers_.data() + options.ringBytes),
       leases_(options.maxLeases) {
   pending_.reserve(kMaxIov);
   limits_.maxMessageBytes = maxMessage_;
@@ -39,8 +40,6 @@ TcpConnection::~TcpConnection() {
   if (open_.msg) open_.msg->markSent();
   close();
   leases_.dropAll();
-  ::operator delete(ring_, std::align_val_t(64));
-  ::operator delete(send_, std::align_val_t(64));
 }
 
 bool TcpConnection::armWait() noexcept {

@@ -202,6 +202,12 @@ class __attribute__((visibility("hidden"))) TcpConnection final : public Connect
   Waiter receiveWaiter_;  // receiving thread
   Waiter sendWaiter_;     // sending thread
 
+  // The receive ring and the send buffer, ringBytes each, in one mapping of their own: a
+  // closed connection's memory goes straight back to the system (from the allocator, a
+  // server with connections coming and going kept ~1 MiB per connection ever opened),
+  // and pages never touched (most of both, for small messages) cost nothing.
+  os::Memory buffers_;
+
   // receive (receiving thread; head_ also from releasing threads)
   uint64_t ringBytes_;
   uint64_t ringMask_;
