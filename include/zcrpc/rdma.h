@@ -29,6 +29,11 @@ struct RdmaOptions {
   /// GID table index; -1 picks the GID librdmacm resolved from the address (for RoCE v2
   /// the IPv4-mapped GID). When set, the resolved GID must be the one at this index.
   int gidIndex = -1;
+  /// Access token (empty: none). A listener with one refuses, with the reason and before
+  /// any queue pair exists for it, every client whose connection request does not prove
+  /// the same token; a client sends that proof (16 bytes of a SHA-256 of the token, not
+  /// the token: see docs/security.md, rdma traffic is not encrypted).
+  std::string token;
 };
 
 /// Listens on `host:port` (`rdma://` prefix optional; IPv4 address of an RDMA-capable

@@ -60,7 +60,7 @@ constexpr SettingInfo kSettings[] = {
     {"allow_gids", SettingType::kList, "", "ZCRPC_ALLOW_GIDS",
      "shm: primary gids admitted", ""},
     {"token", SettingType::kString, "", "ZCRPC_TOKEN",
-     "tcp: shared access token (empty: none); sent only inside TLS unless allow_plaintext_token", ""},
+     "tcp, rdma: shared access token (empty: none); tcp sends it only inside TLS unless allow_plaintext_token, rdma a proof of it in the connection request", ""},
     {"allow_plaintext_token", SettingType::kBool, "false", "ZCRPC_ALLOW_PLAINTEXT_TOKEN",
      "tcp: let the token travel over plain tcp, in clear text (zcrpc-info warns)", ""},
     {"tls", SettingType::kBool, "false", "ZCRPC_TLS",

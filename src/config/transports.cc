@@ -185,13 +185,14 @@ class RdmaTransport final : public Transport {
     r.device = c.text("rdma_device");
     r.port = static_cast<int>(c.integer("rdma_port"));
     r.gidIndex = static_cast<int>(c.integer("rdma_gid_index"));
+    r.token = c.text("token");
     return r;
   }
 #else
   static constexpr bool kCompiledIn = false;
 #endif
-  static constexpr std::array<std::string_view, 3> kSettings{"rdma_device", "rdma_port",
-                                                             "rdma_gid_index"};
+  static constexpr std::array<std::string_view, 4> kSettings{"rdma_device", "rdma_port",
+                                                             "rdma_gid_index", "token"};
 };
 
 /// Standard Cap'n Proto peers (zcrpc/capnp.h): Cap'n Proto's own RPC protocol over TCP

@@ -143,6 +143,63 @@ TEST(Rdma, NoListenerIsFailed) {
   EXPECT_THROW(connectRdma(serverAddr() + ":1", clientOptions(o)), Failed);
 }
 
+/// Access control before anything is made for a client: a listener with a token refuses
+/// a client without it and one with another token, each with the reason on both sides (the
+/// client's error, the listener's refusals), and admits the right one, whose connection
+/// says the token was verified. The token itself never crosses the fabric (a proof of it
+/// does: token.h).
+TEST(Rdma, TokenIsCheckedBeforeAQueuePairExists) {
+  SKIP_WITHOUT_RDMA();
+  RdmaOptions so = serverOptions(smallRing());
+  so.token = "s3cret";
+  auto listener = listenRdma(serverAddr() + ":0", so);
+  std::unique_ptr<Connection> server;
+  std::string acceptError;
+  std::thread t([&] {
+    try {
+      server = listener->accept(deadlineAfter(20s));
+    } catch (const std::exception& e) {
+      acceptError = e.what();
+    }
+  });
+  auto attempt = [&](const std::string& token) -> std::string {
+    RdmaOptions co = clientOptions(smallRing());
+    co.token = token;
+    try {
+      auto c = connectRdma(listener->endpoint(), co);
+      return "connected without the right token";
+    } catch (const Failed& e) {
+      return e.what();
+    }
+  };
+  const std::string none = attempt(""), wrong = attempt("s3cret!");
+  EXPECT_NE(none.find("refused by server: access token required"), std::string::npos) << none;
+  EXPECT_NE(wrong.find("refused by server: access token does not match"), std::string::npos) << wrong;
+  RdmaOptions co = clientOptions(smallRing());
+  co.token = "s3cret";
+  std::unique_ptr<Connection> client;
+  try {
+    client = connectRdma(listener->endpoint(), co);
+  } catch (...) {
+    t.join();
+    throw;
+  }
+  t.join();
+  ASSERT_TRUE(server) << acceptError;
+  EXPECT_EQ(server->peer().transport, "rdma");
+  EXPECT_TRUE(server->peer().tokenVerified);
+  EXPECT_FALSE(server->peer().address.empty());
+  EXPECT_EQ(client->peer().transport, "rdma");
+  ASSERT_EQ(sendPayload(*client, 7, 100), Status::kOk);
+  IncomingMessage in;
+  ASSERT_EQ(receiveOne(*server, in), Status::kOk);
+  EXPECT_TRUE(checkPayload(in));
+  const auto refusals = listener->refusals();
+  ASSERT_EQ(refusals.size(), 2u);
+  EXPECT_NE(refusals[0].find("access token required"), std::string::npos) << refusals[0];
+  EXPECT_NE(refusals[1].find("access token does not match"), std::string::npos) << refusals[1];
+}
+
 TEST(Rdma, RoundTripInPlaceBothWays) {
   SKIP_WITHOUT_RDMA();
   auto p = makePair();

@@ -16,6 +16,7 @@
 
 #include "conformance/support.h"
 #include "tls/test_pki.h"
+#include "transport/token.h"
 #include "zcrpc/config.h"
 #include "zcrpc/context.h"
 #include "zcrpc/rpc.h"
@@ -163,6 +164,27 @@ std::string connectError(const std::string& hostPort, const TcpOptions& options)
     return e.what();
   }
   return "";
+}
+
+/// The token's comparisons (tcp: tokensEqual; rdma: the proof in the connection request).
+TEST(Token, EqualityAndProofsDependOnEveryByte) {
+  EXPECT_TRUE(tokensEqual("s3cret", "s3cret"));
+  EXPECT_FALSE(tokensEqual("s3cret", "s3creT"));
+  EXPECT_FALSE(tokensEqual("s3cret", "s3cret "));
+  EXPECT_FALSE(tokensEqual("", "x"));
+  const TokenProof p = tokenProof("s3cret");
+  EXPECT_EQ(p, tokenProof("s3cret"));
+  EXPECT_NE(p, tokenProof("s3creT"));
+  EXPECT_NE(p, tokenProof(""));
+  EXPECT_TRUE(proofMatches(p, "s3cret"));
+  EXPECT_FALSE(proofMatches(p, "s3cret2"));
+  for (size_t i = 0; i < p.size(); ++i) {
+    TokenProof q = p;
+    q[i] ^= 1;
+    EXPECT_FALSE(proofMatches(q, "s3cret")) << "byte " << i;
+  }
+  // The proof does not carry the token's bytes.
+  EXPECT_NE(std::string(reinterpret_cast<const char*>(p.data()), 6), "s3cret");
 }
 
 TEST(TlsTcp, TheTokenCrossesTheWireOnlyInsideTls) {

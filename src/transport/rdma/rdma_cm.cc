@@ -197,14 +197,14 @@ class RdmaListener final : public Listener {
       if (!e) return nullptr;
       if (e.ev->event != RDMA_CM_EVENT_CONNECT_REQUEST) continue;
       rdma_cm_id* id = e.ev->id;
-      std::array<std::byte, sizeof(PrivateData)> priv{};
+      std::array<std::byte, sizeof(ConnectRequest)> priv{};
       size_t privLen = std::min<size_t>(e.ev->param.conn.private_data_len, priv.size());
       if (e.ev->param.conn.private_data) std::memcpy(priv.data(), e.ev->param.conn.private_data, privLen);
       std::string peer = addressText(rdma_get_peer_addr(id));
       e = CmEvent();  // acknowledged: the id may now move to a channel of its own
       std::string what = endpoint_ + " (server, peer " + peer + ")";
       try {
-        return handshake(id, priv.data(), privLen, what);
+        return handshake(id, priv.data(), privLen, what, peer);
       } catch (const std::exception& ex) {
         remember("refused " + peer + ": " + ex.what());
       }
@@ -220,7 +220,7 @@ class RdmaListener final : public Listener {
 
  private:
   std::unique_ptr<Connection> handshake(rdma_cm_id* id, const void* priv, size_t privLen,
-                                        const std::string& what) {
+                                        const std::string& what, const std::string& peer) {
     auto deadline = deadlineAfter(options_.connection.connectTimeout);
     auto reject = [&](const std::string& why) {
       RejectData r{};
@@ -228,6 +228,12 @@ class RdmaListener final : public Listener {
       std::snprintf(r.reason, sizeof r.reason, "%s", why.c_str());
       rdma_reject(id, &r, sizeof r);
     };
+    // The token first: a client without it gets nothing made for it, no queue pair.
+    if (std::string why = checkTokenProof(priv, privLen, options_.token); !why.empty()) {
+      reject(why);
+      rdma_destroy_id(id);
+      throw Failed(why);
+    }
     std::unique_ptr<RdmaConnection> conn;
     try {
       checkResolved(id, options_, what);
@@ -257,6 +263,11 @@ class RdmaListener final : public Listener {
     param.retry_count = 7;
     if (rdma_accept(id, &param) != 0) throw Failed(os::errnoText(what + ": rdma_accept", errno));
     expectCmEvent(conn->channel(), RDMA_CM_EVENT_ESTABLISHED, deadline, what, "establishing");
+    PeerIdentity identity;
+    identity.transport = "rdma";
+    identity.address = peer;
+    identity.tokenVerified = !options_.token.empty();
+    conn->setPeerIdentity(std::move(identity));
     return conn;
   }
 
@@ -351,10 +362,16 @@ std::unique_ptr<Connection> connectRdma(std::string_view hostPort, const RdmaOpt
   if (rdma_resolve_route(id, timeoutMs) != 0) throw Failed(os::errnoText(what + ": rdma_resolve_route", errno));
   expectCmEvent(conn->channel(), RDMA_CM_EVENT_ROUTE_RESOLVED, deadline, what, "resolving the route");
   conn->setUp();
-  PrivateData mine = conn->localPrivateData();
+  ConnectRequest request{};
+  request.data = conn->localPrivateData();
+  if (!options.token.empty()) {
+    request.data.flags |= kHasTokenProof;
+    request.tokenProof = tokenProof(options.token);
+  }
   rdma_conn_param param{};
-  param.private_data = &mine;
-  param.private_data_len = sizeof mine;
+  param.private_data = &request;
+  // Without a token, the 40 bytes a listener of before tokens expects.
+  param.private_data_len = options.token.empty() ? sizeof request.data : sizeof request;
   param.responder_resources = 0;
   param.initiator_depth = 0;
   param.rnr_retry_count = 7;
@@ -363,6 +380,10 @@ std::unique_ptr<Connection> connectRdma(std::string_view hostPort, const RdmaOpt
   CmEvent e = expectCmEvent(conn->channel(), RDMA_CM_EVENT_ESTABLISHED, deadline, what, "connecting");
   std::string why = conn->setPeer(e.ev->param.conn.private_data, e.ev->param.conn.private_data_len);
   if (!why.empty()) throw Failed(what + ": " + why);
+  PeerIdentity identity;
+  identity.transport = "rdma";
+  identity.address = addressText(rdma_get_peer_addr(id));
+  conn->setPeerIdentity(std::move(identity));
   return conn;
 }
 

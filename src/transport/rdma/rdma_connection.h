@@ -45,6 +45,7 @@
 #include "transport/rdma/rdma_cm.h"
 #include "transport/options.h"
 #include "transport/record.h"
+#include "transport/token.h"
 #include "transport/waiter.h"
 
 // Internal to libzcrpc: nothing here is exported from the shared library.
@@ -90,6 +91,21 @@ struct PrivateData {
   uint64_t maxMessageBytes;
 };
 static_assert(sizeof(PrivateData) == 40);
+
+/// A client's connection request: its PrivateData and, when it has an access token
+/// (RdmaOptions::token), the token's proof (transport/token.h), flagged kHasTokenProof.
+/// 56 bytes, the most a connect request carries; without a token only `data` is sent.
+enum PrivateFlags : uint16_t { kHasTokenProof = 1 };
+struct ConnectRequest {
+  PrivateData data;
+  TokenProof tokenProof;
+};
+static_assert(sizeof(ConnectRequest) == 56);
+
+/// The reason a listener with `token` (empty: none) refuses a request whose private data
+/// is `data`/`len` (the bytes as they came), or empty when its token proof is good. Runs
+/// before anything is allocated for the client: no queue pair exists for a refused one.
+std::string checkTokenProof(const void* data, size_t len, const std::string& token);
 
 /// Sent in a reject's private data so the client can say why.
 struct RejectData {
@@ -175,6 +191,10 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
     return error_;
   }
   std::string endpoint() const override { return what_; }
+  const PeerIdentity& peer() const noexcept override { return peer_; }
+  /// Who the peer is ("rdma", its address, whether it proved the token). Before the
+  /// connection is handed out.
+  void setPeerIdentity(PeerIdentity peer) { peer_ = std::move(peer); }
   uint64_t maxMessageBytes() const noexcept override { return maxMessage_; }
   uint32_t maxLeases() const noexcept override { return options_.maxLeases; }
 
@@ -334,6 +354,7 @@ class RdmaConnection final : public Connection, private SegmentSource, private L
 
   std::string what_;
   ConnectionOptions options_;
+  PeerIdentity peer_;
   EventChannel channel_;
   rdma_cm_id* id_ = nullptr;
   ibv_pd* pd_ = nullptr;

@@ -116,6 +116,17 @@ PrivateData RdmaConnection::localPrivateData() const noexcept {
   return p;
 }
 
+std::string checkTokenProof(const void* data, size_t len, const std::string& token) {
+  if (token.empty()) return {};
+  ConnectRequest r{};
+  if (!data || len < sizeof r) return "access token required (the connection request carries no token proof)";
+  std::memcpy(&r, data, sizeof r);
+  if (r.data.magic != kPrivateMagic || !(r.data.flags & kHasTokenProof))
+    return "access token required (the connection request carries no token proof)";
+  if (!proofMatches(r.tokenProof, token)) return "access token does not match";
+  return {};
+}
+
 std::string RdmaConnection::setPeer(const void* data, size_t len) {
   if (!data || len < sizeof(PrivateData)) return "no zcrpc private data in the connection request";
   PrivateData p;

@@ -10,9 +10,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
-
 #include "os/os.h"
 #include "transport/options.h"
 #include "transport/tcp/tcp_connection.h"
@@ -50,15 +47,6 @@ void checkDeadPeerTimeout(std::chrono::milliseconds timeout) {
   if (timeout.count() != 0 && (timeout < std::chrono::seconds(1) || timeout > std::chrono::hours(24)))
     throw InvalidArgument("tcp dead-peer timeout of " + std::to_string(timeout.count()) +
                           " ms must be 0 (off) or between 1 s and 24 h");
-}
-
-bool tokensEqual(std::string_view a, std::string_view b) noexcept {
-  // Digests first: equal-length inputs for CRYPTO_memcmp, whose time does not depend on
-  // where they differ, and nothing learnt from the length either.
-  unsigned char da[SHA256_DIGEST_LENGTH], db[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(a.data()), a.size(), da);
-  SHA256(reinterpret_cast<const unsigned char*>(b.data()), b.size(), db);
-  return CRYPTO_memcmp(da, db, sizeof da) == 0;
 }
 
 void checkTokenPolicy(const TcpOptions& options, const std::string& what) {

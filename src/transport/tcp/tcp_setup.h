@@ -20,6 +20,7 @@
 
 #include "transport/address.h"
 #include "transport/tcp/stream.h"
+#include "transport/token.h"
 #include "zcrpc/tcp.h"
 
 // Internal to libzcrpc: nothing here is exported from the shared library.
@@ -61,9 +62,6 @@ os::Fd connectSocket(const addrinfo* addresses, Deadline deadline, std::chrono::
 void setDeadPeerTimeout(int fd, std::chrono::milliseconds timeout);
 void checkDeadPeerTimeout(std::chrono::milliseconds timeout);
 
-/// Compares access tokens in time independent of their content and length (digests of
-/// both, compared with CRYPTO_memcmp).
-bool tokensEqual(std::string_view a, std::string_view b) noexcept;
 /// Refuses a token without TLS unless plain text is allowed (see TcpOptions::token);
 /// throws InvalidArgument naming `what`.
 void checkTokenPolicy(const TcpOptions& options, const std::string& what);
