@@ -19,7 +19,10 @@
 #   ZCRPC_RDMA_GTEST_FILTER gtest filter for both runs (default: all)
 #   ZCRPC_RDMA_BENCH_CALLS  round trips per benchmark (default 5000)
 #   ZCRPC_RDMA_KEEP         keep the work folder (initramfs, console log)
-#   ZCRPC_RDMA_GUEST_HOOK   a shell file sourced in the guest before the runs (debugging)
+#   ZCRPC_RDMA_GUEST_HOOK   a shell file sourced in the guest before the runs (debugging,
+#                           tests/tls/ktls_vm.sh); it may end the run with `verdict pass|fail`
+#   ZCRPC_VM_EXTRA_BINS     more programs copied to the guest's /bin, with their libraries
+#   ZCRPC_VM_EXTRA_MODULES  more kernel modules loaded (and what they depend on)
 set -u
 set -o pipefail
 
@@ -92,14 +95,20 @@ ln -s kmod $R/sbin/modprobe
 cp -L "$TEST_BIN" $R/bin/rdma_test
 cp -L /etc/libibverbs.d/rxe.driver $R/etc/libibverbs.d/
 cp -L "$RXE_PROVIDER" $R$ARCH_LIB/libibverbs/
-copy_libs "$TEST_BIN" "$IP" "$RDMA_TOOL" "$KMOD" "$RXE_PROVIDER"
+# More programs for a hook to run (ZCRPC_VM_EXTRA_BINS: host paths, each to /bin/<name>).
+for extra in ${ZCRPC_VM_EXTRA_BINS:-}; do
+  [ -x "$extra" ] || fail "extra program $extra not built"
+  cp -L "$extra" $R/bin/
+done
+copy_libs "$TEST_BIN" "$IP" "$RDMA_TOOL" "$KMOD" "$RXE_PROVIDER" ${ZCRPC_VM_EXTRA_BINS:-}
 for extra in libgcc_s.so.1; do  # dlopen'ed (pthread_exit), not listed by ldd
   f=$(ls /lib/x86_64-linux-gnu/$extra $ARCH_LIB/$extra 2>/dev/null | head -1)
   [ -n "$f" ] && cp -L "$f" $R$ARCH_LIB/
 done
 
 # Modules in load order, each after what it depends on.
-MODS="crc32_generic udp_tunnel ip6_udp_tunnel ib_core ib_uverbs rdma_rxe configfs ib_cm iw_cm rdma_cm rdma_ucm dummy veth"
+# ZCRPC_VM_EXTRA_MODULES: more, for a hook (e.g. tls, kernel TLS).
+MODS="crc32_generic udp_tunnel ip6_udp_tunnel ib_core ib_uverbs rdma_rxe configfs ib_cm iw_cm rdma_cm rdma_ucm dummy veth ${ZCRPC_VM_EXTRA_MODULES:-}"
 : > $R/modules/order
 for m in $MODS; do
   "$MODPROBE" -d "$KROOT" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod" {print $2}'
@@ -184,7 +193,8 @@ echo "=== done at $(now) s"
 verdict $status
 EOF
 chmod +x $R/init
-# A debugging hook: a host file sourced by /init after the network set-up.
+# A hook: a host file sourced by /init after the network set-up (a debugging aid, and how
+# tests/tls/ktls_vm.sh runs its own programs; it may end the run with `verdict`).
 [ -n "${ZCRPC_RDMA_GUEST_HOOK:-}" ] && cp "$ZCRPC_RDMA_GUEST_HOOK" $R/hook.sh
 
 (cd $R && find . | cpio -o -H newc 2>/dev/null | gzip -1) > $WORK/initrd.gz || fail "building the initramfs failed"
