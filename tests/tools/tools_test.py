@@ -37,10 +37,10 @@ def run(args, env=None, timeout=TIMEOUT):
 class Server:
     """zcrpc-test-server on the given endpoints; .endpoints are as it listens."""
 
-    def __init__(self, *endpoints, stats=True):
+    def __init__(self, *endpoints, stats=True, env=None):
         args = [SERVER] + ([] if stats else ["--no-stats"]) + list(endpoints)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=clean_env())
+                                     text=True, env=env or clean_env())
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "ready":
             self.stop()
@@ -59,6 +59,27 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def make_pki(dir):
+    """A CA and a server certificate it signed (CN=zcrpc-info-test, IP:127.0.0.1), made
+    now with the openssl command: no key is ever committed. Returns (ca, cert, key)."""
+    ca, ca_key = os.path.join(dir, "ca.pem"), os.path.join(dir, "ca.key")
+    cert, key, csr = (os.path.join(dir, n) for n in ("server.pem", "server.key", "server.csr"))
+    ext = os.path.join(dir, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=zcrpc info test CA"],
+                ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", key, "-out", csr, "-subj", "/CN=zcrpc-info-test"],
+                ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                 "-out", cert, "-days", "2", "-extfile", ext]):
+        r = subprocess.run(["openssl"] + cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=TIMEOUT)
+        if r.returncode != 0:
+            raise RuntimeError("openssl %s: %s" % (cmd[0], r.stderr))
+    return ca, cert, key
 
 
 def unique(what):
@@ -156,12 +177,14 @@ class ToolsTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         out = r.stdout
         self.assertIn("transport choice (preference: shm,rdma,tcp,capnp+unix,capnp), each endpoint tried:", out)
-        self.assertRegex(out, r"%s\s+shm\s+chosen \(connected in [\d.]+ ms\)" % re.escape(self.shm))
+        # With who answered, as the transport authenticated it (shm: the server's credentials).
+        self.assertRegex(out, r"%s\s+shm\s+chosen \(connected in [\d.]+ ms; server: shm pid \d+, pid %d uid %d "
+                         r"gid \d+\)" % (re.escape(self.shm), self.server.proc.pid, os.geteuid()))
         self.assertRegex(out, r"%s\s+shm\s+fails: no shm listener @zcrpc/%s" %
                          (re.escape(missing), unique("missing")))
         # Every other endpoint says whether it would work too, not only the chosen one.
-        self.assertRegex(out, r"%s\s+tcp\s+works too \(connected in [\d.]+ ms\); an earlier "
-                         r"preference is chosen" % re.escape(self.tcp))
+        self.assertRegex(out, r"%s\s+tcp\s+works too \(connected in [\d.]+ ms; server: tcp 127\.0\.0\.1:\d+\); "
+                         r"an earlier preference is chosen" % re.escape(self.tcp))
         self.assertRegex(out, r"%s\s+rdma\s+fails: (rdma transport not compiled in|no RDMA device)" %
                          re.escape(rdma))
         self.assertIn("would connect to %s over shm" % self.shm, out)
@@ -188,6 +211,31 @@ class ToolsTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1, "no endpoint works: exit status 1")
         self.assertIn("does not resolve", r.stdout)
         self.assertIn("no endpoint works", r.stdout)
+
+    def test_info_shows_tls_and_the_servers_certificate(self):
+        with tempfile.TemporaryDirectory() as dir:
+            ca, cert, key = make_pki(dir)
+            env = clean_env(ZCRPC_TLS="on", ZCRPC_TLS_CERT_FILE=cert, ZCRPC_TLS_KEY_FILE=key)
+            with Server("tcp://127.0.0.1:0", env=env) as server:
+                endpoint = server.endpoints[0]
+                r = run([INFO, endpoint], env=clean_env(ZCRPC_TLS="on", ZCRPC_TLS_CA_FILE=ca,
+                                                        ZCRPC_TRANSPORTS="tcp"))
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertRegex(r.stdout, r"%s\s+tcp\s+chosen \(connected in [\d.]+ ms; server: tcp "
+                                 r"127\.0\.0\.1:\d+, TLSv1\.3 TLS_\w+.*, certificate CN=zcrpc-info-test\)" %
+                                 re.escape(endpoint))
+                # Without the CA the server's certificate is not trusted: it fails and says so.
+                r = run([INFO, endpoint], env=clean_env(ZCRPC_TLS="on", ZCRPC_TRANSPORTS="tcp"))
+                self.assertEqual(r.returncode, 1, r.stdout)
+                self.assertRegex(r.stdout, r"fails: .*certificate")
+
+    def test_info_warns_about_a_token_in_clear_text(self):
+        r = run([INFO], env=clean_env(ZCRPC_TOKEN="s3cret", ZCRPC_ALLOW_PLAINTEXT_TOKEN="true"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("WARNING: allow_plaintext_token=true and tls is off: the tcp access token crosses "
+                      "the network in clear text", r.stdout)
+        r = run([INFO], env=clean_env(ZCRPC_TOKEN="s3cret", ZCRPC_ALLOW_PLAINTEXT_TOKEN="true", ZCRPC_TLS="on"))
+        self.assertNotIn("WARNING", r.stdout)
 
     # ---------------------------------------------------------------- zcrpc-ping
 

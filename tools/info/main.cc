@@ -172,6 +172,13 @@ void printWarnings(const zcrpc::Config& config) {
   for (const auto& w : config.warnings()) fmt::print("  {}\n", w);
 }
 
+/// Settings that weaken security on purpose: said out loud, because they work silently.
+void printSecurityWarnings(const zcrpc::Config& config) {
+  if (config.text("token").empty() || config.flag("tls") || !config.flag("allow_plaintext_token")) return;
+  fmt::print("\nWARNING: allow_plaintext_token=true and tls is off: the tcp access token crosses the "
+             "network in clear text, readable by anyone on the path (turn tls on)\n");
+}
+
 /// What one endpoint does when a client connects to it.
 struct Trial {
   bool works = false;
@@ -185,8 +192,11 @@ Trial tryEndpoint(const zcrpc::Context& context, const std::string& endpoint) {
   try {
     auto connection = context.connect(std::span<const std::string>(&endpoint, 1), &one);
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    // Who answered, as the transport authenticated it: TLS protocol, cipher, kernel TLS and
+    // the server's verified certificate, or shm's credentials.
+    std::string peer = connection->peer().describe();
     connection->close();
-    return {true, fmt::format("connected in {:.1f} ms", ms)};
+    return {true, fmt::format("connected in {:.1f} ms; server: {}", ms, peer)};
   } catch (const std::exception& e) {
     if (!one.verdicts.empty() && !one.verdicts[0].reason.empty()) return {false, one.verdicts[0].reason};
     return {false, e.what()};
@@ -277,6 +287,7 @@ int main(int argc, char** argv) {
     fmt::print("\n");
     printSettings(config);
     printWarnings(config);
+    printSecurityWarnings(config);
     if (!endpoints.empty()) {
       fmt::print("\n");
       anyWorks = printChoice(context, endpoints, plan);
