@@ -11,6 +11,7 @@ import sys
 
 NEEDED = {"rpc": ["zcrpc", "capnp-work", "bound", "zcrpc-pipelined"],
           "standard": ["capnp", "zcrpc-capnp", "zcrpc-capnp-client", "zcrpc"],
+          "tls": ["zcrpc", "zcrpc-tls"],
           "messages": ["floor", "zcrpc", "floor-check", "capnp-work", "bound", "zcrpc-one-way"],
           "open-loop": ["zcrpc"]}
 

@@ -22,6 +22,8 @@
 //    time per call of both processes: zcrpc (and, in spin-then-sleep, zcrpc with the fixed
 //    spin) against the baseline in the same wait mode (the futex-woken floor ring / raw
 //    TCP), a blocking unix-socket ping-pong (shm) and Cap'n Proto's RPC.
+//  * tls: echo calls over TLS 1.3 tcp against zcrpc over plain tcp and gRPC over TLS, with
+//    certificates made at the start of the run.
 #include <fmt/format.h>
 #include <kj/exception.h>
 #include <unistd.h>
@@ -36,6 +38,7 @@
 #include "model.h"
 #include "peer.h"
 #include "system.h"
+#include "tls/test_pki.h"
 
 namespace zcrpc::bench {
 
@@ -272,6 +275,50 @@ class Driver final {
                line.empty() ? "-" : line.substr(2));
   }
 
+  /// One repetition of the tls rows of `size`, one per wait mode: zcrpc echo calls over TLS
+  /// 1.3 tcp against zcrpc over plain tcp (the row's baseline, interleaved as in the rpc
+  /// rows) and gRPC unary over TLS with the same certificates. Whether the kernel encrypts
+  /// (kTLS) depends on the host: zcrpc uses it where the kernel has the tls module.
+  void tls(unsigned rep, size_t size) {
+    std::map<std::string, Figure> ownWait;
+    for (WaitMode w : s_.waitModes) {
+      Row& row = this->row("tls", Transport::kTcp, w, size, [&](Row& r) {
+        r.series.emplace_back("zcrpc", "zcrpc over plain tcp", Role::kReference);
+        r.series.emplace_back("zcrpc-tls", "zcrpc over TLS 1.3 tcp", Role::kZcrpc);
+        for (size_t i = kFirstRival; i < systems_.size(); ++i)
+          if (system(i).info(Transport::kTcp).id == "grpc-tls" && system(i).unavailable().empty() &&
+              !failed_.contains("grpc-tls"))
+            r.series.push_back(system(i).info(Transport::kTcp));
+      });
+      RowRep& rr = row.reps.emplace_back();
+      rr.figures.resize(row.series.size());
+      const CellSpec plain{Transport::kTcp, w, Measure::kRoundTrip, false, 0, size, 0};
+      CellSpec tls = plain;
+      tls.tls = true;
+      std::vector<size_t> order{0, 1};
+      if (rep % 2) std::swap(order[0], order[1]);
+      if (row.series.size() > 2) order.insert(rep % 2 ? order.begin() : order.end(), 2);
+      for (size_t i : order) {
+        const std::string& id = row.series[i].id;
+        if (i == 0) {
+          rr.figures[i] = cell(kRpc, plain, row.name() + " zcrpc");
+        } else if (i == 1) {
+          rr.figures[i] = cell(kRpc, tls, row.name() + " zcrpc over TLS");
+        } else if (auto hit = ownWait.find(id); hit != ownWait.end()) {
+          rr.figures[i] = hit->second;
+          continue;
+        } else if (failed_.contains(id)) {
+          continue;
+        } else {
+          rr.figures[i] = rival(systemOf(Transport::kTcp, id), tls, row.name() + " " + id);
+          ownWait[id] = rr.figures[i];
+        }
+        rr.order += (rr.order.empty() ? "" : ",") + id;
+      }
+      finishRow(row, rr, true, Row::npos);
+    }
+  }
+
   /// Lists the rivals that cannot run here, and why.
   void noteUnavailable() {
     for (size_t i = kFirstRival; i < systems_.size(); ++i)
@@ -320,11 +367,11 @@ class Driver final {
   /// built on it, and a progress line.
   void finishRow(const Row& row, RowRep& rr, bool rpc, size_t moved) {
     const size_t work = row.find("capnp-work"), bound = row.find("bound");
-    if (work != Row::npos) {
+    if (work != Row::npos) {  // rows without these series (tls) skip them
       uint64_t preempted = preemptionCount();
       rr.figures[work].latency = capnpWork(rpc, Budget::forPayload(0, s_.seconds / 4), samples_);
       rr.figures[work].preemptions = preemptionCount() - preempted;
-      if (moved != Row::npos)
+      if (moved != Row::npos && bound != Row::npos)
         rr.figures[bound].latency.p50Ns =
             rr.figures[moved].latency.p50Ns + rr.figures[work].latency.p50Ns;
     }
@@ -425,8 +472,16 @@ std::vector<WaitMode> standardWaitModes(const Settings& s) {
   return modes;
 }
 
-Table runBench(const Settings& s) {
-  if (s.sizes.empty()) throw BenchError("--sizes: no sizes given");
+Table runBench(const Settings& settings) {
+  if (settings.sizes.empty()) throw BenchError("--sizes: no sizes given");
+  // The tls rows' certificates, made now (before the fork) in a directory removed at the
+  // end: both processes read the files. Nothing secret is kept.
+  Settings s = settings;
+  std::optional<test::TestPki> pki;
+  if (s.tls) {
+    pki.emplace();
+    s.tlsFiles = {pki->caFile(), pki->server().cert, pki->server().key};
+  }
   Table table;
   table.settings = s;
   table.loadStart = loadAverage();
@@ -444,6 +499,8 @@ Table runBench(const Settings& s) {
   owned.push_back(makeUnixSocket(s));
   std::vector<std::string> notBuilt;
   for (auto& rival : makeRivals(s, notBuilt)) owned.push_back(std::move(rival));
+  if (s.tls)
+    for (auto& rival : makeTlsRivals(s, notBuilt)) owned.push_back(std::move(rival));
   for (const std::string& line : notBuilt) {
     auto colon = line.find(':');
     table.missing.push_back({line.substr(0, colon), line.substr(colon + 2)});
@@ -458,7 +515,7 @@ Table runBench(const Settings& s) {
   pinToCpu(s.clientCpu);
   peer.expect(ReplyKind::kReady, 0, Clock::now() + kReplyTimeout, "starting the peer process");
   Driver d(s, systems, peer, room, table);
-  if (s.rpc || !s.openLoopRates.empty()) d.noteUnavailable();
+  if (s.rpc || s.tls || !s.openLoopRates.empty()) d.noteUnavailable();
   for (unsigned rep = 0; rep < s.reps; ++rep) {
     if (s.messages)
       for (WaitMode w : s.waitModes)
@@ -476,6 +533,8 @@ Table runBench(const Settings& s) {
         for (WaitMode w : s.openLoopWaitModes)
           d.openLoop(rep, t, w, *std::min_element(s.sizes.begin(), s.sizes.end()),
                      static_cast<int64_t>(1e9 / rate));
+    if (s.tls)
+      for (size_t size : s.sizes) d.tls(rep, size);
   }
   peer.quit();
   table.loadEnd = loadAverage();

@@ -4,10 +4,14 @@
 // blocking client call, and a server whose polling thread runs the handler (no hand-off to
 // another thread). A server is started for each cell and shut down after it. gRPC waits in
 // its own poller (epoll) whatever the row's wait mode; its messages are protobuf, copied
-// into and out of std::string on each side.
+// into and out of std::string on each side. The tls rows' variant: unary over TLS with the
+// same certificate and CA as zcrpc's TLS cells.
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
+
+#include <fstream>
+#include <iterator>
 
 #include "echo.grpc.pb.h"
 #include "system.h"
@@ -33,17 +37,28 @@ class EchoService final : public zcrpcbench::Echo::Service {
   }
 };
 
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw BenchError("gRPC TLS: cannot read " + path);
+  if (text.empty()) throw BenchError("gRPC TLS: " + path + " is empty or missing");
+  return text;
+}
+
 class Grpc final : public System {
  public:
-  explicit Grpc(bool stream) : stream_(stream) {}
+  /// `tls`: over TLS with its files (the tls rows only), else plain.
+  Grpc(bool stream, const Settings::TlsFiles* tls) : stream_(stream), tls_(tls) {}
 
   SeriesInfo info(Transport t) const override {
+    if (tls_) return {"grpc-tls", "gRPC unary over TLS (TCP)", Role::kRival, "epoll"};
     return {stream_ ? "grpc-stream" : "grpc-unary",
             fmt::format("gRPC {} ({})", stream_ ? "stream" : "unary",
                         t == Transport::kShm ? "unix socket" : "TCP"),
             Role::kRival, "epoll"};
   }
-  bool covers(Transport) const override { return true; }
+  /// The TLS variant has no place in the rpc rows: the tls rows pick it by its id.
+  bool covers(Transport) const override { return !tls_; }
 
   void serve(PeerCell& cell) override {
     const bool unix = cell.spec.transport == Transport::kShm;
@@ -52,8 +67,13 @@ class Grpc final : public System {
     EchoService service;
     grpc::ServerBuilder builder;
     int port = 0;
-    builder.AddListeningPort(unix ? "unix:" + path : "127.0.0.1:0",
-                             grpc::InsecureServerCredentials(), &port);
+    std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+    if (tls_) {
+      grpc::SslServerCredentialsOptions o;
+      o.pem_key_cert_pairs.push_back({readFile(tls_->key), readFile(tls_->cert)});
+      credentials = grpc::SslServerCredentials(o);
+    }
+    builder.AddListeningPort(unix ? "unix:" + path : "127.0.0.1:0", credentials, &port);
     builder.RegisterService(&service);
     builder.SetMaxReceiveMessageSize(kMaxMessage);
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -66,8 +86,14 @@ class Grpc final : public System {
   Figure measure(ClientCell& cell) override {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(kMaxMessage);
-    auto channel =
-        grpc::CreateCustomChannel(cell.endpoint, grpc::InsecureChannelCredentials(), args);
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (tls_) {
+      grpc::SslCredentialsOptions o;
+      o.pem_root_certs = readFile(tls_->ca);
+      credentials = grpc::SslCredentials(o);
+      args.SetSslTargetNameOverride("localhost");  // the certificate's DNS name
+    }
+    auto channel = grpc::CreateCustomChannel(cell.endpoint, credentials, args);
     auto stub = zcrpcbench::Echo::NewStub(channel);
     Payload request, reply;
     request.set_data(cell.payload.data(), cell.payload.size());
@@ -78,7 +104,7 @@ class Grpc final : public System {
             fmt::format("gRPC {}: {}", what, ok ? "the echo came back different" : "failed"));
     };
     Figure f;
-    if (!stream_) {
+    if (!stream_ || tls_) {
       auto roundTrip = [&] {
         grpc::ClientContext context;  // one per call, as gRPC requires
         context.set_deadline(std::chrono::system_clock::now() + kStallTimeout);
@@ -102,10 +128,14 @@ class Grpc final : public System {
 
  private:
   bool stream_;
+  const Settings::TlsFiles* tls_;
 };
 
 }  // namespace
 
-std::unique_ptr<System> makeGrpc(bool stream) { return std::make_unique<Grpc>(stream); }
+std::unique_ptr<System> makeGrpc(bool stream) { return std::make_unique<Grpc>(stream, nullptr); }
+std::unique_ptr<System> makeGrpcTls(const Settings& s) {
+  return std::make_unique<Grpc>(/*stream=*/false, &s.tlsFiles);
+}
 
 }  // namespace zcrpc::bench

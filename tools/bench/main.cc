@@ -10,6 +10,7 @@
 //   zcrpc-bench                                    # summary; rpc + messages rows
 //   zcrpc-bench --details --json o.json --csv o.csv --plot o.png
 //   zcrpc-bench --mode rpc --transports tcp --wait-modes blocking --sizes 64,1M
+//   zcrpc-bench --mode tls --transports tcp --sizes 64,1M --details   # TLS against plain
 //   zcrpc-bench --quick                            # a few seconds (the bench-smoke test)
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -95,8 +96,9 @@ int main(int argc, char** argv) {
   app.add_option("--mode", mode,
                  "rpc: echo calls (and the rivals); messages: raw messages over shm; standard: "
                  "standard Cap'n Proto peers against zcrpc (every size); open-loop: calls at a "
-                 "fixed pace (see --rates); all (standard at the smallest size, open loop shorter)")
-      ->check(CLI::IsMember({"rpc", "messages", "standard", "open-loop", "all"}))
+                 "fixed pace (see --rates); tls: echo calls over TLS tcp against plain tcp and gRPC "
+                 "over TLS; all (standard at the smallest size, open loop shorter)")
+      ->check(CLI::IsMember({"rpc", "messages", "standard", "open-loop", "tls", "all"}))
       ->capture_default_str();
   app.add_option("--cpus", cpus, "CPUs of the measuring and the serving process: A,B")
       ->capture_default_str();
@@ -176,6 +178,7 @@ int main(int argc, char** argv) {
     openWaits = openOnly && !s.quick
                     ? std::vector<std::string>{"busy-poll", "spin-then-sleep", "blocking"}
                     : std::vector<std::string>{"spin-then-sleep", "blocking"};
+  s.tls = mode == "tls" || mode == "all";
   ::signal(SIGPIPE, SIG_IGN);  // a dead peer shows up as an error, not as a signal
   ::prctl(PR_SET_TIMERSLACK, 1UL);  // open-loop pacing sleeps wake on time (both processes)
   try {
@@ -189,6 +192,11 @@ int main(int argc, char** argv) {
         openWaits, [](const std::string& w) { return zcrpc::parseWaitMode(w); });
     if (!(rates.size() == 1 && rates[0] == "none"))
       s.openLoopRates = parseList<double>(rates, parseRate);
+    // TLS runs over tcp only.
+    if (std::find(s.transports.begin(), s.transports.end(), Transport::kTcp) == s.transports.end()) {
+      if (mode == "tls") throw BenchError("--mode tls measures tcp only; add --transports tcp");
+      s.tls = false;
+    }
     return run(s, o);
   } catch (const std::exception& e) {
     std::fflush(stdout);

@@ -33,4 +33,16 @@ std::vector<std::unique_ptr<System>> makeRivals(const Settings& s,
   return out;
 }
 
+std::vector<std::unique_ptr<System>> makeTlsRivals([[maybe_unused]] const Settings& s,
+                                                   std::vector<std::string>& notBuilt) {
+  std::vector<std::unique_ptr<System>> out;
+#ifdef ZCRPC_BENCH_GRPC
+  out.push_back(makeGrpcTls(s));
+#else
+  notBuilt.push_back(std::string("grpc-tls: ") + ZCRPC_BENCH_GRPC_WHY);
+#endif
+  (void)notBuilt;
+  return out;
+}
+
 }  // namespace zcrpc::bench

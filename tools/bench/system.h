@@ -48,6 +48,12 @@ struct Settings {
   std::vector<WaitMode> openLoopWaitModes{WaitMode::kSpinThenSleep, WaitMode::kBlocking};
   /// Calls timed per open-loop cell (at least; at high rates Settings::seconds may run more).
   uint64_t openLoopCalls = 2000;
+  bool tls = false;  ///< the tls rows (zcrpc over TLS tcp vs plain tcp vs gRPC over TLS)
+  /// PEM files of the tls rows, made at run time before the fork (driver.cc): a CA, and a
+  /// server certificate it signed for 127.0.0.1 with its key. zcrpc and gRPC use the same.
+  struct TlsFiles {
+    std::string ca, cert, key;
+  } tlsFiles;
 };
 
 /// The wait modes of the standard rows: the run's, and blocking (zcrpc sleeping in poll(), as
@@ -69,7 +75,7 @@ struct CellSpec {
   Transport transport = Transport::kShm;
   WaitMode waitMode = WaitMode::kBusyPoll;
   Measure measure = Measure::kRoundTrip;
-  uint8_t reserved = 0;
+  bool tls = false;  ///< over TLS 1.3 with Settings::tlsFiles (tcp only)
   uint32_t window = 0;  ///< kPipelined
   uint64_t payloadBytes = 0;
   int64_t budgetNs = 0;  ///< the measuring side's time: bounds the peer's waits
@@ -209,10 +215,16 @@ std::unique_ptr<System> makeZcrpcCapnpClient(const Settings& s);
 std::unique_ptr<System> makeUcx(const Settings& s, bool tag);
 std::unique_ptr<System> makeIceoryx(const Settings& s);
 std::unique_ptr<System> makeGrpc(bool stream);
+/// grpc.cc: gRPC unary over TLS with Settings::tlsFiles, for the tls rows only (it covers
+/// no rpc row).
+std::unique_ptr<System> makeGrpcTls(const Settings& s);
 /// rivals.cc: the rivals this build has, in the order rows show them; `notBuilt` gets a
 /// "series: why" line for each one it has not.
 std::vector<std::unique_ptr<System>> makeRivals(const Settings& s,
                                                 std::vector<std::string>& notBuilt);
+/// rivals.cc: the rivals of the tls rows this build has (gRPC over TLS), after makeRivals'.
+std::vector<std::unique_ptr<System>> makeTlsRivals(const Settings& s,
+                                                   std::vector<std::string>& notBuilt);
 
 /// Words of the first segment of an echo request or answer (or a bench::Payload) with
 /// `payloadBytes` of data: root pointer, the struct, the data rounded up to words.

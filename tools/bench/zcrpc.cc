@@ -166,6 +166,11 @@ class ZcrpcRpc final : public System {
     } else {
       TcpOptions to;
       to.connection = co;
+      if (cell.spec.tls) {
+        to.tls.enabled = true;
+        to.tls.certFile = s_.tlsFiles.cert;
+        to.tls.keyFile = s_.tlsFiles.key;
+      }
       auto listener = listenTcp("127.0.0.1:0", to);
       endpoint = listener->endpoint();
       server.addListener(std::move(listener));
@@ -197,6 +202,10 @@ class ZcrpcRpc final : public System {
     } else {
       TcpOptions to;
       to.connection = co;
+      if (cell.spec.tls) {
+        to.tls.enabled = true;
+        to.tls.caFile = s_.tlsFiles.ca;
+      }
       conn = connectTcp(cell.endpoint, to);
     }
     ChannelOptions cho;
