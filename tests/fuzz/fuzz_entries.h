@@ -27,6 +27,11 @@ void runTcpHandshakeInput(const uint8_t* data, size_t size);
 /// connectShm() client talks to, the same way round.
 void runShmHandshakeInput(const uint8_t* data, size_t size);
 
+/// tcp with TLS, a TLS listener's side: byte 0 bit 0 chooses. 0: raw bytes a client
+/// sends instead of (or as) its TLS handshake. 1: what a client that completed a valid
+/// TLS handshake sends inside TLS (Hello, token, frames). See tls_stream_entry.cc.
+void runTlsStreamInput(const uint8_t* data, size_t size);
+
 /// The server's dispatch: the input is a sequence of frames (kind, call id, interface,
 /// method, payload words written raw into the message) sent over a loopback connection
 /// to a Server serving the Echo and KeyValue services; the answers are read back.

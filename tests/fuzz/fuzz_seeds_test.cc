@@ -49,6 +49,7 @@ void replay(const std::string& target, void (*entry)(const uint8_t*, size_t), si
 TEST(FuzzSeeds, TcpHandshake) { replay("tcp_handshake", runTcpHandshakeInput, 10); }
 TEST(FuzzSeeds, ShmHandshake) { replay("shm_handshake", runShmHandshakeInput, 10); }
 TEST(FuzzSeeds, Dispatch) { replay("dispatch", runDispatchInput, 10); }
+TEST(FuzzSeeds, TlsStream) { replay("tls_stream", runTlsStreamInput, 8); }
 
 }  // namespace
 }  // namespace zcrpc::fuzz

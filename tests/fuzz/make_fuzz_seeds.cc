@@ -173,6 +173,22 @@ int main(int argc, char** argv) {
   write(tcp, "server-max-message-zero", cat({answer(kTcpMagic, 1, 0, ""), emptyFrame(2, 1)}, 1));
   write(tcp, "server-answer-cut-short", cat({Bytes(20, 0x42)}, 1));
 
+  // tls: side 1 (inside a valid TLS session: the tcp client seeds' bytes), side 0 (raw
+  // bytes instead of a TLS handshake).
+  auto tls = root / "tls_stream";
+  write(tls, "inside-valid-with-frames", cat({good, emptyFrame(8, 1), emptyFrame(1, 2)}, 1));
+  write(tls, "inside-wrong-token", cat({hello(kTcpMagic, 1, "fuzz-tokem", 1 << 20)}, 1));
+  write(tls, "inside-token-too-long", cat({hello(kTcpMagic, 1, "fuzz-token", 1 << 20, 5000)}, 1));
+  write(tls, "inside-frame-claims-64mib", cat({good, emptyFrame(8, 1, 64u << 20)}, 1));
+  write(tls, "inside-frame-kind-zero", cat({good, emptyFrame(0, 1)}, 1));
+  write(tls, "raw-plain-zcrpc-hello", cat({good}, 0));
+  // A TLS record header (handshake, TLS 1.0 record version) claiming more than comes, a
+  // ClientHello cut short, an alert, and an oversized record length.
+  write(tls, "raw-record-cut-short", cat({Bytes{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03}}, 0));
+  write(tls, "raw-alert", cat({Bytes{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28}}, 0));
+  write(tls, "raw-record-too-long", cat({Bytes{0x16, 0x03, 0x03, 0xff, 0xff}, Bytes(300, 0x41)}, 0));
+  write(tls, "raw-application-data-first", cat({Bytes{0x17, 0x03, 0x03, 0x00, 0x10}, Bytes(16, 0)}, 0));
+
   // shm: side, flags, then raw messages / overlays, then ring bytes.
   auto shm = root / "shm_handshake";
   const uint64_t ring = 16 << 10, arena = 64 << 10, maxMsg = 32 << 10, file = 4096 + ring + arena;
