@@ -148,6 +148,10 @@ struct MethodSnapshot {
   /// counters may trail what a caller has already received by a moment.
   LatencySnapshot latency;
 
+  /// Every call that did not end with an answer, whatever the kind, including the calls the
+  /// caller gave up on (errorsOf kCancelled and kDeadlineExceeded), which zcrpc-stat shows
+  /// apart from failures. A server counts a deferred call whose client cancelled it (or let
+  /// its deadline pass) before it was answered as kCancelled, however the handler ended it.
   uint64_t errorCount() const noexcept;
   uint64_t errorsOf(ErrorKind kind) const noexcept { return errors[static_cast<size_t>(kind)]; }
   void merge(const MethodSnapshot& other);

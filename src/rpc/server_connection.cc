@@ -57,8 +57,9 @@ void ServerConnection::failDeferred(const std::string& why) {
     if (auto state = weak.lock(); state && !state->answered.exchange(true)) {
       // The handler's own later answer is then accepted and dropped quietly.
       state->answeredByServer.store(true, std::memory_order_release);
-      state->cancelled.store(true, std::memory_order_release);
-      endCall(state->mark, false, ErrorKind::kDisconnected, 0);
+      // Given up by the client before it went: cancelled (see processMail()).
+      const bool gaveUp = state->cancelled.exchange(true, std::memory_order_acq_rel);
+      endCall(state->mark, false, gaveUp ? ErrorKind::kCancelled : ErrorKind::kDisconnected, 0);
       if (!state->oneWay) sendError(id, ErrorKind::kDisconnected, 0, why);
     }
   }
@@ -295,17 +296,28 @@ size_t ServerConnection::processMail() {
     // Released once the answer is sent: `fill` may reference the request's bytes.
     KJ_DEFER(c.state->request.release());
     CallMark& mark = c.state->mark;
+    // A call its client gave up on (cancelled it, or its deadline passed: both send a
+    // cancel) is counted as cancelled however the handler ended it, and whether or not the
+    // client has gone since: nobody waits for the answer, and it is neither a success nor
+    // the service's failure. The answer still goes out (the client drops it), as before.
+    const bool gaveUp = c.state->cancelled.load(std::memory_order_acquire);
     if (disconnected_) {
-      endCall(mark, false, ErrorKind::kDisconnected, 0);
+      endCall(mark, false, gaveUp ? ErrorKind::kCancelled : ErrorKind::kDisconnected, 0);
       continue;
     }
     if (c.state->oneWay) {
       endCall(mark, c.fill != nullptr, c.kind, 0);
       continue;
     }
+    auto endGivenUp = [&](bool ok, ErrorKind kind, uint64_t bytes) {
+      if (gaveUp)
+        endCall(mark, false, ErrorKind::kCancelled, 0);
+      else
+        endCall(mark, ok, kind, bytes);
+    };
     if (!c.fill) {
       sendError(c.state->callId, c.kind, c.code, c.message);
-      endCall(mark, false, c.kind, 0);
+      endGivenUp(false, c.kind, 0);
       continue;
     }
     std::optional<OutgoingMessage> out;
@@ -319,8 +331,8 @@ size_t ServerConnection::processMail() {
       out->header().kind = static_cast<uint8_t>(FrameKind::kResponse);
       out->header().callId = c.state->callId;
       const Status sent = sendAnswer(*out);
-      endCall(mark, true, ErrorKind::kFailed,
-              mark.method && sent == Status::kOk ? sentPayloadBytes(*out) : 0);
+      endGivenUp(true, ErrorKind::kFailed,
+                 mark.method && sent == Status::kOk ? sentPayloadBytes(*out) : 0);
       continue;
     } catch (const ApplicationError& e) {
       code = e.code(), why = e.what();
@@ -333,7 +345,7 @@ size_t ServerConnection::processMail() {
     }
     out.reset();
     if (!disconnected_) sendError(c.state->callId, kind, code, why);
-    endCall(mark, false, kind, 0);
+    endGivenUp(false, kind, 0);
   }
   return mail.size();
 }

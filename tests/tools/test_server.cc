@@ -5,11 +5,14 @@
 // listening, ports resolved) on one line once it serves, then runs until SIGTERM/SIGINT.
 // For the tool and balancer tests: they start it, read the line, and kill it.
 //
-// zcrpc-test-server --client CALLS FAILS ENDPOINT... — instead makes CALLS echo calls
-// (64 bytes) and FAILS fail calls (ApplicationError 7) to the server, prints "done", exits.
+// zcrpc-test-server --client CALLS FAILS [--give-up N] ENDPOINT... — instead makes CALLS
+// echo calls (64 bytes) and FAILS fail calls (ApplicationError 7) to the server, and N
+// delay calls it gives up on (cancelled, and past a 20 ms deadline, in turn), prints
+// "done", exits.
 #include <pthread.h>
 #include <signal.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,7 +25,8 @@
 
 namespace {
 
-int runClient(unsigned long calls, unsigned long fails, const std::vector<std::string>& endpoints) {
+int runClient(unsigned long calls, unsigned long fails, unsigned long giveUps,
+              const std::vector<std::string>& endpoints) {
   zcrpc::Context context;
   zcrpc::Channel channel(context.connect(endpoints), context.config().channelOptions());
   zcrpc::echo::EchoClient client(channel);
@@ -47,6 +51,27 @@ int runClient(unsigned long calls, unsigned long fails, const std::vector<std::s
       if (e.code() != 7) return 1;
     }
   }
+  // Calls the client gives up on: every other one cancelled, the rest past their deadline.
+  for (unsigned long i = 0; i < giveUps; ++i) {
+    auto req = client.delayRequest();
+    req.params().setMicros(300'000);
+    if (i % 2 == 0) {
+      zcrpc::PendingCall call = req.callAsync();
+      call.cancel();
+      if (call.wait().errorKind() != zcrpc::ErrorKind::kCancelled) return 1;
+    } else {
+      req.setTimeout(std::chrono::milliseconds(20));
+      try {
+        req.call();
+        return 1;
+      } catch (const zcrpc::DeadlineExceeded&) {
+      }
+    }
+  }
+  // A round trip after the cancels: the server has read them (frames arrive in order)
+  // before this client closes. (Over shm a frame sent just before the close may go
+  // unread: the worker marks a connection whose peer hung up as disconnected first.)
+  if (giveUps) channel.ping();
   std::printf("done\n");
   return 0;
 }
@@ -56,8 +81,14 @@ int runClient(unsigned long calls, unsigned long fails, const std::vector<std::s
 int main(int argc, char** argv) {
   if (argc >= 5 && std::strcmp(argv[1], "--client") == 0) {
     try {
+      int first = 4;
+      unsigned long giveUps = 0;
+      if (std::strcmp(argv[4], "--give-up") == 0 && argc >= 7) {
+        giveUps = std::strtoul(argv[5], nullptr, 10);
+        first = 6;
+      }
       return runClient(std::strtoul(argv[2], nullptr, 10), std::strtoul(argv[3], nullptr, 10),
-                       std::vector<std::string>(argv + 4, argv + argc));
+                       giveUps, std::vector<std::string>(argv + first, argv + argc));
     } catch (const std::exception& e) {
       std::fprintf(stderr, "zcrpc-test-server --client: %s\n", e.what());
       return 1;

@@ -363,6 +363,61 @@ class ToolsTest(unittest.TestCase):
             fail = self.echo_row(snap["methods"], 4)
             self.assertEqual(fail["errors"], {"Application": 3})
 
+    def test_stat_counts_calls_given_up_apart_from_failures(self):
+        with Server("shm://" + unique("giveup")) as s:
+            ep = s.endpoints[0]
+            r = run([SERVER, "--client", "5", "1", "--give-up", "2", ep])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            # The deferred delay calls end on the server at their 300 ms, after the cancels.
+            deadline = time.time() + 10
+            while True:
+                r = run([STAT, "--once", "--json", ep])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                delay = [m for m in json.loads(r.stdout)["methods"] if m["name"] == "Echo.delay"]
+                if (delay and delay[0]["cancelled"] == 2) or time.time() > deadline:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(len(delay), 1, r.stdout)
+            self.assertEqual((delay[0]["failures"], delay[0]["cancelled"], delay[0]["expired"]),
+                             (0, 2, 0), "given up (cancelled, or past the deadline) is not a failure")
+            self.assertEqual(delay[0]["errors"], {"Cancelled": 2})
+            fail = [m for m in json.loads(r.stdout)["methods"] if m["name"] == "Echo.fail"][0]
+            self.assertEqual((fail["failures"], fail["cancelled"]), (1, 0))
+            r = run([STAT, "--once", ep])
+            self.assertRegex(r.stdout, r"METHOD\s+CALLS\s+CALLS/S\s+ERRORS\s+CANCEL\s+EXPIRED\s+.*ERRORS BY KIND")
+            self.assertRegex(r.stdout, r"\nEcho\.delay\s+2\s+-\s+0\s+2\s+0\s")
+            self.assertRegex(r.stdout, r"\nEcho\.fail\s+1\s+-\s+1\s+0\s+0\s.*Application:1")
+
+    def test_stat_percentiles_are_per_interval(self):
+        with Server("shm://" + unique("interval")) as s:
+            ep = s.endpoints[0]
+            self.client(ep, 5, 0)
+            p = subprocess.Popen([STAT, "--json", "-n", "2", "-i", "2", ep], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=clean_env())
+            try:
+                first = json.loads(p.stdout.readline())
+                self.client(ep, 20, 0)  # within the interval
+                out, err = p.communicate(timeout=20)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            self.assertEqual(p.returncode, 0, err)
+            second = json.loads(out.splitlines()[0])
+            self.assertNotIn("interval", self.echo_row(first["methods"], 0), "no interval before a second snapshot")
+            echo = self.echo_row(second["methods"], 0)
+            self.assertEqual(echo["calls"], 25)
+            self.assertEqual(echo["latency_ns"]["count"], 25, "cumulative since start")
+            self.assertEqual(echo["interval"]["calls"], 20)
+            self.assertEqual(echo["interval"]["latency_ns"]["count"], 20, "only this interval's calls")
+            self.assertGreater(echo["interval"]["latency_ns"]["p50"], 0)
+            self.assertGreater(echo["interval"]["seconds"], 1.5)
+            r = run([STAT, "-n", "2", "-i", "0.2", ep])
+            self.assertIn("latency over the last 0.2 s", r.stdout)
+            r = run([STAT, "-n", "2", "-i", "0.2", "--cumulative", ep])
+            self.assertNotIn("latency over the last", r.stdout)
+            self.assertIn("latency since the server started", r.stdout)
+
     def test_stat_live_snapshots_rates_and_connections(self):
         with Server("shm://" + unique("live")) as s:
             self.client(s.endpoints[0], 5, 0)
