@@ -215,7 +215,11 @@ class Request final {
 
 /// Client end of one connection: call ids, the window of outstanding calls, deadlines
 /// and cancellation. Cheap; one per thread (see ChannelPool for sharing a service
-/// between threads). Threads: one at a time, and callbacks run on it.
+/// between threads). Threads: one at a time, and callbacks run on it. It may move to
+/// another thread between uses (no request open, no call outstanding; the hand-over
+/// ordered, e.g. by a mutex or a queue); a call from another thread while it has a request
+/// open or calls outstanding throws InvalidArgument saying so (its own, its requests' and
+/// its PendingCalls' entries check the thread).
 class Channel final {
  public:
   explicit Channel(std::unique_ptr<Connection> connection, ChannelOptions options = {});

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "rpc/frames.h"
+#include "rpc/thread_owner.h"
 #include "zcrpc/rpc.h"
 
 namespace zcrpc {
@@ -68,6 +69,16 @@ struct __attribute__((visibility("hidden"))) Channel::Impl final
   Impl(std::unique_ptr<Connection> connection, ChannelOptions options);
   ~Impl();
 
+  /// At every entry of the API (Channel, RawRequest, PendingCall): refuses a call from a
+  /// thread other than the one using the channel, naming `where` (see ThreadOwner).
+  void checkThread(const char* where) {
+    owner_.check(where, [this] {
+      return ThreadOwner::Use{"channel to " + connection_->endpoint(), inProgress()};
+    });
+  }
+  /// What the channel's thread has in progress, for checkThread ("" when nothing).
+  std::string inProgress() const;
+
   /// Opens `msg` for a call due at `deadline`, or when none is given, `timeout` after the
   /// request is sent (or first waits for room).
   void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, std::chrono::nanoseconds timeout,
@@ -126,6 +137,7 @@ struct __attribute__((visibility("hidden"))) Channel::Impl final
   size_t queuedCancels_ = 0;
   std::unique_ptr<ConnectionMetrics> metrics_;
   Tracer* tracer_ = nullptr;
+  ThreadOwner owner_;
 };
 
 // ------------------------------------------------------------------------------------
@@ -134,6 +146,7 @@ struct __attribute__((visibility("hidden"))) Channel::Impl final
 RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
                        uint32_t sizeHintWords, std::string_view methodName)
     : channel_(channel), methodName_(methodName) {
+  channel_.impl_->checkThread("new request");
   channel_.impl_->startMessage(message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
                                channel.impl_->options_.defaultTimeout);
   FrameHeader& h = message_.header();
@@ -147,17 +160,20 @@ RawRequest::~RawRequest() noexcept(false) {
 
 IncomingMessage RawRequest::call() {
   Channel::Impl& channel = *channel_.impl_;
+  channel.checkThread("call()");
   uint64_t id = channel.send(message_, FrameKind::kRequest, {}, methodName_);
   return channel.waitFor(id);
 }
 
 PendingCall RawRequest::callAsync(CallCallback callback) {
+  channel_.impl_->checkThread("callAsync()");
   uint64_t id =
       channel_.impl_->send(message_, FrameKind::kRequest, std::move(callback), methodName_);
   return PendingCall(channel_, id);
 }
 
 void RawRequest::sendOneWay() {
+  channel_.impl_->checkThread("sendOneWay()");
   channel_.impl_->send(message_, FrameKind::kOneWay, {}, methodName_);
 }
 
@@ -165,6 +181,7 @@ void RawRequest::sendOneWay() {
 // PendingCall
 
 bool PendingCall::done() const {
+  if (channel_) channel_->impl_->checkThread("PendingCall::done()");
   auto* slot = channel_ ? channel_->impl_->slotFor(callId_) : nullptr;
   return !slot || slot->state != Channel::Impl::SlotState::kPending;
 }
@@ -172,6 +189,7 @@ bool PendingCall::done() const {
 CallResult PendingCall::wait() {
   if (!channel_) return CallResult(ErrorKind::kFailed, 0, "PendingCall is empty");
   Channel::Impl& channel = *channel_->impl_;
+  channel.checkThread("PendingCall::wait()");
   auto* slot = channel.slotFor(callId_);
   if (slot && slot->state == Channel::Impl::SlotState::kPending) {
     if (slot->callback)
@@ -190,6 +208,7 @@ CallResult PendingCall::wait() {
 void PendingCall::cancel() {
   if (!channel_) return;
   Channel::Impl& channel = *channel_->impl_;
+  channel.checkThread("PendingCall::cancel()");
   auto* slot = channel.slotFor(callId_);
   if (!slot || slot->state != Channel::Impl::SlotState::kPending) return;
   channel.sendCancel(callId_);
@@ -205,8 +224,14 @@ Channel::Channel(std::unique_ptr<Connection> connection, ChannelOptions options)
 
 Channel::~Channel() = default;
 
-size_t Channel::poll() { return impl_->poll(); }
-size_t Channel::pollUntil(Deadline deadline) { return impl_->pollUntil(deadline); }
+size_t Channel::poll() {
+  impl_->checkThread("poll()");
+  return impl_->poll();
+}
+size_t Channel::pollUntil(Deadline deadline) {
+  impl_->checkThread("pollUntil()");
+  return impl_->pollUntil(deadline);
+}
 size_t Channel::outstanding() const noexcept { return impl_->outstanding_; }
 bool Channel::connected() const noexcept { return !impl_->disconnected_; }
 Connection& Channel::connection() noexcept { return *impl_->connection_; }
@@ -215,6 +240,7 @@ const ConnectionMetrics* Channel::metrics() const noexcept { return impl_->metri
 
 std::chrono::nanoseconds Channel::ping(Deadline deadline) {
   Impl& impl = *impl_;
+  impl.checkThread("ping()");
   OutgoingMessage m;
   impl.startMessage(m, 1, {}, deadline);
   m.initRoot<capnp::AnyPointer>();
@@ -247,6 +273,13 @@ Channel::Impl::~Impl() {
   for (uint64_t i = 0; i <= mask_; ++i) slots_[i].result = CallResult();  // leases before connection
   connection_->close();
   if (metrics_) metrics_->markClosed();
+}
+
+std::string Channel::Impl::inProgress() const {
+  if (requestOpen_) return "a request is being built";
+  if (outstanding_)
+    return std::to_string(outstanding_) + (outstanding_ == 1 ? " call" : " calls") + " outstanding";
+  return {};
 }
 
 Channel::Impl::Slot* Channel::Impl::slotFor(uint64_t callId) noexcept {

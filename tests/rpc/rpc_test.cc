@@ -795,6 +795,82 @@ TEST_P(RpcTest, DefaultDeadlineIsTheTimeoutFromNow) {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// A Channel used from a second thread (issue 23 item 5)
+
+/// Runs `fn` on a thread of its own and returns the zcrpc error it threw ("" if none).
+template <typename Fn>
+std::string onAnotherThread(Fn&& fn) {
+  std::string error = "did not throw";
+  std::thread([&] {
+    try {
+      fn();
+    } catch (const Error& e) {
+      error = e.kind() == ErrorKind::kInvalidArgument ? e.what() : "wrong kind: " + std::string(e.what());
+    } catch (const std::exception& e) {
+      error = "not a zcrpc error: " + std::string(e.what());
+    }
+  }).join();  // join orders the other thread's reads after this thread's writes: no race
+  return error;
+}
+
+TEST_P(RpcTest, ASecondThreadIsRefusedWhileTheChannelsThreadHasCallsOutstanding) {
+  auto ch = h().channel();
+  EchoRequest slow(*ch, kTestIface, kSlow, 0);
+  fillSlow(slow.params(), 7, 100ms);
+  PendingCall pending = slow.callAsync();
+  for (auto [where, error] : {
+           std::pair{"poll()", onAnotherThread([&] { ch->poll(); })},
+           std::pair{"pollUntil()", onAnotherThread([&] { ch->pollUntil(deadlineAfter(1ms)); })},
+           std::pair{"new request", onAnotherThread([&] { EchoRequest r(*ch, kTestIface, kEcho, 8); })},
+           std::pair{"PendingCall::wait()", onAnotherThread([&] { (void)pending.wait(); })},
+           std::pair{"PendingCall::cancel()", onAnotherThread([&] { pending.cancel(); })},
+           std::pair{"ping()", onAnotherThread([&] { ch->ping(); })},
+       }) {
+    EXPECT_THAT(error, HasSubstr("channel to ")) << where;
+    EXPECT_THAT(error, HasSubstr(std::string("(") + where + ") while thread ")) << error;
+    EXPECT_THAT(error, HasSubstr("uses it (1 call outstanding)")) << error;
+    EXPECT_THAT(error, HasSubstr("one thread at a time")) << error;
+    EXPECT_THAT(error, HasSubstr("ChannelPool")) << error;
+  }
+  // Nothing was disturbed: the channel's thread gets its answer.
+  CallResult r = pending.wait();
+  ASSERT_TRUE(r.ok()) << r.errorMessage();
+  EXPECT_EQ(r.results<Payload>().getSeq(), 8u);
+  EXPECT_EQ(ch->outstanding(), 0u);
+}
+
+TEST_P(RpcTest, ASecondThreadIsRefusedWhileTheChannelsThreadBuildsARequest) {
+  auto ch = h().channel();
+  EchoRequest open(*ch, kTestIface, kEcho, payloadWords(64));
+  fillPayload(open.params(), 11, 64);
+  // Not "a message is already open": the error names the threads.
+  std::string error = onAnotherThread([&] { EchoRequest r(*ch, kTestIface, kEcho, 8); });
+  EXPECT_THAT(error, HasSubstr("(new request) while thread "));
+  EXPECT_THAT(error, HasSubstr("uses it (a request is being built)"));
+  // A request handed to another thread to send is refused too.
+  error = onAnotherThread([&] { open.call(); });
+  EXPECT_THAT(error, HasSubstr("(call()) while thread "));
+  auto resp = open.call();
+  EXPECT_TRUE(isEcho(resp.results(), 11, 64));
+}
+
+TEST_P(RpcTest, AnIdleChannelMovesBetweenThreads) {
+  auto ch = h().channel();
+  ASSERT_TRUE(syncEcho(*ch, 1000, 64));  // this thread used it first
+  std::string error = onAnotherThread([&] {
+    if (!syncEcho(*ch, 2000, 64)) throw Failed("echo failed on the other thread");
+    EchoRequest req(*ch, kTestIface, kEcho, payloadWords(8));
+    fillPayload(req.params(), 3000, 8);
+    PendingCall p = req.callAsync();
+    CallResult r = p.wait();  // the call ends: the channel is idle again
+    if (!r.ok() || !isEcho(r.results<Payload>(), 3000, 8)) throw Failed("async echo failed");
+  });
+  EXPECT_EQ(error, "did not throw");
+  ASSERT_TRUE(syncEcho(*ch, 4000, 64));  // and back
+  EXPECT_EQ(ch->outstanding(), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, RpcTest,
                          ::testing::Values(Transport::kLoopback, Transport::kShm),
                          [](const auto& info) { return std::string(transportName(info.param)); });
