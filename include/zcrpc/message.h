@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "zcrpc/frame.h"
+#include "zcrpc/wire.h"
 
 namespace zcrpc {
 
@@ -38,14 +39,37 @@ class SegmentSource {
 /// and otherwise from the connection's arena. Built on the stack, filled, then sent with
 /// `Connection::send`; destroying it unsent gives the space back.
 ///
+/// Two builders can write it. `build<T>()` gives zcrpc's generated accessors
+/// (zcrpc/wire.h), which write straight into the transport memory with no per-message arena;
+/// Cap'n Proto's own (`getRoot<T>()`, `initRoot<T>()`, the `...Capnp()` accessors of the
+/// stubs) work as on any capnp::MessageBuilder. Mixing them on one message: zcrpc's builder
+/// first and then Cap'n Proto's hands the message over (Cap'n Proto continues it where zcrpc's
+/// stopped, and zcrpc's builder may not be used again on it; a message that zcrpc's builder
+/// spread over more than its first segment cannot be handed over and throws
+/// InvalidArgument); Cap'n Proto's first and then zcrpc's throws InvalidArgument.
+///
 /// Threads: the thread that started it, which must be the connection's sending thread.
 /// Not movable (Cap'n Proto builders are not).
-class OutgoingMessage final : public capnp::MessageBuilder {
+class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildArena::Source {
  public:
   OutgoingMessage() = default;
   ~OutgoingMessage() noexcept(false) override;
 
   bool isOpen() const noexcept { return source_ != nullptr; }
+
+  /// The root struct, built with zcrpc's accessors (zcrpc::wire::Builder<T>: the generated
+  /// ones where capnpc-zcrpc made them, else Cap'n Proto's own): the root already there, or a
+  /// new one, as getRoot<T>() does. Throws InvalidArgument when the message is not open or
+  /// Cap'n Proto's builder already wrote it (see the class comment).
+  template <typename T>
+  wire::Builder<T> build() {
+    if constexpr (wire::Accessors<T>::kGenerated) {
+      using W = typename wire::Accessors<T>::Wire;
+      return wire::Builder<T>(wireRoot().getStruct(W::kDataWords, W::kPointers, nullptr));
+    } else {
+      return getRoot<T>();
+    }
+  }
 
   /// The frame header in transport memory. Set kind, callId, interfaceId and methodId
   /// before sending; the transport fills the length, segment count and table offset.
@@ -109,14 +133,21 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   /// clearing the field again replaces the reference, as it would replace a copy. Throws
   /// InvalidArgument when the struct has no Data field of that name or is not part of this
   /// message, or when the message is not open.
+  /// `target` may be Cap'n Proto's builder or zcrpc's (OutgoingMessage::build()).
   template <typename StructBuilder>
   void referenceData(StructBuilder target, kj::StringPtr field,
                      kj::ArrayPtr<const kj::byte> bytes) {
-    referenceData(capnp::toAny(target), capnp::Schema::from<capnp::FromBuilder<StructBuilder>>(),
-                  field, bytes);
+    if constexpr (requires { target._wire(); })
+      referenceData(target._wire(), capnp::Schema::from<typename StructBuilder::Builds>(), field,
+                    bytes);
+    else
+      referenceData(capnp::toAny(target),
+                    capnp::Schema::from<capnp::FromBuilder<StructBuilder>>(), field, bytes);
   }
   /// As above, for a struct known by its schema (`schema` must be `target`'s type).
   void referenceData(capnp::AnyStruct::Builder target, capnp::StructSchema schema,
+                     kj::StringPtr field, kj::ArrayPtr<const kj::byte> bytes);
+  void referenceData(const wire::StructBuilder& target, capnp::StructSchema schema,
                      kj::StringPtr field, kj::ArrayPtr<const kj::byte> bytes);
 
   /// Data that referenceData() left in the caller's memory, for the transport to gather:
@@ -160,8 +191,8 @@ class OutgoingMessage final : public capnp::MessageBuilder {
 
   /// The segments to send; a message nobody wrote to becomes one with a null root.
   kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSend() {
-    if (!firstTaken_) getRoot<capnp::AnyPointer>();  // allocates the root pointer's segment
-    return getSegmentsForOutput();
+    if (builder_ == Builder::kWire) [[likely]] return arena_.segmentsForOutput();
+    return segmentsForSendSlow();
   }
 
   // For transports.
@@ -176,10 +207,36 @@ class OutgoingMessage final : public capnp::MessageBuilder {
     roomWaitHook_ = nullptr;
     referenceCount_ = 0;
     gatheredBytes_ = 0;
+    builder_ = Builder::kNone;
+    arena_.reset(*this, first);
   }
   void markSent() noexcept { source_ = nullptr; }
 
  private:
+  /// Which builder writes the message (see the class comment).
+  enum class Builder : uint8_t { kNone, kWire, kCapnp, kHandedOver };
+
+  kj::ArrayPtr<capnp::word> newSegment(uint32_t minWords) override;  // for arena_
+  wire::_::PointerSlot wireRoot() {
+    if (builder_ == Builder::kWire) [[likely]] return arena_.rootSlot();
+    return startWire();
+  }
+  wire::_::PointerSlot startWire();
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segmentsForSendSlow();
+  /// The segments written so far, whichever builder wrote them.
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> builtSegments();
+  /// What both referenceData() overloads share: `pointer` is the Data field's pointer slot
+  /// in `target`'s section, `init(index, size)` sets that field to `size` zeroed bytes.
+  struct StructSections {
+    kj::byte* data;
+    size_t dataBytes;
+    capnp::word* pointers;
+    size_t pointerCount;
+  };
+  template <typename InitData>
+  void referenceDataIn(const StructSections& target, capnp::StructSchema schema,
+                       kj::StringPtr name, kj::ArrayPtr<const kj::byte> bytes, InitData init);
+
   static constexpr auto kLazyDeadline = std::chrono::steady_clock::time_point::min();
   SegmentSource* source_ = nullptr;
   FrameHeader* header_ = nullptr;
@@ -192,7 +249,9 @@ class OutgoingMessage final : public capnp::MessageBuilder {
   TraceContext trace_;
   size_t referenceCount_ = 0;
   uint64_t gatheredBytes_ = 0;
+  Builder builder_ = Builder::kNone;
   Reference references_[kMaxReferences];
+  wire::BuildArena arena_;  // zcrpc's builder's segments (builder_ kWire / kHandedOver)
 };
 
 /// Limits applied to every Cap'n Proto reader over received bytes.
@@ -232,6 +291,7 @@ class IncomingMessage final {
   IncomingMessage(IncomingMessage&& other) noexcept
       : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_) {
     if (other.reader_) [[unlikely]] other.reader_.reset();
+    other.wireReady_ = false;
   }
   IncomingMessage& operator=(IncomingMessage&& other) noexcept {
     if (this != &other) {
@@ -239,6 +299,7 @@ class IncomingMessage final {
       owner_ = std::exchange(other.owner_, nullptr);
       slot_ = other.slot_;
       if (other.reader_) [[unlikely]] other.reader_.reset();
+      other.wireReady_ = false;
     }
     return *this;
   }
@@ -264,6 +325,24 @@ class IncomingMessage final {
   template <typename T>
   typename T::Reader getRoot() {
     return reader().getRoot<T>();
+  }
+
+  /// The root struct read with zcrpc's accessors (zcrpc::wire::Reader<T>: the generated ones
+  /// where capnpc-zcrpc made them, else Cap'n Proto's own), with the connection's
+  /// ReaderLimits. Readers are valid until the lease is released or moved from; they share
+  /// one traversal budget (separate from reader()'s).
+  template <typename T>
+  wire::Reader<T> read() {
+    if constexpr (wire::Accessors<T>::kGenerated)
+      return wire::Reader<T>(wireContext().root());
+    else
+      return getRoot<T>();
+  }
+  /// The state zcrpc's readers of this message share (its segments, the traversal budget).
+  wire::ReadContext& wireContext() {
+    if (!wireReady_) [[unlikely]]
+      initWireContext();
+    return wire_;
   }
 
   void release() noexcept {
@@ -305,10 +384,13 @@ class IncomingMessage final {
   const ParsedFrame& frame() const noexcept { return owner_->leasedFrame(slot_); }
   void releaseHeld() noexcept;
   capnp::MessageReader& makeReader();
+  void initWireContext();
 
   LeaseOwner* owner_ = nullptr;
   uint32_t slot_ = 0;
+  bool wireReady_ = false;  // wire_ reads the held message
   std::optional<FrameReader> reader_;
+  wire::ReadContext wire_;
 };
 
 }  // namespace zcrpc

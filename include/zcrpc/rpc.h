@@ -105,8 +105,14 @@ class CallResult final {
   void throwIfError() const;
   /// The response lease; throws the error if the call failed.
   IncomingMessage& response();
+  /// The results read in place with zcrpc's accessors (IncomingMessage::read()).
   template <typename Results>
-  typename Results::Reader results() {
+  wire::Reader<Results> results() {
+    return response().read<Results>();
+  }
+  /// The results through Cap'n Proto's own reader.
+  template <typename Results>
+  typename Results::Reader resultsCapnp() {
     return response().getRoot<Results>();
   }
 
@@ -180,7 +186,9 @@ class RawRequest final {
   std::string_view methodName_;
 };
 
-/// Typed request, as generated stubs return it.
+/// Typed request, as generated stubs return it. `params()` builds the params in place with
+/// zcrpc's accessors (zcrpc/wire.h), `paramsCapnp()` with Cap'n Proto's own builder; see
+/// OutgoingMessage for using both on one request.
 template <typename Params, typename Results>
 class Request final {
  public:
@@ -188,7 +196,8 @@ class Request final {
           std::string_view methodName = {})
       : raw_(channel, interfaceId, methodId, sizeHintWords, methodName) {}
 
-  typename Params::Builder params() { return raw_.message().getRoot<Params>(); }
+  wire::Builder<Params> params() { return raw_.message().template build<Params>(); }
+  typename Params::Builder paramsCapnp() { return raw_.message().getRoot<Params>(); }
   RawRequest& raw() noexcept { return raw_; }
   void setDeadline(Deadline d) noexcept { raw_.setDeadline(d); }
   void setTimeout(std::chrono::nanoseconds t) { raw_.setTimeout(t); }
@@ -198,7 +207,10 @@ class Request final {
   class Response final {
    public:
     explicit Response(IncomingMessage m) : message_(std::move(m)) {}
-    typename Results::Reader results() { return message_.getRoot<Results>(); }
+    /// With zcrpc's accessors (zcrpc/wire.h).
+    wire::Reader<Results> results() { return message_.template read<Results>(); }
+    /// With Cap'n Proto's own reader.
+    typename Results::Reader resultsCapnp() { return message_.getRoot<Results>(); }
     IncomingMessage& message() noexcept { return message_; }
 
    private:
@@ -354,13 +366,20 @@ class DeferredReply final {
   std::shared_ptr<DeferredState> state_;
 };
 
-/// Typed view of a call for generated service classes.
+/// Typed view of a call for generated service classes. `params()` and `results()` read and
+/// build in place with zcrpc's accessors (zcrpc/wire.h); `paramsCapnp()` and
+/// `resultsCapnp()` with Cap'n Proto's own reader and builder (see OutgoingMessage for
+/// using both builders on one response).
 template <typename Params, typename Results>
 class ServerCall final {
  public:
   explicit ServerCall(CallContext& context) noexcept : context_(context) {}
-  typename Params::Reader params() { return context_.request().getRoot<Params>(); }
-  typename Results::Builder results(uint32_t sizeHintWords = 0) {
+  wire::Reader<Params> params() { return context_.request().template read<Params>(); }
+  wire::Builder<Results> results(uint32_t sizeHintWords = 0) {
+    return context_.response(sizeHintWords).template build<Results>();
+  }
+  typename Params::Reader paramsCapnp() { return context_.request().getRoot<Params>(); }
+  typename Results::Builder resultsCapnp(uint32_t sizeHintWords = 0) {
     return context_.response(sizeHintWords).template getRoot<Results>();
   }
   CallContext& context() noexcept { return context_; }

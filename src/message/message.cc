@@ -17,12 +17,62 @@ kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSi
   if (!source_) throw InvalidArgument("OutgoingMessage used before Connection::tryStartMessage or after send");
   if (!firstTaken_) {
     firstTaken_ = true;
+    if (builder_ == Builder::kWire) {
+      // zcrpc's builder wrote the message so far: Cap'n Proto's continues it in the free
+      // space of the first segment, starting with a copy of the root pointer.
+      auto rest = arena_.handOver(minimumSize);
+      builder_ = Builder::kHandedOver;
+      return rest;
+    }
+    builder_ = Builder::kCapnp;
     if (first_.size() >= minimumSize) return first_;
     // capnp asked for more than the reserved first segment: leave it empty and grow.
     auto more = source_->allocateMore(minimumSize);
     return more;
   }
   return source_->allocateMore(minimumSize);
+}
+
+kj::ArrayPtr<capnp::word> OutgoingMessage::newSegment(uint32_t minWords) {
+  return source_->allocateMore(minWords);
+}
+
+wire::_::PointerSlot OutgoingMessage::startWire() {
+  if (!source_) throw InvalidArgument("OutgoingMessage used before Connection::tryStartMessage or after send");
+  if (builder_ == Builder::kCapnp)
+    throw InvalidArgument(
+        "this message is being built with Cap'n Proto's own builder (getRoot, initRoot or a "
+        "...Capnp() accessor); zcrpc's accessors cannot continue it: keep using Cap'n Proto's");
+  if (builder_ == Builder::kHandedOver)
+    throw InvalidArgument(
+        "this message was handed over to Cap'n Proto's own builder (a ...Capnp() accessor, "
+        "getRoot or initRoot after zcrpc's accessors); keep using Cap'n Proto's");
+  builder_ = Builder::kWire;
+  return arena_.rootSlot();
+}
+
+kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> OutgoingMessage::segmentsForSendSlow() {
+  if (builder_ == Builder::kNone) {
+    // Nobody wrote the message: a null root in the first segment, without Cap'n Proto's
+    // arena.
+    startWire();
+    return arena_.segmentsForOutput();
+  }
+  return builtSegments();
+}
+
+kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> OutgoingMessage::builtSegments() {
+  switch (builder_) {
+    case Builder::kNone:
+      return nullptr;
+    case Builder::kWire:
+      return arena_.segmentsForOutput();
+    case Builder::kCapnp:
+      return getSegmentsForOutput();
+    case Builder::kHandedOver:
+      return arena_.segmentsAfterHandOver(getSegmentsForOutput());
+  }
+  return nullptr;
 }
 
 namespace {
@@ -63,6 +113,30 @@ const DataField& findDataField(capnp::StructSchema schema, kj::StringPtr name, c
 
 void OutgoingMessage::referenceData(capnp::AnyStruct::Builder target, capnp::StructSchema schema,
                                     kj::StringPtr name, kj::ArrayPtr<const kj::byte> bytes) {
+  auto pointers = target.getPointerSection();
+  auto data = target.getDataSection();
+  // A struct's pointer section follows its data section, whole words of it.
+  const StructSections sections{data.begin(), data.size(),
+                                reinterpret_cast<capnp::word*>(data.end()), pointers.size()};
+  referenceDataIn(sections, schema, name, bytes, [&](uint32_t index, capnp::uint size) {
+    return pointers[index].initAs<capnp::Data>(size);
+  });
+}
+
+void OutgoingMessage::referenceData(const wire::StructBuilder& target, capnp::StructSchema schema,
+                                    kj::StringPtr name, kj::ArrayPtr<const kj::byte> bytes) {
+  const StructSections sections{target.dataSection(), target.dataBits() / 8,
+                                target.pointerSection(), target.pointerCount()};
+  wire::StructBuilder builder = target;
+  referenceDataIn(sections, schema, name, bytes, [&](uint32_t index, capnp::uint size) {
+    return builder.pointer(index).initData(size);
+  });
+}
+
+template <typename InitData>
+void OutgoingMessage::referenceDataIn(const StructSections& target, capnp::StructSchema schema,
+                                      kj::StringPtr name, kj::ArrayPtr<const kj::byte> bytes,
+                                      InitData init) {
   // Built only for an error.
   const auto what = [&] {
     return "referenceData(" + std::string(name.cStr()) + ") on " +
@@ -76,20 +150,18 @@ void OutgoingMessage::referenceData(capnp::AnyStruct::Builder target, capnp::Str
   const uint32_t index = field.pointerIndex;
   const uint16_t discriminant = field.discriminant;
   const uint64_t discriminantAt = field.discriminantAt;
-  auto pointers = target.getPointerSection();
-  auto data = target.getDataSection();
-  if (index >= pointers.size() ||
-      (discriminant != capnp::schema::Field::NO_DISCRIMINANT && discriminantAt + 2 > data.size()))
+  if (index >= target.pointerCount ||
+      (discriminant != capnp::schema::Field::NO_DISCRIMINANT &&
+       discriminantAt + 2 > target.dataBytes))
     throw InvalidArgument(what() + ": the struct given is not of that type");
-  // A struct's pointer section follows its data section, whole words of it.
-  capnp::word* pointer = reinterpret_cast<capnp::word*>(data.end()) + index;
+  capnp::word* pointer = target.pointers + index;
   bool inMessage = false;
-  for (auto segment : getSegmentsForOutput())
+  for (auto segment : builtSegments())
     inMessage = inMessage || (pointer >= segment.begin() && pointer < segment.end());
   if (!inMessage) throw InvalidArgument(what() + ": the struct is not part of this message");
 
   if (discriminant != capnp::schema::Field::NO_DISCRIMINANT)
-    std::memcpy(data.begin() + discriminantAt, &discriminant,
+    std::memcpy(target.data + discriminantAt, &discriminant,
                 sizeof discriminant);  // little-endian
   // An earlier reference for this field is replaced.
   size_t slot = 0;
@@ -97,16 +169,25 @@ void OutgoingMessage::referenceData(capnp::AnyStruct::Builder target, capnp::Str
   if (slot < referenceCount_) references_[slot] = references_[--referenceCount_];
   const auto size = static_cast<capnp::uint>(bytes.size());
   if (bytes.size() < source_->gathersFromBytes() || referenceCount_ == kMaxReferences) {
-    auto copy = pointers[index].initAs<capnp::Data>(size);
+    auto copy = init(index, size);
     if (size) std::memcpy(copy.begin(), bytes.begin(), size);
     return;
   }
   // An empty Data until send(), whose pointer tells the transport that the field was not
   // set again meanwhile (a later value wins, as it would over a copy).
-  pointers[index].initAs<capnp::Data>(0);
+  init(index, 0);
   uint64_t placeholder;
   std::memcpy(&placeholder, static_cast<const void*>(pointer), sizeof placeholder);
   references_[referenceCount_++] = {pointer, placeholder, bytes};
+}
+
+void IncomingMessage::initWireContext() {
+  if (!owner_) throw InvalidArgument("IncomingMessage has no message (released or moved from)");
+  const ParsedFrame& f = frame();
+  const ReaderLimits& l = owner_->readerLimits();
+  wire_.reset(f.segments.data(), static_cast<uint32_t>(f.segmentCount), l.traversalLimitWords,
+              l.nestingLimit);
+  wireReady_ = true;
 }
 
 capnp::MessageReader& IncomingMessage::makeReader() {
@@ -158,6 +239,7 @@ void IncomingMessage::moveToHeap() {
 
 void IncomingMessage::releaseHeld() noexcept {
   reader_.reset();
+  wireReady_ = false;
   std::exchange(owner_, nullptr)->releaseLease(slot_);
 }
 

@@ -220,7 +220,9 @@ void ServerConnection::dispatch(IncomingMessage& msg) {
       }
       OutgoingMessage& out = startResponse(ctx.response_, 1);
       if (!out.isOpen()) return;
-      out.getRoot<capnp::AnyPointer>();  // an untouched response is an empty message
+      // An untouched response goes as an empty message (segmentsForSend() gives it a null
+      // root). Asking Cap'n Proto's builder for the root here would take the message over
+      // from zcrpc's builder, which the handler may have used.
       out.header().kind = static_cast<uint8_t>(FrameKind::kResponse);
       out.header().callId = callId;
       // The request is released after the answer is sent (by pump()), not before: the
@@ -327,7 +329,6 @@ size_t ServerConnection::processMail() {
     try {
       startResponse(out, 0);
       c.fill(*out);
-      out->getRoot<capnp::AnyPointer>();
       out->header().kind = static_cast<uint8_t>(FrameKind::kResponse);
       out->header().callId = c.state->callId;
       const Status sent = sendAnswer(*out);

@@ -24,7 +24,7 @@ using common::Point;
 // ------------------------------------------------------------------------------------
 // Service implementations
 
-void greetInto(common::Greeter::GreetResults::Builder results, capnp::Text::Reader name,
+void greetInto(wire::Builder<common::Greeter::GreetResults> results, capnp::Text::Reader name,
                const char* who) {
   results.setGreeting(std::string("hello ") + name.cStr() + " from " + who);
 }
@@ -34,14 +34,14 @@ class DerivedImpl final : public DerivedService {
   std::atomic<int> nothingCalls{0};
 
   void mirror(MirrorCall& call) override {
-    Point::Reader in = call.params();
-    Point::Builder out = call.results();
+    wire::Reader<Point> in = call.params();
+    wire::Builder<Point> out = call.results();
     out.setX(-in.getX());
     out.setY(-in.getY());
   }
   void scale(ScaleCall& call) override {
-    Point::Reader in = call.params();
-    Scaled::Builder out = call.results();
+    wire::Reader<Point> in = call.params();
+    wire::Builder<Scaled> out = call.results();
     out.setFactor(3);
     out.initPoint().setX(in.getX() * 3);
     out.getPoint().setY(in.getY() * 3);

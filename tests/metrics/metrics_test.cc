@@ -548,7 +548,7 @@ TEST(StatsEndpoint, AdminClientReadsTheServersCounters) {
   EXPECT_EQ(r.getConnectionsOpened(), 2u);
   ASSERT_EQ(r.getConnections().size(), 2u);
 
-  std::map<uint16_t, admin::MethodStats::Reader> totals;
+  std::map<uint16_t, wire::Reader<admin::MethodStats>> totals;
   for (auto m : r.getMethods())
     if (m.getInterfaceId() == kEchoIface) totals.emplace(m.getMethodId(), m);
   ASSERT_EQ(totals.count(kEcho), 1u);

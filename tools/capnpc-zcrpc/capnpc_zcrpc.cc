@@ -38,21 +38,11 @@
 #include <unordered_set>
 #include <vector>
 
+#include "accessors.h"
+#include "schema_index.h"
+
 namespace zcrpc::codegen {
 namespace {
-
-namespace schema = capnp::schema;
-
-constexpr uint64_t kNamespaceAnnotationId = 0xb9c6f99ebf805f2cull;  // $Cxx.namespace
-constexpr uint64_t kNameAnnotationId = 0xf264a779fef191ceull;       // $Cxx.name
-constexpr uint64_t kStreamResultId = 0x995f9a3377c0b16eull;         // capnp/stream.capnp
-
-/// A schema the generated code cannot express. The message is complete (file and
-/// interface included) and is printed after "capnpc-zcrpc: ".
-class SchemaRefused final : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 /// C++20 keywords, and names that are macros in standard headers (NULL, assert, errno).
 /// A method whose C++ name is one of these gets a trailing '_' as its service handler,
@@ -101,55 +91,8 @@ bool isServiceMemberName(std::string_view name) {
   return name == "dispatch" || name == "interfaceIds" || name == "methodName";
 }
 
-std::string toTitleCase(std::string_view name) {
-  std::string out(name);
-  if (!out.empty() && out[0] >= 'a' && out[0] <= 'z')
-    out[0] = static_cast<char>(out[0] - 'a' + 'A');
-  return out;
-}
-
-std::string hexId(uint64_t id) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%016" PRIx64 "ull", id);
-  return buf;
-}
-
-template <typename Proto>
-std::optional<std::string> annotationText(Proto proto, uint64_t annotationId) {
-  for (auto annotation : proto.getAnnotations()) {
-    if (annotation.getId() == annotationId && annotation.getValue().isText())
-      return std::string(annotation.getValue().getText().cStr());
-  }
-  return std::nullopt;
-}
-
-/// The name capnpc-c++ gives a method or member: `$Cxx.name` if present, else the
-/// schema name.
-template <typename Proto>
-std::string cppProtoName(Proto proto) {
-  if (auto annotated = annotationText(proto, kNameAnnotationId)) return *annotated;
-  return proto.getName().cStr();
-}
-
-/// Writes `text` as `///` comment lines indented by `indent`.
-void writeDocComment(std::ostream& out, std::string_view indent, std::string_view text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
-  if (text.empty()) return;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    std::string_view line = text.substr(start, end - start);
-    while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.remove_suffix(1);
-    // A trailing backslash would splice the next line (maybe code) into the comment.
-    out << indent << "///" << (line.empty() ? "" : " ") << line << (line.ends_with('\\') ? "." : "")
-        << '\n';
-    start = end + 1;
-  }
-}
-
 // ------------------------------------------------------------------------------------
-// The schema: every node of the request by id, and how capnpc-c++ names them.
+// The interfaces' methods.
 
 /// One method as the stubs see it: the interface that declares it (own or a base).
 struct MethodInfo {
@@ -166,102 +109,6 @@ struct MethodInfo {
   std::string fullName;
 };
 
-/// Read-only index over a CodeGeneratorRequest. Lives as long as the request's reader.
-class SchemaIndex final {
- public:
-  explicit SchemaIndex(schema::CodeGeneratorRequest::Reader request) {
-    for (auto node : request.getNodes()) nodes_.emplace(node.getId(), node);
-    for (auto info : request.getSourceInfo()) sourceInfo_.emplace(info.getId(), info);
-  }
-
-  /// The node `id`; throws SchemaRefused naming `context` when the request lacks it.
-  schema::Node::Reader node(uint64_t id, std::string_view context) const {
-    auto it = nodes_.find(id);
-    if (it == nodes_.end())
-      throw SchemaRefused(std::string(context) + ": the request has no schema node " + hexId(id));
-    return it->second;
-  }
-
-  std::string docComment(uint64_t id) const {
-    auto it = sourceInfo_.find(id);
-    return it == sourceInfo_.end() ? std::string() : it->second.getDocComment().cStr();
-  }
-  std::string memberDocComment(uint64_t id, uint32_t index) const {
-    auto it = sourceInfo_.find(id);
-    if (it == sourceInfo_.end() || index >= it->second.getMembers().size()) return {};
-    return it->second.getMembers()[index].getDocComment().cStr();
-  }
-
-  /// The file node that (transitively) contains node `id`.
-  schema::Node::Reader fileOf(uint64_t id) const {
-    schema::Node::Reader n = node(id, "scope lookup");
-    for (int depth = 0; !n.isFile(); ++depth) {
-      if (n.getScopeId() == 0 || depth > 1000)
-        throw SchemaRefused(std::string(n.getDisplayName().cStr()) +
-                            ": node has no enclosing file (an implicit method parameter struct?)");
-      n = node(n.getScopeId(), n.getDisplayName().cStr());
-    }
-    return n;
-  }
-
-  /// The node's name as written in its file: "Outer.Inner" (display name after the ':').
-  static std::string schemaName(schema::Node::Reader n) {
-    std::string_view display = n.getDisplayName().cStr();
-    size_t colon = display.find(':');
-    return std::string(colon == std::string_view::npos ? display : display.substr(colon + 1));
-  }
-
-  /// The C++ names of the scopes from the file down to `id` (inclusive), as capnpc-c++
-  /// spells them: nested-node names, `$Cxx.name` overrides, TitleCased group fields.
-  std::vector<std::string> cppScopePath(uint64_t id) const {
-    std::vector<std::string> path;
-    schema::Node::Reader n = node(id, "scope lookup");
-    for (int depth = 0; !n.isFile(); ++depth) {
-      if (n.getScopeId() == 0 || depth > 1000)
-        throw SchemaRefused(std::string(n.getDisplayName().cStr()) +
-                            ": node has no enclosing file");
-      schema::Node::Reader parent = node(n.getScopeId(), n.getDisplayName().cStr());
-      path.push_back(unqualifiedCppName(n, parent));
-      n = parent;
-    }
-    std::reverse(path.begin(), path.end());
-    return path;
-  }
-
-  /// "::ns::Outer::Inner": the fully qualified C++ name capnpc-c++ gives node `id`.
-  std::string cppFullName(uint64_t id) const {
-    std::string out = cppNamespacePrefix(fileOf(id));
-    for (const std::string& part : cppScopePath(id)) out += "::" + part;
-    return out;
-  }
-
-  /// "::ns" for a file with `$Cxx.namespace("ns")`, "" for one without.
-  static std::string cppNamespacePrefix(schema::Node::Reader file) {
-    auto ns = annotationText(file, kNamespaceAnnotationId);
-    if (!ns) return {};
-    std::string_view text = *ns;
-    if (text.starts_with("::")) text.remove_prefix(2);
-    return "::" + std::string(text);
-  }
-
- private:
-  static std::string unqualifiedCppName(schema::Node::Reader n, schema::Node::Reader parent) {
-    if (auto annotated = annotationText(n, kNameAnnotationId)) return *annotated;
-    for (auto nested : parent.getNestedNodes())
-      if (nested.getId() == n.getId()) return nested.getName().cStr();
-    if (parent.isStruct()) {
-      for (auto field : parent.getStruct().getFields())
-        if (field.isGroup() && field.getGroup().getTypeId() == n.getId())
-          return toTitleCase(cppProtoName(field));
-    }
-    throw SchemaRefused(std::string(n.getDisplayName().cStr()) +
-                        ": its scope does not list it as a nested node");
-  }
-
-  std::unordered_map<uint64_t, schema::Node::Reader> nodes_;
-  std::unordered_map<uint64_t, schema::Node::SourceInfo::Reader> sourceInfo_;
-};
-
 // ------------------------------------------------------------------------------------
 // One requested file → one header.
 
@@ -273,7 +120,8 @@ class FileGenerator final {
       : index_(index),
         requested_(file),
         fileName_(file.getFilename().cStr()),
-        fileNode_(index.node(file.getId(), file.getFilename().cStr())) {}
+        fileNode_(index.node(file.getId(), file.getFilename().cStr())),
+        accessors_(index, file) {}
 
   /// The header text; throws SchemaRefused (all problems, one per line) if refused.
   std::string generate() {
@@ -377,9 +225,7 @@ class FileGenerator final {
     if (file.getId() == fileNode_.getId()) return;
     for (auto import : requested_.getImports()) {
       if (import.getId() == file.getId()) {
-        std::string_view name = import.getName().cStr();
-        includes_.insert(name.starts_with("/") ? "<" + std::string(name.substr(1)) + ".h>"
-                                               : "\"" + std::string(name) + ".h\"");
+        includes_.insert(includeFor(import.getName().cStr()));
         return;
       }
     }
@@ -411,10 +257,12 @@ class FileGenerator final {
       // Implicit `(a :A, b :B)` list: capnpc-c++ nests it in the interface as
       // `<MethodTitleCase>Params` / `Results`.
       noteUse(iface.getId());
+      accessors_.addRoot(structId);
       return index_.cppFullName(iface.getId()) + "::" + toTitleCase(cppProtoName(method)) +
              (role == "params" ? "Params" : "Results");
     }
     noteUse(structId);
+    accessors_.addRoot(structId);
     return index_.cppFullName(structId);
   }
 
@@ -674,12 +522,19 @@ class FileGenerator final {
         << "//   * the methods of every interface `Foo` extends (transitively) are members too,\n"
         << "//     sent with the base's interface id; FooService answers those ids as well;\n"
         << "//   * params/results are the structs capnpc-c++ generates: `Foo::BarParams` /\n"
-        << "//     `Foo::BarResults` for `bar @0 (...) -> (...)`, or the named struct types.\n"
+        << "//     `Foo::BarResults` for `bar @0 (...) -> (...)`, or the named struct types;\n"
+        << "//   * `FooService::BarCall::params()` and `results()`, `FooClient::BarRequest::params()`\n"
+        << "//     and its response's `results()` are zcrpc's own accessors of those structs\n"
+        << "//     (zcrpc::wire::Reader<T> / Builder<T>, below), with capnpc-c++'s method names;\n"
+        << "//     `paramsCapnp()` / `resultsCapnp()` give capnpc-c++'s Reader and Builder.\n"
         << "#pragma once\n\n"
         << "#include <cstdint>\n#include <span>\n#include <string_view>\n\n"
-        << "#include <zcrpc/rpc.h>\n\n"
+        << "#include <zcrpc/rpc.h>\n#include <zcrpc/wire.h>\n\n"
         << "#include \"" << base << ".h\"\n";
-    for (const std::string& inc : includes_) out << "#include " << inc << "\n";
+    std::set<std::string> includes = includes_;
+    includes.merge(accessors_.includes());
+    for (const std::string& inc : includes) out << "#include " << inc << "\n";
+    accessors_.write(out);
     std::string ns = SchemaIndex::cppNamespacePrefix(fileNode_);
     if (!ns.empty()) out << "\nnamespace " << ns.substr(2) << " {\n";
   }
@@ -698,6 +553,7 @@ class FileGenerator final {
   std::set<std::string> includes_;
   std::vector<std::string> problems_;
   bool generatedAny_ = false;
+  AccessorWriter accessors_;  // the structs' wire accessors (accessors.cc)
 };
 
 /// Writes `text` to `path` (relative to the working directory, which capnp sets to the

@@ -369,7 +369,7 @@ int main(int argc, char** argv) {
       double sinceLast = n == 0 ? 0 : std::chrono::duration<double>(now - last).count();
       last = now;
       if (clear) fmt::print("\033[H\033[2J");
-      printer.print(resp.results(), sinceLast);
+      printer.print(resp.resultsCapnp(), sinceLast);
     } catch (const zcrpc::Unimplemented& e) {
       fmt::print(stderr, "zcrpc-stat: the server does not serve stats (Server::enableStats()): {}\n", e.what());
       return 1;
