@@ -303,7 +303,11 @@ class StructReader {
     return mask;
   }
   _::PointerRef pointer(uint32_t index) const noexcept {
-    return {ctx_, index < pointerCount_ ? pointers_ + index : nullptr, segBegin_, segEnd_, nesting_};
+    // A pointer the struct does not have reads as null, with no nesting used up (as libcapnp's
+    // default PointerReader): its default value, if any, is read in full.
+    if (index >= pointerCount_) [[unlikely]]
+      return {ctx_, nullptr, segBegin_, segEnd_, INT32_MAX};
+    return {ctx_, pointers_ + index, segBegin_, segEnd_, nesting_};
   }
   /// libcapnp's hasX(): false for a null pointer; a far pointer is followed (and checked).
   bool hasPointer(uint32_t index) const { return pointer(index).isSet(); }

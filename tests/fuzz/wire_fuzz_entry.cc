@@ -43,17 +43,17 @@ void readMessage(const uint8_t* data, size_t size, WireFuzzOutcome& out, bool ab
     words[i] = at + 1 < size ? static_cast<uint32_t>(data[at] | (data[at + 1] << 8)) : 0;
   at = std::min(at, size);
   // Each segment in its own exactly sized buffer, so ASan sees any read past one.
-  std::vector<std::vector<capnp::word>> buffers(count);
+  std::vector<std::vector<uint64_t>> buffers(count);
   std::vector<kj::ArrayPtr<const capnp::word>> segments(count);
   for (uint32_t i = 0; i < count; ++i) {
     const size_t left = size - at;
     size_t bytes = i + 1 < count ? std::min<size_t>(size_t{words[i]} * 8, left) : left;
     const size_t segmentWords = (bytes + 7) / 8;
-    buffers[i].resize(segmentWords);
-    std::memset(static_cast<void*>(buffers[i].data()), 0, segmentWords * 8);
+    buffers[i].resize(segmentWords);  // zeroed
     if (bytes) std::memcpy(static_cast<void*>(buffers[i].data()), data + at, bytes);
     at += bytes;
-    segments[i] = kj::ArrayPtr<const capnp::word>(buffers[i].data(), segmentWords);
+    segments[i] = kj::ArrayPtr<const capnp::word>(
+        reinterpret_cast<const capnp::word*>(buffers[i].data()), segmentWords);
   }
   report(out, wiretest::compareAll(kj::arrayPtr(segments.data(), segments.size()), limits),
          abortOnMismatch);
@@ -86,7 +86,7 @@ void buildMessage(const uint8_t* data, size_t size, WireFuzzOutcome& out, bool a
   }
   Comparison c;
   if (theirsThrew != oursThrew) {
-    c.fail("build", theirsThrew ? "only libcapnp's builder threw (" + whyTheirs + ")"
+    c.fail(wiretest::Path{nullptr, "build"}, theirsThrew ? "only libcapnp's builder threw (" + whyTheirs + ")"
                                 : "only zcrpc's builder threw (" + whyOurs + ")");
     report(out, c, abortOnMismatch);
     return;
@@ -101,10 +101,10 @@ void buildMessage(const uint8_t* data, size_t size, WireFuzzOutcome& out, bool a
     auto a = capnp::canonicalize(theirs.getRoot<AllTypes>().asReader());
     auto b = capnp::canonicalize(oursRead.getRoot<AllTypes>());
     if (a.size() != b.size() || std::memcmp(a.begin(), b.begin(), a.size() * 8) != 0)
-      c.fail("build", "the messages differ in canonical form (" + std::to_string(a.size()) +
+      c.fail(wiretest::Path{nullptr, "build"}, "the messages differ in canonical form (" + std::to_string(a.size()) +
                           " vs " + std::to_string(b.size()) + " words)");
   } catch (const kj::Exception& e) {
-    c.fail("build", std::string("libcapnp cannot read zcrpc's message: ") +
+    c.fail(wiretest::Path{nullptr, "build"}, std::string("libcapnp cannot read zcrpc's message: ") +
                         e.getDescription().cStr());
   }
   report(out, c, abortOnMismatch);
