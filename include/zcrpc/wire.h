@@ -92,8 +92,11 @@ inline uint32_t structDataWords(uint64_t w) noexcept { return static_cast<uint16
 inline uint32_t structPointers(uint64_t w) noexcept { return static_cast<uint16_t>(w >> 48); }
 inline uint32_t listElementSize(uint64_t w) noexcept { return static_cast<uint32_t>(w >> 32) & 7; }
 inline uint32_t listCount(uint64_t w) noexcept { return static_cast<uint32_t>(w >> 35); }
-/// The element count an inline-composite list's tag word holds in its offset field.
-inline uint32_t tagCount(uint64_t w) noexcept { return static_cast<uint32_t>(w) >> 2; }
+/// The element count an inline-composite list's tag word holds in its offset field: 29
+/// bits, as libcapnp reads it (the offset field's top bit is ignored).
+inline uint32_t tagCount(uint64_t w) noexcept {
+  return (static_cast<uint32_t>(w) >> 2) & ((uint32_t{1} << 29) - 1);
+}
 inline bool isCapability(uint64_t w) noexcept { return static_cast<uint32_t>(w) == kOther; }
 
 inline constexpr uint32_t kDataBits[8] = {0, 1, 8, 16, 32, 64, 0, 0};
@@ -223,7 +226,8 @@ struct MaskOf<double> {
 /// Threads: one at a time, like the readers that share it.
 class ReadContext final {
  public:
-  ReadContext() = default;
+  /// Meaningless until reset(): an IncomingMessage holds one per message, set up only when read.
+  ReadContext() noexcept {}
   ReadContext(const ReadContext&) = delete;
   ReadContext& operator=(const ReadContext&) = delete;
 
@@ -262,11 +266,11 @@ class ReadContext final {
   StructReader root();
 
  private:
-  const kj::ArrayPtr<const Word>* segments_ = nullptr;
-  uint32_t segmentCount_ = 0;
-  int nestingLimit_ = 64;
-  uint64_t budget_ = 0;
-  const BuildArena* arena_ = nullptr;
+  const kj::ArrayPtr<const Word>* segments_;
+  uint32_t segmentCount_;
+  int nestingLimit_;
+  uint64_t budget_;
+  const BuildArena* arena_;
 };
 
 /// Untyped view of one struct being read; generated Readers wrap one. Default-constructed,
@@ -538,7 +542,9 @@ class BuildArena final {
     ~Source() = default;
   };
 
-  BuildArena() = default;
+  /// Meaningless until reset() (an OutgoingMessage is made per call: nothing is initialised
+  /// twice).
+  BuildArena() noexcept {}
   BuildArena(const BuildArena&) = delete;
   BuildArena& operator=(const BuildArena&) = delete;
 
@@ -560,9 +566,20 @@ class BuildArena final {
       start();
     return {this, 0, segBegin(0)};
   }
+  /// Starts the message: the first segment and the root pointer in it.
+  void start() {
+    kj::ArrayPtr<Word> first = first_;
+    if (first.size() == 0) [[unlikely]]
+      first = source_->newSegment(1);
+    used_.at[0] = kj::ArrayPtr<const Word>(first.begin(), 1);  // the root pointer
+    capacity_[0] = static_cast<uint32_t>(first.size());
+    count_ = 1;
+    withSpace_ = 0;
+    readView_.resetForArena(*this);
+  }
   /// The segments as they are filled so far, for sending.
   kj::ArrayPtr<const kj::ArrayPtr<const Word>> segmentsForOutput() const noexcept {
-    return kj::arrayPtr(used_, count_);
+    return kj::arrayPtr(used_.at, count_);
   }
   /// Hands the message over to another builder (libcapnp's, through OutgoingMessage), which
   /// continues it in the first segment's free space: returns that space, whose first word is
@@ -577,35 +594,39 @@ class BuildArena final {
 
   /// `words` zeroed words in segment `seg`, or nullptr when it has no such room left.
   Word* tryAllocate(uint32_t seg, uint32_t words) noexcept {
-    const size_t used = used_[seg].size();
+    const size_t used = used_.at[seg].size();
     if (used + words > capacity_[seg]) return nullptr;
-    Word* at = const_cast<Word*>(used_[seg].begin()) + used;
-    used_[seg] = kj::ArrayPtr<const Word>(used_[seg].begin(), used + words);
+    Word* at = const_cast<Word*>(used_.at[seg].begin()) + used;
+    used_.at[seg] = kj::ArrayPtr<const Word>(used_.at[seg].begin(), used + words);
     return at;
   }
   /// `words` zeroed words anywhere: in the segment that last had room, else in a new one.
   /// Returns them and sets `seg` to their segment.
   Word* allocateAnywhere(uint32_t words, uint32_t& seg);
 
-  Word* segBegin(uint32_t seg) const noexcept { return const_cast<Word*>(used_[seg].begin()); }
+  Word* segBegin(uint32_t seg) const noexcept { return const_cast<Word*>(used_.at[seg].begin()); }
   /// A segment's whole capacity (readers of the message being built bound-check to it).
   kj::ArrayPtr<const Word> capacityOf(uint32_t seg) const noexcept {
-    return kj::ArrayPtr<const Word>(used_[seg].begin(), capacity_[seg]);
+    return kj::ArrayPtr<const Word>(used_.at[seg].begin(), capacity_[seg]);
   }
   /// The context readers of this message (Builder::asReader()) share: no budget.
   ReadContext& readContext() noexcept { return readView_; }
 
  private:
-  void start();
+  /// The segments' used parts, left uninitialised until used (no constructor runs on them).
+  union Segments {
+    Segments() noexcept {}
+    kj::ArrayPtr<const Word> at[kMaxSegments];
+  };
 
-  Source* source_ = nullptr;
+  Source* source_;
   kj::ArrayPtr<Word> first_;
-  uint32_t count_ = 0;
-  uint32_t withSpace_ = 0;
-  uint32_t handedAt_ = 0;  // after handOver(): where the other builder's first segment starts
-  bool frozen_ = false;    // handed over
+  uint32_t count_;
+  uint32_t withSpace_;
+  uint32_t handedAt_;  // after handOver(): where the other builder's first segment starts
+  bool frozen_;        // handed over
   // Not initialised until used: an OutgoingMessage is built per call.
-  kj::ArrayPtr<const Word> used_[kMaxSegments];
+  Segments used_;
   uint32_t capacity_[kMaxSegments];
   ReadContext readView_;
 };
@@ -770,6 +791,7 @@ inline StructBuilder PointerSlot::initStruct(uint32_t dataWords, uint32_t pointe
 inline StructBuilder PointerSlot::getStruct(uint32_t dataWords, uint32_t pointers,
                                             const DefaultValue* def) {
   const uint64_t w = load(ref);
+  if (w == 0 && def == nullptr) return initStruct(dataWords, pointers);
   if (w != 0 && kindOf(w) == kStruct && structDataWords(w) >= dataWords &&
       structPointers(w) >= pointers) [[likely]] {
     Word* at = ref + 1 + offsetOf(w);

@@ -576,16 +576,6 @@ void PointerSlot::clear() {
 
 }  // namespace _
 
-void BuildArena::start() {
-  kj::ArrayPtr<Word> first = first_;
-  if (first.size() == 0) first = source_->newSegment(1);
-  used_[0] = kj::ArrayPtr<const Word>(first.begin(), 1);  // the root pointer
-  capacity_[0] = static_cast<uint32_t>(first.size());
-  count_ = 1;
-  withSpace_ = 0;
-  readView_.resetForArena(*this);
-}
-
 namespace {
 
 /// The pointer word `w`, lying at word `from` of a segment, re-aimed to lie at word `to` of
@@ -606,7 +596,7 @@ kj::ArrayPtr<Word> BuildArena::handOver(uint32_t minWords) {
         "zcrpc's builder spread this message over " + std::to_string(count_) +
         " segments, and Cap'n Proto's builder cannot continue such a message: take Cap'n "
         "Proto's builder (getRoot, initRoot, ...Capnp()) before zcrpc's, or only one of them");
-  const uint32_t used = static_cast<uint32_t>(used_[0].size());
+  const uint32_t used = static_cast<uint32_t>(used_.at[0].size());
   const uint32_t free = capacity_[0] - used;
   if (free < std::max(minWords, 1u))
     throw InvalidArgument(
@@ -628,13 +618,13 @@ kj::ArrayPtr<const kj::ArrayPtr<const Word>> BuildArena::segmentsAfterHandOver(
                           " segments, the most a zcrpc frame carries");
   Word* first = segBegin(0);
   _::store(first, reaim(_::load(first + handedAt_), handedAt_, 0));
-  used_[0] = kj::ArrayPtr<const Word>(first, handedAt_ + theirs[0].size());
+  used_.at[0] = kj::ArrayPtr<const Word>(first, handedAt_ + theirs[0].size());
   for (size_t i = 1; i < theirs.size(); ++i) {
-    used_[i] = theirs[i];
+    used_.at[i] = theirs[i];
     capacity_[i] = static_cast<uint32_t>(theirs[i].size());
   }
   count_ = static_cast<uint32_t>(theirs.size());
-  return kj::arrayPtr(used_, count_);
+  return kj::arrayPtr(used_.at, count_);
 }
 
 Word* BuildArena::allocateAnywhere(uint32_t words, uint32_t& seg) {
@@ -653,7 +643,7 @@ Word* BuildArena::allocateAnywhere(uint32_t words, uint32_t& seg) {
   if (more.size() < words)
     throw InvalidArgument("the transport gave a segment smaller than the message asked for");
   seg = count_++;
-  used_[seg] = kj::ArrayPtr<const Word>(more.begin(), words);
+  used_.at[seg] = kj::ArrayPtr<const Word>(more.begin(), words);
   capacity_[seg] = static_cast<uint32_t>(std::min<size_t>(more.size(), UINT32_MAX));
   withSpace_ = seg;
   return more.begin();

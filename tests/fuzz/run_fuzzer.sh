@@ -11,5 +11,6 @@ mkdir -p "$work/corpus" "$work/artifacts"
 for seed in "$seeds"/*; do  # refresh the seeds, keep what earlier runs found
   cp "$seed" "$work/corpus/"
 done
+# libFuzzer exits with 77 on a finding by default, which meson counts as a skipped test.
 exec "$fuzzer" -artifact_prefix="$work/artifacts/" -print_final_stats=1 -timeout=10 \
-  "$@" "$work/corpus"
+  -error_exitcode=1 -timeout_exitcode=1 "$@" "$work/corpus"
