@@ -9,7 +9,10 @@
 //   valgrind --tool=callgrind --collect-atstart=no metrics_cost --callgrind CALLS
 //     Instructions: the same calls with blocking waits (no spinning to count), client
 //     and server, each mode collected in its own window and dumped as "metrics off" /
-//     "metrics on"; divide each dump's total Ir by CALLS.
+//     "metrics on" / "capnp accessors" (metrics off, both ends reading and building the
+//     params and results through Cap'n Proto's own accessors, paramsCapnp() and
+//     resultsCapnp(), instead of zcrpc's generated ones); divide each dump's total Ir by
+//     CALLS.
 #include <valgrind/callgrind.h>
 
 #include <algorithm>
@@ -33,7 +36,8 @@ struct Setup {
   std::unique_ptr<Server> server;
   std::unique_ptr<Channel> channel;
 
-  Setup(bool metrics, WaitMode wait) {
+  Setup(bool metrics, WaitMode wait, bool capnpAccessors = false) {
+    impl.capnpAccessors = capnpAccessors;
     ServerOptions so;
     so.metrics = metrics;
     so.idleMode = wait;
@@ -62,6 +66,15 @@ inline void call(Channel& ch) {
   req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
   auto resp = req.call();
   if (resp.results().getData().size() != sizeof kData) std::abort();
+}
+
+// The same call through Cap'n Proto's own builder and reader.
+inline void callCapnp(Channel& ch) {
+  echo::EchoClient client(ch);
+  auto req = client.echoRequest(16);
+  req.paramsCapnp().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
+  auto resp = req.call();
+  if (resp.resultsCapnp().getData().size() != sizeof kData) std::abort();
 }
 
 double percentile(std::vector<double>& v, double q) {
@@ -101,16 +114,19 @@ int latency(size_t calls, size_t blocks) {
 }
 
 int instructions(size_t calls) {
-  for (int mode = 0; mode < 2; ++mode) {
-    Setup s(mode == 1, WaitMode::kBlocking);
-    for (size_t i = 0; i < 2000; ++i) call(*s.channel);  // first-use allocations, caches
+  static const char* const kDumps[] = {"metrics off", "metrics on", "capnp accessors"};
+  for (int mode = 0; mode < 3; ++mode) {
+    const bool capnp = mode == 2;
+    Setup s(mode == 1, WaitMode::kBlocking, capnp);
+    auto one = capnp ? callCapnp : call;
+    for (size_t i = 0; i < 2000; ++i) one(*s.channel);  // first-use allocations, caches
     CALLGRIND_ZERO_STATS;
     CALLGRIND_TOGGLE_COLLECT;
-    for (size_t i = 0; i < calls; ++i) call(*s.channel);
+    for (size_t i = 0; i < calls; ++i) one(*s.channel);
     CALLGRIND_TOGGLE_COLLECT;
-    CALLGRIND_DUMP_STATS_AT(mode ? "metrics on" : "metrics off");
+    CALLGRIND_DUMP_STATS_AT(kDumps[mode]);
   }
-  std::printf("dumped 'metrics off' and 'metrics on' (%zu calls each)\n", calls);
+  std::printf("dumped 'metrics off', 'metrics on' and 'capnp accessors' (%zu calls each)\n", calls);
   return 0;
 }
 
