@@ -20,9 +20,10 @@ enum class FrameKind : uint8_t {
   kCancel = 5,
   kPing = 6,
   kPong = 7,
-  kData = 8,  ///< a plain message from the transport API (no RPC meaning)
+  kData = 8,     ///< a plain message from the transport API (no RPC meaning)
+  kRelease = 9,  ///< capability releases only (a `releases` extension record, null root)
 };
-inline constexpr uint8_t kMaxFrameKind = 8;
+inline constexpr uint8_t kMaxFrameKind = 9;
 
 /// Fixed frame header, exactly as it lies in transport memory (little-endian; zcrpc only
 /// builds for little-endian hosts). Fields are plain integers: the peer is not trusted, so
@@ -30,7 +31,7 @@ inline constexpr uint8_t kMaxFrameKind = 8;
 struct FrameHeader {
   uint32_t frameBytes;   ///< whole frame: header + inline segments + segment table
   uint8_t kind;          ///< FrameKind
-  uint8_t flags;         ///< kFlagTraced or 0
+  uint8_t flags;         ///< kFlagTraced | kFlagExtended, or 0
   uint16_t segmentCount; ///< 1..kMaxSegments
   uint64_t callId;
   uint64_t interfaceId;  ///< Cap'n Proto type id of the interface
@@ -50,8 +51,61 @@ static_assert(sizeof(SegmentEntry) == 8);
 
 inline constexpr uint32_t kArenaBit = 0x8000'0000u;
 
-/// Frame flag: a TraceContext follows the segment table (and ends the frame).
+/// Frame flag: a TraceContext follows the segment table (and ends the frame, unless the
+/// frame is kFlagExtended too).
 inline constexpr uint8_t kFlagTraced = 1;
+/// Frame flag: an extension area follows the segment table (and the TraceContext when
+/// kFlagTraced) and ends the frame: a sequence of records, each an ExtensionHeader and its
+/// payload (see docs/wire-format.md).
+inline constexpr uint8_t kFlagExtended = 2;
+
+/// Header of one record of a frame's extension area. `bytes` counts the header too; it is
+/// a multiple of 8 and at least 8; the records fill the area exactly.
+struct ExtensionHeader {
+  uint16_t type;      ///< an ExtensionType; the RPC layer ignores types it does not know
+  uint16_t reserved;  ///< must be 0
+  uint32_t bytes;
+};
+static_assert(sizeof(ExtensionHeader) == 8);
+
+/// Types of extension records. Their payloads (little-endian, after the 8-byte header):
+namespace extension {
+/// `u32 exportId, u32 0`: the call goes to export `exportId` of the receiver instead of
+/// its bootstrap services.
+inline constexpr uint16_t kTarget = 1;
+/// `u32 count, u32 0`, then count x `{u32 id; u8 kind; u8[3] 0}` (CapDescriptor): the
+/// capabilities the message's Cap'n Proto capability pointers index, in order.
+inline constexpr uint16_t kCapTable = 2;
+/// `u32 count, u32 0`, then count x `{u32 exportId; u32 refs}`: the sender drops `refs`
+/// references to each of the receiver's exports.
+inline constexpr uint16_t kReleases = 3;
+/// Reserved: W3C trace context (issue 23).
+inline constexpr uint16_t kTraceParent = 4;
+/// Reserved: per-call metadata (issue 23).
+inline constexpr uint16_t kMetadata = 5;
+}  // namespace extension
+
+/// CapDescriptor kinds in a kCapTable record.
+enum class CapKind : uint8_t {
+  kNone = 0,            ///< a null capability
+  kSenderHosted = 1,    ///< an export of the sender (`id` is its export id)
+  kReceiverHosted = 2,  ///< an export of the receiver, handed back (`id` is that export id)
+};
+
+/// Records per extension area, at most.
+inline constexpr size_t kMaxExtensionRecords = 8;
+/// Bytes of an extension area, at most (parseFrame refuses a larger one). A transport may
+/// carry less (Connection::maxExtensionBytes()).
+inline constexpr size_t kMaxExtensionBytes = 16 << 10;
+
+/// Where one record of a received frame's extension area lies: a private copy of its
+/// header's fields, validated by checkFrame(). `offset` counts from the start of the
+/// extension area (ParsedFrame::extensionArea) to the record's header.
+struct ExtensionRecord {
+  uint16_t type = 0;
+  uint32_t offset = 0;
+  uint32_t bytes = 0;  ///< the record's, header included
+};
 
 /// Distributed-tracing context carried by a frame (W3C-style ids; 0 = none).
 struct TraceContext {
@@ -81,6 +135,13 @@ struct ParsedFrame {
   size_t segmentCount = 0;
   size_t payloadBytes = 0;  ///< sum of segment sizes
   TraceContext trace;       ///< from the frame, when it is kFlagTraced
+  /// The extension area (kFlagExtended), in the memory given to parseFrame: its records'
+  /// payloads are read from there, so whoever reads one copies it once, validates the
+  /// copy and uses only that. Empty when the frame has none.
+  const std::byte* extensionArea = nullptr;
+  uint32_t extensionBytes = 0;
+  uint32_t extensionCount = 0;
+  std::array<ExtensionRecord, kMaxExtensionRecords> extensions;
   /// Segments in order, ready for capnp::SegmentArrayMessageReader.
   std::array<kj::ArrayPtr<const capnp::word>, kMaxSegments> segments;
   FrameRefusal refusal;  ///< why checkFrame() refused the frame (only then)

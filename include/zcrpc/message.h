@@ -81,6 +81,14 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   void setTrace(TraceContext trace) noexcept { trace_ = trace; }
   const TraceContext& trace() const noexcept { return trace_; }
 
+  /// The frame's extension area (kFlagExtended), which send() appends after the segment
+  /// table and trace context: whole records (ExtensionHeader, payload), at most
+  /// kMaxExtensionRecords of them and Connection::maxExtensionBytes() in all (send()
+  /// throws InvalidArgument beyond). Borrowed until send() returns. None by default; for
+  /// the RPC layer, which gives its records their meaning.
+  void setExtensions(kj::ArrayPtr<const capnp::word> records) noexcept { extensions_ = records; }
+  kj::ArrayPtr<const capnp::word> extensions() const noexcept { return extensions_; }
+
   /// Bounds on waiting for room while this message is built and sent (a segment or
   /// referenced data that needs more of the peer's unreleased memory): until the build
   /// deadline, and each wait at most the build wait; past either the allocation throws
@@ -209,6 +217,7 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
     gatheredBytes_ = 0;
     builder_ = Builder::kNone;
     arena_.reset(*this, first);
+    extensions_ = nullptr;
   }
   void markSent() noexcept { source_ = nullptr; }
 
@@ -247,6 +256,7 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   kj::ArrayPtr<capnp::word> first_;
   bool firstTaken_ = false;
   TraceContext trace_;
+  kj::ArrayPtr<const capnp::word> extensions_;
   size_t referenceCount_ = 0;
   uint64_t gatheredBytes_ = 0;
   Builder builder_ = Builder::kNone;
@@ -314,6 +324,17 @@ class IncomingMessage final {
   size_t segmentCount() const noexcept { return frame().segmentCount; }
   /// The sender's trace context (traceId 0 when the frame carried none).
   const TraceContext& trace() const noexcept { return frame().trace; }
+  /// The records of the frame's extension area (validated copies of their headers).
+  std::span<const ExtensionRecord> extensions() const noexcept {
+    const ParsedFrame& f = frame();
+    return {f.extensions.data(), f.extensionCount};
+  }
+  /// The bytes of record `r` (one of extensions()), header included, where they lie in
+  /// transport memory: the peer may still be writing them, so copy them out once and use
+  /// only the copy.
+  std::span<const std::byte> extensionBytes(const ExtensionRecord& r) const noexcept {
+    return {frame().extensionArea + r.offset, r.bytes};
+  }
 
   /// The Cap'n Proto reader over the segments in place. Readers obtained from it are valid
   /// until the lease is released or moved from.

@@ -160,6 +160,9 @@ class Connection {
   virtual uint32_t maxLeases() const noexcept = 0;
   /// Who the peer is (see PeerIdentity); constant once the connection exists. Any thread.
   virtual const PeerIdentity& peer() const noexcept;
+  /// The largest extension area (OutgoingMessage::setExtensions) a message sent here may
+  /// carry; at most kMaxExtensionBytes.
+  virtual uint32_t maxExtensionBytes() const noexcept { return kMaxExtensionBytes; }
 };
 
 /// Accepts connections on one endpoint. Threads: one at a time.

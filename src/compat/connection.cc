@@ -220,6 +220,9 @@ Status CapnpConnection::send(OutgoingMessage& msg, bool flushNow) {
   }
   Status s = Status::kDisconnected;
   KJ_DEFER(msg.markSent());  // the frame's memory goes with `frame`, sent or not
+  if (msg.extensions().size() != 0) [[unlikely]]
+    throw InvalidArgument("connection " + endpoint_ +
+                          " cannot carry zcrpc frame extension records (capabilities) yet");
   if (!broken_ && !closed_.load()) {
     scope.enter();
     s = sendFrame(msg);

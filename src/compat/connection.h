@@ -70,6 +70,9 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
   std::string endpoint() const override { return endpoint_; }
   uint64_t maxMessageBytes() const noexcept override { return options_.connection.maxMessageBytes; }
   uint32_t maxLeases() const noexcept override { return options_.connection.maxLeases; }
+  /// zcrpc's frame extension records (capability tables, targets, releases) are not
+  /// translated to rpc.capnp yet: none can be sent (send() refuses a message with any).
+  uint32_t maxExtensionBytes() const noexcept override { return 0; }
 
  protected:
   /// One call's hold on the connection: the lock that serialises calls, and (enter()) the

@@ -26,6 +26,12 @@ enum Rule : uint8_t {
   kMessageTooLarge,
   kOutsideArena,
   kInlineOverlap,
+  // Extension area (kFlagExtended); checked between kTableNotAtEnd and the segments.
+  kExtensionEmpty,
+  kExtensionTooLarge,
+  kExtensionTooManyRecords,
+  kExtensionRecordReserved,
+  kExtensionRecordSize,
 };
 
 // Out of line and cold: the data path pays for a refusal only when there is one.
@@ -34,6 +40,34 @@ enum Rule : uint8_t {
                                          uint64_t limit = 0) noexcept {
   out.refusal = FrameRefusal{rule, static_cast<uint32_t>(segment), value, available, limit};
   return false;
+}
+
+/// The extension area of `areaBytes` bytes at `area`: each record header copied out once,
+/// validated, and its copy put in `out.extensions`.
+[[gnu::noinline]] bool checkExtensions(const std::byte* area, uint64_t areaBytes,
+                                       uint64_t available, ParsedFrame& out) noexcept {
+  if (areaBytes == 0) return refuse(out, kExtensionEmpty, available);
+  if (areaBytes > kMaxExtensionBytes)
+    return refuse(out, kExtensionTooLarge, available, 0, areaBytes, kMaxExtensionBytes);
+  uint64_t at = 0;
+  uint32_t n = 0;
+  while (at < areaBytes) {
+    if (n == kMaxExtensionRecords)
+      return refuse(out, kExtensionTooManyRecords, available, n, at, kMaxExtensionRecords);
+    ExtensionHeader r;
+    std::memcpy(&r, area + at, sizeof r);  // areaBytes is a multiple of 8: a whole header
+    if (r.reserved != 0) return refuse(out, kExtensionRecordReserved, available, n, r.reserved);
+    const uint64_t recordBytes = r.bytes;
+    if (recordBytes < sizeof r || recordBytes % 8 != 0 || recordBytes > areaBytes - at)
+      return refuse(out, kExtensionRecordSize, available, n, recordBytes, areaBytes - at);
+    out.extensions[n++] = ExtensionRecord{r.type, static_cast<uint32_t>(at),
+                                          static_cast<uint32_t>(recordBytes)};
+    at += recordBytes;
+  }
+  out.extensionArea = area;
+  out.extensionBytes = static_cast<uint32_t>(areaBytes);
+  out.extensionCount = n;
+  return true;
 }
 
 }  // namespace
@@ -51,7 +85,7 @@ bool checkFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
   if (frameBytes > available) return refuse(out, kLengthBeyondBytes, available);
   if (frameBytes % 8 != 0) return refuse(out, kLengthNotWords, available);
   if (h.kind == 0 || h.kind > kMaxFrameKind) return refuse(out, kUnknownKind, available);
-  if (h.flags & ~kFlagTraced) return refuse(out, kUnknownFlags, available);
+  if (h.flags & ~(kFlagTraced | kFlagExtended)) return refuse(out, kUnknownFlags, available);
   const uint64_t traceBytes = (h.flags & kFlagTraced) ? sizeof(TraceContext) : 0;
   if (h.reserved != 0) return refuse(out, kReservedSet, available);
   const size_t count = h.segmentCount;
@@ -59,11 +93,20 @@ bool checkFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
   const uint64_t tableOffset = h.tableOffset;
   if (tableOffset < kFrameHeaderBytes || tableOffset % 8 != 0)
     return refuse(out, kTableMisplaced, available);
-  if (tableOffset + count * sizeof(SegmentEntry) + traceBytes != frameBytes)
-    return refuse(out, kTableNotAtEnd, available);
+  const uint64_t tableEnd = tableOffset + count * sizeof(SegmentEntry) + traceBytes;
+  out.extensionArea = nullptr;
+  out.extensionBytes = 0;
+  out.extensionCount = 0;
+  if (!(h.flags & kFlagExtended)) [[likely]] {
+    if (tableEnd != frameBytes) return refuse(out, kTableNotAtEnd, available);
+  } else {
+    if (tableEnd > frameBytes) return refuse(out, kTableNotAtEnd, available);
+    if (!checkExtensions(bytes.data() + tableEnd, frameBytes - tableEnd, available, out))
+      return false;
+  }
   out.trace = TraceContext{};
   if (traceBytes)
-    std::memcpy(&out.trace, bytes.data() + frameBytes - traceBytes, sizeof out.trace);
+    std::memcpy(&out.trace, bytes.data() + tableEnd - traceBytes, sizeof out.trace);
 
   const auto* base = reinterpret_cast<const capnp::word*>(bytes.data());
   const auto* arena = reinterpret_cast<const capnp::word*>(limits.arena.data());
@@ -134,8 +177,22 @@ std::string frameRefusalReason(const ParsedFrame& refused) {
       return "segment table offset " + std::to_string(h.tableOffset) + " is misplaced";
     case kTableNotAtEnd:
       return "segment table of " + std::to_string(h.segmentCount) + " entries at offset " +
-             std::to_string(h.tableOffset) + " does not end the " + std::to_string(frameBytes) +
-             "-byte frame" + ((h.flags & kFlagTraced) ? " (before its trace context)" : "");
+             std::to_string(h.tableOffset) +
+             ((h.flags & kFlagExtended) ? " passes the end of the " : " does not end the ") +
+             std::to_string(frameBytes) + "-byte frame" +
+             ((h.flags & kFlagTraced) ? " (before its trace context)" : "");
+    case kExtensionEmpty: return "frame is marked extended but has no extension records";
+    case kExtensionTooLarge:
+      return "extension area of " + std::to_string(r.value) + " bytes exceeds the maximum " +
+             std::to_string(r.limit);
+    case kExtensionTooManyRecords:
+      return "extension area has more than " + std::to_string(r.limit) + " records";
+    case kExtensionRecordReserved:
+      return "extension record " + i + " has a non-zero reserved field";
+    case kExtensionRecordSize:
+      return "extension record " + i + " claims " + std::to_string(r.value) +
+             " bytes (at least 8, a multiple of 8, at most the " + std::to_string(r.limit) +
+             " left in the area)";
     case kFirstSegmentEmpty: return "first segment is empty";
     case kEmptySegmentOutOfRange: return "empty segment " + i + " has a location out of range";
     case kMessageTooLarge:

@@ -206,13 +206,18 @@ namespace {
 class HeapLease final : public LeaseOwner {
  public:
   HeapLease(const ParsedFrame& frame, const ReaderLimits& limits)
-      : frame_(frame), limits_(limits), words_(kj::heapArray<capnp::word>(frame.payloadBytes / 8)) {
+      : frame_(frame), limits_(limits),
+        words_(kj::heapArray<capnp::word>((frame.payloadBytes + frame.extensionBytes) / 8)) {
     capnp::word* at = words_.begin();
     for (size_t i = 0; i < frame_.segmentCount; ++i) {
       const auto& seg = frame.segments[i];
       if (seg.size()) std::memcpy(at, seg.begin(), seg.size() * sizeof(capnp::word));
       frame_.segments[i] = kj::ArrayPtr<const capnp::word>(at, seg.size());
       at += seg.size();
+    }
+    if (frame.extensionBytes) {  // the records' offsets stay valid: the area is copied whole
+      std::memcpy(at, frame.extensionArea, frame.extensionBytes);
+      frame_.extensionArea = reinterpret_cast<const std::byte*>(at);
     }
   }
   const ParsedFrame& leasedFrame(uint32_t) const noexcept override { return frame_; }

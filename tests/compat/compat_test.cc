@@ -1050,6 +1050,33 @@ TEST_P(ZcrpcClient, CapabilityInResultsIsUnimplementedAndTheChannelGoesOn) {
   thread.join();
 }
 
+TEST_P(ZcrpcClient, ExtensionRecordsAreRefusedByNameAndTheConnectionStaysUsable) {
+  // zcrpc's frame extension records (capabilities) are not translated to rpc.capnp: a
+  // message with any is refused before it is sent, rather than sent without them.
+  ZcrpcEchoServer server(unix());
+  Channel channel(connectTo(server.endpoint()));
+  EXPECT_EQ(channel.connection().maxExtensionBytes(), 0u);
+  echo::EchoClient echo(channel);
+  // One record: a `target` header {type 1, 0, 16 bytes} and its payload (export 0).
+  capnp::word words[2] = {};
+  const ExtensionHeader h{extension::kTarget, 0, 16};
+  std::memcpy(static_cast<void*>(&words[0]), &h, sizeof h);
+  {
+    auto req = echo.echoRequest();
+    req.params().setData(pattern(8, 1));
+    req.raw().message().setExtensions(kj::arrayPtr(words, 2));
+    try {
+      req.call();
+      FAIL() << "a request with extension records was sent";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("extension records"), std::string::npos) << e.what();
+    }
+  }
+  auto req = echo.echoRequest();
+  req.params().setData(pattern(64, 5));
+  EXPECT_EQ(req.call().results().getData().size(), 64u);
+}
+
 // ---------------------------------------------------------------------------------------
 // Bad input from a raw socket: the listener closes what breaks the rules, with the reason
 // in refusals(), and goes on serving honest clients.

@@ -673,8 +673,9 @@ TEST_P(Conformance, MalformedFramesAreRefused) {
     SCOPED_TRACE("a header claiming just above the maximum");
     auto g = transport().injectGarbage(o);
     // Above what any transport allows a frame beyond its segments (tcp: table, trace
-    // context and up to 32 x 56 bytes of blob padding, 2,096 bytes).
-    g->write(headerOnly(static_cast<uint32_t>(o.maxMessageBytes + kFrameHeaderBytes + 4096)));
+    // context, an extension area of 16 KiB and up to 32 x 56 bytes of blob padding).
+    g->write(headerOnly(static_cast<uint32_t>(o.maxMessageBytes + kFrameHeaderBytes +
+                                              kMaxExtensionBytes + 4096)));
     expectRefused(*g, "exceeds the maximum message size");
   }
   {
@@ -884,6 +885,115 @@ TEST_P(Conformance, LeasesAreReleasedInAnyOrder) {
     held[i].release();
   }
   EXPECT_TRUE(receivePayload(*p.server, 8, 2008));
+}
+
+/// An extension area of `records` records (1 .. bytes / 8) filling `bytes` bytes (whole
+/// words): record r has type 100 + r and payload words (seed << 32 | word index).
+std::vector<capnp::word> extensionArea(size_t bytes, size_t records, uint64_t seed) {
+  std::vector<capnp::word> area(bytes / 8);
+  auto* words = reinterpret_cast<uint64_t*>(area.data());
+  size_t at = 0;
+  for (size_t r = 0; r < records; ++r) {
+    const size_t recordWords = r + 1 < records ? 1 + (area.size() - records) / records
+                                               : area.size() - at;
+    const ExtensionHeader h{static_cast<uint16_t>(100 + r), 0,
+                            static_cast<uint32_t>(recordWords * 8)};
+    std::memcpy(&words[at], &h, sizeof h);
+    for (size_t w = 1; w < recordWords; ++w) words[at + w] = seed << 32 | (at + w);
+    at += recordWords;
+  }
+  return area;
+}
+
+TEST_P(Conformance, ExtensionAreasArriveWithTheirMessage) {
+  // The default buffers, and the smallest (4 KiB: the area may not fit after the table
+  // in the send buffer, and the ring carries less).
+  auto small = options();
+  small.ringBytes = 4096;
+  for (const ConnectionOptions& o : {options(), small}) {
+  SCOPED_TRACE(::testing::Message() << "ring/buffer of " << o.ringBytes << " bytes");
+  auto p = connectPair(o);
+  const uint32_t most = p.client->maxExtensionBytes();
+  ASSERT_GE(most, 64u);
+  ASSERT_LE(most, kMaxExtensionBytes);
+  struct Case {
+    size_t bytes, records, payload;
+    bool traced;
+  };
+  // Small and large areas; with a trace context; with small, multi-segment and large
+  // messages (whose segments may lie in an arena or a buffer of their own).
+  const std::vector<Case> cases = {{8, 1, 0, false},     {24, 2, 100, true},
+                                   {most, 8, 10, false}, {most, 3, 200000, true},
+                                   {64, 1, 3000, false}, {most / 2, 5, 0, true}};
+  uint64_t seq = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << c.bytes << " bytes in " << c.records << " records, "
+                                      << c.payload << " bytes of payload");
+    const size_t records = std::min(c.records, c.bytes / 8);  // a record takes a word at least
+    const auto area = extensionArea(c.bytes, records, ++seq);
+    {
+      OutgoingMessage m;
+      ASSERT_EQ(p.client->startMessage(m, 4, deadlineAfter(5s)), Status::kOk);
+      auto root = m.initRoot<bench::Payload>();
+      root.setSeq(seq);
+      std::vector<uint8_t> data(c.payload);
+      fillPattern(data.data(), data.size(), seq);
+      root.setData(capnp::Data::Reader(data.data(), data.size()));
+      if (c.traced) m.setTrace({seq, seq + 1});
+      m.setExtensions(kj::arrayPtr(area.data(), area.size()));
+      ASSERT_EQ(p.client->send(m), Status::kOk);
+    }
+    IncomingMessage in;
+    ASSERT_EQ(p.server->receive(in, deadlineAfter(10s)), Status::kOk) << p.server->lastError();
+    EXPECT_EQ(in.getRoot<bench::Payload>().getSeq(), seq);
+    EXPECT_EQ(in.getRoot<bench::Payload>().getData().size(), c.payload);
+    EXPECT_EQ(in.trace().traceId, c.traced ? seq : 0);
+    ASSERT_EQ(in.extensions().size(), records);
+    size_t at = 0;
+    for (size_t r = 0; r < records; ++r) {
+      const ExtensionRecord& rec = in.extensions()[r];
+      EXPECT_EQ(rec.type, 100 + r);
+      EXPECT_EQ(rec.offset, at);
+      auto bytes = in.extensionBytes(rec);
+      ASSERT_EQ(bytes.size(), rec.bytes);
+      EXPECT_EQ(std::memcmp(bytes.data(), reinterpret_cast<const std::byte*>(area.data()) + at,
+                            rec.bytes),
+                0);
+      at += rec.bytes;
+    }
+    EXPECT_EQ(at, c.bytes);
+    // A heap copy keeps its records.
+    in.moveToHeap();
+    ASSERT_EQ(in.extensions().size(), records);
+    EXPECT_EQ(std::memcmp(in.extensionBytes(in.extensions()[0]).data(), area.data(),
+                          in.extensions()[0].bytes),
+              0);
+  }
+  }
+}
+
+TEST_P(Conformance, AnExtensionAreaBeyondTheTransportsLimitIsRefusedByName) {
+  auto p = connectPair();
+  const auto area = extensionArea(p.client->maxExtensionBytes() + 8, 1, 1);
+  {
+    OutgoingMessage m;
+    ASSERT_EQ(p.client->startMessage(m, 4, deadlineAfter(5s)), Status::kOk);
+    m.initRoot<bench::Payload>().setSeq(1);
+    m.setExtensions(kj::arrayPtr(area.data(), area.size()));
+    EXPECT_THROW(
+        {
+          try {
+            (void)p.client->send(m);
+          } catch (const InvalidArgument& e) {
+            EXPECT_THAT(e.what(), ::testing::HasSubstr("extension area"));
+            throw;
+          }
+        },
+        InvalidArgument);
+  }
+  // The message was dropped unsent; the connection goes on.
+  ASSERT_EQ(sendPayload(*p.client, 2, 100, deadlineAfter(5s)), Status::kOk);
+  EXPECT_TRUE(receivePayload(*p.server, 2, 100));
 }
 
 TEST_P(Conformance, AMessageMovedToTheHeapGivesItsSpaceBack) {

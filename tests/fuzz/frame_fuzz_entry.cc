@@ -66,14 +66,34 @@ void checkAccepted(std::span<const std::byte> bytes, const FrameLimits& limits,
   if (std::memcmp(&raw, &f.header, sizeof raw) != 0) broken("header copy differs from the input");
   const FrameHeader& h = f.header;
   if (h.frameBytes > bytes.size() || h.frameBytes % 8 != 0) broken("frame length out of bounds");
-  if (h.kind == 0 || h.kind > kMaxFrameKind || (h.flags & ~kFlagTraced) != 0 || h.reserved != 0)
+  if (h.kind == 0 || h.kind > kMaxFrameKind || (h.flags & ~(kFlagTraced | kFlagExtended)) != 0 ||
+      h.reserved != 0)
     broken("bad kind, flags or reserved field accepted");
   const size_t traceBytes = (h.flags & kFlagTraced) ? sizeof(TraceContext) : 0;
   if (f.segmentCount != h.segmentCount || f.segmentCount == 0 || f.segmentCount > kMaxSegments)
     broken("segment count", std::to_string(f.segmentCount));
+  const size_t tableEnd = frameBytesWithTable(h.tableOffset, f.segmentCount) + traceBytes;
   if (h.tableOffset < kFrameHeaderBytes || h.tableOffset % 8 != 0 ||
-      frameBytesWithTable(h.tableOffset, f.segmentCount) + traceBytes != h.frameBytes)
+      tableEnd + f.extensionBytes != h.frameBytes)
     broken("segment table placement");
+  // The extension area: present exactly when flagged, ends the frame, and its records
+  // (copies of their headers) tile it with valid sizes.
+  if (((h.flags & kFlagExtended) != 0) != (f.extensionBytes != 0) ||
+      (f.extensionBytes && f.extensionArea != bytes.data() + tableEnd) ||
+      f.extensionBytes > kMaxExtensionBytes || f.extensionCount > kMaxExtensionRecords ||
+      (f.extensionBytes != 0) != (f.extensionCount != 0))
+    broken("extension area placement");
+  uint64_t at = 0;
+  for (uint32_t r = 0; r < f.extensionCount; ++r) {
+    const ExtensionRecord& rec = f.extensions[r];
+    ExtensionHeader raw;
+    std::memcpy(&raw, f.extensionArea + rec.offset, sizeof raw);
+    if (rec.offset != at || rec.bytes < sizeof raw || rec.bytes % 8 != 0 ||
+        rec.bytes != raw.bytes || rec.type != raw.type || raw.reserved != 0)
+      broken("extension record", std::to_string(r));
+    at += rec.bytes;
+  }
+  if (at != f.extensionBytes) broken("extension records do not fill the area");
   if (f.segments[0].size() == 0) broken("empty first segment accepted");
 
   const std::span<const std::byte> inlineArea =

@@ -68,6 +68,36 @@ Bytes encode(FrameKind kind, capnp::MessageBuilder& msg, const std::vector<Place
   return encode(kind, msg.getSegmentsForOutput(), p);
 }
 
+/// One extension record: header and payload words.
+Bytes record(uint16_t type, std::vector<uint64_t> payload, uint32_t claimedBytes = 0) {
+  zcrpc::ExtensionHeader r{type, 0, static_cast<uint32_t>(8 + payload.size() * 8)};
+  if (claimedBytes) r.bytes = claimedBytes;
+  Bytes b(sizeof r);
+  std::memcpy(b.data(), &r, sizeof r);
+  auto* p = reinterpret_cast<const uint8_t*>(payload.data());
+  b.insert(b.end(), p, p + payload.size() * 8);
+  return b;
+}
+
+/// `frame` (no arena after it) with an extension area of `records` appended, flagged
+/// extended, and traced with a trace context before it when `traced`.
+Bytes extended(Bytes frame, const std::vector<Bytes>& records, bool traced = false) {
+  FrameHeader h;
+  std::memcpy(&h, frame.data(), sizeof h);
+  frame.resize(h.frameBytes);
+  if (traced) {
+    const zcrpc::TraceContext t{0x1111222233334444, 0x5555666677778888};
+    auto* p = reinterpret_cast<const uint8_t*>(&t);
+    frame.insert(frame.end(), p, p + sizeof t);
+    h.flags |= zcrpc::kFlagTraced;
+  }
+  for (const Bytes& r : records) frame.insert(frame.end(), r.begin(), r.end());
+  h.flags |= zcrpc::kFlagExtended;
+  h.frameBytes = static_cast<uint32_t>(frame.size());
+  std::memcpy(frame.data(), &h, sizeof h);
+  return frame;
+}
+
 template <typename T>
 Bytes patched(Bytes b, size_t offset, T value) {
   std::memcpy(b.data() + offset, &value, sizeof value);
@@ -189,6 +219,50 @@ int main(int argc, char** argv) {
     write("arena-all-segments", encode(FrameKind::kResponse, multi, all));
   }
 
+  {
+    // Extension areas (the capability records of the RPC layer; docs/wire-format.md).
+    namespace ext = zcrpc::extension;
+    const uint64_t sender = 1ull << 32, receiver = 2ull << 32;  // {u32 id; u8 kind; ...}
+    write("ok-extended-target", extended(okSmall, {record(ext::kTarget, {7})}));
+    write("ok-extended-traced-captable-releases",
+          extended(okSmall,
+                   {record(ext::kCapTable, {3, 5 | sender, 0, 9 | receiver}),
+                    record(ext::kReleases, {1, uint64_t{4} << 32 | 5})},
+                   /*traced=*/true));
+    write("ok-extended-unknown-type", extended(okSmall, {record(0x7777, {1, 2, 3})}));
+    capnp::MallocMessageBuilder null;
+    null.getRoot<capnp::AnyPointer>();
+    write("ok-release-frame",
+          extended(encode(FrameKind::kRelease, null),
+                   {record(ext::kReleases, {2, uint64_t{1} << 32 | 3, uint64_t{2} << 32 | 8})}));
+    std::vector<Bytes> eight(zcrpc::kMaxExtensionRecords, record(ext::kMetadata, {}));
+    write("ok-extended-most-records", extended(okSmall, eight));
+
+    write("bad-extension-area-empty", extended(okSmall, {}));
+    std::vector<Bytes> nine(zcrpc::kMaxExtensionRecords + 1, record(ext::kMetadata, {}));
+    write("bad-extension-too-many-records", extended(okSmall, nine));
+    write("bad-extension-area-too-large",
+          extended(okSmall, {record(ext::kCapTable,
+                                    std::vector<uint64_t>(zcrpc::kMaxExtensionBytes / 8))}));
+    write("bad-extension-record-shorter-than-header", extended(okSmall, {record(ext::kTarget, {7}, 4)}));
+    write("bad-extension-record-not-words",
+          extended(okSmall, {record(ext::kTarget, {7}, 12)}));
+    write("bad-extension-record-beyond-area",
+          extended(okSmall, {record(ext::kTarget, {7}, 24)}));
+    write("bad-extension-second-record-garbage",
+          extended(okSmall, {record(ext::kTarget, {7}, 8), Bytes{1, 2, 3, 4, 5, 6, 7, 8}}));
+    {
+      Bytes r = record(ext::kTarget, {7});
+      r[2] = 1;  // reserved
+      write("bad-extension-record-reserved", extended(okSmall, {r}));
+    }
+    // The table must still lie before the area: a table that runs past the frame's end.
+    Bytes b = extended(okSmall, {record(ext::kTarget, {7})});
+    write("bad-extended-table-past-end",
+          patched<uint32_t>(b, offsetof(FrameHeader, tableOffset),
+                            static_cast<uint32_t>(b.size() - 8)));
+  }
+
   // ---- refused: each breaks one rule ----
   write("bad-shorter-than-header", Bytes(okSmall.begin(), okSmall.begin() + 24));
   write("bad-length-exceeds-input",
@@ -205,6 +279,7 @@ int main(int argc, char** argv) {
   write("bad-kind-unknown",
         patched<uint8_t>(okSmall, offsetof(FrameHeader, kind), zcrpc::kMaxFrameKind + 1));
   write("bad-flags", patched<uint8_t>(okSmall, offsetof(FrameHeader, flags), 1));
+  write("bad-flags-unknown-bit", patched<uint8_t>(okSmall, offsetof(FrameHeader, flags), 4));
   write("bad-reserved", patched<uint16_t>(okSmall, offsetof(FrameHeader, reserved), 0x100));
   write("bad-segment-count-zero",
         patched<uint16_t>(okSmall, offsetof(FrameHeader, segmentCount), 0));

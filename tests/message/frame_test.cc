@@ -74,6 +74,35 @@ class TestFrame {
     std::memcpy(bytes() + header().tableOffset + i * sizeof e, &e, sizeof e);
   }
   uint32_t frameBytes() { return header().frameBytes; }
+  /// Appends an extension area of `records` (each: header fields, payload words) after the
+  /// table (and a trace context when `traced`), flagging the frame extended. `claimed`
+  /// overrides a record's `bytes` field when not 0.
+  struct Rec {
+    uint16_t type;
+    std::vector<uint64_t> payload;
+    uint32_t claimed = 0;
+    uint16_t reserved = 0;
+  };
+  void extend(const std::vector<Rec>& records, bool traced = false) {
+    FrameHeader h = header();
+    uint32_t at = h.frameBytes;
+    if (traced) {
+      const TraceContext t{7, 8};
+      std::memcpy(bytes() + at, &t, sizeof t);
+      at += sizeof t;
+      h.flags |= kFlagTraced;
+    }
+    for (const Rec& r : records) {
+      ExtensionHeader eh{r.type, r.reserved,
+                         r.claimed ? r.claimed : static_cast<uint32_t>(8 + 8 * r.payload.size())};
+      std::memcpy(bytes() + at, &eh, sizeof eh);
+      std::memcpy(bytes() + at + 8, r.payload.data(), r.payload.size() * 8);
+      at += static_cast<uint32_t>(8 + 8 * r.payload.size());
+    }
+    h.flags |= kFlagExtended;
+    h.frameBytes = at;
+    setHeader(h);
+  }
   /// The whole buffer (longer than the frame, as a stream buffer or ring padding is).
   std::span<const std::byte> all() { return {bytes(), storage_.size() * 8}; }
   /// Exactly the frame.
@@ -270,9 +299,11 @@ TEST(FrameReject, UnknownKind) {
 }
 
 TEST(FrameReject, NonzeroFlags) {
-  auto f = makeFrame({{1}});
-  f.editHeader([](FrameHeader& h) { h.flags = 0x80; });
-  EXPECT_THAT(parse(f.exact()), HasSubstr("flags"));
+  for (uint8_t flags : {uint8_t{0x80}, uint8_t{0x04}}) {
+    auto f = makeFrame({{1}});
+    f.editHeader([&](FrameHeader& h) { h.flags = flags; });
+    EXPECT_THAT(parse(f.exact()), HasSubstr("unknown frame flags")) << int(flags);
+  }
 }
 
 TEST(FrameReject, NonzeroReserved) {
@@ -409,6 +440,98 @@ TEST(FrameReject, EmptyFirstSegment) {
   auto g = makeFrame({{0, true, 0}});
   EXPECT_THAT(parse(g.exact(), arena.span()),
               HasSubstr("first segment is empty"));
+}
+
+TEST(FrameExtension, RecordsAreCopiedOutAndPointIntoTheArea) {
+  auto f = makeFrame({{2}, {1}});
+  const uint32_t tableEnd = f.frameBytes();
+  f.extend({{extension::kTarget, {5}}, {extension::kCapTable, {2, 9, 10}}, {0x4242, {}}},
+           /*traced=*/true);
+  ParsedFrame out;
+  ASSERT_EQ(parse(f.exact(), out), "");
+  EXPECT_EQ(out.trace.traceId, 7u);
+  EXPECT_EQ(out.trace.spanId, 8u);
+  EXPECT_EQ(out.extensionArea, f.bytes() + tableEnd + sizeof(TraceContext));
+  EXPECT_EQ(out.extensionBytes, 16u + 32u + 8u);
+  ASSERT_EQ(out.extensionCount, 3u);
+  EXPECT_EQ(out.extensions[0].type, extension::kTarget);
+  EXPECT_EQ(out.extensions[0].offset, 0u);
+  EXPECT_EQ(out.extensions[0].bytes, 16u);
+  EXPECT_EQ(out.extensions[1].type, extension::kCapTable);
+  EXPECT_EQ(out.extensions[1].offset, 16u);
+  EXPECT_EQ(out.extensions[1].bytes, 32u);
+  EXPECT_EQ(out.extensions[2].type, 0x4242);  // unknown types are the RPC layer's business
+  EXPECT_EQ(out.extensions[2].bytes, 8u);
+  uint64_t id;
+  std::memcpy(&id, out.extensionArea + out.extensions[0].offset + 8, sizeof id);
+  EXPECT_EQ(id, 5u);
+  EXPECT_EQ(out.segmentCount, 2u);  // segments are unaffected
+  EXPECT_EQ(out.payloadBytes, 24u);
+}
+
+TEST(FrameExtension, AFrameWithoutTheFlagHasNone) {
+  auto f = makeFrame({{1}});
+  ParsedFrame out;
+  out.extensionCount = 5;  // a reused slot: the parser resets it
+  ASSERT_EQ(parse(f.exact(), out), "");
+  EXPECT_EQ(out.extensionCount, 0u);
+  EXPECT_EQ(out.extensionBytes, 0u);
+  EXPECT_EQ(out.extensionArea, nullptr);
+}
+
+TEST(FrameExtension, TheMostRecordsAndBytesAreAccepted) {
+  std::vector<TestFrame::Rec> records(kMaxExtensionRecords, {extension::kMetadata, {}});
+  records.back().payload.assign(kMaxExtensionBytes / 8 - kMaxExtensionRecords, 1);
+  TestFrame f({{1}}, 4096);
+  f.extend(records);
+  ParsedFrame out;
+  ASSERT_EQ(parse(f.exact(), out), "");
+  EXPECT_EQ(out.extensionCount, kMaxExtensionRecords);
+  EXPECT_EQ(out.extensionBytes, kMaxExtensionBytes);
+}
+
+TEST(FrameExtension, MalformedAreasAreRefusedWithTheirReason) {
+  struct Case {
+    const char* name;
+    std::vector<TestFrame::Rec> records;
+    const char* reason;
+  };
+  const std::vector<TestFrame::Rec> nine(kMaxExtensionRecords + 1, {extension::kMetadata, {}});
+  const std::vector<Case> cases = {
+      {"empty area", {}, "has no extension records"},
+      {"too many records", nine, "more than 8 records"},
+      {"too large", {{extension::kCapTable, std::vector<uint64_t>(kMaxExtensionBytes / 8)}},
+       "exceeds the maximum 16384"},
+      {"record shorter than its header", {{extension::kTarget, {1}, 4}}, "claims 4 bytes"},
+      {"record of a partial word", {{extension::kTarget, {1}, 12}}, "claims 12 bytes"},
+      {"record past the area", {{extension::kTarget, {1}, 24}}, "claims 24 bytes"},
+      {"reserved field", {{extension::kTarget, {1}, 0, 3}}, "non-zero reserved"},
+      {"second record past the area", {{extension::kTarget, {1}}, {extension::kCapTable, {}, 16}},
+       "extension record 1 claims 16 bytes"},
+  };
+  for (const Case& c : cases) {
+    TestFrame f({{1}}, 4096);
+    f.extend(c.records);
+    EXPECT_THAT(parse(f.exact()), HasSubstr(c.reason)) << c.name;
+  }
+}
+
+TEST(FrameExtension, TheTableMustLieBeforeTheArea) {
+  auto f = makeFrame({{1}});
+  f.extend({{extension::kTarget, {1}}});
+  f.editHeader([&](FrameHeader& h) { h.tableOffset = h.frameBytes; });
+  EXPECT_THAT(parse(f.exact()), HasSubstr("passes the end of the"));
+}
+
+TEST(FrameExtension, EveryTruncationIsRefused) {
+  auto f = makeFrame({{2}});
+  f.extend({{extension::kTarget, {1}}, {extension::kReleases, {1, 0x500000004}}}, true);
+  ASSERT_EQ(parse(f.exact()), "");
+  for (size_t n = 0; n < f.frameBytes(); n += 8) EXPECT_NE(parse(f.all().first(n)), "") << n;
+  // Shrinking the frame's own length by whole records leaves a frame whose area no
+  // longer ends where its records say: refused too, unless what is cut is a whole record.
+  f.editHeader([&](FrameHeader& h) { h.frameBytes -= 8; });
+  EXPECT_THAT(parse(f.exact()), HasSubstr("claims"));
 }
 
 TEST(FrameReject, EveryTruncationOfAValidFrameIsRefused) {

@@ -235,6 +235,70 @@ TEST(Rdma, HeaderFieldsArrive) {
   EXPECT_TRUE(checkPayload(in));
 }
 
+// The trace context and the extension area follow the table: a small area in the send
+// buffer's reserved room, a large one from a chunk of its own, in small and fragmented frames.
+TEST(Rdma, TraceAndExtensionAreaArrive) {
+  SKIP_WITHOUT_RDMA();
+  auto p = makePair(smallRing(64 * 1024));
+  ASSERT_EQ(p.client->maxExtensionBytes(), kMaxExtensionBytes);
+  struct Case {
+    size_t areaBytes, payload;
+    bool traced;
+    std::vector<uint64_t> area;
+  };
+  std::vector<Case> cases;
+  for (size_t areaBytes : {size_t{16}, size_t{256}, size_t{264}, kMaxExtensionBytes})
+    for (size_t payload : {size_t{10}, size_t{40000}})
+      for (bool traced : {false, true}) {
+        const uint64_t seq = cases.size();
+        std::vector<uint64_t> area(areaBytes / 8);
+        for (size_t w = 1; w < area.size(); ++w) area[w] = seq << 32 | w;
+        const ExtensionHeader h{extension::kCapTable, 0, static_cast<uint32_t>(areaBytes)};
+        std::memcpy(area.data(), &h, sizeof h);
+        cases.push_back({areaBytes, payload, traced, std::move(area)});
+      }
+  std::atomic<bool> ok{true};
+  Worker rx([&] {
+    for (uint64_t seq = 0; seq < cases.size() && ok; ++seq) {
+      const Case& c = cases[seq];
+      SCOPED_TRACE(::testing::Message() << c.areaBytes << " area bytes, payload " << c.payload
+                                        << (c.traced ? ", traced" : ""));
+      IncomingMessage in;
+      if (receiveOne(*p.server, in, 30s) != Status::kOk) {
+        ADD_FAILURE() << "receive " << seq << " failed: " << p.server->lastError();
+        ok = false;
+        return;
+      }
+      uint64_t got = 0;
+      EXPECT_TRUE(checkPayload(in, &got));
+      EXPECT_EQ(got, seq);
+      EXPECT_EQ(in.trace().traceId, c.traced ? seq + 1 : 0);
+      EXPECT_EQ(in.trace().spanId, c.traced ? seq + 2 : 0);
+      if (in.extensions().size() != 1u) {
+        ADD_FAILURE() << in.extensions().size() << " extension records";
+        ok = false;
+        return;
+      }
+      EXPECT_EQ(in.extensions()[0].type, extension::kCapTable);
+      auto bytes = in.extensionBytes(in.extensions()[0]);
+      EXPECT_EQ(bytes.size(), c.areaBytes);
+      EXPECT_EQ(std::memcmp(bytes.data(), c.area.data(), std::min(bytes.size(), c.areaBytes)), 0);
+    }
+  });
+  for (uint64_t seq = 0; seq < cases.size() && ok; ++seq) {
+    const Case& c = cases[seq];
+    OutgoingMessage msg;
+    ASSERT_EQ(p.client->startMessage(msg, 16, deadlineAfter(30s)), Status::kOk);
+    buildPayload(msg, seq, c.payload);
+    if (c.traced) msg.setTrace({seq + 1, seq + 2});
+    msg.setExtensions(
+        kj::arrayPtr(reinterpret_cast<const capnp::word*>(c.area.data()), c.area.size()));
+    ASSERT_EQ(p.client->send(msg), Status::kOk);
+  }
+  flushUntil(*p.client, rx, ok);
+  rx.join();
+}
+
 // Every size from empty to well past a quarter of the ring (fragmented), in order.
 TEST(Rdma, EverySizeIncludingFragmentedInOrder) {
   SKIP_WITHOUT_RDMA();

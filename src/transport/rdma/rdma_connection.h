@@ -64,8 +64,14 @@ inline constexpr uint32_t kOutQueue = 128;
 inline constexpr uint32_t kPostBatch = 32;
 inline constexpr uint32_t kWantInline = 256;
 inline constexpr uint32_t kMaxSgeWanted = 32;
-inline constexpr uint32_t kLocalSge = kMaxSegments + 2;
-inline constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry);
+inline constexpr uint32_t kLocalSge = kMaxSegments + 3;  // header, segments, table, extension chunk
+/// Extension areas up to this size follow the table in the send buffer; larger ones (rare)
+/// are copied into a registered chunk of their own.
+inline constexpr uint32_t kExtensionRoom = 256;
+/// Room kept after a frame's last segment in the send buffer: table, trace context and a
+/// small extension area.
+inline constexpr uint32_t kTableReserve =
+    kMaxSegments * sizeof(SegmentEntry) + sizeof(TraceContext) + kExtensionRoom;
 inline constexpr uint32_t kControlBytes = 4096;  // after the ring: the credit word, then padding
 inline constexpr uint32_t kImmLengthMask = 0x3fff'ffffu;
 inline constexpr int kGidsScanned = 8;  // GID table entries scanned (reading them is slow under emulation)

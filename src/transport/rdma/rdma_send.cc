@@ -72,11 +72,16 @@ Status RdmaConnection::send(OutgoingMessage& msg, bool flushNow) {
     return Status::kDisconnected;
   }
   auto segments = msg.segmentsForSend();  // may allocate through allocateMore(), which locks
+  const auto extension = msg.extensions();
   std::unique_lock lock(sendLock_);
   size_t n = segments.size();
   if (n > kMaxSegments)
     throw InvalidArgument("message on " + what_ + " has more than " + std::to_string(kMaxSegments) +
                           " segments");
+  const uint64_t extensionBytes = extension.size() * sizeof(capnp::word);
+  if (extensionBytes > kMaxExtensionBytes) [[unlikely]]
+    throw InvalidArgument("extension area of " + std::to_string(extensionBytes) +
+                          " bytes exceeds the maximum " + std::to_string(kMaxExtensionBytes));
   uint64_t tablePos = open_.end;  // room was reserved
   auto* table = reinterpret_cast<SegmentEntry*>(send_ + (tablePos & sendMask_));
   OutEntry& e = out_[outTail_ % kOutQueue];
@@ -105,20 +110,41 @@ Status RdmaConnection::send(OutgoingMessage& msg, bool flushNow) {
     throw InvalidArgument("message exceeds the maximum message size " + std::to_string(maxMessage_) +
                           " bytes of " + what_);
   }
-  add(table, n * sizeof(SegmentEntry), sendMr_.lkey());
-  frameBytes += n * sizeof(SegmentEntry);
+  // Table, trace context and extension area follow the last segment in the reserved room
+  // (an extension area larger than kExtensionRoom from a registered chunk of its own).
+  const bool traced = msg.trace().valid();
+  uint64_t tail = n * sizeof(SegmentEntry);
+  if (traced) {
+    std::memcpy(send_ + ((tablePos + tail) & sendMask_), &msg.trace(), sizeof(TraceContext));
+    tail += sizeof(TraceContext);
+  }
+  add(table, tail, sendMr_.lkey());
+  const uint64_t tableOffset = frameBytes;
+  frameBytes += tail;
+  if (extensionBytes) [[unlikely]] {
+    std::byte* at;
+    if (extensionBytes <= kExtensionRoom) {
+      at = send_ + ((tablePos + tail) & sendMask_);
+      tail += extensionBytes;
+    } else {
+      at = reinterpret_cast<std::byte*>(newChunk(static_cast<uint32_t>(extension.size())));
+    }
+    std::memcpy(at, extension.begin(), extensionBytes);
+    add(at, extensionBytes, lkeyOf(at));
+    frameBytes += extensionBytes;
+  }
   FrameHeader& h = msg.header();
   h.frameBytes = static_cast<uint32_t>(frameBytes);
   h.segmentCount = static_cast<uint16_t>(n);
-  h.tableOffset = static_cast<uint32_t>(frameBytes - n * sizeof(SegmentEntry));
-  h.flags = 0;
+  h.tableOffset = static_cast<uint32_t>(tableOffset);
+  h.flags = (traced ? kFlagTraced : 0) | (extensionBytes ? kFlagExtended : 0);
   h.reserved = 0;
   auto* rh = reinterpret_cast<RecordHeader*>(recordStart);
   rh->flags = 0;
   rh->frameBytes = static_cast<uint32_t>(frameBytes);
   e.header = rh;
   e.bytes = static_cast<uint32_t>(kRecordHeaderBytes + frameBytes);
-  sendTail_ = tablePos + n * sizeof(SegmentEntry);
+  sendTail_ = tablePos + tail;
   e.sendEnd = sendTail_;
   e.chunkEnd = chunkSeq_;
   if (e.bytes > peerRingBytes_ / kRecordShare || e.nsge > maxSge_) makeBig(e, frameBytes);

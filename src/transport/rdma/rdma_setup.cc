@@ -144,7 +144,8 @@ std::string RdmaConnection::setPeer(const void* data, size_t len) {
   peerCredits_ = p.recvCredits;
   recordEnds_.assign(peerCredits_, 0);
   maxMessage_ = std::min<uint64_t>(options_.maxMessageBytes, std::max<uint64_t>(64, p.maxMessageBytes));
-  maxFrame_ = maxMessage_ + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry);
+  maxFrame_ = maxMessage_ + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry) +
+              sizeof(TraceContext) + kMaxExtensionBytes;
   limits_.maxMessageBytes = maxMessage_;
   return {};
 }

@@ -11,8 +11,9 @@ namespace zcrpc::ring {
 
 namespace {
 
-// A record always has room before the end of the ring for a full segment table after its
-// last inline segment (kTableReserve: contiguity), while free space is counted for only
+// A record always has room before the end of the ring for a full segment table, a trace
+// context and an extension area of maxExtensionBytes() after its last inline segment
+// (tailReserve_ = kTableReserve + that: contiguity), while free space is counted for only
 // kTableAccounted entries at first and claimed (waiting if need be) as the table grows.
 constexpr uint32_t kTableReserve = kMaxSegments * sizeof(SegmentEntry) + sizeof(TraceContext);
 constexpr uint32_t kTableAccounted = 4 * sizeof(SegmentEntry) + sizeof(TraceContext);
@@ -108,6 +109,10 @@ RingConnection::RingConnection(RingFiles files, std::unique_ptr<Link> link,
       maxMessage_(files.maxMessageBytes),
       fastFirstMaxBytes_(std::min<uint64_t>(
           files.maxMessageBytes, files.ringBytes / kRecordShare - kRecordFixed - kTableAccounted)),
+      // An extension area of up to 1/256 of the ring (64 bytes .. kMaxExtensionBytes).
+      extensionRoom_(static_cast<uint32_t>(std::clamp<uint64_t>(
+          files.ringBytes / 256, 64, kMaxExtensionBytes))),
+      tailReserve_(kTableReserve + extensionRoom_),
       txRing_(reinterpret_cast<std::byte*>(files.local) + kDataOffset),
       txArena_(txRing_ + files.ringBytes),
       rxRing_(reinterpret_cast<const std::byte*>(files.peer) + kDataOffset),
@@ -393,7 +398,7 @@ Status RingConnection::tryStartMessage(OutgoingMessage& msg, uint32_t firstSegme
   const uint32_t inlineBytes = kRecordFixed + static_cast<uint32_t>(firstBytes);
   if (open_.msg || firstBytes - 1 >= fastFirstMaxBytes_ ||  // also catches 0 words
       closed_.load(std::memory_order_relaxed) || peerDead_.load(std::memory_order_relaxed) ||
-      files_.ringBytes - offset < std::max(inlineBytes + kTableReserve, gatherRoom_) ||
+      files_.ringBytes - offset < std::max(inlineBytes + tailReserve_, gatherRoom_) ||
       pos + inlineBytes + kTableAccounted - cachedHead_ > files_.ringBytes)
     return tryStartMessageSlow(msg, firstSegmentWords);
   std::byte* record = txRing_ + offset;
@@ -438,7 +443,7 @@ Status RingConnection::tryStartMessageSlow(OutgoingMessage& msg, uint32_t firstS
 
   uint64_t pos = tail_;
   uint64_t toEnd = files_.ringBytes - (pos & ringMask_);
-  bool wrap = toEnd < std::max(inlineBytes + kTableReserve, gatherRoom_);
+  bool wrap = toEnd < std::max(inlineBytes + tailReserve_, gatherRoom_);
   if (!ringRoom((wrap ? pos + toEnd : pos) + need))
     return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kWouldBlock;
   uint64_t arenaMark = arenaTail_;
@@ -518,7 +523,7 @@ kj::ArrayPtr<capnp::word> RingConnection::allocateMore(uint32_t minWords) {
     throw InvalidArgument("message exceeds the maximum message size " +
                           std::to_string(maxMessage_) + " bytes of " + endpoint());
   uint64_t want = std::min(std::max(minBytes, open_.allocatedBytes), remaining);
-  const uint32_t tableAfter = kTableReserve;
+  const uint32_t tableAfter = tailReserve_;
   capnp::word* seg = nullptr;
   uint32_t location = 0;
   // In the ring when it stays a small record and fits contiguously; else in the arena.
@@ -574,6 +579,12 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   if (n > kMaxSegments)
     throw InvalidArgument("message on " + endpoint() + " has more than " +
                           std::to_string(kMaxSegments) + " segments");
+  const auto extension = msg.extensions();
+  const uint32_t extensionBytes = static_cast<uint32_t>(extension.size() * sizeof(capnp::word));
+  if (extensionBytes > extensionRoom_) [[unlikely]]
+    throw InvalidArgument("extension area of " + std::to_string(extensionBytes) +
+                          " bytes exceeds the " + std::to_string(extensionRoom_) + " that " +
+                          endpoint() + " carries");
   // Data given to referenceData(), whose field is still its placeholder: by segment.
   auto refs = msg.references();
   std::array<int, OutgoingMessage::kMaxReferences> refSegment;
@@ -629,7 +640,7 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
         throw InvalidArgument("message exceeds the maximum message size " +
                               std::to_string(maxMessage_) + " bytes of " + endpoint());
       const uint64_t bytes = uint64_t{words} * 8;
-      const uint64_t tail = n * sizeof(SegmentEntry) + sizeof(TraceContext);
+      const uint64_t tail = n * sizeof(SegmentEntry) + sizeof(TraceContext) + extensionBytes;
       const uint64_t limit = std::min<uint64_t>(recordLimit(bytes),
                                                 files_.ringBytes - (open_.start & ringMask_));
       auto inRecord = [&](size_t j) {
@@ -684,18 +695,21 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
                           std::to_string(maxMessage_) + " bytes of " + endpoint());
   const bool traced = msg.trace().valid();
   const uint32_t tableBytes = static_cast<uint32_t>(n * sizeof(SegmentEntry));
-  uint32_t recordBytes = inlineEnd + tableBytes + (traced ? sizeof(TraceContext) : 0);
+  const uint32_t traceEnd = inlineEnd + tableBytes + (traced ? sizeof(TraceContext) : 0);
+  uint32_t recordBytes = traceEnd + extensionBytes;
   extendRecord(recordBytes, /*mayWait=*/true);
   if (n == 1)
     std::memcpy(record + inlineEnd, table.data(), sizeof(SegmentEntry));  // a plain store
   else
     std::memcpy(record + inlineEnd, table.data(), tableBytes);
   if (traced) std::memcpy(record + inlineEnd + tableBytes, &msg.trace(), sizeof(TraceContext));
+  if (extensionBytes) [[unlikely]]
+    std::memcpy(record + traceEnd, extension.begin(), extensionBytes);
   auto& h = msg.header();
   h.frameBytes = recordBytes - kRecordHeaderBytes;
   h.segmentCount = static_cast<uint16_t>(n);
   h.tableOffset = inlineEnd - kRecordHeaderBytes;
-  h.flags = traced ? kFlagTraced : 0;
+  h.flags = (traced ? kFlagTraced : 0) | (extensionBytes ? kFlagExtended : 0);
   h.reserved = 0;
   std::memcpy(record + 8, &arenaTail_, sizeof arenaTail_);
   // Publish: everything above becomes visible with the record word.
@@ -734,14 +748,14 @@ uint32_t RingConnection::gatherAfter(OutgoingMessage& msg,
     const uint64_t size = refs[r].bytes.size();
     const uint64_t bytes = (size + 7) & ~uint64_t{7};
     const uint64_t newEnd = uint64_t{end} + added + bytes;
-    if (newEnd + kTableReserve > limit) {
+    if (newEnd + tailReserve_ > limit) {
       // The ring's end came first: records start at the ring's beginning from now on when
       // less than this is left (else every small record after this one would fail too).
-      if (newEnd + kTableReserve <= recordLimit(0))
-        gatherRoom_ = std::max(gatherRoom_, static_cast<uint32_t>(newEnd + kTableReserve));
+      if (newEnd + tailReserve_ <= recordLimit(0))
+        gatherRoom_ = std::max(gatherRoom_, static_cast<uint32_t>(newEnd + tailReserve_));
       continue;
     }
-    if (!extendRecord(static_cast<uint32_t>(newEnd + kTableReserve), /*mayWait=*/false)) continue;
+    if (!extendRecord(static_cast<uint32_t>(newEnd + tailReserve_), /*mayWait=*/false)) continue;
     std::byte* at = record + end + added;
     std::memcpy(at, refs[r].bytes.begin(), size);
     std::memset(at + size, 0, bytes - size);

@@ -88,6 +88,7 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   /// Who the peer is, as the transport that set the connection up established it (shm:
   /// its credentials). Before the connection is handed out only.
   void setPeer(PeerIdentity peer) { peer_ = std::move(peer); }
+  uint32_t maxExtensionBytes() const noexcept override { return extensionRoom_; }
 
  private:
   // SegmentSource
@@ -169,6 +170,8 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   uint64_t arenaBytes_;
   uint64_t maxMessage_;
   uint64_t fastFirstMaxBytes_;  // a first segment up to this size always goes in the ring
+  uint32_t extensionRoom_;      // maxExtensionBytes()
+  uint32_t tailReserve_;        // contiguous room kept after a record's last inline segment
   std::byte* txRing_;
   std::byte* txArena_;
   const std::byte* rxRing_;

@@ -16,9 +16,9 @@ TcpConnection::TcpConnection(std::unique_ptr<ByteStream> stream, std::string wha
       options_(options),
       deadPeerTimeout_(deadPeerTimeout),
       maxMessage_(maxMessageBytes),
-      // Segments, header, table, trace context, and the padding before blobs.
+      // Segments, header, table, trace context, extension area, and the padding before blobs.
       maxFrame_(maxMessageBytes + kFrameHeaderBytes + kMaxSegments * sizeof(SegmentEntry) +
-                sizeof(TraceContext) + kMaxSegments * (kCopyAlignment - 8)),
+                sizeof(TraceContext) + kMaxExtensionBytes + kMaxSegments * (kCopyAlignment - 8)),
       receiveWaiter_(options.waitMode, options.spinTime, options.spinPolicy, PollCost::kSystemCall),
       sendWaiter_(options.waitMode, options.spinTime, options.spinPolicy, PollCost::kSystemCall),
       buffers_(uint64_t{2} * options.ringBytes, "the buffers of " + what_),

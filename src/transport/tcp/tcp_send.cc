@@ -70,11 +70,16 @@ Status TcpConnection::send(OutgoingMessage& msg, bool flushNow) {
   }
   auto segments = msg.segmentsForSend();  // may allocate through allocateMore(), which locks
   auto refs = msg.references();
+  const auto extension = msg.extensions();
   std::unique_lock lock(sendLock_);
   size_t n = segments.size();
   if (n > kMaxSegments)
     throw InvalidArgument("message on " + what_ + " has more than " +
                           std::to_string(kMaxSegments) + " segments");
+  if (extension.size() * sizeof(capnp::word) > kMaxExtensionBytes) [[unlikely]]
+    throw InvalidArgument("extension area of " +
+                          std::to_string(extension.size() * sizeof(capnp::word)) +
+                          " bytes exceeds the maximum " + std::to_string(kMaxExtensionBytes));
   // Data given to referenceData() goes at the end of the segment that holds its field,
   // unless the field was set again since (its placeholder is gone): that value wins.
   constexpr uint8_t kReplaced = 0xff;
@@ -161,14 +166,26 @@ Status TcpConnection::send(OutgoingMessage& msg, bool flushNow) {
   const uint64_t tail = n * sizeof(SegmentEntry) + (traced ? sizeof(TraceContext) : 0);
   if (traced) std::memcpy(send_ + tableAt + n * sizeof(SegmentEntry), &msg.trace(), sizeof(TraceContext));
   pushIov(table, tail);
-  frameBytes += tail;
+  used_ = tableAt + tail;
+  // The extension area ends the frame: after the table in the buffer when it fits there,
+  // else from a chunk of its own.
+  const uint64_t extensionBytes = extension.size() * sizeof(capnp::word);
+  if (extensionBytes) [[unlikely]] {
+    std::byte* at = send_ + used_;
+    if (used_ + extensionBytes <= sendBytes_)
+      used_ += extensionBytes;
+    else
+      at = reinterpret_cast<std::byte*>(newChunk(static_cast<uint32_t>(extension.size())));
+    std::memcpy(at, extension.begin(), extensionBytes);
+    pushIov(at, extensionBytes);
+  }
+  frameBytes += tail + extensionBytes;
   FrameHeader& h = msg.header();
   h.frameBytes = static_cast<uint32_t>(frameBytes);
   h.segmentCount = static_cast<uint16_t>(n);
-  h.tableOffset = static_cast<uint32_t>(frameBytes - tail);
-  h.flags = traced ? kFlagTraced : 0;
+  h.tableOffset = static_cast<uint32_t>(frameBytes - tail - extensionBytes);
+  h.flags = (traced ? kFlagTraced : 0) | (extensionBytes ? kFlagExtended : 0);
   h.reserved = 0;
-  used_ = tableAt + tail;
   open_.msg = nullptr;
   msg.setGatheredBytes(gathered);
   msg.markSent();
