@@ -50,18 +50,6 @@ void write(const std::filesystem::path& dir, const std::string& name, const Byte
       .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
-uint64_t structPtr(int32_t offset, uint16_t data, uint16_t ptrs) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2)) | (uint64_t{data} << 32) |
-         (uint64_t{ptrs} << 48);
-}
-uint64_t listPtr(int32_t offset, uint8_t size, uint32_t count) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | 1) | (uint64_t{size} << 32) |
-         (uint64_t{count} << 35);
-}
-uint64_t farPtr(bool isDouble, uint32_t offset, uint32_t segment) {
-  return (uint64_t{offset} << 3) | (isDouble ? 4 : 0) | 2 | (uint64_t{segment} << 32);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -128,31 +116,32 @@ int main(int argc, char** argv) {
     write(dir, "msg-large", encode(m.getSegmentsForOutput()));
   }
 
-  // Malformed: an AllTypes root whose pointer `index` holds `pointer`, `pointee` after it.
-  const uint64_t root = structPtr(0, 11, 28);
-  auto withPointer = [&](uint32_t index, std::vector<uint64_t> pointee, uint64_t pointer) {
-    std::vector<uint64_t> words(1 + 11 + 28, 0);
-    words[0] = root;
-    words[12 + index] = pointer;
-    words.insert(words.end(), pointee.begin(), pointee.end());
-    return words;
-  };
-  const int32_t after = 27;
+  // Malformed: an AllTypes root with one pointer field set (allTypesWith), what it points to
+  // after it.
   write(dir, "bad-root-out-of-bounds", encodeWords({{structPtr(0, 100, 0)}}));
-  write(dir, "bad-text-no-nul", encodeWords({withPointer(0, {0x6161616161616161ull}, listPtr(after, 2, 8))}));
-  write(dir, "bad-far-missing-segment", encodeWords({withPointer(2, {}, farPtr(false, 0, 7))}));
-  write(dir, "bad-double-far-pad", encodeWords({withPointer(2, {}, farPtr(true, 0, 1)),
+  write(dir, "bad-text-no-nul",
+        encodeWords({allTypesWith("textField", listPtr(toEnd("textField"), 2, 8),
+                                  {0x6161616161616161ull})}));
+  write(dir, "bad-far-missing-segment",
+        encodeWords({allTypesWith("structField", farPtr(false, 0, 7))}));
+  write(dir, "bad-double-far-pad", encodeWords({allTypesWith("structField", farPtr(true, 0, 1)),
                                                 {structPtr(0, 1, 0), structPtr(0, 1, 0)}}));
-  write(dir, "bad-double-far-ok-then-bad", encodeWords({withPointer(2, {}, farPtr(true, 0, 1)),
-                                                        {farPtr(false, 0, 2), structPtr(0, 1, 0)},
-                                                        {0x1234}}));
+  write(dir, "bad-double-far-ok-then-bad",
+        encodeWords({allTypesWith("structField", farPtr(true, 0, 1)),
+                     {farPtr(false, 0, 2), structPtr(0, 1, 0)},
+                     {0x1234}}));
   write(dir, "bad-inline-composite-overrun",
-        encodeWords({withPointer(19, {structPtr(3, 1, 1), 0, 0}, listPtr(after - 19, 7, 2))}));
+        encodeWords({allTypesWith("innerList", listPtr(toEnd("innerList"), 7, 2),
+                                  {structPtr(3, 1, 1), 0, 0})}));
   write(dir, "bad-amplified-empty-structs",
-        encodeWords({withPointer(19, {structPtr(1 << 20, 0, 0)}, listPtr(after - 19, 7, 0))}, 0x0e));
-  write(dir, "bad-amplified-voids", encodeWords({withPointer(5, {}, listPtr(after - 5, 0, 1 << 20))}, 0x0e));
-  write(dir, "bad-cycle", encodeWords({withPointer(2, {}, structPtr(-14, 11, 28))}));
-  write(dir, "bad-capability", encodeWords({withPointer(2, {}, 3 | (uint64_t{5} << 32))}));
+        encodeWords({allTypesWith("innerList", listPtr(toEnd("innerList"), 7, 0),
+                                  {structPtr(1 << 20, 0, 0)})},
+                    0x0e));
+  write(dir, "bad-amplified-voids",
+        encodeWords({allTypesWith("voidList", listPtr(toEnd("voidList"), 0, 1 << 20))}, 0x0e));
+  write(dir, "bad-cycle",
+        encodeWords({allTypesWith("structField", pointerToRoot("structField"))}));
+  write(dir, "bad-capability", encodeWords({allTypesWith("structField", 3 | (uint64_t{5} << 32))}));
 
   // Builder programs.
   uint64_t seed = 0x243f6a8885a308d3ull;

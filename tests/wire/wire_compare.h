@@ -8,10 +8,13 @@
 //   * HeapMessage: zcrpc's builder over heap segments (what a transport does with its memory).
 //   * applyOps(): one program of builder operations, run on libcapnp's builder and on zcrpc's
 //     alike (the same method names), so the two messages can be compared.
+//   * structPtr() ... allTypesWith(): words of hand-made (mostly malformed) messages, for the
+//     unit tests and the fuzzer's seeds (tests/fuzz/make_wire_corpus.cc).
 #pragma once
 
 #include <capnp/any.h>
 #include <capnp/message.h>
+#include <capnp/schema.h>
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
@@ -600,6 +603,51 @@ void applyOps(B root, OpReader& ops, int depth = 0) {
         break;
     }
   }
+}
+
+// ------------------------------------------------------------------------------------
+// Crafted messages
+
+/// Pointer words as encoding.html lays them out (offsets in words after the pointer).
+inline uint64_t structPtr(int32_t offset, uint16_t dataWords, uint16_t pointers) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2)) |
+         (uint64_t{dataWords} << 32) | (uint64_t{pointers} << 48);
+}
+inline uint64_t listPtr(int32_t offset, uint8_t elementSize, uint32_t count) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | 1) |
+         (uint64_t{elementSize} << 32) | (uint64_t{count} << 35);
+}
+inline uint64_t farPtr(bool isDouble, uint32_t padOffset, uint32_t segment) {
+  return (uint64_t{padOffset} << 3) | (isDouble ? 4 : 0) | 2 | (uint64_t{segment} << 32);
+}
+
+/// The pointer slot of AllTypes' pointer field `field`, from the schema (so that a crafted
+/// pointer lands in the field its test names, whatever the schema's order).
+inline uint32_t slotOf(const char* field) {
+  return capnp::Schema::from<AllTypes>().getFieldByName(field).getProto().getSlot().getOffset();
+}
+/// The offset a near pointer in `field` needs to reach the first word after the AllTypes
+/// root struct of allTypesWith() (where its `pointee` starts).
+inline int32_t toEnd(const char* field) {
+  return static_cast<int32_t>(wire::Accessors<AllTypes>::Wire::kPointers - 1 - slotOf(field));
+}
+/// One segment: a root pointer to an AllTypes struct right after it, whose pointer field
+/// `field` holds `pointer`, then `pointee`.
+inline std::vector<uint64_t> allTypesWith(const char* field, uint64_t pointer,
+                                          const std::vector<uint64_t>& pointee = {}) {
+  using W = wire::Accessors<AllTypes>::Wire;
+  std::vector<uint64_t> words(1 + W::kDataWords + W::kPointers, 0);
+  words[0] = structPtr(0, W::kDataWords, W::kPointers);
+  words[1 + W::kDataWords + slotOf(field)] = pointer;
+  words.insert(words.end(), pointee.begin(), pointee.end());
+  return words;
+}
+/// A struct pointer that, in `field` of allTypesWith()'s root, points back at that root: a
+/// cycle only the nesting limit ends.
+inline uint64_t pointerToRoot(const char* field) {
+  using W = wire::Accessors<AllTypes>::Wire;
+  return structPtr(-static_cast<int32_t>(W::kDataWords + slotOf(field) + 1), W::kDataWords,
+                   W::kPointers);
 }
 
 }  // namespace zcrpc::wiretest

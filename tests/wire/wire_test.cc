@@ -218,18 +218,6 @@ struct Crafted {
   }
 };
 
-uint64_t structPtr(int32_t offset, uint16_t data, uint16_t ptrs) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2)) | (uint64_t{data} << 32) |
-         (uint64_t{ptrs} << 48);
-}
-uint64_t listPtr(int32_t offset, uint8_t size, uint32_t count) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(offset) << 2) | 1) | (uint64_t{size} << 32) |
-         (uint64_t{count} << 35);
-}
-uint64_t farPtr(bool isDouble, uint32_t offset, uint32_t segment) {
-  return (uint64_t{offset} << 3) | (isDouble ? 4 : 0) | 2 | (uint64_t{segment} << 32);
-}
-
 struct MalformedCase {
   const char* name;
   Crafted message;
@@ -237,47 +225,60 @@ struct MalformedCase {
 };
 
 TEST(WireRead, MalformedMessagesAreRefusedWhereLibcapnpRefusesThem) {
-  // Every root below is an AllTypes-sized struct pointer unless said otherwise; AllTypes'
-  // pointer 0 is textField, 1 dataField, 2 structField, 5 voidList, 19 innerList.
-  const uint64_t root = structPtr(0, 11, 28);
-  auto withPointer = [&](uint32_t index, std::vector<uint64_t> pointee, uint64_t pointer) {
-    std::vector<uint64_t> words(1 + 11 + 28, 0);
-    words[0] = root;
-    words[1 + 11 + index] = pointer;
-    words.insert(words.end(), pointee.begin(), pointee.end());
-    return words;
-  };
-  const int32_t afterRoot = 28 - 1;  // offset from a pointer slot at index 0 to the first word after the struct
+  // Each message but the first three is an AllTypes root with one pointer field set
+  // (allTypesWith), read as every struct of the schema.
   std::vector<MalformedCase> cases = {
       {"root struct beyond the segment", {{{structPtr(0, 100, 0)}}}, {}},
       {"root pointer at a negative offset", {{{structPtr(-5, 1, 0), 0}}}, {}},
       {"empty first segment", {{{}}}, {}},
-      {"text without NUL", {{withPointer(0, {0x6161616161616161ull}, listPtr(afterRoot, 2, 8))}}, {}},
-      {"text of no bytes", {{withPointer(0, {}, listPtr(afterRoot, 2, 0))}}, {}},
-      {"text as a list of words", {{withPointer(0, {0}, listPtr(afterRoot, 5, 1))}}, {}},
-      {"data beyond the segment", {{withPointer(1, {0}, listPtr(afterRoot - 1, 2, 64))}}, {}},
-      {"struct field holding a list", {{withPointer(2, {0}, listPtr(afterRoot - 2, 2, 8))}}, {}},
-      {"far pointer to a missing segment", {{withPointer(2, {}, farPtr(false, 0, 7))}}, {}},
-      {"far pointer's pad beyond its segment", {{withPointer(2, {}, farPtr(false, 9, 1)), {0}}}, {}},
+      {"text without NUL",
+       {{allTypesWith("textField", listPtr(toEnd("textField"), 2, 8), {0x6161616161616161ull})}},
+       {}},
+      {"text of no bytes", {{allTypesWith("textField", listPtr(toEnd("textField"), 2, 0))}}, {}},
+      {"text as a list of words",
+       {{allTypesWith("textField", listPtr(toEnd("textField"), 5, 1), {0})}},
+       {}},
+      {"data beyond the segment",
+       {{allTypesWith("dataField", listPtr(toEnd("dataField"), 2, 64), {0})}},
+       {}},
+      {"struct field holding a list",
+       {{allTypesWith("structField", listPtr(toEnd("structField"), 2, 8), {0})}},
+       {}},
+      {"far pointer to a missing segment",
+       {{allTypesWith("structField", farPtr(false, 0, 7))}},
+       {}},
+      {"far pointer's pad beyond its segment",
+       {{allTypesWith("structField", farPtr(false, 9, 1)), {0}}},
+       {}},
       {"double-far pad that is no far pointer",
-       {{withPointer(2, {}, farPtr(true, 0, 1)), {structPtr(0, 1, 0), structPtr(0, 1, 0)}}},
+       {{allTypesWith("structField", farPtr(true, 0, 1)),
+         {structPtr(0, 1, 0), structPtr(0, 1, 0)}}},
        {}},
       {"double-far to a missing segment",
-       {{withPointer(2, {}, farPtr(true, 0, 1)), {farPtr(false, 0, 9), structPtr(0, 1, 0)}}},
+       {{allTypesWith("structField", farPtr(true, 0, 1)),
+         {farPtr(false, 0, 9), structPtr(0, 1, 0)}}},
        {}},
       {"inline-composite list of non-structs",
-       {{withPointer(19, {listPtr(2, 2, 1), 0, 0}, listPtr(afterRoot - 19, 7, 2))}},
+       {{allTypesWith("innerList", listPtr(toEnd("innerList"), 7, 2), {listPtr(2, 2, 1), 0, 0})}},
        {}},
       {"inline-composite elements overrunning",
-       {{withPointer(19, {structPtr(3, 1, 1), 0, 0}, listPtr(afterRoot - 19, 7, 2))}},
+       {{allTypesWith("innerList", listPtr(toEnd("innerList"), 7, 2), {structPtr(3, 1, 1), 0, 0})}},
        {}},
-      {"a million empty structs", {{withPointer(19, {structPtr(1 << 20, 0, 0)}, listPtr(afterRoot - 19, 7, 0))}},
+      {"a million empty structs",
+       {{allTypesWith("innerList", listPtr(toEnd("innerList"), 7, 0), {structPtr(1 << 20, 0, 0)})}},
        {4096, 64}},
-      {"a million voids", {{withPointer(5, {}, listPtr(afterRoot - 5, 0, 1 << 20))}}, {4096, 64}},
-      {"a capability where a struct belongs", {{withPointer(2, {}, 3 | (uint64_t{5} << 32))}}, {}},
-      {"an unknown kind of other pointer", {{withPointer(2, {}, 7)}}, {}},
-      {"a struct pointing at itself (too deep)", {{withPointer(2, {}, structPtr(-14, 11, 28))}}, {}},
-      {"more words than the traversal limit", {{withPointer(1, std::vector<uint64_t>(40), listPtr(afterRoot - 1, 2, 320))}},
+      {"a million voids",
+       {{allTypesWith("voidList", listPtr(toEnd("voidList"), 0, 1 << 20))}},
+       {4096, 64}},
+      {"a capability where a struct belongs",
+       {{allTypesWith("structField", 3 | (uint64_t{5} << 32))}},
+       {}},
+      {"an unknown kind of other pointer", {{allTypesWith("structField", 7)}}, {}},
+      {"a struct pointing at itself (too deep)",
+       {{allTypesWith("structField", pointerToRoot("structField"))}},
+       {}},
+      {"more words than the traversal limit",
+       {{allTypesWith("dataField", listPtr(toEnd("dataField"), 2, 320), std::vector<uint64_t>(40))}},
        {64, 64}},
   };
   for (auto& c : cases) {
