@@ -289,6 +289,21 @@ TEST(WireRead, MalformedMessagesAreRefusedWhereLibcapnpRefusesThem) {
   }
 }
 
+TEST(WireRead, ADoubleFarPointerLeadsToItsObject) {
+  // structField -> a double-far landing pad in segment 1 -> a one-word struct in segment 2.
+  Crafted m{{allTypesWith("structField", farPtr(true, 0, 1)),
+             {farPtr(false, 0, 2), structPtr(0, 1, 0)},
+             {uint64_t{0x12345678} << 32}}};
+  Comparison c = compareAll(m.get());
+  EXPECT_TRUE(c.ok()) << c.report();
+  wire::ReadContext ctx;
+  auto segs = m.get();
+  ctx.reset(segs.begin(), static_cast<uint32_t>(segs.size()), 1 << 20, 64);
+  wire::Reader<AllTypes> r(ctx.root());
+  EXPECT_TRUE(r.hasStructField());
+  EXPECT_EQ(r.getStructField().getInt32Field(), 0x12345678);
+}
+
 TEST(WireRead, ListIndexPastTheEndThrows) {
   capnp::MallocMessageBuilder m;
   m.initRoot<AllTypes>().setInt32List({1, 2});
