@@ -9,42 +9,22 @@
 // accepted frame and reads it in place).
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
-#include <vector>
 
 #include "frame_fuzz_entry.h"
+#include "seed_files.h"
 
 namespace zcrpc::fuzz {
 namespace {
 
-namespace fs = std::filesystem;
-
-std::vector<fs::path> corpusFiles() {
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(ZCRPC_FUZZ_CORPUS_DIR))
-    if (e.is_regular_file()) files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-std::vector<uint8_t> readFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-bool startsWith(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+std::vector<std::filesystem::path> corpusFiles() { return seedFiles(ZCRPC_FUZZ_CORPUS_DIR); }
 
 TEST(FrameCorpus, HasSeedsOfEveryKind) {
   size_t ok = 0, arena = 0, bad = 0;
   for (const auto& p : corpusFiles()) {
-    std::string name = p.filename().string();
-    ok += startsWith(name, "ok-");
-    arena += startsWith(name, "arena-");
-    bad += startsWith(name, "bad-");
+    ok += nameStartsWith(p, "ok-");
+    arena += nameStartsWith(p, "arena-");
+    bad += nameStartsWith(p, "bad-");
   }
   EXPECT_GE(ok, 3u);
   EXPECT_GE(arena, 1u);
@@ -53,17 +33,16 @@ TEST(FrameCorpus, HasSeedsOfEveryKind) {
 
 TEST(FrameCorpus, EverySeedGetsTheExpectedVerdict) {
   for (const auto& p : corpusFiles()) {
-    std::string name = p.filename().string();
-    SCOPED_TRACE(name);
-    std::vector<uint8_t> bytes = readFile(p);
+    SCOPED_TRACE(p.filename().string());
+    std::vector<uint8_t> bytes = readSeed(p);
     FrameFuzzOutcome o = runFrameInput(bytes.data(), bytes.size());
-    if (startsWith(name, "ok-")) {
+    if (nameStartsWith(p, "ok-")) {
       EXPECT_TRUE(o.acceptedWhole);
       EXPECT_TRUE(o.acceptedSplit);
-    } else if (startsWith(name, "arena-")) {
+    } else if (nameStartsWith(p, "arena-")) {
       EXPECT_FALSE(o.acceptedWhole);
       EXPECT_TRUE(o.acceptedSplit);
-    } else if (startsWith(name, "bad-")) {
+    } else if (nameStartsWith(p, "bad-")) {
       EXPECT_FALSE(o.acceptedWhole);
       EXPECT_FALSE(o.acceptedSplit);
     }
@@ -74,7 +53,7 @@ TEST(FrameCorpus, EveryTruncationIsHandled) {
   // Each prefix of each seed is a frame cut short: it must be refused or checked, never
   // crash. Cheap stand-in for the fuzzer on machines without libFuzzer.
   for (const auto& p : corpusFiles()) {
-    std::vector<uint8_t> bytes = readFile(p);
+    std::vector<uint8_t> bytes = readSeed(p);
     for (size_t n = 0; n < bytes.size() && n <= 4096; n += (n < 256 ? 1 : 64))
       (void)runFrameInput(bytes.data(), n);
   }

@@ -5,39 +5,20 @@
 // sanitizer builds of this test catch what a fuzzer would.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
-#include <vector>
 
 #include "fuzz_entries.h"
+#include "seed_files.h"
 
 namespace zcrpc::fuzz {
 namespace {
 
-namespace fs = std::filesystem;
-
-std::vector<fs::path> seeds(const std::string& target) {
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(fs::path(ZCRPC_FUZZ_SEEDS_DIR) / target))
-    if (e.is_regular_file()) files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-std::vector<uint8_t> readFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 void replay(const std::string& target, void (*entry)(const uint8_t*, size_t), size_t minSeeds) {
-  auto files = seeds(target);
+  auto files = seedFiles(std::filesystem::path(ZCRPC_FUZZ_SEEDS_DIR) / target);
   EXPECT_GE(files.size(), minSeeds);
   for (const auto& p : files) {
     SCOPED_TRACE(p.filename().string());
-    auto bytes = readFile(p);
+    auto bytes = readSeed(p);
     entry(bytes.data(), bytes.size());
     // Cut short: at every handshake boundary and a few points inside.
     for (size_t n : {size_t{0}, size_t{1}, size_t{2}, size_t{11}, size_t{24}, size_t{30}, size_t{184},
