@@ -22,12 +22,6 @@ namespace {
 
 constexpr uint16_t kNoDiscriminant = 0xffff;
 
-std::string hex64(uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%016" PRIx64 "ull", v);
-  return buf;
-}
-
 std::string macroId(uint64_t id) {
   char buf[24];
   std::snprintf(buf, sizeof buf, "%016" PRIX64, id);
@@ -96,17 +90,16 @@ std::vector<uint64_t> defaultWords(capnp::AnyPointer::Reader value) {
 struct PrimitiveInfo {
   const char* cppType;   ///< what getters return
   const char* maskType;  ///< what the default XORs as (zcrpc::wire::_::MaskOf)
-  unsigned bits;
 };
 
 /// Void, Bool and the numeric types; nullptr for others.
 const PrimitiveInfo* primitive(schema::Type::Which w) {
-  static const PrimitiveInfo kVoid{"::capnp::Void", "", 0}, kBool{"bool", "bool", 1},
-      kInt8{"::int8_t", "::int8_t", 8}, kInt16{"::int16_t", "::int16_t", 16},
-      kInt32{"::int32_t", "::int32_t", 32}, kInt64{"::int64_t", "::int64_t", 64},
-      kUint8{"::uint8_t", "::uint8_t", 8}, kUint16{"::uint16_t", "::uint16_t", 16},
-      kUint32{"::uint32_t", "::uint32_t", 32}, kUint64{"::uint64_t", "::uint64_t", 64},
-      kFloat32{"float", "::uint32_t", 32}, kFloat64{"double", "::uint64_t", 64};
+  static const PrimitiveInfo kVoid{"::capnp::Void", ""}, kBool{"bool", "bool"},
+      kInt8{"::int8_t", "::int8_t"}, kInt16{"::int16_t", "::int16_t"},
+      kInt32{"::int32_t", "::int32_t"}, kInt64{"::int64_t", "::int64_t"},
+      kUint8{"::uint8_t", "::uint8_t"}, kUint16{"::uint16_t", "::uint16_t"},
+      kUint32{"::uint32_t", "::uint32_t"}, kUint64{"::uint64_t", "::uint64_t"},
+      kFloat32{"float", "::uint32_t"}, kFloat64{"double", "::uint64_t"};
   switch (w) {
     case schema::Type::VOID: return &kVoid;
     case schema::Type::BOOL: return &kBool;
@@ -121,15 +114,6 @@ const PrimitiveInfo* primitive(schema::Type::Which w) {
     case schema::Type::FLOAT32: return &kFloat32;
     case schema::Type::FLOAT64: return &kFloat64;
     default: return nullptr;
-  }
-}
-
-const char* unsignedOfBits(unsigned bits) {
-  switch (bits) {
-    case 8: return "::uint8_t";
-    case 16: return "::uint16_t";
-    case 32: return "::uint32_t";
-    default: return "::uint64_t";
   }
 }
 
@@ -332,7 +316,7 @@ struct AccessorWriter::Impl {
           if (words.empty()) break;
           out << "  static constexpr ::uint64_t kDefault" << m.title << "Words[] = {";
           for (size_t i = 0; i < words.size(); ++i)
-            out << (i % 3 == 0 ? "\n      " : " ") << hex64(words[i]) << ",";
+            out << (i % 3 == 0 ? "\n      " : " ") << hexId(words[i]) << ",";
           out << "};\n"
               << "  static constexpr ::zcrpc::wire::DefaultValue kDefault" << m.title << "{kDefault"
               << m.title << "Words, " << words.size() << "};\n";
@@ -420,7 +404,7 @@ struct AccessorWriter::Impl {
           continue;
         }
         const std::string mask =
-            bits ? std::string(", static_cast<") + p->maskType + ">(" + hex64(bits) + ")" : "";
+            bits ? std::string(", static_cast<") + p->maskType + ">(" + hexId(bits) + ")" : "";
         add(p->cppType, "get" + title, "", "",
             "return " + self + ".data<" + p->cppType + ">(" + off + mask + ");");
         if (builder)
@@ -554,7 +538,7 @@ struct AccessorWriter::Impl {
         if (m.type.isBool())
           out += "_b.setBit(" + off + ", false);\n  ";
         else
-          out += std::string("_b.setData<") + unsignedOfBits(p->bits) + ">(" + off + ", 0);\n  ";
+          out += std::string("_b.setData<") + p->maskType + ">(" + off + ", 0);\n  ";
       } else if (m.type.isEnum()) {
         out += "_b.setData<::uint16_t>(" + off + ", 0);\n  ";
       } else {
