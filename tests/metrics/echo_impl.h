@@ -1,6 +1,8 @@
-// The Echo service (schemas/echo.capnp) as the metrics, balancer and tool tests serve it:
-// echo, ping and sink answer at once, fail throws ApplicationError, delay is deferred and
-// answered from a timer thread. Records what handlers saw of tracing. Test code only.
+// The Echo service (schemas/echo.capnp) as the metrics, balancer, tool and compat tests
+// serve it: echo, ping and sink answer at once, fail throws ApplicationError, delay is
+// deferred and answered from a timer thread (at once when the caller cancelled it). Counts
+// pings, sunk bytes and cancelled delays; records what handlers saw of tracing. Test code
+// only.
 #pragma once
 
 #include <atomic>
@@ -35,7 +37,10 @@ class EchoImpl final : public echo::EchoService {
     else
       call.results(payloadHint_).setData(call.params().getData());
   }
-  void ping(PingCall& call) override { noteTrace(call.trace()); }
+  void ping(PingCall& call) override {
+    noteTrace(call.trace());
+    pings_.fetch_add(1, std::memory_order_relaxed);
+  }
   void sink(SinkCall& call) override {
     noteTrace(call.trace());
     sunk_.fetch_add(call.params().getData().size(), std::memory_order_relaxed);
@@ -71,6 +76,9 @@ class EchoImpl final : public echo::EchoService {
     return deferredTrace_;
   }
   uint64_t sunk() const { return sunk_.load(); }
+  int pings() const { return pings_.load(); }
+  /// Delay calls answered as cancelled (the handler saw isCancelled()).
+  int cancelled() const { return cancelled_.load(); }
 
   /// echo reads and writes through Cap'n Proto's own accessors (paramsCapnp(),
   /// resultsCapnp()) instead of zcrpc's: metrics_cost compares the two. Set before serving.
@@ -94,6 +102,7 @@ class EchoImpl final : public echo::EchoService {
       for (auto it = pending_.begin(); it != pending_.end();) {
         bool cancelled = it->reply.isCancelled();
         if (cancelled || now >= it->due) {
+          if (cancelled) cancelled_.fetch_add(1, std::memory_order_relaxed);
           it->reply.complete([cancelled](OutgoingMessage& out) {
             out.initRoot<echo::Echo::DelayResults>().setCancelled(cancelled);
           });
@@ -114,6 +123,8 @@ class EchoImpl final : public echo::EchoService {
   TraceContext lastTrace_;
   TraceContext deferredTrace_;
   std::atomic<uint64_t> sunk_{0};
+  std::atomic<int> pings_{0};
+  std::atomic<int> cancelled_{0};
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Pending> pending_;
