@@ -6,7 +6,6 @@
 // typelessRequest) as maybe-uninitialized: a false positive of the sanitizer build only,
 // which -Werror would turn into a failed build.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <capnp/serialize.h>
 
 #include <unordered_map>
 #include <vector>
@@ -59,16 +58,9 @@ class CapnpClientConnection final : public CapnpConnection, private kj::TaskSet:
     switch (static_cast<FrameKind>(h.kind)) {
       case FrameKind::kRequest:
       case FrameKind::kOneWay: {
-        // Our own session's frame, built in this process: read without limits.
-        capnp::ReaderOptions own;
-        own.traversalLimitInWords = kj::maxValue;
-        own.nestingLimit = 1 << 16;
-        auto segments = msg.segmentsForSend();
-        capnp::SegmentArrayMessageReader reader(segments, own);
-        uint64_t words = 0;
-        for (auto s : segments) words += s.size();
-        auto request = main_.typelessRequest(h.interfaceId, h.methodId, capnp::MessageSize{words, 0});
-        request.set(reader.getRoot<capnp::AnyPointer>());
+        OwnFrameReader params(msg);
+        auto request = main_.typelessRequest(h.interfaceId, h.methodId, params.size());
+        request.set(params.root());
         auto promise = request.send();
         if (h.kind == static_cast<uint8_t>(FrameKind::kOneWay)) {
           oneWays_->add(promise.ignoreResult());  // its answer is dropped when it comes

@@ -29,6 +29,21 @@ std::vector<std::string> RefusalLog::list() const {
 }
 
 // ------------------------------------------------------------------------------------
+// OwnFrameReader
+
+capnp::ReaderOptions OwnFrameReader::unlimited() noexcept {
+  capnp::ReaderOptions o;
+  o.traversalLimitInWords = kj::maxValue;
+  o.nestingLimit = 1 << 16;
+  return o;
+}
+
+OwnFrameReader::OwnFrameReader(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments)
+    : reader_(segments, unlimited()) {
+  for (auto s : segments) words_ += s.size();
+}
+
+// ------------------------------------------------------------------------------------
 // Scope
 
 void CapnpConnection::Scope::enter() {

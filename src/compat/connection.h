@@ -4,6 +4,7 @@
 #pragma once
 
 #include <capnp/rpc-twoparty.h>
+#include <capnp/serialize.h>
 #include <kj/async.h>
 
 #include <atomic>
@@ -36,6 +37,24 @@ class RefusalLog final {
   const std::string endpoint_;
   mutable std::mutex mutex_;
   std::deque<std::string> entries_;
+};
+
+/// The session's own frame `msg` read as a Cap'n Proto message, to be copied into an RPC
+/// message: built in this process, so read without reader limits. Borrows `msg`'s memory.
+class OwnFrameReader final {
+ public:
+  explicit OwnFrameReader(OutgoingMessage& msg) : OwnFrameReader(msg.segmentsForSend()) {}
+  capnp::MessageReader& reader() noexcept { return reader_; }
+  capnp::AnyPointer::Reader root() { return reader_.getRoot<capnp::AnyPointer>(); }
+  /// The whole frame's size: room for a copy of its root.
+  capnp::MessageSize size() const noexcept { return {words_, 0}; }
+
+ private:
+  explicit OwnFrameReader(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
+  static capnp::ReaderOptions unlimited() noexcept;
+
+  uint64_t words_ = 0;
+  capnp::SegmentArrayMessageReader reader_;
 };
 
 /// A Connection whose wire is Cap'n Proto's two-party RPC protocol. The subclass owns the

@@ -2,7 +2,6 @@
 // connection, whose bootstrap capability turns each call into a request frame for the
 // zcrpc session above (the same dispatch as zcrpc's own transports) and each answer frame
 // the session sends back into the call's results or exception.
-#include <capnp/serialize.h>
 #include <unistd.h>
 
 #include <unordered_map>
@@ -132,21 +131,14 @@ class CapnpServerConnection final : public CapnpConnection {
     if (it == calls_.end()) return Status::kOk;  // cancelled by the client meanwhile
     Call call = std::move(it->second);
     calls_.erase(it);
-    // Our own session's frame, built in this process: read without limits.
-    capnp::ReaderOptions own;
-    own.traversalLimitInWords = kj::maxValue;
-    own.nestingLimit = 1 << 16;
-    auto segments = msg.segmentsForSend();
-    capnp::SegmentArrayMessageReader reader(segments, own);
+    OwnFrameReader answer(msg);
     if (kind == FrameKind::kError) {
-      CallResult e = readError(reader);
+      CallResult e = readError(answer.reader());
       call.fulfiller->reject(toCapnp(e.errorKind(), e.errorCode(), e.errorMessage()));
       return Status::kOk;
     }
     try {
-      uint64_t words = 0;
-      for (auto s : segments) words += s.size();
-      call.context.getResults(capnp::MessageSize{words, 0}).set(reader.getRoot<capnp::AnyPointer>());
+      call.context.getResults(answer.size()).set(answer.root());
       call.fulfiller->fulfill();
     } catch (kj::Exception& e) {
       call.fulfiller->reject(kj::mv(e));
