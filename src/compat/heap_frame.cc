@@ -3,7 +3,6 @@
 #include <capnp/capability.h>
 
 #include <algorithm>
-#include <cstring>
 #include <string>
 
 #include "rpc/frames.h"
@@ -12,26 +11,11 @@ namespace zcrpc::compat {
 
 void HeapFrame::open(OutgoingMessage& msg, uint32_t words) {
   header_ = FrameHeader{};
-  msg.open(*this, header_, take(std::max<uint32_t>(words, 1)));
+  msg.open(*this, header_, segments_.take(std::max<uint32_t>(words, 1), "message"));
 }
 
 kj::ArrayPtr<capnp::word> HeapFrame::allocateMore(uint32_t minWords) {
-  return take(std::max<uint64_t>(minWords, allocated_ / 2));
-}
-
-kj::ArrayPtr<capnp::word> HeapFrame::take(uint64_t words) {
-  if ((allocated_ + words) * 8 > max_) {
-    if ((allocated_ + 1) * 8 > max_ || words == 0)
-      throw InvalidArgument("message exceeds the maximum message size of " + std::to_string(max_) +
-                            " bytes (max_message_bytes)");
-    words = max_ / 8 - allocated_;
-  }
-  auto chunk = kj::heapArray<capnp::word>(words);
-  std::memset(chunk.begin(), 0, words * sizeof(capnp::word));
-  allocated_ += words;
-  auto out = chunk.asPtr();
-  chunks_.push_back(std::move(chunk));
-  return out;
+  return segments_.take(std::max<uint64_t>(minWords, segments_.allocated() / 2), "message");
 }
 
 IncomingMessage HeapFrame::seal(std::unique_ptr<HeapFrame> frame, OutgoingMessage& built) {

@@ -7,10 +7,10 @@
 
 #include <cstdint>
 #include <memory>
-#include <vector>
 
 #include <kj/array.h>
 
+#include "message/heap_segments.h"
 #include "zcrpc/transport.h"
 
 #pragma GCC visibility push(hidden)
@@ -34,8 +34,9 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
   };
 
   /// A frame that may grow to `maxMessageBytes` (then InvalidArgument), read with `limits`.
-  HeapFrame(uint64_t maxMessageBytes, const ReaderLimits& limits) noexcept
-      : max_(maxMessageBytes), limits_(limits) {}
+  HeapFrame(uint64_t maxMessageBytes, const ReaderLimits& limits) noexcept : limits_(limits) {
+    segments_.reset(maxMessageBytes);
+  }
 
   /// Opens `msg` on this frame with a first segment of `words` zeroed words.
   void open(OutgoingMessage& msg, uint32_t words);
@@ -70,14 +71,10 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
   bool heapCopy() const noexcept override { return true; }
 
  private:
-  kj::ArrayPtr<capnp::word> take(uint64_t words);
-
   FrameHeader header_{};
   Owner* owner_ = nullptr;
-  uint64_t max_;
   ReaderLimits limits_;
-  uint64_t allocated_ = 0;  // words
-  std::vector<kj::Array<capnp::word>> chunks_;
+  HeapSegments segments_;
   ParsedFrame frame_;  // once sealed
 };
 

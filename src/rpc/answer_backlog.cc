@@ -1,7 +1,6 @@
 #include "rpc/answer_backlog.h"
 
 #include <algorithm>
-#include <cstring>
 #include <string>
 
 #include <capnp/serialize.h>
@@ -11,30 +10,14 @@ namespace zcrpc {
 
 void AnswerBacklog::SpillSource::open(OutgoingMessage& msg, uint32_t words,
                                       uint64_t maxMessageBytes) {
-  chunks_.clear();
+  segments_.reset(maxMessageBytes);
   header_ = FrameHeader{};
-  allocated_ = 0;
-  max_ = maxMessageBytes;
   open_ = &msg;
-  msg.open(*this, header_, take(words));
+  msg.open(*this, header_, segments_.take(words, "answer"));
 }
 
 kj::ArrayPtr<capnp::word> AnswerBacklog::SpillSource::allocateMore(uint32_t minWords) {
-  return take(std::max<uint64_t>(minWords, allocated_ / 8));
-}
-
-kj::ArrayPtr<capnp::word> AnswerBacklog::SpillSource::take(uint64_t words) {
-  if ((allocated_ + words) * 8 > max_) {
-    if ((allocated_ + 1) * 8 > max_ || words == 0)
-      throw InvalidArgument("answer exceeds the maximum message size " + std::to_string(max_));
-    words = max_ / 8 - allocated_;
-  }
-  auto chunk = kj::heapArray<capnp::word>(words);
-  std::memset(chunk.begin(), 0, words * sizeof(capnp::word));
-  allocated_ += words;
-  auto out = chunk.asPtr();
-  chunks_.push_back(std::move(chunk));
-  return out;
+  return segments_.take(std::max<uint64_t>(minWords, segments_.allocated() / 8), "answer");
 }
 
 void AnswerBacklog::push(OutgoingMessage& msg) {

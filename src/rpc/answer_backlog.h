@@ -4,10 +4,10 @@
 
 #include <cstdint>
 #include <deque>
-#include <vector>
 
 #include <kj/array.h>
 
+#include "message/heap_segments.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc {
@@ -46,7 +46,7 @@ class __attribute__((visibility("hidden"))) AnswerBacklog final {
     /// The answer went to the queue: its memory stays until the next open or reset.
     void sent() noexcept { open_ = nullptr; }
     void reset() noexcept {
-      chunks_.clear();
+      segments_.reset(0);
       open_ = nullptr;
     }
 
@@ -54,12 +54,8 @@ class __attribute__((visibility("hidden"))) AnswerBacklog final {
     void abandon() noexcept override { reset(); }
 
    private:
-    kj::ArrayPtr<capnp::word> take(uint64_t words);
-
     FrameHeader header_{};
-    std::vector<kj::Array<capnp::word>> chunks_;
-    uint64_t allocated_ = 0;
-    uint64_t max_ = 0;
+    HeapSegments segments_;
     const OutgoingMessage* open_ = nullptr;
   };
 
