@@ -151,7 +151,6 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
   bool withdraw(uint64_t callId);
   /// Notes why the connection failed (first reason wins) and closes it.
   void fault(const std::string& why) noexcept;
-  bool broken() const noexcept { return broken_; }
   /// The socket reached its end (the peer closed it, or it failed).
   bool streamEnded() const noexcept { return stream_ && stream_->ended(); }
   /// Why the RPC system ended the connection, from what the stream saw.

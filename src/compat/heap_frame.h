@@ -43,7 +43,6 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
   /// `owner` learns when the message opened here is dropped unsent (it may delete the frame).
   void setOwner(Owner* owner) noexcept { owner_ = owner; }
   bool holds(OutgoingMessage& msg) const noexcept { return &msg.header() == &header_; }
-  FrameHeader& header() noexcept { return header_; }
 
   /// Hands the built frame to the session: the lease owns this object from here on.
   static IncomingMessage seal(std::unique_ptr<HeapFrame> frame, OutgoingMessage& built);

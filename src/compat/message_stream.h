@@ -47,8 +47,6 @@ class ReceivedMessage final : public capnp::MessageReader {
   kj::ArrayPtr<const capnp::word> getSegment(capnp::uint id) override {
     return id < segments_.size() ? segments_[id] : nullptr;
   }
-  const std::vector<kj::ArrayPtr<const capnp::word>>& segments() const noexcept { return segments_; }
-  const ChunkRef& chunk() const noexcept { return chunk_; }
 
  private:
   ChunkRef chunk_;
@@ -72,7 +70,6 @@ class SocketMessageStream final : public capnp::MessageStream {
   ~SocketMessageStream() noexcept(false);
 
   int fd() const noexcept { return stream_->fd(); }
-  tcp::ByteStream& byteStream() noexcept { return *stream_; }
 
   /// What one readSome() found.
   enum class ReadResult : uint8_t {
@@ -86,8 +83,6 @@ class SocketMessageStream final : public capnp::MessageStream {
   /// True when a whole message waits in the buffer (the next read completes at once).
   bool messageBuffered() const noexcept;
   bool ended() const noexcept { return ended_; }
-  /// The peer closed its end cleanly (no failure).
-  bool peerClosed() const noexcept { return ended_ && failure_.empty(); }
 
   /// Writes buffered output; false when the stream failed (see failure()).
   bool flush();
