@@ -331,8 +331,14 @@ bool CapnpConnection::armWait() noexcept {
     ev.events = want;
     // ADD reports a socket already readable at once, so nothing arriving before it is missed.
     const int op = epollEvents_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    if (::epoll_ctl(epoll_.get(), op, stream_->fd(), &ev) != 0) return false;
-    epollEvents_ = want;
+    if (::epoll_ctl(epoll_.get(), op, stream_->fd(), &ev) == 0) {
+      epollEvents_ = want;
+    } else if (op == EPOLL_CTL_ADD) {
+      // Never watched: the caller could only spin. Closed, saying why (as TcpConnection).
+      const int err = errno;
+      fault(os::errnoText("cannot watch " + endpoint_ + " (epoll_ctl)", err));
+      return false;
+    }
   }
   return true;
 }
