@@ -147,7 +147,8 @@ class Connection {
   virtual bool armWait() noexcept = 0;
   /// Ends an armed wait (whether or not it slept) and clears pending signals.
   virtual void disarmWait() noexcept = 0;
-  /// Checks now whether the peer is still there (a system call); kDisconnected if not.
+  /// Checks now whether the peer is still there (a system call); kDisconnected if not and
+  /// nothing it sent before going is left to receive.
   virtual Status checkPeer() noexcept = 0;
 
   /// Closes both directions; the peer sees kDisconnected. Idempotent.

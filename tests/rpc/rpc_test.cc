@@ -272,6 +272,28 @@ TEST_P(RpcTest, OneWayCallsReachTheServerAndGetNoResponse) {
   EXPECT_EQ(conn->receive(in, deadlineAfter(100ms)), Status::kTimedOut);
 }
 
+TEST_P(RpcTest, AOneWayCallSentJustBeforeClosingIsStillHandled) {
+  // The server's worker sleeps (blocking idle mode), so the signal for the call and the
+  // hang-up wake it together: what the client sent before it went must still be read.
+  ServerOptions so;
+  so.idleMode = WaitMode::kBlocking;
+  auto& harness = h(so);
+  constexpr uint64_t kRounds = 20;
+  for (uint64_t i = 0; i < kRounds; ++i) {
+    auto ch = harness.channel();
+    ASSERT_TRUE(syncEcho(*ch, 1, 1));  // connected and adopted
+    std::this_thread::sleep_for(2ms);  // the worker is asleep again
+    EchoRequest req(*ch, kTestIface, kOneWay, 0);
+    fillPayload(req.params(), i, 8);
+    req.sendOneWay();
+    ch.reset();
+    ASSERT_TRUE(eventually([&] { return harness.service.oneWaySeqs().size() == i + 1; }))
+        << "the one-way call of round " << i << " was never handled";
+  }
+  auto seqs = harness.service.oneWaySeqs();
+  for (uint64_t i = 0; i < kRounds; ++i) EXPECT_EQ(seqs[i], i);
+}
+
 // ---------------------------------------------------------------------------------------
 // Every error kind, with a message saying what happened
 

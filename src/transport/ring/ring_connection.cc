@@ -206,7 +206,14 @@ void RingConnection::disarmWait() noexcept {
 
 Status RingConnection::checkPeer() noexcept {
   nextLivenessCheck_.store(0, std::memory_order_relaxed);
-  return checkPeerAlive() ? Status::kOk : Status::kDisconnected;
+  if (checkPeerAlive()) return Status::kOk;
+  // As over tcp and rdma, a peer that went is reported once what it published before
+  // going is read: a caller that stops receiving on kDisconnected (the server's worker)
+  // would lose it. tryReceive() says kDisconnected when the ring is drained.
+  // pairs with the release store of `closed` in the peer's close() (peerClosed()), which
+  // follows its last publish
+  return !closed_.load(std::memory_order_relaxed) && dataReady() ? Status::kOk
+                                                                 : Status::kDisconnected;
 }
 
 std::string RingConnection::lastError() const {
