@@ -392,41 +392,36 @@ void Session::queueCiphertext(const std::byte* data, size_t size) noexcept {
     out_.insert(out_.end(), data, data + size);
     return;
   }
-  while (size) {
-    ssize_t n = ::send(fd_, data, size, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      data += n, size -= static_cast<size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno != EAGAIN) {
-      ioErrno_ = errno;
-      fail(os::errnoText("write to " + what_, errno));
-      return;
-    }
-    break;
-  }
+  const size_t sent = sendNow(data, size);
+  if (ioErrno_) return;
+  data += sent, size -= sent;
   if (size) {
     if (outHead_ == out_.size()) out_.clear(), outHead_ = 0;
     out_.insert(out_.end(), data, data + size);
   }
 }
 
-bool Session::flushLocked() noexcept {
-  while (outHead_ < out_.size() && !ioErrno_) {
-    ssize_t n = ::send(fd_, out_.data() + outHead_, out_.size() - outHead_, MSG_NOSIGNAL | MSG_DONTWAIT);
+size_t Session::sendNow(const std::byte* data, size_t size) noexcept {
+  size_t sent = 0;
+  while (sent < size) {
+    ssize_t n = ::send(fd_, data + sent, size - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
-      outHead_ += static_cast<size_t>(n);
+      sent += static_cast<size_t>(n);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno != EAGAIN) {
       ioErrno_ = errno;
       fail(os::errnoText("write to " + what_, errno));
-      break;
     }
-    return false;
+    break;
   }
+  return sent;
+}
+
+bool Session::flushLocked() noexcept {
+  if (!ioErrno_) outHead_ += sendNow(out_.data() + outHead_, out_.size() - outHead_);
+  if (outHead_ < out_.size() && !ioErrno_) return false;
   out_.clear();
   outHead_ = 0;
   if (out_.capacity() > kOutputLimit) out_.shrink_to_fit();  // a burst's memory goes back

@@ -141,6 +141,9 @@ class Session final {
   friend struct BioAccess;
   void queueCiphertext(const std::byte* data, size_t size) noexcept;  // mutex_ held
   bool flushLocked() noexcept;
+  /// Sends what the socket takes now of `data`; returns how much. A failure other than
+  /// a full socket is recorded (ioErrno_, fail()). mutex_ held.
+  size_t sendNow(const std::byte* data, size_t size) noexcept;
   bool sslWrite(const std::byte* data, size_t size) noexcept;  // mutex_ held
   bool stageOrWrite(const std::byte* data, size_t size) noexcept;
   void fail(std::string why) noexcept;
