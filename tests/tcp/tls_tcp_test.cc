@@ -112,23 +112,20 @@ class WhoService final : public Service {
   PeerIdentity last_;
 };
 
-TcpOptions serverTls(const TestPki& pki) {
-  TcpOptions o;
-  o.connection = tlsTransport().options;
-  o.connection.connectTimeout = 3000ms;
-  o.tls.enabled = true;
-  o.tls.certFile = pki.server().cert;
-  o.tls.keyFile = pki.server().key;
-  o.tls.caFile = pki.caFile();
-  return o;
-}
-
 TcpOptions clientTls(const TestPki& pki) {
   TcpOptions o;
   o.connection = tlsTransport().options;
   o.connection.connectTimeout = 3000ms;
   o.tls.enabled = true;
   o.tls.caFile = pki.caFile();
+  return o;
+}
+
+/// As clientTls(), with the server's certificate and key.
+TcpOptions serverTls(const TestPki& pki) {
+  TcpOptions o = clientTls(pki);
+  o.tls.certFile = pki.server().cert;
+  o.tls.keyFile = pki.server().key;
   return o;
 }
 
