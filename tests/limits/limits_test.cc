@@ -15,6 +15,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -101,6 +102,13 @@ class ServerProcess final {
     }
     return lines;
   }
+  /// Waits up to `timeout` for a line that holds `needle`; true when one came.
+  bool logsWithin(std::string_view needle, std::chrono::milliseconds timeout) {
+    for (auto until = Clock::now() + timeout; Clock::now() < until; std::this_thread::sleep_for(10ms))
+      for (auto& l : newLogLines())
+        if (l.find(needle) != std::string::npos) return true;
+    return false;
+  }
 
  private:
   LinePipe ready_;
@@ -123,6 +131,18 @@ std::unique_ptr<Connection> tryConnect(const std::function<std::unique_ptr<Conne
     error = e.what();
     return nullptr;
   }
+}
+
+/// Connects, trying again while refused, for up to 5 s; nullptr (the last error in
+/// `error`) when every try failed.
+std::unique_ptr<Connection> connectWithin5s(
+    const std::function<std::unique_ptr<Connection>()>& connect, std::string& error) {
+  std::unique_ptr<Connection> c;
+  for (auto until = Clock::now() + 5s; !c && Clock::now() < until;) {
+    c = tryConnect(connect, error);
+    if (!c) std::this_thread::sleep_for(20ms);
+  }
+  return c;
 }
 
 bool namesDescriptorExhaustion(const std::string& error) {
@@ -172,11 +192,7 @@ void outOfDescriptorsBacksOffAndRecovers(ServerProcess& server,
 
   // Descriptors come back: the server serves again without anyone's help.
   held.resize(held.size() - 5);
-  std::unique_ptr<Connection> honest;
-  for (auto until = Clock::now() + 5s; !honest && Clock::now() < until;) {
-    honest = tryConnect(connect, error);
-    if (!honest) std::this_thread::sleep_for(50ms);
-  }
+  std::unique_ptr<Connection> honest = connectWithin5s(connect, error);
   ASSERT_NE(honest, nullptr) << error;
   Channel channel(std::move(honest));
   EXPECT_TRUE(echoCall(channel, 1, 100));
@@ -219,20 +235,11 @@ TEST(Limits, ShmListenerRefusesClientsBeyondItsConnectionLimitAndSaysWhy) {
               std::string::npos)
         << e.what();
   }
-  bool logged = false;
-  for (auto until = Clock::now() + 2s; !logged && Clock::now() < until;) {
-    for (auto& l : server.newLogLines()) logged |= l.find("limit of 3 connections") != std::string::npos;
-    if (!logged) std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_TRUE(logged) << "the refusal was not logged";
+  EXPECT_TRUE(server.logsWithin("limit of 3 connections", 2s)) << "the refusal was not logged";
   // A place frees up when a connection goes.
   held.pop_back();
-  std::unique_ptr<Connection> again;
   std::string error;
-  for (auto until = Clock::now() + 5s; !again && Clock::now() < until;) {
-    again = tryConnect([&] { return connectShm(name); }, error);
-    if (!again) std::this_thread::sleep_for(20ms);
-  }
+  std::unique_ptr<Connection> again = connectWithin5s([&] { return connectShm(name); }, error);
   ASSERT_NE(again, nullptr) << error;
   Channel channel(std::move(again));
   EXPECT_TRUE(echoCall(channel, 1, 64));
@@ -248,13 +255,8 @@ TEST(Limits, ShmCredentialRefusalsAreLogged) {
       },
       0);
   EXPECT_THROW(connectShm(name), Failed);
-  std::vector<std::string> lines;
-  for (auto until = Clock::now() + 2s; lines.empty() && Clock::now() < until;) {
-    lines = server.newLogLines();
-    if (lines.empty()) std::this_thread::sleep_for(10ms);
-  }
-  ASSERT_FALSE(lines.empty()) << "the refusal was not logged";
-  EXPECT_NE(lines[0].find("is not admitted by the credential policy"), std::string::npos) << lines[0];
+  EXPECT_TRUE(server.logsWithin("is not admitted by the credential policy", 2s))
+      << "the refusal was not logged";
 }
 
 /// Resident and virtual size of a process, in bytes.
@@ -277,7 +279,8 @@ TcpOptions plainTcp() {
 }
 
 /// The server's resident size once it is at most `goal`, or after 3 s: its workers reap
-/// closed connections every 50 ms and give the memory back at most once a second.
+/// closed connections as their hang-ups arrive and give the memory back at most once a
+/// second.
 uint64_t residentAfterReaping(pid_t pid, uint64_t goal) {
   uint64_t now = memoryOf(pid).resident;
   for (auto until = Clock::now() + 3s; now > goal && Clock::now() < until; now = memoryOf(pid).resident)
