@@ -40,7 +40,7 @@ void Acceptor::run() {
     Deadline wakeAt = kNoDeadline;
     auto now = Clock::now();
     for (auto& e : listeners_)
-      wakeAt = std::min(wakeAt, now < e.restUntil ? e.restUntil : e.listener->addPollFds(fds));
+      wakeAt = std::min(wakeAt, e.backoff.resting(now) ? e.backoff.until() : e.listener->addPollFds(fds));
     int ms = -1;
     if (wakeAt != kNoDeadline) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(wakeAt - Clock::now());
@@ -49,18 +49,17 @@ void Acceptor::run() {
     if (::poll(fds.data(), fds.size(), ms) < 0) continue;
     now = Clock::now();
     for (auto& e : listeners_) {
-      if (now < e.restUntil) continue;
+      if (e.backoff.resting(now)) continue;
       try {
         if (auto c = e.listener->accept(now)) adopt_(std::move(c));
-        e.rest = std::chrono::milliseconds(0);
+        e.backoff.succeed();
       } catch (const std::exception& ex) {
-        e.rest = std::clamp(e.rest * 2, std::chrono::milliseconds(10), std::chrono::milliseconds(1000));
-        e.restUntil = now + e.rest;
+        e.backoff.fail(now);
         uint64_t suppressed = 0;
         if (log_.allow(now, suppressed))
           logMessage(LogLevel::kError,
                      "accept on " + e.listener->endpoint() + " failed: " + ex.what() + "; retrying in " +
-                         std::to_string(e.rest.count()) + " ms" +
+                         std::to_string(e.backoff.rest().count()) + " ms" +
                          (suppressed ? " (" + std::to_string(suppressed) + " more failures since the last message)" : ""));
       }
     }

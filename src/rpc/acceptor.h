@@ -24,7 +24,7 @@ class __attribute__((visibility("hidden"))) Acceptor final {
   ~Acceptor() { stop(); }
 
   void add(std::unique_ptr<Listener> listener) {
-    listeners_.push_back({std::move(listener), {}, std::chrono::milliseconds(0)});
+    listeners_.push_back({std::move(listener), {}});
   }
   std::vector<std::string> endpoints() const;
   void start();
@@ -34,13 +34,12 @@ class __attribute__((visibility("hidden"))) Acceptor final {
  private:
   void run();
 
-  /// A listener whose accept() threw rests (is neither polled nor asked) until
-  /// `restUntil`, 10 ms doubling to 1 s while it keeps failing: an error that repeats
-  /// must not make the acceptor spin and log on every round.
+  /// A listener whose accept() threw rests (is neither polled nor asked) for a Backoff
+  /// while it keeps failing: an error that repeats must not make the acceptor spin and
+  /// log on every round.
   struct Entry {
     std::unique_ptr<Listener> listener;
-    Clock::time_point restUntil;
-    std::chrono::milliseconds rest;
+    Backoff backoff;
   };
 
   Adopt adopt_;

@@ -69,8 +69,7 @@ int acceptOne(int listenFd) {
 AcceptGate::AcceptGate(std::string endpoint) : endpoint_(std::move(endpoint)), spare_(openSpare()) {}
 
 void AcceptGate::backOff(int err, Clock::time_point now) {
-  backoff_ = backoff_.count() == 0 ? kFirstBackoff : std::min(backoff_ * 2, kMaxBackoff);
-  retryAt_ = now + backoff_;
+  backoff_.fail(now);
   uint64_t suppressed = 0;
   if (log_.allow(now, suppressed)) {
     std::string more = suppressed ? " (" + std::to_string(suppressed) + " times since the last message)" : "";
@@ -78,7 +77,7 @@ void AcceptGate::backOff(int err, Clock::time_point now) {
                endpoint_ + ": accept: " +
                    os::errnoText(outOfDescriptors(err) ? "out of file descriptors" : "out of memory", err) +
                    "; refused " + std::to_string(refused_) + " waiting clients so far; not accepting for " +
-                   std::to_string(backoff_.count()) + " ms" + more);
+                   std::to_string(backoff_.rest().count()) + " ms" + more);
   }
 }
 
@@ -88,7 +87,7 @@ os::Fd AcceptGate::accept(int listenFd, const Refuse& refuse) {
   for (;;) {
     int fd = acceptOne(listenFd);
     if (fd >= 0) {
-      backoff_ = std::chrono::milliseconds(0);
+      backoff_.succeed();
       if (!spare_) spare_ = openSpare();  // as soon as there is one again
       return os::Fd(fd);
     }

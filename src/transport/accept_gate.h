@@ -2,6 +2,7 @@
 // how many connections it lets live at once.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -29,6 +30,30 @@ class LogLimiter final {
   std::chrono::milliseconds interval_;
   Clock::time_point next_{};
   uint64_t held_ = 0;
+};
+
+/// How long a step that keeps failing rests before it is tried again: 10 ms, doubling to
+/// 1 s while the failure repeats, from the start again after a success. Threads: one at a
+/// time.
+class Backoff final {
+ public:
+  static constexpr std::chrono::milliseconds kFirst{10};
+  static constexpr std::chrono::milliseconds kMax{1000};
+
+  /// A failure at `now`: the rest grows and starts now.
+  void fail(Clock::time_point now) noexcept {
+    rest_ = rest_.count() == 0 ? kFirst : std::min(rest_ * 2, kMax);
+    until_ = now + rest_;
+  }
+  void succeed() noexcept { rest_ = std::chrono::milliseconds(0); }
+  bool resting(Clock::time_point now) const noexcept { return now < until_; }
+  Clock::time_point until() const noexcept { return until_; }
+  /// The length of the current (or last) rest.
+  std::chrono::milliseconds rest() const noexcept { return rest_; }
+
+ private:
+  std::chrono::milliseconds rest_{0};
+  Clock::time_point until_{};
 };
 
 /// Counts a listener's live connections against its limit. Each connection the listener
@@ -74,7 +99,7 @@ class ConnectionCount final {
 /// descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM). A socket with clients
 /// waiting stays readable, so a listener that retried at once would take a core and log
 /// on every round. Instead the gate backs off: it stops accepting (and the listener stops
-/// polling its socket) for 10 ms, doubling to at most 1 s while the condition lasts. At
+/// polling its socket) for a Backoff: 10 ms, doubling to 1 s while the condition lasts. At
 /// the end of each back-off it tries again; for descriptor exhaustion it also frees one
 /// spare descriptor it keeps for the purpose, to accept up to kRefuseBatch waiting clients
 /// and tell each why they cannot be served (`refuse`), instead of leaving them to time
@@ -85,8 +110,6 @@ class ConnectionCount final {
 /// Threads: the listener's (one at a time).
 class AcceptGate final {
  public:
-  static constexpr std::chrono::milliseconds kFirstBackoff{10};
-  static constexpr std::chrono::milliseconds kMaxBackoff{1000};
   static constexpr int kRefuseBatch = 16;
 
   /// Called with a client accepted only to be refused and the reason; it may send the
@@ -98,8 +121,8 @@ class AcceptGate final {
   /// The next waiting client, or an empty Fd when none waits or while backing off.
   os::Fd accept(int listenFd, const Refuse& refuse);
   /// True while backing off: do not poll the listening socket before retryAt().
-  bool backingOff(Clock::time_point now) const noexcept { return now < retryAt_; }
-  Clock::time_point retryAt() const noexcept { return retryAt_; }
+  bool backingOff(Clock::time_point now) const noexcept { return backoff_.resting(now); }
+  Clock::time_point retryAt() const noexcept { return backoff_.until(); }
   /// Clients refused so far because the process was out of descriptors.
   uint64_t refusedForDescriptors() const noexcept { return refused_; }
 
@@ -108,8 +131,7 @@ class AcceptGate final {
 
   std::string endpoint_;
   os::Fd spare_;
-  Clock::time_point retryAt_{};
-  std::chrono::milliseconds backoff_{0};
+  Backoff backoff_;
   LogLimiter log_;
   uint64_t refused_ = 0;
 };
