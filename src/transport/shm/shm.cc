@@ -76,6 +76,13 @@ void refuseClient(int fd, const std::string& why) noexcept {
   sendRefusal(fd, why);
 }
 
+/// A Refuse from the peer: throws Failed with its reason.
+void throwIfRefused(HandshakeMessage& m, const std::string& what) {
+  if (m.step != Step::kRefuse) return;
+  m.reason[sizeof m.reason - 1] = 0;
+  throw Failed(what + ": refused by peer: " + m.reason);
+}
+
 HandshakeMessage receiveStep(int fd, Step expected, os::Fd* passed,
                              std::chrono::milliseconds timeout, const std::string& what) {
   HandshakeMessage m;
@@ -88,10 +95,7 @@ HandshakeMessage receiveStep(int fd, Step expected, os::Fd* passed,
   if (m.version != kHandshakeVersion)
     throw Failed(what + ": handshake version " + std::to_string(m.version) + ", expected " +
                  std::to_string(kHandshakeVersion));
-  if (m.step == Step::kRefuse) {
-    m.reason[sizeof m.reason - 1] = 0;
-    throw Failed(what + ": refused by peer: " + m.reason);
-  }
+  throwIfRefused(m, what);
   if (m.step != expected)
     throw Failed(what + ": unexpected handshake step " + std::to_string(uint32_t(m.step)));
   if (passed) {
@@ -407,10 +411,7 @@ std::unique_ptr<Connection> connectShm(std::string_view name, const ConnectionOp
       n = os::tryReceiveWithFds(sock.get(), std::as_writable_bytes(std::span(&m, 1)), fds, count);
     } catch (const std::exception&) {
     }
-    if (n && *n == sizeof m && m.magic == kHandshakeMagic && m.step == Step::kRefuse) {
-      m.reason[sizeof m.reason - 1] = 0;
-      throw Failed(what + ": refused by peer: " + m.reason);
-    }
+    if (n && *n == sizeof m && m.magic == kHandshakeMagic) throwIfRefused(m, what);
     throw;
   }
   os::Fd serverFd;
