@@ -104,10 +104,6 @@ bool Memory::grow(size_t bytes) noexcept {
   return true;
 }
 
-void Memory::discard() noexcept {
-  if (base_) (void)::madvise(base_, size_, MADV_DONTNEED);
-}
-
 Fd createSealedMemfd(std::string_view name, size_t size) {
   std::string n(name);
   Fd fd(ZCRPC_SYSCALL(::memfd_create(n.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING),

@@ -103,8 +103,6 @@ class Memory final {
   /// Grows to at least `bytes`, keeping the contents (the address may change). False, and
   /// unchanged, when the system refuses.
   [[nodiscard]] bool grow(size_t bytes) noexcept;
-  /// Hands the pages back to the system; they read as zeros when touched again.
-  void discard() noexcept;
 
  private:
   std::byte* base_ = nullptr;
