@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "conformance/support.h"
+#include "os/os.h"
+#include "transport/accept_gate.h"
 #include "zcrpc/rpc.h"
 #include "zcrpc/shm.h"
 #include "zcrpc/tcp.h"
@@ -211,6 +213,36 @@ TEST(Limits, ShmServerOutOfDescriptorsBacksOffRefusesWithTheReasonAndRecovers) {
       },
       48);
   outOfDescriptorsBacksOffAndRecovers(server, [&] { return connectShm(name); });
+}
+
+/// The gate's back-off itself (the test above drains one waiting client at a time, which
+/// the spare descriptor alone handles): with more clients waiting than one batch, the gate
+/// refuses a batch, then neither accepts nor refuses until its back-off ends, then refuses
+/// the rest. Without the back-off a listener whose clients outrun its refusals would try
+/// again on every round. In a child process: it uses up its own descriptors.
+TEST(Limits, AnAcceptGateOutOfDescriptorsRefusesABatchThenRests) {
+  Child child([] {
+    rlimit r{64, 64};
+    if (::setrlimit(RLIMIT_NOFILE, &r) != 0) return 10;
+    const std::string name = uniqueName("gate");
+    os::Fd listener = os::listenAbstract(name);
+    AcceptGate gate("shm://" + name);
+    constexpr int kWaiting = AcceptGate::kRefuseBatch + 4;
+    std::vector<os::Fd> clients;
+    for (int i = 0; i < kWaiting; ++i) clients.push_back(os::connectAbstract(name, 1000ms));
+    std::vector<os::Fd> filler;  // every descriptor left
+    for (os::Fd f; (f = os::Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC)));) filler.push_back(std::move(f));
+    int refused = 0;
+    auto refuse = [&](int, const std::string&) { ++refused; };
+    if (gate.accept(listener.get(), refuse)) return 1;
+    if (refused != AcceptGate::kRefuseBatch) return 2;
+    if (!gate.backingOff(Clock::now())) return 3;
+    if (gate.accept(listener.get(), refuse) || refused != AcceptGate::kRefuseBatch) return 4;
+    std::this_thread::sleep_until(gate.retryAt());
+    if (gate.accept(listener.get(), refuse)) return 5;
+    return refused == kWaiting ? 0 : 6;
+  });
+  EXPECT_EQ(child.wait(10s), 0) << "see the return codes in the test";
 }
 
 TEST(Limits, ShmListenerRefusesClientsBeyondItsConnectionLimitAndSaysWhy) {
