@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include <capnp/common.h>
 
@@ -167,6 +168,13 @@ bool checkFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
                 ParsedFrame& out) noexcept;
 /// The reason checkFrame() refused `refused`, as text.
 std::string frameRefusalReason(const ParsedFrame& refused);
+
+/// For Connection::send(), when a message has an extension area
+/// (OutgoingMessage::setExtensions): throws InvalidArgument naming `where` and the fault
+/// unless `area` is one that checkFrame() accepts, of at most `most` bytes (the
+/// connection's maxExtensionBytes()). A bad area is refused by name on the sender's side
+/// instead of being sent for the peer to refuse.
+void checkExtensionArea(kj::ArrayPtr<const capnp::word> area, size_t most, std::string_view where);
 
 /// Bytes needed for a frame with `segmentCount` table entries after `inlineBytes` of
 /// header + inline segments.

@@ -84,7 +84,8 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   /// The frame's extension area (kFlagExtended), which send() appends after the segment
   /// table and trace context: whole records (ExtensionHeader, payload), at most
   /// kMaxExtensionRecords of them and Connection::maxExtensionBytes() in all (send()
-  /// throws InvalidArgument beyond). Borrowed until send() returns. None by default; for
+  /// throws InvalidArgument otherwise: checkExtensionArea()). Borrowed until send()
+  /// returns. None by default; for
   /// the RPC layer, which gives its records their meaning.
   void setExtensions(kj::ArrayPtr<const capnp::word> records) noexcept { extensions_ = records; }
   kj::ArrayPtr<const capnp::word> extensions() const noexcept { return extensions_; }

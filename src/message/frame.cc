@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "zcrpc/error.h"
+
 namespace zcrpc {
 
 namespace {
@@ -206,6 +208,21 @@ std::string frameRefusalReason(const ParsedFrame& refused) {
              " overlaps the header, the table or an earlier segment";
   }
   return "frame refused (rule " + std::to_string(r.rule) + ")";
+}
+
+void checkExtensionArea(kj::ArrayPtr<const capnp::word> area, size_t most, std::string_view where) {
+  const auto* bytes = reinterpret_cast<const std::byte*>(area.begin());
+  const uint64_t size = area.size() * sizeof(capnp::word);
+  ParsedFrame parsed;
+  std::string why;
+  if (size > most)
+    why = "extension area of " + std::to_string(size) + " bytes exceeds the " +
+          std::to_string(most) + " this connection carries";
+  else if (!checkExtensions(bytes, size, size, parsed))
+    why = frameRefusalReason(parsed);
+  else
+    return;
+  throw InvalidArgument("message on " + std::string(where) + ": " + why);
 }
 
 std::string parseFrame(std::span<const std::byte> bytes, const FrameLimits& limits,

@@ -972,28 +972,46 @@ TEST_P(Conformance, ExtensionAreasArriveWithTheirMessage) {
   }
 }
 
-TEST_P(Conformance, AnExtensionAreaBeyondTheTransportsLimitIsRefusedByName) {
+TEST_P(Conformance, AnExtensionAreaThePeerWouldRefuseIsRefusedByNameOnSend) {
   auto p = connectPair();
-  const auto area = extensionArea(p.client->maxExtensionBytes() + 8, 1, 1);
-  {
-    OutgoingMessage m;
-    ASSERT_EQ(p.client->startMessage(m, 4, deadlineAfter(5s)), Status::kOk);
-    m.initRoot<bench::Payload>().setSeq(1);
-    m.setExtensions(kj::arrayPtr(area.data(), area.size()));
-    EXPECT_THROW(
-        {
-          try {
-            (void)p.client->send(m);
-          } catch (const InvalidArgument& e) {
-            EXPECT_THAT(e.what(), ::testing::HasSubstr("extension area"));
-            throw;
-          }
-        },
-        InvalidArgument);
+  // Too large for the transport; more records than a frame may carry; a record that
+  // claims more than the area holds; a record with its reserved field set.
+  auto tooMany = extensionArea(8 * (kMaxExtensionRecords + 1), kMaxExtensionRecords + 1, 1);
+  auto overlong = extensionArea(16, 1, 1);
+  reinterpret_cast<ExtensionHeader*>(overlong.data())->bytes = 24;
+  auto reserved = extensionArea(16, 1, 1);
+  reinterpret_cast<ExtensionHeader*>(reserved.data())->reserved = 1;
+  const std::pair<std::vector<capnp::word>, const char*> cases[] = {
+      {extensionArea(p.client->maxExtensionBytes() + 8, 1, 1), "bytes exceeds the"},
+      {tooMany, "has more than 8 records"},
+      {overlong, "record 0 claims 24 bytes"},
+      {reserved, "record 0 has a non-zero reserved field"}};
+  uint64_t seq = 0;
+  for (const auto& [area, why] : cases) {
+    SCOPED_TRACE(why);
+    {
+      OutgoingMessage m;
+      ASSERT_EQ(p.client->startMessage(m, 4, deadlineAfter(5s)), Status::kOk);
+      m.initRoot<bench::Payload>().setSeq(1);
+      m.setExtensions(kj::arrayPtr(area.data(), area.size()));
+      EXPECT_THROW(
+          {
+            try {
+              (void)p.client->send(m);
+            } catch (const InvalidArgument& e) {
+              EXPECT_THAT(e.what(), ::testing::HasSubstr("extension"));
+              EXPECT_THAT(e.what(), ::testing::HasSubstr(why));
+              EXPECT_THAT(e.what(), ::testing::HasSubstr(p.client->endpoint()));
+              throw;
+            }
+          },
+          InvalidArgument);
+    }
+    // The message was dropped unsent; the connection goes on.
+    ++seq;
+    ASSERT_EQ(sendPayload(*p.client, seq, 100, deadlineAfter(5s)), Status::kOk);
+    EXPECT_TRUE(receivePayload(*p.server, seq, 100));
   }
-  // The message was dropped unsent; the connection goes on.
-  ASSERT_EQ(sendPayload(*p.client, 2, 100, deadlineAfter(5s)), Status::kOk);
-  EXPECT_TRUE(receivePayload(*p.server, 2, 100));
 }
 
 TEST_P(Conformance, AMessageMovedToTheHeapGivesItsSpaceBack) {

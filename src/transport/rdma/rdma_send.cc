@@ -78,10 +78,9 @@ Status RdmaConnection::send(OutgoingMessage& msg, bool flushNow) {
   if (n > kMaxSegments)
     throw InvalidArgument("message on " + what_ + " has more than " + std::to_string(kMaxSegments) +
                           " segments");
+  if (extension.size()) [[unlikely]]
+    checkExtensionArea(extension, maxExtensionBytes(), what_);
   const uint64_t extensionBytes = extension.size() * sizeof(capnp::word);
-  if (extensionBytes > kMaxExtensionBytes) [[unlikely]]
-    throw InvalidArgument("extension area of " + std::to_string(extensionBytes) +
-                          " bytes exceeds the maximum " + std::to_string(kMaxExtensionBytes));
   uint64_t tablePos = open_.end;  // room was reserved
   auto* table = reinterpret_cast<SegmentEntry*>(send_ + (tablePos & sendMask_));
   OutEntry& e = out_[outTail_ % kOutQueue];

@@ -587,11 +587,9 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
     throw InvalidArgument("message on " + endpoint() + " has more than " +
                           std::to_string(kMaxSegments) + " segments");
   const auto extension = msg.extensions();
+  if (extension.size()) [[unlikely]]
+    checkExtensionArea(extension, extensionRoom_, endpoint());
   const uint32_t extensionBytes = static_cast<uint32_t>(extension.size() * sizeof(capnp::word));
-  if (extensionBytes > extensionRoom_) [[unlikely]]
-    throw InvalidArgument("extension area of " + std::to_string(extensionBytes) +
-                          " bytes exceeds the " + std::to_string(extensionRoom_) + " that " +
-                          endpoint() + " carries");
   // Data given to referenceData(), whose field is still its placeholder: by segment.
   auto refs = msg.references();
   std::array<int, OutgoingMessage::kMaxReferences> refSegment;
