@@ -50,7 +50,7 @@ class Config final {
   void loadTomlString(std::string_view toml, const std::string& origin);
   /// Applies every ZCRPC_* variable of the table found in the environment. A ZCRPC_*
   /// variable that is no setting (nor ZCRPC_CONFIG) is ignored with a warning naming the
-  /// nearest setting's variable.
+  /// nearest setting's variable; ZCRPC_TEST_* (the project's own test knobs) silently.
   void loadEnvironment();
   /// Applies `key=value&...` (the part after '?'); `uri` names the source in errors.
   void applyQuery(std::string_view query, std::string_view uri);

@@ -114,6 +114,15 @@ std::vector<std::string_view> variableNames() {
   return out;
 }
 
+/// ZCRPC_TEST_*: the knobs of zcrpc's own tests, benchmarks and scripts (run_vm.sh's
+/// ZCRPC_TEST_RDMA_BENCH_CALLS, meson's ZCRPC_TEST_SERVER, ...). No setting is named so,
+/// so loadEnvironment() passes over them without a warning: set around a test run, they
+/// reach every program the run starts.
+constexpr std::string_view kTestVariablePrefix = "ZCRPC_TEST_";
+static_assert(std::ranges::none_of(kSettings, [](const SettingInfo& s) {
+  return s.env.starts_with(kTestVariablePrefix);
+}));
+
 bool startsWithNoCase(std::string_view s, std::string_view prefix) {
   if (s.size() < prefix.size()) return false;
   for (size_t i = 0; i < prefix.size(); ++i)
@@ -424,7 +433,7 @@ void Config::loadEnvironment() {
   for (char** e = environ; e && *e; ++e) {
     std::string_view entry(*e);
     std::string_view name = entry.substr(0, entry.find('='));
-    if (!startsWithNoCase(name, "ZCRPC_")) continue;
+    if (!startsWithNoCase(name, "ZCRPC_") || name.starts_with(kTestVariablePrefix)) continue;
     if (std::find(known.begin(), known.end(), name) != known.end()) continue;
     warn(std::string(name) + " is set but is not a zcrpc setting (ignored)" +
          didYouMean(name, known));

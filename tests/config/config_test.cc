@@ -301,6 +301,15 @@ TEST(ConfigWarnings, MisspeltVariablesAreIgnoredWithTheNearestName) {
   EXPECT_THAT(c.warnings(), Not(Contains(HasSubstr("ZCRPC_CONFIG"))));
 }
 
+TEST(ConfigWarnings, TheProjectsOwnTestVariablesAreNoSettingsAndPassWithoutAWarning) {
+  ScopedEnv knob("ZCRPC_TEST_RDMA_BENCH_CALLS", "100");  // tests/rdma/run_vm.sh's
+  ScopedEnv typo("ZCRPC_WINDW", "8");
+  Config c;
+  c.loadEnvironment();
+  EXPECT_THAT(c.warnings(), Not(Contains(HasSubstr("ZCRPC_TEST_"))));
+  EXPECT_THAT(c.warnings(), Contains(HasSubstr("ZCRPC_WINDW is set but is not a zcrpc setting")));
+}
+
 TEST(ConfigWarnings, TablesAndKeysOutsideZcrpcAreIgnoredWithAWarning) {
   Config c;
   c.loadTomlString(

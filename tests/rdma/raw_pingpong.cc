@@ -179,7 +179,7 @@ std::string rawPingPong(const std::string& addr, const std::string&, const std::
     bool haveSrc = false;
     if (!clientDevice.empty()) {
       // the veth run: bind to the client device's address (its netdev is the peer veth)
-      if (const char* ip = std::getenv("ZCRPC_RDMA_CLIENT_ADDR")) {
+      if (const char* ip = std::getenv("ZCRPC_TEST_RDMA_CLIENT_ADDR")) {
         src.sin_family = AF_INET;
         inet_pton(AF_INET, ip, &src.sin_addr);
         haveSrc = true;

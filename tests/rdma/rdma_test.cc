@@ -1,9 +1,9 @@
 // rdma:// over a real RDMA device (in CI: Soft-RoCE rdma_rxe inside a qemu guest, see
 // tests/rdma/run_vm.sh). Skips, saying why, where no RDMA device exists.
 //
-// Environment: ZCRPC_RDMA_ADDR server address (default 198.18.0.1); ZCRPC_RDMA_SERVER_DEVICE
-// and ZCRPC_RDMA_CLIENT_DEVICE pin the two ends to devices (the veth run uses rxe0 and
-// rxe1, so traffic crosses the link).
+// Environment: ZCRPC_TEST_RDMA_ADDR server address (default 198.18.0.1);
+// ZCRPC_TEST_RDMA_SERVER_DEVICE and ZCRPC_TEST_RDMA_CLIENT_DEVICE pin the two ends to
+// devices (the veth run uses rxe0 and rxe1, so traffic crosses the link).
 //
 // `rdma_test --bench [calls]` instead times a zcrpc echo RPC against a raw verbs RDMA
 // WRITE WITH IMMEDIATE ping-pong in the same process and prints the ratio.
@@ -30,7 +30,7 @@ std::string env(const char* name, const char* fallback = "") {
   return v && *v ? v : fallback;
 }
 
-std::string serverAddr() { return env("ZCRPC_RDMA_ADDR", "198.18.0.1"); }
+std::string serverAddr() { return env("ZCRPC_TEST_RDMA_ADDR", "198.18.0.1"); }
 
 #define SKIP_WITHOUT_RDMA()                                                              \
   do {                                                                                   \
@@ -47,13 +47,13 @@ ConnectionOptions smallRing(uint32_t ring = 64 * 1024) {
 RdmaOptions serverOptions(const ConnectionOptions& o) {
   RdmaOptions r;
   r.connection = o;
-  r.device = env("ZCRPC_RDMA_SERVER_DEVICE");
+  r.device = env("ZCRPC_TEST_RDMA_SERVER_DEVICE");
   return r;
 }
 RdmaOptions clientOptions(const ConnectionOptions& o) {
   RdmaOptions r;
   r.connection = o;
-  r.device = env("ZCRPC_RDMA_CLIENT_DEVICE");
+  r.device = env("ZCRPC_TEST_RDMA_CLIENT_DEVICE");
   return r;
 }
 
@@ -676,8 +676,8 @@ double nowUs() {
 /// on success, else what failed.
 std::string benchRound(int calls, std::vector<double>& raw, std::vector<double>& rpc) {
   constexpr size_t kPayload = 64;
-  std::string err = rawPingPong(serverAddr(), env("ZCRPC_RDMA_SERVER_DEVICE"), env("ZCRPC_RDMA_CLIENT_DEVICE"),
-                                kPayload, calls, raw);
+  std::string err = rawPingPong(serverAddr(), env("ZCRPC_TEST_RDMA_SERVER_DEVICE"),
+                                env("ZCRPC_TEST_RDMA_CLIENT_DEVICE"), kPayload, calls, raw);
   if (!err.empty()) return "raw ping-pong failed: " + err;
   // zcrpc echo over rdma, busy-polling on both ends
   RpcRig rig(WaitMode::kBusyPoll);

@@ -13,16 +13,16 @@
 # user-space packages or the kernel image are missing and cannot be had.
 #
 # Environment:
-#   ZCRPC_RDMA_KERNEL_ROOT  where `dpkg -x` of Debian's linux-image package lives
-#                           (default ~/.cache/zcrpc/rdma-kernel; fetched with
-#                           `apt-get download` into it when absent)
-#   ZCRPC_RDMA_GTEST_FILTER gtest filter for both runs (default: all)
-#   ZCRPC_RDMA_BENCH_CALLS  round trips per benchmark (default 5000)
-#   ZCRPC_RDMA_KEEP         keep the work folder (initramfs, console log)
-#   ZCRPC_RDMA_GUEST_HOOK   a shell file sourced in the guest before the runs (debugging,
-#                           tests/tls/ktls_vm.sh); it may end the run with `verdict pass|fail`
-#   ZCRPC_VM_EXTRA_BINS     more programs copied to the guest's /bin, with their libraries
-#   ZCRPC_VM_EXTRA_MODULES  more kernel modules loaded (and what they depend on)
+#   ZCRPC_TEST_RDMA_KERNEL_ROOT  where `dpkg -x` of Debian's linux-image package lives
+#                                (default ~/.cache/zcrpc/rdma-kernel; fetched with
+#                                `apt-get download` into it when absent)
+#   ZCRPC_TEST_RDMA_GTEST_FILTER gtest filter for both runs (default: all)
+#   ZCRPC_TEST_RDMA_BENCH_CALLS  round trips per benchmark (default 5000)
+#   ZCRPC_TEST_RDMA_KEEP         keep the work folder (initramfs, console log)
+#   ZCRPC_TEST_RDMA_GUEST_HOOK   a shell file sourced in the guest before the runs (debugging,
+#                                tests/tls/ktls_vm.sh); it may end the run with `verdict pass|fail`
+#   ZCRPC_TEST_VM_EXTRA_BINS     more programs copied to the guest's /bin, with their libraries
+#   ZCRPC_TEST_VM_EXTRA_MODULES  more kernel modules loaded (and what they depend on)
 set -u
 set -o pipefail
 
@@ -48,7 +48,7 @@ RXE_PROVIDER=$(ls $ARCH_LIB/libibverbs/librxe-rdmav*.so 2>/dev/null | head -1)
 [ -x "$TEST_BIN" ] || fail "test binary $TEST_BIN not built"
 
 # ---- kernel: Debian's own, unpacked (not installed) ----
-KROOT=${ZCRPC_RDMA_KERNEL_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/zcrpc/rdma-kernel}
+KROOT=${ZCRPC_TEST_RDMA_KERNEL_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/zcrpc/rdma-kernel}
 if ! ls "$KROOT"/boot/vmlinuz-* >/dev/null 2>&1; then
   command -v apt-get >/dev/null && command -v apt-cache >/dev/null ||
     skip "no kernel in $KROOT and no apt-get to fetch one"
@@ -67,7 +67,7 @@ KVER=${VMLINUZ##*/vmlinuz-}
   skip "depmod -b $KROOT $KVER failed"
 
 WORK=$(mktemp -d /tmp/zcrpc-rdma-vm.XXXXXX)
-cleanup() { [ -n "${ZCRPC_RDMA_KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"; }
+cleanup() { [ -n "${ZCRPC_TEST_RDMA_KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"; }
 trap cleanup EXIT
 R=$WORK/root
 mkdir -p $R/{bin,sbin,dev,proc,sys,tmp,etc/libibverbs.d,modules,lib64,run} $R$ARCH_LIB/libibverbs
@@ -95,20 +95,20 @@ ln -s kmod $R/sbin/modprobe
 cp -L "$TEST_BIN" $R/bin/rdma_test
 cp -L /etc/libibverbs.d/rxe.driver $R/etc/libibverbs.d/
 cp -L "$RXE_PROVIDER" $R$ARCH_LIB/libibverbs/
-# More programs for a hook to run (ZCRPC_VM_EXTRA_BINS: host paths, each to /bin/<name>).
-for extra in ${ZCRPC_VM_EXTRA_BINS:-}; do
+# More programs for a hook to run (ZCRPC_TEST_VM_EXTRA_BINS: host paths, each to /bin/<name>).
+for extra in ${ZCRPC_TEST_VM_EXTRA_BINS:-}; do
   [ -x "$extra" ] || fail "extra program $extra not built"
   cp -L "$extra" $R/bin/
 done
-copy_libs "$TEST_BIN" "$IP" "$RDMA_TOOL" "$KMOD" "$RXE_PROVIDER" ${ZCRPC_VM_EXTRA_BINS:-}
+copy_libs "$TEST_BIN" "$IP" "$RDMA_TOOL" "$KMOD" "$RXE_PROVIDER" ${ZCRPC_TEST_VM_EXTRA_BINS:-}
 for extra in libgcc_s.so.1; do  # dlopen'ed (pthread_exit), not listed by ldd
   f=$(ls /lib/x86_64-linux-gnu/$extra $ARCH_LIB/$extra 2>/dev/null | head -1)
   [ -n "$f" ] && cp -L "$f" $R$ARCH_LIB/
 done
 
 # Modules in load order, each after what it depends on.
-# ZCRPC_VM_EXTRA_MODULES: more, for a hook (e.g. tls, kernel TLS).
-MODS="crc32_generic udp_tunnel ip6_udp_tunnel ib_core ib_uverbs rdma_rxe configfs ib_cm iw_cm rdma_cm rdma_ucm dummy veth ${ZCRPC_VM_EXTRA_MODULES:-}"
+# ZCRPC_TEST_VM_EXTRA_MODULES: more, for a hook (e.g. tls, kernel TLS).
+MODS="crc32_generic udp_tunnel ip6_udp_tunnel ib_core ib_uverbs rdma_rxe configfs ib_cm iw_cm rdma_cm rdma_ucm dummy veth ${ZCRPC_TEST_VM_EXTRA_MODULES:-}"
 : > $R/modules/order
 for m in $MODS; do
   "$MODPROBE" -d "$KROOT" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod" {print $2}'
@@ -127,7 +127,7 @@ mount -t tmpfs tmp /tmp
 mkdir -p /dev/infiniband
 exec </dev/console >/dev/console 2>&1
 verdict() {  # isa-debug-exit: qemu exits with (v << 1) | 1
-  echo "ZCRPC_VM_VERDICT $1"
+  echo "ZCRPC_TEST_VM_VERDICT $1"
   case $1 in pass) v='\020';; *) v='\021';; esac
   printf "$v" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
   sleep 5; echo o > /proc/sysrq-trigger
@@ -171,38 +171,38 @@ rdma link show
 ulimit -l unlimited
 [ -f /hook.sh ] && . /hook.sh
 
-FILTER=${ZCRPC_FILTER:-*}
-CALLS=${ZCRPC_CALLS:-5000}
+FILTER=${ZCRPC_TEST_FILTER:-*}
+CALLS=${ZCRPC_TEST_CALLS:-5000}
 status=pass
 echo "=== run 1: one rxe device (rxe0 on dum0, 198.19.0.1) at $(now) s"
-ZCRPC_RDMA_ADDR=198.19.0.1 ZCRPC_RDMA_SERVER_DEVICE=rxe0 ZCRPC_RDMA_CLIENT_DEVICE=rxe0 \
+ZCRPC_TEST_RDMA_ADDR=198.19.0.1 ZCRPC_TEST_RDMA_SERVER_DEVICE=rxe0 ZCRPC_TEST_RDMA_CLIENT_DEVICE=rxe0 \
   /bin/rdma_test --gtest_filter="$FILTER" || status=fail
 echo "=== run 2: across a veth pair (client rxev1 198.18.0.2 -> server rxev0 198.18.0.1) at $(now) s"
 before=$(cat /sys/class/net/veth1/statistics/tx_packets)
-ZCRPC_RDMA_ADDR=198.18.0.1 ZCRPC_RDMA_SERVER_DEVICE=rxev0 ZCRPC_RDMA_CLIENT_DEVICE=rxev1 \
-  ZCRPC_RDMA_CLIENT_ADDR=198.18.0.2 /bin/rdma_test --gtest_filter="$FILTER" || status=fail
+ZCRPC_TEST_RDMA_ADDR=198.18.0.1 ZCRPC_TEST_RDMA_SERVER_DEVICE=rxev0 ZCRPC_TEST_RDMA_CLIENT_DEVICE=rxev1 \
+  ZCRPC_TEST_RDMA_CLIENT_ADDR=198.18.0.2 /bin/rdma_test --gtest_filter="$FILTER" || status=fail
 after=$(cat /sys/class/net/veth1/statistics/tx_packets)
 echo "veth1 sent $((after - before)) packets, veth0 received $(cat /sys/class/net/veth0/statistics/rx_packets) in all"
 [ $((after - before)) -gt 100 ] || { echo "run 2 did not cross the veth link"; status=fail; }
 echo "=== bench 1: one rxe device at $(now) s"
-ZCRPC_RDMA_ADDR=198.19.0.1 /bin/rdma_test --bench $CALLS || status=fail
+ZCRPC_TEST_RDMA_ADDR=198.19.0.1 /bin/rdma_test --bench $CALLS || status=fail
 echo "=== bench 2: across the veth pair at $(now) s"
-ZCRPC_RDMA_ADDR=198.18.0.1 ZCRPC_RDMA_SERVER_DEVICE=rxev0 ZCRPC_RDMA_CLIENT_DEVICE=rxev1 \
-  ZCRPC_RDMA_CLIENT_ADDR=198.18.0.2 /bin/rdma_test --bench $CALLS || status=fail
+ZCRPC_TEST_RDMA_ADDR=198.18.0.1 ZCRPC_TEST_RDMA_SERVER_DEVICE=rxev0 ZCRPC_TEST_RDMA_CLIENT_DEVICE=rxev1 \
+  ZCRPC_TEST_RDMA_CLIENT_ADDR=198.18.0.2 /bin/rdma_test --bench $CALLS || status=fail
 echo "=== done at $(now) s"
 verdict $status
 EOF
 chmod +x $R/init
 # A hook: a host file sourced by /init after the network set-up (a debugging aid, and how
 # tests/tls/ktls_vm.sh runs its own programs; it may end the run with `verdict`).
-[ -n "${ZCRPC_RDMA_GUEST_HOOK:-}" ] && cp "$ZCRPC_RDMA_GUEST_HOOK" $R/hook.sh
+[ -n "${ZCRPC_TEST_RDMA_GUEST_HOOK:-}" ] && cp "$ZCRPC_TEST_RDMA_GUEST_HOOK" $R/hook.sh
 
 (cd $R && find . | cpio -o -H newc 2>/dev/null | gzip -1) > $WORK/initrd.gz || fail "building the initramfs failed"
 echo "initramfs: $(du -h $WORK/initrd.gz | cut -f1), kernel $KVER"
 
 # ---- boot ----
 LOG=$WORK/console.log
-APPEND="console=ttyS0 panic=-1 quiet ZCRPC_FILTER=${ZCRPC_RDMA_GTEST_FILTER:-*} ZCRPC_CALLS=${ZCRPC_RDMA_BENCH_CALLS:-5000}"
+APPEND="console=ttyS0 panic=-1 quiet ZCRPC_TEST_FILTER=${ZCRPC_TEST_RDMA_GTEST_FILTER:-*} ZCRPC_TEST_CALLS=${ZCRPC_TEST_RDMA_BENCH_CALLS:-5000}"
 timeout --kill-after=10 280 qemu-system-x86_64 -m 2048 -smp 2 -nographic -nic none -no-reboot \
   -kernel "$VMLINUZ" -initrd $WORK/initrd.gz -append "$APPEND" \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null 2>&1 | tee "$LOG"
@@ -210,7 +210,7 @@ rc=${PIPESTATUS[0]}
 echo "qemu exit status $rc"
 echo "--- figures"
 grep "^BENCH" "$LOG" || true
-if grep -q "ZCRPC_VM_VERDICT pass" "$LOG" && [ "$rc" = 33 ]; then
+if grep -q "ZCRPC_TEST_VM_VERDICT pass" "$LOG" && [ "$rc" = 33 ]; then
   echo "rdma VM run: PASS"
   exit 0
 fi

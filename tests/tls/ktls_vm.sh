@@ -34,7 +34,7 @@ fi
 echo "=== kTLS done at \$(now) s"
 verdict pass
 HOOK
-export ZCRPC_RDMA_GUEST_HOOK=$hook
-export ZCRPC_VM_EXTRA_BINS="$tls_tcp_test${bench:+ $bench}"
-export ZCRPC_VM_EXTRA_MODULES=tls
+export ZCRPC_TEST_RDMA_GUEST_HOOK=$hook
+export ZCRPC_TEST_VM_EXTRA_BINS="$tls_tcp_test${bench:+ $bench}"
+export ZCRPC_TEST_VM_EXTRA_MODULES=tls
 "$run_vm" "$rdma_test"
