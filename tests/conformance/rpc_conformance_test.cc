@@ -258,6 +258,23 @@ TEST_P(Conformance, RpcPipelinedBeyondTheRingsDoesNotDeadlock) {
   EXPECT_EQ(ch.outstanding(), 0u);
 }
 
+/// Sends echo requests of `payload` bytes (payload seeds 0, 1, ..., call ids 1, 2, ...)
+/// on `raw`, a client end of a connection to a Server, until it takes no more within
+/// 300 ms or `most` went out; returns how many went out.
+uint64_t sendEchoRequestsUntilFull(Connection& raw, uint64_t payload, uint64_t most) {
+  uint64_t sent = 0;
+  for (; sent < most; ++sent) {
+    OutgoingMessage m;
+    if (raw.startMessage(m, payloadWords(payload), deadlineAfter(300ms)) != Status::kOk) break;
+    buildPayload(m, sent, payload);
+    markEchoRequest(m, kEcho, sent + 1);
+    const Status sendStatus = raw.send(m);
+    EXPECT_EQ(sendStatus, Status::kOk);
+    if (sendStatus != Status::kOk) break;
+  }
+  return sent;
+}
+
 // A client the server held back (its answers waited for room, so the worker stopped
 // taking its requests and polled it instead of sleeping on it) is served as promptly as
 // any once it reads again: its next calls wake the sleeping worker.
@@ -271,15 +288,7 @@ TEST_P(Conformance, RpcAClientHeldBackIsServedPromptlyOnceItReadsAgain) {
   rpc.server.addConnection(std::move(held.server));
   Connection& raw = *held.client;
   constexpr uint64_t kPayload = 12u << 10;  // answers overfill the 64 KiB answer ring
-  uint64_t requests = 0;
-  for (uint64_t i = 0; i < 40; ++i) {
-    OutgoingMessage m;
-    if (raw.startMessage(m, payloadWords(kPayload), deadlineAfter(300ms)) != Status::kOk) break;
-    buildPayload(m, i, kPayload);
-    markEchoRequest(m, kEcho, i + 1);
-    ASSERT_EQ(raw.send(m), Status::kOk);
-    ++requests;
-  }
+  const uint64_t requests = sendEchoRequestsUntilFull(raw, kPayload, 40);
   ASSERT_GT(requests * kPayload, o.ringBytes);
   std::this_thread::sleep_for(50ms);  // the server has filled our answer ring
   uint64_t answered = 0;
@@ -318,15 +327,7 @@ TEST_P(Conformance, RpcClientThatStopsReadingDoesNotStallOthers) {
   // Requests whose answers (12 KiB each) overfill the 64 KiB answer ring: as many as the
   // server takes before it holds back (its answers waiting) and our request ring fills.
   constexpr uint64_t kPayload = 12u << 10;
-  uint64_t kRequests = 0;
-  for (uint64_t i = 0; i < 40; ++i) {
-    OutgoingMessage m;
-    if (raw.startMessage(m, payloadWords(kPayload), deadlineAfter(300ms)) != Status::kOk) break;
-    buildPayload(m, i, kPayload);
-    markEchoRequest(m, kEcho, i + 1);
-    ASSERT_EQ(raw.send(m), Status::kOk);
-    ++kRequests;
-  }
+  const uint64_t kRequests = sendEchoRequestsUntilFull(raw, kPayload, 40);
   EXPECT_GT(kRequests * kPayload, o.ringBytes) << "the answers must overfill the answer ring";
   std::this_thread::sleep_for(50ms);  // the server has filled the stalled client's ring
   auto start = Clock::now();
