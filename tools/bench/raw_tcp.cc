@@ -56,38 +56,39 @@ os::Fd prepare(os::Fd fd, WaitMode mode, bool tcp = true) {
 /// spin-then-sleep until `spinUntil`, checked every 64 rounds), sleep in poll(), or nothing
 /// (a blocking call that timed out blocks again). Throws at the deadline.
 void await(int fd, short events, WaitMode mode, uint32_t& spins, Clock::time_point spinUntil,
-           Deadline deadline, const char* what) {
+           Deadline deadline, const char* who, const char* what) {
   ++spins;
   const bool spin = mode == WaitMode::kBusyPoll || (mode == WaitMode::kSpinThenSleep &&
                                                     ((spins & 63) || Clock::now() < spinUntil));
   if (!spin || (spins & 1023) == 0) {
     if (Clock::now() >= deadline)
-      throw BenchError(
-          fmt::format("raw tcp: {} stalled past the deadline (the other side "
-                      "neither sent nor closed)",
-                      what));
+      throw BenchError(fmt::format(
+          "{}: {} stalled past the deadline (the other side neither sent nor closed)", who,
+          what));
     if (!spin && mode != WaitMode::kBlocking) os::pollOne(fd, events, kSleepSlice);
   }
   if (spin) cpuRelax();
 }
 
-void writeAll(int fd, std::span<const std::byte> data, WaitMode mode, Deadline deadline) {
+/// `who` names the system in errors ("raw tcp").
+void writeAll(int fd, std::span<const std::byte> data, WaitMode mode, Deadline deadline,
+              const char* who) {
   uint32_t spins = 0;
   for (size_t done = 0; done < data.size();) {
     ssize_t r = ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
     if (r > 0)
       done += static_cast<size_t>(r);
     else if (errno == EAGAIN || errno == EWOULDBLOCK)
-      await(fd, POLLOUT, mode, spins, Clock::time_point::min(), deadline, "send");
+      await(fd, POLLOUT, mode, spins, Clock::time_point::min(), deadline, who, "send");
     else if (errno != EINTR)
-      throwErrno("raw tcp: send");
+      throwErrno(fmt::format("{}: send", who));
   }
 }
 
 /// Reads exactly `out.size()` bytes; false if the peer closed before the first byte and
 /// `eofOk`. Throws on a close mid-message, an error or the deadline.
 bool readExactly(int fd, std::span<std::byte> out, WaitMode mode, std::chrono::nanoseconds spin,
-                 Deadline deadline, bool eofOk) {
+                 Deadline deadline, bool eofOk, const char* who) {
   uint32_t spins = 0;
   const auto spinUntil = Clock::now() + spin;
   for (size_t got = 0; got < out.size();) {
@@ -96,14 +97,53 @@ bool readExactly(int fd, std::span<std::byte> out, WaitMode mode, std::chrono::n
       got += static_cast<size_t>(r);
     } else if (r == 0) {
       if (got == 0 && eofOk) return false;
-      throw BenchError(fmt::format("raw tcp: peer closed after {} of {} bytes", got, out.size()));
+      throw BenchError(fmt::format("{}: peer closed after {} of {} bytes", who, got, out.size()));
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      await(fd, POLLIN, mode, spins, spinUntil, deadline, "recv");
+      await(fd, POLLIN, mode, spins, spinUntil, deadline, who, "recv");
     } else if (errno != EINTR) {
-      throwErrno("raw tcp: recv");
+      throwErrno(fmt::format("{}: recv", who));
     }
   }
   return true;
+}
+
+/// The server side of a cell: waits for its one client on `listener` (until the cell's
+/// deadline), then echoes messages of the cell's payload size, waiting as `mode` says,
+/// until the client closes at a message boundary.
+void serveEcho(const os::Fd& listener, PeerCell& cell, WaitMode mode, bool tcp,
+               std::chrono::nanoseconds spin, const char* who) {
+  while (!(os::pollOne(listener.get(), POLLIN, kSleepSlice) & POLLIN))
+    if (Clock::now() >= cell.deadline)
+      throw BenchError(fmt::format("{}: nobody connected in time", who));
+  os::Fd socket = prepare(
+      os::Fd(ZCRPC_SYSCALL(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC), "accept")),
+      mode, tcp);
+  auto in = cell.scratch.first(cell.spec.payloadBytes);
+  uint64_t count = 0;
+  try {
+    for (; readExactly(socket.get(), in, mode, spin, cell.deadline, true, who); ++count)
+      writeAll(socket.get(), in, mode, cell.deadline, who);
+  } catch (const BenchError& e) {
+    throw BenchError(fmt::format("{} after echoing {} messages", e.what(), count));
+  }
+}
+
+/// The client side of a cell over the connected `socket` (prepared for `mode`): timed
+/// round trips of the cell's payload.
+Figure pingPong(int socket, ClientCell& cell, WaitMode mode, std::chrono::nanoseconds spin,
+                const char* who) {
+  const Deadline deadline = cellDeadline(cell.budget.total());
+  const size_t n = cell.payload.size();
+  auto in = cell.scratch.first(n);
+  auto roundTrip = [&] {
+    writeAll(socket, cell.payload, mode, deadline, who);
+    readExactly(socket, in, mode, spin, deadline, /*eofOk=*/false, who);
+    if (in[n - 1] != cell.payload[n - 1])
+      throw BenchError(fmt::format("{}: the echo came back different", who));
+  };
+  Figure f;
+  f.latency = measureLatency(roundTrip, cell.budget, cell.samples);
+  return f;
 }
 
 class RawTcp final : public System {
@@ -125,20 +165,7 @@ class RawTcp final : public System {
     ZCRPC_SYSCALL(::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len),
                   "getsockname");
     cell.started(std::to_string(ntohs(addr.sin_port)));
-    while (!(os::pollOne(listener.get(), POLLIN, kSleepSlice) & POLLIN))
-      if (Clock::now() >= cell.deadline) throw BenchError("raw tcp: nobody connected in time");
-    const WaitMode mode = cell.spec.waitMode;
-    os::Fd socket = prepare(
-        os::Fd(ZCRPC_SYSCALL(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC), "accept")),
-        mode);
-    auto in = cell.scratch.first(cell.spec.payloadBytes);
-    uint64_t count = 0;
-    try {  // echo until the client closes at a message boundary
-      for (; readExactly(socket.get(), in, mode, s_.spinTime, cell.deadline, true); ++count)
-        writeAll(socket.get(), in, mode, cell.deadline);
-    } catch (const BenchError& e) {
-      throw BenchError(fmt::format("{} after echoing {} messages", e.what(), count));
-    }
+    serveEcho(listener, cell, cell.spec.waitMode, /*tcp=*/true, s_.spinTime, "raw tcp");
   }
 
   Figure measure(ClientCell& cell) override {
@@ -147,18 +174,8 @@ class RawTcp final : public System {
     ZCRPC_SYSCALL(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), "connect");
     const WaitMode mode = cell.spec.waitMode;
     os::Fd socket = prepare(std::move(fd), mode);
-    const Deadline deadline = cellDeadline(cell.budget.total());
-    const size_t n = cell.payload.size();
-    auto in = cell.scratch.first(n);
-    auto roundTrip = [&] {
-      writeAll(socket.get(), cell.payload, mode, deadline);
-      readExactly(socket.get(), in, mode, s_.spinTime, deadline, /*eofOk=*/false);
-      if (in[n - 1] != cell.payload[n - 1])
-        throw BenchError("raw tcp: the echo came back different");
-    };
-    Figure f;
-    f.latency = measureLatency(roundTrip, cell.budget, cell.samples);
-    return f;  // the socket closes here: the peer's echo loop sees EOF
+    return pingPong(socket.get(), cell, mode, s_.spinTime, "raw tcp");
+    // the socket closes here: the peer's echo loop sees EOF
   }
 
  private:
@@ -184,20 +201,7 @@ class UnixSocket final : public System {
                   "bind @" + name);
     ZCRPC_SYSCALL(::listen(listener.get(), 1), "listen");
     cell.started(name);
-    while (!(os::pollOne(listener.get(), POLLIN, kSleepSlice) & POLLIN))
-      if (Clock::now() >= cell.deadline) throw BenchError("unix socket: nobody connected in time");
-    os::Fd socket = prepare(
-        os::Fd(ZCRPC_SYSCALL(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC), "accept")),
-        WaitMode::kBlocking, /*tcp=*/false);
-    auto in = cell.scratch.first(cell.spec.payloadBytes);
-    uint64_t count = 0;
-    try {  // echo until the client closes at a message boundary
-      for (; readExactly(socket.get(), in, WaitMode::kBlocking, s_.spinTime, cell.deadline, true);
-           ++count)
-        writeAll(socket.get(), in, WaitMode::kBlocking, cell.deadline);
-    } catch (const BenchError& e) {
-      throw BenchError(fmt::format("unix socket: {} after echoing {} messages", e.what(), count));
-    }
+    serveEcho(listener, cell, WaitMode::kBlocking, /*tcp=*/false, s_.spinTime, "unix socket");
   }
 
   Figure measure(ClientCell& cell) override {
@@ -206,18 +210,8 @@ class UnixSocket final : public System {
     ZCRPC_SYSCALL(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), length(cell.endpoint)),
                   "connect @" + cell.endpoint);
     os::Fd socket = prepare(std::move(fd), WaitMode::kBlocking, /*tcp=*/false);
-    const Deadline deadline = cellDeadline(cell.budget.total());
-    const size_t n = cell.payload.size();
-    auto in = cell.scratch.first(n);
-    auto roundTrip = [&] {
-      writeAll(socket.get(), cell.payload, WaitMode::kBlocking, deadline);
-      readExactly(socket.get(), in, WaitMode::kBlocking, s_.spinTime, deadline, /*eofOk=*/false);
-      if (in[n - 1] != cell.payload[n - 1])
-        throw BenchError("unix socket: the echo came back different");
-    };
-    Figure f;
-    f.latency = measureLatency(roundTrip, cell.budget, cell.samples);
-    return f;  // the socket closes here: the peer's echo loop sees EOF
+    return pingPong(socket.get(), cell, WaitMode::kBlocking, s_.spinTime, "unix socket");
+    // the socket closes here: the peer's echo loop sees EOF
   }
 
  private:
