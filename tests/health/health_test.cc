@@ -14,11 +14,13 @@ namespace {
 
 using namespace std::chrono_literals;
 
-/// A server (Echo, with or without health) and a loopback channel into it.
+/// A server (Echo, with or without health, and `other` when given) and a loopback channel
+/// into it. `other` must outlive it.
 class Served final {
  public:
-  explicit Served(bool health) {
+  explicit Served(bool health, Service* other = nullptr) {
     server_.addService(echo_);
+    if (other) server_.addService(*other);
     if (health) health_ = &server_.enableHealth();
     auto [client, served] = makeLoopbackPair();
     server_.addConnection(std::move(served));
@@ -103,16 +105,8 @@ class Liar final : public health::HealthService {
 
 TEST(Health, AStatusTheClientDoesNotKnowIsUnknown) {
   Liar liar;
-  Server server;
-  server.addService(liar);
-  auto [client, served] = makeLoopbackPair();
-  server.addConnection(std::move(served));
-  server.start();
-  {
-    Channel channel(std::move(client));
-    EXPECT_EQ(checkHealth(channel, "", deadlineAfter(5s)), ServingStatus::kUnknown);
-  }
-  server.shutdown();
+  Served s(false, &liar);
+  EXPECT_EQ(checkHealth(s.channel(), "", deadlineAfter(5s)), ServingStatus::kUnknown);
 }
 
 TEST(Health, TheGeneratedIdIsTheOneTheLibraryServes) {
