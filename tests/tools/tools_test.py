@@ -34,6 +34,17 @@ def run(args, env=None, timeout=TIMEOUT):
                           env=env or clean_env(), timeout=timeout)
 
 
+def run_with_config(args, toml, **env):
+    """Runs args with ZCRPC_CONFIG naming a file that holds `toml` (and `env`); returns
+    the result and the file's name (gone by then)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(toml)
+    try:
+        return run(args, env=clean_env(ZCRPC_CONFIG=f.name, **env)), f.name
+    finally:
+        os.unlink(f.name)
+
+
 class Server:
     """zcrpc-test-server on the given endpoints; .endpoints are as it listens."""
 
@@ -123,17 +134,12 @@ class ToolsTest(unittest.TestCase):
                          "docs/operations.md is out of date: paste `zcrpc-info --settings` between the markers")
 
     def test_info_effective_settings_name_their_source(self):
-        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-            f.write('ring_bytes = "64KiB"\nwindow = 8\n')
-        try:
-            r = run([INFO], env=clean_env(ZCRPC_CONFIG=f.name, ZCRPC_WINDOW="128"))
-        finally:
-            os.unlink(f.name)
+        r, path = run_with_config([INFO], 'ring_bytes = "64KiB"\nwindow = 8\n', ZCRPC_WINDOW="128")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stdout, r"transports compiled in: shm, tcp")
         self.assertIn("RDMA devices:", r.stdout)
         # Sizes as people write them.
-        self.assertRegex(r.stdout, r"ring_bytes\s+64KiB\s+file\s+%s:1 key ring_bytes" % re.escape(f.name))
+        self.assertRegex(r.stdout, r"ring_bytes\s+64KiB\s+file\s+%s:1 key ring_bytes" % re.escape(path))
         self.assertRegex(r.stdout, r"arena_bytes\s+136MiB\s+default")
         self.assertNotIn("ignored (warnings)", r.stdout)
         self.assertRegex(r.stdout, r"window\s+128\s+environment\s+ZCRPC_WINDOW")
@@ -150,18 +156,14 @@ class ToolsTest(unittest.TestCase):
         self.assertRegex(r.stdout, r"\n  rdma  (available|unavailable: .+)\n")
 
     def test_info_shows_what_the_configuration_ignored(self):
-        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-            f.write('[zcprc]\nwindow = 8\n[zcrpc]\nspin_time = "10us"\n')
-        try:
-            r = run([INFO], env=clean_env(ZCRPC_CONFIG=f.name, ZCRPC_RING_BYTE="64KiB"))
-        finally:
-            os.unlink(f.name)
+        r, path = run_with_config([INFO], '[zcprc]\nwindow = 8\n[zcrpc]\nspin_time = "10us"\n',
+                                  ZCRPC_RING_BYTE="64KiB")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("ignored (warnings):", r.stdout)
         self.assertIn("ZCRPC_RING_BYTE is set but is not a zcrpc setting (ignored); "
                       "did you mean ZCRPC_RING_BYTES?", r.stdout)
         self.assertIn("%s:1: table [zcprc] ignored: zcrpc reads only [zcrpc] in this file; "
-                      "did you mean zcrpc?" % f.name, r.stdout)
+                      "did you mean zcrpc?" % path, r.stdout)
         self.assertRegex(r.stdout, r"window\s+64\s+default")
         self.assertEqual(r.stderr, "", "printed once, not logged as well")
 
