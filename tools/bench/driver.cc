@@ -50,6 +50,25 @@ constexpr auto kSetupAllowance = std::chrono::seconds(5);  // connect, prefault,
 constexpr size_t kFrameSlack = 4096;
 constexpr size_t kMiB = size_t{1} << 20;
 
+/// The order in which repetition `rep` runs a row's cells: series 0 and 1 (the row's
+/// baseline and zcrpc) form one unit whose two alternate with the repetition, so their
+/// ratio compares cells a moment apart; each of `others` is a unit of its own; the units'
+/// order turns with the repetition.
+std::vector<size_t> cellOrder(unsigned rep, const std::vector<size_t>& others) {
+  std::vector<std::vector<size_t>> units{{0, 1}};
+  if (rep % 2) std::swap(units[0][0], units[0][1]);
+  for (size_t i : others) units.push_back({i});
+  std::rotate(units.begin(), units.begin() + rep % units.size(), units.end());
+  std::vector<size_t> order;
+  for (const auto& unit : units) order.insert(order.end(), unit.begin(), unit.end());
+  return order;
+}
+
+/// Notes in `order` (RowRep::order) that the cell of series `id` ran next.
+void ranNext(std::string& order, const std::string& id) {
+  order += (order.empty() ? "" : ",") + id;
+}
+
 class Driver final {
  public:
   Driver(const Settings& s, std::vector<System*> systems, PeerProcess& peer, size_t room,
@@ -89,47 +108,41 @@ class Driver final {
       RowRep& rr = row.reps.emplace_back();
       rr.figures.resize(row.series.size());
       const CellSpec spec{t, w, Measure::kRoundTrip, 0, 0, size, 0};
-      // Units run in an order that turns with the repetition; the baseline and zcrpc form
-      // one unit whose order alternates, so their ratio compares cells a moment apart.
-      std::vector<std::vector<size_t>> units{{0, 1}};
-      if (rep % 2) std::swap(units[0][0], units[0][1]);
+      std::vector<size_t> others;
       for (size_t i = 2; i < row.series.size(); ++i)
         if (row.series[i].measure == Measure::kRoundTrip && row.series[i].role != Role::kDerived &&
             row.series[i].id != "capnp-work")
-          units.push_back({i});
-      std::rotate(units.begin(), units.begin() + rep % units.size(), units.end());
-      for (const auto& unit : units) {
-        for (size_t i : unit) {
-          const SeriesInfo& info = row.series[i];
-          Figure& f = rr.figures[i];
-          if (i == 0) {
-            f = cell(t == Transport::kShm ? kFloor : kRawTcp, spec, row.name() + " " + info.id);
-          } else if (i == 1) {
-            f = cell(kRpc, spec, row.name() + " zcrpc");
-            if (t == Transport::kTcp) frameBytes_[size] = f.peerValue;
-          } else if (info.id == "raw-tcp-frame") {
-            // zcrpc's frames over raw TCP: what the kernel charges for those bytes. Their size
-            // comes from the first zcrpc cell of this size (repetition 1 runs it first).
-            const uint64_t frame = frameBytes_[size];
-            if (frame < size || frame > size + kFrameSlack)
-              throw BenchError(
-                  fmt::format("{}: the peer saw request frames of {} bytes for {}-byte "
-                              "payloads",
-                              row.name(), frame, size));
-            CellSpec raw = spec;
-            raw.payloadBytes = frame;
-            f = cell(kRawTcp, raw, row.name() + " raw tcp of frame bytes");
-          } else if (auto hit = ownWait.find(info.id); hit != ownWait.end()) {
-            f = hit->second;
-            continue;
-          } else if (failed_.contains(info.id)) {
-            continue;
-          } else {
-            f = rival(systemOf(t, info.id), spec, row.name() + " " + info.id);
-            if (!info.ownWait.empty()) ownWait[info.id] = f;
-          }
-          rr.order += (rr.order.empty() ? "" : ",") + info.id;
+          others.push_back(i);
+      for (size_t i : cellOrder(rep, others)) {
+        const SeriesInfo& info = row.series[i];
+        Figure& f = rr.figures[i];
+        if (i == 0) {
+          f = cell(t == Transport::kShm ? kFloor : kRawTcp, spec, row.name() + " " + info.id);
+        } else if (i == 1) {
+          f = cell(kRpc, spec, row.name() + " zcrpc");
+          if (t == Transport::kTcp) frameBytes_[size] = f.peerValue;
+        } else if (info.id == "raw-tcp-frame") {
+          // zcrpc's frames over raw TCP: what the kernel charges for those bytes. Their size
+          // comes from the first zcrpc cell of this size (repetition 1 runs it first).
+          const uint64_t frame = frameBytes_[size];
+          if (frame < size || frame > size + kFrameSlack)
+            throw BenchError(
+                fmt::format("{}: the peer saw request frames of {} bytes for {}-byte "
+                            "payloads",
+                            row.name(), frame, size));
+          CellSpec raw = spec;
+          raw.payloadBytes = frame;
+          f = cell(kRawTcp, raw, row.name() + " raw tcp of frame bytes");
+        } else if (auto hit = ownWait.find(info.id); hit != ownWait.end()) {
+          f = hit->second;
+          continue;
+        } else if (failed_.contains(info.id)) {
+          continue;
+        } else {
+          f = rival(systemOf(t, info.id), spec, row.name() + " " + info.id);
+          if (!info.ownWait.empty()) ownWait[info.id] = f;
         }
+        ranNext(rr.order, info.id);
       }
       CellSpec p = spec;
       p.measure = Measure::kPipelined;
@@ -154,22 +167,17 @@ class Driver final {
       RowRep& rr = row.reps.emplace_back();
       rr.figures.resize(row.series.size());
       const CellSpec spec{t, w, Measure::kRoundTrip, 0, 0, size, 0};
-      // The baseline and zcrpc's listener form one unit whose order alternates (their ratio
-      // is the target); the units' order turns with the repetition.
-      std::vector<std::vector<size_t>> units{{0, 1}, {2}, {3}};
-      if (rep % 2) std::swap(units[0][0], units[0][1]);
-      std::rotate(units.begin(), units.begin() + rep % units.size(), units.end());
+      // The baseline and zcrpc's listener are the pair (their ratio is the target).
       const size_t systems[] = {kCapnpBaseline, kCapnpListener, kCapnpClient, kRpc};
-      for (const auto& unit : units)
-        for (size_t i : unit) {
-          if (i == 0 && baseline) {
-            rr.figures[0] = *baseline;
-            continue;
-          }
-          rr.figures[i] = cell(systems[i], spec, row.name() + " " + row.series[i].id);
-          if (i == 0) baseline = rr.figures[0];
-          rr.order += (rr.order.empty() ? "" : ",") + row.series[i].id;
+      for (size_t i : cellOrder(rep, {2, 3})) {
+        if (i == 0 && baseline) {
+          rr.figures[0] = *baseline;
+          continue;
         }
+        rr.figures[i] = cell(systems[i], spec, row.name() + " " + row.series[i].id);
+        if (i == 0) baseline = rr.figures[0];
+        ranNext(rr.order, row.series[i].id);
+      }
       finishRow(row, rr, true, Row::npos);
     }
   }
@@ -208,7 +216,7 @@ class Driver final {
       rr.figures[i] = i == 1   ? cell(kMessages, zcrpc, what + " zcrpc")
                       : i == 0 ? cell(kFloor, floor, what + " floor")
                                : cell(kFloor, floor, what + " floor check", check);
-      rr.order += (rr.order.empty() ? "" : ",") + row.series[i].id;
+      ranNext(rr.order, row.series[i].id);
     }
     const auto cellTime = std::chrono::nanoseconds(static_cast<int64_t>(s_.seconds * 1e9));
     if (size >= kMiB) {
@@ -248,22 +256,19 @@ class Driver final {
     b.measure = b.interval * b.maxIterations;
     b.warmupIterations = std::max<uint64_t>(50, b.maxIterations / 10);
     b.warmup = b.interval * b.warmupIterations;
-    std::vector<std::vector<size_t>> units{{0, 1}};
-    if (rep % 2) std::swap(units[0][0], units[0][1]);
-    for (size_t i = 2; i < row.series.size(); ++i) units.push_back({i});
-    std::rotate(units.begin(), units.begin() + rep % units.size(), units.end());
-    for (const auto& unit : units)
-      for (size_t i : unit) {
-        const std::string& id = row.series[i].id;
-        const size_t sys = i == 0   ? (t == Transport::kShm ? kFloor : kRawTcp)
-                           : i == 1 ? kRpc
-                           : id == "zcrpc-fixed-spin" ? kRpcFixedSpin
-                           : id == "unix-socket"      ? kUnixSocket
-                                                      : systemOf(t, id);
-        const std::string what = row.name() + " " + id;
-        rr.figures[i] = i < 2 ? cell(sys, spec, what, b) : rival(sys, spec, what, b);
-        rr.order += (rr.order.empty() ? "" : ",") + id;
-      }
+    std::vector<size_t> others;
+    for (size_t i = 2; i < row.series.size(); ++i) others.push_back(i);
+    for (size_t i : cellOrder(rep, others)) {
+      const std::string& id = row.series[i].id;
+      const size_t sys = i == 0   ? (t == Transport::kShm ? kFloor : kRawTcp)
+                         : i == 1 ? kRpc
+                         : id == "zcrpc-fixed-spin" ? kRpcFixedSpin
+                         : id == "unix-socket"      ? kUnixSocket
+                                                    : systemOf(t, id);
+      const std::string what = row.name() + " " + id;
+      rr.figures[i] = i < 2 ? cell(sys, spec, what, b) : rival(sys, spec, what, b);
+      ranNext(rr.order, id);
+    }
     std::string line;
     for (size_t i = 0; i < row.series.size(); ++i)
       if (const Latency& l = rr.figures[i].latency; l.p50Ns)
@@ -295,10 +300,8 @@ class Driver final {
       const CellSpec plain{Transport::kTcp, w, Measure::kRoundTrip, false, 0, size, 0};
       CellSpec tls = plain;
       tls.tls = true;
-      std::vector<size_t> order{0, 1};
-      if (rep % 2) std::swap(order[0], order[1]);
-      if (row.series.size() > 2) order.insert(rep % 2 ? order.begin() : order.end(), 2);
-      for (size_t i : order) {
+      for (size_t i :
+           cellOrder(rep, row.series.size() > 2 ? std::vector<size_t>{2} : std::vector<size_t>{})) {
         const std::string& id = row.series[i].id;
         if (i == 0) {
           rr.figures[i] = cell(kRpc, plain, row.name() + " zcrpc");
@@ -313,7 +316,7 @@ class Driver final {
           rr.figures[i] = rival(systemOf(Transport::kTcp, id), tls, row.name() + " " + id);
           ownWait[id] = rr.figures[i];
         }
-        rr.order += (rr.order.empty() ? "" : ",") + id;
+        ranNext(rr.order, id);
       }
       finishRow(row, rr, true, Row::npos);
     }
