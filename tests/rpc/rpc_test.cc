@@ -468,7 +468,12 @@ TEST_P(RpcTest, DefaultTimeoutExpiresACallThatSetsNoDeadline) {
   CallResult r = req2.callAsync().wait();
   EXPECT_EQ(r.errorKind(), ErrorKind::kDeadlineExceeded);
   EXPECT_GE(Clock::now() - start, 80ms);
-  EXPECT_TRUE(syncEcho(*ch, 3, 3));
+  // The channel still works. This call sets its own deadline: the 80 ms default is for the
+  // slow calls above, and a loaded machine may take longer than that to echo.
+  EchoRequest req3(*ch, kTestIface, kEcho, payloadWords(3));
+  req3.setTimeout(10s);
+  fillPayload(req3.params(), 3, 3);
+  EXPECT_TRUE(isEcho(req3.call().results(), 3, 3));
 }
 
 TEST_P(RpcTest, SlowCallPassesItsDeadlineAndTheHandlerIsTold) {
