@@ -295,17 +295,18 @@ class ChannelPool final {
 // ------------------------------------------------------------------------------------
 // Server side
 
-class ServerConnection;
+class Session;
 struct DeferredState;
 class HealthStatus;  // zcrpc/health.h
 
 /// One call as its handler sees it: the request read in place, the response built in
 /// place (started on first use of `response()`), cancellation, deferral.
-/// Threads: the polling thread that dispatched it, for the duration of the handler.
+/// Threads: the thread that dispatched it (the server's worker; a Channel's user), for
+/// the duration of the handler.
 class CallContext final {
  public:
-  CallContext(ServerConnection& connection, IncomingMessage& request) noexcept
-      : connection_(connection), request_(request) {}
+  CallContext(Session& session, IncomingMessage& request) noexcept
+      : session_(session), request_(request) {}
   ~CallContext() noexcept(false) = default;
 
   uint64_t callId() const noexcept { return request_.header().callId; }
@@ -331,8 +332,8 @@ class CallContext final {
   class DeferredReply defer();
 
  private:
-  friend class ServerConnection;
-  ServerConnection& connection_;
+  friend class Session;
+  Session& session_;
   IncomingMessage& request_;
   std::optional<OutgoingMessage> response_;
   std::shared_ptr<DeferredState> deferred_;

@@ -1,6 +1,6 @@
 // Server: services, listeners, the acceptor and the workers, graceful shutdown. The parts
-// live in files of their own: acceptor.cc, worker.cc, server_connection.cc (dispatch,
-// deferred answers) and answer_backlog.cc (answers waiting for room).
+// live in files of their own: acceptor.cc, worker.cc, session*.cc (a connection's calls
+// in both directions) and answer_backlog.cc (answers waiting for room).
 #include <algorithm>
 
 #include "rpc/acceptor.h"

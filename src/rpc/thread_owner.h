@@ -36,7 +36,7 @@ class ThreadOwner final {
   /// InvalidArgument naming both threads, `where` (the operation, "poll()") and what to do.
   /// `use()` -> Use is called only on the slow path.
   template <typename UseFn>
-  void check(const char* where, UseFn&& use) {
+  [[gnu::always_inline]] void check(const char* where, UseFn&& use) {
     if (owner_.load(std::memory_order_relaxed) == token()) [[likely]]
       return;
     takeOver(where, use());

@@ -10,7 +10,7 @@
 #include <climits>
 #include <cstdint>
 
-#include "rpc/server_connection.h"
+#include "rpc/session.h"
 #include "zcrpc/log.h"
 
 namespace zcrpc {
@@ -39,6 +39,8 @@ Worker::Worker(const std::unordered_map<uint64_t, Service*>& services,
   ZCRPC_SYSCALL(::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev), "epoll_ctl for worker");
 }
 
+Worker::~Worker() = default;
+
 void Worker::adopt(std::unique_ptr<Connection> c) {
   {
     std::lock_guard lock(inboxMutex_);
@@ -66,9 +68,17 @@ void Worker::adoptInbox() {
   for (auto& c : inbox_) {
     auto metrics = options_.metrics ? registry_.open(c->endpoint(), MetricsSide::kServer) : nullptr;
     auto w = std::make_unique<Watched>();
-    w->conn = std::make_shared<ServerConnection>(
-        services_, std::move(c), wake_.get(), std::move(metrics), options_.tracer,
-        options_.maxDeferredPerConnection, options_.answerRoomWait);
+    SessionOptions so;
+    // Calls out from a server connection (to capabilities its client exports) share the
+    // leases the connection lets it hold with the calls it serves.
+    so.window = std::min<uint32_t>(so.window, c->maxLeases());
+    so.services = &services_;
+    so.maxDeferred = options_.maxDeferredPerConnection;
+    so.answerRoomWait = options_.answerRoomWait;
+    so.holdWhileCongested = true;
+    so.tracer = options_.tracer;
+    so.wakeFd = wake_.get();
+    w->conn = std::make_unique<Session>(std::move(c), so, nullptr, std::move(metrics));
     updateRegistration(*w);
     w->queued = true;
     toArm_.push_back(w.get());
@@ -82,7 +92,8 @@ size_t Worker::pumpAll(bool rejecting) {
   size_t n = 0;
   bool congested = false;
   for (auto& w : connections_) {
-    const size_t k = w->conn->pump(options_.batch, rejecting);
+    if (rejecting) [[unlikely]] w->conn->reject();
+    const size_t k = w->conn->pump(options_.batch);
     n += k;
     // Traffic: stop the peer signalling us for each message while we are awake.
     if (k && w->armed) disarm(*w);
@@ -136,13 +147,12 @@ void Worker::reap() {
   anyGone_ = false;
   const auto now = Clock::now();
   auto gone = std::remove_if(connections_.begin(), connections_.end(), [&](auto& w) {
-    ServerConnection& c = *w->conn;
+    Session& c = *w->conn;
     if (!c.disconnected() || !c.idle() || c.hasMail()) return false;
     updateRegistration(*w);  // out of epoll_ before its descriptor closes
     if (w->queued) std::erase(toArm_, w.get());
     c.close();
-    c.closeMail();
-    registry_.retire(c.metrics());
+    registry_.retire(c.answerMetrics());
     uint64_t suppressed = 0;
     if (closeLog_.allow(now, suppressed) && logEnabled(LogLevel::kInfo)) {
       std::string why = c.connection().lastError();
@@ -257,13 +267,13 @@ void Worker::drain() {
     if (!n) std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   for (auto& w : connections_) {
-    ServerConnection& c = *w->conn;
+    Session& c = *w->conn;
     c.failDeferred("server shut down before answering");
-    c.pump(SIZE_MAX / 2, /*rejecting=*/true);
+    c.reject();
+    c.pump(SIZE_MAX / 2);
     if (w->registered) (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.connection().waitFd(), nullptr);
     c.close();
-    c.closeMail();
-    registry_.retire(c.metrics());
+    registry_.retire(c.answerMetrics());
   }
   toArm_.clear();
   connections_.clear();

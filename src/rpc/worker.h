@@ -17,7 +17,7 @@
 
 namespace zcrpc {
 
-class ServerConnection;
+class Session;
 
 /// Polls its connections, dispatching their calls, and sleeps (by the server's idle mode)
 /// when none has anything. Threads: adopt() and stop() from any thread; the rest runs on
@@ -33,6 +33,7 @@ class __attribute__((visibility("hidden"))) Worker final {
  public:
   Worker(const std::unordered_map<uint64_t, Service*>& services, const ServerOptions& options,
          MetricsRegistry& registry);
+  ~Worker();
 
   /// Hands the worker a new connection (served from its next round on). Any thread.
   void adopt(std::unique_ptr<Connection> c);
@@ -47,7 +48,7 @@ class __attribute__((visibility("hidden"))) Worker final {
  private:
   /// A connection as the worker's sleep sees it. Heap-stable: the epoll set points at it.
   struct Watched {
-    std::shared_ptr<ServerConnection> conn;
+    std::unique_ptr<Session> conn;
     bool registered = false;  // its waitFd() is in epoll_ (not while congested or gone)
     bool armed = false;       // armWait() returned true and no disarmWait() since
     bool queued = false;      // in toArm_

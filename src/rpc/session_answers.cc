@@ -1,5 +1,7 @@
-// ServerConnection: one client connection as a worker serves it.
-#include "rpc/server_connection.h"
+// Session, answers: the calls this end serves -- dispatch to the bootstrap services,
+// answers built in place (or in the backlog), deferred answers posted from any thread,
+// CallContext and DeferredReply.
+#include "rpc/session.h"
 
 #include <unistd.h>
 
@@ -16,42 +18,59 @@ namespace {
 constexpr uint32_t kDefaultResponseWords = 64;
 }  // namespace
 
-ServerConnection::ServerConnection(const std::unordered_map<uint64_t, Service*>& services,
-                                   std::unique_ptr<Connection> connection, int workerWake,
-                                   std::shared_ptr<ConnectionMetrics> metrics, Tracer* tracer,
-                                   size_t maxDeferred, std::chrono::milliseconds answerRoomWait)
-    : services_(services), connection_(std::move(connection)), workerWake_(workerWake),
-      metrics_(std::move(metrics)), tracer_(tracer), maxDeferred_(maxDeferred),
-      answerRoomWait_(answerRoomWait) {}
+OutgoingMessage& Session::startResponse(std::optional<OutgoingMessage>& slot, uint32_t hint) {
+  if (slot) return *slot;
+  openAnswer(slot, hint ? hint : kDefaultResponseWords);
+  return *slot;
+}
 
-size_t ServerConnection::pump(size_t batch, bool rejecting) {
-  size_t n = hasMail() ? processMail() : 0;
-  if (!backlog_.empty()) n += backlog_.drain(*connection_, disconnected_);
-  // While answers wait for room, take no new requests: they stay in the client's ring,
-  // so a client that does not read its answers is held back by its own ring filling up,
-  // and the worker goes on serving its other connections.
-  const size_t take = backlog_.empty() ? batch : 0;
-  IncomingMessage msg;  // one for the loop: handle() releases (or takes) each request
-  for (size_t i = 0; i < take && !disconnected_; ++i) {
-    Status s = connection_->tryReceive(msg);
+void Session::openAnswer(std::optional<OutgoingMessage>& slot, uint32_t words) {
+  slot.emplace();
+  if (backlog_.empty() && !requestOpen_) {
+    Status s = connection_->tryStartMessage(*slot, words);
     if (s == Status::kOk) {
-      handle(msg, rejecting);
-      msg.release();
-      ++n;
-    } else {
-      if (s == Status::kDisconnected) disconnected_ = true;
-      break;
+      // The worker serves other connections too: growing this answer waits for room
+      // in the client's memory only briefly (then the call fails with Overloaded).
+      slot->setBuildWait(options_.answerRoomWait);
+      return;
+    }
+    if (s == Status::kDisconnected) {
+      slot.reset();
+      failAll(ErrorKind::kDisconnected, connection_->lastError());
+      throw Disconnected("connection " + connection_->endpoint() + " lost");
     }
   }
-  if (n && !disconnected_) (void)connection_->flush();
-  return n;
+  backlog_.open(*slot, words, connection_->maxMessageBytes());
 }
 
-void ServerConnection::checkPeer() {
-  if (!disconnected_ && connection_->checkPeer() == Status::kDisconnected) disconnected_ = true;
+Status Session::sendAnswer(OutgoingMessage& out) {
+  if (!backlog_.holds(out)) {
+    unflushed_ = true;
+    return connection_->send(out, false);
+  }
+  backlog_.push(out);
+  return Status::kOk;
 }
 
-void ServerConnection::failDeferred(const std::string& why) {
+std::shared_ptr<DeferredState> Session::defer(CallContext& ctx) {
+  if (deferred_.size() >= options_.maxDeferred)
+    throw Overloaded("server connection " + connection_->endpoint() + " already has " +
+                     std::to_string(options_.maxDeferred) + " deferred calls");
+  auto state = std::make_shared<DeferredState>();
+  state->owner = link_;
+  state->connection = connection_;
+  state->callId = ctx.callId();
+  state->oneWay = ctx.isOneWay();
+  state->trace = ctx.request().trace();
+  state->mark = current_;
+  current_.method = nullptr;  // the deferred call reports its own end
+  current_.traced = false;
+  state->request = std::move(ctx.request());
+  deferred_[state->callId] = state;
+  return state;
+}
+
+void Session::failDeferred(const std::string& why) {
   processMail();
   for (auto& [id, weak] : deferred_) {
     if (auto state = weak.lock(); state && !state->answered.exchange(true)) {
@@ -67,87 +86,12 @@ void ServerConnection::failDeferred(const std::string& why) {
   (void)connection_->flush();
 }
 
-void ServerConnection::closeMail() {
-  std::vector<Completion> left;
-  {
-    std::lock_guard lock(mailMutex_);
-    mailClosed_ = true;
-    left.swap(mail_);
-    hasMail_.store(false, std::memory_order_relaxed);
-  }
-}
-
-void ServerConnection::post(Completion&& c) {
-  {
-    std::unique_lock lock(mailMutex_);
-    if (mailClosed_) {
-      // The worker let this connection go: queueing would keep it alive through the
-      // state's owner pointer, forever. Drop the answer, outside the lock.
-      lock.unlock();
-      Completion dropped = std::move(c);
-      return;
-    }
-    mail_.push_back(std::move(c));
-  }
-  hasMail_.store(true, std::memory_order_release);
-  uint64_t one = 1;
-  (void)!::write(workerWake_, &one, sizeof one);
-}
-
-OutgoingMessage& ServerConnection::startResponse(std::optional<OutgoingMessage>& slot, uint32_t hint) {
-  if (slot) return *slot;
-  openAnswer(slot, hint ? hint : kDefaultResponseWords);
-  return *slot;
-}
-
-void ServerConnection::openAnswer(std::optional<OutgoingMessage>& slot, uint32_t words) {
-  slot.emplace();
-  if (backlog_.empty()) {
-    Status s = connection_->tryStartMessage(*slot, words);
-    if (s == Status::kOk) {
-      // The worker serves other connections too: growing this answer waits for room
-      // in the client's memory only briefly (then the call fails with Overloaded).
-      slot->setBuildWait(answerRoomWait_);
-      return;
-    }
-    if (s == Status::kDisconnected) {
-      slot.reset();
-      disconnected_ = true;
-      throw Disconnected("connection " + connection_->endpoint() + " lost");
-    }
-  }
-  backlog_.open(*slot, words, connection_->maxMessageBytes());
-}
-
-Status ServerConnection::sendAnswer(OutgoingMessage& out) {
-  if (!backlog_.holds(out)) return connection_->send(out, false);
-  backlog_.push(out);
-  return Status::kOk;
-}
-
-std::shared_ptr<DeferredState> ServerConnection::defer(CallContext& ctx) {
-  if (deferred_.size() >= maxDeferred_)
-    throw Overloaded("server connection " + connection_->endpoint() + " already has " +
-                     std::to_string(maxDeferred_) + " deferred calls");
-  auto state = std::make_shared<DeferredState>();
-  state->owner = shared_from_this();
-  state->callId = ctx.callId();
-  state->oneWay = ctx.isOneWay();
-  state->trace = ctx.request().trace();
-  state->mark = current_;
-  current_.method = nullptr;  // the deferred call reports its own end
-  current_.traced = false;
-  state->request = std::move(ctx.request());
-  deferred_[state->callId] = state;
-  return state;
-}
-
-void ServerConnection::handle(IncomingMessage& msg, bool rejecting) {
+void Session::handleCall(IncomingMessage& msg) {
   const FrameHeader& h = msg.header();
   switch (static_cast<FrameKind>(h.kind)) {
     case FrameKind::kRequest:
     case FrameKind::kOneWay:
-      if (rejecting) {
+      if (rejecting_) {
         if (h.kind == static_cast<uint8_t>(FrameKind::kRequest))
           sendError(h.callId, ErrorKind::kDisconnected, 0, "server is shutting down");
         return;
@@ -179,24 +123,28 @@ void ServerConnection::handle(IncomingMessage& msg, bool rejecting) {
   }
 }
 
-void ServerConnection::dispatch(IncomingMessage& msg) {
+void Session::dispatch(IncomingMessage& msg) {
   const uint64_t callId = msg.header().callId;
   const uint64_t interfaceId = msg.header().interfaceId;
   const uint16_t methodId = msg.header().methodId;
   const bool oneWay = msg.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
   current_.method = nullptr;
   current_.traced = false;
-  if (metrics_) {
-    current_.method = &metrics_->method(interfaceId, methodId);
+  Service* service = nullptr;  // the bootstrap service of the interface
+  if (const auto* services = options_.services) [[likely]] {
+    auto it = services->find(interfaceId);
+    if (it != services->end()) service = it->second;
+  }
+  if (answerMetrics_) {
+    current_.method = &answerMetrics_->method(interfaceId, methodId);
     current_.method->countCall(msg.payloadBytes());
   }
   if (tracer_) [[unlikely]] {
     current_.traced = true;
-    auto named = services_.find(interfaceId);
     current_.trace = TracedCall{
         interfaceId, methodId,
-        named == services_.end() ? std::string_view() : named->second->methodName(interfaceId, methodId),
-        callId, oneWay, msg.trace()};
+        service ? service->methodName(interfaceId, methodId) : std::string_view(), callId,
+        oneWay, msg.trace()};
     tracer_->onServerCallBegin(current_.trace);
   }
   if (current_.method || current_.traced) current_.startTicks = ticks::now();
@@ -205,12 +153,11 @@ void ServerConnection::dispatch(IncomingMessage& msg) {
   int32_t code = 0;
   std::string why;
   try {
-    auto it = services_.find(interfaceId);
-    if (it == services_.end() || !it->second->dispatch(interfaceId, methodId, ctx)) {
+    if (!service || !service->dispatch(interfaceId, methodId, ctx)) {
       kind = ErrorKind::kUnimplemented;
-      why = (it == services_.end() ? "interface 0x" + hex(interfaceId) + " is not served by "
-                                   : "method " + std::to_string(methodId) + " of interface 0x" +
-                                         hex(interfaceId) + " is not implemented by ") +
+      why = (!service ? "interface 0x" + hex(interfaceId) + " is not served by "
+                      : "method " + std::to_string(methodId) + " of interface 0x" +
+                            hex(interfaceId) + " is not implemented by ") +
             connection_->endpoint();
     } else {
       if (ctx.deferred_) return;  // defer() took over the call's mark
@@ -254,7 +201,7 @@ void ServerConnection::dispatch(IncomingMessage& msg) {
   endCall(current_, false, kind, 0);
 }
 
-void ServerConnection::endCall(CallMark& mark, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept {
+void Session::endCall(CallMark& mark, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept {
   if (!mark.method && !mark.traced) return;
   const uint64_t elapsed = ticks::now() - mark.startTicks;
   if (MethodMetrics* m = mark.method) {
@@ -272,7 +219,7 @@ void ServerConnection::endCall(CallMark& mark, bool ok, ErrorKind kind, uint64_t
   }
 }
 
-void ServerConnection::sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why) {
+void Session::sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why) {
   if (disconnected_) return;
   std::optional<OutgoingMessage> out;
   try {
@@ -286,13 +233,9 @@ void ServerConnection::sendError(uint64_t callId, ErrorKind kind, int32_t code, 
   (void)sendAnswer(*out);
 }
 
-size_t ServerConnection::processMail() {
+size_t Session::processMail() {
   std::vector<Completion> mail;
-  {
-    std::lock_guard lock(mailMutex_);
-    mail.swap(mail_);
-    hasMail_.store(false, std::memory_order_relaxed);
-  }
+  link_->take(mail);
   for (Completion& c : mail) {
     deferred_.erase(c.state->callId);
     // Released once the answer is sent: `fill` may reference the request's bytes.
@@ -367,10 +310,10 @@ bool CallContext::isOneWay() const noexcept {
 OutgoingMessage& CallContext::response(uint32_t sizeHintWords) {
   if (deferred_) throw InvalidArgument("response() after defer(): answer through the DeferredReply");
   if (isOneWay()) throw InvalidArgument("a one-way call has no response");
-  return connection_.startResponse(response_, sizeHintWords);
+  return session_.startResponse(response_, sizeHintWords);
 }
 
-const PeerIdentity& CallContext::peer() const noexcept { return connection_.connection().peer(); }
+const PeerIdentity& CallContext::peer() const noexcept { return session_.connection().peer(); }
 
 bool CallContext::isCancelled() const noexcept {
   return deferred_ && deferred_->cancelled.load(std::memory_order_acquire);
@@ -379,7 +322,7 @@ bool CallContext::isCancelled() const noexcept {
 DeferredReply CallContext::defer() {
   if (deferred_) throw InvalidArgument("call " + std::to_string(callId()) + " deferred twice");
   response_.reset();
-  deferred_ = connection_.defer(*this);
+  deferred_ = session_.defer(*this);
   return DeferredReply(deferred_);
 }
 

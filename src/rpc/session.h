@@ -1,0 +1,322 @@
+// One connection's RPC state in both directions: the calls it makes (questions) and the
+// calls it serves (answers). A Channel is a Session driven by the user's thread whose
+// calls go to the peer's bootstrap services; a server connection is a Session driven by
+// a worker whose bootstrap is the services added with Server::addService.
+//
+// The parts live in files of their own: session.cc (set-up, the receive loop, liveness),
+// session_questions.cc (calls out: ids, window, deadlines, cancel, results) and
+// session_answers.cc (calls in: dispatch, deferred answers, mail, the answer backlog,
+// CallContext and DeferredReply).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "rpc/answer_backlog.h"
+#include "zcrpc/rpc.h"
+
+namespace zcrpc {
+
+class Session;
+
+/// What a call in progress must report when it ends (metrics and tracer).
+struct CallMark {
+  MethodMetrics* method = nullptr;  // borrowed from the session's ConnectionMetrics
+  uint64_t startTicks = 0;
+  bool traced = false;
+  TracedCall trace;
+};
+
+/// A deferred answer posted to the session's driver (see SessionLink::post).
+struct Completion {
+  std::shared_ptr<DeferredState> state;
+  std::function<void(OutgoingMessage&)> fill;  // empty: an error answer
+  ErrorKind kind = ErrorKind::kFailed;
+  int32_t code = 0;
+  std::string message;
+};
+
+/// The part of a Session that other threads reach: its mail. Shared by the session and
+/// the DeferredStates of its deferred calls, so neither keeps the other alive.
+/// Threads: post() from any thread; the rest from the session's driver.
+class SessionLink final {
+ public:
+  /// `wakeFd` (an eventfd, borrowed: it must outlive every post(); -1: none, the driver
+  /// polls hasMail()) is written when mail arrives, to wake the driver.
+  explicit SessionLink(int wakeFd) : wakeFd_(wakeFd) {}
+
+  /// Queues a deferred call's answer for the driver and wakes it. After close() the
+  /// answer is dropped (outside the lock). Any thread.
+  void post(Completion&& c);
+  bool hasMail() const noexcept { return hasMail_.load(std::memory_order_acquire); }
+  /// Moves the queued mail into `out`. Driver thread.
+  void take(std::vector<Completion>& out);
+  /// The session is done: refuse later mail and drop what is queued, which would
+  /// otherwise keep states alive (completion -> state). Driver thread.
+  void close();
+
+ private:
+  std::mutex mutex_;
+  std::vector<Completion> mail_;
+  bool closed_ = false;  // under mutex_
+  std::atomic<bool> hasMail_{false};
+  int wakeFd_;
+};
+
+/// A call whose handler deferred its answer: shared by the DeferredReply (any thread) and
+/// the session (driver thread).
+struct DeferredState {
+  std::shared_ptr<SessionLink> owner;
+  std::shared_ptr<Connection> connection;  // holds the memory `request` lies in
+  uint64_t callId = 0;
+  bool oneWay = false;
+  std::atomic<bool> cancelled{false};
+  std::atomic<bool> answered{false};
+  std::atomic<bool> answeredByServer{false};  // shutdown failed it on the handler's behalf
+  TraceContext trace;  // what the request carried
+  CallMark mark;       // driver thread only
+  IncomingMessage request;  // declared after `connection`: released before it can go
+};
+
+/// How a Session is set up (see Session).
+struct SessionOptions {
+  /// Calls out: outstanding at once (a power of two), and the timeout of a call that sets
+  /// no deadline (ChannelOptions).
+  uint32_t window = 64;
+  std::chrono::nanoseconds defaultTimeout = std::chrono::seconds(10);
+  /// Calls in: the bootstrap services by interface id (borrowed; null: none), deferred
+  /// calls open at once, how long building an answer may wait for room (ServerOptions).
+  const std::unordered_map<uint64_t, Service*>* services = nullptr;
+  size_t maxDeferred = 1024;
+  std::chrono::milliseconds answerRoomWait{100};
+  /// While answers wait for room, take nothing from the connection (a server: a client
+  /// that does not read its answers is held back by its own ring filling up).
+  bool holdWhileCongested = false;
+  /// Told about calls in both directions; borrowed.
+  Tracer* tracer = nullptr;
+  /// Written when mail arrives for the driver (borrowed; must outlive the session).
+  int wakeFd = -1;
+};
+
+/// One connection's RPC state in both directions. Threads: its driver thread (the
+/// Channel's user, or the worker), one at a time; SessionLink::post from any.
+class __attribute__((visibility("hidden"))) Session final : private OutgoingMessage::RoomWaitHook {
+ public:
+  /// `questionMetrics` counts the calls this end makes, `answerMetrics` those it serves
+  /// (either may be null: not counted).
+  Session(std::unique_ptr<Connection> connection, SessionOptions options,
+          std::shared_ptr<ConnectionMetrics> questionMetrics,
+          std::shared_ptr<ConnectionMetrics> answerMetrics);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  Connection& connection() noexcept { return *connection_; }
+  const SessionOptions& options() const noexcept { return options_; }
+  bool disconnected() const noexcept { return disconnected_; }
+  const std::shared_ptr<SessionLink>& link() const noexcept { return link_; }
+
+  // ---------------------------------------------------------------------------------
+  // Questions: calls out (session_questions.cc)
+
+  enum class SlotState : uint8_t { kFree, kPending, kDone };
+  struct Slot {
+    uint64_t callId = 0;
+    SlotState state = SlotState::kFree;
+    Deadline deadline{};
+    CallCallback callback;
+    CallResult result;
+    MethodMetrics* method = nullptr;  // counters to charge when it ends (metrics on)
+    uint64_t startTicks = 0;          // ticks::now() when sent (metrics or tracer on)
+    bool traced = false;              // a tracer saw it begin
+    bool pinned = false;              // kDone, its response still in transport memory
+    TracedCall trace;                 // what the tracer saw (when traced)
+  };
+
+  /// Opens `msg` for a call due at `deadline`, or when none is given, `timeout` after the
+  /// request is sent (or first waits for room).
+  void startMessage(OutgoingMessage& msg, uint32_t sizeHintWords, std::chrono::nanoseconds timeout,
+                    std::optional<Deadline> deadline = std::nullopt);
+  /// Sends `msg`; the call is due at its build deadline (see RawRequest::deadline()).
+  /// `methodName` ("Interface.method", static storage, or empty) names the call for
+  /// metrics and the tracer.
+  uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
+                std::string_view methodName = {});
+  /// A request opened by startMessage() was dropped unsent.
+  void requestAbandoned() noexcept { requestOpen_ = false; }
+  Slot* slotFor(uint64_t callId) noexcept {
+    if (!slots_) return nullptr;
+    Slot& s = slots_[callId & mask_];
+    return s.callId == callId && s.state != SlotState::kFree ? &s : nullptr;
+  }
+  void finish(Slot& slot, CallResult&& result);
+  CallResult takeResult(uint64_t callId);
+  void sendCancel(uint64_t callId) noexcept;
+  /// Waits for call `callId` (taking and handling everything else that arrives); returns
+  /// its response or throws its error. Inline: it is the synchronous call's path.
+  IncomingMessage waitFor(uint64_t callId) {
+    Goal goal{Until::kCallDone};
+    goal.callId = callId;
+    IncomingMessage answer = run<Until::kCallDone>(goal);
+    if (!answer.valid()) [[unlikely]] {
+      CallResult r = takeResult(callId);
+      r.throwIfError();
+      answer = std::move(r.response());
+    }
+    return answer;
+  }
+  size_t outstanding() const noexcept { return outstanding_; }
+  /// A RawRequest holds the connection's one open message.
+  bool requestOpen() const noexcept { return requestOpen_; }
+  const std::string& disconnectReason() const noexcept { return disconnectReason_; }
+  const ConnectionMetrics* questionMetrics() const noexcept { return questionMetrics_.get(); }
+
+  // ---------------------------------------------------------------------------------
+  // The receive loop (session.cc)
+
+  /// Handles what has arrived without waiting (at most `batch` messages; posted mail and
+  /// answers waiting for room first) and expires overdue calls. Returns how many of our
+  /// calls finished.
+  size_t poll(size_t batch = 256);
+  /// As poll(), for a worker: returns how much was done (messages, mail, answers sent
+  /// from the backlog, calls finished), so it knows whether to spin or sleep.
+  size_t pump(size_t batch);
+  /// As poll(), waiting up to `deadline` for at least one call to finish.
+  size_t pollUntil(Deadline deadline);
+  /// Checks now whether the peer is still there (a system call).
+  void checkPeer();
+  /// Fails every call still outstanding (`kind`: kDisconnected also marks the session
+  /// disconnected, with `why`).
+  void failAll(ErrorKind kind, const std::string& why);
+
+  // ---------------------------------------------------------------------------------
+  // Answers: calls in (session_answers.cc)
+
+  /// No deferred call open and no answer waiting for room.
+  bool idle() const noexcept { return deferred_.empty() && backlog_.empty(); }
+  /// Answers wait for room (the peer is not reading them): poll, do not sleep on it.
+  bool congested() const noexcept { return !backlog_.empty() && !disconnected_; }
+  bool hasMail() const noexcept { return link_->hasMail(); }
+  /// From now on, refuse calls that arrive (shutdown): requests get kDisconnected.
+  void reject() noexcept { rejecting_ = true; }
+  /// Answers every deferred call still open with an error (shutdown).
+  void failDeferred(const std::string& why);
+  /// Closes the connection and the mail: the driver is done with the session.
+  void close() {
+    connection_->close();
+    link_->close();
+  }
+  const std::shared_ptr<ConnectionMetrics>& answerMetrics() const noexcept { return answerMetrics_; }
+
+  /// The response of the call being dispatched, opened on first use.
+  OutgoingMessage& startResponse(std::optional<OutgoingMessage>& slot, uint32_t hint);
+  /// Takes over the call being dispatched for CallContext::defer().
+  std::shared_ptr<DeferredState> defer(CallContext& ctx);
+
+ private:
+  /// What one run of the receive loop (run()) waits for.
+  enum class Until : uint8_t {
+    kPolled,       ///< poll(): what has arrived, without waiting
+    kAnyFinished,  ///< pollUntil(): a call finished, none is outstanding, or the deadline
+    kCallDone,     ///< waitFor(): call `callId` finished
+    kSendRoom,     ///< waitForSendRoom(): `msg` could be started, or the deadline
+  };
+  struct Goal {
+    Until until;
+    Deadline deadline = kNoDeadline;  ///< kAnyFinished, kSendRoom
+    uint64_t callId = 0;              ///< kCallDone
+    OutgoingMessage* msg = nullptr;   ///< kSendRoom
+    uint32_t words = 0;               ///< kSendRoom
+    size_t batch = 256;               ///< messages taken per drain, at most
+    Status status = Status::kOk;      ///< kSendRoom: the result of starting `msg`
+    size_t finished = 0;              ///< calls of ours finished
+    size_t worked = 0;                ///< messages handled, mail and backlog served
+  };
+
+  /// The one receive loop: takes and handles what arrives until `goal` (whose `until`
+  /// is U) is met. Returns kCallDone's awaited response when it arrived as one (else the
+  /// slot holds the result), otherwise an empty message.
+  template <Until U>
+  IncomingMessage run(Goal& goal);
+  /// Handles one received message of any kind; true if it finished a call of ours.
+  bool handle(IncomingMessage& msg);
+
+  // questions
+  Status waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
+  void noteEnd(Slot& slot, CallResult& result) noexcept;
+  /// noteEnd's work for an end by `kind` (kFailed: an answer of `responseBytes`).
+  void noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept;
+  /// A response, error or pong: finishes its call; true if it did.
+  bool handleAnswer(IncomingMessage& msg);
+  size_t expire(Clock::time_point now);
+  void sendQueuedCancels() noexcept;
+  /// The deadline for one wait of the receive loop: nearestDeadline_, or sooner while
+  /// uncollected responses hold transport memory (see unpinResults()).
+  Deadline waitDeadline(Deadline& unpinAt);
+  /// Moves uncollected responses out of transport memory to the heap.
+  void unpinResults();
+  /// After a wait that timed out: unpins results if their time came, expires calls
+  /// (returns how many).
+  size_t afterTimeout(Deadline unpinAt);
+  /// While a request being built waits for room: takes what arrived to the heap (early_).
+  void whileWaitingForRoom() override;
+  /// Handles the messages whileWaitingForRoom() took; returns how many calls finished.
+  size_t takeEarly();
+
+  // answers
+  /// A request, one-way, cancel or ping from the peer.
+  void handleCall(IncomingMessage& msg);
+  void dispatch(IncomingMessage& msg);
+  /// Opens an answer without ever waiting: in transport memory when there is room now
+  /// (and no older answer waits, and no message of ours is open there), else in the
+  /// backlog's memory. Throws Disconnected when the connection is gone.
+  void openAnswer(std::optional<OutgoingMessage>& slot, uint32_t words);
+  /// Sends an answer opened by openAnswer, or queues it in the backlog.
+  Status sendAnswer(OutgoingMessage& out);
+  /// Charges the call's counters and tells the tracer.
+  void endCall(CallMark& mark, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept;
+  void sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why);
+  size_t processMail();
+  /// Posted mail and the answer backlog: what a round of the loop does before it receives.
+  size_t serveQueued();
+
+  friend class zcrpc::CallContext;
+
+  std::shared_ptr<Connection> connection_;  // shared with DeferredStates holding requests
+  SessionOptions options_;
+  bool disconnected_ = false;
+  std::string disconnectReason_;
+  Tracer* tracer_ = nullptr;
+
+  // questions
+  std::shared_ptr<ConnectionMetrics> questionMetrics_;  // null: not counted
+  std::unique_ptr<Slot[]> slots_;  // options_.window of them, from the first call out
+  uint64_t mask_;
+  uint64_t nextCallId_ = 1;
+  size_t outstanding_ = 0;
+  size_t pinned_ = 0;  // slots with pinned results
+  Deadline nearestDeadline_ = kNoDeadline;
+  bool requestOpen_ = false;  // a RawRequest holds the connection's one open message
+  std::vector<IncomingMessage> early_;  // received while a request waited for room, on the heap
+  std::array<uint64_t, 64> cancelQueue_{};
+  size_t queuedCancels_ = 0;
+
+  // answers
+  std::shared_ptr<ConnectionMetrics> answerMetrics_;  // null: not counted
+  std::shared_ptr<SessionLink> link_;
+  std::unordered_map<uint64_t, std::weak_ptr<DeferredState>> deferred_;
+  bool rejecting_ = false;
+  bool unflushed_ = false;  // answers sent without waking the peer
+  CallMark current_;        // the call being dispatched
+  AnswerBacklog backlog_;
+};
+
+}  // namespace zcrpc
