@@ -88,6 +88,10 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   /// returns. None by default; for
   /// the RPC layer, which gives its records their meaning.
   void setExtensions(kj::ArrayPtr<const capnp::word> records) noexcept { extensions_ = records; }
+  /// The capabilities set in the message's interface fields so far, in the order their
+  /// pointers index (null: none). The RPC layer turns them into the frame's capTable record
+  /// when it sends the message.
+  wire::CapTable* outgoingCapTable() noexcept { return capsOut_; }
   kj::ArrayPtr<const capnp::word> extensions() const noexcept { return extensions_; }
 
   /// Bounds on waiting for room while this message is built and sent (a segment or
@@ -219,14 +223,20 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
     builder_ = Builder::kNone;
     arena_.reset(*this, first);
     extensions_ = nullptr;
+    if (capsOut_) [[unlikely]] dropCapTable();
   }
   void markSent() noexcept { source_ = nullptr; }
+  void dropCapTable() noexcept;
 
  private:
   /// Which builder writes the message (see the class comment).
   enum class Builder : uint8_t { kNone, kWire, kCapnp, kHandedOver };
 
   kj::ArrayPtr<capnp::word> newSegment(uint32_t minWords) override;  // for arena_
+  wire::CapTable& capTable() override {  // for arena_: interface fields being set
+    if (!capsOut_) capsOut_ = new wire::CapTable();
+    return *capsOut_;
+  }
   wire::_::PointerSlot wireRoot() {
     if (builder_ == Builder::kWire) [[likely]] return arena_.rootSlot();
     return startWire();
@@ -262,6 +272,9 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   uint64_t gatheredBytes_ = 0;
   Builder builder_ = Builder::kNone;
   Reference references_[kMaxReferences];
+  // Interface fields set (capTable()); null: none. Owned (a plain pointer: the destructor
+  // and open() of every message pay only a test for it).
+  wire::CapTable* capsOut_ = nullptr;
   wire::BuildArena arena_;  // zcrpc's builder's segments (builder_ kWire / kHandedOver)
 };
 
@@ -300,7 +313,8 @@ class IncomingMessage final {
   // Moves hand over the lease, not the reader (it is rebuilt on demand): a response moves
   // several times on its way to the caller, so these are inline and cheap.
   IncomingMessage(IncomingMessage&& other) noexcept
-      : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_) {
+      : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_),
+        caps_(std::exchange(other.caps_, nullptr)) {
     if (other.reader_) [[unlikely]] other.reader_.reset();
     other.wireReady_ = false;
   }
@@ -309,6 +323,7 @@ class IncomingMessage final {
       release();
       owner_ = std::exchange(other.owner_, nullptr);
       slot_ = other.slot_;
+      caps_ = std::exchange(other.caps_, nullptr);
       if (other.reader_) [[unlikely]] other.reader_.reset();
       other.wireReady_ = false;
     }
@@ -367,8 +382,22 @@ class IncomingMessage final {
     return wire_;
   }
 
+  /// Gives the lease back, and drops the message's capabilities (see capTable()).
   void release() noexcept {
     if (owner_) releaseHeld();
+    if (caps_) [[unlikely]] dropCapTable();
+  }
+
+  /// The capabilities the message carried (its frame's capTable record, decoded by the RPC
+  /// layer when the message arrived): what zcrpc's accessors of interface fields return.
+  /// Null when it carried none. They live as long as the message holds its lease (moved
+  /// with it, kept by moveToHeap(), dropped by release()).
+  const wire::CapTable* capTable() const noexcept { return caps_; }
+  /// For the RPC layer: the decoded table of this message.
+  void setCapTable(std::unique_ptr<wire::CapTable> caps) noexcept {
+    if (caps_) dropCapTable();
+    caps_ = caps.release();
+    wireReady_ = false;  // the reader context picks the table up when next set up
   }
 
   /// Moves the message out of transport memory into a heap copy of its own and gives the
@@ -405,11 +434,15 @@ class IncomingMessage final {
 
   const ParsedFrame& frame() const noexcept { return owner_->leasedFrame(slot_); }
   void releaseHeld() noexcept;
+  void dropCapTable() noexcept;
   capnp::MessageReader& makeReader();
   void initWireContext();
 
   LeaseOwner* owner_ = nullptr;
   uint32_t slot_ = 0;
+  // Decoded by the RPC layer; null: none. Owned (a plain pointer: a response moves several
+  // times on its way to the caller, and only messages with capabilities pay more).
+  wire::CapTable* caps_ = nullptr;
   bool wireReady_ = false;  // wire_ reads the held message
   std::optional<FrameReader> reader_;
   wire::ReadContext wire_;

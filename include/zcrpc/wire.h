@@ -27,8 +27,10 @@
 #include <cstring>
 #include <initializer_list>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 namespace zcrpc::wire {
 
@@ -61,6 +63,17 @@ struct DefaultValue {
 
 class ReadContext;
 class BuildArena;
+
+/// What one capability pointer of a message stands for. The RPC layer derives its own
+/// (zcrpc/capability.h wraps them as zcrpc::Capability); opaque at this level.
+class CapabilityHook {
+ public:
+  virtual ~CapabilityHook() = default;
+};
+/// The capabilities a message's capability pointers index, in order (a null entry: a null
+/// capability). Received messages hold theirs (IncomingMessage::capTable()); messages being
+/// built collect theirs as capabilities are set (OutgoingMessage::capTable()).
+using CapTable = std::vector<std::shared_ptr<CapabilityHook>>;
 class StructReader;
 class ListReader;
 class StructBuilder;
@@ -195,6 +208,16 @@ struct PointerSlot {
   bool isNull() const noexcept { return load(ref) == 0; }
 };
 
+/// An interface field, read: the capability its pointer indexes in the message's table
+/// (null for a null pointer). Throws when the pointer is not a capability or its index is
+/// outside the table (a message that carries none has an empty one).
+std::shared_ptr<CapabilityHook> readCapability(const PointerRef& ref);
+/// An interface field, written: adds `cap` to the message's table (a null `cap` clears the
+/// pointer instead).
+void writeCapability(PointerSlot slot, std::shared_ptr<CapabilityHook> cap);
+/// An interface field of a message being built, read back.
+std::shared_ptr<CapabilityHook> readBuiltCapability(const PointerSlot& slot);
+
 /// Zeroes the object `ref` points to, recursively (libcapnp's zeroObject).
 void zeroObject(BuildArena& arena, uint32_t seg, Word* ref);
 /// Allocation that did not fit in the slot's own segment: a landing pad and the object in
@@ -240,7 +263,11 @@ class ReadContext final {
     budget_ = traversalLimitWords;
     nestingLimit_ = nestingLimit;
     arena_ = nullptr;
+    caps_ = nullptr;
   }
+  /// The message's capability table (borrowed; null: the message carries none).
+  void setCapTable(const CapTable* caps) noexcept { caps_ = caps; }
+  const CapTable* capTable() const noexcept { return caps_; }
   /// Reads the message being built in `arena` (Builder::asReader()): no budget.
   void resetForArena(const BuildArena& arena) noexcept {
     segments_ = nullptr;
@@ -248,6 +275,7 @@ class ReadContext final {
     budget_ = UINT64_MAX;
     nestingLimit_ = INT32_MAX;
     arena_ = &arena;
+    caps_ = nullptr;
   }
 
   uint64_t budgetLeft() const noexcept { return budget_; }
@@ -271,6 +299,7 @@ class ReadContext final {
   int nestingLimit_;
   uint64_t budget_;
   const BuildArena* arena_;
+  const CapTable* caps_;
 };
 
 /// Untyped view of one struct being read; generated Readers wrap one. Default-constructed,
@@ -537,6 +566,9 @@ class BuildArena final {
    public:
     /// At least `minWords` zeroed words; throws when there is no room.
     virtual kj::ArrayPtr<Word> newSegment(uint32_t minWords) = 0;
+    /// The table the message's capability pointers index, made on first use; throws
+    /// InvalidArgument when the message cannot carry capabilities (the default).
+    virtual CapTable& capTable();
 
    protected:
     ~Source() = default;
@@ -611,6 +643,8 @@ class BuildArena final {
   }
   /// The context readers of this message (Builder::asReader()) share: no budget.
   ReadContext& readContext() noexcept { return readView_; }
+  /// The message's capability table (see Source::capTable()).
+  CapTable& capTable() { return source_->capTable(); }
 
  private:
   /// The segments' used parts, left uninitialised until used (no constructor runs on them).

@@ -11,6 +11,12 @@ namespace zcrpc {
 
 OutgoingMessage::~OutgoingMessage() noexcept(false) {
   if (source_) source_->abandon();
+  if (capsOut_) [[unlikely]] dropCapTable();
+}
+
+void OutgoingMessage::dropCapTable() noexcept {
+  delete capsOut_;
+  capsOut_ = nullptr;
 }
 
 kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSize) {
@@ -187,6 +193,7 @@ void IncomingMessage::initWireContext() {
   const ReaderLimits& l = owner_->readerLimits();
   wire_.reset(f.segments.data(), static_cast<uint32_t>(f.segmentCount), l.traversalLimitWords,
               l.nestingLimit);
+  wire_.setCapTable(caps_);
   wireReady_ = true;
 }
 
@@ -237,9 +244,13 @@ class HeapLease final : public LeaseOwner {
 void IncomingMessage::moveToHeap() {
   if (!owner_ || owner_->heapCopy()) return;
   auto* copy = new HeapLease(frame(), owner_->readerLimits());
-  release();
+  releaseHeld();  // the capabilities stay with the message
   owner_ = copy;
   slot_ = 0;
+}
+
+void IncomingMessage::dropCapTable() noexcept {
+  delete std::exchange(caps_, nullptr);
 }
 
 void IncomingMessage::releaseHeld() noexcept {

@@ -10,6 +10,10 @@
 
 namespace zcrpc::wire {
 
+CapTable& BuildArena::Source::capTable() {
+  throw InvalidArgument("this message cannot carry capabilities (it is not an RPC message)");
+}
+
 namespace _ {
 
 void fail(const char* what) {
@@ -566,6 +570,37 @@ capnp::Data::Builder PointerSlot::getData(const kj::byte* def, uint32_t defSize)
 void PointerSlot::setCapability(uint32_t index) {
   if (!isNull()) zeroObject(*arena, seg, ref);
   store(ref, kOther | (uint64_t{index} << 32));
+}
+
+std::shared_ptr<CapabilityHook> readCapability(const PointerRef& ref) {
+  const std::optional<uint32_t> index = ref.readCapability();
+  if (!index) return nullptr;
+  const CapTable* caps = ref.ctx ? ref.ctx->capTable() : nullptr;
+  if (caps == nullptr || *index >= caps->size())
+    throw InvalidArgument("malformed Cap'n Proto message: a capability pointer indexes entry " +
+                          std::to_string(*index) + " of a capability table of " +
+                          std::to_string(caps ? caps->size() : 0) + " entries");
+  return (*caps)[*index];
+}
+
+void writeCapability(PointerSlot slot, std::shared_ptr<CapabilityHook> cap) {
+  if (!cap) {
+    slot.clear();
+    return;
+  }
+  CapTable& caps = slot.arena->capTable();
+  caps.push_back(std::move(cap));
+  slot.setCapability(static_cast<uint32_t>(caps.size() - 1));
+}
+
+std::shared_ptr<CapabilityHook> readBuiltCapability(const PointerSlot& slot) {
+  const uint64_t w = load(slot.ref);
+  if (w == 0) return nullptr;
+  if (!isCapability(w)) fail("an interface field of the message being built holds something else");
+  const CapTable& caps = slot.arena->capTable();
+  const uint32_t index = static_cast<uint32_t>(w >> 32);
+  if (index >= caps.size()) fail("an interface field of the message being built indexes no capability");
+  return caps[index];
 }
 
 void PointerSlot::clear() {
