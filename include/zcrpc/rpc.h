@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "zcrpc/capability.h"
 #include "zcrpc/metrics.h"
 #include "zcrpc/transport.h"
 
@@ -84,9 +85,14 @@ struct ChannelOptions {
   bool metrics = true;
   /// Told about every call; borrowed, must outlive the Channel. nullptr: no tracing.
   Tracer* tracer = nullptr;
+  /// Capabilities (docs/capabilities.md): objects this end exports on the connection at
+  /// once, and the server's objects it holds at once (settings max_exports, max_imports).
+  uint32_t maxExports = 65536;
+  uint32_t maxImports = 65536;
 };
 
 class Channel;
+class Session;
 
 /// What a finished call produced: the response read in place (a lease), or an error.
 /// Move-only. Threads: one at a time.
@@ -126,12 +132,12 @@ class CallResult final {
 /// Called once when an asynchronous call finishes, on the thread polling the Channel.
 using CallCallback = std::function<void(CallResult&&)>;
 
-/// Handle of an asynchronous call. Cheap to copy; valid while its Channel lives.
-/// Threads: the Channel's thread.
+/// Handle of an asynchronous call. Cheap to copy; valid while its Channel (or, for a call on
+/// a capability, that capability's connection) lives. Threads: the connection's thread.
 class PendingCall final {
  public:
   PendingCall() = default;
-  PendingCall(Channel& channel, uint64_t callId) : channel_(&channel), callId_(callId) {}
+  PendingCall(Channel& channel, uint64_t callId);
   uint64_t callId() const noexcept { return callId_; }
   /// True once the call has finished (its callback ran, or its result waits in wait()).
   bool done() const;
@@ -144,7 +150,9 @@ class PendingCall final {
   void cancel();
 
  private:
-  Channel* channel_ = nullptr;
+  friend class RawRequest;
+  PendingCall(Session* session, uint64_t callId) noexcept : session_(session), callId_(callId) {}
+  Session* session_ = nullptr;
   uint64_t callId_ = 0;
 };
 
@@ -158,6 +166,11 @@ class RawRequest final {
   /// (generated stubs pass a string literal). Empty: metrics show the ids.
   RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords,
              std::string_view methodName = {});
+  /// A request to the object `target` refers to, on its connection. Throws InvalidArgument
+  /// for a null or local capability (call a local object directly), or from a thread that
+  /// does not drive the connection; Disconnected when the connection is gone.
+  RawRequest(const Capability& target, uint64_t interfaceId, uint16_t methodId,
+             uint32_t sizeHintWords, std::string_view methodName = {});
   ~RawRequest() noexcept(false);
 
   OutgoingMessage& message() noexcept { return message_; }
@@ -181,7 +194,10 @@ class RawRequest final {
   void sendOneWay();
 
  private:
-  Channel& channel_;
+  void start(uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords);
+
+  Session* session_;
+  uint32_t target_ = 0;  // the export of the peer called; 0: its bootstrap services
   OutgoingMessage message_;
   std::string_view methodName_;
 };
@@ -195,6 +211,9 @@ class Request final {
   Request(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords,
           std::string_view methodName = {})
       : raw_(channel, interfaceId, methodId, sizeHintWords, methodName) {}
+  Request(const Capability& target, uint64_t interfaceId, uint16_t methodId,
+          uint32_t sizeHintWords, std::string_view methodName = {})
+      : raw_(target, interfaceId, methodId, sizeHintWords, methodName) {}
 
   wire::Builder<Params> params() { return raw_.message().template build<Params>(); }
   typename Params::Builder paramsCapnp() { return raw_.message().getRoot<Params>(); }
@@ -433,6 +452,10 @@ struct ServerOptions {
   bool metrics = true;
   /// Told about every dispatched call; borrowed, must outlive the Server.
   Tracer* tracer = nullptr;
+  /// Capabilities (docs/capabilities.md), per connection: objects the server exports at
+  /// once, and the client's objects it holds at once (settings max_exports, max_imports).
+  uint32_t maxExportsPerConnection = 65536;
+  uint32_t maxImportsPerConnection = 65536;
 };
 
 /// Dispatches calls from any number of connections to registered services.

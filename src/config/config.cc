@@ -48,6 +48,12 @@ constexpr SettingInfo kSettings[] = {
      "Timeout of a call that sets no deadline, counted from when its request is sent", ""},
     {"window", SettingType::kInt, "64", "ZCRPC_WINDOW",
      "Calls outstanding at once per channel; a power of two", ""},
+    {"max_exports", SettingType::kInt, "65536", "ZCRPC_MAX_EXPORTS",
+     "Objects one end exports on a connection at once (capabilities it passed and the peer holds); "
+     "more makes the call that would pass one fail with Overloaded", ""},
+    {"max_imports", SettingType::kInt, "65536", "ZCRPC_MAX_IMPORTS",
+     "The peer's objects one end holds on a connection at once; a message that would pass more "
+     "is refused (InvalidArgument) and its capabilities released", ""},
     {"server_threads", SettingType::kInt, "1", "ZCRPC_SERVER_THREADS",
      "Worker threads polling server connections", ""},
     {"server_batch", SettingType::kInt, "32", "ZCRPC_SERVER_BATCH",
@@ -548,6 +554,8 @@ ChannelOptions Config::channelOptions() const {
   ChannelOptions o;
   o.defaultTimeout = duration("call_timeout");
   o.window = static_cast<uint32_t>(integer("window"));
+  o.maxExports = static_cast<uint32_t>(integer("max_exports"));
+  o.maxImports = static_cast<uint32_t>(integer("max_imports"));
   return o;
 }
 
@@ -558,6 +566,8 @@ ServerOptions Config::serverOptions() const {
   o.idleMode = parseWaitMode(text("server_idle_mode"));
   o.spinTime = duration("spin_time");
   o.spinPolicy = parseSpinPolicy(text("spin_policy"));
+  o.maxExportsPerConnection = static_cast<uint32_t>(integer("max_exports"));
+  o.maxImportsPerConnection = static_cast<uint32_t>(integer("max_imports"));
   return o;
 }
 

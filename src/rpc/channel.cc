@@ -4,7 +4,6 @@
 
 #include "rpc/frames.h"
 #include "rpc/session.h"
-#include "rpc/thread_owner.h"
 #include "zcrpc/rpc.h"
 
 namespace zcrpc {
@@ -48,103 +47,114 @@ struct __attribute__((visibility("hidden"))) Channel::Impl final {
     s.window = o.window;
     s.defaultTimeout = o.defaultTimeout;
     s.tracer = o.tracer;
+    s.maxExports = o.maxExports;
+    s.maxImports = o.maxImports;
     return s;
-  }
-
-  /// At every entry of the API (Channel, RawRequest, PendingCall): refuses a call from a
-  /// thread other than the one using the channel, naming `where` (see ThreadOwner).
-  void checkThread(const char* where) {
-    owner.check(where, [this] {
-      return ThreadOwner::Use{"channel to " + session.connection().endpoint(), inProgress()};
-    });
-  }
-  /// What the channel's thread has in progress, for checkThread ("" when nothing).
-  std::string inProgress() const {
-    if (session.requestOpen()) return "a request is being built";
-    const size_t n = session.outstanding();
-    if (n) return std::to_string(n) + (n == 1 ? " call" : " calls") + " outstanding";
-    return {};
   }
 
   ChannelOptions options;
   Session session;
-  ThreadOwner owner;
 };
 
 // ------------------------------------------------------------------------------------
 // RawRequest
 
-RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
-                       uint32_t sizeHintWords, std::string_view methodName)
-    : channel_(channel), methodName_(methodName) {
-  channel_.impl_->checkThread("new request");
-  channel_.impl_->session.startMessage(
-      message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
-      channel.impl_->options.defaultTimeout);
+[[gnu::always_inline]] inline void RawRequest::start(uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords) {
+  session_->startMessage(message_, sizeHintWords ? sizeHintWords : kDefaultRequestWords,
+                         session_->options().defaultTimeout);
   FrameHeader& h = message_.header();
   h.interfaceId = interfaceId;
   h.methodId = methodId;
 }
 
+
+RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
+                       uint32_t sizeHintWords, std::string_view methodName)
+    : session_(&channel.impl_->session), methodName_(methodName) {
+  session_->checkThread("new request");
+  start(interfaceId, methodId, sizeHintWords);
+}
+
+RawRequest::RawRequest(const Capability& target, uint64_t interfaceId, uint16_t methodId,
+                       uint32_t sizeHintWords, std::string_view methodName)
+    : methodName_(methodName) {
+  const auto* import = dynamic_cast<const ImportHook*>(target.hook().get());
+  if (!import)
+    throw InvalidArgument(!target ? "call on a null capability"
+                                  : "call on a local capability: call the object itself (a "
+                                    "local capability is for passing in messages)");
+  import->link->owner.check("call on a capability", [&] {
+    return ThreadOwner::Use{"capability " + std::to_string(import->id) + " of a connection", ""};
+  });
+  session_ = import->link->session();
+  if (!session_)
+    throw Disconnected("capability " + std::to_string(import->id) + "'s connection is gone: " +
+                       import->link->closedWhy());
+  target_ = import->id;
+  start(interfaceId, methodId, sizeHintWords);
+}
+
 RawRequest::~RawRequest() noexcept(false) {
-  if (message_.isOpen()) channel_.impl_->session.requestAbandoned();  // the message gives its space back
+  if (message_.isOpen()) session_->requestAbandoned();  // the message gives its space back
 }
 
 IncomingMessage RawRequest::call() {
-  channel_.impl_->checkThread("call()");
-  Session& channel = channel_.impl_->session;
-  uint64_t id = channel.send(message_, FrameKind::kRequest, {}, methodName_);
-  return channel.waitFor(id);
+  session_->checkThread("call()");
+  uint64_t id = session_->send(message_, FrameKind::kRequest, {}, methodName_, target_);
+  return session_->waitFor(id);
 }
 
 PendingCall RawRequest::callAsync(CallCallback callback) {
-  channel_.impl_->checkThread("callAsync()");
-  uint64_t id = channel_.impl_->session.send(message_, FrameKind::kRequest, std::move(callback),
-                                              methodName_);
-  return PendingCall(channel_, id);
+  session_->checkThread("callAsync()");
+  uint64_t id =
+      session_->send(message_, FrameKind::kRequest, std::move(callback), methodName_, target_);
+  return PendingCall(session_, id);
 }
 
 void RawRequest::sendOneWay() {
-  channel_.impl_->checkThread("sendOneWay()");
-  channel_.impl_->session.send(message_, FrameKind::kOneWay, {}, methodName_);
+  session_->checkThread("sendOneWay()");
+  session_->send(message_, FrameKind::kOneWay, {}, methodName_, target_);
 }
 
 // ------------------------------------------------------------------------------------
 // PendingCall
 
+PendingCall::PendingCall(Channel& channel, uint64_t callId)
+    : session_(&channel.impl_->session), callId_(callId) {}
+
 bool PendingCall::done() const {
-  if (channel_) channel_->impl_->checkThread("PendingCall::done()");
-  auto* slot = channel_ ? channel_->impl_->session.slotFor(callId_) : nullptr;
+  if (session_) session_->checkThread("PendingCall::done()");
+  auto* slot = session_ ? session_->slotFor(callId_) : nullptr;
   return !slot || slot->state != Session::SlotState::kPending;
 }
 
 CallResult PendingCall::wait() {
-  if (!channel_) return CallResult(ErrorKind::kFailed, 0, "PendingCall is empty");
-  channel_->impl_->checkThread("PendingCall::wait()");
-  Session& channel = channel_->impl_->session;
-  auto* slot = channel.slotFor(callId_);
+  if (!session_) return CallResult(ErrorKind::kFailed, 0, "PendingCall is empty");
+  session_->checkThread("PendingCall::wait()");
+  Session& session = *session_;
+  auto* slot = session.slotFor(callId_);
   if (slot && slot->state == Session::SlotState::kPending) {
     if (slot->callback)
       return CallResult(ErrorKind::kFailed, 0, "call completes through its callback");
     try {
-      return CallResult(channel.waitFor(callId_));
+      return CallResult(session.waitFor(callId_));
     } catch (const ApplicationError& e) {
       return CallResult(ErrorKind::kApplication, e.code(), e.what());
     } catch (const Error& e) {
       return CallResult(e.kind(), 0, e.what());
     }
   }
-  return channel.takeResult(callId_);
+  return session.takeResult(callId_);
 }
 
 void PendingCall::cancel() {
-  if (!channel_) return;
-  channel_->impl_->checkThread("PendingCall::cancel()");
-  Session& channel = channel_->impl_->session;
-  auto* slot = channel.slotFor(callId_);
+  if (!session_) return;
+  session_->checkThread("PendingCall::cancel()");
+  Session& session = *session_;
+  auto* slot = session.slotFor(callId_);
   if (!slot || slot->state != Session::SlotState::kPending) return;
-  channel.sendCancel(callId_);
-  channel.finish(*slot, CallResult(ErrorKind::kCancelled, 0,
+  session.sendCancel(callId_);
+  session.finish(*slot, CallResult(ErrorKind::kCancelled, 0,
                                    "call " + std::to_string(callId_) + " cancelled by the client"));
 }
 
@@ -157,11 +167,11 @@ Channel::Channel(std::unique_ptr<Connection> connection, ChannelOptions options)
 Channel::~Channel() = default;
 
 size_t Channel::poll() {
-  impl_->checkThread("poll()");
+  impl_->session.checkThread("poll()");
   return impl_->session.poll();
 }
 size_t Channel::pollUntil(Deadline deadline) {
-  impl_->checkThread("pollUntil()");
+  impl_->session.checkThread("pollUntil()");
   return impl_->session.pollUntil(deadline);
 }
 size_t Channel::outstanding() const noexcept { return impl_->session.outstanding(); }
@@ -173,7 +183,7 @@ const ConnectionMetrics* Channel::metrics() const noexcept {
 }
 
 std::chrono::nanoseconds Channel::ping(Deadline deadline) {
-  impl_->checkThread("ping()");
+  impl_->session.checkThread("ping()");
   Session& impl = impl_->session;
   OutgoingMessage m;
   impl.startMessage(m, 1, {}, deadline);

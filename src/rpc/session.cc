@@ -36,9 +36,23 @@ void SessionLink::post(Completion&& c) {
   (void)!::write(wakeFd_, &one, sizeof one);
 }
 
-void SessionLink::take(std::vector<Completion>& out) {
+void SessionLink::postRelease(uint32_t id, uint32_t refs) {
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    releases_.push_back({id, refs});
+  }
+  hasMail_.store(true, std::memory_order_release);
+  if (wakeFd_ < 0) return;
+  uint64_t one = 1;
+  (void)!::write(wakeFd_, &one, sizeof one);
+}
+
+void SessionLink::take(std::vector<Completion>& out, std::vector<ReleaseNote>& releases) {
   std::lock_guard lock(mutex_);
   out.swap(mail_);
+  releases.insert(releases.end(), releases_.begin(), releases_.end());
+  releases_.clear();
   hasMail_.store(false, std::memory_order_relaxed);
 }
 
@@ -46,6 +60,8 @@ void SessionLink::close() {
   std::vector<Completion> left;  // destroyed outside the lock
   std::lock_guard lock(mutex_);
   closed_ = true;
+  session_ = nullptr;
+  releases_.clear();
   left.swap(mail_);
   hasMail_.store(false, std::memory_order_relaxed);
 }
@@ -61,7 +77,8 @@ Session::Session(std::unique_ptr<Connection> connection, SessionOptions options,
       tracer_(options.tracer),
       questionMetrics_(std::move(questionMetrics)),
       answerMetrics_(std::move(answerMetrics)),
-      link_(std::make_shared<SessionLink>(options.wakeFd)) {
+      link_(std::make_shared<SessionLink>(*this, options.wakeFd)),
+      owner_(&link_->owner) {
   if (!connection_) throw InvalidArgument("a session needs a connection");
   if (options_.window == 0 || (options_.window & (options_.window - 1)))
     throw InvalidArgument("channel window " + std::to_string(options_.window) +
@@ -75,10 +92,21 @@ Session::Session(std::unique_ptr<Connection> connection, SessionOptions options,
 }
 
 Session::~Session() {
-  link_->close();
+  if (link_->session()) closeLink();
   for (uint64_t i = 0; slots_ && i <= mask_; ++i) slots_[i].result = CallResult();  // leases before connection
   early_.clear();
   connection_->close();
+}
+
+void Session::close() {
+  connection_->close();
+  closeLink();
+}
+
+void Session::closeLink() {
+  link_->setClosedWhy(disconnectReason_.empty() ? "connection " + connection_->endpoint() + " closed"
+                                                : disconnectReason_);
+  link_->close();
 }
 
 void Session::checkPeer() {
@@ -97,6 +125,15 @@ bool Session::handle(IncomingMessage& msg) {
     case FrameKind::kCancel:
     case FrameKind::kPing:
       handleCall(msg);
+      return false;
+    case FrameKind::kRelease:
+      if (msg.header().flags & kFlagExtended) {
+        try {
+          if (readExtensions(msg) != 0) dropPeer("a release frame names a target");
+        } catch (const Error& e) {
+          dropPeer(std::string("a release frame was refused: ") + e.what());
+        }
+      }
       return false;
     default:
       return false;  // nothing else means anything to a session: ignore it
@@ -135,7 +172,7 @@ Status Session::waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, De
 
 size_t Session::serveQueued() {
   size_t n = link_->hasMail() ? processMail() : 0;
-  if (!backlog_.empty() && !requestOpen_) {
+  if (!backlog_.empty() && !messageOpenHere()) {
     bool gone = false;
     const size_t drained = backlog_.drain(*connection_, gone);
     if (gone) failAll(ErrorKind::kDisconnected, connection_->lastError());
@@ -208,7 +245,7 @@ IncomingMessage Session::run(Goal& g) {
       if constexpr (U == Until::kCallDone) {
         const FrameHeader& h = msg.header();
         if (h.callId == g.callId && h.kind == static_cast<uint8_t>(FrameKind::kResponse) &&
-            !slot->callback) [[likely]] {
+            !slot->callback && !(h.flags & kFlagExtended)) [[likely]] {
           if (slot->method || slot->traced)
             noteEnd(*slot, true, ErrorKind::kFailed, msg.payloadBytes());
           slot->state = SlotState::kFree;

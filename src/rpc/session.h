@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "rpc/answer_backlog.h"
+#include "rpc/thread_owner.h"
 #include "zcrpc/rpc.h"
 
 namespace zcrpc {
@@ -44,31 +45,71 @@ struct Completion {
   std::string message;
 };
 
-/// The part of a Session that other threads reach: its mail. Shared by the session and
-/// the DeferredStates of its deferred calls, so neither keeps the other alive.
-/// Threads: post() from any thread; the rest from the session's driver.
+/// References to one export of the peer that an import gives back (see ImportHook).
+struct ReleaseNote {
+  uint32_t id;
+  uint32_t refs;
+};
+
+/// The part of a Session that other threads reach: its mail. Shared by the session, the
+/// DeferredStates of its deferred calls and its imports, so none keeps the others alive.
+/// Threads: post()/postRelease() from any thread; the rest from the session's driver.
 class SessionLink final {
  public:
   /// `wakeFd` (an eventfd, borrowed: it must outlive every post(); -1: none, the driver
   /// polls hasMail()) is written when mail arrives, to wake the driver.
-  explicit SessionLink(int wakeFd) : wakeFd_(wakeFd) {}
+  SessionLink(Session& session, int wakeFd) : session_(&session), wakeFd_(wakeFd) {}
 
   /// Queues a deferred call's answer for the driver and wakes it. After close() the
   /// answer is dropped (outside the lock). Any thread.
   void post(Completion&& c);
+  /// Queues the release of `refs` references to the peer's export `id` (an import's last
+  /// handle went). Dropped after close(). Any thread.
+  void postRelease(uint32_t id, uint32_t refs);
   bool hasMail() const noexcept { return hasMail_.load(std::memory_order_acquire); }
-  /// Moves the queued mail into `out`. Driver thread.
-  void take(std::vector<Completion>& out);
+  /// Moves the queued mail into `out` and `releases`. Driver thread.
+  void take(std::vector<Completion>& out, std::vector<ReleaseNote>& releases);
   /// The session is done: refuse later mail and drop what is queued, which would
   /// otherwise keep states alive (completion -> state). Driver thread.
   void close();
+  /// The session, until close(); null after. Driver thread (which is why it may be read
+  /// without a lock: close() runs there too).
+  Session* session() const noexcept { return session_; }
+  /// Why the session ended ("" before close()). Driver thread.
+  const std::string& closedWhy() const noexcept { return closedWhy_; }
+  void setClosedWhy(std::string why) { closedWhy_ = std::move(why); }
+
+  /// Which thread drives the session: a Channel's user (who may hand it over between uses),
+  /// or a server's worker (pinned: see ThreadOwner::pin()).
+  ThreadOwner owner;
 
  private:
+  Session* session_;
+  std::string closedWhy_;
   std::mutex mutex_;
   std::vector<Completion> mail_;
+  std::vector<ReleaseNote> releases_;
   bool closed_ = false;  // under mutex_
   std::atomic<bool> hasMail_{false};
   int wakeFd_;
+};
+
+/// An import: a reference to export `id` of the peer, received `refs` times. Shared by
+/// every Capability copy and received message that holds it; when the last goes, its
+/// references go back to the peer (SessionLink::postRelease). Threads: made and counted on
+/// the driver thread; destroyed on any.
+struct ImportHook final : wire::CapabilityHook {
+  ImportHook(std::shared_ptr<SessionLink> l, uint32_t i) noexcept : link(std::move(l)), id(i) {}
+  ~ImportHook() override;
+  std::shared_ptr<SessionLink> link;
+  uint32_t id;
+  uint32_t refs = 0;  // driver thread, while a handle is held there
+};
+
+/// A local capability: an object this process serves (Capability::local).
+struct LocalHook final : wire::CapabilityHook {
+  explicit LocalHook(std::shared_ptr<Service> o) noexcept : object(std::move(o)) {}
+  std::shared_ptr<Service> object;
 };
 
 /// A call whose handler deferred its answer: shared by the DeferredReply (any thread) and
@@ -104,6 +145,10 @@ struct SessionOptions {
   Tracer* tracer = nullptr;
   /// Written when mail arrives for the driver (borrowed; must outlive the session).
   int wakeFd = -1;
+  /// Capabilities: objects this end exports at once, and the peer's objects it imports at
+  /// once (more is an error: a call fails, a message carrying them is refused).
+  uint32_t maxExports = 65536;
+  uint32_t maxImports = 65536;
 };
 
 /// One connection's RPC state in both directions. Threads: its driver thread (the
@@ -148,8 +193,9 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// Sends `msg`; the call is due at its build deadline (see RawRequest::deadline()).
   /// `methodName` ("Interface.method", static storage, or empty) names the call for
   /// metrics and the tracer.
+  /// `target`: the peer's export called (0: its bootstrap services).
   uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
-                std::string_view methodName = {});
+                std::string_view methodName = {}, uint32_t target = 0);
   /// A request opened by startMessage() was dropped unsent.
   void requestAbandoned() noexcept { requestOpen_ = false; }
   Slot* slotFor(uint64_t callId) noexcept {
@@ -210,10 +256,7 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// Answers every deferred call still open with an error (shutdown).
   void failDeferred(const std::string& why);
   /// Closes the connection and the mail: the driver is done with the session.
-  void close() {
-    connection_->close();
-    link_->close();
-  }
+  void close();
   const std::shared_ptr<ConnectionMetrics>& answerMetrics() const noexcept { return answerMetrics_; }
 
   /// The response of the call being dispatched, opened on first use.
@@ -221,6 +264,27 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// Takes over the call being dispatched for CallContext::defer().
   std::shared_ptr<DeferredState> defer(CallContext& ctx);
 
+  // ---------------------------------------------------------------------------------
+  // Capabilities (session_caps.cc)
+
+  /// Refuses a call from a thread that does not drive this session (ThreadOwner).
+  [[gnu::always_inline]] void checkThread(const char* where) {
+    owner_->check(where, [this] {
+      return ThreadOwner::Use{(options_.services ? "server connection " : "channel to ") +
+                                  connection_->endpoint(),
+                              inProgress()};
+    });
+  }
+  /// A message of ours is open in transport memory (a request being built, or a handler's
+  /// answer): the connection takes no other until it is sent.
+  bool messageOpenHere() const noexcept {
+    return requestOpen_ || (inPlaceAnswer_ != nullptr && inPlaceAnswer_->isOpen());
+  }
+  /// What the driver has in progress, for checkThread ("" when nothing).
+  std::string inProgress() const;
+  /// Exports and imports open now (tests, zcrpc-info).
+  size_t exportCount() const noexcept { return liveExports_; }
+  size_t importCount() const noexcept { return imports_.size(); }
  private:
   /// What one run of the receive loop (run()) waits for.
   enum class Until : uint8_t {
@@ -279,12 +343,44 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// (and no older answer waits, and no message of ours is open there), else in the
   /// backlog's memory. Throws Disconnected when the connection is gone.
   void openAnswer(std::optional<OutgoingMessage>& slot, uint32_t words);
+  /// An answer's capability table, before it is sent (see writeExtensions); refused with
+  /// Overloaded when the answer would wait in the backlog.
+  void writeAnswerExtensions(OutgoingMessage& out);
   /// Sends an answer opened by openAnswer, or queues it in the backlog.
   Status sendAnswer(OutgoingMessage& out);
   /// Charges the call's counters and tells the tracer.
   void endCall(CallMark& mark, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept;
   void sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why);
   size_t processMail();
+
+  // capabilities
+  /// The records of a received call or answer's extension area: its target (returns the
+  /// export called; 0 the bootstrap), its capability table (into the message), releases.
+  /// Throws InvalidArgument naming what was wrong (an export it does not have, a bad
+  /// table); a protocol fault that leaves the connection untrustworthy closes it.
+  uint32_t readExtensions(IncomingMessage& msg);
+  std::unique_ptr<wire::CapTable> readCapTable(std::span<const std::byte> record);
+  /// The peer gives back references to our exports.
+  void readReleases(std::span<const std::byte> record);
+  /// Builds `msg`'s extension area: the call's target (0: none) and the capabilities set in
+  /// its interface fields (exporting local ones). Throws InvalidArgument for a capability
+  /// that cannot go on this connection.
+  void writeExtensions(OutgoingMessage& msg, uint32_t target);
+  uint32_t exportObject(const std::shared_ptr<Service>& object);
+  /// Takes back `refs` references to export `id` (which has at least that many); the
+  /// export goes at zero.
+  void dropExportRef(uint32_t id, uint32_t refs = 1);
+  Capability importCapability(uint32_t id);
+  /// Sends the releases queued by imports that went (as many frames as it takes), unless
+  /// a message of ours is open; what cannot go now stays queued.
+  void sendReleases();
+  /// Ends the mail and the imports' way to this session (their calls fail with why it ended).
+  void closeLink();
+  /// The peer broke the protocol: the connection is closed with `why`.
+  void dropPeer(const std::string& why);
+  Service* exported(uint32_t id) const noexcept {
+    return id != 0 && id <= exports_.size() ? exports_[id - 1].object.get() : nullptr;
+  }
   /// Posted mail and the answer backlog: what a round of the loop does before it receives.
   size_t serveQueued();
 
@@ -312,11 +408,30 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   // answers
   std::shared_ptr<ConnectionMetrics> answerMetrics_;  // null: not counted
   std::shared_ptr<SessionLink> link_;
+  ThreadOwner* owner_;  // &link_->owner (one load less on every call's thread check)
   std::unordered_map<uint64_t, std::weak_ptr<DeferredState>> deferred_;
   bool rejecting_ = false;
   bool unflushed_ = false;  // answers sent without waking the peer
   CallMark current_;        // the call being dispatched
   AnswerBacklog backlog_;
+  static constexpr int kMaxDispatchDepth = 16;
+  /// The handler's answer being built in transport memory (startResponse), while its
+  /// scope lasts; null otherwise. With requestOpen_, what messageOpenHere() reads.
+  OutgoingMessage* inPlaceAnswer_ = nullptr;
+  int dispatchDepth_ = 0;   // handlers running (a handler's sync call dispatches re-entrantly)
+
+  // capabilities
+  struct Export {
+    std::shared_ptr<Service> object;  // null: a free id
+    uint32_t refs = 0;                // times put in a capability table, less releases
+  };
+  std::vector<Export> exports_;  // export id - 1
+  std::vector<uint32_t> freeExports_;
+  std::unordered_map<const Service*, uint32_t> exportIds_;
+  size_t liveExports_ = 0;
+  std::unordered_map<uint32_t, std::weak_ptr<ImportHook>> imports_;
+  std::vector<ReleaseNote> releasesOut_;  // queued by imports that went, not yet sent
+  std::vector<capnp::word> extensionWords_;  // the last writeExtensions(), until sent
 };
 
 }  // namespace zcrpc

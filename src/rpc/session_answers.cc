@@ -21,12 +21,21 @@ constexpr uint32_t kDefaultResponseWords = 64;
 OutgoingMessage& Session::startResponse(std::optional<OutgoingMessage>& slot, uint32_t hint) {
   if (slot) return *slot;
   openAnswer(slot, hint ? hint : kDefaultResponseWords);
+  // The pointer outlives `slot` only until the caller's scope ends, where dispatch() and
+  // processMail() restore the one before (GCC sees the store, not the restore).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+  if (!backlog_.holds(*slot)) inPlaceAnswer_ = &*slot;
+#pragma GCC diagnostic pop
   return *slot;
 }
 
 void Session::openAnswer(std::optional<OutgoingMessage>& slot, uint32_t words) {
   slot.emplace();
-  if (backlog_.empty() && !requestOpen_) {
+  // A connection has one message open at a time: while a request of ours, or a handler's
+  // answer, is open in transport memory (a handler waiting for its own synchronous call
+  // dispatches what arrives meanwhile), answers go to the backlog.
+  if (backlog_.empty() && !messageOpenHere()) {
     Status s = connection_->tryStartMessage(*slot, words);
     if (s == Status::kOk) {
       // The worker serves other connections too: growing this answer waits for room
@@ -41,6 +50,14 @@ void Session::openAnswer(std::optional<OutgoingMessage>& slot, uint32_t words) {
     }
   }
   backlog_.open(*slot, words, connection_->maxMessageBytes());
+}
+
+void Session::writeAnswerExtensions(OutgoingMessage& out) {
+  if (backlog_.holds(out))
+    throw Overloaded("the answer carries capabilities and " + connection_->endpoint() +
+                     " has no room for it now (its peer is not reading its answers); an answer "
+                     "with capabilities is never queued");
+  writeExtensions(out, 0);
 }
 
 Status Session::sendAnswer(OutgoingMessage& out) {
@@ -128,12 +145,42 @@ void Session::dispatch(IncomingMessage& msg) {
   const uint64_t interfaceId = msg.header().interfaceId;
   const uint16_t methodId = msg.header().methodId;
   const bool oneWay = msg.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
+  // A handler's synchronous call dispatches the calls that arrive meanwhile on this same
+  // thread (re-entrantly, kMaxDispatchDepth deep at most): the outer call's mark is kept.
+  std::optional<CallMark> outer;
+  if (dispatchDepth_ > 0) [[unlikely]] outer = current_;
+  OutgoingMessage* const outerAnswer = inPlaceAnswer_;
+  ++dispatchDepth_;
+  KJ_DEFER({  // after `ctx` below (and the answer it holds) is gone
+    --dispatchDepth_;
+    inPlaceAnswer_ = outerAnswer;
+    if (outer) current_ = *outer;
+  });
   current_.method = nullptr;
   current_.traced = false;
-  Service* service = nullptr;  // the bootstrap service of the interface
-  if (const auto* services = options_.services) [[likely]] {
-    auto it = services->find(interfaceId);
-    if (it != services->end()) service = it->second;
+  Service* service = nullptr;  // the export called, or the bootstrap service of the interface
+  uint32_t target = 0;
+  std::string refused;  // why the call cannot be dispatched, when its extension area says
+  if (msg.header().flags & kFlagExtended) [[unlikely]] {
+    try {
+      target = readExtensions(msg);
+      if (target != 0 && (service = exported(target)) == nullptr)
+        refused = "export " + std::to_string(target) + " of " + connection_->endpoint() +
+                  " does not exist (never exported, or released)";
+    } catch (const Error& e) {
+      refused = e.what();
+    }
+    if (disconnected_) return;  // the peer broke the protocol (dropPeer)
+  }
+  if (dispatchDepth_ > kMaxDispatchDepth) [[unlikely]]
+    refused = "calls nested " + std::to_string(dispatchDepth_) +
+              " deep on one thread (a handler's synchronous call dispatching a call whose "
+              "handler calls synchronously...): defer and use callAsync instead";
+  if (target == 0 && refused.empty()) [[likely]] {
+    if (const auto* services = options_.services) [[likely]] {
+      auto it = services->find(interfaceId);
+      if (it != services->end()) service = it->second;
+    }
   }
   if (answerMetrics_) {
     current_.method = &answerMetrics_->method(interfaceId, methodId);
@@ -153,7 +200,10 @@ void Session::dispatch(IncomingMessage& msg) {
   int32_t code = 0;
   std::string why;
   try {
-    if (!service || !service->dispatch(interfaceId, methodId, ctx)) {
+    if (!refused.empty()) [[unlikely]] {
+      kind = ErrorKind::kInvalidArgument;
+      why = std::move(refused);
+    } else if (!service || !service->dispatch(interfaceId, methodId, ctx)) {
       kind = ErrorKind::kUnimplemented;
       why = (!service ? "interface 0x" + hex(interfaceId) + " is not served by "
                       : "method " + std::to_string(methodId) + " of interface 0x" +
@@ -172,6 +222,8 @@ void Session::dispatch(IncomingMessage& msg) {
       // from zcrpc's builder, which the handler may have used.
       out.header().kind = static_cast<uint8_t>(FrameKind::kResponse);
       out.header().callId = callId;
+      if (out.outgoingCapTable()) [[unlikely]]
+        writeAnswerExtensions(out);
       // The request is released after the answer is sent (by pump()), not before: the
       // answer may reference its bytes (Orphanage::referenceExternalData), which the
       // transport reads while sending.
@@ -235,7 +287,10 @@ void Session::sendError(uint64_t callId, ErrorKind kind, int32_t code, const std
 
 size_t Session::processMail() {
   std::vector<Completion> mail;
-  link_->take(mail);
+  const size_t releasesBefore = releasesOut_.size();
+  link_->take(mail, releasesOut_);
+  const bool released = releasesOut_.size() != releasesBefore;
+  if (released) sendReleases();
   for (Completion& c : mail) {
     deferred_.erase(c.state->callId);
     // Released once the answer is sent: `fill` may reference the request's bytes.
@@ -265,6 +320,8 @@ size_t Session::processMail() {
       endGivenUp(false, c.kind, 0);
       continue;
     }
+    OutgoingMessage* const outerAnswer = inPlaceAnswer_;
+    KJ_DEFER(inPlaceAnswer_ = outerAnswer);  // after `out` is gone
     std::optional<OutgoingMessage> out;
     ErrorKind kind = ErrorKind::kApplication;
     int32_t code = 0;
@@ -274,6 +331,8 @@ size_t Session::processMail() {
       c.fill(*out);
       out->header().kind = static_cast<uint8_t>(FrameKind::kResponse);
       out->header().callId = c.state->callId;
+      if (out->outgoingCapTable()) [[unlikely]]
+        writeAnswerExtensions(*out);
       const Status sent = sendAnswer(*out);
       endGivenUp(true, ErrorKind::kFailed,
                  mark.method && sent == Status::kOk ? sentPayloadBytes(*out) : 0);
@@ -291,7 +350,7 @@ size_t Session::processMail() {
     if (!disconnected_) sendError(c.state->callId, kind, code, why);
     endGivenUp(false, kind, 0);
   }
-  return mail.size();
+  return mail.size() + released;
 }
 
 // ------------------------------------------------------------------------------------

@@ -19,6 +19,12 @@ void Session::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords,
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
+  if (inPlaceAnswer_ != nullptr && inPlaceAnswer_->isOpen()) [[unlikely]]
+    throw InvalidArgument(
+        "a handler started a call on its own connection (" + connection_->endpoint() +
+        ") after it started its results: the answer is being built in transport memory, "
+        "where a connection builds one message at a time. Make such calls before the first "
+        "results() (compute, then set), or defer the answer and call with callAsync");
   Status s = connection_->tryStartMessage(msg, sizeHintWords);
   if (s == Status::kWouldBlock) {
     if (!deadline) deadline = deadlineAfter(timeout);  // waiting fixes a default deadline
@@ -43,7 +49,7 @@ void Session::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords,
 }
 
 uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
-                       std::string_view methodName) {
+                       std::string_view methodName, uint32_t target) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
@@ -82,6 +88,10 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
       pinned_ -= std::exchange(slot->pinned, false);
     }
   }
+  // A call on a capability, or one that carries some: the extension area (which may still
+  // refuse the message, leaving it open and nothing else changed).
+  if ((target != 0) | (msg.outgoingCapTable() != nullptr)) [[unlikely]]
+    writeExtensions(msg, target);
   ++nextCallId_;
   h.kind = static_cast<uint8_t>(kind);
   h.callId = id;
@@ -177,7 +187,28 @@ bool Session::handleAnswer(IncomingMessage& msg) {
   const FrameHeader& h = msg.header();
   auto kind = static_cast<FrameKind>(h.kind);
   Slot* slot = slotFor(h.callId);
-  if (!slot || slot->state != SlotState::kPending) return false;  // late answer of an expired call
+  if (!slot || slot->state != SlotState::kPending) {  // late answer of an expired call
+    // Capabilities it carries are taken, so that they go back to the peer with it.
+    if (h.flags & kFlagExtended) [[unlikely]] {
+      try {
+        (void)readExtensions(msg);
+      } catch (const Error&) {
+      }
+    }
+    return false;
+  }
+  if (h.flags & kFlagExtended) [[unlikely]] {
+    try {
+      if (readExtensions(msg) != 0) throw InvalidArgument("an answer names a target");
+    } catch (const Error& e) {
+      msg.release();
+      if (disconnected_) return true;  // failAll() finished the call
+      finish(*slot, CallResult(ErrorKind::kInvalidArgument, 0,
+                               "the answer to call " + std::to_string(h.callId) + " from " +
+                                   connection_->endpoint() + " was refused: " + e.what()));
+      return true;
+    }
+  }
   if (kind == FrameKind::kError) {
     CallResult r = readError(msg);
     msg.release();

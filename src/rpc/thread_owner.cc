@@ -7,8 +7,22 @@
 
 namespace zcrpc {
 
+void ThreadOwner::pin() noexcept {
+  owner_.store(token(), std::memory_order_release);
+  ownerTid_.store(static_cast<long>(::syscall(SYS_gettid)), std::memory_order_relaxed);
+  pinned_.store(true, std::memory_order_release);
+}
+
 void ThreadOwner::takeOver(const char* where, const Use& use) {
   const long self = static_cast<long>(::syscall(SYS_gettid));
+  if (pinned_.load(std::memory_order_acquire))
+    throw InvalidArgument(
+        use.object + " used from thread " + std::to_string(self) + " (" + where +
+        "); it belongs to the server's worker thread " +
+        std::to_string(ownerTid_.load(std::memory_order_relaxed)) +
+        ", which serves that connection: call capabilities of a server's clients from a "
+        "handler or callback (on that thread), or defer the call's answer and make the call "
+        "from a callAsync callback there");
   const void* seen = owner_.load(std::memory_order_acquire);
   if (seen == nullptr || use.inProgress.empty()) {
     // First use, or a hand-over between uses. A second thread claiming at the same moment

@@ -42,6 +42,10 @@ class ThreadOwner final {
     takeOver(where, use());
   }
 
+  /// The calling thread owns the object for good: no other thread takes it over (a server
+  /// connection belongs to the worker thread that serves it).
+  void pin() noexcept;
+
  private:
   static const void* token() noexcept { return &tlsToken; }
   void takeOver(const char* where, const Use& use);
@@ -49,6 +53,7 @@ class ThreadOwner final {
   [[gnu::tls_model("initial-exec")]] static inline constinit thread_local char tlsToken = 0;
   std::atomic<const void*> owner_{nullptr};
   std::atomic<long> ownerTid_{0};  // the owner's kernel thread id, for the message
+  std::atomic<bool> pinned_{false};
 };
 
 }  // namespace zcrpc

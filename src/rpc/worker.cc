@@ -78,7 +78,10 @@ void Worker::adoptInbox() {
     so.holdWhileCongested = true;
     so.tracer = options_.tracer;
     so.wakeFd = wake_.get();
+    so.maxExports = options_.maxExportsPerConnection;
+    so.maxImports = options_.maxImportsPerConnection;
     w->conn = std::make_unique<Session>(std::move(c), so, nullptr, std::move(metrics));
+    w->conn->link()->owner.pin();  // this worker thread drives it, and only it
     updateRegistration(*w);
     w->queued = true;
     toArm_.push_back(w.get());

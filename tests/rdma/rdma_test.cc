@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "caps_impl.h"
 #include "raw_pingpong.h"
 #include "transport/test_util.h"
 #include "zcrpc/rdma.h"
@@ -565,6 +566,57 @@ IncomingMessage echo(Channel& ch, uint64_t seq, size_t size) {
   auto req = ch.newRequest(kEchoInterface, 0, payloadWords(size));
   buildPayload(req.message(), seq, size);
   return req.call();
+}
+
+// Capabilities over rdma (the rest of them run over loopback, shm and tcp in
+// tests/caps/caps_test.cc): a server-made object, callbacks during a call, a kept callback
+// called later, objects passed back, and every reference released.
+TEST(RdmaCaps, ObjectsBothWaysAndEveryReferenceReleased) {
+  using namespace caps_test;
+  HubImpl hub;
+  Server server;
+  server.addService(hub);
+  server.addListener(listenRdma(serverAddr() + ":0", serverOptions(smallRing(256 * 1024))));
+  server.start();
+  {
+    Channel ch(connectRdma(server.endpoints().at(0), clientOptions(smallRing(256 * 1024))));
+    HubClient client(ch);
+    const int accountsBefore = liveAccounts.load();
+    {
+      auto login = client.loginRequest();
+      login.params().setName("rdma");
+      AccountClient account(login.call().results().getAccount());
+      EXPECT_EQ(std::string(account.whoamiRequest().call().results().getName().cStr()), "rdma");
+    }
+    auto sink = std::make_shared<SinkImpl>();
+    std::weak_ptr<SinkImpl> watch = sink;
+    {
+      auto sub = client.subscribeRequest();
+      sub.params().setSink(Capability::local(sink));
+      sub.params().setCount(4);
+      EXPECT_EQ(sub.call().results().getLast(), 10);
+      auto keep = client.keepRequest();
+      keep.params().setSink(Capability::local(sink));
+      keep.call();
+      auto fire = client.fireRequest();
+      fire.params().setCount(2);
+      EXPECT_EQ(fire.call().results().getLast(), 13);
+      auto echo = client.echoRequest();
+      echo.params().initHolder().setSink(Capability::local(sink));
+      EXPECT_EQ(echo.call().results().getHolder().getSink().localObject(), sink);
+      client.dropRequest().call();
+    }
+    sink.reset();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while ((!watch.expired() || liveAccounts.load() != accountsBefore) &&
+           std::chrono::steady_clock::now() < until) {
+      ch.poll();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_TRUE(watch.expired()) << "the client's sink is still exported";
+    EXPECT_EQ(liveAccounts.load(), accountsBefore) << "the server's account is still exported";
+  }
+  server.shutdown();
 }
 
 TEST(RdmaRpc, EchoCallsOfManySizes) {

@@ -288,7 +288,7 @@ class ZcrpcRpc final : public System {
         shared->firstError = r.ok() ? fmt::format("answer of {} bytes, sent {}", got, shared->bytes)
                                     : r.errorMessage();
     };
-    Channel& channel = client.channel();
+    Channel& channel = *client.channel();
     const uint32_t window = cell.spec.window;
     const Deadline deadline = cellDeadline(duration);
     uint64_t issued = 0, lastCompleted = 0, activeCalls = 0;

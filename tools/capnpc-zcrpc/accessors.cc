@@ -187,7 +187,7 @@ struct AccessorWriter::Impl {
       case schema::Type::ANY_POINTER:
         return "is an AnyPointer (or a generic parameter)";
       case schema::Type::INTERFACE:
-        return "holds a capability";
+        return {};  // a zcrpc::Capability (see writeCapabilityField)
       case schema::Type::STRUCT:
         if (t.getStruct().getBrand().getScopes().size() > 0) return "is of a generic struct type";
         visit(t.getStruct().getTypeId());
@@ -197,6 +197,8 @@ struct AccessorWriter::Impl {
         files.insert(index.fileOf(t.getEnum().getTypeId()).getId());
         return {};
       case schema::Type::LIST: {
+        if (t.getList().getElementType().isInterface())
+          return "is a list of capabilities, which zcrpc's accessors do not read or build yet";
         std::string inner = visitType(owner, t.getList().getElementType());
         return inner.empty() ? inner : "is a list whose elements " + inner.substr(3);
       }
@@ -498,6 +500,23 @@ struct AccessorWriter::Impl {
             }
             add(list + "::Builder", "init" + title, "unsigned int size", "unsigned int size",
                 setDisc + "return " + list + "::initIn(_b.pointer(" + off + "), size);");
+          }
+          break;
+        }
+        case schema::Type::INTERFACE: {
+          // A capability pointer: an index into the message's capability table, which the RPC
+          // layer fills (sending) and decodes (receiving). Typed use: FooClient(getX()).
+          writeHas(add, m, whichType, self);
+          if (!builder) {
+            add("::zcrpc::Capability", "get" + title, "", "",
+                "return ::zcrpc::Capability(::zcrpc::wire::_::readCapability(_r.pointer(" + off + ")));");
+          } else {
+            add("::zcrpc::Capability", "get" + title, "", "",
+                "return ::zcrpc::Capability(::zcrpc::wire::_::readBuiltCapability(_b.pointer(" + off +
+                    ")));");
+            add("void", "set" + title, "const ::zcrpc::Capability& value",
+                "const ::zcrpc::Capability& value",
+                setDisc + "::zcrpc::wire::_::writeCapability(_b.pointer(" + off + "), value.hook());");
           }
           break;
         }

@@ -250,9 +250,7 @@ class FileGenerator final {
           refusal(stub, where + ", whose " + std::string(role) + " type is not a struct"));
     std::set<uint64_t> visited;
     if (auto path = capabilityIn(structId, visited))
-      throw SchemaRefused(refusal(stub, where + ", whose " + std::string(role) +
-                                            " can hold a capability (" + *path +
-                                            "); zcrpc does not transport capabilities"));
+      throw SchemaRefused(refusal(stub, where + ", whose " + std::string(role) + " hold " + *path));
     if (s.getScopeId() == 0) {
       // Implicit `(a :A, b :B)` list: capnpc-c++ nests it in the interface as
       // `<MethodTitleCase>Params` / `Results`.
@@ -266,9 +264,10 @@ class FileGenerator final {
     return index_.cppFullName(structId);
   }
 
-  /// The first field path under struct `id` that can hold a capability (an interface, a
-  /// list of them, a capability-constrained AnyPointer), searching nested structs, lists
-  /// and groups; nullopt if there is none.
+  /// The first field under struct `id` that holds capabilities in a way zcrpc does not carry
+  /// yet (a list of interfaces, a capability-constrained AnyPointer), searching nested
+  /// structs, lists and groups, as "has <path>, <why>"; nullopt if there is none. Interface
+  /// fields themselves are carried (zcrpc::Capability).
   std::optional<std::string> capabilityIn(uint64_t id, std::set<uint64_t>& visited) {
     if (!visited.insert(id).second) return std::nullopt;
     schema::Node::Reader n = index_.node(id, fileName_);
@@ -281,11 +280,14 @@ class FileGenerator final {
         continue;
       }
       auto type = field.getSlot().getType();
-      while (type.isList()) type = type.getList().getElementType();
-      if (type.isInterface()) return name;
+      bool inList = false;
+      while (type.isList()) type = type.getList().getElementType(), inList = true;
+      if (type.isInterface() && inList)
+        return name + ", a list of capabilities (zcrpc carries capabilities in interface " +
+               "fields, not yet in lists)";
       if (type.isAnyPointer() && type.getAnyPointer().isUnconstrained() &&
           type.getAnyPointer().getUnconstrained().isCapability())
-        return name;
+        return name + ", an untyped capability (zcrpc carries typed interface fields only)";
       if (type.isStruct()) {
         if (auto inner = capabilityIn(type.getStruct().getTypeId(), visited))
           return name + "." + *inner;
@@ -388,8 +390,10 @@ class FileGenerator final {
         << "/// Each `<method>Request()` starts a request in place in the channel's transport\n"
         << "/// memory; fill `params()` and send it once with call(), callAsync() or "
            "sendOneWay().\n"
-        << "/// Borrows the Channel, which must outlive it; cheap to copy.\n"
-        << "/// Threads: the Channel's thread only.\n"
+        << "/// Calls go to the Channel's bootstrap services (FooClient(channel)), or to the\n"
+        << "/// object a capability refers to (FooClient(capability), e.g. read from an\n"
+        << "/// interface field). Borrows the Channel, which must outlive it; cheap to copy.\n"
+        << "/// Threads: the thread of the Channel (of the capability's connection) only.\n"
         << "class " << client << " final {\n"
         << " public:\n"
         << "  static constexpr uint64_t kInterfaceId = " << hexId(stub.id) << ";\n\n";
@@ -399,7 +403,13 @@ class FileGenerator final {
     if (!methods.empty()) out << "\n";
     out << "  explicit " << client
         << "(::zcrpc::Channel& channel) noexcept : channel_(&channel) {}\n"
-        << "  ::zcrpc::Channel& channel() const noexcept { return *channel_; }\n";
+        << "  /// Calls on the object `capability` refers to (an import; see zcrpc::Capability).\n"
+        << "  explicit " << client
+        << "(::zcrpc::Capability capability) noexcept : capability_(std::move(capability)) {}\n"
+        << "  /// The Channel of a bootstrap client (null for one made from a capability).\n"
+        << "  ::zcrpc::Channel* channel() const noexcept { return channel_; }\n"
+        << "  /// The capability of a client made from one (null for a bootstrap client).\n"
+        << "  const ::zcrpc::Capability& capability() const noexcept { return capability_; }\n";
     for (const MethodInfo& m : methods) {
       out << "\n";
       writeDocComment(out, "  ", m.docComment);
@@ -410,11 +420,15 @@ class FileGenerator final {
           << ". sizeHintWords: first segment, in words (0: default).\n"
           << "  " << toTitleCase(m.cppName) << "Request " << m.cppName
           << "Request(uint32_t sizeHintWords = 0) const {\n"
-          << "    return {*channel_, " << hexId(m.interfaceId) << ", " << m.ordinal
+          << "    if (channel_) [[likely]]\n"
+          << "      return {*channel_, " << hexId(m.interfaceId) << ", " << m.ordinal
+          << ", sizeHintWords, \"" << m.fullName << "\"};\n"
+          << "    return {capability_, " << hexId(m.interfaceId) << ", " << m.ordinal
           << ", sizeHintWords, \"" << m.fullName << "\"};\n"
           << "  }\n";
     }
-    out << "\n private:\n  ::zcrpc::Channel* channel_;  // borrowed\n};\n\n";
+    out << "\n private:\n  ::zcrpc::Channel* channel_ = nullptr;  // borrowed\n"
+        << "  ::zcrpc::Capability capability_;\n};\n\n";
 
     // ---- service
     writeDocComment(out, "", doc);

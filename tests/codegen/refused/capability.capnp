@@ -1,5 +1,6 @@
 @0xe4521a605f0c9b54;
-# Refused by capnpc-zcrpc: results that carry a capability (zcrpc has no object references).
+# Refused by capnpc-zcrpc: results that carry a list of capabilities (interface fields are
+# carried; lists of them not yet).
 interface Service {
   ping @0 () -> ();
 }

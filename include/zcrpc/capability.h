@@ -1,0 +1,51 @@
+// Capabilities: references to objects that one end of a connection serves, passed in
+// messages (Cap'n Proto interface fields) and called like the bootstrap services.
+// See docs/capabilities.md for ownership, lifetimes and threads.
+#pragma once
+
+#include <memory>
+
+#include "zcrpc/wire.h"
+
+namespace zcrpc {
+
+class Service;
+
+/// A reference to an object: either one this process serves (local(): passed in a message,
+/// it is exported on that message's connection), or one the peer of a connection serves
+/// (read from a received message's interface field: an import, whose calls go to the peer
+/// on that connection). Generated clients (`FooClient(Capability)`) make typed calls on it.
+///
+/// Copies share one reference. An import is released (the peer is told, with a release
+/// frame) when its last copy, and every received message holding it, is gone; its
+/// connection closing ends it too (calls then fail with Disconnected).
+///
+/// Threads: copy and destroy from any thread. Calls on an import only from the thread that
+/// drives its connection (the Channel's thread; on a server, the worker thread that runs
+/// the connection's handlers): from another, they throw InvalidArgument saying so.
+class Capability final {
+ public:
+  /// A null capability (what an unset interface field reads as).
+  Capability() noexcept = default;
+  /// For the RPC layer and generated accessors.
+  explicit Capability(std::shared_ptr<wire::CapabilityHook> hook) noexcept : hook_(std::move(hook)) {}
+
+  /// `object`, served by this process. Throws InvalidArgument for a null object.
+  static Capability local(std::shared_ptr<Service> object);
+
+  explicit operator bool() const noexcept { return hook_ != nullptr; }
+  /// The object, when this is a local capability (also when it came back from the peer it
+  /// was passed to); null otherwise.
+  std::shared_ptr<Service> localObject() const noexcept;
+  /// True for a reference to an object of the peer of a connection.
+  bool isImport() const noexcept;
+  /// Same reference (copies of one capability, or the same import of one connection).
+  bool operator==(const Capability& other) const noexcept { return hook_ == other.hook_; }
+
+  const std::shared_ptr<wire::CapabilityHook>& hook() const noexcept { return hook_; }
+
+ private:
+  std::shared_ptr<wire::CapabilityHook> hook_;
+};
+
+}  // namespace zcrpc

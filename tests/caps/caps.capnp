@@ -1,0 +1,43 @@
+@0xb3c5f2a1d4e6f708;
+# Capabilities in every place an interface field can be (params, results, nested structs,
+# unions, groups), served by caps_test.cc.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("zcrpc::caps_test");
+
+interface Sink {
+  # A callback the client exports: the server calls it.
+  push @0 (value :Int64) -> (total :Int64);
+}
+
+interface Account {
+  # Per-client state the server returns from Hub.login.
+  whoami @0 () -> (name :Text);
+}
+
+struct Holder {
+  label @0 :Text;
+  sink @1 :Sink;
+  choice :union {
+    none @2 :Void;
+    other @3 :Sink;
+  }
+  group :group {
+    inner @4 :Sink;
+  }
+}
+
+interface Hub {
+  login @0 (name :Text) -> (account :Account);
+  subscribe @1 (sink :Sink, count :Int64) -> (last :Int64);
+  # Calls the sink `count` times before it answers (callbacks during a call).
+  keep @2 (sink :Sink) -> ();
+  # Keeps the sink, to call it later (fire) or drop it (drop).
+  fire @3 (count :Int64) -> (last :Int64);
+  drop @4 () -> ();
+  echo @5 (holder :Holder) -> (holder :Holder);
+  # Returns the holder's capabilities to the caller (passed back: the caller's own objects).
+  same @6 (a :Sink, b :Sink) -> (same :Bool);
+  isMine @7 (account :Account) -> (mine :Bool);
+  # True when `account` is an Account this server made (a capability passed back).
+}

@@ -1,0 +1,116 @@
+// The services of caps.capnp as caps_test.cc and the rdma guest's test (tests/rdma) serve
+// them: a client's Sink, the server's Account and Hub.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "caps.capnp.zcrpc.h"
+
+namespace zcrpc::caps_test {
+
+// ------------------------------------------------------------------------------------
+// Services
+
+/// A client's callback: adds what it is pushed.
+class SinkImpl final : public SinkService {
+ public:
+  void push(PushCall& call) override {
+    total += call.params().getValue();
+    call.results().setTotal(total);
+  }
+  int64_t total = 0;  // the thread that polls the client's channel
+};
+
+/// Accounts alive in this process (each login makes one; the last release frees it).
+inline std::atomic<int> liveAccounts{0};
+
+class AccountImpl final : public AccountService {
+ public:
+  explicit AccountImpl(std::string name) : name_(std::move(name)) { ++liveAccounts; }
+  ~AccountImpl() override { --liveAccounts; }
+  void whoami(WhoamiCall& call) override { call.results().setName(name_); }
+
+ private:
+  std::string name_;
+};
+
+class HubImpl final : public HubService {
+ public:
+  void login(LoginCall& call) override {
+    auto account = std::make_shared<AccountImpl>(std::string(call.params().getName().cStr()));
+    {
+      std::lock_guard lock(mutex_);
+      made_.push_back(account);
+    }
+    call.results().setAccount(Capability::local(account));
+  }
+  void subscribe(SubscribeCall& call) override {
+    // Callbacks during the call: synchronous calls from the handler, on the worker thread.
+    // (Calls first, then results: see the next test.)
+    SinkClient sink(call.params().getSink());
+    const int64_t last = pushAll(sink, call.params().getCount());
+    call.results().setLast(last);
+  }
+  void keep(KeepCall& call) override {
+    std::lock_guard lock(mutex_);
+    kept_ = call.params().getSink();
+  }
+  void fire(FireCall& call) override {
+    if (call.params().getCount() < 0) {
+      // Results started first: a call on the connection is then refused, by name.
+      call.results().setLast(-1);
+      SinkClient(kept()).pushRequest();
+    }
+    SinkClient sink(kept());
+    const int64_t last = pushAll(sink, call.params().getCount());
+    call.results().setLast(last);
+  }
+  void drop(DropCall&) override {
+    std::lock_guard lock(mutex_);
+    kept_ = Capability();
+  }
+  void echo(EchoCall& call) override {
+    auto in = call.params().getHolder();
+    auto out = call.results().initHolder();
+    out.setLabel(in.getLabel());
+    out.setSink(in.getSink());
+    if (in.getChoice().isOther()) out.getChoice().setOther(in.getChoice().getOther());
+    out.getGroup().setInner(in.getGroup().getInner());
+  }
+  void same(SameCall& call) override {
+    call.results().setSame(call.params().getA() == call.params().getB());
+  }
+  void isMine(IsMineCall& call) override {
+    std::shared_ptr<Service> object = call.params().getAccount().localObject();
+    bool mine = false;
+    std::lock_guard lock(mutex_);
+    for (auto& weak : made_) mine |= object && weak.lock() == object;
+    call.results().setMine(mine);
+  }
+
+  Capability kept() {
+    std::lock_guard lock(mutex_);
+    return kept_;
+  }
+
+ private:
+  static int64_t pushAll(SinkClient& sink, int64_t count) {
+    int64_t last = 0;
+    for (int64_t i = 1; i <= count; ++i) {
+      auto request = sink.pushRequest();
+      request.params().setValue(i);
+      last = request.call().results().getTotal();
+    }
+    return last;
+  }
+
+  std::mutex mutex_;
+  Capability kept_;
+  std::vector<std::weak_ptr<AccountImpl>> made_;
+};
+
+}  // namespace zcrpc::caps_test

@@ -1,0 +1,523 @@
+// Capabilities (issue 18): a client passes objects it serves (callbacks), a server returns
+// objects it made (per-client state), either end passes back what it received (the
+// original object, no proxy), in params and results at any depth (nested struct, union,
+// group); releases on drop and on disconnect; calls from the wrong thread refused; a
+// hostile peer's bad targets and releases refused. Over loopback, shm and tcp.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "caps_impl.h"
+#include "zcrpc/loopback.h"
+#include "zcrpc/shm.h"
+#include "zcrpc/tcp.h"
+
+namespace zcrpc::caps_test {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+// ------------------------------------------------------------------------------------
+// A server with a Hub, and channels to it over one transport
+
+enum class Transport { kLoopback, kShm, kTcp };
+
+std::string transportName(const testing::TestParamInfo<Transport>& info) {
+  switch (info.param) {
+    case Transport::kLoopback: return "loopback";
+    case Transport::kShm: return "shm";
+    default: return "tcp";
+  }
+}
+
+class CapsTest : public testing::TestWithParam<Transport> {
+ protected:
+  void SetUp() override {
+    server_.addService(hub_);
+    if (GetParam() == Transport::kShm) {
+      static std::atomic<int> counter{0};
+      shmName_ = "caps-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+      server_.addListener(listenShm(shmName_));
+    } else if (GetParam() == Transport::kTcp) {
+      auto listener = listenTcp("127.0.0.1:0");
+      tcpAddress_ = listener->endpoint().substr(std::strlen("tcp://"));
+      server_.addListener(std::move(listener));
+    }
+    server_.start();
+  }
+  void TearDown() override { server_.shutdown(); }
+
+  std::unique_ptr<Channel> connect() {
+    switch (GetParam()) {
+      case Transport::kLoopback: {
+        auto [client, server] = makeLoopbackPair();
+        server_.addConnection(std::move(server));
+        return std::make_unique<Channel>(std::move(client));
+      }
+      case Transport::kShm: return std::make_unique<Channel>(connectShm(shmName_));
+      default: return std::make_unique<Channel>(connectTcp(tcpAddress_));
+    }
+  }
+
+  /// Polls `channel` (which sends the releases its dropped imports queued, and takes the
+  /// peer's) until `done()`, for at most 5 s.
+  template <typename Done>
+  static bool pollUntil(Channel& channel, Done done) {
+    const auto until = Clock::now() + 5s;
+    while (!done()) {
+      if (Clock::now() > until) return false;
+      channel.poll();
+      std::this_thread::sleep_for(1ms);
+    }
+    return true;
+  }
+
+  HubImpl hub_;
+  Server server_;
+  std::string shmName_;
+  std::string tcpAddress_;
+};
+
+TEST_P(CapsTest, LoginReturnsAnObjectCalledOnTheSameConnectionAndReleasedOnDrop) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  const int before = liveAccounts.load();
+  {
+    auto login = hub.loginRequest();
+    login.params().setName("alice");
+    AccountClient account(login.call().results().getAccount());
+    EXPECT_TRUE(account.capability().isImport());
+    EXPECT_EQ(liveAccounts.load(), before + 1);
+    for (int i = 0; i < 3; ++i) {
+      auto who = account.whoamiRequest();
+      EXPECT_EQ(std::string(who.call().results().getName().cStr()), "alice");
+    }
+  }
+  // The last handle went: the release frame tells the server, which drops its object.
+  EXPECT_TRUE(pollUntil(*ch, [&] { return liveAccounts.load() == before; }))
+      << liveAccounts.load() - before << " account(s) still alive";
+}
+
+TEST_P(CapsTest, ServerCallsTheClientsCallbackDuringACall) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto sink = std::make_shared<SinkImpl>();
+  std::weak_ptr<SinkImpl> watch = sink;
+  {
+    auto request = hub.subscribeRequest();
+    request.params().setSink(Capability::local(sink));
+    request.params().setCount(5);
+    EXPECT_EQ(request.call().results().getLast(), 15);
+  }
+  EXPECT_EQ(sink->total, 15);
+  sink.reset();
+  // The server's handle went with its call: our export is released, the object freed.
+  EXPECT_TRUE(pollUntil(*ch, [&] { return watch.expired(); }));
+}
+
+TEST_P(CapsTest, AHandlerThatStartedItsResultsCannotCallOnItsConnection) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto keep = hub.keepRequest();
+  keep.params().setSink(Capability::local(std::make_shared<SinkImpl>()));
+  keep.call();
+  auto fire = hub.fireRequest();
+  fire.params().setCount(-1);
+  try {
+    fire.call();
+    FAIL() << "the handler's call went through";
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("after it started its results"));
+  }
+  // Nothing else broke: the same connection calls back fine.
+  auto again = hub.fireRequest();
+  again.params().setCount(2);
+  EXPECT_EQ(again.call().results().getLast(), 3);
+  hub.dropRequest().call();
+}
+
+TEST_P(CapsTest, AKeptCallbackIsCalledLaterAndReleasedWhenTheServerDropsIt) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto sink = std::make_shared<SinkImpl>();
+  std::weak_ptr<SinkImpl> watch = sink;
+  {
+    auto keep = hub.keepRequest();
+    keep.params().setSink(Capability::local(sink));
+    keep.call();
+  }
+  sink.reset();
+  for (int round = 0; round < 2; ++round) {
+    auto fire = hub.fireRequest();
+    fire.params().setCount(3);
+    EXPECT_EQ(fire.call().results().getLast(), 6 * (round + 1));
+  }
+  EXPECT_FALSE(watch.expired());  // the server holds it
+  hub.dropRequest().call();
+  EXPECT_TRUE(pollUntil(*ch, [&] { return watch.expired(); }));
+}
+
+TEST_P(CapsTest, CapabilitiesPassedBackAreTheOriginalObjectsInEveryPlace) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto a = std::make_shared<SinkImpl>(), b = std::make_shared<SinkImpl>(),
+       c = std::make_shared<SinkImpl>();
+  auto request = hub.echoRequest();
+  auto holder = request.params().initHolder();
+  holder.setLabel("three");
+  holder.setSink(Capability::local(a));
+  holder.getChoice().setOther(Capability::local(b));
+  holder.getGroup().setInner(Capability::local(c));
+  auto response = request.call();
+  auto out = response.results().getHolder();
+  EXPECT_EQ(std::string(out.getLabel().cStr()), "three");
+  EXPECT_EQ(out.getSink().localObject(), a);  // nested struct
+  ASSERT_TRUE(out.getChoice().isOther());
+  EXPECT_EQ(out.getChoice().getOther().localObject(), b);  // union member
+  EXPECT_EQ(out.getGroup().getInner().localObject(), c);   // group
+  EXPECT_FALSE(out.getSink().isImport());                  // no proxy of a proxy
+}
+
+TEST_P(CapsTest, OneObjectSentTwiceIsOneReferenceAtTheOtherEnd) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto s = std::make_shared<SinkImpl>(), t = std::make_shared<SinkImpl>();
+  {
+    auto request = hub.sameRequest();
+    request.params().setA(Capability::local(s));
+    request.params().setB(Capability::local(s));
+    EXPECT_TRUE(request.call().results().getSame());
+  }
+  {
+    auto request = hub.sameRequest();
+    request.params().setA(Capability::local(s));
+    request.params().setB(Capability::local(t));
+    EXPECT_FALSE(request.call().results().getSame());
+  }
+}
+
+TEST_P(CapsTest, AServersObjectPassedBackResolvesToItself) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto login = hub.loginRequest();
+  login.params().setName("bob");
+  Capability account = login.call().results().getAccount();
+  auto mine = hub.isMineRequest();
+  mine.params().setAccount(account);
+  EXPECT_TRUE(mine.call().results().getMine());
+  // A local object that merely looks the part is not the server's.
+  auto other = hub.isMineRequest();
+  other.params().setAccount(Capability::local(std::make_shared<AccountImpl>("eve")));
+  EXPECT_FALSE(other.call().results().getMine());
+}
+
+TEST_P(CapsTest, CallsOnACapabilityWhoseChannelIsGoneFailDisconnected) {
+  auto ch = connect();
+  Capability account;
+  {
+    HubClient hub(*ch);
+    auto login = hub.loginRequest();
+    login.params().setName("carol");
+    account = login.call().results().getAccount();
+  }
+  ch.reset();
+  AccountClient client(account);
+  try {
+    client.whoamiRequest();
+    FAIL() << "a call on a capability of a destroyed channel was started";
+  } catch (const Disconnected& e) {
+    EXPECT_THAT(e.what(), HasSubstr("connection is gone"));
+  }
+}
+
+TEST_P(CapsTest, AServerHeldCallbackOfAGoneClientFailsDisconnected) {
+  auto a = connect();
+  {
+    HubClient hub(*a);
+    auto keep = hub.keepRequest();
+    keep.params().setSink(Capability::local(std::make_shared<SinkImpl>()));
+    keep.call();
+  }
+  a.reset();
+  const auto until = Clock::now() + 5s;
+  while (server_.connectionCount() != 0 && Clock::now() < until) std::this_thread::sleep_for(1ms);
+  auto b = connect();
+  HubClient hub(*b);
+  auto fire = hub.fireRequest();
+  fire.params().setCount(1);
+  try {
+    fire.call();
+    FAIL() << "a call on a gone client's callback succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kDisconnected) << e.what();
+  }
+  EXPECT_TRUE(b->connected());  // the caller's own connection is fine
+  hub.dropRequest().call();
+}
+
+TEST_P(CapsTest, ACallOnAServersCapabilityFromAnotherThreadIsRefused) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto keep = hub.keepRequest();
+  keep.params().setSink(Capability::local(std::make_shared<SinkImpl>()));
+  keep.call();
+  std::string error;
+  std::thread([&] {
+    try {
+      SinkClient sink(hub_.kept());
+      sink.pushRequest();
+    } catch (const InvalidArgument& e) {
+      error = e.what();
+    }
+  }).join();
+  EXPECT_THAT(error, HasSubstr("worker thread"));
+  hub.dropRequest().call();
+}
+
+TEST_P(CapsTest, LocalAndNullCapabilitiesAreNotCallable) {
+  SinkClient local(Capability::local(std::make_shared<SinkImpl>()));
+  EXPECT_THROW(local.pushRequest(), InvalidArgument);
+  SinkClient none{Capability()};
+  EXPECT_THROW(none.pushRequest(), InvalidArgument);
+}
+
+TEST_P(CapsTest, ManyCapabilitiesCreatedAndReleasedLeaveNothingBehind) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  const int rounds = GetParam() == Transport::kShm ? 100'000 : 20'000;
+  std::vector<std::weak_ptr<SinkImpl>> watch;
+  watch.reserve(static_cast<size_t>(rounds));
+  const auto until = Clock::now() + 120s;  // bounded in time as well as in count
+  for (int i = 0; i < rounds && Clock::now() < until; ++i) {
+    auto s = std::make_shared<SinkImpl>();
+    watch.push_back(s);
+    auto request = hub.sameRequest();
+    request.params().setA(Capability::local(s));
+    request.params().setB(Capability::local(s));
+    ASSERT_TRUE(request.call().results().getSame()) << i;
+  }
+  EXPECT_TRUE(pollUntil(*ch, [&] {
+    for (auto& w : watch)
+      if (!w.expired()) return false;
+    return true;
+  })) << "exports still held by the server";
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, CapsTest,
+                         testing::Values(Transport::kLoopback, Transport::kShm, Transport::kTcp),
+                         transportName);
+
+// ------------------------------------------------------------------------------------
+// Limits: exports and imports per connection
+
+TEST(CapsLimits, AMessageOverTheReceiversImportLimitIsRefusedAndItsCapabilitiesReleased) {
+  HubImpl hub;
+  ServerOptions so;
+  so.maxImportsPerConnection = 1;
+  Server server(so);
+  server.addService(hub);
+  auto [client, serverEnd] = makeLoopbackPair();
+  server.addConnection(std::move(serverEnd));
+  server.start();
+  {
+    Channel ch(std::move(client));
+    HubClient hubClient(ch);
+    auto s = std::make_shared<SinkImpl>(), t = std::make_shared<SinkImpl>();
+    std::weak_ptr<SinkImpl> ws = s, wt = t;
+    {
+      auto request = hubClient.sameRequest();
+      request.params().setA(Capability::local(s));
+      request.params().setB(Capability::local(t));
+      s.reset(), t.reset();
+      try {
+        request.call();
+        ADD_FAILURE() << "two imports passed a limit of one";
+      } catch (const InvalidArgument& e) {
+        EXPECT_THAT(e.what(), HasSubstr("max_imports"));
+      }
+    }
+    // The server gave both references back at once: the objects go.
+    const auto until = Clock::now() + 5s;
+    while ((!ws.expired() || !wt.expired()) && Clock::now() < until) {
+      ch.poll();
+      std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_TRUE(ws.expired() && wt.expired());
+    // One is within the limit.
+    auto request = hubClient.sameRequest();
+    auto u = std::make_shared<SinkImpl>();
+    request.params().setA(Capability::local(u));
+    request.params().setB(Capability::local(u));
+    EXPECT_TRUE(request.call().results().getSame());
+  }
+  server.shutdown();
+}
+
+TEST(CapsLimits, PassingMoreObjectsThanTheExportLimitFailsOverloaded) {
+  HubImpl hub;
+  Server server;
+  server.addService(hub);
+  auto [client, serverEnd] = makeLoopbackPair();
+  server.addConnection(std::move(serverEnd));
+  server.start();
+  {
+    ChannelOptions co;
+    co.maxExports = 2;
+    Channel ch(std::move(client), co);
+    HubClient hubClient(ch);
+    auto keep = hubClient.keepRequest();
+    keep.params().setSink(Capability::local(std::make_shared<SinkImpl>()));
+    keep.call();  // the server holds it: one export
+    {
+      // A is the second export, B would be the third: refused, and A's reference, counted
+      // for a message never sent, taken back.
+      auto request = hubClient.sameRequest();
+      request.params().setA(Capability::local(std::make_shared<SinkImpl>()));
+      request.params().setB(Capability::local(std::make_shared<SinkImpl>()));
+      EXPECT_THROW(request.call(), Overloaded);
+    }
+    auto request = hubClient.sameRequest();
+    auto c = std::make_shared<SinkImpl>();
+    request.params().setA(Capability::local(c));
+    request.params().setB(Capability::local(c));
+    EXPECT_TRUE(request.call().results().getSame());
+    hubClient.dropRequest().call();
+  }
+  server.shutdown();
+}
+
+// ------------------------------------------------------------------------------------
+// A hostile peer, writing frames by hand over a raw connection
+
+class HostileTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    server_.addService(hub_);
+    auto [client, server] = makeLoopbackPair();
+    server_.addConnection(std::move(server));
+    server_.start();
+    raw_ = std::move(client);
+  }
+  void TearDown() override {
+    raw_.reset();
+    server_.shutdown();
+  }
+
+  /// Sends a frame of `kind` to the Hub whose extension area is `records`.
+  void send(FrameKind kind, uint64_t callId, std::vector<capnp::word> records) {
+    OutgoingMessage m;
+    ASSERT_EQ(raw_->tryStartMessage(m, 8), Status::kOk);
+    m.header().kind = static_cast<uint8_t>(kind);
+    m.header().callId = callId;
+    m.header().interfaceId = HubService::kInterfaceId;
+    m.header().methodId = 6;  // same(a, b)
+    m.initRoot<capnp::AnyPointer>();
+    extensions_ = std::move(records);
+    m.setExtensions(kj::arrayPtr(extensions_.data(), extensions_.size()));
+    ASSERT_EQ(raw_->send(m), Status::kOk);
+  }
+
+  /// A record of `type` whose payload is the 32-bit values `fields`.
+  static std::vector<capnp::word> record(uint16_t type, std::vector<uint32_t> fields) {
+    if (fields.size() % 2) fields.push_back(0);
+    std::vector<capnp::word> out(1 + fields.size() / 2);
+    const ExtensionHeader h{type, 0, static_cast<uint32_t>(8 * out.size())};
+    std::memcpy(static_cast<void*>(out.data()), &h, sizeof h);
+    std::memcpy(static_cast<void*>(out.data() + 1), fields.data(), fields.size() * 4);
+    return out;
+  }
+
+  /// The next frame's error message (an error frame's body is {kind, code, message}; other
+  /// frames give ""), or "disconnected".
+  std::string receiveText(FrameKind& kind) {
+    IncomingMessage in;
+    const Status s = raw_->receive(in, deadlineAfter(5s));
+    if (s == Status::kDisconnected) return "disconnected";
+    if (s != Status::kOk) return "status " + std::to_string(static_cast<int>(s));
+    kind = static_cast<FrameKind>(in.header().kind);
+    if (kind != FrameKind::kError) return "";
+    auto body = in.getRoot<capnp::AnyStruct>();
+    return body.getPointerSection().size() ? body.getPointerSection()[0].getAs<capnp::Text>().cStr()
+                                           : "";
+  }
+
+  HubImpl hub_;
+  Server server_;
+  std::unique_ptr<Connection> raw_;
+  std::vector<capnp::word> extensions_;
+};
+
+TEST_F(HostileTest, ACallToAnExportNeverMadeIsAnErrorNamingIt) {
+  send(FrameKind::kRequest, 1, record(extension::kTarget, {77}));
+  FrameKind kind{};
+  const std::string text = receiveText(kind);
+  EXPECT_EQ(kind, FrameKind::kError);
+  EXPECT_THAT(text, HasSubstr("export 77"));
+  // The connection still serves.
+  send(FrameKind::kRequest, 2, record(extension::kTarget, {78}));
+  EXPECT_THAT(receiveText(kind), HasSubstr("export 78"));
+}
+
+TEST_F(HostileTest, ACapabilityTableNamingOurMissingExportIsRefused) {
+  // Receiver-hosted entry 5: "your export 5", which the server never made.
+  send(FrameKind::kRequest, 1, record(extension::kCapTable, {1, 0, 5, 2}));
+  FrameKind kind{};
+  const std::string text = receiveText(kind);
+  EXPECT_EQ(kind, FrameKind::kError);
+  EXPECT_THAT(text, HasSubstr("export 5"));
+}
+
+TEST_F(HostileTest, AMalformedCapabilityTableIsRefused) {
+  // Count 3, but one entry.
+  send(FrameKind::kRequest, 1, record(extension::kCapTable, {3, 0, 1, 1}));
+  FrameKind kind{};
+  EXPECT_THAT(receiveText(kind), HasSubstr("does not match"));
+  // An unknown kind.
+  send(FrameKind::kRequest, 2, record(extension::kCapTable, {1, 0, 1, 9}));
+  EXPECT_THAT(receiveText(kind), HasSubstr("unknown kind"));
+}
+
+TEST_F(HostileTest, AReleaseOfSomethingNeverGivenClosesTheConnection) {
+  send(FrameKind::kRelease, 0, record(extension::kReleases, {1, 0, 5, 1}));
+  FrameKind kind{};
+  std::string text;
+  const auto until = Clock::now() + 5s;
+  do text = receiveText(kind);
+  while (text != "disconnected" && Clock::now() < until);
+  EXPECT_EQ(text, "disconnected");
+}
+
+TEST_F(HostileTest, ReleasingMoreThanWasGivenClosesTheConnection) {
+  // The server exports an Account (one reference); releasing it twice over is a lie.
+  std::vector<capnp::word> none;
+  OutgoingMessage m;
+  ASSERT_EQ(raw_->tryStartMessage(m, 8), Status::kOk);
+  m.header().kind = static_cast<uint8_t>(FrameKind::kRequest);
+  m.header().callId = 1;
+  m.header().interfaceId = HubService::kInterfaceId;
+  m.header().methodId = 0;  // login
+  m.build<Hub::LoginParams>().setName("mallory");
+  ASSERT_EQ(raw_->send(m), Status::kOk);
+  FrameKind kind{};
+  (void)receiveText(kind);
+  ASSERT_EQ(kind, FrameKind::kResponse);
+  send(FrameKind::kRelease, 0, record(extension::kReleases, {1, 0, 1, 2}));
+  std::string text;
+  const auto until = Clock::now() + 5s;
+  do text = receiveText(kind);
+  while (text != "disconnected" && Clock::now() < until);
+  EXPECT_EQ(text, "disconnected");
+}
+
+}  // namespace
+}  // namespace zcrpc::caps_test
