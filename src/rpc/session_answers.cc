@@ -172,6 +172,14 @@ void Session::dispatch(IncomingMessage& msg) {
     }
     if (disconnected_) return;  // the peer broke the protocol (dropPeer)
   }
+  // On a connection that carries capabilities a handler may wait for calls of its own on
+  // this connection, while everything that arrives meanwhile (answers, callbacks) queues
+  // behind its request: the connection frees what it received in arrival order, so a
+  // request held through max_leases later messages would stop the connection. Such a
+  // request is copied out of transport memory before its handler reads it (which is why
+  // no reader of it can exist yet).
+  if (!imports_.empty() || target != 0 || msg.capTable() != nullptr) [[unlikely]]
+    msg.moveToHeap();
   if (dispatchDepth_ > kMaxDispatchDepth) [[unlikely]]
     refused = "calls nested " + std::to_string(dispatchDepth_) +
               " deep on one thread (a handler's synchronous call dispatching a call whose "
