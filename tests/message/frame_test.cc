@@ -96,7 +96,8 @@ class TestFrame {
       ExtensionHeader eh{r.type, r.reserved,
                          r.claimed ? r.claimed : static_cast<uint32_t>(8 + 8 * r.payload.size())};
       std::memcpy(bytes() + at, &eh, sizeof eh);
-      std::memcpy(bytes() + at + 8, r.payload.data(), r.payload.size() * 8);
+      if (!r.payload.empty())  // an empty vector's data() may be null: no memcpy from it
+        std::memcpy(bytes() + at + 8, r.payload.data(), r.payload.size() * 8);
       at += static_cast<uint32_t>(8 + 8 * r.payload.size());
     }
     h.flags |= kFlagExtended;
