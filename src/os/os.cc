@@ -93,12 +93,34 @@ Memory::~Memory() {
   if (base_) ::munmap(base_, size_);
 }
 
+#if defined(__SANITIZE_THREAD__)
+#define ZCRPC_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ZCRPC_TSAN 1
+#endif
+#endif
+
 bool Memory::grow(size_t bytes) noexcept {
   if (bytes <= size_) return true;
   const size_t want = wholePages(bytes);
+#ifdef ZCRPC_TSAN
+  // ThreadSanitizer intercepts mmap and munmap but not mremap: the pages mremap moves away
+  // would keep their accesses in its shadow, and the range they move to would keep
+  // whatever an earlier owner of those addresses did there, so TSan reports races between
+  // a connection's frame and an older frame of another thread at the same address. Under
+  // TSan, grow with a new mapping and a copy, which it sees (the release build moves pages).
+  void* p = ::mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return false;
+  if (base_) {
+    std::memcpy(p, base_, size_);
+    ::munmap(base_, size_);
+  }
+#else
   void* p = base_ ? ::mremap(base_, size_, want, MREMAP_MAYMOVE)
                   : ::mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return false;
+#endif
   base_ = static_cast<std::byte*>(p);
   size_ = want;
   return true;
