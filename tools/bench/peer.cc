@@ -202,6 +202,12 @@ void PeerCell::endedWith(std::span<const std::byte> message) {
 void servePeer(ControlChannel& control, std::span<System* const> systems, int cpu,
                size_t scratchBytes) {
   pinToCpu(cpu);  // before any thread starts: servers' threads inherit the CPU
+  struct Leave {  // however serving ends: a quit, a bad command or a failure
+    std::span<System* const> systems;
+    ~Leave() {
+      for (System* s : systems) s->leavePeer();
+    }
+  } leave{systems};
   std::vector<std::byte> scratch(scratchBytes, std::byte{0});  // faulted in now
   control.send(reply(ReplyKind::kReady, 0));
   for (;;) {

@@ -94,7 +94,7 @@ class PeerProcess final {
 };
 
 /// The peer process's loop: pins itself to `cpu`, says kReady, then serves cells of
-/// `systems` until kQuit. A cell that throws is reported as kError and the loop goes on
+/// `systems` until kQuit, then lets each of them leavePeer(). A cell that throws is reported as kError and the loop goes on
 /// (a failed rival must not end the run); `scratchBytes` of receive room are faulted in.
 void servePeer(ControlChannel& control, std::span<System* const> systems, int cpu,
                size_t scratchBytes);

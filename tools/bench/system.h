@@ -179,6 +179,10 @@ class System {
   virtual void serve(PeerCell& cell) = 0;
   /// This process: the cell's measurement against the peer's endpoint.
   virtual Figure measure(ClientCell& cell) = 0;
+  /// Peer process, once, as it stops serving: release what serve() made in this process.
+  /// The peer leaves with std::exit(), which destroys no system (they live in the measuring
+  /// process's frames, copied by fork), so nothing else tears such state down there.
+  virtual void leavePeer() {}
 };
 
 // ---- the systems (one file each) -----------------------------------------------------
