@@ -320,10 +320,27 @@ uint64_t residentAfterReaping(pid_t pid, uint64_t goal) {
   return now;
 }
 
+/// Why the server's resident size says nothing about zcrpc in this build (empty: it does).
+/// The sanitizers replace malloc with an allocator of their own, which keeps freed memory
+/// (ASan's quarantine holds up to 256 MiB of it to catch use after free; TSan's keeps its
+/// pages) and which malloc_trim does not reach: there the server stays 27% (ASan without
+/// quarantine) to 190% (TSan) above where it started, and ASan's grows 13 MB a round.
+constexpr std::string_view residentSizeCaveat() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return "a sanitizer's allocator holds freed memory and ignores malloc_trim";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+  return "a sanitizer's allocator holds freed memory and ignores malloc_trim";
+#endif
+#endif
+  return {};
+}
+
 /// Rounds of 1,000 tcp connections opened (each makes a call) and closed: the server's
 /// memory with no connection open comes back to within 20% of where it started. Before,
 /// the connections' buffers stayed with the allocator: 13.7, 187, 339, 468, ... MB.
 TEST(Limits, TcpConnectionChurnGivesItsMemoryBack) {
+  if (!residentSizeCaveat().empty()) GTEST_SKIP() << residentSizeCaveat();
   ServerProcess server([] { return listenTcp("127.0.0.1:0", plainTcp()); }, 0);
   {
     Channel warm(connectTcp(server.endpoint(), plainTcp()));
