@@ -89,6 +89,10 @@ struct ChannelOptions {
   /// once, and the server's objects it holds at once (settings max_exports, max_imports).
   uint32_t maxExports = 65536;
   uint32_t maxImports = 65536;
+  /// Streaming (`-> stream` methods): chunks one client may have in flight, in calls and in
+  /// bytes (settings stream_window_calls, stream_window_bytes); a chunk past either waits.
+  uint32_t streamWindowCalls = 16;
+  uint64_t streamWindowBytes = 1 << 20;
 };
 
 class Channel;
@@ -192,6 +196,8 @@ class RawRequest final {
   PendingCall callAsync(CallCallback callback = {});
   /// Sends a request that gets no response.
   void sendOneWay();
+  /// Sends one chunk of a stream (see StreamRequest::send).
+  void sendStreaming(const std::shared_ptr<class StreamFlow>& flow);
 
  private:
   void start(uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords);
@@ -242,6 +248,60 @@ class Request final {
 
  private:
   RawRequest raw_;
+};
+
+/// Flow control of one client's streaming calls (`-> stream` methods): the chunks in flight
+/// (calls and bytes, against the connection's stream window) and the first error any of
+/// them met. Shared by a generated client and its copies. Threads: the connection's.
+class StreamFlow final {
+ public:
+  /// Waits until every chunk sent is answered; throws the first error one of them met
+  /// (each later call on the client then fails with it too, as in Cap'n Proto).
+  void finish();
+  /// Throws the first error a chunk met, if one did.
+  void throwIfFailed() const;
+  uint32_t inFlight() const noexcept { return calls_; }
+  uint64_t bytesInFlight() const noexcept { return bytes_; }
+
+ private:
+  friend class RawRequest;
+  Session* session_ = nullptr;  // of the last chunk sent (a client's chunks share one)
+  uint32_t calls_ = 0;
+  uint64_t bytes_ = 0;
+  bool failed_ = false;
+  ErrorKind kind_ = ErrorKind::kFailed;
+  int32_t code_ = 0;
+  std::string message_;
+};
+
+/// One chunk of a stream, as generated stubs return it for a `-> stream` method: built in
+/// place like a Request, sent with send(), which returns as soon as the stream window
+/// lets another chunk go (never a round trip per chunk). An error of any chunk fails the
+/// next send() or the next ordinary call on the client. Threads: the connection's.
+template <typename Params>
+class StreamRequest final {
+ public:
+  StreamRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords,
+                std::string_view methodName, std::shared_ptr<StreamFlow> flow)
+      : raw_((flow->throwIfFailed(), channel), interfaceId, methodId, sizeHintWords, methodName),
+        flow_(std::move(flow)) {}
+  StreamRequest(const Capability& target, uint64_t interfaceId, uint16_t methodId,
+                uint32_t sizeHintWords, std::string_view methodName,
+                std::shared_ptr<StreamFlow> flow)
+      : raw_((flow->throwIfFailed(), target), interfaceId, methodId, sizeHintWords, methodName),
+        flow_(std::move(flow)) {}
+
+  wire::Builder<Params> params() { return raw_.message().template build<Params>(); }
+  typename Params::Builder paramsCapnp() { return raw_.message().getRoot<Params>(); }
+  RawRequest& raw() noexcept { return raw_; }
+  void setTimeout(std::chrono::nanoseconds t) { raw_.setTimeout(t); }
+  /// Sends the chunk; returns once the window has room for the next (handling what
+  /// arrives meanwhile). Throws the error an earlier chunk met.
+  void send() { raw_.sendStreaming(flow_); }
+
+ private:
+  RawRequest raw_;
+  std::shared_ptr<StreamFlow> flow_;
 };
 
 /// Client end of one connection: call ids, the window of outstanding calls, deadlines
@@ -412,6 +472,23 @@ class ServerCall final {
   CallContext& context_;
 };
 
+/// A streaming call as its handler sees it: the chunk's params, read in place. Chunks of
+/// one connection are handled in the order they were sent; a handler that throws fails
+/// the client's next chunk or call.
+template <typename Params>
+class StreamCall final {
+ public:
+  explicit StreamCall(CallContext& context) noexcept : context_(context) {}
+  wire::Reader<Params> params() { return context_.request().template read<Params>(); }
+  typename Params::Reader paramsCapnp() { return context_.request().getRoot<Params>(); }
+  CallContext& context() noexcept { return context_; }
+  const PeerIdentity& peer() const noexcept { return context_.peer(); }
+  DeferredReply defer() { return context_.defer(); }
+
+ private:
+  CallContext& context_;
+};
+
 /// A service object: generated `FooService` classes implement this.
 class Service {
  public:
@@ -456,6 +533,9 @@ struct ServerOptions {
   /// once, and the client's objects it holds at once (settings max_exports, max_imports).
   uint32_t maxExportsPerConnection = 65536;
   uint32_t maxImportsPerConnection = 65536;
+  /// Streaming calls the server makes on its clients' objects (see ChannelOptions).
+  uint32_t streamWindowCalls = 16;
+  uint64_t streamWindowBytes = 1 << 20;
 };
 
 /// Dispatches calls from any number of connections to registered services.

@@ -54,6 +54,11 @@ constexpr SettingInfo kSettings[] = {
     {"max_imports", SettingType::kInt, "65536", "ZCRPC_MAX_IMPORTS",
      "The peer's objects one end holds on a connection at once; a message that would pass more "
      "is refused (InvalidArgument) and its capabilities released", ""},
+    {"stream_window_calls", SettingType::kInt, "16", "ZCRPC_STREAM_WINDOW_CALLS",
+     "Chunks of a stream (-> stream methods) one client may have in flight (at most half the "
+     "window); the next send waits", ""},
+    {"stream_window_bytes", SettingType::kSize, "1MiB", "ZCRPC_STREAM_WINDOW_BYTES",
+     "Bytes of a stream's chunks one client may have in flight; the next send waits", ""},
     {"server_threads", SettingType::kInt, "1", "ZCRPC_SERVER_THREADS",
      "Worker threads polling server connections", ""},
     {"server_batch", SettingType::kInt, "32", "ZCRPC_SERVER_BATCH",
@@ -556,6 +561,8 @@ ChannelOptions Config::channelOptions() const {
   o.window = static_cast<uint32_t>(integer("window"));
   o.maxExports = static_cast<uint32_t>(integer("max_exports"));
   o.maxImports = static_cast<uint32_t>(integer("max_imports"));
+  o.streamWindowCalls = static_cast<uint32_t>(integer("stream_window_calls"));
+  o.streamWindowBytes = size("stream_window_bytes");
   return o;
 }
 
@@ -568,6 +575,8 @@ ServerOptions Config::serverOptions() const {
   o.spinPolicy = parseSpinPolicy(text("spin_policy"));
   o.maxExportsPerConnection = static_cast<uint32_t>(integer("max_exports"));
   o.maxImportsPerConnection = static_cast<uint32_t>(integer("max_imports"));
+  o.streamWindowCalls = static_cast<uint32_t>(integer("stream_window_calls"));
+  o.streamWindowBytes = size("stream_window_bytes");
   return o;
 }
 

@@ -49,6 +49,8 @@ struct __attribute__((visibility("hidden"))) Channel::Impl final {
     s.tracer = o.tracer;
     s.maxExports = o.maxExports;
     s.maxImports = o.maxImports;
+    s.streamWindowCalls = o.streamWindowCalls;
+    s.streamWindowBytes = o.streamWindowBytes;
     return s;
   }
 
@@ -114,6 +116,51 @@ PendingCall RawRequest::callAsync(CallCallback callback) {
 void RawRequest::sendOneWay() {
   session_->checkThread("sendOneWay()");
   session_->send(message_, FrameKind::kOneWay, {}, methodName_, target_);
+}
+
+void RawRequest::sendStreaming(const std::shared_ptr<StreamFlow>& flow) {
+  session_->checkThread("StreamRequest::send()");
+  flow->throwIfFailed();
+  uint64_t bytes = 0;
+  for (auto segment : message_.segmentsForSend()) bytes += segment.size() * sizeof(capnp::word);
+  // The answer (empty, or an error) frees the chunk's room in the window; the first error
+  // is kept for the client's next chunk or call.
+  session_->send(
+      message_, FrameKind::kRequest,
+      [flow, bytes](CallResult&& r) {
+        --flow->calls_;
+        flow->bytes_ -= bytes;
+        if (!r.ok() && !flow->failed_) {
+          flow->failed_ = true;
+          flow->kind_ = r.errorKind();
+          flow->code_ = r.errorCode();
+          flow->message_ = r.errorMessage();
+        }
+      },
+      methodName_, target_);
+  flow->session_ = session_;
+  ++flow->calls_;
+  flow->bytes_ += bytes;
+  const SessionOptions& o = session_->options();
+  // At most half the call window: the client's other calls keep room.
+  const uint32_t calls = std::max<uint32_t>(1, std::min(o.streamWindowCalls, o.window / 2));
+  while ((flow->calls_ >= calls || flow->bytes_ >= o.streamWindowBytes) && flow->calls_ > 0)
+    session_->pollUntil(deadlineAfter(o.defaultTimeout));
+}
+
+void StreamFlow::throwIfFailed() const {
+  if (!failed_) return;
+  const std::string why = "an earlier chunk of this stream failed: " + message_;
+  if (kind_ == ErrorKind::kApplication) throw ApplicationError(code_, why);
+  throwError(kind_, why);
+}
+
+void StreamFlow::finish() {
+  if (calls_ > 0) {
+    session_->checkThread("StreamFlow::finish()");
+    while (calls_ > 0) session_->pollUntil(deadlineAfter(session_->options().defaultTimeout));
+  }
+  throwIfFailed();
 }
 
 // ------------------------------------------------------------------------------------

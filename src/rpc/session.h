@@ -149,6 +149,9 @@ struct SessionOptions {
   /// once (more is an error: a call fails, a message carrying them is refused).
   uint32_t maxExports = 65536;
   uint32_t maxImports = 65536;
+  /// Streaming calls this end makes: chunks in flight per client, in calls and bytes.
+  uint32_t streamWindowCalls = 16;
+  uint64_t streamWindowBytes = 1 << 20;
 };
 
 /// One connection's RPC state in both directions. Threads: its driver thread (the

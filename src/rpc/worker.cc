@@ -80,6 +80,8 @@ void Worker::adoptInbox() {
     so.wakeFd = wake_.get();
     so.maxExports = options_.maxExportsPerConnection;
     so.maxImports = options_.maxImportsPerConnection;
+    so.streamWindowCalls = options_.streamWindowCalls;
+    so.streamWindowBytes = options_.streamWindowBytes;
     w->conn = std::make_unique<Session>(std::move(c), so, nullptr, std::move(metrics));
     w->conn->link()->owner.pin();  // this worker thread drives it, and only it
     updateRegistration(*w);

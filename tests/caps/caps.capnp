@@ -27,6 +27,18 @@ struct Holder {
   }
 }
 
+interface Upload {
+  # A stream the client sends: chunks, then one ordinary call.
+  write @0 (seq :UInt32, chunk :Data) -> stream;
+  done @1 () -> (count :UInt32, bytes :UInt64, inOrder :Bool);
+}
+
+interface Ticker {
+  # A stream the server sends to an object the client passed it (a price feed).
+  tick @0 (seq :UInt32, price :Float64) -> stream;
+  end @1 () -> ();
+}
+
 interface Hub {
   login @0 (name :Text) -> (account :Account);
   subscribe @1 (sink :Sink, count :Int64) -> (last :Int64);
@@ -40,4 +52,8 @@ interface Hub {
   same @6 (a :Sink, b :Sink) -> (same :Bool);
   isMine @7 (account :Account) -> (mine :Bool);
   # True when `account` is an Account this server made (a capability passed back).
+  upload @8 (failAt :UInt32) -> (upload :Upload);
+  # A new Upload; its write of chunk `failAt` (0: none) throws.
+  feed @9 (ticker :Ticker, count :UInt32) -> (sent :UInt32);
+  # Streams `count` ticks to `ticker`, then calls its end().
 }

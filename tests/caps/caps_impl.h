@@ -38,6 +38,46 @@ class AccountImpl final : public AccountService {
   std::string name_;
 };
 
+/// The server's end of a client's stream: checks the chunks come in order.
+class UploadImpl final : public UploadService {
+ public:
+  explicit UploadImpl(uint32_t failAt) : failAt_(failAt) {}
+  void write(WriteCall& call) override {
+    const uint32_t seq = call.params().getSeq();
+    if (failAt_ != 0 && seq == failAt_) throw ApplicationError(7, "chunk " + std::to_string(seq) + " is refused");
+    inOrder_ &= seq == count_;
+    ++count_;
+    bytes_ += call.params().getChunk().size();
+  }
+  void done(DoneCall& call) override {
+    auto r = call.results();
+    r.setCount(count_);
+    r.setBytes(bytes_);
+    r.setInOrder(inOrder_);
+  }
+
+ private:
+  uint32_t failAt_;
+  uint32_t count_ = 0;
+  uint64_t bytes_ = 0;
+  bool inOrder_ = true;
+};
+
+/// A client's end of a price feed.
+class TickerImpl final : public TickerService {
+ public:
+  void tick(TickCall& call) override {
+    inOrder &= call.params().getSeq() == ticks;
+    ++ticks;
+    last = call.params().getPrice();
+  }
+  void end(EndCall&) override { ended = true; }
+  uint32_t ticks = 0;
+  double last = 0;
+  bool inOrder = true;
+  bool ended = false;
+};
+
 class HubImpl final : public HubService {
  public:
   void login(LoginCall& call) override {
@@ -83,6 +123,22 @@ class HubImpl final : public HubService {
   }
   void same(SameCall& call) override {
     call.results().setSame(call.params().getA() == call.params().getB());
+  }
+  void upload(UploadCall& call) override {
+    call.results().setUpload(Capability::local(std::make_shared<UploadImpl>(call.params().getFailAt())));
+  }
+  void feed(FeedCall& call) override {
+    // A server-to-client stream: chunks go as the window allows, from this handler.
+    TickerClient ticker(call.params().getTicker());
+    const uint32_t count = call.params().getCount();
+    for (uint32_t i = 0; i < count; ++i) {
+      auto tick = ticker.tickRequest();
+      tick.params().setSeq(i);
+      tick.params().setPrice(100.0 + i);
+      tick.send();
+    }
+    ticker.endRequest().call();  // after every tick was answered
+    call.results().setSent(count);
   }
   void isMine(IsMineCall& call) override {
     std::shared_ptr<Service> object = call.params().getAccount().localObject();

@@ -57,15 +57,15 @@ class CapsTest : public testing::TestWithParam<Transport> {
   }
   void TearDown() override { server_.shutdown(); }
 
-  std::unique_ptr<Channel> connect() {
+  std::unique_ptr<Channel> connect(ChannelOptions options = {}) {
     switch (GetParam()) {
       case Transport::kLoopback: {
         auto [client, server] = makeLoopbackPair();
         server_.addConnection(std::move(server));
-        return std::make_unique<Channel>(std::move(client));
+        return std::make_unique<Channel>(std::move(client), options);
       }
-      case Transport::kShm: return std::make_unique<Channel>(connectShm(shmName_));
-      default: return std::make_unique<Channel>(connectTcp(tcpAddress_));
+      case Transport::kShm: return std::make_unique<Channel>(connectShm(shmName_), options);
+      default: return std::make_unique<Channel>(connectTcp(tcpAddress_), options);
     }
   }
 
@@ -282,6 +282,97 @@ TEST_P(CapsTest, ACallOnAServersCapabilityFromAnotherThreadIsRefused) {
   }).join();
   EXPECT_THAT(error, HasSubstr("worker thread"));
   hub.dropRequest().call();
+}
+
+// ------------------------------------------------------------------------------------
+// Streaming
+
+TEST_P(CapsTest, AStreamArrivesInOrderAndTheFinalCallSeesAllOfIt) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto up = hub.uploadRequest();
+  UploadClient upload(up.call().results().getUpload());
+  std::vector<kj::byte> chunk(200, kj::byte{7});
+  constexpr uint32_t kChunks = 2000;
+  for (uint32_t i = 0; i < kChunks; ++i) {
+    auto w = upload.writeRequest();
+    w.params().setSeq(i);
+    w.params().setChunk(kj::arrayPtr(chunk.data(), chunk.size()));
+    w.send();
+  }
+  auto done = upload.doneRequest().call();
+  EXPECT_EQ(done.results().getCount(), kChunks);
+  EXPECT_EQ(done.results().getBytes(), uint64_t{kChunks} * chunk.size());
+  EXPECT_TRUE(done.results().getInOrder());
+  EXPECT_EQ(upload.streamFlow().inFlight(), 0u);
+}
+
+TEST_P(CapsTest, TheStreamWindowBoundsChunksInFlightInCallsAndBytes) {
+  for (const bool byBytes : {false, true}) {
+    ChannelOptions co;
+    co.streamWindowCalls = byBytes ? 16 : 3;
+    co.streamWindowBytes = byBytes ? 2048 : 1 << 20;
+    auto ch = connect(co);
+    HubClient hub(*ch);
+    UploadClient upload(hub.uploadRequest().call().results().getUpload());
+    std::vector<kj::byte> chunk(1000, kj::byte{1});
+    uint32_t most = 0;
+    uint64_t mostBytes = 0;
+    for (uint32_t i = 0; i < 300; ++i) {
+      auto w = upload.writeRequest();
+      w.params().setSeq(i);
+      w.params().setChunk(kj::arrayPtr(chunk.data(), chunk.size()));
+      w.send();
+      most = std::max(most, upload.streamFlow().inFlight());
+      mostBytes = std::max(mostBytes, upload.streamFlow().bytesInFlight());
+    }
+    if (byBytes)
+      EXPECT_LT(mostBytes, 2048u);  // a send returns only with room below the byte window
+    else
+      EXPECT_LT(most, 3u);
+    EXPECT_TRUE(upload.doneRequest().call().results().getInOrder());
+  }
+}
+
+TEST_P(CapsTest, AnErrorMidStreamFailsTheNextSendAndTheFinalCall) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto up = hub.uploadRequest();
+  up.params().setFailAt(10);
+  UploadClient upload(up.call().results().getUpload());
+  int failedAt = -1;
+  for (uint32_t i = 0; i < 200 && failedAt < 0; ++i) {
+    try {
+      auto w = upload.writeRequest();
+      w.params().setSeq(i);
+      w.send();
+    } catch (const ApplicationError& e) {
+      EXPECT_EQ(e.code(), 7);
+      EXPECT_THAT(e.what(), HasSubstr("chunk 10 is refused"));
+      failedAt = static_cast<int>(i);
+    }
+  }
+  EXPECT_GT(failedAt, 10);  // a later chunk saw it: never a round trip per chunk
+  try {
+    upload.doneRequest().call();
+    FAIL() << "the final call succeeded after a failed chunk";
+  } catch (const ApplicationError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("chunk 10 is refused"));
+  }
+}
+
+TEST_P(CapsTest, AServerStreamsToAnObjectTheClientPassed) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto ticker = std::make_shared<TickerImpl>();
+  auto feed = hub.feedRequest();
+  feed.params().setTicker(Capability::local(ticker));
+  feed.params().setCount(1000);
+  EXPECT_EQ(feed.call().results().getSent(), 1000u);
+  EXPECT_EQ(ticker->ticks, 1000u);
+  EXPECT_TRUE(ticker->inOrder);
+  EXPECT_TRUE(ticker->ended);
+  EXPECT_DOUBLE_EQ(ticker->last, 1099.0);
 }
 
 TEST_P(CapsTest, LocalAndNullCapabilitiesAreNotCallable) {

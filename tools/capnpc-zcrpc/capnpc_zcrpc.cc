@@ -107,6 +107,8 @@ struct MethodInfo {
   /// "Outer.Base.bar": the declaring interface's schema name (its scope path, without the
   /// file) and the method's schema name, as metrics, tools and tracers show the method.
   std::string fullName;
+  /// `-> stream`: the client's request is a zcrpc::StreamRequest, the handler's a StreamCall.
+  bool streaming = false;
 };
 
 // ------------------------------------------------------------------------------------
@@ -320,11 +322,6 @@ class FileGenerator final {
       if (method.getImplicitParameters().size() > 0)
         throw SchemaRefused(refusal(
             stub, "has the generic method " + where + "; zcrpc does not support generic methods"));
-      if (method.getResultStructType() == kStreamResultId)
-        throw SchemaRefused(
-            refusal(stub, "has the streaming method " + where +
-                              " (-> stream); zcrpc does not support streaming, "
-                              "declare `-> ()` and use sendOneWay() or callAsync()"));
       if (i > UINT16_MAX) throw SchemaRefused(refusal(stub, "has more than 65536 methods"));
       MethodInfo info;
       info.interfaceId = id;
@@ -333,8 +330,11 @@ class FileGenerator final {
       info.cppName = cppProtoName(method);
       info.paramsType = structTypeName(stub, iface, method, method.getParamStructType(),
                                        method.getParamBrand(), "params");
-      info.resultsType = structTypeName(stub, iface, method, method.getResultStructType(),
-                                        method.getResultBrand(), "results");
+      info.streaming = method.getResultStructType() == kStreamResultId;
+      info.resultsType = info.streaming ? "::capnp::StreamResult"
+                                        : structTypeName(stub, iface, method,
+                                                         method.getResultStructType(),
+                                                         method.getResultBrand(), "results");
       info.docComment = index_.memberDocComment(id, i);
       info.signature = where + " @" + std::to_string(i);
       info.fullName = SchemaIndex::schemaName(iface) + "." + method.getName().cStr();
@@ -397,9 +397,12 @@ class FileGenerator final {
         << "class " << client << " final {\n"
         << " public:\n"
         << "  static constexpr uint64_t kInterfaceId = " << hexId(stub.id) << ";\n\n";
+    bool streams = false;
+    for (const MethodInfo& m : methods) streams |= m.streaming;
     for (const MethodInfo& m : methods)
-      out << "  using " << toTitleCase(m.cppName) << "Request =\n      ::zcrpc::Request<"
-          << m.paramsType << ", " << m.resultsType << ">;\n";
+      out << "  using " << toTitleCase(m.cppName) << "Request =\n      "
+          << (m.streaming ? "::zcrpc::StreamRequest<" + m.paramsType + ">;\n"
+                          : "::zcrpc::Request<" + m.paramsType + ", " + m.resultsType + ">;\n");
     if (!methods.empty()) out << "\n";
     out << "  explicit " << client
         << "(::zcrpc::Channel& channel) noexcept : channel_(&channel) {}\n"
@@ -410,6 +413,9 @@ class FileGenerator final {
         << "  ::zcrpc::Channel* channel() const noexcept { return channel_; }\n"
         << "  /// The capability of a client made from one (null for a bootstrap client).\n"
         << "  const ::zcrpc::Capability& capability() const noexcept { return capability_; }\n";
+    if (streams)
+      out << "  /// The chunks of this client's streams in flight (shared by its copies).\n"
+          << "  ::zcrpc::StreamFlow& streamFlow() const noexcept { return *flow_; }\n";
     for (const MethodInfo& m : methods) {
       out << "\n";
       writeDocComment(out, "  ", m.docComment);
@@ -419,16 +425,24 @@ class FileGenerator final {
                   : ", inherited (interface " + hexId(m.interfaceId).substr(0, 18) + ")")
           << ". sizeHintWords: first segment, in words (0: default).\n"
           << "  " << toTitleCase(m.cppName) << "Request " << m.cppName
-          << "Request(uint32_t sizeHintWords = 0) const {\n"
-          << "    if (channel_) [[likely]]\n"
+          << "Request(uint32_t sizeHintWords = 0) const {\n";
+      // A stream's chunks go with the client's flow; any other call first waits for them
+      // (and fails with the first error one met: Cap'n Proto's semantics).
+      const std::string flowArg = m.streaming ? ", flow_" : "";
+      if (streams && !m.streaming) out << "    flow_->finish();\n";
+      out << "    if (channel_) [[likely]]\n"
           << "      return {*channel_, " << hexId(m.interfaceId) << ", " << m.ordinal
-          << ", sizeHintWords, \"" << m.fullName << "\"};\n"
+          << ", sizeHintWords, \"" << m.fullName << "\"" << flowArg << "};\n"
           << "    return {capability_, " << hexId(m.interfaceId) << ", " << m.ordinal
-          << ", sizeHintWords, \"" << m.fullName << "\"};\n"
+          << ", sizeHintWords, \"" << m.fullName << "\"" << flowArg << "};\n"
           << "  }\n";
     }
     out << "\n private:\n  ::zcrpc::Channel* channel_ = nullptr;  // borrowed\n"
-        << "  ::zcrpc::Capability capability_;\n};\n\n";
+        << "  ::zcrpc::Capability capability_;\n"
+        << (streams ? "  std::shared_ptr<::zcrpc::StreamFlow> flow_ = "
+                      "std::make_shared<::zcrpc::StreamFlow>();\n"
+                    : "")
+        << "};\n\n";
 
     // ---- service
     writeDocComment(out, "", doc);
@@ -448,8 +462,9 @@ class FileGenerator final {
     for (uint64_t id : ids) out << "      " << hexId(id) << ",  // " << displayFor(id) << "\n";
     out << "  };\n\n";
     for (const MethodInfo& m : methods)
-      out << "  using " << toTitleCase(m.cppName) << "Call =\n      ::zcrpc::ServerCall<"
-          << m.paramsType << ", " << m.resultsType << ">;\n";
+      out << "  using " << toTitleCase(m.cppName) << "Call =\n      "
+          << (m.streaming ? "::zcrpc::StreamCall<" + m.paramsType + ">;\n"
+                          : "::zcrpc::ServerCall<" + m.paramsType + ", " + m.resultsType + ">;\n");
     if (!methods.empty()) out << "\n";
     for (const MethodInfo& m : methods) {
       writeDocComment(out, "  ", m.docComment);
