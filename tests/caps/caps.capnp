@@ -56,4 +56,7 @@ interface Hub {
   # A new Upload; its write of chunk `failAt` (0: none) throws.
   feed @9 (ticker :Ticker, count :UInt32) -> (sent :UInt32);
   # Streams `count` ticks to `ticker`, then calls its end().
+  fireAsync @10 (value :Int64) -> (last :Int64);
+  # Pushes `value` to the kept sink without blocking the worker: defers its answer, calls
+  # with callAsync, completes from the callback.
 }

@@ -140,6 +140,19 @@ class HubImpl final : public HubService {
     ticker.endRequest().call();  // after every tick was answered
     call.results().setSent(count);
   }
+  void fireAsync(FireAsyncCall& call) override {
+    const int64_t value = call.params().getValue();  // read before defer() takes the request
+    auto reply = std::make_shared<DeferredReply>(call.defer());
+    auto push = SinkClient(kept()).pushRequest();
+    push.params().setValue(value);
+    // The callback runs on this worker thread when the answer arrives; the worker serves
+    // its other connections meanwhile.
+    push.callAsync([reply](CallResult&& r) {
+      if (!r.ok()) return reply->fail(r.errorKind(), r.errorMessage(), r.errorCode());
+      const int64_t total = r.results<Sink::PushResults>().getTotal();
+      reply->complete([total](OutgoingMessage& m) { m.build<Hub::FireAsyncResults>().setLast(total); });
+    });
+  }
   void isMine(IsMineCall& call) override {
     std::shared_ptr<Service> object = call.params().getAccount().localObject();
     bool mine = false;

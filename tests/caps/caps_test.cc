@@ -146,6 +146,22 @@ TEST_P(CapsTest, AHandlerThatStartedItsResultsCannotCallOnItsConnection) {
   hub.dropRequest().call();
 }
 
+TEST_P(CapsTest, AHandlerDefersAndCallsTheClientAsynchronously) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto sink = std::make_shared<SinkImpl>();
+  auto keep = hub.keepRequest();
+  keep.params().setSink(Capability::local(sink));
+  keep.call();
+  for (int64_t v : {5, 7, 30}) {
+    auto fire = hub.fireAsyncRequest();
+    fire.params().setValue(v);
+    EXPECT_EQ(fire.call().results().getLast(), sink->total);
+  }
+  EXPECT_EQ(sink->total, 42);
+  hub.dropRequest().call();
+}
+
 TEST_P(CapsTest, AKeptCallbackIsCalledLaterAndReleasedWhenTheServerDropsIt) {
   auto ch = connect();
   HubClient hub(*ch);
