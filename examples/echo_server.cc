@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <memory>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -100,34 +101,12 @@ class EchoImpl final : public echo::EchoService {
 };
 
 int run(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s ENDPOINT   (shm://NAME, NAME, tcp://HOST:PORT)\n", argv[0]);
-    return 2;
-  }
-  blockStopSignals();
-  Context context;
-  EchoImpl service;
-  Server server(context.config().serverOptions());
-  server.addService(service);
-  server.addListener(context.listen(endpointUri(argv[1])));
-  server.start();
-  for (const std::string& e : server.endpoints())
-    std::printf("echo_server: serving %s\n", e.c_str());
-  std::fflush(stdout);
-  int sig = waitForStopSignal();
-  std::printf("echo_server: signal %d, shutting down\n", sig);
-  server.shutdown();
-  return 0;
+  return serveExample("echo_server", argc, argv, [] { return std::make_unique<EchoImpl>(); });
 }
 
 }  // namespace
 }  // namespace zcrpc::examples
 
 int main(int argc, char** argv) {
-  try {
-    return zcrpc::examples::run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "echo_server: %s\n", e.what());
-    return 1;
-  }
+  return zcrpc::examples::exampleMain("echo_server", argc, argv, zcrpc::examples::run);
 }

@@ -110,10 +110,5 @@ int run(int argc, char** argv) {
 }  // namespace zcrpc::examples
 
 int main(int argc, char** argv) {
-  try {
-    return zcrpc::examples::run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "feed_client: %s\n", e.what());
-    return 1;
-  }
+  return zcrpc::examples::exampleMain("feed_client", argc, argv, zcrpc::examples::run);
 }

@@ -2,6 +2,7 @@
 // SIGTERM: each subscribe() streams quotes into the Quotes object the client passed
 // (a server-to-client stream: docs/capabilities.md).
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "example_util.h"
@@ -35,34 +36,12 @@ class FeedImpl final : public feed::FeedService {
 };
 
 int run(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s ENDPOINT   (shm://NAME, NAME, tcp://HOST:PORT)\n", argv[0]);
-    return 2;
-  }
-  blockStopSignals();
-  Context context;
-  FeedImpl service;
-  Server server(context.config().serverOptions());
-  server.addService(service);
-  server.addListener(context.listen(endpointUri(argv[1])));
-  server.start();
-  for (const std::string& e : server.endpoints())
-    std::printf("feed_server: serving %s\n", e.c_str());
-  std::fflush(stdout);
-  int sig = waitForStopSignal();
-  std::printf("feed_server: signal %d, shutting down\n", sig);
-  server.shutdown();
-  return 0;
+  return serveExample("feed_server", argc, argv, [] { return std::make_unique<FeedImpl>(); });
 }
 
 }  // namespace
 }  // namespace zcrpc::examples
 
 int main(int argc, char** argv) {
-  try {
-    return zcrpc::examples::run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "feed_server: %s\n", e.what());
-    return 1;
-  }
+  return zcrpc::examples::exampleMain("feed_server", argc, argv, zcrpc::examples::run);
 }

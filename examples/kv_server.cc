@@ -3,6 +3,7 @@
 // tcp://HOST:PORT or rdma://HOST:PORT.
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <map>
 #include <string>
 #include <string_view>
@@ -75,35 +76,13 @@ class KeyValueImpl final : public kv::KeyValueService {
 };
 
 int run(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s ENDPOINT   (shm://NAME, NAME, tcp://HOST:PORT)\n", argv[0]);
-    return 2;
-  }
-  blockStopSignals();
-  Context context;
-  KeyValueImpl service;
-  ServerOptions options = context.config().serverOptions();
-  options.workerThreads = 1;  // KeyValueImpl relies on it: see its comment
-  Server server(options);
-  server.addService(service);
-  server.addListener(context.listen(endpointUri(argv[1])));
-  server.start();
-  for (const std::string& e : server.endpoints()) std::printf("kv_server: serving %s\n", e.c_str());
-  std::fflush(stdout);
-  int sig = waitForStopSignal();
-  std::printf("kv_server: signal %d, shutting down\n", sig);
-  server.shutdown();
-  return 0;
+  // One worker thread: KeyValueImpl relies on it (see its comment).
+  return serveExample("kv_server", argc, argv, [] { return std::make_unique<KeyValueImpl>(); }, 1);
 }
 
 }  // namespace
 }  // namespace zcrpc::examples
 
 int main(int argc, char** argv) {
-  try {
-    return zcrpc::examples::run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kv_server: %s\n", e.what());
-    return 1;
-  }
+  return zcrpc::examples::exampleMain("kv_server", argc, argv, zcrpc::examples::run);
 }
