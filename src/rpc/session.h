@@ -349,6 +349,8 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// An answer's capability table, before it is sent (see writeExtensions); refused with
   /// Overloaded when the answer would wait in the backlog.
   void writeAnswerExtensions(OutgoingMessage& out);
+  /// Abandons an answer opened by startResponse (it must not stay inPlaceAnswer_ once gone).
+  void dropAnswer(std::optional<OutgoingMessage>& slot) noexcept;
   /// Sends an answer opened by openAnswer, or queues it in the backlog.
   Status sendAnswer(OutgoingMessage& out);
   /// Charges the call's counters and tells the tracer.

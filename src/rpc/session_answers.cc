@@ -60,6 +60,11 @@ void Session::writeAnswerExtensions(OutgoingMessage& out) {
   writeExtensions(out, 0);
 }
 
+void Session::dropAnswer(std::optional<OutgoingMessage>& slot) noexcept {
+  if (slot && inPlaceAnswer_ == &*slot) inPlaceAnswer_ = nullptr;
+  slot.reset();
+}
+
 Status Session::sendAnswer(OutgoingMessage& out) {
   if (!backlog_.holds(out)) {
     unflushed_ = true;
@@ -254,7 +259,7 @@ void Session::dispatch(IncomingMessage& msg) {
   }
   if (ctx.deferred_) return;  // a deferred call answers itself
   if (!oneWay && !disconnected_) {
-    ctx.response_.reset();  // give back a half-built response first
+    dropAnswer(ctx.response_);  // give back a half-built response first
     msg.release();
     sendError(callId, kind, code, why);
   }
@@ -354,7 +359,7 @@ size_t Session::processMail() {
     } catch (const kj::Exception& e) {
       why = e.getDescription().cStr();
     }
-    out.reset();
+    dropAnswer(out);
     if (!disconnected_) sendError(c.state->callId, kind, code, why);
     endGivenUp(false, kind, 0);
   }
@@ -388,7 +393,7 @@ bool CallContext::isCancelled() const noexcept {
 
 DeferredReply CallContext::defer() {
   if (deferred_) throw InvalidArgument("call " + std::to_string(callId()) + " deferred twice");
-  response_.reset();
+  session_.dropAnswer(response_);
   deferred_ = session_.defer(*this);
   return DeferredReply(deferred_);
 }
