@@ -204,9 +204,12 @@ chmod +x $R/init
 echo "initramfs: $(du -h $WORK/initrd.gz | cut -f1), kernel $KVER"
 
 # ---- boot ----
+# The guest runs emulated on the host's cores: a quiet host boots, tests and benchmarks in
+# 40-90 s, but a host busy compiling took 280 s once (the benchmark part, after every test
+# had passed). The limit is there to end a hung guest, not to time a slow one.
 LOG=$WORK/console.log
 APPEND="console=ttyS0 panic=-1 quiet ZCRPC_TEST_FILTER=${ZCRPC_TEST_RDMA_GTEST_FILTER:-*} ZCRPC_TEST_CALLS=${ZCRPC_TEST_RDMA_BENCH_CALLS:-5000}"
-timeout --kill-after=10 280 qemu-system-x86_64 -m 2048 -smp 2 -nographic -nic none -no-reboot \
+timeout --kill-after=10 540 qemu-system-x86_64 -m 2048 -smp 2 -nographic -nic none -no-reboot \
   -kernel "$VMLINUZ" -initrd $WORK/initrd.gz -append "$APPEND" \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
