@@ -98,6 +98,13 @@ Session::~Session() {
   connection_->close();
 }
 
+std::string Session::inProgress() const {
+  if (requestOpen_) return "a request is being built";
+  if (outstanding_)
+    return std::to_string(outstanding_) + (outstanding_ == 1 ? " call" : " calls") + " outstanding";
+  return {};
+}
+
 void Session::close() {
   connection_->close();
   closeLink();

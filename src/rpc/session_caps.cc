@@ -57,6 +57,23 @@ T readAt(std::span<const std::byte> bytes, size_t offset) {
   return value;
 }
 
+/// A capTable or releases record: its bytes copied out of transport memory once, its count
+/// (set in `count`) checked against its size; the 8-byte entries start at byte 16. Throws
+/// InvalidArgument naming `what` when they disagree.
+std::vector<std::byte> entriesOf(std::span<const std::byte> record, const char* what,
+                                 uint32_t& count) {
+  std::vector<std::byte> copy(record.begin(), record.end());
+  if (copy.size() < 16)
+    throw InvalidArgument(std::string("a ") + what + " record is shorter than its count");
+  const auto head = readAt<CountWord>(copy, 8);
+  if (head.zero != 0 || uint64_t{head.count} * 8 + 16 != copy.size())
+    throw InvalidArgument(std::string("a ") + what + " record's count (" +
+                          std::to_string(head.count) + ") does not match its " +
+                          std::to_string(copy.size()) + " bytes");
+  count = head.count;
+  return copy;
+}
+
 /// Appends a record of `type` whose payload is `payloadBytes` long (a multiple of 8) to
 /// `out`; returns where the payload starts.
 std::byte* appendRecord(std::vector<capnp::word>& out, uint16_t type, size_t payloadBytes) {
@@ -101,14 +118,9 @@ uint32_t Session::readExtensions(IncomingMessage& msg) {
 }
 
 std::unique_ptr<wire::CapTable> Session::readCapTable(std::span<const std::byte> record) {
-  // A private copy first: the count and the descriptors are read once.
-  std::vector<std::byte> copy(record.begin(), record.end());
+  CountWord head{};
+  const std::vector<std::byte> copy = entriesOf(record, "capTable", head.count);
   std::span<const std::byte> bytes(copy);
-  if (bytes.size() < 16) throw InvalidArgument("a capTable record is shorter than its count");
-  const auto head = readAt<CountWord>(bytes, 8);
-  if (head.zero != 0 || uint64_t{head.count} * 8 + 16 != bytes.size())
-    throw InvalidArgument("a capTable record's count (" + std::to_string(head.count) +
-                          ") does not match its " + std::to_string(bytes.size()) + " bytes");
   // Everything is checked before anything is imported: a refused table imports nothing,
   // and the references it granted go back to the peer at once.
   std::vector<uint32_t> fresh;  // ids not imported yet (an id may come several times)
@@ -167,13 +179,15 @@ std::unique_ptr<wire::CapTable> Session::readCapTable(std::span<const std::byte>
 }
 
 void Session::readReleases(std::span<const std::byte> record) {
-  std::vector<std::byte> copy(record.begin(), record.end());
+  std::vector<std::byte> copy;
+  uint32_t count = 0;
+  try {
+    copy = entriesOf(record, "releases", count);
+  } catch (const Error& e) {
+    return dropPeer(e.what());
+  }
   std::span<const std::byte> bytes(copy);
-  if (bytes.size() < 16) return dropPeer("a releases record is shorter than its count");
-  const auto head = readAt<CountWord>(bytes, 8);
-  if (head.zero != 0 || uint64_t{head.count} * 8 + 16 != bytes.size())
-    return dropPeer("a releases record's count does not match its size");
-  for (uint32_t i = 0; i < head.count; ++i) {
+  for (uint32_t i = 0; i < count; ++i) {
     const auto r = readAt<ReleaseNote>(bytes, 16 + size_t{i} * 8);
     Service* object = exported(r.id);
     if (!object)
@@ -328,11 +342,5 @@ void Session::sendReleases() {
   releasesOut_.erase(releasesOut_.begin(), releasesOut_.begin() + static_cast<std::ptrdiff_t>(done));
 }
 
-std::string Session::inProgress() const {
-  if (requestOpen_) return "a request is being built";
-  if (outstanding_)
-    return std::to_string(outstanding_) + (outstanding_ == 1 ? " call" : " calls") + " outstanding";
-  return {};
-}
 
 }  // namespace zcrpc
