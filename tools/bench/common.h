@@ -210,6 +210,23 @@ Latency measureLatency(
   return summarizeLatency(samples.first(n));
 }
 
+/// The throughput loop of every stream cell: `send(i)` for message i until `duration` has
+/// passed (the clock read every 16 sends) or a count bound (64 GiB of payloads, at least
+/// 1000), then `finish(sent)`, which returns once the receiver has every message and
+/// checks that it has. The time runs from the first send to finish's return.
+template <typename Send, typename Finish>
+Rate streamFor(std::chrono::nanoseconds duration, size_t bytes, Send&& send, Finish&& finish) {
+  const uint64_t maxMessages = std::max<uint64_t>(1000, (uint64_t{64} << 30) / (bytes + 64));
+  uint64_t sent = 0;
+  const auto start = Clock::now(), end = start + duration;
+  while (sent < maxMessages) {
+    send(sent);
+    if ((++sent & 15) == 0 && Clock::now() >= end) break;
+  }
+  finish(sent);
+  return rateOf(sent, std::chrono::duration<double>(Clock::now() - start).count(), bytes);
+}
+
 /// Deadline for a wait inside a cell: the cell's own bound plus room for a stall report.
 inline Deadline cellDeadline(std::chrono::nanoseconds cellTime) {
   return Clock::now() + cellTime + kStallTimeout;

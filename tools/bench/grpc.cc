@@ -2,7 +2,9 @@
 // a unix socket (shm rows) or TCP on 127.0.0.1 (tcp rows), unary and as a ping-pong on one
 // bidirectional stream. The synchronous API on both sides, as most users write it: a
 // blocking client call, and a server whose polling thread runs the handler (no hand-off to
-// another thread). A server is started for each cell and shut down after it. gRPC waits in
+// another thread). A server is started for each cell and shut down after it. In the stream
+// rows (Measure::kStream, tcp), the "grpc-stream" system streams from the client instead
+// (Upload: Write() each message, WritesDone(), Finish() for the server's count). gRPC waits in
 // its own poller (epoll) whatever the row's wait mode; its messages are protobuf, copied
 // into and out of std::string on each side. The tls rows' variant: unary over TLS with the
 // same certificate and CA as zcrpc's TLS cells.
@@ -25,6 +27,10 @@ using zcrpcbench::Payload;
 constexpr int kMaxMessage = 64 << 20;  // beyond the largest payload: gRPC's default is 4 MiB
 
 class EchoService final : public zcrpcbench::Echo::Service {
+ public:
+  size_t bytes = 0;  ///< the cell's payload size (Upload checks it)
+
+ private:
   grpc::Status Echo(grpc::ServerContext*, const Payload* request, Payload* reply) override {
     reply->set_data(request->data());  // one copy, as zcrpc's echo makes
     return grpc::Status::OK;
@@ -33,6 +39,16 @@ class EchoService final : public zcrpcbench::Echo::Service {
                           grpc::ServerReaderWriter<Payload, Payload>* stream) override {
     for (Payload p; stream->Read(&p);)
       if (!stream->Write(p)) break;
+    return grpc::Status::OK;
+  }
+  grpc::Status Upload(grpc::ServerContext*, grpc::ServerReader<Payload>* reader,
+                      zcrpcbench::Count* count) override {
+    uint64_t n = 0;
+    for (Payload p; reader->Read(&p); ++n)
+      if (p.data().size() != bytes)
+        return {grpc::StatusCode::INVALID_ARGUMENT,
+                fmt::format("a message of {} bytes, expected {}", p.data().size(), bytes)};
+    count->set_count(n);
     return grpc::Status::OK;
   }
 };
@@ -65,6 +81,7 @@ class Grpc final : public System {
     const std::string path = fmt::format("/tmp/zcrpc-bench-{}-grpc.sock", ::getpid());
     UnlinkOnExit unlinkSocket(unix ? path : std::string());
     EchoService service;
+    service.bytes = cell.spec.payloadBytes;
     grpc::ServerBuilder builder;
     int port = 0;
     std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -104,6 +121,11 @@ class Grpc final : public System {
             fmt::format("gRPC {}: {}", what, ok ? "the echo came back different" : "failed"));
     };
     Figure f;
+    if (cell.spec.measure == Measure::kStream) {
+      (void)upload(*stub, request, cell.budget.measure / 4);  // warm-up
+      f.rate = upload(*stub, request, cell.budget.measure);
+      return f;
+    }
     if (!stream_ || tls_) {
       auto roundTrip = [&] {
         grpc::ClientContext context;  // one per call, as gRPC requires
@@ -127,6 +149,28 @@ class Grpc final : public System {
   }
 
  private:
+  /// One client-streaming call: `request` written until `duration` has passed, then
+  /// WritesDone() and Finish(), whose count must be every message written.
+  static Rate upload(zcrpcbench::Echo::Stub& stub, const Payload& request,
+                     std::chrono::nanoseconds duration) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + duration + kStallTimeout);
+    zcrpcbench::Count count;
+    auto writer = stub.Upload(&context, &count);
+    auto send = [&](uint64_t) {
+      if (!writer->Write(request)) throw BenchError("gRPC upload: the stream broke");
+    };
+    auto finish = [&](uint64_t sent) {
+      if (!writer->WritesDone()) throw BenchError("gRPC upload: WritesDone failed");
+      if (grpc::Status s = writer->Finish(); !s.ok())
+        throw BenchError("gRPC upload: " + s.error_message());
+      if (count.count() != sent)
+        throw BenchError(fmt::format("gRPC upload: the server counted {} messages, {} were sent",
+                                     count.count(), sent));
+    };
+    return streamFor(duration, request.data().size(), send, finish);
+  }
+
   bool stream_;
   const Settings::TlsFiles* tls_;
 };

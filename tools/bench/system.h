@@ -49,6 +49,11 @@ struct Settings {
   /// Calls timed per open-loop cell (at least; at high rates Settings::seconds may run more).
   uint64_t openLoopCalls = 2000;
   bool tls = false;  ///< the tls rows (zcrpc over TLS tcp vs plain tcp vs gRPC over TLS)
+  /// The stream rows (zcrpc `-> stream` vs its one-way messages vs gRPC client streaming)
+  /// and the callback rows (the server calls the client's object vs an echo call).
+  bool stream = false;
+  /// Only the short version of them (--mode all, streamPlan()). Else every size and wait mode.
+  bool streamShort = false;
   /// PEM files of the tls rows, made at run time before the fork (driver.cc): a CA, and a
   /// server certificate it signed for 127.0.0.1 with its key. zcrpc and gRPC use the same.
   struct TlsFiles {
@@ -60,6 +65,15 @@ struct Settings {
 /// Cap'n Proto's side sleeps in epoll) when the run has not named it.
 std::vector<WaitMode> standardWaitModes(const Settings& s);
 
+/// What the stream and callback rows cover (driver.cc): with Settings::streamShort a short
+/// version, else every size and wait mode of the run.
+struct StreamPlan {
+  std::vector<size_t> streamSizes, callbackSizes;
+  std::vector<WaitMode> waitModes;
+  double seconds = 0;  ///< per measured cell
+};
+StreamPlan streamPlan(const Settings& s);
+
 /// What a cell measures.
 enum class Measure : uint8_t {
   kRoundTrip,  ///< one request, one answer, timed per round trip
@@ -68,6 +82,12 @@ enum class Measure : uint8_t {
   /// round trips started at a fixed rate whatever the answers do (CellSpec::intervalNs),
   /// timed from when each was due, with the CPU time per call of both processes
   kOpenLoop,
+  /// messages/s of a `-> stream` method (Chunks.put), ending with a call (Chunks.flush) that
+  /// answers once every chunk was handled, inside the timing (a warm-up run first)
+  kStream,
+  /// round trips the server makes to an object the client passed it (Pump.pump calls the
+  /// client's Echo), timed in this process between consecutive callbacks (driver.h)
+  kCallback,
 };
 
 /// One cell's parameters; they travel to the peer in the control message.
@@ -85,7 +105,7 @@ struct CellSpec {
 /// What one cell measured.
 struct Figure {
   Latency latency;           ///< kRoundTrip (samples == 0 otherwise)
-  Rate rate;                 ///< kPipelined / kOneWay
+  Rate rate;                 ///< kPipelined / kOneWay / kStream
   uint64_t preemptions = 0;  ///< involuntary context switches of both processes in the cell
   uint64_t peerValue = 0;    ///< what the serving side reported (PeerCell::value)
 };
@@ -191,9 +211,10 @@ class System {
 std::unique_ptr<System> makeFloor(const Settings& s, size_t maxPayloadBytes);
 /// raw_tcp.cc: the baseline over tcp.
 std::unique_ptr<System> makeRawTcp(const Settings& s);
-/// zcrpc.cc: echo calls through the generated stubs (kRoundTrip, kPipelined) against a
-/// zcrpc::Server with one worker started for each cell, and raw bench::Payload messages over
-/// one shm:// connection per wait mode (kRoundTrip, kOneWay).
+/// zcrpc.cc: echo calls through the generated stubs (kRoundTrip, kPipelined), one-way
+/// Echo.sink messages (kOneWay), Chunks.put chunks (kStream) and Pump.pump callbacks
+/// (kCallback) against a zcrpc::Server with one worker started for each cell, and raw
+/// bench::Payload messages over one shm:// connection per wait mode (kRoundTrip, kOneWay).
 std::unique_ptr<System> makeZcrpcRpc(const Settings& s, SpinPolicy spin = SpinPolicy::kAdaptive);
 std::unique_ptr<System> makeZcrpcMessages(const Settings& s);
 /// raw_tcp.cc: a ping-pong over a unix stream socket with blocking reads on both sides (the

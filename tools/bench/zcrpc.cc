@@ -7,10 +7,12 @@
 #include <atomic>
 #include <bit>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "bench.capnp.h"
+#include "callback.capnp.zcrpc.h"
 #include "echo.capnp.zcrpc.h"
 #include "system.h"
 #include "zcrpc/capnp.h"
@@ -73,11 +75,13 @@ ConnectionOptions connectionOptions(const Settings& s, WaitMode w,
 /// place (the one copy an echo makes) or, from `referenceFrom` bytes on, by reference to the
 /// request, as the raw TCP echo sends back the buffer it read into. It notes the largest
 /// request frame (header, segments, table: the bytes a stream transport carries), so a raw
-/// ping-pong of the same bytes can be measured. Threads: the server's worker.
+/// ping-pong of the same bytes can be measured, and counts the one-way sinks. Threads: the
+/// server's worker; as the callback rows' client object, the thread that polls the Channel.
 class BenchEchoService final : public echo::EchoService {
  public:
   explicit BenchEchoService(size_t referenceFrom) noexcept : referenceFrom_(referenceFrom) {}
   void echo(EchoCall& call) override {
+    if (noteArrivals) arrivals.push_back(Clock::now());  // reserved: no allocation
     const uint64_t frame = call.context().request().header().frameBytes;
     if (frame > largestFrame_.load(std::memory_order_relaxed)) largestFrame_ = frame;
     capnp::Data::Reader data = call.params().getData();
@@ -87,16 +91,63 @@ class BenchEchoService final : public echo::EchoService {
       call.results(echoWords(data.size())).setData(data);
   }
   void ping(PingCall&) override {}
-  void sink(SinkCall&) override {}
+  void sink(SinkCall&) override { sinks_.fetch_add(1, std::memory_order_relaxed); }
   void delay(DelayCall&) override { throw ApplicationError(1, "zcrpc-bench: no delay"); }
   void fail(FailCall& call) override {
     throw ApplicationError(call.params().getCode(), call.params().getMessage().cStr());
   }
   std::atomic<uint64_t> largestFrame_{0};
+  std::atomic<uint64_t> sinks_{0};
+  /// The callback rows: when each echo arrived (reserve room first).
+  bool noteArrivals = false;
+  std::vector<Clock::time_point> arrivals;
 
  private:
   size_t referenceFrom_;
 };
+
+/// The stream rows' receiver: checks each chunk's size and counts it; flush answers the count
+/// (every chunk sent before it was handled first). Threads: the server's worker.
+class BenchChunks final : public callback::ChunksService {
+ public:
+  explicit BenchChunks(uint64_t bytes) noexcept : bytes_(bytes) {}
+  void put(PutCall& call) override {
+    if (size_t got = call.params().getData().size(); got != bytes_)
+      throw ApplicationError(
+          1, fmt::format("zcrpc-bench: a chunk of {} bytes, expected {}", got, bytes_));
+    ++count_;
+  }
+  void flush(FlushCall& call) override { call.results().setCount(count_); }
+
+ private:
+  uint64_t bytes_, count_ = 0;
+};
+
+/// The callback rows' server: calls the client's Echo `count` times with `size` bytes of
+/// `data`, each waiting for its answer (the worker dispatches the connection's other frames
+/// meanwhile), then answers. Threads: the server's worker.
+class BenchPump final : public callback::PumpService {
+ public:
+  explicit BenchPump(std::span<const std::byte> data) noexcept : data_(data) {}
+  void pump(PumpCall& call) override {
+    echo::EchoClient target(call.params().getTarget());
+    const uint32_t count = call.params().getCount(), size = call.params().getSize();
+    if (size > data_.size())
+      throw ApplicationError(
+          1, fmt::format("zcrpc-bench: pump of {} bytes, room for {}", size, data_.size()));
+    for (uint32_t i = 0; i < count; ++i) {
+      auto req = target.echoRequest(echoWords(size));
+      req.params().setData(bytesOf(data_.first(size)));
+      if (req.call().results().getData().size() != size)
+        throw ApplicationError(1, "zcrpc-bench: the callback's echo came back with another size");
+    }
+  }
+
+ private:
+  std::span<const std::byte> data_;
+};
+
+constexpr uint32_t kPumpBatch = 256;  // callbacks per Pump.pump call
 
 /// Which peers a ZcrpcRpc cell puts together.
 enum class Flavor : uint8_t {
@@ -139,9 +190,15 @@ class ZcrpcRpc final : public System {
     so.spinTime = s_.spinTime;
     so.spinPolicy = spin_;
     so.metrics = s_.metrics;
-    BenchEchoService service(referenceFrom(cell.spec.transport));  // outlives the server
+    BenchEchoService service(referenceFrom(cell.spec.transport));  // these outlive the server
+    std::optional<BenchChunks> chunks;
+    std::optional<BenchPump> pump;
     Server server(so);
     server.addService(service);
+    // Only where used: the echo rows' server serves Echo alone.
+    if (cell.spec.measure == Measure::kStream)
+      server.addService(chunks.emplace(cell.spec.payloadBytes));
+    if (cell.spec.measure == Measure::kCallback) server.addService(pump.emplace(cell.scratch));
     const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode, spin_);
     std::string endpoint;
     if (flavor_ == Flavor::kCapnpListener) {
@@ -179,7 +236,8 @@ class ZcrpcRpc final : public System {
     cell.started(endpoint);
     cell.awaitEnd();
     server.shutdown(deadlineAfter(kShutdownGrace));
-    cell.value = service.largestFrame_.load();
+    cell.value = cell.spec.measure == Measure::kOneWay ? service.sinks_.load()
+                                                       : service.largestFrame_.load();
   }
 
   Figure measure(ClientCell& cell) override {
@@ -223,13 +281,26 @@ class ZcrpcRpc final : public System {
       (void)pingPong(client, cell, b);
     }
     Figure f;
-    if (cell.spec.measure != Measure::kPipelined) {  // closed or open loop (cell.budget)
-      f.latency = pingPong(client, cell, cell.budget);
-    } else {
-      const uint64_t maxCalls =
-          std::max<uint64_t>(1000, (uint64_t{64} << 30) / (cell.payload.size() + 64));
-      (void)pipelined(client, cell, cell.budget.measure / 4, maxCalls);  // warm-up
-      f.rate = pipelined(client, cell, cell.budget.measure, maxCalls);
+    switch (cell.spec.measure) {
+      case Measure::kPipelined: {
+        const uint64_t maxCalls =
+            std::max<uint64_t>(1000, (uint64_t{64} << 30) / (cell.payload.size() + 64));
+        (void)pipelined(client, cell, cell.budget.measure / 4, maxCalls);  // warm-up
+        f.rate = pipelined(client, cell, cell.budget.measure, maxCalls);
+        break;
+      }
+      case Measure::kOneWay:
+      case Measure::kStream: {
+        uint64_t chunks = 0;  // sent on this connection so far
+        (void)oneWay(client, cell, cell.budget.measure / 4, chunks);  // warm-up
+        f.rate = oneWay(client, cell, cell.budget.measure, chunks);
+        break;
+      }
+      case Measure::kCallback:
+        f.latency = callbacks(channel, cell);
+        break;
+      default:  // closed or open loop (cell.budget)
+        f.latency = pingPong(client, cell, cell.budget);
     }
     return f;
   }
@@ -267,6 +338,79 @@ class ZcrpcRpc final : public System {
       });
     };
     return measureLatency(roundTrip, b, cell.samples);
+  }
+
+  /// kOneWay: Echo.sink sent with sendOneWay() (no answer, no flow control), then a ping
+  /// call, answered after every sink before it (one worker, in order; the peer's count,
+  /// Figure::peerValue, is checked by the driver). kStream: Chunks.put (`-> stream`: send()
+  /// returns while the stream window has room), then Chunks.flush, whose count must be
+  /// every chunk sent on this connection so far (`chunksSent`, counted on). Payloads are
+  /// copied into the messages.
+  Rate oneWay(echo::EchoClient& client, ClientCell& cell, std::chrono::nanoseconds duration,
+              uint64_t& chunksSent) {
+    const auto data = bytesOf(cell.payload);
+    const uint32_t words = echoWords(data.size());
+    if (cell.spec.measure == Measure::kOneWay) {
+      auto send = [&](uint64_t) {
+        auto sink = client.sinkRequest(words);
+        sink.params().setData(data);
+        sink.sendOneWay();
+      };
+      return streamFor(duration, data.size(), send, [&](uint64_t) { client.pingRequest().call(); });
+    }
+    callback::ChunksClient chunks(*client.channel());
+    auto send = [&](uint64_t) {
+      auto put = chunks.putRequest(words);
+      put.params().setData(data);
+      put.send();
+    };
+    auto finish = [&](uint64_t sent) {
+      chunksSent += sent;
+      const uint64_t counted = chunks.flushRequest().call().results().getCount();
+      if (counted != chunksSent)
+        throw BenchError(fmt::format("zcrpc stream: the server counted {} chunks, {} were sent",
+                                     counted, chunksSent));
+    };
+    return streamFor(duration, data.size(), send, finish);
+  }
+
+  /// Callback round trips: Pump.pump calls this process's Echo object (passed in the call)
+  /// kPumpBatch times; this thread serves it while call() waits. Each sample is the time
+  /// between two consecutive callbacks reaching the object: one whole round trip as the
+  /// server makes it (its call out, the answer back, its next call built and sent), timed
+  /// here with one clock. The first callback of a pump call has no predecessor in it.
+  Latency callbacks(Channel& channel, ClientCell& cell) {
+    auto mine = std::make_shared<BenchEchoService>(SIZE_MAX);  // answers with a copy
+    mine->noteArrivals = true;
+    mine->arrivals.reserve(kPumpBatch);
+    const Capability target = Capability::local(mine);
+    callback::PumpClient pump(channel);
+    auto batch = [&](uint32_t count) {
+      mine->arrivals.clear();
+      auto req = pump.pumpRequest();
+      req.params().setTarget(target);
+      req.params().setCount(count);
+      req.params().setSize(static_cast<uint32_t>(cell.payload.size()));
+      req.call();
+      if (mine->arrivals.size() != count)
+        throw BenchError(fmt::format("zcrpc callback: {} of {} callbacks arrived",
+                                     mine->arrivals.size(), count));
+    };
+    const Budget& b = cell.budget;
+    const auto warmEnd = Clock::now() + b.warmup;
+    for (uint64_t done = 0; done < b.warmupIterations && Clock::now() < warmEnd; done += kPumpBatch)
+      batch(kPumpBatch);
+    const size_t limit = std::min<uint64_t>(b.maxIterations, cell.samples.size());
+    const auto end = Clock::now() + b.measure;
+    size_t n = 0;
+    while (limit - n >= 1 && (n == 0 || Clock::now() < end)) {
+      const auto count = static_cast<uint32_t>(std::min<size_t>(kPumpBatch, limit - n + 1));
+      batch(count);
+      for (uint32_t i = 1; i < count; ++i)
+        cell.samples[n++] =
+            static_cast<uint64_t>((mine->arrivals[i] - mine->arrivals[i - 1]).count());
+    }
+    return summarizeLatency(cell.samples.first(n));
   }
 
   /// callAsync() while fewer than the window are outstanding, then pollUntil() (which waits
@@ -472,21 +616,21 @@ class ZcrpcMessages final : public System {
   Rate stream(Connection& conn, size_t bytes, std::chrono::nanoseconds duration) {
     const std::span<const std::byte> source = pool(0);
     const Deadline deadline = cellDeadline(duration);
-    const uint64_t maxMessages = std::max<uint64_t>(1000, (uint64_t{64} << 30) / (bytes + 64));
     const size_t step = (bytes + 63) / 64 * 64;
-    uint64_t sent = 0, counted = 0;
-    const auto start = Clock::now(), end = start + duration;
-    for (size_t offset = 0; sent < maxMessages;) {
-      sendPayload(conn, sent, bytesOf(source.subspan(offset, bytes)), deadline, /*flush=*/false);
+    size_t offset = 0;
+    auto send = [&](uint64_t seq) {
+      sendPayload(conn, seq, bytesOf(source.subspan(offset, bytes)), deadline, /*flush=*/false);
       offset = offset + step + bytes > source.size() ? 0 : offset + step;
-      if (++sent % s_.batch == 0) check(conn.flush(), "flush", conn);
-      if ((sent & 15) == 0 && Clock::now() >= end) break;
-    }
-    sendPayload(conn, kStopSeq, {}, deadline);
-    if (receiveSeq(conn, 0, deadline, &counted) != kStopSeq || counted != sent)
-      throw BenchError(
-          fmt::format("zcrpc stream: the sink counted {} messages, {} were sent", counted, sent));
-    return rateOf(sent, std::chrono::duration<double>(Clock::now() - start).count(), bytes);
+      if ((seq + 1) % s_.batch == 0) check(conn.flush(), "flush", conn);
+    };
+    auto finish = [&](uint64_t sent) {
+      uint64_t counted = 0;
+      sendPayload(conn, kStopSeq, {}, deadline);
+      if (receiveSeq(conn, 0, deadline, &counted) != kStopSeq || counted != sent)
+        throw BenchError(
+            fmt::format("zcrpc stream: the sink counted {} messages, {} were sent", counted, sent));
+    };
+    return streamFor(duration, bytes, send, finish);
   }
 
   const Settings& s_;
