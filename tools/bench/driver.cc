@@ -24,6 +24,13 @@
 //    TCP), a blocking unix-socket ping-pong (shm) and Cap'n Proto's RPC.
 //  * tls: echo calls over TLS 1.3 tcp against zcrpc over plain tcp and gRPC over TLS, with
 //    certificates made at the start of the run.
+//  * stream: messages/s of a `-> stream` method (Chunks.put, then Chunks.flush inside the
+//    timing) against zcrpc's one-way messages on the same transport (Echo.sink sent with
+//    sendOneWay, then a ping: the floor for a stream, the baseline) and, over tcp, gRPC
+//    client streaming (Write each, WritesDone, Finish for the count).
+//  * callback: over shm, the server calls an Echo object the client passed it (Pump.pump),
+//    timed between consecutive callbacks at the client, against an ordinary echo call of
+//    the same size (the baseline).
 #include <fmt/format.h>
 #include <kj/exception.h>
 #include <unistd.h>
@@ -322,6 +329,62 @@ class Driver final {
     }
   }
 
+  /// One repetition of the stream row of `t`, `w`, `size`, `seconds` per cell.
+  void stream(unsigned rep, Transport t, WaitMode w, size_t size, double seconds) {
+    Row& row = this->row("stream", t, w, size, [&](Row& r) {
+      r.series.emplace_back("zcrpc-one-way", "zcrpc one-way Echo.sink, then a ping",
+                            Role::kReference, "", Measure::kOneWay);
+      r.series.emplace_back("zcrpc-stream", "zcrpc -> stream Chunks.put, then flush", Role::kZcrpc,
+                            "", Measure::kStream);
+      if (t == Transport::kTcp)
+        for (size_t i = kFirstRival; i < systems_.size(); ++i)
+          if (usable(i, t) && system(i).info(t).id == "grpc-stream")
+            r.series.emplace_back("grpc-stream", "gRPC client streaming (TCP)", Role::kRival,
+                                  "epoll", Measure::kStream);
+    });
+    RowRep& rr = row.reps.emplace_back();
+    rr.figures.resize(row.series.size());
+    CellSpec spec{t, w, Measure::kOneWay, 0, 0, size, 0};
+    const Budget b = Budget::forPayload(size, seconds);
+    for (size_t i :
+         cellOrder(rep, row.series.size() > 2 ? std::vector<size_t>{2} : std::vector<size_t>{})) {
+      const std::string what = row.name() + " " + row.series[i].id;
+      spec.measure = row.series[i].measure;
+      if (i < 2) {
+        rr.figures[i] = cell(kRpc, spec, what, b);
+        // The sinks have no answer: the server's count (warm-up included) tells they all came.
+        if (i == 0 && rr.figures[0].peerValue < rr.figures[0].rate.count)
+          throw BenchError(fmt::format("{}: the server handled {} of {} one-way messages", what,
+                                       rr.figures[0].peerValue, rr.figures[0].rate.count));
+      } else if (failed_.contains("grpc-stream")) {
+        continue;
+      } else {
+        rr.figures[i] = rival(systemOf(t, "grpc-stream"), spec, what, b);
+      }
+      ranNext(rr.order, row.series[i].id);
+    }
+    finishRow(row, rr, false, Row::npos);
+  }
+
+  /// One repetition of the callback row (shm) of `w` and `size`, `seconds` per cell.
+  void callback(unsigned rep, WaitMode w, size_t size, double seconds) {
+    Row& row = this->row("callback", Transport::kShm, w, size, [&](Row& r) {
+      r.series.emplace_back("zcrpc-echo", "zcrpc echo call", Role::kReference);
+      r.series.emplace_back("zcrpc-callback", "zcrpc callback: the server calls the client's Echo",
+                            Role::kZcrpc, "", Measure::kCallback);
+    });
+    RowRep& rr = row.reps.emplace_back();
+    rr.figures.resize(row.series.size());
+    CellSpec spec{Transport::kShm, w, Measure::kRoundTrip, 0, 0, size, 0};
+    for (size_t i : cellOrder(rep, {})) {
+      spec.measure = row.series[i].measure;
+      rr.figures[i] =
+          cell(kRpc, spec, row.name() + " " + row.series[i].id, Budget::forPayload(size, seconds));
+      ranNext(rr.order, row.series[i].id);
+    }
+    finishRow(row, rr, false, Row::npos);
+  }
+
   /// Lists the rivals that cannot run here, and why.
   void noteUnavailable() {
     for (size_t i = kFirstRival; i < systems_.size(); ++i)
@@ -468,6 +531,25 @@ class Driver final {
 
 }  // namespace
 
+StreamPlan streamPlan(const Settings& s) {
+  StreamPlan p;
+  if (!s.streamShort) return {s.sizes, s.sizes, s.waitModes, s.seconds};
+  // The short version (--mode all): busy-poll as the headline rows (or the first wait mode
+  // asked for), the smallest size and the largest up to 64 KiB, callbacks at the smallest,
+  // half the time per cell.
+  const bool busy =
+      std::find(s.waitModes.begin(), s.waitModes.end(), WaitMode::kBusyPoll) != s.waitModes.end();
+  p.waitModes = {busy ? WaitMode::kBusyPoll : s.waitModes.front()};
+  const size_t least = *std::min_element(s.sizes.begin(), s.sizes.end());
+  size_t most = least;
+  for (size_t size : s.sizes)
+    if (size <= (size_t{64} << 10)) most = std::max(most, size);
+  p.streamSizes = most == least ? std::vector<size_t>{least} : std::vector<size_t>{least, most};
+  p.callbackSizes = {least};
+  p.seconds = s.seconds / 2;
+  return p;
+}
+
 std::vector<WaitMode> standardWaitModes(const Settings& s) {
   std::vector<WaitMode> modes = s.waitModes;
   if (std::find(modes.begin(), modes.end(), WaitMode::kBlocking) == modes.end())
@@ -518,7 +600,7 @@ Table runBench(const Settings& settings) {
   pinToCpu(s.clientCpu);
   peer.expect(ReplyKind::kReady, 0, Clock::now() + kReplyTimeout, "starting the peer process");
   Driver d(s, systems, peer, room, table);
-  if (s.rpc || s.tls || !s.openLoopRates.empty()) d.noteUnavailable();
+  if (s.rpc || s.tls || s.stream || !s.openLoopRates.empty()) d.noteUnavailable();
   for (unsigned rep = 0; rep < s.reps; ++rep) {
     if (s.messages)
       for (WaitMode w : s.waitModes)
@@ -538,6 +620,16 @@ Table runBench(const Settings& settings) {
                      static_cast<int64_t>(1e9 / rate));
     if (s.tls)
       for (size_t size : s.sizes) d.tls(rep, size);
+    if (s.stream) {
+      const StreamPlan plan = streamPlan(s);
+      for (size_t size : plan.streamSizes)
+        for (Transport t : s.transports)
+          for (WaitMode w : plan.waitModes) d.stream(rep, t, w, size, plan.seconds);
+      if (std::find(s.transports.begin(), s.transports.end(), Transport::kShm) !=
+          s.transports.end())
+        for (size_t size : plan.callbackSizes)
+          for (WaitMode w : plan.waitModes) d.callback(rep, w, size, plan.seconds);
+    }
   }
   peer.quit();
   table.loadEnd = loadAverage();

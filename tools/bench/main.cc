@@ -11,6 +11,7 @@
 //   zcrpc-bench --details --json o.json --csv o.csv --plot o.png
 //   zcrpc-bench --mode rpc --transports tcp --wait-modes blocking --sizes 64,1M
 //   zcrpc-bench --mode tls --transports tcp --sizes 64,1M --details   # TLS against plain
+//   zcrpc-bench --mode stream --details            # streams (64 B, 64 KiB) and callbacks
 //   zcrpc-bench --quick                            # a few seconds (the bench-smoke test)
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -93,18 +94,22 @@ int main(int argc, char** argv) {
   CLI::App app{
       "zcrpc-bench: which transport for me — zcrpc against a floor and its rivals, "
       "measured side by side between two pinned processes"};
-  app.add_option("--mode", mode,
-                 "rpc: echo calls (and the rivals); messages: raw messages over shm; standard: "
-                 "standard Cap'n Proto peers against zcrpc (every size); open-loop: calls at a "
-                 "fixed pace (see --rates); tls: echo calls over TLS tcp against plain tcp and gRPC "
-                 "over TLS; all (standard at the smallest size, open loop shorter)")
-      ->check(CLI::IsMember({"rpc", "messages", "standard", "open-loop", "tls", "all"}))
+  app.add_option(
+         "--mode", mode,
+         "rpc: echo calls (and the rivals); messages: raw messages over shm; standard: "
+         "standard Cap'n Proto peers against zcrpc (every size); open-loop: calls at a "
+         "fixed pace (see --rates); tls: echo calls over TLS tcp against plain tcp and gRPC "
+         "over TLS; stream: `-> stream` chunks against one-way messages and gRPC client "
+         "streaming, and callbacks (the server calls the client's object) against echo "
+         "calls (sizes 64,64K unless --sizes); all (standard at the smallest size, open "
+         "loop and stream shorter)")
+      ->check(CLI::IsMember({"rpc", "messages", "standard", "open-loop", "tls", "stream", "all"}))
       ->capture_default_str();
   app.add_option("--cpus", cpus, "CPUs of the measuring and the serving process: A,B")
       ->capture_default_str();
-  app.add_option("--sizes", sizes, "Payload sizes (B, K/KiB, M/MiB)")
-      ->delimiter(',')
-      ->capture_default_str();
+  auto* sizesOption = app.add_option("--sizes", sizes, "Payload sizes (B, K/KiB, M/MiB)")
+                          ->delimiter(',')
+                          ->capture_default_str();
   app.add_option("--transports,--transport", transports, "shm, tcp")
       ->delimiter(',')
       ->check(CLI::IsMember({"shm", "tcp"}))
@@ -179,6 +184,9 @@ int main(int argc, char** argv) {
                     ? std::vector<std::string>{"busy-poll", "spin-then-sleep", "blocking"}
                     : std::vector<std::string>{"spin-then-sleep", "blocking"};
   s.tls = mode == "tls" || mode == "all";
+  s.stream = mode == "stream" || mode == "all";
+  s.streamShort = mode == "all";
+  if (mode == "stream" && sizesOption->count() == 0) sizes = {"64", "64K"};
   ::signal(SIGPIPE, SIG_IGN);  // a dead peer shows up as an error, not as a signal
   ::prctl(PR_SET_TIMERSLACK, 1UL);  // open-loop pacing sleeps wake on time (both processes)
   try {

@@ -150,6 +150,11 @@ std::vector<Target> standardTargets() {
       {"tls", tcp, k64, "zcrpc-tls", "zcrpc", kP50, true, 1.3},
       {"tls", tcp, k1M, "zcrpc-tls", "zcrpc", kP50, true, 1.5},
       {"tls", tcp, k64, "grpc-tls", "zcrpc-tls", kP50, false, 5},
+      // Streams and callbacks (issue 18): a `-> stream` against zcrpc's own one-way
+      // messages (its floor) and gRPC client streaming; a callback against an echo call.
+      {"stream", shm, k64, "zcrpc-stream", "zcrpc-one-way", kPerSecond, false, 0.8},
+      {"stream", tcp, std::nullopt, "zcrpc-stream", "grpc-stream", kPerSecond, false, 3},
+      {"callback", shm, std::nullopt, "zcrpc-callback", "zcrpc-echo", kP50, true, 1.1},
   };
 }
 

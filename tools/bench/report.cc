@@ -22,7 +22,8 @@ constexpr uint64_t kBusyPreemptions = 10;  // in one cell: other load took a pin
 double value(std::optional<double> v) { return v.value_or(0); }
 std::string ratioText(std::optional<double> v) { return v ? formatRatio(*v) : "-"; }
 bool isRate(const SeriesInfo& s) {
-  return s.measure == Measure::kPipelined || s.measure == Measure::kOneWay;
+  return s.measure == Measure::kPipelined || s.measure == Measure::kOneWay ||
+         s.measure == Measure::kStream;
 }
 bool isOpenLoop(const SeriesInfo& s) { return s.measure == Measure::kOpenLoop; }
 std::string roleName(Role r) {
@@ -36,7 +37,7 @@ std::vector<Stat> statsOf(const SeriesInfo& s) {
     return {Stat::kP50,       Stat::kP99,       Stat::kP999,
             Stat::kClientCpu, Stat::kServerCpu, Stat::kAchieved};
   if (!isRate(s)) return {Stat::kP50, Stat::kP99, Stat::kP999};
-  if (s.measure == Measure::kOneWay) return {Stat::kPerSecond, Stat::kBytesPerSecond};
+  if (s.measure != Measure::kPipelined) return {Stat::kPerSecond, Stat::kBytesPerSecond};
   return {Stat::kPerSecond, Stat::kStallFree, Stat::kStalled, Stat::kBytesPerSecond};
 }
 
@@ -141,6 +142,67 @@ static void printOpenLoopSummary(std::FILE* out, const Table& table) {
   }
 }
 
+constexpr std::string_view kStreamTitle =
+    "Streams, messages/s and payload GB/s: zcrpc `-> stream` (Chunks.put, flush timed), zcrpc "
+    "one-way\n  (Echo.sink, a ping timed) and gRPC client streaming over TCP (Write, WritesDone "
+    "+ Finish timed)";
+constexpr std::string_view kCallbackTitle =
+    "Callbacks over shm, p50 / p99: the server calls the client's Echo (time between "
+    "consecutive\n  callbacks at the client: one whole round trip each) against an echo call "
+    "of the same size";
+
+/// The stream and callback rows in a few lines, then their targets as the issue states them.
+static void printStreamSummary(std::FILE* out, const Table& table) {
+  std::vector<const Row*> streams, callbacks;
+  for (const Row& r : table.rows)
+    if (r.section == "stream" || r.section == "callback")
+      (r.section == "stream" ? streams : callbacks).push_back(&r);
+  if (streams.empty() && callbacks.empty()) return;
+  auto rate = [](const Row& row, size_t i) -> std::string {
+    if (i == Row::npos || !medianOf(row, i, Stat::kPerSecond)) return "-";
+    return fmt::format("{}/s {:.2f} GB/s", formatRate(value(medianOf(row, i, Stat::kPerSecond))),
+                       value(medianOf(row, i, Stat::kBytesPerSecond)) / 1e9);
+  };
+  // A table: its title, then its column heads in the format of its lines.
+  auto heading = [out](std::string_view title, std::string_view line, const auto&... heads) {
+    fmt::print(out, "\n  {}:\n", title);
+    fmt::print(out, fmt::runtime(line), heads...);
+  };
+  if (!streams.empty()) {
+    constexpr std::string_view kLine = "  {:<4} {:<8} {:<26} {:>22} {:>22} {:>8} {:>22} {:>8}\n";
+    heading(kStreamTitle, kLine, "over", "size", "wait mode", "zcrpc stream", "zcrpc one-way", "x",
+            "gRPC", "x gRPC");
+    const bool grpcMissing =
+        std::any_of(table.missing.begin(), table.missing.end(),
+                    [](const Missing& m) { return m.series == "grpc-stream"; });
+    for (const Row* row : streams) {
+      const size_t z = row->find("zcrpc-stream"), g = row->find("grpc-stream");
+      fmt::print(out, kLine, transportName(row->transport), formatSize(row->payloadBytes),
+                 waitLabel(row->waitMode), rate(*row, z), rate(*row, 0),
+                 ratioText(medianRatio(*row, z, 0, Stat::kPerSecond)),
+                 g != Row::npos                                     ? rate(*row, g)
+                 : row->transport == Transport::kTcp && grpcMissing ? "not built"
+                                                                    : "-",
+                 g == Row::npos ? "-" : ratioText(medianRatio(*row, z, g, Stat::kPerSecond)));
+    }
+  }
+  if (!callbacks.empty()) {
+    constexpr std::string_view kLine = "  {:<8} {:<26} {:>19} {:>19} {:>8}\n";
+    heading(kCallbackTitle, kLine, "size", "wait mode", "callback", "echo call", "x");
+    for (const Row* row : callbacks) {
+      const size_t c = row->find("zcrpc-callback");
+      fmt::print(out, kLine, formatSize(row->payloadBytes), waitLabel(row->waitMode),
+                 p50p99(*row, c), p50p99(*row, 0), ratioText(medianRatio(*row, c, 0, Stat::kP50)));
+    }
+  }
+  for (const TargetResult& r : evaluate(table, standardTargets()))
+    if (r.name.starts_with("stream ") || r.name.starts_with("callback "))
+      fmt::print(out, "  {:<62} target {:<9} measured {:<8} {}\n", r.name, r.goal, r.measured,
+                 r.verdict == Verdict::kPass   ? "PASS"
+                 : r.verdict == Verdict::kMiss ? "MISS"
+                                               : "n/a");
+}
+
 void printSummary(std::FILE* out, const Table& table) {
   const Settings& s = table.settings;
   const size_t size = smallest(s);
@@ -182,6 +244,7 @@ void printSummary(std::FILE* out, const Table& table) {
     fmt::print(out, "\n");
   }
   printOpenLoopSummary(out, table);
+  printStreamSummary(out, table);
   fmt::print(out,
              "\n  shm: two processes on one host; tcp: anywhere else (here 127.0.0.1). Rivals with "
              "their own wait\n  ([epoll] in --details) wait the same way in every row.\n");
@@ -227,6 +290,9 @@ void printDetails(std::FILE* out, const Table& table, bool color) {
         if (size_t c = row.find("memcpy");
             c != Row::npos && c != i && medianOf(row, c, Stat::kPerSecond))
           extra += ", " + ratioText(medianRatio(row, i, c, Stat::kBytesPerSecond)) + " memcpy";
+        else if (i && isRate(row.series[0]))
+          extra +=
+              ", " + ratioText(medianRatio(row, i, 0, Stat::kPerSecond)) + " " + row.series[0].id;
         fmt::print(out, "  {:<46}|{:>9}/s {:.2f} GB/s{} | {}\n", label,
                    formatRate(m(Stat::kPerSecond)), m(Stat::kBytesPerSecond) / 1e9, extra,
                    preempted);
