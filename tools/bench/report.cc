@@ -317,10 +317,13 @@ void printDetails(std::FILE* out, const Table& table, bool color) {
                  row.reps[0].figures[row.find("zcrpc")].peerValue);
     for (size_t r = 0; r < row.reps.size(); ++r) {
       fmt::print(out, "  rep {} [{}]:", r + 1, row.reps[r].order);
-      for (size_t i = 0; i < row.series.size(); ++i)
-        if (row.series[i].role != Role::kDerived && row.reps[r].figures[i].latency.p50Ns)
-          fmt::print(out, " {} {}", row.series[i].id,
-                     formatNs(row.reps[r].figures[i].latency.p50Ns));
+      for (size_t i = 0; i < row.series.size(); ++i) {
+        const Figure& f = row.reps[r].figures[i];
+        if (row.series[i].role != Role::kDerived && f.latency.p50Ns)
+          fmt::print(out, " {} {}", row.series[i].id, formatNs(f.latency.p50Ns));
+        else if (f.rate.count)  // a rate: stream, one-way, pipelined, memcpy
+          fmt::print(out, " {} {}/s", row.series[i].id, formatRate(f.rate.perSecond));
+      }
       fmt::print(out, "\n");
     }
   }
