@@ -30,11 +30,16 @@ class EchoImpl final : public echo::EchoService {
     call.results(payloadWords(data.size())).setData(data);
   }
   void ping(PingCall&) override {}
-  void sink(SinkCall&) override {}
+  // Reads its message as Chunks.put reads its chunk: the one-way floor a stream is
+  // measured against does the same work per message.
+  void sink(SinkCall& call) override { sunk_ += call.params().getData().size() != 0; }
   void delay(DelayCall&) override { throw ApplicationError(1, "not in the microbenchmarks"); }
   void fail(FailCall& call) override {
     throw ApplicationError(call.params().getCode(), call.params().getMessage());
   }
+
+ private:
+  uint64_t sunk_ = 0;
 };
 
 ConnectionOptions busyPoll() {

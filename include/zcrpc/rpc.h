@@ -91,7 +91,7 @@ struct ChannelOptions {
   uint32_t maxImports = 65536;
   /// Streaming (`-> stream` methods): chunks one client may have in flight, in calls and in
   /// bytes (settings stream_window_calls, stream_window_bytes); a chunk past either waits.
-  uint32_t streamWindowCalls = 16;
+  uint32_t streamWindowCalls = 32;
   uint64_t streamWindowBytes = 1 << 20;
 };
 
@@ -265,6 +265,9 @@ class StreamFlow final {
 
  private:
   friend class RawRequest;
+  friend class Session;
+  /// A chunk of `bytes` was answered (`failure`: with that error; null: it succeeded).
+  void chunkDone(uint64_t bytes, const CallResult* failure);
   Session* session_ = nullptr;  // of the last chunk sent (a client's chunks share one)
   uint32_t calls_ = 0;
   uint64_t bytes_ = 0;
@@ -534,7 +537,7 @@ struct ServerOptions {
   uint32_t maxExportsPerConnection = 65536;
   uint32_t maxImportsPerConnection = 65536;
   /// Streaming calls the server makes on its clients' objects (see ChannelOptions).
-  uint32_t streamWindowCalls = 16;
+  uint32_t streamWindowCalls = 32;
   uint64_t streamWindowBytes = 1 << 20;
 };
 

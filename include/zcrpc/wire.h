@@ -292,6 +292,8 @@ class ReadContext final {
 
   /// The root struct (libcapnp's MessageReader::getRoot<T>()).
   StructReader root();
+  /// The root pointer, whatever it points to (a root that is a list: the RPC core's acks).
+  _::PointerRef rootPointer();
 
  private:
   const kj::ArrayPtr<const Word>* segments_;
@@ -540,16 +542,17 @@ inline capnp::Data::Reader PointerRef::readData(const kj::byte* def, uint32_t de
 
 }  // namespace _
 
-inline StructReader ReadContext::root() {
+inline _::PointerRef ReadContext::rootPointer() {
   const kj::ArrayPtr<const Word> first = segment(0);
   if (first.size() == 0) [[unlikely]]
     _::fail("the message has no root pointer");
   // libcapnp counts the root pointer's word twice (MessageReader::getRootInternal and
   // PointerReader::getRoot): so do we, so that both run out of budget at the same read.
   charge(2);
-  return _::PointerRef{this, first.begin(), first.begin(), first.end(), nestingLimit_}.readStruct(
-      nullptr);
+  return _::PointerRef{this, first.begin(), first.begin(), first.end(), nestingLimit_};
 }
+
+inline StructReader ReadContext::root() { return rootPointer().readStruct(nullptr); }
 
 // ------------------------------------------------------------------------------------
 // Building

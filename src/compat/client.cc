@@ -57,6 +57,7 @@ class CapnpClientConnection final : public CapnpConnection, private kj::TaskSet:
     const FrameHeader h = msg.header();
     switch (static_cast<FrameKind>(h.kind)) {
       case FrameKind::kRequest:
+      case FrameKind::kStreamRequest:  // answered one by one: capnp has no acks
       case FrameKind::kOneWay: {
         OwnFrameReader params(msg);
         auto request = main_.typelessRequest(h.interfaceId, h.methodId, params.size());

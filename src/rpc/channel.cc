@@ -121,31 +121,23 @@ void RawRequest::sendOneWay() {
 void RawRequest::sendStreaming(const std::shared_ptr<StreamFlow>& flow) {
   session_->checkThread("StreamRequest::send()");
   flow->throwIfFailed();
-  uint64_t bytes = 0;
-  for (auto segment : message_.segmentsForSend()) bytes += segment.size() * sizeof(capnp::word);
-  // The answer (empty, or an error) frees the chunk's room in the window; the first error
-  // is kept for the client's next chunk or call.
-  session_->send(
-      message_, FrameKind::kRequest,
-      [flow, bytes](CallResult&& r) {
-        --flow->calls_;
-        flow->bytes_ -= bytes;
-        if (!r.ok() && !flow->failed_) {
-          flow->failed_ = true;
-          flow->kind_ = r.errorKind();
-          flow->code_ = r.errorCode();
-          flow->message_ = r.errorMessage();
-        }
-      },
-      methodName_, target_);
-  flow->session_ = session_;
-  ++flow->calls_;
-  flow->bytes_ += bytes;
+  session_->sendChunk(message_, flow, methodName_, target_);
   const SessionOptions& o = session_->options();
-  // At most half the call window: the client's other calls keep room.
-  const uint32_t calls = std::max<uint32_t>(1, std::min(o.streamWindowCalls, o.window / 2));
-  while ((flow->calls_ >= calls || flow->bytes_ >= o.streamWindowBytes) && flow->calls_ > 0)
+  while ((flow->calls_ >= streamWindowCalls(o) || flow->bytes_ >= o.streamWindowBytes) &&
+         flow->calls_ > 0)
     session_->pollUntil(deadlineAfter(o.defaultTimeout));
+}
+
+void StreamFlow::chunkDone(uint64_t bytes, const CallResult* failure) {
+  --calls_;
+  bytes_ -= bytes;
+  // The first error is kept for the client's next chunk or call.
+  if (failure && !failed_) {
+    failed_ = true;
+    kind_ = failure->errorKind();
+    code_ = failure->errorCode();
+    message_ = failure->errorMessage();
+  }
 }
 
 void StreamFlow::throwIfFailed() const {
@@ -158,6 +150,7 @@ void StreamFlow::throwIfFailed() const {
 void StreamFlow::finish() {
   if (calls_ > 0) {
     session_->checkThread("StreamFlow::finish()");
+    session_->askForAcks();
     while (calls_ > 0) session_->pollUntil(deadlineAfter(session_->options().defaultTimeout));
   }
   throwIfFailed();

@@ -121,18 +121,21 @@ void Session::checkPeer() {
     failAll(ErrorKind::kDisconnected, connection_->lastError());
 }
 
-bool Session::handle(IncomingMessage& msg) {
+size_t Session::handle(IncomingMessage& msg) {
   switch (static_cast<FrameKind>(msg.header().kind)) {
     case FrameKind::kResponse:
     case FrameKind::kError:
     case FrameKind::kPong:
       return handleAnswer(msg);
+    case FrameKind::kAck:
+      return handleAcks(msg);
     case FrameKind::kRequest:
+    case FrameKind::kStreamRequest:
     case FrameKind::kOneWay:
     case FrameKind::kCancel:
     case FrameKind::kPing:
       handleCall(msg);
-      return false;
+      return 0;
     case FrameKind::kRelease:
       if (msg.header().flags & kFlagExtended) {
         try {
@@ -141,9 +144,9 @@ bool Session::handle(IncomingMessage& msg) {
           dropPeer(std::string("a release frame was refused: ") + e.what());
         }
       }
-      return false;
+      return 0;
     default:
-      return false;  // nothing else means anything to a session: ignore it
+      return 0;  // nothing else means anything to a session: ignore it
   }
 }
 
@@ -208,7 +211,9 @@ size_t Session::serveQueued() {
 //   growing from 20 us to 1 ms so that a long stall does not spin; held responses are
 //   unpinned after kUnpinAfter, as in any wait (they may be what blocks us).
 // * Answers handed to the transport unflushed (send(out, false), so that a batch wakes
-//   the peer once) are flushed before the loop waits or returns.
+//   the peer once) are flushed before the loop waits or returns; so are the answers held
+//   for stream chunks, except at the end of a poll of a driver that holds them longer
+//   (flushOut, SessionOptions::holdAcks).
 template <Session::Until U>
 IncomingMessage Session::run(Goal& g) {
   Deadline unpinAt = kNoDeadline;
@@ -227,7 +232,7 @@ IncomingMessage Session::run(Goal& g) {
       if (disconnected_) failAll(ErrorKind::kDisconnected, disconnectReason_);
     } else if constexpr (U == Until::kSendRoom) {
       if (!outstanding_) {
-        if (unflushed_) [[unlikely]] (void)connection_->flush(), unflushed_ = false;
+        flushOut(false);
         g.status = connection_->startMessage(*g.msg, g.words, g.deadline);
         return msg;
       }
@@ -241,7 +246,7 @@ IncomingMessage Session::run(Goal& g) {
       else
         s = connection_->tryReceive(msg);
     } else {
-      if (unflushed_) [[unlikely]] (void)connection_->flush(), unflushed_ = false;
+      flushOut(false);
       if constexpr (U == Until::kCallDone)
         s = connection_->receive(msg, waitDeadline(unpinAt));
       else  // kAnyFinished (kSendRoom waits below, kPolled never)
@@ -309,7 +314,7 @@ IncomingMessage Session::run(Goal& g) {
       }
       draining = true;
       if (received) continue;
-      if (unflushed_) [[unlikely]] (void)connection_->flush(), unflushed_ = false;
+      flushOut(false);
       g.status = connection_->startMessage(
           *g.msg, g.words, std::min({g.deadline, nearestDeadline_, now + slice}));
       if (g.status != Status::kTimedOut) break;
@@ -327,7 +332,7 @@ IncomingMessage Session::run(Goal& g) {
       slice = std::min<std::chrono::microseconds>(slice * 2, std::chrono::milliseconds(1));
     }
   }
-  if (unflushed_ && !disconnected_) (void)connection_->flush(), unflushed_ = false;
+  if (!disconnected_) flushOut(U == Until::kPolled && options_.holdAcks, g.worked != 0);
   return msg;
 }
 

@@ -112,9 +112,10 @@ void Session::handleCall(IncomingMessage& msg) {
   const FrameHeader& h = msg.header();
   switch (static_cast<FrameKind>(h.kind)) {
     case FrameKind::kRequest:
+    case FrameKind::kStreamRequest:
     case FrameKind::kOneWay:
       if (rejecting_) {
-        if (h.kind == static_cast<uint8_t>(FrameKind::kRequest))
+        if (h.kind != static_cast<uint8_t>(FrameKind::kOneWay))
           sendError(h.callId, ErrorKind::kDisconnected, 0, "server is shutting down");
         return;
       }
@@ -150,6 +151,7 @@ void Session::dispatch(IncomingMessage& msg) {
   const uint64_t interfaceId = msg.header().interfaceId;
   const uint16_t methodId = msg.header().methodId;
   const bool oneWay = msg.header().kind == static_cast<uint8_t>(FrameKind::kOneWay);
+  const bool chunk = msg.header().kind == static_cast<uint8_t>(FrameKind::kStreamRequest);
   // A handler's synchronous call dispatches the calls that arrive meanwhile on this same
   // thread (re-entrantly, kMaxDispatchDepth deep at most): the outer call's mark is kept.
   std::optional<CallMark> outer;
@@ -225,6 +227,11 @@ void Session::dispatch(IncomingMessage& msg) {
     } else {
       if (ctx.deferred_) return;  // defer() took over the call's mark
       if (oneWay) {
+        endCall(current_, true, ErrorKind::kFailed, 0);
+        return;
+      }
+      if (chunk && !ctx.response_) [[unlikely]] {
+        holdAck(callId);  // a stream chunk taken: its answer goes in an ack frame
         endCall(current_, true, ErrorKind::kFailed, 0);
         return;
       }

@@ -63,7 +63,8 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   }
   uint64_t id = nextCallId_;
   FrameHeader& h = msg.header();
-  const bool isCall = kind == FrameKind::kRequest || kind == FrameKind::kOneWay;
+  const bool isCall = kind == FrameKind::kRequest || kind == FrameKind::kOneWay ||
+                      kind == FrameKind::kStreamRequest;
   const uint64_t interfaceId = h.interfaceId;  // copies: the header is the peer's once sent
   const uint16_t methodId = h.methodId;
   Slot* slot = nullptr;
@@ -170,6 +171,10 @@ void Session::finish(Slot& slot, CallResult&& result) {
   if (slot.method || slot.traced) noteEnd(slot, result);
   --outstanding_;
   if (outstanding_ == 0) nearestDeadline_ = kNoDeadline;
+  if (slot.stream) [[unlikely]] {
+    endChunk(slot, result.ok() ? nullptr : &result);
+    return;
+  }
   if (slot.callback) {
     CallCallback cb = std::move(slot.callback);
     slot.callback = nullptr;

@@ -95,6 +95,7 @@ class __attribute__((visibility("hidden"))) Worker final {
   std::vector<std::unique_ptr<Watched>> connections_;
   std::vector<Watched*> toArm_;  // connections to arm at the next sleep
   bool anyCongested_ = false;    // the last pumpAll() left a connection congested
+  bool anyHeldAcks_ = false;     // the last pumpAll() left a connection holding acks
   bool anyGone_ = false;         // a connection went since the last reap()
   os::Fd epoll_;                 // wake_ and the registered connections' waitFd()s
   Waiter waiter_;

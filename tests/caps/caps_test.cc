@@ -626,5 +626,189 @@ TEST_F(HostileTest, ReleasingMoreThanWasGivenClosesTheConnection) {
   EXPECT_EQ(text, "disconnected");
 }
 
+// ------------------------------------------------------------------------------------
+// Stream acks: the receiver answers the chunks that succeeded together, in one ack frame
+// (docs/wire-format.md, "Streams")
+
+/// A Sink whose push() waits until opened (at most 5 s): it holds the server's worker, so
+/// that what a test sends meanwhile arrives before the server takes any of it.
+class Gate final : public SinkService {
+ public:
+  void push(PushCall&) override {
+    const auto until = Clock::now() + 5s;
+    while (!open.load() && Clock::now() < until) std::this_thread::sleep_for(100us);
+  }
+  std::atomic<bool> open{false};
+};
+
+/// Builds a frame on `raw` and sends it.
+template <typename Build>
+void sendRaw(Connection& raw, FrameKind kind, uint64_t callId, uint64_t interfaceId,
+             uint16_t methodId, Build build) {
+  OutgoingMessage m;
+  ASSERT_EQ(raw.tryStartMessage(m, 16), Status::kOk);
+  m.header().kind = static_cast<uint8_t>(kind);
+  m.header().callId = callId;
+  m.header().interfaceId = interfaceId;
+  m.header().methodId = methodId;
+  build(m);
+  ASSERT_EQ(raw.send(m), Status::kOk);
+}
+
+TEST(StreamAcks, TheServerAnswersTheChunksOfOneBatchInOneAckFrame) {
+  Gate gate;
+  UploadImpl upload(0);
+  Server server;
+  server.addService(gate);
+  server.addService(upload);
+  auto [client, serverEnd] = makeLoopbackPair();
+  server.addConnection(std::move(serverEnd));
+  server.start();
+  // The gate's call holds the worker while five chunks and a ping queue up behind it.
+  sendRaw(*client, FrameKind::kRequest, 100, SinkService::kInterfaceId, 0,
+          [](OutgoingMessage& m) { m.build<Sink::PushParams>().setValue(1); });
+  for (uint32_t i = 0; i < 5; ++i)
+    sendRaw(*client, FrameKind::kStreamRequest, i + 1, UploadService::kInterfaceId, 0,
+            [i](OutgoingMessage& m) { m.build<Upload::WriteParams>().setSeq(i); });
+  sendRaw(*client, FrameKind::kPing, 101, 0, 0,
+          [](OutgoingMessage& m) { m.initRoot<capnp::AnyPointer>(); });
+  gate.open = true;
+  std::vector<uint64_t> acked;
+  int ackFrames = 0, responses = 0;
+  bool pong = false;
+  const auto until = Clock::now() + 5s;
+  while ((!pong || acked.size() < 5) && Clock::now() < until) {
+    IncomingMessage in;
+    if (client->receive(in, deadlineAfter(100ms)) != Status::kOk) continue;
+    switch (static_cast<FrameKind>(in.header().kind)) {
+      case FrameKind::kAck: {
+        ++ackFrames;
+        auto ids = in.getRoot<capnp::AnyPointer>().getAs<capnp::List<uint64_t>>();
+        for (uint64_t id : ids) acked.push_back(id);
+        break;
+      }
+      case FrameKind::kPong: pong = true; break;
+      case FrameKind::kResponse: responses += in.header().callId != 100; break;
+      default: ADD_FAILURE() << "unexpected frame kind " << int{in.header().kind};
+    }
+  }
+  EXPECT_TRUE(pong);
+  EXPECT_EQ(acked, (std::vector<uint64_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(ackFrames, 1);  // all five were taken in one batch
+  EXPECT_EQ(responses, 0);  // no chunk was answered on its own
+  client.reset();
+  server.shutdown();
+}
+
+TEST(StreamAcks, AnIdleBusyPollingServerAcknowledgesASlowStreamAtOnce) {
+  // A busy-polling worker never sleeps: what bounds how long it holds an ack is its
+  // idle rule (kAckHold), not a sleep. Each chunk alone is far from filling the window.
+  UploadImpl upload(0);
+  ServerOptions so;
+  so.idleMode = WaitMode::kBusyPoll;
+  Server server(so);
+  server.addService(upload);
+  auto [client, serverEnd] = makeLoopbackPair();
+  server.addConnection(std::move(serverEnd));
+  server.start();
+  Channel channel(std::move(client));
+  UploadClient stream(channel);
+  for (uint32_t i = 0; i < 3; ++i) {
+    auto w = stream.writeRequest();
+    w.params().setSeq(i);
+    w.send();
+    const auto until = Clock::now() + 5s;
+    while (stream.streamFlow().inFlight() > 0 && Clock::now() < until) channel.poll();
+    EXPECT_EQ(stream.streamFlow().inFlight(), 0u) << "chunk " << i << " was never acknowledged";
+    std::this_thread::sleep_for(2ms);
+  }
+  EXPECT_EQ(stream.doneRequest().call().results().getCount(), 3u);
+  server.shutdown();
+}
+
+/// A Channel whose peer is the test: the raw end of a loopback pair.
+class StreamAcksFromAPeerTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    auto [client, peer] = makeLoopbackPair();
+    channel_ = std::make_unique<Channel>(std::move(client));
+    peer_ = std::move(peer);
+  }
+  /// The next frame the channel sent (fails the test after 5 s).
+  IncomingMessage next() {
+    IncomingMessage in;
+    EXPECT_EQ(peer_->receive(in, deadlineAfter(5s)), Status::kOk);
+    return in;
+  }
+  /// Sends an ack frame naming `ids`.
+  void ack(const std::vector<uint64_t>& ids) {
+    sendRaw(*peer_, FrameKind::kAck, 0, 0, 0, [&](OutgoingMessage& m) {
+      auto list = m.initRootList(wire::ElementSize::kEightBytes, static_cast<uint32_t>(ids.size()));
+      for (uint32_t i = 0; i < ids.size(); ++i) list.setDataElement<uint64_t>(i, ids[i]);
+    });
+  }
+  std::unique_ptr<Channel> channel_;
+  std::unique_ptr<Connection> peer_;
+};
+
+TEST_F(StreamAcksFromAPeerTest, ChunksAskForAnswersAtHalfTheWindowAndOneAckFreesTheRest) {
+  UploadClient stream(*channel_);
+  const uint32_t half = ChannelOptions{}.streamWindowCalls / 2;
+  for (uint32_t i = 0; i < half; ++i) {
+    auto w = stream.writeRequest();
+    w.params().setSeq(i);
+    w.send();  // far from the window: returns at once
+  }
+  EXPECT_EQ(stream.streamFlow().inFlight(), half);
+  std::vector<uint64_t> held;
+  uint64_t asked = 0;
+  for (uint32_t i = 0; i < half; ++i) {
+    IncomingMessage in = next();
+    if (i + 1 < half) {
+      EXPECT_EQ(in.header().kind, static_cast<uint8_t>(FrameKind::kStreamRequest)) << "chunk " << i;
+      held.push_back(in.header().callId);
+    } else {
+      // The chunk that takes the flow to half its window asks for its answer at once.
+      EXPECT_EQ(in.header().kind, static_cast<uint8_t>(FrameKind::kRequest));
+      asked = in.header().callId;
+    }
+  }
+  ack(held);
+  sendRaw(*peer_, FrameKind::kResponse, asked, 0, 0,
+          [](OutgoingMessage& m) { m.initRoot<capnp::AnyPointer>(); });
+  const auto until = Clock::now() + 5s;
+  while (stream.streamFlow().inFlight() > 0 && Clock::now() < until) channel_->poll();
+  EXPECT_EQ(stream.streamFlow().inFlight(), 0u);
+  EXPECT_EQ(stream.streamFlow().bytesInFlight(), 0u);
+}
+
+TEST_F(StreamAcksFromAPeerTest, AnAckNamingACallThatIsNoChunkClosesTheConnection) {
+  UploadClient stream(*channel_);
+  PendingCall pending = stream.doneRequest().callAsync();
+  IncomingMessage request = next();
+  ack({request.header().callId});
+  request.release();
+  const CallResult r = pending.wait();
+  EXPECT_EQ(r.errorKind(), ErrorKind::kDisconnected);
+  EXPECT_THAT(r.errorMessage(), HasSubstr("which is not a stream chunk"));
+}
+
+TEST_F(StreamAcksFromAPeerTest, AMalformedAckClosesTheConnection) {
+  UploadClient stream(*channel_);
+  auto w = stream.writeRequest();
+  w.send();
+  IncomingMessage chunk = next();
+  chunk.release();
+  // A struct where the list of ids should be.
+  sendRaw(*peer_, FrameKind::kAck, 0, 0, 0,
+          [](OutgoingMessage& m) { m.build<Upload::WriteParams>().setSeq(1); });
+  try {
+    stream.streamFlow().finish();
+    FAIL() << "the chunk succeeded on a malformed ack";
+  } catch (const Disconnected& e) {
+    EXPECT_THAT(e.what(), HasSubstr("an ack frame is malformed"));
+  }
+}
+
 }  // namespace
 }  // namespace zcrpc::caps_test
