@@ -513,7 +513,9 @@ class Service {
 };
 
 struct ServerOptions {
-  size_t workerThreads = 1;  ///< threads polling connections
+  /// Threads polling connections. 0: none; your own thread drives the server from its
+  /// event loop with Server::poll(), armWait() and waitFd().
+  size_t workerThreads = 1;
   /// Calls a connection may have deferred at once; more are refused with Overloaded.
   size_t maxDeferredPerConnection = 1024;
   /// Received messages handled per connection before moving to the next.
@@ -567,8 +569,28 @@ class Server final {
   /// Starts the accept thread and the worker threads.
   void start();
   /// Stops accepting, answers or fails every call in flight (deferred calls get until
-  /// `deadline`), then closes all connections. Idempotent.
+  /// `deadline`), then closes all connections. Idempotent. A server without worker
+  /// threads drains on the calling thread: call it from the thread that polls it.
   void shutdown(Deadline deadline = deadlineAfter(std::chrono::seconds(5)));
+
+  /// Driving a server from your own event loop (ServerOptions::workerThreads = 0, after
+  /// start()). The loop:
+  ///
+  ///     server.poll();                       // serves what is there, never waits
+  ///     auto left = server.armWait();        // zero: more is there, poll() again
+  ///     epoll_wait(... waitFd() among yours ..., timeout <= left)
+  ///
+  /// poll() takes what arrived on every connection (calls, answers to the server's own
+  /// calls on its clients' objects, hang-ups), adopts the connections the listeners
+  /// accepted and sends the answers deferred calls completed, running the handlers on
+  /// this thread; it returns how much it did. armWait() readies the server for a wait:
+  /// waitFd() (an epoll descriptor) becomes readable when there is work. The listeners
+  /// still accept on a thread of their own. One thread drives a server (the first to
+  /// call poll()); handlers, callbacks and shutdown() run there. Throws InvalidArgument on
+  /// a server that has worker threads, or before start().
+  size_t poll();
+  std::chrono::milliseconds armWait();
+  int waitFd() const;
 
   size_t connectionCount() const;
   std::vector<std::string> endpoints() const;

@@ -23,10 +23,12 @@ struct __attribute__((visibility("hidden"))) Server::Impl {
   std::atomic<bool> endpointsFixed{false};
   std::vector<std::unique_ptr<Worker>> workers;
   Acceptor acceptor{[this](std::unique_ptr<Connection> c) { leastLoaded().adopt(std::move(c)); }};
-  bool started = false;
+  std::atomic<bool> started{false};  // written under `mutex`; read by poll() without it
   bool stopped = false;
   std::mutex mutex;
 
+  /// The one worker of a server without worker threads (`what` is the caller, for errors).
+  Worker& driven(const char* what);
   Worker& leastLoaded() {
     return **std::min_element(workers.begin(), workers.end(), [](auto& a, auto& b) {
       return a->connections() < b->connections();
@@ -35,9 +37,9 @@ struct __attribute__((visibility("hidden"))) Server::Impl {
 };
 
 Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>()) {
-  if (options.workerThreads == 0) throw InvalidArgument("a server needs at least one worker thread");
   impl_->options = options;
-  for (size_t i = 0; i < options.workerThreads; ++i)
+  // No worker threads: one worker the user's thread drives (poll()).
+  for (size_t i = 0; i < std::max<size_t>(options.workerThreads, 1); ++i)
     impl_->workers.push_back(
         std::make_unique<Worker>(impl_->services, impl_->options, impl_->registry));
 }
@@ -100,9 +102,28 @@ void Server::start() {
   impl_->started = true;
   impl_->endpointNames = impl_->acceptor.endpoints();
   impl_->endpointsFixed.store(true, std::memory_order_release);  // pairs with stats()
-  for (auto& w : impl_->workers) w->start();
+  if (impl_->options.workerThreads > 0)
+    for (auto& w : impl_->workers) w->start();
   impl_->acceptor.start();
 }
+
+Worker& Server::Impl::driven(const char* what) {
+  if (options.workerThreads != 0)
+    throw InvalidArgument(std::string(what) + " drives a server without worker threads "
+                          "(ServerOptions::workerThreads = 0); this one has " +
+                          std::to_string(options.workerThreads));
+  if (!started.load(std::memory_order_acquire))
+    throw InvalidArgument(std::string(what) + " before start()");
+  return *workers.front();
+}
+
+size_t Server::poll() { return impl_->driven("poll()").poll(); }
+
+std::chrono::milliseconds Server::armWait() {
+  return std::chrono::ceil<std::chrono::milliseconds>(impl_->driven("armWait()").armWait());
+}
+
+int Server::waitFd() const { return impl_->driven("waitFd()").waitFd(); }
 
 HealthStatus& Server::enableHealth() {
   {

@@ -185,7 +185,7 @@ void Worker::reap() {
   }
 }
 
-bool Worker::sleep(Clock::duration left) {
+bool Worker::armAll() {
   // Answers held for stream chunks go now: their senders may be waiting for them.
   if (anyHeldAcks_) {
     for (auto& w : connections_) w->conn->sendHeldAcks();
@@ -210,6 +210,11 @@ bool Worker::sleep(Clock::duration left) {
     w.queued = false;
   }
   toArm_.resize(keep);
+  return true;
+}
+
+bool Worker::sleep(Clock::duration left) {
+  if (!armAll()) return false;
   // With congested connections, look again soon: freed room raises no event.
   Clock::duration timeout = left;
   if (anyCongested_) timeout = std::min<Clock::duration>(timeout, kCongestedSlice);
@@ -238,8 +243,17 @@ void Worker::takeEvents(int timeoutMs) {
   }
 }
 
+void Worker::checkLiveness() {
+  for (auto& w : connections_) {
+    w->conn->checkPeer();
+    if (w->conn->disconnected()) updateRegistration(*w);
+  }
+  nextLiveness_ = Clock::now() + kLivenessEvery;
+  reap();
+}
+
 void Worker::run() {
-  auto nextLiveness = Clock::now() + kLivenessEvery;
+  nextLiveness_ = Clock::now() + kLivenessEvery;
   while (!stopping_.load(std::memory_order_acquire)) {
     adoptInbox();
     if (pumpAll(false) && !anyGone_) continue;
@@ -257,20 +271,31 @@ void Worker::run() {
           if ((++eventChecks_ & (kEventCheckEvery - 1)) == 0) takeEvents(0);
           return true;  // the peers' liveness is per connection (anyGone_ ends the wait)
         },
-        [this](Clock::duration left) { return sleep(left); }, nextLiveness);
-    if (s == Status::kTimedOut) {
-      for (auto& w : connections_) {
-        w->conn->checkPeer();
-        if (w->conn->disconnected()) updateRegistration(*w);
-      }
-      nextLiveness = Clock::now() + kLivenessEvery;
-      reap();
-    }
+        [this](Clock::duration left) { return sleep(left); }, nextLiveness_);
+    if (s == Status::kTimedOut) checkLiveness();
   }
   drain();
 }
 
+size_t Worker::poll() {
+  if (nextLiveness_ == Clock::time_point{}) nextLiveness_ = Clock::now() + kLivenessEvery;
+  takeEvents(0);  // mail, signals (which disarms what signalled) and hang-ups
+  adoptInbox();
+  const size_t n = pumpAll(false);
+  if (anyGone_) reap();
+  if (Clock::now() >= nextLiveness_) checkLiveness();
+  return n;
+}
+
+Clock::duration Worker::armWait() {
+  if (hasInbox_.load(std::memory_order_acquire) || anyGone_ || !armAll()) return {};
+  Clock::duration left = std::max<Clock::duration>(nextLiveness_ - Clock::now(), {});
+  if (anyCongested_) left = std::min<Clock::duration>(left, kCongestedSlice);
+  return left;
+}
+
 void Worker::drain() {
+  drained_ = true;
   adoptInbox();
   for (;;) {
     size_t n = pumpAll(false);

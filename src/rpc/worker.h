@@ -21,7 +21,8 @@ class Session;
 
 /// Polls its connections, dispatching their calls, and sleeps (by the server's idle mode)
 /// when none has anything. Threads: adopt() and stop() from any thread; the rest runs on
-/// the worker's own thread, started by start().
+/// the worker's own thread, started by start(), or, for a server the user drives
+/// (ServerOptions::workerThreads 0), on the thread that calls poll(), armWait() and join().
 ///
 /// Sleeping costs O(1) whatever the number of connections: every connection's waitFd()
 /// sits in one epoll set from adoption on (with the worker's own wake-up eventfd), and
@@ -40,9 +41,20 @@ class __attribute__((visibility("hidden"))) Worker final {
   void start() { thread_ = std::thread([this] { run(); }); }
   /// Asks the worker to drain (deferred calls get until `deadline`) and end. Any thread.
   void stop(Deadline deadline);
+  /// Waits for the worker's thread to end; a worker without one drains here instead.
   void join() {
     if (thread_.joinable()) thread_.join();
+    else if (!drained_) drain();
   }
+
+  // Driven by the user instead of a thread of its own (see Server::poll()):
+  /// One round without waiting: events, new connections, every connection, the liveness
+  /// sweep when due. Returns how much it did.
+  size_t poll();
+  /// Arms the connections for a wait on waitFd(); returns the longest wait (zero: there is
+  /// work already).
+  Clock::duration armWait();
+  int waitFd() const noexcept { return epoll_.get(); }
   size_t connections() const { return count_.load(std::memory_order_relaxed); }
 
  private:
@@ -67,10 +79,15 @@ class __attribute__((visibility("hidden"))) Worker final {
   /// back to the system (malloc_trim, at most once a second: the allocator would keep it,
   /// and a server whose clients come and go would keep growing).
   void reap();
-  /// One sleep of at most `left`: arms the connections that are not armed, then waits in
-  /// epoll_wait for a signal, mail, a hang-up or the end of the slice. Returns false (the
-  /// worker's waiter then polls every connection).
+  /// Before a wait: sends the acks connections hold and arms the connections that are not
+  /// armed. False when one has something already (no wait then).
+  bool armAll();
+  /// One sleep of at most `left`: armAll(), then waits in epoll_wait for a signal, mail, a
+  /// hang-up or the end of the slice. Returns false (the worker's waiter then polls every
+  /// connection).
   bool sleep(Clock::duration left);
+  /// The slow sweep over every peer (kLivenessEvery).
+  void checkLiveness();
   /// Takes what epoll_ reports within `timeoutMs`: mail, signals and hang-ups.
   void takeEvents(int timeoutMs);
   void run();
@@ -85,6 +102,8 @@ class __attribute__((visibility("hidden"))) Worker final {
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   Deadline drainDeadline_{};
+  bool drained_ = false;          // drain() ran
+  Clock::time_point nextLiveness_{};  // the next checkLiveness()
   LogLimiter closeLog_;          // worker thread
   bool trimPending_ = false;     // worker thread: connections went since the last trim
   Clock::time_point nextTrim_{};

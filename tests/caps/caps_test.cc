@@ -5,6 +5,7 @@
 // hostile peer's bad targets and releases refused. Over loopback, shm and tcp.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +27,16 @@ namespace {
 
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+
+/// Serves `services` on `server`, starts it, and returns the client end of a loopback
+/// connection to it.
+std::unique_ptr<Connection> serveOverLoopback(Server& server, std::initializer_list<Service*> services) {
+  for (Service* service : services) server.addService(*service);
+  auto [client, serverEnd] = makeLoopbackPair();
+  server.addConnection(std::move(serverEnd));
+  server.start();
+  return std::move(client);
+}
 
 // ------------------------------------------------------------------------------------
 // A server with a Hub, and channels to it over one transport
@@ -432,10 +443,7 @@ TEST(CapsLimits, AMessageOverTheReceiversImportLimitIsRefusedAndItsCapabilitiesR
   ServerOptions so;
   so.maxImportsPerConnection = 1;
   Server server(so);
-  server.addService(hub);
-  auto [client, serverEnd] = makeLoopbackPair();
-  server.addConnection(std::move(serverEnd));
-  server.start();
+  auto client = serveOverLoopback(server, {&hub});
   {
     Channel ch(std::move(client));
     HubClient hubClient(ch);
@@ -473,10 +481,7 @@ TEST(CapsLimits, AMessageOverTheReceiversImportLimitIsRefusedAndItsCapabilitiesR
 TEST(CapsLimits, PassingMoreObjectsThanTheExportLimitFailsOverloaded) {
   HubImpl hub;
   Server server;
-  server.addService(hub);
-  auto [client, serverEnd] = makeLoopbackPair();
-  server.addConnection(std::move(serverEnd));
-  server.start();
+  auto client = serveOverLoopback(server, {&hub});
   {
     ChannelOptions co;
     co.maxExports = 2;
@@ -659,11 +664,7 @@ TEST(StreamAcks, TheServerAnswersTheChunksOfOneBatchInOneAckFrame) {
   Gate gate;
   UploadImpl upload(0);
   Server server;
-  server.addService(gate);
-  server.addService(upload);
-  auto [client, serverEnd] = makeLoopbackPair();
-  server.addConnection(std::move(serverEnd));
-  server.start();
+  auto client = serveOverLoopback(server, {&gate, &upload});
   // The gate's call holds the worker while five chunks and a ping queue up behind it.
   sendRaw(*client, FrameKind::kRequest, 100, SinkService::kInterfaceId, 0,
           [](OutgoingMessage& m) { m.build<Sink::PushParams>().setValue(1); });
@@ -707,11 +708,7 @@ TEST(StreamAcks, AnIdleBusyPollingServerAcknowledgesASlowStreamAtOnce) {
   ServerOptions so;
   so.idleMode = WaitMode::kBusyPoll;
   Server server(so);
-  server.addService(upload);
-  auto [client, serverEnd] = makeLoopbackPair();
-  server.addConnection(std::move(serverEnd));
-  server.start();
-  Channel channel(std::move(client));
+  Channel channel(serveOverLoopback(server, {&upload}));
   UploadClient stream(channel);
   for (uint32_t i = 0; i < 3; ++i) {
     auto w = stream.writeRequest();
@@ -808,6 +805,88 @@ TEST_F(StreamAcksFromAPeerTest, AMalformedAckClosesTheConnection) {
   } catch (const Disconnected& e) {
     EXPECT_THAT(e.what(), HasSubstr("an ack frame is malformed"));
   }
+}
+
+// ------------------------------------------------------------------------------------
+// A server driven from the caller's event loop (ServerOptions::workerThreads = 0)
+
+/// Records the thread its handler ran on.
+class ThreadProbe final : public SinkService {
+ public:
+  void push(PushCall& call) override {
+    ranOn = std::this_thread::get_id();
+    call.results().setTotal(call.params().getValue());
+  }
+  std::thread::id ranOn;
+};
+
+TEST(UserDrivenServer, ServesCallsAndCallbacksFromTheCallersEventLoop) {
+  HubImpl hub;
+  ThreadProbe probe;
+  ServerOptions so;
+  so.workerThreads = 0;
+  Server server(so);
+  EXPECT_THROW(server.poll(), InvalidArgument);  // before start()
+  auto client = serveOverLoopback(server, {&hub, &probe});
+
+  std::atomic<bool> done{false};
+  int64_t last = 0, probed = 0;
+  std::string failure;
+  std::thread user([&, c = std::move(client)]() mutable {
+    try {
+      Channel channel(std::move(c));
+      auto req = SinkClient(channel).pushRequest();
+      req.params().setValue(7);
+      probed = req.call().results().getTotal();
+      // The server calls back into our Sink 50 times (from the loop's thread) before it
+      // answers; the callbacks run here, inside this call.
+      auto sink = std::make_shared<SinkImpl>();
+      auto sub = HubClient(channel).subscribeRequest();
+      sub.params().setSink(Capability::local(sink));
+      sub.params().setCount(50);
+      last = sub.call().results().getLast();
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    done = true;
+  });
+
+  // The loop: this thread is the server's only one.
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ASSERT_EQ(::epoll_ctl(ep, EPOLL_CTL_ADD, server.waitFd(), &ev), 0);
+  size_t sleeps = 0;
+  const auto until = Clock::now() + 10s;
+  while (!done && Clock::now() < until) {
+    server.poll();
+    const auto left = server.armWait();
+    if (left.count() == 0) continue;  // more is there already
+    epoll_event out[4];
+    sleeps += ::epoll_wait(ep, out, 4, static_cast<int>(std::min<int64_t>(left.count(), 100))) >= 0;
+  }
+  user.join();
+  ::close(ep);
+  EXPECT_EQ(failure, "");
+  EXPECT_EQ(probed, 7);
+  EXPECT_EQ(probe.ranOn, std::this_thread::get_id());  // handlers run in poll()
+  EXPECT_EQ(last, 50 * 51 / 2);  // 1 + 2 + ... + 50, pushed to the client's sink
+  EXPECT_GT(sleeps, 0u);         // it waited on waitFd() between calls, not only spun
+  server.shutdown();             // from the thread that drives it
+  EXPECT_EQ(server.connectionCount(), 0u);
+}
+
+TEST(UserDrivenServer, PollIsRefusedOnAServerWithWorkerThreads) {
+  Server server;
+  server.start();
+  try {
+    server.poll();
+    FAIL() << "poll() drove a server that has a worker thread";
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("workerThreads = 0"));
+  }
+  EXPECT_THROW((void)server.waitFd(), InvalidArgument);
+  server.shutdown();
 }
 
 }  // namespace
