@@ -23,14 +23,11 @@ enum class FrameKind : uint8_t {
   kPong = 7,
   kData = 8,     ///< a plain message from the transport API (no RPC meaning)
   kRelease = 9,  ///< capability releases only (a `releases` extension record, null root)
-  /// A chunk of a stream (a `-> stream` method): a request whose answer, when it succeeds
-  /// and is empty, the receiver may send later, together with others, in one kAck.
+  /// A chunk of a stream (a `-> stream` method): a request that the receiver answers only
+  /// when it fails (or its handler defers or writes results); see docs/wire-format.md.
   kStreamRequest = 10,
-  /// Answers to kStreamRequests that succeeded with nothing to say: the root is a
-  /// List(UInt64) of their call ids; `callId` is 0.
-  kAck = 11,
 };
-inline constexpr uint8_t kMaxFrameKind = 11;
+inline constexpr uint8_t kMaxFrameKind = 10;
 
 /// Fixed frame header, exactly as it lies in transport memory (little-endian; zcrpc only
 /// builds for little-endian hosts). Fields are plain integers: the peer is not trusted, so

@@ -71,12 +71,6 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
     }
   }
 
-  /// A root that is a list (not a struct) of `count` elements of `size`, built with zcrpc's
-  /// builder: for frames whose body is a plain list (the RPC core's ack frames).
-  wire::ListBuilder initRootList(wire::ElementSize size, uint32_t count) {
-    return wireRoot().initList(size, count);
-  }
-
   /// The frame header in transport memory. Set kind, callId, interfaceId and methodId
   /// before sending; the transport fills the length, segment count and table offset.
   FrameHeader& header() noexcept { return *header_; }

@@ -251,26 +251,32 @@ class Request final {
 };
 
 /// Flow control of one client's streaming calls (`-> stream` methods): the chunks in flight
-/// (calls and bytes, against the connection's stream window) and the first error any of
-/// them met. Shared by a generated client and its copies. Threads: the connection's.
-class StreamFlow final {
+/// (sent and not yet known to be handled: calls and bytes, against the connection's stream
+/// window) and the first error any of them met. Shared by a generated client and its
+/// copies. Threads: the connection's.
+class StreamFlow final : public std::enable_shared_from_this<StreamFlow> {
  public:
-  /// Waits until every chunk sent is answered; throws the first error one of them met
-  /// (each later call on the client then fails with it too, as in Cap'n Proto).
+  /// Waits until the peer has handled every chunk sent; throws the first error one of them
+  /// met (each later call on the client then fails with it too, as in Cap'n Proto).
   void finish();
   /// Throws the first error a chunk met, if one did.
   void throwIfFailed() const;
-  uint32_t inFlight() const noexcept { return calls_; }
-  uint64_t bytesInFlight() const noexcept { return bytes_; }
+  uint32_t inFlight() const noexcept { return static_cast<uint32_t>(sentCalls_ - doneCalls_); }
+  uint64_t bytesInFlight() const noexcept { return sentBytes_ - doneBytes_; }
 
  private:
   friend class RawRequest;
   friend class Session;
-  /// A chunk of `bytes` was answered (`failure`: with that error; null: it succeeded).
-  void chunkDone(uint64_t bytes, const CallResult* failure);
+  /// The peer handled the chunks up to `calls` and `bytes` (counted since the flow began).
+  void confirm(uint64_t calls, uint64_t bytes) noexcept {
+    doneCalls_ = std::max(doneCalls_, calls);
+    doneBytes_ = std::max(doneBytes_, bytes);
+  }
+  /// A chunk failed: the first failure is kept.
+  void fail(const CallResult& failure);
   Session* session_ = nullptr;  // of the last chunk sent (a client's chunks share one)
-  uint32_t calls_ = 0;
-  uint64_t bytes_ = 0;
+  uint64_t sentCalls_ = 0, sentBytes_ = 0;  // since the flow began
+  uint64_t doneCalls_ = 0, doneBytes_ = 0;  // of those, confirmed handled
   bool failed_ = false;
   ErrorKind kind_ = ErrorKind::kFailed;
   int32_t code_ = 0;

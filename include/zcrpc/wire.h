@@ -292,8 +292,6 @@ class ReadContext final {
 
   /// The root struct (libcapnp's MessageReader::getRoot<T>()).
   StructReader root();
-  /// The root pointer, whatever it points to (a root that is a list: the RPC core's acks).
-  _::PointerRef rootPointer();
 
  private:
   const kj::ArrayPtr<const Word>* segments_;
@@ -542,17 +540,16 @@ inline capnp::Data::Reader PointerRef::readData(const kj::byte* def, uint32_t de
 
 }  // namespace _
 
-inline _::PointerRef ReadContext::rootPointer() {
+inline StructReader ReadContext::root() {
   const kj::ArrayPtr<const Word> first = segment(0);
   if (first.size() == 0) [[unlikely]]
     _::fail("the message has no root pointer");
   // libcapnp counts the root pointer's word twice (MessageReader::getRootInternal and
   // PointerReader::getRoot): so do we, so that both run out of budget at the same read.
   charge(2);
-  return _::PointerRef{this, first.begin(), first.begin(), first.end(), nestingLimit_};
+  return _::PointerRef{this, first.begin(), first.begin(), first.end(), nestingLimit_}.readStruct(
+      nullptr);
 }
-
-inline StructReader ReadContext::root() { return rootPointer().readStruct(nullptr); }
 
 // ------------------------------------------------------------------------------------
 // Building

@@ -123,21 +123,17 @@ void RawRequest::sendStreaming(const std::shared_ptr<StreamFlow>& flow) {
   flow->throwIfFailed();
   session_->sendChunk(message_, flow, methodName_, target_);
   const SessionOptions& o = session_->options();
-  while ((flow->calls_ >= streamWindowCalls(o) || flow->bytes_ >= o.streamWindowBytes) &&
-         flow->calls_ > 0)
+  while ((flow->inFlight() >= streamWindowCalls(o) || flow->bytesInFlight() >= o.streamWindowBytes) &&
+         flow->inFlight() > 0)
     session_->pollUntil(deadlineAfter(o.defaultTimeout));
 }
 
-void StreamFlow::chunkDone(uint64_t bytes, const CallResult* failure) {
-  --calls_;
-  bytes_ -= bytes;
-  // The first error is kept for the client's next chunk or call.
-  if (failure && !failed_) {
-    failed_ = true;
-    kind_ = failure->errorKind();
-    code_ = failure->errorCode();
-    message_ = failure->errorMessage();
-  }
+void StreamFlow::fail(const CallResult& failure) {
+  if (failed_) return;
+  failed_ = true;
+  kind_ = failure.errorKind();
+  code_ = failure.errorCode();
+  message_ = failure.errorMessage();
 }
 
 void StreamFlow::throwIfFailed() const {
@@ -148,10 +144,10 @@ void StreamFlow::throwIfFailed() const {
 }
 
 void StreamFlow::finish() {
-  if (calls_ > 0) {
+  if (inFlight() > 0) {
     session_->checkThread("StreamFlow::finish()");
-    session_->askForAcks();
-    while (calls_ > 0) session_->pollUntil(deadlineAfter(session_->options().defaultTimeout));
+    session_->confirmChunks(*this);
+    while (inFlight() > 0) session_->pollUntil(deadlineAfter(session_->options().defaultTimeout));
   }
   throwIfFailed();
 }

@@ -127,8 +127,6 @@ size_t Session::handle(IncomingMessage& msg) {
     case FrameKind::kError:
     case FrameKind::kPong:
       return handleAnswer(msg);
-    case FrameKind::kAck:
-      return handleAcks(msg);
     case FrameKind::kRequest:
     case FrameKind::kStreamRequest:
     case FrameKind::kOneWay:
@@ -211,9 +209,7 @@ size_t Session::serveQueued() {
 //   growing from 20 us to 1 ms so that a long stall does not spin; held responses are
 //   unpinned after kUnpinAfter, as in any wait (they may be what blocks us).
 // * Answers handed to the transport unflushed (send(out, false), so that a batch wakes
-//   the peer once) are flushed before the loop waits or returns; so are the answers held
-//   for stream chunks, except at the end of a poll of a driver that holds them longer
-//   (flushOut, SessionOptions::holdAcks).
+//   the peer once) are flushed before the loop waits or returns.
 template <Session::Until U>
 IncomingMessage Session::run(Goal& g) {
   Deadline unpinAt = kNoDeadline;
@@ -232,7 +228,7 @@ IncomingMessage Session::run(Goal& g) {
       if (disconnected_) failAll(ErrorKind::kDisconnected, disconnectReason_);
     } else if constexpr (U == Until::kSendRoom) {
       if (!outstanding_) {
-        flushOut(false);
+        if (unflushed_) [[unlikely]] (void)connection_->flush(), unflushed_ = false;
         g.status = connection_->startMessage(*g.msg, g.words, g.deadline);
         return msg;
       }
@@ -246,7 +242,7 @@ IncomingMessage Session::run(Goal& g) {
       else
         s = connection_->tryReceive(msg);
     } else {
-      flushOut(false);
+      if (unflushed_) [[unlikely]] (void)connection_->flush(), unflushed_ = false;
       if constexpr (U == Until::kCallDone)
         s = connection_->receive(msg, waitDeadline(unpinAt));
       else  // kAnyFinished (kSendRoom waits below, kPolled never)
@@ -314,7 +310,7 @@ IncomingMessage Session::run(Goal& g) {
       }
       draining = true;
       if (received) continue;
-      flushOut(false);
+      if (unflushed_) [[unlikely]] (void)connection_->flush(), unflushed_ = false;
       g.status = connection_->startMessage(
           *g.msg, g.words, std::min({g.deadline, nearestDeadline_, now + slice}));
       if (g.status != Status::kTimedOut) break;
@@ -332,7 +328,7 @@ IncomingMessage Session::run(Goal& g) {
       slice = std::min<std::chrono::microseconds>(slice * 2, std::chrono::milliseconds(1));
     }
   }
-  if (!disconnected_) flushOut(U == Until::kPolled && options_.holdAcks, g.worked != 0);
+  if (unflushed_ && !disconnected_) (void)connection_->flush(), unflushed_ = false;
   return msg;
 }
 

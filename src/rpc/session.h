@@ -153,11 +153,6 @@ struct SessionOptions {
   /// Streaming calls this end makes: chunks in flight per client, in calls and bytes.
   uint32_t streamWindowCalls = 32;
   uint64_t streamWindowBytes = 1 << 20;
-  /// Streaming calls this end serves: answers to stream chunks that succeeded may be held
-  /// past the end of a poll (while traffic lasts, at most kAckHold idle) and sent together
-  /// in one ack frame; the driver must call sendHeldAcks() before it sleeps (a worker).
-  /// False: they go at the end of every poll (a Channel, whose user may sleep anywhere).
-  bool holdAcks = false;
 };
 
 /// Chunks one stream may have in flight: the stream window, and at most half the call
@@ -199,8 +194,11 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
     bool traced = false;              // a tracer saw it begin
     bool pinned = false;              // kDone, its response still in transport memory
     TracedCall trace;                 // what the tracer saw (when traced)
-    std::shared_ptr<StreamFlow> stream;  // a stream chunk's flow (its answer frees room there)
-    uint64_t streamBytes = 0;            // the chunk's bytes in that flow's window
+    /// A stream's mark (a chunk sent as a request, or finish()'s ping): its answer confirms
+    /// the flow's chunks up to these counts (the peer handles a connection's calls in order).
+    std::shared_ptr<StreamFlow> stream;
+    uint64_t streamCalls = 0;
+    uint64_t streamBytes = 0;
   };
 
   /// Opens `msg` for a call due at `deadline`, or when none is given, `timeout` after the
@@ -214,13 +212,14 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
                 std::string_view methodName = {}, uint32_t target = 0);
   /// Sends `msg`, a chunk of a stream whose flow is `flow` (see RawRequest::sendStreaming):
-  /// a stream request while the flow is under half its window, else a request.
+  /// mostly as a stream request, which the peer answers only when it fails; the chunk that
+  /// takes the flow to half its window and the one that fills it go as requests (marks),
+  /// whose answers confirm every chunk before them.
   void sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>& flow,
                  std::string_view methodName, uint32_t target);
-  /// Makes the peer send the answers it holds for our stream chunks now (a ping: they go
-  /// with its pong), for a wait on every chunk (StreamFlow::finish()). No request of ours
-  /// may be open.
-  void askForAcks();
+  /// Sends a ping as a mark of `flow`: its pong confirms every chunk sent before it
+  /// (StreamFlow::finish()). No request of ours may be open.
+  void confirmChunks(StreamFlow& flow);
   /// A request opened by startMessage() was dropped unsent.
   void requestAbandoned() noexcept { requestOpen_ = false; }
   Slot* slotFor(uint64_t callId) noexcept {
@@ -278,10 +277,6 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   bool hasMail() const noexcept { return link_->hasMail(); }
   /// From now on, refuse calls that arrive (shutdown): requests get kDisconnected.
   void reject() noexcept { rejecting_ = true; }
-  /// Answers held for stream chunks (see SessionOptions::holdAcks): any?
-  bool holdsAcks() const noexcept { return !acksOut_.empty(); }
-  /// Sends the answers held for stream chunks and wakes the peer (before the driver sleeps).
-  void sendHeldAcks();
   /// Answers every deferred call still open with an error (shutdown).
   void failDeferred(const std::string& why);
   /// Closes the connection and the mail: the driver is done with the session.
@@ -341,14 +336,6 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   IncomingMessage run(Goal& goal);
   /// Handles one received message of any kind; returns how many calls of ours it finished.
   size_t handle(IncomingMessage& msg);
-  /// Before the loop waits or returns: sends held acks unless they may wait longer
-  /// (`mayHold`: the end of a poll of a driver that holds acks; `busy`: that poll took
-  /// messages), and wakes the peer for what was sent.
-  void flushOut(bool mayHold, bool busy = false) {
-    if (!acksOut_.empty()) [[unlikely]] settleAcks(mayHold, busy);
-    if (unflushed_) (void)connection_->flush(), unflushed_ = false;
-  }
-  void settleAcks(bool mayHold, bool busy);
 
   // questions
   Status waitForSendRoom(OutgoingMessage& msg, uint32_t sizeHintWords, Deadline deadline);
@@ -357,11 +344,11 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   void noteEnd(Slot& slot, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept;
   /// A response, error or pong: finishes its call; true if it did.
   bool handleAnswer(IncomingMessage& msg);
-  /// An ack frame: finishes the stream chunks it names; returns how many.
-  size_t handleAcks(IncomingMessage& msg);
-  /// A stream chunk's call ended (`failure`: its error, or null): frees its room in its
-  /// flow and its slot.
-  void endChunk(Slot& slot, const CallResult* failure) noexcept;
+  /// A stream's mark was answered (`failure`: with that error, or null): confirms the
+  /// flow's chunks before it and frees the slot.
+  void endMark(Slot& slot, const CallResult* failure);
+  /// An error answer without a slot: the stream chunk it names failed (chunkRuns_).
+  void noteChunkError(IncomingMessage& msg);
   size_t expire(Clock::time_point now);
   void sendQueuedCancels() noexcept;
   /// The deadline for one wait of the receive loop: nearestDeadline_, or sooner while
@@ -396,10 +383,6 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   void endCall(CallMark& mark, bool ok, ErrorKind kind, uint64_t responseBytes) noexcept;
   void sendError(uint64_t callId, ErrorKind kind, int32_t code, const std::string& why);
   size_t processMail();
-  /// A stream chunk succeeded with an empty answer: its answer is held for an ack frame.
-  void holdAck(uint64_t callId);
-  /// Sends the held answers to stream chunks in one ack frame (or queues it in the backlog).
-  void sendAcks();
 
   // capabilities
   /// The records of a received call or answer's extension area: its target (returns the
@@ -461,11 +444,6 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   bool rejecting_ = false;
   bool unflushed_ = false;  // answers sent without waking the peer
   CallMark current_;        // the call being dispatched
-  std::vector<uint64_t> acksOut_;  // stream chunks answered but not yet acked (holdAck)
-  /// Acks held at most: one frame's worth (then sent), and how long an idle driver holds them.
-  static constexpr size_t kMaxHeldAcks = 64;
-  static constexpr std::chrono::microseconds kAckHold{20};
-  Clock::time_point acksHeldSince_{};  // when acksOut_ got its first
   AnswerBacklog backlog_;
   static constexpr int kMaxDispatchDepth = 16;
   /// The handler's answer being built in transport memory (startResponse), while its
@@ -485,6 +463,20 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   std::unordered_map<uint32_t, std::weak_ptr<ImportHook>> imports_;
   std::vector<ReleaseNote> releasesOut_;  // queued by imports that went, not yet sent
   std::vector<capnp::word> extensionWords_;  // the last writeExtensions(), until sent
+
+  // streams
+  /// Call ids of stream requests sent, by flow: consecutive chunks of one flow extend the
+  /// last run. The rare error answer of a stream request finds its flow here; the last
+  /// kMaxChunkRuns runs are kept (an error naming an older chunk comes after its flow's
+  /// later marks were answered, and is dropped).
+  struct ChunkRun {
+    uint64_t first = 0, last = 0;
+    const StreamFlow* key = nullptr;  // which flow (compared, never followed)
+    std::weak_ptr<StreamFlow> flow;
+  };
+  static constexpr size_t kMaxChunkRuns = 64;  // a power of two
+  std::array<ChunkRun, kMaxChunkRuns> chunkRuns_;  // a ring: the last is at chunkRunsEnd_ - 1
+  uint64_t chunkRunsEnd_ = 0;  // runs ever started
 };
 
 }  // namespace zcrpc

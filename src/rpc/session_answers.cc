@@ -231,7 +231,7 @@ void Session::dispatch(IncomingMessage& msg) {
         return;
       }
       if (chunk && !ctx.response_) [[unlikely]] {
-        holdAck(callId);  // a stream chunk taken: its answer goes in an ack frame
+        // A stream chunk taken: no answer (the caller learns it from a later answer).
         endCall(current_, true, ErrorKind::kFailed, 0);
         return;
       }

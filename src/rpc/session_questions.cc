@@ -55,9 +55,11 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
                        disconnectReason_);
   // The window's slots come with the first call that waits for an answer: a server's
   // sessions mostly never call back, and a thousand connections should not each carry
-  // a window of empty slots.
-  if (kind != FrameKind::kOneWay && !slots_) slots_ = std::make_unique<Slot[]>(options_.window);
-  if (kind != FrameKind::kOneWay && outstanding_ <= mask_) {
+  // a window of empty slots. A one-way message gets no answer, nor does a stream request
+  // that succeeds (see sendChunk): neither takes a slot.
+  const bool answered = kind != FrameKind::kOneWay && kind != FrameKind::kStreamRequest;
+  if (answered && !slots_) slots_ = std::make_unique<Slot[]>(options_.window);
+  if (answered && outstanding_ <= mask_) {
     // Ids map to slots modulo the window: skip ids whose slot an older call still holds.
     while (slots_[nextCallId_ & mask_].state == SlotState::kPending) ++nextCallId_;
   }
@@ -68,7 +70,7 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   const uint64_t interfaceId = h.interfaceId;  // copies: the header is the peer's once sent
   const uint16_t methodId = h.methodId;
   Slot* slot = nullptr;
-  if (kind != FrameKind::kOneWay) {
+  if (answered) {
     slot = &slots_[id & mask_];
     if (slot->state == SlotState::kPending || outstanding_ > mask_) {
       if (questionMetrics_ && isCall) {
@@ -100,7 +102,7 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   TracedCall traced;
   const bool tracing = tracer_ && isCall;
   if (tracing) [[unlikely]] {
-    traced = TracedCall{interfaceId, methodId, methodName, id, kind == FrameKind::kOneWay,
+    traced = TracedCall{interfaceId, methodId, methodName, id, !answered,
                         msg.trace()};
     tracer_->onClientCallBegin(traced);
     msg.setTrace(traced.trace);
@@ -172,7 +174,7 @@ void Session::finish(Slot& slot, CallResult&& result) {
   --outstanding_;
   if (outstanding_ == 0) nearestDeadline_ = kNoDeadline;
   if (slot.stream) [[unlikely]] {
-    endChunk(slot, result.ok() ? nullptr : &result);
+    endMark(slot, result.ok() ? nullptr : &result);
     return;
   }
   if (slot.callback) {
@@ -192,7 +194,10 @@ bool Session::handleAnswer(IncomingMessage& msg) {
   const FrameHeader& h = msg.header();
   auto kind = static_cast<FrameKind>(h.kind);
   Slot* slot = slotFor(h.callId);
-  if (!slot || slot->state != SlotState::kPending) {  // late answer of an expired call
+  if (!slot || slot->state != SlotState::kPending) {
+    // A late answer of an expired call, or one of a stream request (which is answered only
+    // when it fails or its handler deferred): an error goes to the stream it belongs to.
+    if (kind == FrameKind::kError && chunkRunsEnd_ != 0) [[unlikely]] noteChunkError(msg);
     // Capabilities it carries are taken, so that they go back to the peer with it.
     if (h.flags & kFlagExtended) [[unlikely]] {
       try {

@@ -82,7 +82,6 @@ void Worker::adoptInbox() {
     so.maxImports = options_.maxImportsPerConnection;
     so.streamWindowCalls = options_.streamWindowCalls;
     so.streamWindowBytes = options_.streamWindowBytes;
-    so.holdAcks = true;  // sent before sleep() sleeps
     w->conn = std::make_unique<Session>(std::move(c), so, nullptr, std::move(metrics));
     w->conn->link()->owner.pin();  // this worker thread drives it, and only it
     updateRegistration(*w);
@@ -97,12 +96,10 @@ void Worker::adoptInbox() {
 size_t Worker::pumpAll(bool rejecting) {
   size_t n = 0;
   bool congested = false;
-  bool heldAcks = false;
   for (auto& w : connections_) {
     if (rejecting) [[unlikely]] w->conn->reject();
     const size_t k = w->conn->pump(options_.batch);
     n += k;
-    heldAcks |= w->conn->holdsAcks();
     // Traffic: stop the peer signalling us for each message while we are awake.
     if (k && w->armed) disarm(*w);
     const bool congestedNow = w->conn->congested();
@@ -112,7 +109,6 @@ size_t Worker::pumpAll(bool rejecting) {
       updateRegistration(*w);
   }
   anyCongested_ = congested;
-  anyHeldAcks_ = heldAcks;
   return n;
 }
 
@@ -186,11 +182,6 @@ void Worker::reap() {
 }
 
 bool Worker::armAll() {
-  // Answers held for stream chunks go now: their senders may be waiting for them.
-  if (anyHeldAcks_) {
-    for (auto& w : connections_) w->conn->sendHeldAcks();
-    anyHeldAcks_ = false;
-  }
   // Arm what is not armed. Connections armed before stay armed: an idle one costs nothing.
   size_t keep = 0;
   for (size_t i = 0; i < toArm_.size(); ++i) {

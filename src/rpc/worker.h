@@ -79,8 +79,8 @@ class __attribute__((visibility("hidden"))) Worker final {
   /// back to the system (malloc_trim, at most once a second: the allocator would keep it,
   /// and a server whose clients come and go would keep growing).
   void reap();
-  /// Before a wait: sends the acks connections hold and arms the connections that are not
-  /// armed. False when one has something already (no wait then).
+  /// Before a wait: arms the connections that are not armed. False when one has something
+  /// already (no wait then).
   bool armAll();
   /// One sleep of at most `left`: armAll(), then waits in epoll_wait for a signal, mail, a
   /// hang-up or the end of the slice. Returns false (the worker's waiter then polls every
@@ -114,7 +114,6 @@ class __attribute__((visibility("hidden"))) Worker final {
   std::vector<std::unique_ptr<Watched>> connections_;
   std::vector<Watched*> toArm_;  // connections to arm at the next sleep
   bool anyCongested_ = false;    // the last pumpAll() left a connection congested
-  bool anyHeldAcks_ = false;     // the last pumpAll() left a connection holding acks
   bool anyGone_ = false;         // a connection went since the last reap()
   os::Fd epoll_;                 // wake_ and the registered connections' waitFd()s
   Waiter waiter_;

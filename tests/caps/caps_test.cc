@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "caps_impl.h"
+#include "rpc/frames.h"
 #include "zcrpc/loopback.h"
 #include "zcrpc/shm.h"
 #include "zcrpc/tcp.h"
@@ -632,19 +633,8 @@ TEST_F(HostileTest, ReleasingMoreThanWasGivenClosesTheConnection) {
 }
 
 // ------------------------------------------------------------------------------------
-// Stream acks: the receiver answers the chunks that succeeded together, in one ack frame
-// (docs/wire-format.md, "Streams")
-
-/// A Sink whose push() waits until opened (at most 5 s): it holds the server's worker, so
-/// that what a test sends meanwhile arrives before the server takes any of it.
-class Gate final : public SinkService {
- public:
-  void push(PushCall&) override {
-    const auto until = Clock::now() + 5s;
-    while (!open.load() && Clock::now() < until) std::this_thread::sleep_for(100us);
-  }
-  std::atomic<bool> open{false};
-};
+// Stream requests: a chunk that succeeds is answered by nothing; the answer to a later call
+// confirms it (docs/wire-format.md, "Streams")
 
 /// Builds a frame on `raw` and sends it.
 template <typename Build>
@@ -660,71 +650,53 @@ void sendRaw(Connection& raw, FrameKind kind, uint64_t callId, uint64_t interfac
   ASSERT_EQ(raw.send(m), Status::kOk);
 }
 
-TEST(StreamAcks, TheServerAnswersTheChunksOfOneBatchInOneAckFrame) {
-  Gate gate;
-  UploadImpl upload(0);
+TEST(StreamRequests, TheServerAnswersOnlyTheChunkThatFailed) {
+  UploadImpl upload(3);  // refuses the chunk with seq 3
   Server server;
-  auto client = serveOverLoopback(server, {&gate, &upload});
-  // The gate's call holds the worker while five chunks and a ping queue up behind it.
-  sendRaw(*client, FrameKind::kRequest, 100, SinkService::kInterfaceId, 0,
-          [](OutgoingMessage& m) { m.build<Sink::PushParams>().setValue(1); });
-  for (uint32_t i = 0; i < 5; ++i)
+  auto client = serveOverLoopback(server, {&upload});
+  for (uint32_t i = 0; i < 6; ++i)
     sendRaw(*client, FrameKind::kStreamRequest, i + 1, UploadService::kInterfaceId, 0,
             [i](OutgoingMessage& m) { m.build<Upload::WriteParams>().setSeq(i); });
-  sendRaw(*client, FrameKind::kPing, 101, 0, 0,
+  sendRaw(*client, FrameKind::kPing, 100, 0, 0,
           [](OutgoingMessage& m) { m.initRoot<capnp::AnyPointer>(); });
-  gate.open = true;
-  std::vector<uint64_t> acked;
-  int ackFrames = 0, responses = 0;
-  bool pong = false;
+  std::vector<std::pair<FrameKind, uint64_t>> got;  // what came back, in order
   const auto until = Clock::now() + 5s;
-  while ((!pong || acked.size() < 5) && Clock::now() < until) {
+  while ((got.empty() || got.back().first != FrameKind::kPong) && Clock::now() < until) {
     IncomingMessage in;
-    if (client->receive(in, deadlineAfter(100ms)) != Status::kOk) continue;
-    switch (static_cast<FrameKind>(in.header().kind)) {
-      case FrameKind::kAck: {
-        ++ackFrames;
-        auto ids = in.getRoot<capnp::AnyPointer>().getAs<capnp::List<uint64_t>>();
-        for (uint64_t id : ids) acked.push_back(id);
-        break;
-      }
-      case FrameKind::kPong: pong = true; break;
-      case FrameKind::kResponse: responses += in.header().callId != 100; break;
-      default: ADD_FAILURE() << "unexpected frame kind " << int{in.header().kind};
-    }
+    if (client->receive(in, deadlineAfter(100ms)) == Status::kOk)
+      got.emplace_back(static_cast<FrameKind>(in.header().kind), in.header().callId);
   }
-  EXPECT_TRUE(pong);
-  EXPECT_EQ(acked, (std::vector<uint64_t>{1, 2, 3, 4, 5}));
-  EXPECT_EQ(ackFrames, 1);  // all five were taken in one batch
-  EXPECT_EQ(responses, 0);  // no chunk was answered on its own
+  // The pong comes after everything the chunks caused: only the failed one said anything.
+  EXPECT_EQ(got, (std::vector<std::pair<FrameKind, uint64_t>>{{FrameKind::kError, 4},
+                                                              {FrameKind::kPong, 100}}));
   client.reset();
   server.shutdown();
 }
 
-TEST(StreamAcks, AnIdleBusyPollingServerAcknowledgesASlowStreamAtOnce) {
-  // A busy-polling worker never sleeps: what bounds how long it holds an ack is its
-  // idle rule (kAckHold), not a sleep. Each chunk alone is far from filling the window.
+TEST(StreamRequests, ChunksThatSucceedStayInFlightUntilFinishConfirmsThem) {
   UploadImpl upload(0);
-  ServerOptions so;
-  so.idleMode = WaitMode::kBusyPoll;
-  Server server(so);
+  Server server;
   Channel channel(serveOverLoopback(server, {&upload}));
   UploadClient stream(channel);
-  for (uint32_t i = 0; i < 3; ++i) {
+  for (uint32_t i = 0; i < 5; ++i) {
     auto w = stream.writeRequest();
     w.params().setSeq(i);
     w.send();
-    const auto until = Clock::now() + 5s;
-    while (stream.streamFlow().inFlight() > 0 && Clock::now() < until) channel.poll();
-    EXPECT_EQ(stream.streamFlow().inFlight(), 0u) << "chunk " << i << " was never acknowledged";
-    std::this_thread::sleep_for(2ms);
   }
-  EXPECT_EQ(stream.doneRequest().call().results().getCount(), 3u);
+  // Nothing comes back for them, however long we listen...
+  const auto until = Clock::now() + 50ms;
+  while (Clock::now() < until) channel.poll();
+  EXPECT_EQ(stream.streamFlow().inFlight(), 5u);
+  // ...until a later call's answer says the server handled everything before it.
+  stream.streamFlow().finish();
+  EXPECT_EQ(stream.streamFlow().inFlight(), 0u);
+  EXPECT_EQ(stream.streamFlow().bytesInFlight(), 0u);
+  EXPECT_EQ(stream.doneRequest().call().results().getCount(), 5u);
   server.shutdown();
 }
 
 /// A Channel whose peer is the test: the raw end of a loopback pair.
-class StreamAcksFromAPeerTest : public testing::Test {
+class StreamRequestsFromAPeerTest : public testing::Test {
  protected:
   void SetUp() override {
     auto [client, peer] = makeLoopbackPair();
@@ -737,18 +709,11 @@ class StreamAcksFromAPeerTest : public testing::Test {
     EXPECT_EQ(peer_->receive(in, deadlineAfter(5s)), Status::kOk);
     return in;
   }
-  /// Sends an ack frame naming `ids`.
-  void ack(const std::vector<uint64_t>& ids) {
-    sendRaw(*peer_, FrameKind::kAck, 0, 0, 0, [&](OutgoingMessage& m) {
-      auto list = m.initRootList(wire::ElementSize::kEightBytes, static_cast<uint32_t>(ids.size()));
-      for (uint32_t i = 0; i < ids.size(); ++i) list.setDataElement<uint64_t>(i, ids[i]);
-    });
-  }
   std::unique_ptr<Channel> channel_;
   std::unique_ptr<Connection> peer_;
 };
 
-TEST_F(StreamAcksFromAPeerTest, ChunksAskForAnswersAtHalfTheWindowAndOneAckFreesTheRest) {
+TEST_F(StreamRequestsFromAPeerTest, TheChunkAtHalfTheWindowIsAMarkWhoseAnswerConfirmsAllBefore) {
   UploadClient stream(*channel_);
   const uint32_t half = ChannelOptions{}.streamWindowCalls / 2;
   for (uint32_t i = 0; i < half; ++i) {
@@ -757,21 +722,17 @@ TEST_F(StreamAcksFromAPeerTest, ChunksAskForAnswersAtHalfTheWindowAndOneAckFrees
     w.send();  // far from the window: returns at once
   }
   EXPECT_EQ(stream.streamFlow().inFlight(), half);
-  std::vector<uint64_t> held;
-  uint64_t asked = 0;
+  uint64_t mark = 0;
   for (uint32_t i = 0; i < half; ++i) {
     IncomingMessage in = next();
     if (i + 1 < half) {
       EXPECT_EQ(in.header().kind, static_cast<uint8_t>(FrameKind::kStreamRequest)) << "chunk " << i;
-      held.push_back(in.header().callId);
     } else {
-      // The chunk that takes the flow to half its window asks for its answer at once.
       EXPECT_EQ(in.header().kind, static_cast<uint8_t>(FrameKind::kRequest));
-      asked = in.header().callId;
+      mark = in.header().callId;
     }
   }
-  ack(held);
-  sendRaw(*peer_, FrameKind::kResponse, asked, 0, 0,
+  sendRaw(*peer_, FrameKind::kResponse, mark, 0, 0,
           [](OutgoingMessage& m) { m.initRoot<capnp::AnyPointer>(); });
   const auto until = Clock::now() + 5s;
   while (stream.streamFlow().inFlight() > 0 && Clock::now() < until) channel_->poll();
@@ -779,32 +740,36 @@ TEST_F(StreamAcksFromAPeerTest, ChunksAskForAnswersAtHalfTheWindowAndOneAckFrees
   EXPECT_EQ(stream.streamFlow().bytesInFlight(), 0u);
 }
 
-TEST_F(StreamAcksFromAPeerTest, AnAckNamingACallThatIsNoChunkClosesTheConnection) {
+TEST_F(StreamRequestsFromAPeerTest, AnErrorForOneChunkFailsTheStreamsNextSend) {
   UploadClient stream(*channel_);
-  PendingCall pending = stream.doneRequest().callAsync();
-  IncomingMessage request = next();
-  ack({request.header().callId});
-  request.release();
-  const CallResult r = pending.wait();
-  EXPECT_EQ(r.errorKind(), ErrorKind::kDisconnected);
-  EXPECT_THAT(r.errorMessage(), HasSubstr("which is not a stream chunk"));
-}
-
-TEST_F(StreamAcksFromAPeerTest, AMalformedAckClosesTheConnection) {
-  UploadClient stream(*channel_);
-  auto w = stream.writeRequest();
-  w.send();
-  IncomingMessage chunk = next();
-  chunk.release();
-  // A struct where the list of ids should be.
-  sendRaw(*peer_, FrameKind::kAck, 0, 0, 0,
-          [](OutgoingMessage& m) { m.build<Upload::WriteParams>().setSeq(1); });
-  try {
-    stream.streamFlow().finish();
-    FAIL() << "the chunk succeeded on a malformed ack";
-  } catch (const Disconnected& e) {
-    EXPECT_THAT(e.what(), HasSubstr("an ack frame is malformed"));
+  uint64_t second = 0;
+  for (uint32_t i = 0; i < 3; ++i) {
+    auto w = stream.writeRequest();
+    w.params().setSeq(i);
+    w.send();
+    IncomingMessage in = next();
+    if (i == 1) second = in.header().callId;
   }
+  auto error = [&](uint64_t callId, const char* why) {
+    sendRaw(*peer_, FrameKind::kError, callId, 0, 0,
+            [&](OutgoingMessage& m) { writeError(m, ErrorKind::kApplication, 9, why); });
+  };
+  error(second + 1000, "names no call of ours");  // ignored
+  error(second, "chunk 1 is refused");
+  const auto until = Clock::now() + 5s;
+  bool failed = false;
+  while (!failed && Clock::now() < until) {
+    channel_->poll();
+    try {
+      stream.streamFlow().throwIfFailed();
+    } catch (const ApplicationError& e) {
+      failed = true;
+      EXPECT_EQ(e.code(), 9);
+      EXPECT_THAT(e.what(), HasSubstr("chunk 1 is refused"));
+    }
+  }
+  EXPECT_TRUE(failed);
+  EXPECT_THROW(stream.writeRequest().send(), ApplicationError);  // the next chunk
 }
 
 // ------------------------------------------------------------------------------------

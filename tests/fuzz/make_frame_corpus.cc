@@ -236,10 +236,6 @@ int main(int argc, char** argv) {
           extended(encode(FrameKind::kRelease, null),
                    {record(ext::kReleases, {2, uint64_t{1} << 32 | 3, uint64_t{2} << 32 | 8})}));
     write("ok-stream-request", encode(FrameKind::kStreamRequest, small));
-    capnp::MallocMessageBuilder acks;
-    auto ackIds = acks.getRoot<capnp::AnyPointer>().initAs<capnp::List<uint64_t>>(3);
-    for (uint32_t i = 0; i < 3; ++i) ackIds.set(i, 5 + i);
-    write("ok-ack-frame", encode(FrameKind::kAck, acks));
     std::vector<Bytes> eight(zcrpc::kMaxExtensionRecords, record(ext::kMetadata, {}));
     write("ok-extended-most-records", extended(okSmall, eight));
 
