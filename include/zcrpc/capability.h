@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <type_traits>
 
 #include "zcrpc/wire.h"
 
@@ -48,4 +49,31 @@ class Capability final {
   std::shared_ptr<wire::CapabilityHook> hook_;
 };
 
+namespace wire {
+
+/// Whether T is an interface capnpc-c++ generated.
+template <typename T, typename = void>
+struct IsInterface : std::false_type {};
+template <typename T>
+struct IsInterface<T, std::void_t<typename T::_capnpPrivate::IsInterface>> : std::true_type {};
+
+/// List(Interface) elements: capability pointers, read and set as zcrpc::Capability (as an
+/// interface field is). T is the interface's capnpc-c++ class.
+template <typename T>
+struct Element<T, std::enable_if_t<IsInterface<T>::value>> {
+  static constexpr ElementSize kSize = ElementSize::kPointer;
+  using Reader = Capability;
+  using Builder = Capability;
+  static Capability get(const ListReader& l, uint32_t i) {
+    return Capability(_::readCapability(l.pointerElement(i)));
+  }
+  static Capability get(const ListBuilder& l, uint32_t i) {
+    return Capability(_::readBuiltCapability(l.pointerElement(i)));
+  }
+  static void set(ListBuilder& l, uint32_t i, const Capability& value) {
+    _::writeCapability(l.pointerElement(i), value.hook());
+  }
+};
+
+}  // namespace wire
 }  // namespace zcrpc

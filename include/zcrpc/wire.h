@@ -923,7 +923,8 @@ struct List;
 
 /// What a list element of type T is on the wire and how it is read and written. T is a
 /// primitive (bool, integers, float, double), capnp::Void, an enum capnpc-c++ generated,
-/// capnp::Text, capnp::Data, a generated struct type (zcrpc_wire::Foo) or List<U>.
+/// capnp::Text, capnp::Data, a generated struct type (zcrpc_wire::Foo), List<U>, or an
+/// interface capnpc-c++ generated (zcrpc/capability.h: elements are zcrpc::Capability).
 template <typename T, typename = void>
 struct Element;
 
@@ -1106,7 +1107,7 @@ struct List {
       b_.checkIndex(i);
       return E::get(b_, i);
     }
-    /// Sets element `i` (primitives, enums, Text, Data and lists).
+    /// Sets element `i` (primitives, enums, Text, Data, lists and capabilities).
     template <typename V>
     void set(uint32_t i, V&& value) {
       b_.checkIndex(i);

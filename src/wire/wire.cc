@@ -290,11 +290,23 @@ void copyPointer(PointerSlot dst, const PointerRef& src) {
     default: {
       if (!isCapability(t.tag)) fail("the message holds a pointer of unknown kind");
       // Within one message a capability is an index into that message's table: copy it as
-      // it is. Between messages the index would mean another capability.
-      if (src.ctx == nullptr || src.ctx != &dst.arena->readContext())
+      // it is. Between messages the index would mean another capability: the capability it
+      // names in the source's table goes into the destination's.
+      const auto index = static_cast<uint32_t>(t.tag >> 32);
+      if (src.ctx != nullptr && src.ctx == &dst.arena->readContext()) {
+        dst.setCapability(index);
+        return;
+      }
+      const CapTable* caps = src.ctx ? src.ctx->capTable() : nullptr;
+      if (caps == nullptr)
         throw InvalidArgument(
-            "zcrpc's accessors cannot copy a capability from one message to another");
-      dst.setCapability(static_cast<uint32_t>(t.tag >> 32));
+            "zcrpc's accessors cannot copy a capability from a message that has no capability "
+            "table (a default value, or another message being built)");
+      if (index >= caps->size())
+        throw InvalidArgument("malformed Cap'n Proto message: a capability pointer indexes entry " +
+                              std::to_string(index) + " of a capability table of " +
+                              std::to_string(caps->size()) + " entries");
+      writeCapability(dst, (*caps)[index]);
       return;
     }
   }

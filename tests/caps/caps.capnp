@@ -25,6 +25,8 @@ struct Holder {
   group :group {
     inner @4 :Sink;
   }
+  sinks @5 :List(Sink);
+  # A list of capabilities, nested in a struct.
 }
 
 interface Upload {
@@ -59,4 +61,8 @@ interface Hub {
   fireAsync @10 (value :Int64) -> (last :Int64);
   # Pushes `value` to the kept sink without blocking the worker: defers its answer, calls
   # with callAsync, completes from the callback.
+  fanOut @11 (sinks :List(Sink), value :Int64) -> (totals :List(Int64));
+  # Pushes `value` to every sink of the list, in order (null entries are skipped: total 0).
+  accounts @12 (names :List(Text)) -> (accounts :List(Account));
+  # One new Account per name: a list of capabilities in results.
 }

@@ -120,6 +120,28 @@ class HubImpl final : public HubService {
     out.setSink(in.getSink());
     if (in.getChoice().isOther()) out.getChoice().setOther(in.getChoice().getOther());
     out.getGroup().setInner(in.getGroup().getInner());
+    out.setSinks(in.getSinks());  // a list copied between messages, capabilities and all
+  }
+  void fanOut(FanOutCall& call) override {
+    auto sinks = call.params().getSinks();
+    const int64_t value = call.params().getValue();
+    std::vector<int64_t> totals;
+    for (const Capability& sink : sinks) {
+      if (!sink) {
+        totals.push_back(0);
+        continue;
+      }
+      auto push = SinkClient(sink).pushRequest();
+      push.params().setValue(value);
+      totals.push_back(push.call().results().getTotal());
+    }
+    call.results().setTotals(kj::arrayPtr(totals.data(), totals.size()));
+  }
+  void accounts(AccountsCall& call) override {
+    auto names = call.params().getNames();
+    auto out = call.results().initAccounts(names.size());
+    for (uint32_t i = 0; i < names.size(); ++i)
+      out.set(i, Capability::local(std::make_shared<AccountImpl>(names[i].cStr())));
   }
   void same(SameCall& call) override {
     call.results().setSame(call.params().getA() == call.params().getB());

@@ -206,6 +206,8 @@ TEST_P(CapsTest, CapabilitiesPassedBackAreTheOriginalObjectsInEveryPlace) {
   holder.setSink(Capability::local(a));
   holder.getChoice().setOther(Capability::local(b));
   holder.getGroup().setInner(Capability::local(c));
+  const std::vector<Capability> listed{Capability::local(c), Capability(), Capability::local(a)};
+  holder.setSinks(kj::arrayPtr(listed.data(), listed.size()));
   auto response = request.call();
   auto out = response.results().getHolder();
   EXPECT_EQ(std::string(out.getLabel().cStr()), "three");
@@ -214,6 +216,55 @@ TEST_P(CapsTest, CapabilitiesPassedBackAreTheOriginalObjectsInEveryPlace) {
   EXPECT_EQ(out.getChoice().getOther().localObject(), b);  // union member
   EXPECT_EQ(out.getGroup().getInner().localObject(), c);   // group
   EXPECT_FALSE(out.getSink().isImport());                  // no proxy of a proxy
+  auto sinks = out.getSinks();  // a list in a nested struct
+  ASSERT_EQ(sinks.size(), 3u);
+  EXPECT_EQ(sinks[0].localObject(), c);
+  EXPECT_FALSE(sinks[1]);  // a null entry stays null
+  EXPECT_EQ(sinks[2].localObject(), a);
+}
+
+TEST_P(CapsTest, AListOfCallbacksIsCalledInOrder) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  std::vector<std::shared_ptr<SinkImpl>> sinks;
+  auto request = hub.fanOutRequest();
+  auto list = request.params().initSinks(4);
+  for (uint32_t i = 0; i < 4; ++i) {
+    if (i == 2) continue;  // null
+    sinks.push_back(std::make_shared<SinkImpl>());
+    sinks.back()->total = 100 * i;
+    list.set(i, Capability::local(sinks.back()));
+  }
+  EXPECT_FALSE(list[2]);
+  EXPECT_EQ(list[3].localObject(), sinks[2]);  // read back while building
+  request.params().setValue(5);
+  auto response = request.call();
+  auto totals = response.results().getTotals();
+  ASSERT_EQ(totals.size(), 4u);
+  EXPECT_EQ(totals[0], 5);
+  EXPECT_EQ(totals[1], 105);
+  EXPECT_EQ(totals[2], 0);  // skipped
+  EXPECT_EQ(totals[3], 305);
+  for (auto& sink : sinks) EXPECT_EQ(sink->total % 100, 5);
+}
+
+TEST_P(CapsTest, AListOfCapabilitiesInResultsGivesOneClientEachAndReleasesThemAll) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  const int before = liveAccounts.load();
+  {
+    auto request = hub.accountsRequest();
+    const std::vector<capnp::Text::Reader> names{"ann", "bob", "cy"};
+    request.params().setNames(kj::arrayPtr(names.data(), names.size()));
+    auto response = request.call();
+    std::vector<std::string> who;
+    for (const Capability& account : response.results().getAccounts())
+      who.emplace_back(AccountClient(account).whoamiRequest().call().results().getName().cStr());
+    EXPECT_EQ(who, (std::vector<std::string>{"ann", "bob", "cy"}));
+    EXPECT_EQ(liveAccounts.load(), before + 3);
+  }
+  // The response and its handles are gone: the three go back to the server.
+  EXPECT_TRUE(pollUntil(*ch, [&] { return liveAccounts.load() == before; }));
 }
 
 TEST_P(CapsTest, OneObjectSentTwiceIsOneReferenceAtTheOtherEnd) {

@@ -197,8 +197,10 @@ struct AccessorWriter::Impl {
         files.insert(index.fileOf(t.getEnum().getTypeId()).getId());
         return {};
       case schema::Type::LIST: {
-        if (t.getList().getElementType().isInterface())
-          return "is a list of capabilities, which zcrpc's accessors do not read or build yet";
+        if (t.getList().getElementType().isInterface()) {  // zcrpc::Capability elements
+          files.insert(index.fileOf(t.getList().getElementType().getInterface().getTypeId()).getId());
+          return {};
+        }
         std::string inner = visitType(owner, t.getList().getElementType());
         return inner.empty() ? inner : "is a list whose elements " + inner.substr(3);
       }
@@ -251,6 +253,7 @@ struct AccessorWriter::Impl {
       case schema::Type::DATA: return "::capnp::Data";
       case schema::Type::ENUM: return index.cppFullName(t.getEnum().getTypeId());
       case schema::Type::STRUCT: return tagName(t.getStruct().getTypeId());
+      case schema::Type::INTERFACE: return index.cppFullName(t.getInterface().getTypeId());
       case schema::Type::LIST:
         return "::zcrpc::wire::List<" + elementType(t.getList().getElementType()) + ">";
       default: throw SchemaRefused("accessors: uncovered type reached the writer");
@@ -489,11 +492,13 @@ struct AccessorWriter::Impl {
             add("void", "set" + title, list + "::Reader value", list + "::Reader value",
                 setDisc + "_b.pointer(" + off + ").setList(value._wire());");
             const bool fromArray = primitive(elementT.which()) || elementT.isEnum() ||
-                                   elementT.isText() || elementT.isData();
+                                   elementT.isText() || elementT.isData() ||
+                                   elementT.isInterface();
             if (fromArray) {
-              const std::string item = elementT.isText()   ? "::capnp::Text::Reader"
-                                       : elementT.isData() ? "::capnp::Data::Reader"
-                                                           : e;
+              const std::string item = elementT.isText()        ? "::capnp::Text::Reader"
+                                       : elementT.isData()      ? "::capnp::Data::Reader"
+                                       : elementT.isInterface() ? "::zcrpc::Capability"
+                                                                : e;
               add("void", "set" + title, "::kj::ArrayPtr<const " + item + "> value",
                   "::kj::ArrayPtr<const " + item + "> value",
                   setDisc + list + "::setIn(_b.pointer(" + off + "), value);");

@@ -267,9 +267,9 @@ class FileGenerator final {
   }
 
   /// The first field under struct `id` that holds capabilities in a way zcrpc does not carry
-  /// yet (a list of interfaces, a capability-constrained AnyPointer), searching nested
-  /// structs, lists and groups, as "has <path>, <why>"; nullopt if there is none. Interface
-  /// fields themselves are carried (zcrpc::Capability).
+  /// (a capability-constrained AnyPointer), searching nested structs, lists and groups, as
+  /// "has <path>, <why>"; nullopt if there is none. Interface fields and lists of them are
+  /// carried (zcrpc::Capability).
   std::optional<std::string> capabilityIn(uint64_t id, std::set<uint64_t>& visited) {
     if (!visited.insert(id).second) return std::nullopt;
     schema::Node::Reader n = index_.node(id, fileName_);
@@ -282,11 +282,7 @@ class FileGenerator final {
         continue;
       }
       auto type = field.getSlot().getType();
-      bool inList = false;
-      while (type.isList()) type = type.getList().getElementType(), inList = true;
-      if (type.isInterface() && inList)
-        return name + ", a list of capabilities (zcrpc carries capabilities in interface " +
-               "fields, not yet in lists)";
+      while (type.isList()) type = type.getList().getElementType();
       if (type.isAnyPointer() && type.getAnyPointer().isUnconstrained() &&
           type.getAnyPointer().getUnconstrained().isCapability())
         return name + ", an untyped capability (zcrpc carries typed interface fields only)";

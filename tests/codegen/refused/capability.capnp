@@ -1,12 +1,9 @@
 @0xe4521a605f0c9b54;
-# Refused by capnpc-zcrpc: results that carry a list of capabilities (interface fields are
-# carried; lists of them not yet).
-interface Service {
-  ping @0 () -> ();
-}
+# Refused by capnpc-zcrpc: results that carry an untyped capability (interface fields and
+# lists of them are carried; a capability of no interface type is not).
 struct Directory {
   name @0 :Text;
-  services @1 :List(Service);
+  service @1 :Capability;
 }
 interface Registry {
   lookup @0 (name :Text) -> (directory :Directory);
