@@ -7,12 +7,18 @@
 // `words` x 8 payload bytes: kind is taken modulo 16 (so invalid kinds come up too), the
 // call id is small (duplicates), interface 0 Echo, 1 KeyValue, 2 a raw 64-bit id from the
 // input, 3 zero; the payload becomes the message's first segment, root pointer included.
+// When the interface byte's top bit is set, an extension area follows the payload: one or
+// two records, each [type][words] and `words` x 8 bytes, type 0..4 (the RPC layer's target,
+// capability table and releases, and types it ignores) and, for the counted kinds, a
+// count that fits the record, so that the entries themselves (ids, kinds, references:
+// never given, released twice, the peer's own) are what varies.
 #include <capnp/any.h>
 
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "echo.capnp.zcrpc.h"
 #include "fuzz_entries.h"
@@ -128,6 +134,23 @@ void runDispatchInput(const uint8_t* data, size_t size) {
     // Transport memory the message was built in: overwrite it, root pointer included.
     auto* first = const_cast<capnp::word*>(segments[0].begin());
     in.bytes(first, segments[0].size() * sizeof(capnp::word));
+    std::vector<capnp::word> extensions;
+    if (iface & 0x80) {
+      for (int records = 1 + in.byte() % 2; records > 0; --records) {
+        const auto type = static_cast<uint16_t>(in.byte() % 5);
+        const uint32_t payloadWords = 1 + in.byte() % 4;
+        const size_t at = extensions.size();
+        extensions.resize(at + 1 + payloadWords);
+        const ExtensionHeader h{type, 0, 8 * (1 + payloadWords)};
+        std::memcpy(static_cast<void*>(&extensions[at]), &h, sizeof h);
+        in.bytes(&extensions[at + 1], payloadWords * sizeof(capnp::word));
+        if (type == extension::kCapTable || type == extension::kReleases) {
+          const uint32_t count = payloadWords - 1;  // `u32 count, u32 0`, then 8-byte entries
+          std::memcpy(static_cast<void*>(&extensions[at + 1]), &count, sizeof count);
+        }
+      }
+      out.setExtensions(kj::arrayPtr(extensions.data(), extensions.size()));
+    }
     out.header().kind = kind;
     out.header().callId = callId;
     out.header().interfaceId = interfaceId;

@@ -130,6 +130,20 @@ Bytes call(uint8_t kind, uint8_t id, uint8_t iface, uint8_t method, std::vector<
   return b;
 }
 
+/// `call(...)` with an extension area: records of {type, payload words} (interface
+/// selector's top bit; see dispatch_entry.cc). The entry writes each counted record's count
+/// itself; payload words start after it.
+Bytes withRecords(Bytes frame, const std::vector<std::pair<uint8_t, std::vector<uint64_t>>>& records) {
+  frame[2] |= 0x80;
+  frame.push_back(static_cast<uint8_t>(records.size() - 1));
+  for (const auto& [type, payload] : records) {
+    frame.push_back(type);
+    frame.push_back(static_cast<uint8_t>(payload.size() - 1));
+    for (uint64_t w : payload) put(frame, w);
+  }
+  return frame;
+}
+
 Bytes join(std::initializer_list<Bytes> parts) {
   Bytes b;
   for (const auto& p : parts) b.insert(b.end(), p.begin(), p.end());
@@ -233,5 +247,19 @@ int main(int argc, char** argv) {
   write(dispatch, "ping", call(6, 0, 0, 0, {}));
   write(dispatch, "responses-and-errors-to-the-server", join({call(2, 1, 0, 0, {}), call(3, 1, 0, 0, {}), call(7, 1, 0, 0, {})}));
   write(dispatch, "invalid-kind", call(12, 1, 0, 0, {}));
+  // Capability records (extension types 1 target, 2 capTable, 3 releases): a CapDescriptor
+  // is {u32 id; u8 kind; ...} (kind 1: an export of the sender, 2: one of the receiver).
+  const uint64_t senderHosted = uint64_t{1} << 32, receiverHosted = uint64_t{2} << 32;
+  write(dispatch, "captable-imports-the-clients-objects",
+        withRecords(call(1, 1, 0, 1, {}), {{2, {0, 5 | senderHosted, 6 | senderHosted}}}));
+  write(dispatch, "captable-names-a-missing-export-of-the-server",
+        withRecords(call(1, 1, 0, 1, {}), {{2, {0, 3 | receiverHosted}}}));
+  write(dispatch, "target-an-export-never-made", withRecords(call(1, 2, 0, 1, {}), {{1, {77}}}));
+  write(dispatch, "release-of-something-never-given",
+        withRecords(call(9, 0, 3, 0, {}), {{3, {0, uint64_t{1} << 32 | 1}}}));
+  write(dispatch, "stream-requests-one-failing-then-ping",
+        join({call(10, 1, 0, 2, {structPtr(0, 0, 1), bytesPtr(0, 3), word("abc")}),
+              call(10, 2, 0, 4, {structPtr(0, 1, 1), 7, bytesPtr(0, 4), word("bad")}),
+              call(6, 3, 0, 0, {})}));
   return 0;
 }
