@@ -354,8 +354,9 @@ void BalancedChannel::apply(Resolved resolved, Clock::time_point now) {
         drop(i);
     }
     for (const auto& [address, endpoint] : found) {
+      const std::string& at = address;  // a lambda captures no structured binding before clang 16
       if (std::any_of(servers_.begin(), servers_.end(),
-                      [&](const Server& s) { return s.group == g && s.address == address; }))
+                      [&](const Server& s) { return s.group == g && s.address == at; }))
         continue;
       Server s;
       s.endpoints = {endpoint};

@@ -462,7 +462,12 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   size_t liveExports_ = 0;
   std::unordered_map<uint32_t, std::weak_ptr<ImportHook>> imports_;
   std::vector<ReleaseNote> releasesOut_;  // queued by imports that went, not yet sent
-  std::vector<capnp::word> extensionWords_;  // the last writeExtensions(), until sent
+  /// The last writeExtensions(), until sent: words (uint64_t, as capnp::word cannot be
+  /// copied into a vector's new storage), handed over as capnp::word (extensionArea()).
+  std::vector<uint64_t> extensionWords_;
+  kj::ArrayPtr<const capnp::word> extensionArea() const noexcept {
+    return kj::arrayPtr(reinterpret_cast<const capnp::word*>(extensionWords_.data()), extensionWords_.size());
+  }
 
   // streams
   /// Call ids of stream requests sent, by flow: consecutive chunks of one flow extend the

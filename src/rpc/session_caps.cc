@@ -66,7 +66,10 @@ std::vector<std::byte> entriesOf(std::span<const std::byte> record, const char* 
   if (copy.size() < 16)
     throw InvalidArgument(std::string("a ") + what + " record is shorter than its count");
   const auto head = readAt<CountWord>(copy, 8);
-  if (head.zero != 0 || uint64_t{head.count} * 8 + 16 != copy.size())
+  if (head.zero != 0)
+    throw InvalidArgument(std::string("a ") + what + " record's word after its count is " +
+                          std::to_string(head.zero) + ", not 0");
+  if (uint64_t{head.count} * 8 + 16 != copy.size())
     throw InvalidArgument(std::string("a ") + what + " record's count (" +
                           std::to_string(head.count) + ") does not match its " +
                           std::to_string(copy.size()) + " bytes");
@@ -76,7 +79,7 @@ std::vector<std::byte> entriesOf(std::span<const std::byte> record, const char* 
 
 /// Appends a record of `type` whose payload is `payloadBytes` long (a multiple of 8) to
 /// `out`; returns where the payload starts.
-std::byte* appendRecord(std::vector<capnp::word>& out, uint16_t type, size_t payloadBytes) {
+std::byte* appendRecord(std::vector<uint64_t>& out, uint16_t type, size_t payloadBytes) {
   const size_t at = out.size();
   out.resize(at + 1 + payloadBytes / sizeof(capnp::word));
   auto* bytes = reinterpret_cast<std::byte*>(out.data() + at);
@@ -310,7 +313,7 @@ void Session::writeExtensions(OutgoingMessage& msg, uint32_t target) {
     std::memcpy(p, &head, sizeof head);
     std::memcpy(p + 8, out.data(), count * 8);
   }
-  msg.setExtensions(kj::arrayPtr(extensionWords_.data(), extensionWords_.size()));
+  msg.setExtensions(extensionArea());
 }
 
 void Session::sendReleases() {
@@ -333,7 +336,7 @@ void Session::sendReleases() {
     const CountWord head{static_cast<uint32_t>(n), 0};
     std::memcpy(p, &head, sizeof head);
     std::memcpy(p + 8, releasesOut_.data() + done, n * 8);
-    m.setExtensions(kj::arrayPtr(extensionWords_.data(), extensionWords_.size()));
+    m.setExtensions(extensionArea());
     m.header().kind = static_cast<uint8_t>(FrameKind::kRelease);
     if (connection_->send(m, false) != Status::kOk) break;
     unflushed_ = true;

@@ -70,7 +70,7 @@ class Waiter {
  public:
   Waiter(WaitMode mode, std::chrono::nanoseconds spinTime, SpinPolicy policy,
          PollCost cost) noexcept
-      : limit_(mode, spinTime, policy), mode_(mode), cost_(cost) {}
+      : limit_(mode, spinTime, policy), cost_(cost) {}
 
   /// Waits until `poll()` returns true (kOk), `deadline` passes (kTimedOut) or `alive()`
   /// returns false and a last poll() finds nothing (kDisconnected).
@@ -92,8 +92,7 @@ class Waiter {
   Clock::duration spinLimit() const noexcept { return limit_.limit(); }
 
  private:
-  SpinLimit limit_;
-  WaitMode mode_;
+  SpinLimit limit_;  // knows the mode (busy-poll: no limit)
   PollCost cost_;
 };
 

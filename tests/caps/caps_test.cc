@@ -578,7 +578,7 @@ class HostileTest : public testing::Test {
   }
 
   /// Sends a frame of `kind` to the Hub whose extension area is `records`.
-  void send(FrameKind kind, uint64_t callId, std::vector<capnp::word> records) {
+  void send(FrameKind kind, uint64_t callId, std::vector<uint64_t> records) {
     OutgoingMessage m;
     ASSERT_EQ(raw_->tryStartMessage(m, 8), Status::kOk);
     m.header().kind = static_cast<uint8_t>(kind);
@@ -587,14 +587,15 @@ class HostileTest : public testing::Test {
     m.header().methodId = 6;  // same(a, b)
     m.initRoot<capnp::AnyPointer>();
     extensions_ = std::move(records);
-    m.setExtensions(kj::arrayPtr(extensions_.data(), extensions_.size()));
+    m.setExtensions(kj::arrayPtr(reinterpret_cast<const capnp::word*>(extensions_.data()),
+                                 extensions_.size()));
     ASSERT_EQ(raw_->send(m), Status::kOk);
   }
 
   /// A record of `type` whose payload is the 32-bit values `fields`.
-  static std::vector<capnp::word> record(uint16_t type, std::vector<uint32_t> fields) {
+  static std::vector<uint64_t> record(uint16_t type, std::vector<uint32_t> fields) {
     if (fields.size() % 2) fields.push_back(0);
-    std::vector<capnp::word> out(1 + fields.size() / 2);
+    std::vector<uint64_t> out(1 + fields.size() / 2);
     const ExtensionHeader h{type, 0, static_cast<uint32_t>(8 * out.size())};
     std::memcpy(static_cast<void*>(out.data()), &h, sizeof h);
     std::memcpy(static_cast<void*>(out.data() + 1), fields.data(), fields.size() * 4);
@@ -618,7 +619,7 @@ class HostileTest : public testing::Test {
   HubImpl hub_;
   Server server_;
   std::unique_ptr<Connection> raw_;
-  std::vector<capnp::word> extensions_;
+  std::vector<uint64_t> extensions_;
 };
 
 TEST_F(HostileTest, ACallToAnExportNeverMadeIsAnErrorNamingIt) {
@@ -663,7 +664,7 @@ TEST_F(HostileTest, AReleaseOfSomethingNeverGivenClosesTheConnection) {
 
 TEST_F(HostileTest, ReleasingMoreThanWasGivenClosesTheConnection) {
   // The server exports an Account (one reference); releasing it twice over is a lie.
-  std::vector<capnp::word> none;
+  std::vector<uint64_t> none;
   OutgoingMessage m;
   ASSERT_EQ(raw_->tryStartMessage(m, 8), Status::kOk);
   m.header().kind = static_cast<uint8_t>(FrameKind::kRequest);

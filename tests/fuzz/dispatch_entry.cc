@@ -134,7 +134,7 @@ void runDispatchInput(const uint8_t* data, size_t size) {
     // Transport memory the message was built in: overwrite it, root pointer included.
     auto* first = const_cast<capnp::word*>(segments[0].begin());
     in.bytes(first, segments[0].size() * sizeof(capnp::word));
-    std::vector<capnp::word> extensions;
+    std::vector<uint64_t> extensions;  // capnp::word cannot be copied into new storage
     if (iface & 0x80) {
       for (int records = 1 + in.byte() % 2; records > 0; --records) {
         const auto type = static_cast<uint16_t>(in.byte() % 5);
@@ -143,13 +143,13 @@ void runDispatchInput(const uint8_t* data, size_t size) {
         extensions.resize(at + 1 + payloadWords);
         const ExtensionHeader h{type, 0, 8 * (1 + payloadWords)};
         std::memcpy(static_cast<void*>(&extensions[at]), &h, sizeof h);
-        in.bytes(&extensions[at + 1], payloadWords * sizeof(capnp::word));
+        in.bytes(&extensions[at + 1], payloadWords * sizeof(uint64_t));
         if (type == extension::kCapTable || type == extension::kReleases) {
-          const uint32_t count = payloadWords - 1;  // `u32 count, u32 0`, then 8-byte entries
-          std::memcpy(static_cast<void*>(&extensions[at + 1]), &count, sizeof count);
+          extensions[at + 1] = payloadWords - 1;  // `u32 count, u32 0`, then 8-byte entries
         }
       }
-      out.setExtensions(kj::arrayPtr(extensions.data(), extensions.size()));
+      out.setExtensions(kj::arrayPtr(reinterpret_cast<const capnp::word*>(extensions.data()),
+                                     extensions.size()));
     }
     out.header().kind = kind;
     out.header().callId = callId;

@@ -91,13 +91,19 @@ class BenchEchoService final : public echo::EchoService {
       call.results(echoWords(data.size())).setData(data);
   }
   void ping(PingCall&) override {}
-  void sink(SinkCall&) override { sinks_.fetch_add(1, std::memory_order_relaxed); }
+  // Reads its data, as echo.capnp says and as the stream rows' Chunks.put reads each
+  // chunk: the one-way floor a stream is set against does the same work per message.
+  void sink(SinkCall& call) override {
+    lastSinkBytes_ = call.params().getData().size();
+    sinks_.fetch_add(1, std::memory_order_relaxed);
+  }
   void delay(DelayCall&) override { throw ApplicationError(1, "zcrpc-bench: no delay"); }
   void fail(FailCall& call) override {
     throw ApplicationError(call.params().getCode(), call.params().getMessage().cStr());
   }
   std::atomic<uint64_t> largestFrame_{0};
   std::atomic<uint64_t> sinks_{0};
+  size_t lastSinkBytes_ = 0;  // the worker's; what sink() read
   /// The callback rows: when each echo arrived (reserve room first).
   bool noteArrivals = false;
   std::vector<Clock::time_point> arrivals;
