@@ -158,43 +158,47 @@ struct OneWayRig {
   }
 };
 
-/// One iteration: one chunk of a stream (`-> stream`), flow-controlled by the window.
-void zcrpcStream(benchmark::State& state) {
+/// The loop of the one-way and stream benchmarks: `send(payload)` once per iteration over a
+/// OneWayRig, then `finish()` (a call answered once everything sent was handled) inside the
+/// timing. `Client` is the generated client the two take.
+template <typename Client, typename Send, typename Finish>
+void sendEach(benchmark::State& state, Send send, Finish finish) {
   const size_t n = static_cast<size_t>(state.range(0));
   std::vector<kj::byte> data(n, kj::byte{0x5a});
   OneWayRig rig;
-  callback::ChunksClient chunks(*rig.channel);
+  Client client(*rig.channel);
   try {
-    for (auto _ : state) {
-      auto put = chunks.putRequest(payloadWords(n));
-      put.params().setData(kj::arrayPtr(data.data(), n));
-      put.send();
-    }
-    chunks.flushRequest().call();  // every chunk handled, inside the timing
+    for (auto _ : state) send(client, kj::arrayPtr(data.data(), n));
+    finish(client);
   } catch (const Error& e) {
     state.SkipWithError(e.what());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n));
 }
 
+/// One iteration: one chunk of a stream (`-> stream`), flow-controlled by the window.
+void zcrpcStream(benchmark::State& state) {
+  sendEach<callback::ChunksClient>(
+      state,
+      [](callback::ChunksClient& chunks, kj::ArrayPtr<const kj::byte> data) {
+        auto put = chunks.putRequest(payloadWords(data.size()));
+        put.params().setData(data);
+        put.send();
+      },
+      [](callback::ChunksClient& chunks) { chunks.flushRequest().call(); });
+}
+
 /// One iteration: one one-way message (sendOneWay, no answer, no flow control): the floor
 /// a stream is measured against.
 void zcrpcOneWay(benchmark::State& state) {
-  const size_t n = static_cast<size_t>(state.range(0));
-  std::vector<kj::byte> data(n, kj::byte{0x5a});
-  OneWayRig rig;
-  echo::EchoClient echo(*rig.channel);
-  try {
-    for (auto _ : state) {
-      auto sink = echo.sinkRequest(payloadWords(n));
-      sink.params().setData(kj::arrayPtr(data.data(), n));
-      sink.sendOneWay();
-    }
-    echo.pingRequest().call();  // every message handled, inside the timing
-  } catch (const Error& e) {
-    state.SkipWithError(e.what());
-  }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n));
+  sendEach<echo::EchoClient>(
+      state,
+      [](echo::EchoClient& echo, kj::ArrayPtr<const kj::byte> data) {
+        auto sink = echo.sinkRequest(payloadWords(data.size()));
+        sink.params().setData(data);
+        sink.sendOneWay();
+      },
+      [](echo::EchoClient& echo) { echo.pingRequest().call(); });
 }
 
 void loopbackMessagePingPong(benchmark::State& state) {

@@ -28,6 +28,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+using ::testing::ThrowsMessage;
 
 /// Serves `services` on `server`, starts it, and returns the client end of a loopback
 /// connection to it.
@@ -145,12 +146,8 @@ TEST_P(CapsTest, AHandlerThatStartedItsResultsCannotCallOnItsConnection) {
   keep.call();
   auto fire = hub.fireRequest();
   fire.params().setCount(-1);
-  try {
-    fire.call();
-    FAIL() << "the handler's call went through";
-  } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("after it started its results"));
-  }
+  EXPECT_THAT([&] { fire.call(); },
+              ThrowsMessage<InvalidArgument>(HasSubstr("after it started its results")));
   // Nothing else broke: the same connection calls back fine.
   auto again = hub.fireRequest();
   again.params().setCount(2);
@@ -311,12 +308,8 @@ TEST_P(CapsTest, CallsOnACapabilityWhoseChannelIsGoneFailDisconnected) {
   }
   ch.reset();
   AccountClient client(account);
-  try {
-    client.whoamiRequest();
-    FAIL() << "a call on a capability of a destroyed channel was started";
-  } catch (const Disconnected& e) {
-    EXPECT_THAT(e.what(), HasSubstr("connection is gone"));
-  }
+  EXPECT_THAT([&] { client.whoamiRequest(); },
+              ThrowsMessage<Disconnected>(HasSubstr("connection is gone")));
 }
 
 TEST_P(CapsTest, AServerHeldCallbackOfAGoneClientFailsDisconnected) {
@@ -432,12 +425,8 @@ TEST_P(CapsTest, AnErrorMidStreamFailsTheNextSendAndTheFinalCall) {
     }
   }
   EXPECT_GT(failedAt, 10);  // a later chunk saw it: never a round trip per chunk
-  try {
-    upload.doneRequest().call();
-    FAIL() << "the final call succeeded after a failed chunk";
-  } catch (const ApplicationError& e) {
-    EXPECT_THAT(e.what(), HasSubstr("chunk 10 is refused"));
-  }
+  EXPECT_THAT([&] { upload.doneRequest().call(); },
+              ThrowsMessage<ApplicationError>(HasSubstr("chunk 10 is refused")));
 }
 
 TEST_P(CapsTest, AServerStreamsToAnObjectTheClientPassed) {
@@ -896,12 +885,8 @@ TEST(UserDrivenServer, ServesCallsAndCallbacksFromTheCallersEventLoop) {
 TEST(UserDrivenServer, PollIsRefusedOnAServerWithWorkerThreads) {
   Server server;
   server.start();
-  try {
-    server.poll();
-    FAIL() << "poll() drove a server that has a worker thread";
-  } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("workerThreads = 0"));
-  }
+  EXPECT_THAT([&] { server.poll(); },
+              ThrowsMessage<InvalidArgument>(HasSubstr("workerThreads = 0")));
   EXPECT_THROW((void)server.waitFd(), InvalidArgument);
   server.shutdown();
 }
