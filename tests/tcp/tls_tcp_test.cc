@@ -18,6 +18,7 @@
 
 #include "conformance/support.h"
 #include "tls/test_pki.h"
+#include "transport/tcp/tcp_setup.h"
 #include "transport/token.h"
 #include "zcrpc/config.h"
 #include "zcrpc/context.h"
@@ -323,6 +324,36 @@ TEST(TlsTcp, AClientRefusesAServerItCannotVerify) {
   co.tls.serverName = "billing.example.com";
   error = connectError(server.endpoint, co);
   EXPECT_NE(error.find("hostname mismatch"), std::string::npos) << error;
+}
+
+TEST(TlsTcp, APlainClientWhoseHelloComesLateStillGetsTheReason) {
+  // The listener must not start its TLS handshake before the first bytes tell a plain
+  // Hello from a ClientHello: here they come 50 ms after the connection, in two pieces
+  // (a handshake started early reads them as a bad TLS record and drops the client).
+  TestPki pki;
+  WhoService who;
+  RunningServer secure(who, serverTls(pki));
+  OwnedFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(secure.port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const uint64_t magic = tcp::kHelloMagic;
+  std::this_thread::sleep_for(50ms);
+  ASSERT_EQ(::send(fd.get(), &magic, 3, MSG_NOSIGNAL), 3);
+  std::this_thread::sleep_for(50ms);
+  ASSERT_EQ(::send(fd.get(), reinterpret_cast<const char*>(&magic) + 3, 5, MSG_NOSIGNAL), 5);
+  std::string answer;
+  char buf[512];
+  pollfd pfd{fd.get(), POLLIN, 0};
+  while (answer.find("speaks TLS") == std::string::npos && ::poll(&pfd, 1, 3000) > 0) {
+    const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (n <= 0) break;
+    answer.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_NE(answer.find("this listener speaks TLS"), std::string::npos)
+      << "the listener answered " << answer.size() << " bytes";
 }
 
 TEST(TlsTcp, PlainAndTlsEndsThatMeetAreRefusedWithTheReason) {

@@ -131,8 +131,15 @@ class TcpListener final : public Listener {
     if (p.tls && !p.tlsDone) {
       if (!p.tlsStarted) {
         // A plain zcrpc client gets the reason in its own protocol, not a TLS alert.
+        // Decided on the first bytes, peeked: until they tell a plain Hello from a TLS
+        // ClientHello, the handshake must not start (it would read a plain Hello as a bad
+        // TLS record and drop the client without its reason).
         uint64_t magic = 0;
         ssize_t n = ::recv(p.stream->fd(), &magic, sizeof magic, MSG_PEEK | MSG_DONTWAIT);
+        if ((n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) ||
+            (n > 0 && n < static_cast<ssize_t>(sizeof magic) &&
+                      std::memcmp(&magic, &kHelloMagic, static_cast<size_t>(n)) == 0))
+          return nullptr;  // nothing yet, or the start of a Hello: wait for more
         if (n == static_cast<ssize_t>(sizeof magic) && magic == kHelloMagic) {
           Answer a;
           std::snprintf(a.reason, sizeof a.reason, "%s", "this listener speaks TLS: connect with tls=on");
