@@ -67,6 +67,7 @@ CapnpConnection::CapnpConnection(std::unique_ptr<tcp::ByteStream> stream,
                                  std::shared_ptr<RefusalLog> refusals)
     : endpoint_(std::move(endpoint)),
       peer_(std::move(peer)),
+      side_(side),
       options_(options),
       refusals_(std::move(refusals)),
       epoll_(ZCRPC_SYSCALL(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1 for " + endpoint_)) {
@@ -79,6 +80,7 @@ CapnpConnection::CapnpConnection(std::unique_ptr<tcp::ByteStream> stream,
   Scope scope(*this);
   scope.enter();
   network_ = kj::heap<capnp::TwoPartyVatNetwork>(*stream_, side, readerOptions());
+  oneWays_ = kj::heap<kj::TaskSet>(static_cast<kj::TaskSet::ErrorHandler&>(*this));
 }
 
 capnp::ReaderOptions CapnpConnection::readerOptions() const noexcept {
@@ -108,7 +110,9 @@ void CapnpConnection::tearDown() noexcept {
   try {
     Scope scope(*this);
     scope.enter();
+    dropCalls();
     dropRpc();
+    rpc_ = nullptr;  // its SessionObjects go with it (dropping_: nothing told)
     disconnectWatch_ = nullptr;
     network_ = nullptr;
     stream_ = nullptr;  // after the network that reads it; its waiting read is cancelled
@@ -236,8 +240,7 @@ Status CapnpConnection::send(OutgoingMessage& msg, bool flushNow) {
   Status s = Status::kDisconnected;
   KJ_DEFER(msg.markSent());  // the frame's memory goes with `frame`, sent or not
   if (msg.extensions().size() != 0) [[unlikely]]
-    throw InvalidArgument("connection " + endpoint_ +
-                          " cannot carry zcrpc frame extension records (capabilities) yet");
+    checkExtensionArea(msg.extensions(), kMaxExtensionBytes, endpoint_);
   if (!broken_ && !closed_.load()) {
     scope.enter();
     s = sendFrame(msg);
@@ -267,16 +270,6 @@ void CapnpConnection::pump(Scope& scope) {
   scope.poll();
   // After an end of stream nothing more can come: what it completed is queued already.
   if (!stream_->flush() || stream_->ended()) fault(endReason());
-}
-
-bool CapnpConnection::withdraw(uint64_t callId) {
-  for (auto it = incoming_.begin(); it != incoming_.end(); ++it) {
-    if (it->header().callId == callId && it->header().kind == static_cast<uint8_t>(FrameKind::kRequest)) {
-      incoming_.erase(it);
-      return true;
-    }
-  }
-  return false;
 }
 
 Status CapnpConnection::tryReceive(IncomingMessage& out) {

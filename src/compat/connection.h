@@ -12,9 +12,12 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
+#include "compat/errors.h"
 #include "compat/heap_frame.h"
 #include "compat/message_stream.h"
 #include "os/os.h"
@@ -58,9 +61,25 @@ class OwnFrameReader final {
 };
 
 /// A Connection whose wire is Cap'n Proto's two-party RPC protocol. The subclass owns the
-/// RPC system (client or server side) and turns the session's frames into its calls and
-/// answers (send()); this base reads the socket, runs the event loop and queues the frames
-/// made for the session.
+/// RPC system (client or server side) and says what the session's calls without a target
+/// go to; this base reads the socket, runs the event loop, queues the frames made for the
+/// session, and translates between the session's frames and the RPC system's calls, in
+/// both directions (either end may call the other once capabilities are passed):
+///
+/// * a capnp call on the server's bootstrap, or on a capability standing for one of the
+///   session's exports (SessionObject), becomes a request frame for the session (with a
+///   target record naming that export); the session's answer frame settles the call;
+/// * a request, stream request or one-way frame of the session becomes a call on the
+///   peer's bootstrap (no target) or on the peer capability its target names; the answer
+///   becomes a frame for the session;
+/// * capabilities in params and results: one of the peer's (a capnp::Capability::Client)
+///   becomes an export of ours in the session's eyes (an id of `peerCaps_`, a
+///   sender-hosted capTable entry), which the session releases with a release frame; one
+///   the session exports becomes a SessionObject (a capnp::Capability::Server) whose end
+///   (capnp dropped it) is a release frame for the session; each handed back is the
+///   original again (a peer capability given back is the same Client, which the RPC system
+///   turns into the peer's own object; a SessionObject coming back is the session's
+///   export, a receiver-hosted entry).
 ///
 /// The KJ event loop is entered only inside this object's own calls, for their duration,
 /// on the calling thread (Scope): a server worker thread serves these connections among
@@ -70,7 +89,8 @@ class OwnFrameReader final {
 /// and receiving threads may differ (the Connection contract): entries are serialised.
 ///
 /// Threads: as Connection; close(), lastError(), endpoint() from any thread.
-class CapnpConnection : public Connection, private HeapFrame::Owner {
+class CapnpConnection : public Connection, private HeapFrame::Owner, private HeapFrame::CapWriter,
+                        private kj::TaskSet::ErrorHandler {
  public:
   ~CapnpConnection() noexcept override;
 
@@ -89,12 +109,11 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
   std::string endpoint() const override { return endpoint_; }
   uint64_t maxMessageBytes() const noexcept override { return options_.connection.maxMessageBytes; }
   uint32_t maxLeases() const noexcept override { return options_.connection.maxLeases; }
-  /// zcrpc's frame extension records (capability tables, targets, releases) are not
-  /// translated to rpc.capnp yet: none can be sent (send() refuses a message with any).
-  uint32_t maxExtensionBytes() const noexcept override { return 0; }
 
  protected:
-  /// One call's hold on the connection: the lock that serialises calls, and (enter()) the
+  using AnyContext = capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>;
+
+/// One call's hold on the connection: the lock that serialises calls, and (enter()) the
   /// connection's event loop made current on this thread until the Scope goes.
   class Scope final {
    public:
@@ -131,24 +150,24 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
                   std::shared_ptr<RefusalLog> refusals);
 
   capnp::TwoPartyVatNetwork& network() noexcept { return *network_; }
-  /// The RPC system is built: watch its end, send what it wrote (a client's Bootstrap).
+  /// The RPC system is built (the subclass's, in `rpc_`): watch its end, send what it
+  /// wrote (a client's Bootstrap).
   void started(Scope& scope);
   /// Ends the RPC system and everything of the loop before the loop goes (subclass
   /// destructor, first thing).
   void tearDown() noexcept;
-  /// The subclass's RPC system and what it keeps of calls, dropped in scope by tearDown().
-  virtual void dropRpc() noexcept = 0;
-  /// After each run of the loop (in scope): what the subclass could not do inside it.
-  virtual void afterPoll() {}
+  /// What the subclass keeps of the RPC system, dropped in scope by tearDown() before it.
+  virtual void dropRpc() noexcept {}
 
-  /// The session's frame `msg` (opened by tryStartMessage), in scope: becomes a call or an
-  /// answer on the wire. The frame's memory is freed afterwards.
-  virtual Status sendFrame(OutgoingMessage& msg) = 0;
+  /// What the session's calls without a target go to: the peer's bootstrap capability
+  /// (bootstrapped on first use). In the loop.
+  capnp::Capability::Client peerBootstrap();
 
-  /// Queues a frame for the session (in scope).
-  void deliver(IncomingMessage frame) { incoming_.push_back(std::move(frame)); }
-  /// Takes back the queued request `callId` if the session has not received it yet.
-  bool withdraw(uint64_t callId);
+  /// A capnp call on this end's bootstrap (`target` 0) or on the SessionObject of export
+  /// `target`: a request frame for the session; the promise settles with its answer (the
+  /// call's results or exception are set by then). In the loop.
+  kj::Promise<void> takeCall(uint32_t target, uint64_t interfaceId, uint16_t methodId, AnyContext& context);
+
   /// Notes why the connection failed (first reason wins) and closes it.
   void fault(const std::string& why) noexcept;
   /// The socket reached its end (the peer closed it, or it failed).
@@ -161,7 +180,94 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
   const PeerIdentity& peer() const noexcept override { return identity_; }
   capnp::ReaderOptions readerOptions() const noexcept;
 
+  kj::Own<capnp::RpcSystem<capnp::rpc::twoparty::VatId>> rpc_;  // the subclass builds it
+
  private:
+  /// A capability standing, on the capnp side, for export `exportId` of the session: its
+  /// calls are request frames with a target record; `refs` counts the references the
+  /// session granted for it in the frames turned into it, which its end gives back (a
+  /// release frame). Lives in the loop (the RPC system and the messages holding it).
+  class SessionObject;
+  /// One of the peer's capabilities the session holds as an export of ours (id in
+  /// peerCaps_): the references the session was granted to it, and the Client.
+  struct PeerCap {
+    capnp::Capability::Client client;
+    uint32_t refs = 0;
+    const capnp::ClientHook* hook = nullptr;  // its key in peerCapIds_
+  };
+  /// A capnp call the session has not answered yet.
+  struct Answering {
+    Answering(AnyContext& c, kj::Own<kj::PromiseFulfiller<void>> f) : context(c), fulfiller(kj::mv(f)) {}
+    AnyContext context;
+    kj::Own<kj::PromiseFulfiller<void>> fulfiller;
+  };
+  /// A ping of the session: answered once its Bootstrap round trip came back and no stream
+  /// chunk sent before it is still in flight (a pong confirms them, as over zcrpc's wire).
+  struct Ping {
+    uint64_t id;
+    bool answered = false;
+    bool failed = false;
+    ZcrpcError error;
+  };
+
+  // ---- frames from the session to the wire (connection_calls.cc), in the loop
+  /// The session's frame `msg` (opened by tryStartMessage): its extension records read,
+  /// then a call or an answer on the wire. The frame's memory is freed afterwards.
+  Status sendFrame(OutgoingMessage& msg);
+  /// The capabilities of a frame's capTable record, as Cap'n Proto's (each sender-hosted
+  /// one counted as a reference to its SessionObject).
+  kj::Array<kj::Maybe<kj::Own<capnp::ClientHook>>> readCapTable(std::span<const std::byte> record);
+  /// Gives back what a releases record of the session drops.
+  void readReleases(std::span<const std::byte> record);
+  /// A call of the session on the wire: `kind` request, stream request or one-way.
+  void sendCall(const FrameHeader& h, uint32_t target, capnp::AnyPointer::Reader params, capnp::MessageSize size);
+  /// The session's answer to call `h.callId` of ours.
+  void sendAnswer(const FrameHeader& h, capnp::AnyPointer::Reader results, OwnFrameReader& frame);
+  /// A new Bootstrap question to the peer.
+  capnp::Capability::Client bootstrapRequest();
+  /// The session's stream chunk `id` was answered (`e`: with an exception).
+  void chunkDone(uint64_t id, const kj::Exception* e);
+  void sendPing(uint64_t id);
+  /// Answers the pings nothing holds back any more.
+  void answerPings();
+  /// A capnp answer (`results`) to the session's call `h`: a frame for the session.
+  void answered(const FrameHeader& h, capnp::AnyPointer::Reader results);
+  /// The session's call `id` failed on the wire with `e`.
+  void failed(uint64_t id, const kj::Exception& e);
+  /// Queues the answer `make()` builds for the session's call `id` (or an error frame
+  /// when it cannot).
+  template <typename Make>
+  void finish(uint64_t id, Make&& make);
+
+  // ---- capnp calls into the session
+  /// A call of ours whose promise went: answered (nothing to do), or the peer cancelled it
+  /// (its Finish came first): the session's handler sees isCancelled(), or never runs
+  /// when the session has not taken the request yet.
+  void callGone(uint64_t id) noexcept;
+  /// The SessionObject of export `exportId`, granted one more reference.
+  capnp::Capability::Client sessionObject(uint32_t exportId);
+  /// The SessionObject of `exportId` went (capnp holds it no more): its references go back.
+  void sessionObjectGone(uint32_t exportId, uint32_t refs) noexcept;
+  // CapWriter: capnp's capabilities in a copy for the session, as a capTable record.
+  void writeCapTable(kj::ArrayPtr<kj::Maybe<kj::Own<capnp::ClientHook>>> found,
+                     std::vector<capnp::word>& records) override;
+  /// Takes back the references of the capTable in `frame` (a frame the session never got).
+  void unwriteCapTable(IncomingMessage& frame) noexcept;
+  /// Drops `refs` of the session's references to peer capability `id` (the Client at
+  /// zero); false when it holds fewer.
+  bool dropPeerCap(uint32_t id, uint32_t refs) noexcept;
+  // kj::TaskSet::ErrorHandler: a one-way call's error (nobody waits for it).
+  void taskFailed(kj::Exception&&) override {}
+
+  /// Queues a frame for the session (in scope).
+  void deliver(IncomingMessage frame) { incoming_.push_back(std::move(frame)); }
+  /// Takes back the queued request `callId` if the session has not received it yet.
+  bool withdraw(uint64_t callId);
+  /// After each run of the loop (in scope): drops the calls it answered.
+  void afterPoll();
+  /// Drops the calls and capabilities of both directions (in scope, before the RPC system).
+  void dropCalls() noexcept;
+
   /// Reads the socket once, runs the loop, writes what it produced. In scope.
   void pump(Scope& scope);
   /// Opens `msg` on a frame of its own for the session.
@@ -170,6 +276,7 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
 
   const std::string endpoint_;
   const std::string peer_;
+  const capnp::rpc::twoparty::Side side_;
   PeerIdentity identity_;
   const CapnpOptions options_;
   std::shared_ptr<RefusalLog> refusals_;
@@ -181,6 +288,23 @@ class CapnpConnection : public Connection, private HeapFrame::Owner {
   kj::Own<capnp::TwoPartyVatNetwork> network_;
   kj::Maybe<kj::Promise<void>> disconnectWatch_;
   std::deque<IncomingMessage> incoming_;
+
+  // Calls and capabilities (in the loop, under the scope lock)
+  std::unordered_map<uint64_t, Answering> answering_;  // capnp calls by the call id we gave them
+  uint64_t nextCallId_ = 1;
+  std::unordered_map<uint64_t, kj::Promise<void>> asking_;  // the session's calls by its call id
+  std::vector<uint64_t> done_;           // asking_ answered in this run of the loop, dropped after it
+  std::vector<uint64_t> chunks_;         // the session's stream chunks in flight (call ids, in order)
+  std::deque<Ping> pings_;
+  kj::Own<kj::TaskSet> oneWays_;
+  std::optional<capnp::Capability::Client> peerMain_;  // the peer's bootstrap, once asked
+  std::unordered_map<uint32_t, PeerCap> peerCaps_;                  // by the id the session knows
+  std::unordered_map<const capnp::ClientHook*, uint32_t> peerCapIds_;  // the same, by hook
+  uint32_t nextPeerCap_ = 1;
+  std::unordered_map<uint32_t, SessionObject*> sessionObjects_;           // by export id
+  std::unordered_map<const capnp::ClientHook*, uint32_t> sessionObjectIds_;  // their hooks
+  bool dropping_ = false;  // tearing down: calls and objects go without telling the session
+
   std::mutex openMutex_;
   std::vector<std::unique_ptr<HeapFrame>> open_;  // frames the session builds, under openMutex_
   bool broken_ = false;

@@ -3,6 +3,7 @@
 #include <capnp/capability.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "rpc/frames.h"
@@ -32,28 +33,71 @@ IncomingMessage HeapFrame::seal(std::unique_ptr<HeapFrame> frame, OutgoingMessag
     f.payloadBytes += segments[i].size() * sizeof(capnp::word);
   }
   f.header.segmentCount = static_cast<uint16_t>(segments.size());
+  if (!frame->extensions_.empty()) {
+    // Laid out as parseFrame lists a received frame's records (the session reads them so).
+    const auto* area = reinterpret_cast<const std::byte*>(frame->extensions_.data());
+    const auto bytes = static_cast<uint32_t>(frame->extensions_.size() * sizeof(capnp::word));
+    f.header.flags |= kFlagExtended;
+    f.extensionArea = area;
+    f.extensionBytes = bytes;
+    f.extensionCount = 0;
+    for (uint32_t at = 0; at < bytes;) {
+      if (f.extensionCount == kMaxExtensionRecords)
+        throw InvalidArgument("a frame for the session needs more than " + std::to_string(kMaxExtensionRecords) +
+                              " extension records");
+      ExtensionHeader h;
+      std::memcpy(&h, area + at, sizeof h);
+      f.extensions[f.extensionCount++] = ExtensionRecord{h.type, at, h.bytes};
+      at += h.bytes;
+    }
+  }
   built.markSent();
   return IncomingMessage(*frame.release(), 0);
 }
 
+void HeapFrame::appendRecord(std::vector<capnp::word>& records, uint16_t type,
+                             kj::ArrayPtr<const kj::byte> payload) {
+  const size_t words = 1 + (payload.size() + 7) / 8;
+  const size_t at = records.size();
+  records.resize(at + words);  // capnp::word value-initialises to zero
+  auto* bytes = reinterpret_cast<kj::byte*>(records.data() + at);
+  const ExtensionHeader h{type, 0, static_cast<uint32_t>(words * sizeof(capnp::word))};
+  std::memcpy(bytes, &h, sizeof h);
+  if (payload.size()) std::memcpy(bytes + sizeof h, payload.begin(), payload.size());
+}
+
 IncomingMessage HeapFrame::copyOf(const FrameHeader& header, capnp::AnyPointer::Reader root,
-                                  uint64_t maxMessageBytes, const ReaderLimits& limits) {
+                                  uint64_t maxMessageBytes, const ReaderLimits& limits, CapWriter* writer,
+                                  std::vector<capnp::word> records) {
   const uint64_t words = root.targetSize().wordCount + 1;  // + the root pointer
   auto frame = std::make_unique<HeapFrame>(std::max<uint64_t>(maxMessageBytes, words * 8), limits);
   OutgoingMessage out;
   frame->open(out, static_cast<uint32_t>(std::min<uint64_t>(words, UINT32_MAX)));
-  // Capabilities the copy meets land in `caps` instead of the message's own table, so we
-  // can tell: zcrpc frames carry none yet (issue 18), and a handler or caller must not get
-  // a message whose capability pointers lead nowhere.
+  // Capabilities the copy meets land in `caps`, in the order its capability pointers index
+  // them: the frame's capTable record says what each is (a handler or caller must not get
+  // a message whose capability pointers lead nowhere).
   capnp::BuilderCapabilityTable caps;
   caps.imbue(out.getRoot<capnp::AnyPointer>()).set(root);
-  if (caps.getTable().size() != 0)
-    throw Unimplemented(std::to_string(caps.getTable().size()) +
-                        " capabilit" + (caps.getTable().size() == 1 ? "y" : "ies") +
-                        " in the message: zcrpc does not pass capabilities over standard Cap'n Proto "
-                        "connections yet");
+  if (caps.getTable().size() != 0) {
+    if (!writer)
+      throw InvalidArgument(std::to_string(caps.getTable().size()) + " capabilit" +
+                            (caps.getTable().size() == 1 ? "y" : "ies") +
+                            " in a message that cannot carry any");
+    writer->writeCapTable(caps.getTable(), records);
+  }
   frame->header_ = header;
+  frame->extensions_ = std::move(records);
   return seal(std::move(frame), out);
+}
+
+IncomingMessage HeapFrame::release(uint32_t exportId, uint32_t refs, const ReaderLimits& limits) {
+  FrameHeader h{};
+  h.kind = static_cast<uint8_t>(FrameKind::kRelease);
+  const uint32_t payload[4] = {1, 0, exportId, refs};  // count, 0, then {exportId, refs}
+  std::vector<capnp::word> records;
+  appendRecord(records, extension::kReleases,
+               kj::arrayPtr(reinterpret_cast<const kj::byte*>(payload), sizeof payload));
+  return copyOf(h, capnp::AnyPointer::Reader(), 1 << 10, limits, nullptr, std::move(records));
 }
 
 IncomingMessage HeapFrame::error(uint64_t callId, ErrorKind kind, int32_t code, const std::string& message,

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <capnp/any.h>
+#include <capnp/capability.h>
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include <kj/array.h>
 
@@ -33,6 +35,18 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
     ~Owner() = default;
   };
 
+  /// Writes the extension records of a frame copied from a Cap'n Proto message that held
+  /// capabilities (copyOf()): `found` are Cap'n Proto's, in the order the copy's capability
+  /// pointers index them; the writer appends a capTable record for them to `records`.
+  class CapWriter {
+   public:
+    virtual void writeCapTable(kj::ArrayPtr<kj::Maybe<kj::Own<capnp::ClientHook>>> found,
+                               std::vector<capnp::word>& records) = 0;
+
+   protected:
+    ~CapWriter() = default;
+  };
+
   /// A frame that may grow to `maxMessageBytes` (then InvalidArgument), read with `limits`.
   HeapFrame(uint64_t maxMessageBytes, const ReaderLimits& limits) noexcept : limits_(limits) {
     segments_.reset(maxMessageBytes);
@@ -49,11 +63,21 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
 
   /// A frame whose root is a copy of `root` (a Cap'n Proto struct or null), in one segment.
   /// Copies because a zcrpc frame's root is the message root, and Cap'n Proto's params and
-  /// results lie inside its RPC message (rpc.capnp Payload.content). Throws Unimplemented
-  /// when `root` holds a capability (zcrpc frames carry none yet), InvalidArgument when it
-  /// exceeds `maxMessageBytes`.
+  /// results lie inside its RPC message (rpc.capnp Payload.content). The frame carries the
+  /// extension `records` (whole records, e.g. a target) and, when `root` holds
+  /// capabilities, the capTable record `caps` writes for them (without a writer such a
+  /// message is refused: InvalidArgument). Throws InvalidArgument when the copy exceeds
+  /// `maxMessageBytes`.
   static IncomingMessage copyOf(const FrameHeader& header, capnp::AnyPointer::Reader root,
-                                uint64_t maxMessageBytes, const ReaderLimits& limits);
+                                uint64_t maxMessageBytes, const ReaderLimits& limits,
+                                CapWriter* caps = nullptr, std::vector<capnp::word> records = {});
+  /// Appends an extension record of `type` with `payload` (padded with zeros to whole
+  /// words) to `records`.
+  static void appendRecord(std::vector<capnp::word>& records, uint16_t type, kj::ArrayPtr<const kj::byte> payload);
+
+  /// A release frame (FrameKind::kRelease, a null root) whose releases record gives back
+  /// `refs` references to export `exportId` of the session.
+  static IncomingMessage release(uint32_t exportId, uint32_t refs, const ReaderLimits& limits);
   /// An error frame (FrameKind::kError) for call `callId`, as the session's own errors are.
   static IncomingMessage error(uint64_t callId, ErrorKind kind, int32_t code, const std::string& message,
                                const ReaderLimits& limits);
@@ -74,7 +98,8 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
   Owner* owner_ = nullptr;
   ReaderLimits limits_;
   HeapSegments segments_;
-  ParsedFrame frame_;  // once sealed
+  std::vector<capnp::word> extensions_;  // the sealed frame's extension area (records)
+  ParsedFrame frame_;                    // once sealed
 };
 
 }  // namespace zcrpc::compat

@@ -4,7 +4,6 @@
 // the session sends back into the call's results or exception.
 #include <unistd.h>
 
-#include <unordered_map>
 
 #include "compat/connection.h"
 #include "compat/errors.h"
@@ -24,6 +23,8 @@ using VatId = capnp::rpc::twoparty::VatId;
 /// call becomes a request frame (FrameKind::kRequest) whose interface and method are the
 /// call's, and the session dispatches it by interface id to the service added for it, as it
 /// does zcrpc's own frames (an interface no service serves gets Unimplemented, as there).
+/// Calls on the objects the session exports, and the session's calls on the client's
+/// objects, go through the base (CapnpConnection).
 ///
 /// Copies: the params are copied out of the Call message into the request frame, and the
 /// answer frame's results into the Return message, because a zcrpc frame's root is the
@@ -50,112 +51,13 @@ class CapnpServerConnection final : public CapnpConnection {
   class Bootstrap final : public capnp::Capability::Server {
    public:
     explicit Bootstrap(CapnpServerConnection& c) : c_(c) {}
-    DispatchCallResult dispatchCall(uint64_t interfaceId, uint16_t methodId,
-                                    capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
-      return {c_.startCall(interfaceId, methodId, context), false};
+    DispatchCallResult dispatchCall(uint64_t interfaceId, uint16_t methodId, AnyContext context) override {
+      return {c_.takeCall(0, interfaceId, methodId, context), false};
     }
 
    private:
     CapnpServerConnection& c_;
   };
-
-  /// A call the session has not answered yet.
-  struct Call {
-    Call(capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>& c,
-         kj::Own<kj::PromiseFulfiller<void>> f)
-        : context(c), fulfiller(kj::mv(f)) {}
-    capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context;
-    kj::Own<kj::PromiseFulfiller<void>> fulfiller;
-  };
-
-  kj::Promise<void> startCall(uint64_t interfaceId, uint16_t methodId,
-                              capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>& context) {
-    const uint64_t id = nextCallId_++;
-    FrameHeader h{};
-    h.kind = static_cast<uint8_t>(FrameKind::kRequest);
-    h.callId = id;
-    h.interfaceId = interfaceId;
-    h.methodId = methodId;
-    IncomingMessage request;
-    try {
-      request = HeapFrame::copyOf(h, context.getParams(), options().connection.maxMessageBytes,
-                                  options().connection.readerLimits);
-    } catch (const Error& e) {  // InvalidArgument (over a limit) or Unimplemented (a capability)
-      return toCapnp(e.kind(), 0, std::string("server could not take the request: ") + e.what());
-    } catch (kj::Exception& e) {  // the params broke a reader limit (or were malformed)
-      // (A context added with wrapContext() would not travel: rpc.capnp carries the reason.)
-      const auto& limits = options().connection.readerLimits;
-      return kj::Exception(e.getType(), "(zcrpc)", 0,
-                           kj::str("server could not read the request (traversal_limit_words ",
-                                   limits.traversalLimitWords, ", nesting_limit ", limits.nestingLimit,
-                                   "): ", e.getDescription()));
-    }
-    context.releaseParams();  // copied: the Call message may go
-    // zcrpc's cancellation is a flag the handler may look at (isCancelled()), never an
-    // interruption, so a client's Finish may drop this promise at any time: callGone()
-    // then tells the session.
-    context.allowCancellation();
-    auto paf = kj::newPromiseAndFulfiller<void>();
-    calls_.emplace(id, Call(context, kj::mv(paf.fulfiller)));
-    deliver(std::move(request));
-    return paf.promise.attach(kj::defer([this, id] { callGone(id); }));
-  }
-
-  /// The call's promise went: answered (nothing to do), or the client cancelled it (its
-  /// Finish came first): the session's handler sees isCancelled(), or never runs when the
-  /// session has not taken the request yet.
-  void callGone(uint64_t id) noexcept {
-    if (dropping_) return;
-    auto it = calls_.find(id);
-    if (it == calls_.end()) return;
-    calls_.erase(it);
-    if (withdraw(id)) return;
-    FrameHeader h{};
-    h.kind = static_cast<uint8_t>(FrameKind::kCancel);
-    h.callId = id;
-    try {
-      deliver(HeapFrame::copyOf(h, capnp::AnyPointer::Reader(), 1 << 10, options().connection.readerLimits));
-    } catch (...) {
-      // No memory for a cancellation notice: the handler finishes unaware, as if late.
-    }
-  }
-
-  Status sendFrame(OutgoingMessage& msg) override {
-    const FrameHeader& h = msg.header();
-    const auto kind = static_cast<FrameKind>(h.kind);
-    if (kind == FrameKind::kPong) return Status::kOk;  // never asked: no pings in rpc.capnp
-    if (kind != FrameKind::kResponse && kind != FrameKind::kError)
-      throw InvalidArgument("connection " + endpoint() + " (a standard Cap'n Proto client) carries no frame of kind " +
-                            std::to_string(h.kind));
-    auto it = calls_.find(h.callId);
-    if (it == calls_.end()) return Status::kOk;  // cancelled by the client meanwhile
-    Call call = std::move(it->second);
-    calls_.erase(it);
-    OwnFrameReader answer(msg);
-    if (kind == FrameKind::kError) {
-      CallResult e = readError(answer.reader());
-      call.fulfiller->reject(toCapnp(e.errorKind(), e.errorCode(), e.errorMessage()));
-      return Status::kOk;
-    }
-    try {
-      call.context.getResults(answer.size()).set(answer.root());
-      call.fulfiller->fulfill();
-    } catch (kj::Exception& e) {
-      call.fulfiller->reject(kj::mv(e));
-    }
-    return Status::kOk;
-  }
-
-  void dropRpc() noexcept override {
-    dropping_ = true;
-    calls_.clear();
-    rpc_ = nullptr;
-  }
-
-  std::unordered_map<uint64_t, Call> calls_;
-  uint64_t nextCallId_ = 1;
-  bool dropping_ = false;
-  kj::Own<capnp::RpcSystem<VatId>> rpc_;
 };
 
 /// Accepts standard Cap'n Proto clients on a TCP or unix stream socket. There is no

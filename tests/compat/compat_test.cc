@@ -37,6 +37,8 @@
 #include <functional>
 #include <sys/wait.h>
 
+#include "caps.capnp.h"
+#include "caps_impl.h"
 #include "codegen/services_impl.h"
 #include "common.capnp.zcrpc.h"
 #include "echo.capnp.h"
@@ -525,34 +527,6 @@ TEST_P(StandardClient, CredentialPolicyRefusesUnixClients) {
   EXPECT_EQ(server.echo().pings(), 0);
 }
 
-/// A Cap'n Proto capability of the test's own (any call on it is unimplemented).
-class Nothing final : public capnp::Capability::Server {
- public:
-  DispatchCallResult dispatchCall(uint64_t, uint16_t,
-                                  capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>) override {
-    return {KJ_EXCEPTION(UNIMPLEMENTED, "nothing here"), false};
-  }
-};
-
-TEST_P(StandardClient, CapabilityInParamsIsUnimplementedAndTheConnectionGoesOn) {
-  ZcrpcEchoServer server(unix());
-  capnp::EzRpcClient client(server.kj());
-  auto& ws = client.getWaitScope();
-  // Echo.echo's params with a capability where the data pointer goes: what a client of a
-  // schema passing capabilities sends. zcrpc's frames carry no capabilities yet (issue 18).
-  auto req = client.getMain().typelessRequest(capnp::typeId<echo::Echo>(), 0, nullptr);
-  req.initAsAnyStruct(0, 1).getPointerSection()[0].setAs<capnp::Capability>(
-      capnp::Capability::Client(kj::heap<Nothing>()));
-  const kj::Exception e = failureOf(req.send(), ws, "a call carrying a capability");
-  EXPECT_EQ(e.getType(), kj::Exception::Type::UNIMPLEMENTED) << describe(e);
-  EXPECT_NE(describe(e).find("1 capability in the message"), std::string::npos) << describe(e);
-  auto echo = client.getMain<echo::Echo>();
-  auto ok = echo.echoRequest();
-  ok.setData(pattern(16, 2));
-  EXPECT_EQ(ok.send().wait(ws).getData().size(), 16u);
-  EXPECT_TRUE(server.refusals().empty()) << server.refusals().front();
-}
-
 TEST_P(StandardClient, ReaderLimitsBoundWhatTheServerReads) {
   CapnpOptions o;
   o.connection.readerLimits.traversalLimitWords = 4096;  // 32 KiB
@@ -853,59 +827,6 @@ TEST_P(ZcrpcClient, OneWayCallsReachBothKindsOfServer) {
   echo2.pingRequest().call();
 }
 
-/// A standard server whose every answer holds a capability.
-class GivesCapabilities final : public capnp::Capability::Server {
- public:
-  DispatchCallResult dispatchCall(uint64_t, uint16_t,
-                                  capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
-    context.getResults().initAsAnyStruct(0, 1).getPointerSection()[0].setAs<capnp::Capability>(
-        capnp::Capability::Client(kj::heap<Nothing>()));
-    return {kj::READY_NOW, false};
-  }
-};
-
-TEST_P(ZcrpcClient, CapabilityInResultsIsUnimplementedAndTheChannelGoesOn) {
-  CapnpServer server(unix(), kj::heap<GivesCapabilities>());
-  Channel channel(connectTo(server.endpoint()));
-  echo::EchoClient echo(channel);
-  for (int i = 0; i < 2; ++i) {
-    try {
-      echo.pingRequest().call();
-      ADD_FAILURE() << "results holding a capability were taken";
-    } catch (const Unimplemented& e) {
-      EXPECT_NE(std::string(e.what()).find("1 capability in the message"), std::string::npos) << e.what();
-    }
-  }
-  EXPECT_TRUE(channel.connected());
-}
-
-TEST_P(ZcrpcClient, ExtensionRecordsAreRefusedByNameAndTheConnectionStaysUsable) {
-  // zcrpc's frame extension records (capabilities) are not translated to rpc.capnp: a
-  // message with any is refused before it is sent, rather than sent without them.
-  ZcrpcEchoServer server(unix());
-  Channel channel(connectTo(server.endpoint()));
-  EXPECT_EQ(channel.connection().maxExtensionBytes(), 0u);
-  echo::EchoClient echo(channel);
-  // One record: a `target` header {type 1, 0, 16 bytes} and its payload (export 0).
-  capnp::word words[2] = {};
-  const ExtensionHeader h{extension::kTarget, 0, 16};
-  std::memcpy(static_cast<void*>(&words[0]), &h, sizeof h);
-  {
-    auto req = echo.echoRequest();
-    req.params().setData(pattern(8, 1));
-    req.raw().message().setExtensions(kj::arrayPtr(words, 2));
-    try {
-      req.call();
-      FAIL() << "a request with extension records was sent";
-    } catch (const InvalidArgument& e) {
-      EXPECT_NE(std::string(e.what()).find("extension records"), std::string::npos) << e.what();
-    }
-  }
-  auto req = echo.echoRequest();
-  req.params().setData(pattern(64, 5));
-  EXPECT_EQ(req.call().results().getData().size(), 64u);
-}
-
 // ---------------------------------------------------------------------------------------
 // Bad input from a raw socket: the listener closes what breaks the rules, with the reason
 // in refusals(), and goes on serving honest clients.
@@ -937,6 +858,8 @@ class RawPeer final {
     }
   }
   ~RawPeer() { ::close(fd_); }
+  RawPeer(const RawPeer&) = delete;
+  RawPeer& operator=(const RawPeer&) = delete;
   int fd() const { return fd_; }
 
   /// Writes all of `bytes` (blocking); false when the server closed meanwhile.
@@ -951,6 +874,33 @@ class RawPeer final {
   bool send(capnp::MessageBuilder& message) {
     auto flat = capnp::messageToFlatArray(message);
     return write(flat.asBytes());
+  }
+
+  /// The next message the server sends, its words copied into `out`; false when none came
+  /// within `timeout` (or the connection ended).
+  bool readMessage(kj::Array<capnp::word>& out, std::chrono::milliseconds timeout) {
+    const auto until = Clock::now() + timeout;
+    for (;;) {
+      auto words = kj::arrayPtr(pending_.data(), pendingBytes_ / 8);
+      if (words.size() != 0) {
+        const size_t need = capnp::expectedSizeInWordsFromPrefix(words);
+        if (words.size() >= need) {
+          out = kj::heapArray<capnp::word>(words.slice(0, need));
+          std::memmove(pending_.data(), pending_.data() + need, pendingBytes_ - need * 8);
+          pendingBytes_ -= need * 8;
+          return true;
+        }
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;
+      if (pending_.size() * 8 < pendingBytes_ + 65536) pending_.resize((pendingBytes_ + 65536) / 8 + 1);
+      const ssize_t n =
+          ::recv(fd_, reinterpret_cast<char*>(pending_.data()) + pendingBytes_, pending_.size() * 8 - pendingBytes_, 0);
+      if (n <= 0) return false;
+      pendingBytes_ += static_cast<size_t>(n);
+    }
   }
 
   /// What the server sent until it closed the connection (or `timeout`).
@@ -997,6 +947,8 @@ class RawPeer final {
 
  private:
   int fd_ = -1;
+  std::vector<capnp::word> pending_;  // readMessage()'s bytes not read yet
+  size_t pendingBytes_ = 0;
 };
 
 bool anyContains(const std::vector<std::string>& list, const std::string& part) {
@@ -1007,7 +959,8 @@ bool anyContains(const std::vector<std::string>& list, const std::string& part) 
 
 /// Whether the listener lists a refusal containing `part` within a few seconds (the client
 /// may see its connection end before the server's worker has written the reason down).
-::testing::AssertionResult refused(const ZcrpcEchoServer& server, const std::string& part) {
+template <typename AnyServer>
+::testing::AssertionResult refused(const AnyServer& server, const std::string& part) {
   for (Bound b(5000, 5s); b.next();) {
     if (anyContains(server.refusals(), part)) return ::testing::AssertionSuccess();
     std::this_thread::sleep_for(1ms);
@@ -1182,6 +1135,596 @@ TEST_P(BadInput, SlowClientDoesNotHoldUpOthers) {
     EXPECT_EQ(req.send().wait(ws).getData().size(), 64u);
     EXPECT_LT(Clock::now() - t0, 1s) << "call " << i << " waited behind the slow client";
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Capabilities and streams (tests/caps/caps.capnp) over the standard protocol, both ways.
+
+/// Waits (bounded) until `done()`, running `pump` between looks.
+template <typename Done, typename Pump>
+bool waitFor(Done&& done, Pump&& pump) {
+  for (Bound b(20000, 10s); b.next();) {
+    if (done()) return true;
+    pump();
+    std::this_thread::sleep_for(1ms);
+  }
+  return done();
+}
+
+/// A zcrpc::Server serving caps_test::HubImpl (tests/caps/caps_impl.h) through one capnp
+/// listener.
+class ZcrpcHubServer final {
+ public:
+  explicit ZcrpcHubServer(bool unix) {
+    server_.addService(hub_);
+    auto listener = unix ? listenCapnpUnix(freshAddress(true), {}) : listenCapnp("127.0.0.1:0", {});
+    endpoint_ = listener->endpoint();
+    listener_ = listener.get();
+    server_.addListener(std::move(listener));
+    server_.start();
+  }
+  ~ZcrpcHubServer() { server_.shutdown(deadlineAfter(2s)); }
+  std::string kj() const { return kjAddress(endpoint_); }
+  const std::string& endpoint() const { return endpoint_; }
+  std::vector<std::string> refusals() const { return listener_->refusals(); }
+
+ private:
+  caps_test::HubImpl hub_;
+  Server server_;
+  Listener* listener_ = nullptr;
+  std::string endpoint_;
+};
+
+/// A standard client's callback: adds what it is pushed; counts the live ones.
+class CapnpSink final : public caps_test::Sink::Server {
+ public:
+  explicit CapnpSink(std::atomic<int>& live) : live_(live) { ++live_; }
+  ~CapnpSink() { --live_; }
+
+ protected:
+  kj::Promise<void> push(PushContext context) override {
+    total_ += context.getParams().getValue();
+    context.getResults().setTotal(total_);
+    return kj::READY_NOW;
+  }
+
+ private:
+  std::atomic<int>& live_;
+  int64_t total_ = 0;
+};
+
+/// A standard client's end of a price feed.
+class CapnpTicker final : public caps_test::Ticker::Server {
+ public:
+  uint32_t ticks = 0;
+  bool inOrder = true;
+  bool ended = false;
+
+ protected:
+  kj::Promise<void> tick(TickContext context) override {
+    inOrder &= context.getParams().getSeq() == ticks;
+    ++ticks;
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> end(EndContext) override {
+    ended = true;
+    return kj::READY_NOW;
+  }
+};
+
+int64_t push(caps_test::Sink::Client& sink, int64_t value, kj::WaitScope& ws) {
+  auto req = sink.pushRequest();
+  req.setValue(value);
+  return req.send().wait(ws).getTotal();
+}
+
+TEST_P(StandardClient, PassesACallbackThatTheHandlerCallsThenAndLater) {
+  ZcrpcHubServer server(unix());
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  std::atomic<int> sinks{0};
+  {
+    caps_test::Sink::Client sink = kj::heap<CapnpSink>(sinks);
+    auto sub = hub.subscribeRequest();
+    sub.setSink(sink);
+    sub.setCount(5);
+    EXPECT_EQ(sub.send().wait(ws).getLast(), 15);  // pushed 1..5 from the handler
+    auto keep = hub.keepRequest();
+    keep.setSink(sink);
+    keep.send().wait(ws);
+    auto fire = hub.fireRequest();
+    fire.setCount(3);
+    EXPECT_EQ(fire.send().wait(ws).getLast(), 21);  // 1..3 more, from a later call
+    auto same = hub.sameRequest();
+    same.setA(sink);
+    same.setB(sink);
+    EXPECT_TRUE(same.send().wait(ws).getSame()) << "one object passed twice is one import";
+    EXPECT_EQ(push(sink, 100, ws), 121);
+  }
+  EXPECT_EQ(sinks.load(), 1) << "the server keeps the sink";
+  hub.dropRequest().send().wait(ws);
+  EXPECT_TRUE(waitFor([&] { return sinks.load() == 0; }, [&] { ws.poll(); }))
+      << "the server's drop of the sink did not release it";
+  {
+    // A call on a dropped import: the handler's call fails, and says so.
+    auto fire = hub.fireRequest();
+    fire.setCount(1);
+    const kj::Exception e = failureOf(fire.send(), ws, "fire after drop");
+    EXPECT_NE(describe(e).find("null"), std::string::npos) << describe(e);
+  }
+}
+
+TEST_P(StandardClient, LoginObjectIsCalledAfterwardsPassedBackAndReleased) {
+  ZcrpcHubServer server(unix());
+  const int before = caps_test::liveAccounts.load();
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  {
+    auto login = hub.loginRequest();
+    login.setName("alice");
+    caps_test::Account::Client account = login.send().wait(ws).getAccount();
+    EXPECT_EQ(caps_test::liveAccounts.load(), before + 1);
+    EXPECT_EQ(std::string(account.whoamiRequest().send().wait(ws).getName().cStr()), "alice");
+    auto mine = hub.isMineRequest();
+    mine.setAccount(account);
+    EXPECT_TRUE(mine.send().wait(ws).getMine()) << "the server's own object, passed back, is not its own";
+    // A list of them in results.
+    auto many = hub.accountsRequest();
+    auto names = many.initNames(3);
+    names.set(0, "a");
+    names.set(1, "b");
+    names.set(2, "c");
+    auto response = many.send().wait(ws);  // its capabilities live as long as it does
+    auto accounts = response.getAccounts();
+    ASSERT_EQ(accounts.size(), 3u);
+    EXPECT_EQ(std::string(accounts[2].whoamiRequest().send().wait(ws).getName().cStr()), "c");
+  }
+  EXPECT_TRUE(waitFor([&] { return caps_test::liveAccounts.load() == before; }, [&] { ws.poll(); }))
+      << caps_test::liveAccounts.load() - before << " accounts not released after the client dropped them";
+  {
+    // Released on disconnect: a client holding an account goes away.
+    capnp::EzRpcClient other(server.kj());
+    auto login = other.getMain<caps_test::Hub>().loginRequest();
+    login.setName("bob");
+    auto account = login.send().wait(other.getWaitScope()).getAccount();
+    EXPECT_EQ(caps_test::liveAccounts.load(), before + 1);
+  }
+  EXPECT_TRUE(waitFor([&] { return caps_test::liveAccounts.load() == before; }, [] {}))
+      << "an account of a client gone was not released";
+}
+
+TEST_P(StandardClient, OwnCapabilitiesComeBackAsThemselves) {
+  ZcrpcHubServer server(unix());
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  std::atomic<int> sinks{0};
+  {
+    caps_test::Sink::Client sink = kj::heap<CapnpSink>(sinks);
+    caps_test::Sink::Client other = kj::heap<CapnpSink>(sinks);
+    capnp::CapabilityServerSet<caps_test::Sink> set;  // to tell our own objects
+    caps_test::Sink::Client mineA = set.add(kj::heap<CapnpSink>(sinks));
+    auto echo = hub.echoRequest();
+    auto holder = echo.initHolder();
+    holder.setLabel("h");
+    holder.setSink(mineA);
+    holder.getChoice().setOther(other);
+    holder.getGroup().setInner(sink);
+    auto list = holder.initSinks(2);
+    list.set(0, sink);
+    list.set(1, mineA);
+    auto response = echo.send().wait(ws);
+    auto back = response.getHolder();
+    EXPECT_EQ(std::string(back.getLabel().cStr()), "h");
+    // The server handed our objects back: the RPC system gives us our own, not a proxy.
+    caps_test::Sink::Client returned = back.getSink();
+    auto local = set.getLocalServer(returned).wait(ws);
+    EXPECT_TRUE(local != nullptr) << "the capability passed back is a proxy";
+    EXPECT_EQ(push(sink, 1, ws), 1);
+    caps_test::Sink::Client inner = back.getGroup().getInner();
+    EXPECT_EQ(push(inner, 2, ws), 3) << "the object handed back is not the same object";
+    caps_test::Sink::Client fromList = back.getSinks()[1];
+    EXPECT_TRUE(set.getLocalServer(fromList).wait(ws) != nullptr);
+    caps_test::Sink::Client choice = back.getChoice().getOther();
+    EXPECT_EQ(push(choice, 5, ws), 5);
+  }
+  EXPECT_TRUE(waitFor([&] { return sinks.load() == 0; }, [&] { ws.poll(); }))
+      << sinks.load() << " sinks still held after the call";
+}
+
+TEST_P(StandardClient, StreamsBothWays) {
+  ZcrpcHubServer server(unix());
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  {
+    // Client to server: chunks as Cap'n Proto streams them, then one ordinary call.
+    auto up = hub.uploadRequest();
+    up.setFailAt(0);
+    caps_test::Upload::Client upload = up.send().wait(ws).getUpload();
+    auto chunk = pattern(1000, 3);
+    for (uint32_t i = 0; i < 200; ++i) {
+      auto w = upload.writeRequest();
+      w.setSeq(i);
+      w.setChunk(chunk);
+      w.send().wait(ws);  // returns when Cap'n Proto's flow control lets the next go
+    }
+    auto done = upload.doneRequest().send().wait(ws);
+    EXPECT_EQ(done.getCount(), 200u);
+    EXPECT_EQ(done.getBytes(), 200'000u);
+    EXPECT_TRUE(done.getInOrder());
+  }
+  {
+    // An error mid-stream: chunk 5 fails; Cap'n Proto fails a later send with it.
+    auto up = hub.uploadRequest();
+    up.setFailAt(5);
+    caps_test::Upload::Client upload = up.send().wait(ws).getUpload();
+    bool failed = false;
+    for (uint32_t i = 0; i < 6 + 50 && !failed; ++i) {
+      auto w = upload.writeRequest();
+      w.setSeq(i);
+      try {
+        w.send().wait(ws);
+      } catch (const kj::Exception& e) {
+        failed = true;
+        EXPECT_GT(i, 5u) << "a chunk before the failing one failed: " << describe(e);
+        EXPECT_NE(describe(e).find("chunk 5 is refused"), std::string::npos) << describe(e);
+      }
+      if (i == 5) hub.dropRequest().send().wait(ws);  // a round trip: chunk 5's answer is in
+    }
+    EXPECT_TRUE(failed) << "no send failed after chunk 5 did";
+  }
+  {
+    // Server to client: the handler streams ticks into the client's object.
+    auto ticker = kj::heap<CapnpTicker>();
+    CapnpTicker& t = *ticker;
+    auto feed = hub.feedRequest();
+    feed.setTicker(kj::mv(ticker));
+    feed.setCount(300);
+    EXPECT_EQ(feed.send().wait(ws).getSent(), 300u);
+    EXPECT_EQ(t.ticks, 300u);
+    EXPECT_TRUE(t.inOrder);
+    EXPECT_TRUE(t.ended) << "end() was answered before it ran";
+  }
+}
+
+// The same schema served by Cap'n Proto's own server, called by a zcrpc Channel.
+
+/// Accounts a CapnpHub made, alive.
+std::atomic<int> capnpAccounts{0};
+
+class CapnpAccount final : public caps_test::Account::Server {
+ public:
+  explicit CapnpAccount(std::string name) : name_(std::move(name)) { ++capnpAccounts; }
+  ~CapnpAccount() { --capnpAccounts; }
+
+ protected:
+  kj::Promise<void> whoami(WhoamiContext context) override {
+    context.getResults().setName(name_);
+    return kj::READY_NOW;
+  }
+
+ private:
+  std::string name_;
+};
+
+class CapnpUpload final : public caps_test::Upload::Server {
+ public:
+  explicit CapnpUpload(uint32_t failAt) : failAt_(failAt) {}
+
+ protected:
+  kj::Promise<void> write(WriteContext context) override {
+    const uint32_t seq = context.getParams().getSeq();
+    if (failAt_ != 0 && seq == failAt_) return KJ_EXCEPTION(FAILED, "chunk refused", seq);
+    inOrder_ &= seq == count_;
+    ++count_;
+    bytes_ += context.getParams().getChunk().size();
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> done(DoneContext context) override {
+    auto r = context.getResults();
+    r.setCount(count_);
+    r.setBytes(bytes_);
+    r.setInOrder(inOrder_);
+    return kj::READY_NOW;
+  }
+
+ private:
+  uint32_t failAt_;
+  uint32_t count_ = 0;
+  uint64_t bytes_ = 0;
+  bool inOrder_ = true;
+};
+
+/// caps.capnp's Hub as a Cap'n Proto server writes it.
+class CapnpHub final : public caps_test::Hub::Server {
+ protected:
+  kj::Promise<void> login(LoginContext context) override {
+    context.getResults().setAccount(accounts_.add(kj::heap<CapnpAccount>(context.getParams().getName().cStr())));
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> subscribe(SubscribeContext context) override {
+    return pushAll(context.getParams().getSink(), 1, context.getParams().getCount(), 0)
+        .then([context](int64_t last) mutable { context.getResults().setLast(last); });
+  }
+  kj::Promise<void> keep(KeepContext context) override {
+    kept_ = context.getParams().getSink();
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> fire(FireContext context) override {
+    return pushAll(kept_, 1, context.getParams().getCount(), 0).then([context](int64_t last) mutable {
+      context.getResults().setLast(last);
+    });
+  }
+  kj::Promise<void> drop(DropContext) override {
+    kept_ = nullptr;
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> echo(EchoContext context) override {
+    context.getResults().setHolder(context.getParams().getHolder());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> isMine(IsMineContext context) override {
+    caps_test::Account::Client account = context.getParams().getAccount();
+    return accounts_.getLocalServer(account)
+        .then([context](kj::Maybe<caps_test::Account::Server&> local) mutable {
+          context.getResults().setMine(local != nullptr);
+        });
+  }
+  kj::Promise<void> upload(UploadContext context) override {
+    context.getResults().setUpload(kj::heap<CapnpUpload>(context.getParams().getFailAt()));
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> feed(FeedContext context) override {
+    const uint32_t count = context.getParams().getCount();
+    return tick(context.getParams().getTicker(), 0, count).then([context, count]() mutable {
+      context.getResults().setSent(count);
+    });
+  }
+
+ private:
+  static kj::Promise<int64_t> pushAll(caps_test::Sink::Client sink, int64_t i, int64_t count, int64_t last) {
+    if (i > count) return last;
+    auto req = sink.pushRequest();
+    req.setValue(i);
+    return req.send().then([sink, i, count](capnp::Response<caps_test::Sink::PushResults>&& r) mutable {
+      return pushAll(sink, i + 1, count, r.getTotal());
+    });
+  }
+  /// Streams ticks i..count-1 (each send waits for Cap'n Proto's flow control), then end().
+  static kj::Promise<void> tick(caps_test::Ticker::Client ticker, uint32_t i, uint32_t count) {
+    if (i == count) return ticker.endRequest().send().ignoreResult();
+    auto req = ticker.tickRequest();
+    req.setSeq(i);
+    req.setPrice(100.0 + i);
+    return req.send().then([ticker, i, count]() mutable { return tick(ticker, i + 1, count); });
+  }
+
+  capnp::CapabilityServerSet<caps_test::Account> accounts_;
+  caps_test::Sink::Client kept_ = nullptr;
+};
+
+TEST_P(ZcrpcClient, PassesACallbackThatACapnpServerCallsThenAndLater) {
+  CapnpServer server(unix(), kj::heap<CapnpHub>());
+  Channel channel(connectTo(server.endpoint()));
+  caps_test::HubClient hub(channel);
+  auto sink = std::make_shared<caps_test::SinkImpl>();
+  {
+    auto sub = hub.subscribeRequest();
+    sub.params().setSink(Capability::local(sink));
+    sub.params().setCount(5);
+    EXPECT_EQ(sub.call().results().getLast(), 15);
+  }
+  EXPECT_EQ(sink->total, 15);
+  {
+    auto keep = hub.keepRequest();
+    keep.params().setSink(Capability::local(sink));
+    keep.call();
+    auto fire = hub.fireRequest();
+    fire.params().setCount(3);
+    EXPECT_EQ(fire.call().results().getLast(), 21);
+  }
+  EXPECT_GT(sink.use_count(), 1) << "the export was released while the server keeps it";
+  hub.dropRequest().call();
+  EXPECT_TRUE(waitFor([&] { return sink.use_count() == 1; }, [&] { channel.poll(); }))
+      << "the server dropped the sink, the export is still held (" << sink.use_count() << ")";
+}
+
+TEST_P(ZcrpcClient, LoginObjectOfACapnpServerIsCalledPassedBackAndReleased) {
+  CapnpServer server(unix(), kj::heap<CapnpHub>());
+  const int before = capnpAccounts.load();
+  {
+    Channel channel(connectTo(server.endpoint()));
+    caps_test::HubClient hub(channel);
+    {
+      auto login = hub.loginRequest();
+      login.params().setName("alice");
+      Capability account = login.call().results().getAccount();
+      ASSERT_TRUE(account.isImport());
+      caps_test::AccountClient alice(account);
+      EXPECT_EQ(std::string(alice.whoamiRequest().call().results().getName().cStr()), "alice");
+      auto mine = hub.isMineRequest();
+      mine.params().setAccount(account);
+      EXPECT_TRUE(mine.call().results().getMine()) << "the server's own object, passed back, is not its own";
+      EXPECT_EQ(capnpAccounts.load(), before + 1);
+    }
+    EXPECT_TRUE(waitFor([&] { return capnpAccounts.load() == before; }, [&] { channel.poll(); }))
+        << "the channel dropped the account; the server still has it";
+    {
+      // The server's objects handed back in a struct: the same objects there.
+      auto sink = std::make_shared<caps_test::SinkImpl>();
+      auto echo = hub.echoRequest();
+      auto holder = echo.params().initHolder();
+      holder.setLabel("x");
+      holder.setSink(Capability::local(sink));
+      auto back = echo.call();
+      Capability returned = back.results().getHolder().getSink();
+      EXPECT_EQ(returned.localObject(), sink) << "our own object came back as a proxy";
+    }
+    // Kept across the channel's end: released on disconnect.
+    auto login = hub.loginRequest();
+    login.params().setName("bob");
+    Capability kept = login.call().results().getAccount();
+    EXPECT_EQ(capnpAccounts.load(), before + 1);
+  }
+  EXPECT_TRUE(waitFor([&] { return capnpAccounts.load() == before; }, [] {}))
+      << "an account held by a channel that closed was not released";
+}
+
+TEST_P(ZcrpcClient, StreamsBothWaysWithACapnpServer) {
+  CapnpServer server(unix(), kj::heap<CapnpHub>());
+  Channel channel(connectTo(server.endpoint()));
+  caps_test::HubClient hub(channel);
+  auto chunk = pattern(1000, 4);
+  {
+    auto up = hub.uploadRequest();
+    up.params().setFailAt(0);
+    caps_test::UploadClient upload(up.call().results().getUpload());
+    for (uint32_t i = 0; i < 500; ++i) {
+      auto w = upload.writeRequest();
+      w.params().setSeq(i);
+      w.params().setChunk(chunk);
+      w.send();
+    }
+    auto done = upload.doneRequest().call();
+    EXPECT_EQ(done.results().getCount(), 500u);
+    EXPECT_EQ(done.results().getBytes(), 500'000u);
+    EXPECT_TRUE(done.results().getInOrder());
+  }
+  {
+    auto up = hub.uploadRequest();
+    up.params().setFailAt(7);
+    caps_test::UploadClient upload(up.call().results().getUpload());
+    try {
+      for (uint32_t i = 0; i < 100; ++i) {
+        auto w = upload.writeRequest();
+        w.params().setSeq(i);
+        w.send();
+      }
+      upload.doneRequest().call();
+      ADD_FAILURE() << "a stream whose chunk 7 failed went on";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("chunk refused"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(channel.connected());
+  }
+  {
+    auto ticker = std::make_shared<caps_test::TickerImpl>();
+    auto feed = hub.feedRequest();
+    feed.params().setTicker(Capability::local(ticker));
+    feed.params().setCount(300);
+    EXPECT_EQ(feed.call().results().getSent(), 300u);
+    EXPECT_EQ(ticker->ticks, 300u);
+    EXPECT_TRUE(ticker->inOrder);
+    EXPECT_TRUE(ticker->ended);
+  }
+}
+
+/// A raw client's first steps: its Bootstrap, then Hub.login("raw"); the id of the
+/// account the server exported to it.
+uint32_t rawLogin(RawPeer& raw) {
+  {
+    capnp::MallocMessageBuilder m;
+    m.initRoot<capnp::rpc::Message>().initBootstrap().setQuestionId(0);
+    raw.send(m);
+  }
+  uint32_t hub = UINT32_MAX;
+  kj::Array<capnp::word> in;
+  if (!raw.readMessage(in, 5s)) return UINT32_MAX;
+  capnp::FlatArrayMessageReader inReader(in);
+  auto ret = inReader.getRoot<capnp::rpc::Message>();
+  if (!ret.isReturn() || !ret.getReturn().isResults() || ret.getReturn().getResults().getCapTable().size() != 1)
+    return UINT32_MAX;
+  hub = ret.getReturn().getResults().getCapTable()[0].getSenderHosted();
+  {
+    capnp::MallocMessageBuilder m;
+    auto call = m.initRoot<capnp::rpc::Message>().initCall();
+    call.setQuestionId(1);
+    call.initTarget().setImportedCap(hub);
+    call.setInterfaceId(capnp::typeId<caps_test::Hub>());
+    call.setMethodId(0);  // login
+    call.initParams().getContent().initAs<caps_test::Hub::LoginParams>().setName("raw");
+    raw.send(m);
+  }
+  for (int i = 0; i < 4; ++i) {
+    kj::Array<capnp::word> answer;
+    if (!raw.readMessage(answer, 5s)) return UINT32_MAX;
+    capnp::FlatArrayMessageReader reader(answer);
+    auto r = reader.getRoot<capnp::rpc::Message>();
+    if (!r.isReturn() || r.getReturn().getAnswerId() != 1) continue;
+    if (!r.getReturn().isResults() || r.getReturn().getResults().getCapTable().size() != 1) return UINT32_MAX;
+    for (uint32_t question : {0u, 1u}) {  // done with both answers: only the imports remain
+      capnp::MallocMessageBuilder m;
+      m.initRoot<capnp::rpc::Message>().initFinish().setQuestionId(question);
+      raw.send(m);
+    }
+    return r.getReturn().getResults().getCapTable()[0].getSenderHosted();
+  }
+  return UINT32_MAX;
+}
+
+TEST_P(BadInput, CapabilitiesNeverGivenReleasedTwiceOrCalledAfterRelease) {
+  ZcrpcHubServer server(unix());
+  const int before = caps_test::liveAccounts.load();
+  auto release = [](RawPeer& raw, uint32_t id) {
+    capnp::MallocMessageBuilder m;
+    auto r = m.initRoot<capnp::rpc::Message>().initRelease();
+    r.setId(id);
+    r.setReferenceCount(1);
+    raw.send(m);
+  };
+  auto whoami = [](RawPeer& raw, uint32_t id) {
+    capnp::MallocMessageBuilder m;
+    auto call = m.initRoot<capnp::rpc::Message>().initCall();
+    call.setQuestionId(2);
+    call.initTarget().setImportedCap(id);
+    call.setInterfaceId(capnp::typeId<caps_test::Account>());
+    call.initParams();
+    raw.send(m);
+  };
+  {
+    SCOPED_TRACE("released twice");
+    RawPeer raw(server.endpoint());
+    const uint32_t account = rawLogin(raw);
+    ASSERT_NE(account, UINT32_MAX);
+    EXPECT_EQ(caps_test::liveAccounts.load(), before + 1);
+    release(raw, account);
+    EXPECT_TRUE(waitFor([&] { return caps_test::liveAccounts.load() == before; }, [] {}))
+        << "a released account is still alive";
+    release(raw, account);
+    auto seen = raw.readUntilClosed(5s);
+    EXPECT_TRUE(seen.closed && !seen.abort.empty()) << "a second release was taken";
+  }
+  {
+    SCOPED_TRACE("called after release");
+    RawPeer raw(server.endpoint());
+    const uint32_t account = rawLogin(raw);
+    ASSERT_NE(account, UINT32_MAX);
+    release(raw, account);
+    whoami(raw, account);
+    auto seen = raw.readUntilClosed(5s);
+    EXPECT_TRUE((seen.closed && !seen.abort.empty()) || !seen.exceptions.empty()) << "a call after release was taken";
+  }
+  {
+    SCOPED_TRACE("never given, with one held");
+    RawPeer raw(server.endpoint());
+    const uint32_t account = rawLogin(raw);
+    ASSERT_NE(account, UINT32_MAX);
+    whoami(raw, account + 100);
+    auto seen = raw.readUntilClosed(5s);
+    EXPECT_TRUE(seen.closed && !seen.abort.empty()) << "a call on an id never given was taken";
+  }
+  EXPECT_TRUE(waitFor([&] { return caps_test::liveAccounts.load() == before; }, [] {}))
+      << "accounts of refused clients were not released";
+  EXPECT_TRUE(refused(server, "Tried to release invalid export ID"));
+  EXPECT_TRUE(refused(server, "Message target is not a current export ID"));
+  capnp::EzRpcClient client(server.kj());
+  auto login = client.getMain<caps_test::Hub>().loginRequest();
+  login.setName("honest");
+  auto account = login.send().wait(client.getWaitScope()).getAccount();
+  EXPECT_EQ(std::string(account.whoamiRequest().send().wait(client.getWaitScope()).getName().cStr()), "honest");
 }
 
 }  // namespace
