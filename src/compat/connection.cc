@@ -77,6 +77,15 @@ CapnpConnection::CapnpConnection(std::unique_ptr<tcp::ByteStream> stream,
   StreamLimits limits;
   limits.maxMessageBytes = options_.connection.maxMessageBytes;
   stream_ = std::make_unique<SocketMessageStream>(std::move(stream), limits);
+  if (identity_.transport == "capnp+unix") {
+    // Who is at the other end of the socket, as the kernel says (SO_PEERCRED): the client
+    // a listener admitted, or the server a channel connected to.
+    const os::PeerCredentials cred = os::peerCredentials(stream_->fd());
+    identity_.hasCredentials = true;
+    identity_.pid = cred.pid;
+    identity_.uid = cred.uid;
+    identity_.gid = cred.gid;
+  }
   Scope scope(*this);
   scope.enter();
   network_ = kj::heap<capnp::TwoPartyVatNetwork>(*stream_, side, readerOptions());

@@ -1727,5 +1727,45 @@ TEST_P(BadInput, CapabilitiesNeverGivenReleasedTwiceOrCalledAfterRelease) {
   EXPECT_EQ(std::string(account.whoamiRequest().send().wait(client.getWaitScope()).getName().cStr()), "honest");
 }
 
+
+/// Says who called it, as its call context tells (CallContext::peer()).
+class WhoCalls final : public caps_test::AccountService {
+ public:
+  void whoami(WhoamiCall& call) override {
+    const PeerIdentity& p = call.peer();
+    call.results().setName(p.transport + " " + (p.hasCredentials ? "credentials" : "none") + " pid " +
+                           std::to_string(p.pid) + " uid " + std::to_string(p.uid) + " gid " +
+                           std::to_string(p.gid));
+  }
+};
+
+TEST(CapnpUnix, BothEndsKnowThePeersCredentials) {
+  WhoCalls who;
+  Server server;
+  server.addService(who);
+  auto listener = listenCapnpUnix(freshAddress(true), {});
+  const std::string endpoint = listener->endpoint();
+  server.addListener(std::move(listener));
+  server.start();
+  const std::string me = "credentials pid " + std::to_string(::getpid()) + " uid " + std::to_string(::getuid()) +
+                         " gid " + std::to_string(::getgid());
+  {
+    capnp::EzRpcClient client(kjAddress(endpoint));
+    auto name = client.getMain<caps_test::Account>().whoamiRequest().send().wait(client.getWaitScope()).getName();
+    EXPECT_EQ(std::string(name.cStr()), "capnp+unix " + me);
+  }
+  {
+    Channel channel(connectTo(endpoint));
+    const PeerIdentity& p = channel.connection().peer();
+    EXPECT_EQ(p.transport, "capnp+unix");
+    EXPECT_TRUE(p.hasCredentials);
+    EXPECT_EQ(p.pid, ::getpid());
+    EXPECT_EQ(p.uid, ::getuid());
+    caps_test::AccountClient account(channel);
+    EXPECT_EQ(std::string(account.whoamiRequest().call().results().getName().cStr()), "capnp+unix " + me);
+  }
+  server.shutdown(deadlineAfter(2s));
+}
+
 }  // namespace
 }  // namespace zcrpc::compat_test
