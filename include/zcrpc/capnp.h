@@ -14,7 +14,9 @@
 // (tryReceive, receive, send, flush, ...) on the calling thread: a server worker serves
 // them among its other connections, a Channel drives its own, with no thread of their own.
 // Such a connection carries the RPC core's frames only (requests, answers, errors,
-// cancellations, pings), not plain messages (FrameKind::kData).
+// cancellations, pings, stream chunks, and the capabilities, targets and releases of their
+// extension records, as Cap'n Proto's own capabilities), not plain messages
+// (FrameKind::kData).
 #pragma once
 
 #include <chrono>
