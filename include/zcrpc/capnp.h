@@ -23,6 +23,7 @@
 #include <memory>
 #include <string_view>
 
+#include "zcrpc/tls.h"
 #include "zcrpc/transport.h"
 
 namespace zcrpc {
@@ -42,6 +43,13 @@ struct CapnpOptions {
   CredentialPolicy policy;
   /// capnp:// (TCP): as TcpOptions::deadPeerTimeout (keepalive probes, TCP_USER_TIMEOUT).
   std::chrono::milliseconds deadPeerTimeout{30'000};
+  /// capnp:// (TCP): TLS 1.3 under Cap'n Proto's protocol, as for tcp (TcpOptions::tls,
+  /// zcrpc/tls.h; the settings tls, tls_cert_file, ...). A listener with `tls.enabled`
+  /// runs each client's handshake first (without blocking, within connectTimeout) and
+  /// refuses one that fails, saying why in refusals(); a client connects with TLS and checks
+  /// the server's certificate. Cap'n Proto's own C++ peers speak it through kj::TlsContext
+  /// (libkj-tls). Not for capnp+unix (the credential policy guards those).
+  TlsOptions tls;
 };
 
 /// Listens for standard Cap'n Proto clients on `host:port` (port 0: an ephemeral port,

@@ -9,6 +9,7 @@
 
 #include "compat/connection.h"
 #include "compat/sockets.h"
+#include "transport/tcp/tls_stream.h"
 #include "zcrpc/capnp.h"
 
 namespace zcrpc::compat {
@@ -48,9 +49,23 @@ class CapnpClientConnection final : public CapnpConnection {
 namespace zcrpc {
 
 std::unique_ptr<Connection> connectCapnp(std::string_view hostPort, const CapnpOptions& options) {
+  const Deadline deadline = deadlineAfter(options.connection.connectTimeout);
+  const std::string what = withScheme(hostPort, compat::kTcpScheme);
   os::Fd fd = compat::connectTcpSocket(hostPort, options.connection.connectTimeout, options.deadPeerTimeout);
-  return std::make_unique<compat::CapnpClientConnection>(std::make_unique<tcp::SocketStream>(std::move(fd)),
-                                                         withScheme(hostPort, compat::kTcpScheme), options);
+  std::unique_ptr<tcp::ByteStream> stream;
+  if (options.tls.enabled) {
+    // The server must prove it is the one named: tls.serverName, or the endpoint's host.
+    const tls::Context context(tls::Side::kClient, options.tls, what);
+    const std::string name = options.tls.serverName.empty()
+                                 ? parseHostPort(hostPort, compat::kTcpScheme).forConnect().host
+                                 : options.tls.serverName;
+    auto tlsStream = std::make_unique<tcp::TlsStream>(std::move(fd), context, name, what);
+    tlsStream->session().handshake(deadline);
+    stream = std::move(tlsStream);
+  } else {
+    stream = std::make_unique<tcp::SocketStream>(std::move(fd));
+  }
+  return std::make_unique<compat::CapnpClientConnection>(std::move(stream), what, options);
 }
 
 std::unique_ptr<Connection> connectCapnpUnix(std::string_view path, const CapnpOptions& options) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "transport/options.h"
+#include "transport/tcp/tls_stream.h"
 #include "transport/waiter.h"
 #include "zcrpc/log.h"
 
@@ -76,6 +77,7 @@ CapnpConnection::CapnpConnection(std::unique_ptr<tcp::ByteStream> stream,
   identity_.address = peer_;
   StreamLimits limits;
   limits.maxMessageBytes = options_.connection.maxMessageBytes;
+  if (auto* tls = dynamic_cast<tcp::TlsStream*>(stream.get())) tls->session().describePeer(identity_);
   stream_ = std::make_unique<SocketMessageStream>(std::move(stream), limits);
   if (identity_.transport == "capnp+unix") {
     // Who is at the other end of the socket, as the kernel says (SO_PEERCRED): the client
@@ -307,6 +309,7 @@ Status CapnpConnection::receive(IncomingMessage& out, Deadline deadline) {
         short events = POLLIN | POLLRDHUP;
         {
           Scope scope(*this);
+          if (stream_->inputBuffered()) return false;  // TLS records wait: read them first
           if (stream_->pendingOutput()) events |= POLLOUT;
         }
         os::pollOne(stream_->fd(), events,
@@ -322,7 +325,8 @@ Status CapnpConnection::receive(IncomingMessage& out, Deadline deadline) {
 
 bool CapnpConnection::armWait() noexcept {
   std::unique_lock lock(scopeMutex_);
-  if (broken_ || closed_.load() || !incoming_.empty() || stream_->messageBuffered()) return false;
+  if (broken_ || closed_.load() || !incoming_.empty() || stream_->messageBuffered() || stream_->inputBuffered())
+    return false;
   if (stream_->pendingOutput() && !stream_->flush()) {
     fault(endReason());
     return false;

@@ -175,7 +175,8 @@ SocketMessageStream::ReadResult SocketMessageStream::readSome() {
     if (n > 0) {
       end_ += static_cast<size_t>(n);
       progress = true;
-      if (static_cast<size_t>(n) < room) break;  // the socket is drained
+      // The socket is drained (and a TLS layer holds no record it has not given us yet).
+      if (static_cast<size_t>(n) < room && !stream_->hasBufferedInput()) break;
       continue;
     }
     if (n == 0) {
@@ -184,7 +185,8 @@ SocketMessageStream::ReadResult SocketMessageStream::readSome() {
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-    fail(os::errnoText("receive", errno));
+    // A TLS layer's failure has its own words (errno is EPROTO then).
+    fail(stream_->failure().empty() ? os::errnoText("receive", errno) : "receive: " + stream_->failure());
     break;
   }
   deliver();
@@ -327,7 +329,7 @@ kj::Promise<void> SocketMessageStream::writeMessage(
     capnp::SegmentArrayMessageReader sent(segments);
     noteAbort(sent, sentAbort_);
   }
-  if (total < kCoalesceBelow || pendingOutput() > 0) {
+  if (total < kCoalesceBelow || out_.size() > outBegin_) {
     // Small (written with the others at flush()), or behind output the kernel has not
     // taken yet: into the buffer, in order.
     const auto* tb = reinterpret_cast<const kj::byte*>(t);
@@ -362,9 +364,9 @@ kj::Promise<void> SocketMessageStream::writeMessages(
 
 bool SocketMessageStream::flush() {
   if (writeClosed_) return true;
-  while (pendingOutput() > 0) {
+  while (out_.size() > outBegin_) {
     if (!failure_.empty()) return false;
-    iovec v{out_.data() + outBegin_, pendingOutput()};
+    iovec v{out_.data() + outBegin_, out_.size() - outBegin_};
     const ssize_t w = stream_->write(&v, 1);
     if (w < 0) {
       if (errno == EINTR) continue;
@@ -373,7 +375,13 @@ bool SocketMessageStream::flush() {
     }
     outBegin_ += static_cast<size_t>(w);
   }
-  if (pendingOutput() == 0) {
+  // A TLS layer keeps what the socket did not take: it goes when the socket has room.
+  if (out_.size() == outBegin_ && !stream_->flushOutput() && !stream_->failure().empty()) {
+    if (ended_) return true;  // the peer's end came first: its last words are dropped
+    fail("send: " + stream_->failure());
+    return false;
+  }
+  if (out_.size() == outBegin_) {
     out_.clear();
     outBegin_ = 0;
   } else if (outBegin_ > (1u << 20) && outBegin_ > out_.size() / 2) {

@@ -86,8 +86,13 @@ class SocketMessageStream final : public capnp::MessageStream {
 
   /// Writes buffered output; false when the stream failed (see failure()).
   bool flush();
-  /// Output the kernel has not taken yet.
-  size_t pendingOutput() const noexcept { return out_.size() - outBegin_; }
+  /// Output the kernel has not taken yet (a TLS layer's counts as one byte: it has some).
+  size_t pendingOutput() const noexcept {
+    return out_.size() - outBegin_ + (stream_->hasPendingOutput() ? 1 : 0);
+  }
+  /// Bytes received but not read yet in the layer under this stream (TLS records): the
+  /// socket may not become readable for them, so do not sleep on it.
+  bool inputBuffered() const noexcept { return stream_->hasBufferedInput(); }
   /// Why the stream failed or the peer was refused (empty while it is fine).
   const std::string& failure() const noexcept { return failure_; }
   /// The reason of an Abort message (rpc.capnp) the RPC system sent (it found the peer

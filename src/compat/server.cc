@@ -2,14 +2,19 @@
 // connection, whose bootstrap capability turns each call into a request frame for the
 // zcrpc session above (the same dispatch as zcrpc's own transports) and each answer frame
 // the session sends back into the call's results or exception.
+#include <poll.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 
 #include "compat/connection.h"
 #include "compat/errors.h"
 #include "compat/sockets.h"
 #include "rpc/frames.h"
+#include "transport/handshakes.h"
 #include "transport/options.h"
+#include "transport/tcp/tls_stream.h"
 #include "transport/tcp/tcp_setup.h"
 #include "zcrpc/capnp.h"
 
@@ -61,19 +66,27 @@ class CapnpServerConnection final : public CapnpConnection {
 };
 
 /// Accepts standard Cap'n Proto clients on a TCP or unix stream socket. There is no
-/// handshake: a capnp+unix client is checked against the credential policy (SO_PEERCRED)
-/// and then served; the RPC protocol itself starts with the client's first message.
+/// handshake of zcrpc's: a capnp+unix client is checked against the credential policy
+/// (SO_PEERCRED) and then served; a capnp:// client on a TLS listener first completes its
+/// TLS handshake (advanced without blocking as its bytes arrive, within connectTimeout);
+/// the RPC protocol itself starts with the client's first message.
+///
+/// Threads: accept() and addPollFds() from the one thread that accepts; refusals() from any.
 class CapnpListener final : public Listener {
  public:
   CapnpListener(std::string_view address, bool unix, const CapnpOptions& options) : options_(options) {
     checkConnectionOptions(options_.connection, "capnp buffer");
     if (unix) {
+      if (options_.tls.enabled)
+        throw InvalidArgument(std::string(kUnixScheme) + "://" + std::string(address) +
+                              ": TLS is for capnp:// (TCP); unix socket clients are checked by the credential policy");
       unix_.emplace(address);
       socket_ = listenUnixSocket(*unix_);
       endpoint_ = unix_->endpoint();
     } else {
       tcp::checkDeadPeerTimeout(options_.deadPeerTimeout);
       socket_ = listenTcpSocket(address, endpoint_);
+      if (options_.tls.enabled) tls_ = std::make_unique<tls::Context>(tls::Side::kServer, options_.tls, endpoint_);
     }
     refusals_ = std::make_shared<RefusalLog>(endpoint_);
   }
@@ -83,6 +96,7 @@ class CapnpListener final : public Listener {
   }
 
   std::unique_ptr<Connection> accept(Deadline deadline) override {
+    std::vector<pollfd> fds;
     for (;;) {
       while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
         std::string peer;
@@ -98,32 +112,87 @@ class CapnpListener final : public Listener {
           peer = peerAddress(client.get());
           tcp::setNoDelay(client.get());
           tcp::setDeadPeerTimeout(client.get(), options_.deadPeerTimeout);
+          if (tls_) {
+            // Changed certificate, key or CA files take effect from the next client on.
+            if (std::string why = tls_->reloadIfChanged(); !why.empty())
+              refusals_->add("TLS credentials not reloaded (the old ones stay): " + why);
+            try {
+              Pending p;
+              p.stream = std::make_unique<tcp::TlsStream>(std::move(client), *tls_, "", "");
+              p.peer = std::move(peer);
+              p.deadline = deadlineAfter(options_.connection.connectTimeout);
+              pending_.push_back(std::move(p));
+            } catch (const std::exception& e) {
+              refusals_->add("refused " + peer + ": " + e.what());
+            }
+            continue;
+          }
         }
-        try {
-          return std::make_unique<CapnpServerConnection>(
-              std::make_unique<tcp::SocketStream>(std::move(client)), endpoint_ + " (server, peer " + peer + ")",
-              peer, options_, refusals_);
-        } catch (const std::exception& e) {
-          refusals_->add("could not serve " + peer + ": " + e.what());
-        }
+        if (auto c = serve(std::make_unique<tcp::SocketStream>(std::move(client)), peer)) return c;
       }
       const auto now = Clock::now();
+      for (size_t i = 0; i < pending_.size();) {
+        Pending& p = pending_[i];
+        bool done = false, drop = false;
+        try {
+          done = p.stream->session().handshake() == tls::Session::Progress::kDone;
+          if (!done && now >= p.deadline) throw Failed("TLS handshake timed out");
+        } catch (const std::exception& e) {
+          refusals_->add("refused " + p.peer + ": " + e.what());
+          drop = true;
+        }
+        if (!done && !drop) {
+          ++i;
+          continue;
+        }
+        Pending finished = std::move(p);
+        pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+        if (done)
+          if (auto c = serve(std::move(finished.stream), finished.peer)) return c;
+      }
       if (now >= deadline) return nullptr;
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-      os::pollOne(socket_.get(), POLLIN, std::min<std::chrono::milliseconds>(
-                                             left + std::chrono::milliseconds(1), std::chrono::seconds(1)));
+      fds.clear();
+      const Deadline wakeAt = std::min(deadline, addPollFds(fds));
+      const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wakeAt - now);
+      int r;
+      do r = ::poll(fds.data(), fds.size(), static_cast<int>(std::clamp<int64_t>(wait.count() + 1, 0, 1000)));
+      while (r < 0 && errno == EINTR);
     }
   }
 
   int pollFd() const noexcept override { return socket_.get(); }
+  Deadline addPollFds(std::vector<pollfd>& fds) const override {
+    return pollListenerAndHandshakes(socket_.get(), pending_, fds);
+  }
   std::string endpoint() const override { return endpoint_; }
   std::vector<std::string> refusals() const override { return refusals_->list(); }
 
  private:
+  /// A client whose TLS handshake is under way.
+  struct Pending {
+    std::unique_ptr<tcp::TlsStream> stream;
+    std::string peer;
+    Deadline deadline;
+    int pollFd() const noexcept { return stream->fd(); }
+  };
+
+  /// The connection serving `stream` (null, refused with the reason, when it cannot be made).
+  std::unique_ptr<Connection> serve(std::unique_ptr<tcp::ByteStream> stream, const std::string& peer) {
+    try {
+      return std::make_unique<CapnpServerConnection>(std::move(stream), endpoint_ + " (server, peer " + peer + ")",
+                                                     peer, options_, refusals_);
+    } catch (const std::exception& e) {
+      refusals_->add("could not serve " + peer + ": " + e.what());
+      return nullptr;
+    }
+  }
+
   CapnpOptions options_;
   std::optional<UnixAddress> unix_;
   os::Fd socket_;
   std::string endpoint_;
+  std::unique_ptr<tls::Context> tls_;  // capnp:// with TLS on: the server's configuration
+  std::vector<Pending> pending_;       // TLS handshakes in progress
   std::shared_ptr<RefusalLog> refusals_;
 };
 

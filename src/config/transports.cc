@@ -248,14 +248,17 @@ class CapnpTransport final : public Transport {
   }
 
  private:
-  static CapnpOptions options(const ConnectionOptions& o, const Config& c) {
+  CapnpOptions options(const ConnectionOptions& o, const Config& c) const {
     CapnpOptions out;
     out.connection = o;
     out.policy = c.credentialPolicy();
     out.deadPeerTimeout = c.tcpOptions().deadPeerTimeout;
+    if (!unix_) out.tls = c.tcpOptions().tls;  // unix sockets: the credential policy instead
     return out;
   }
-  static constexpr std::array<std::string_view, 2> kTcpSettings{"token", "dead_peer_timeout"};
+  static constexpr std::array<std::string_view, 11> kTcpSettings{
+      "token",           "dead_peer_timeout", "tls",      "tls_cert_file",    "tls_key_file",       "tls_ca_file",
+      "tls_server_name", "tls_client_auth",   "tls_ktls", "tls_ciphersuites", "tls_reload_interval"};
   static constexpr std::array<std::string_view, 3> kUnixSettings{"allow_same_uid", "allow_uids",
                                                                  "allow_gids"};
   bool unix_;

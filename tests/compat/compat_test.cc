@@ -8,7 +8,9 @@
 // which -Werror would turn into a failed build.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <capnp/ez-rpc.h>
+#include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
+#include <kj/compat/tls.h>
 #include <kj/timer.h>
 #include <gtest/gtest.h>
 
@@ -45,6 +47,7 @@
 #include "echo.capnp.zcrpc.h"
 #include "metrics/echo_impl.h"
 #include "services.capnp.zcrpc.h"
+#include "tls/test_pki.h"
 #include "zcrpc/capnp.h"
 #include "zcrpc/config.h"
 #include "zcrpc/context.h"
@@ -1763,6 +1766,121 @@ TEST(CapnpUnix, BothEndsKnowThePeersCredentials) {
     EXPECT_EQ(p.uid, ::getuid());
     caps_test::AccountClient account(channel);
     EXPECT_EQ(std::string(account.whoamiRequest().call().results().getName().cStr()), "capnp+unix " + me);
+  }
+  server.shutdown(deadlineAfter(2s));
+}
+
+
+/// A standard client over TLS: kj's TlsContext (libkj-tls) trusting the test CA, under
+/// Cap'n Proto's TwoPartyClient, on its own event loop.
+class CapnpTlsClient final {
+ public:
+  CapnpTlsClient(const std::string& caFile, uint16_t port) : io_(kj::setupAsyncIo()) {
+    std::string pem;
+    {
+      FILE* f = std::fopen(caFile.c_str(), "r");
+      char buf[4096];
+      size_t n;
+      while (f && (n = std::fread(buf, 1, sizeof buf, f)) > 0) pem.append(buf, n);
+      if (f) std::fclose(f);
+    }
+    ca_ = kj::heap<kj::TlsCertificate>(kj::StringPtr(pem.c_str()));
+    kj::TlsContext::Options o;
+    o.useSystemTrustStore = false;
+    o.trustedCertificates = kj::arrayPtr(ca_.get(), 1);
+    tls_ = kj::heap<kj::TlsContext>(kj::mv(o));
+    auto address = io_.provider->getNetwork().parseAddress("127.0.0.1", port).wait(io_.waitScope);
+    auto plain = address->connect().wait(io_.waitScope);
+    stream_ = tls_->wrapClient(kj::mv(plain), "localhost").wait(io_.waitScope);
+    client_ = kj::heap<capnp::TwoPartyClient>(*stream_);
+  }
+  template <typename T>
+  typename T::Client main() { return client_->bootstrap().castAs<T>(); }
+  kj::WaitScope& ws() { return io_.waitScope; }
+
+ private:
+  kj::AsyncIoContext io_;
+  kj::Own<kj::TlsCertificate> ca_;
+  kj::Own<kj::TlsContext> tls_;
+  kj::Own<kj::AsyncIoStream> stream_;
+  kj::Own<capnp::TwoPartyClient> client_;
+};
+
+TEST(CapnpTls, StandardAndZcrpcClientsOverTlsAndAPlainOneRefused) {
+  test::TestPki pki;
+  CapnpOptions o;
+  o.tls.enabled = true;
+  o.tls.certFile = pki.server().cert;
+  o.tls.keyFile = pki.server().key;
+  caps_test::HubImpl hub;
+  EchoImpl echo;
+  Server server;
+  server.addService(hub);
+  server.addService(echo);
+  auto listener = listenCapnp("127.0.0.1:0", o);
+  Listener* l = listener.get();
+  const std::string endpoint = listener->endpoint();
+  const auto port = static_cast<uint16_t>(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+  server.addListener(std::move(listener));
+  server.start();
+  {
+    // Cap'n Proto's own client over kj's TLS, with a callback: capabilities go through too.
+    CapnpTlsClient client(pki.caFile(), port);
+    auto req = client.main<echo::Echo>().echoRequest();
+    req.setData(pattern(100'000, 6));
+    EXPECT_EQ(req.send().wait(client.ws()).getData().size(), 100'000u);
+    std::atomic<int> sinks{0};
+    auto sub = client.main<caps_test::Hub>().subscribeRequest();
+    sub.setSink(kj::heap<CapnpSink>(sinks));
+    sub.setCount(4);
+    EXPECT_EQ(sub.send().wait(client.ws()).getLast(), 10);
+  }
+  {
+    // A zcrpc Channel with TLS: it checks the server's certificate against the CA.
+    CapnpOptions co;
+    co.tls.enabled = true;
+    co.tls.caFile = pki.caFile();
+    co.tls.serverName = "localhost";
+    Channel channel(connectCapnp("127.0.0.1:" + std::to_string(port), co));
+    EXPECT_EQ(channel.connection().peer().tlsProtocol, "TLSv1.3");
+    EXPECT_NE(channel.connection().peer().certificateSubject.find("zcrpc-test-server"), std::string::npos);
+    echo::EchoClient e(channel);
+    for (size_t size : {size_t{5000}, size_t{16} << 20}) {  // records the TLS layer buffers
+      auto bytes = pattern(size, 2);
+      auto req = e.echoRequest();
+      req.params().setData(bytes);
+      auto resp = req.call();
+      ASSERT_EQ(resp.results().getData().size(), size);
+      EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), resp.results().getData().begin())) << size;
+    }
+    std::vector<PendingCall> calls;  // many small ones at once
+    for (int i = 0; i < 64; ++i) {
+      auto req = e.echoRequest();
+      req.params().setData(pattern(64, static_cast<uint8_t>(i)));
+      calls.push_back(req.callAsync());
+    }
+    for (auto& c : calls) EXPECT_TRUE(c.wait().ok());
+  }
+  {
+    // A client without TLS: refused, and the listener says why; the server goes on.
+    capnp::EzRpcClient plain("127.0.0.1:" + std::to_string(port));
+    auto req = plain.getMain<echo::Echo>().echoRequest();
+    req.setData(pattern(8, 1));
+    const kj::Exception e = failureOf(req.send(), plain.getWaitScope(), "a plain client's call on a TLS listener");
+    EXPECT_EQ(e.getType(), kj::Exception::Type::DISCONNECTED) << describe(e);
+    bool listed = false;
+    for (Bound b(5000, 5s); b.next() && !listed;) {
+      listed = anyContains(l->refusals(), "refused 127.0.0.1");
+      if (!listed) std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_TRUE(listed) << ::testing::PrintToString(l->refusals());
+  }
+  {
+    // A zcrpc client that trusts another CA refuses the server.
+    CapnpOptions co;
+    co.tls.enabled = true;
+    co.tls.caFile = pki.otherCaFile();
+    EXPECT_THROW(connectCapnp("127.0.0.1:" + std::to_string(port), co), Error);
   }
   server.shutdown(deadlineAfter(2s));
 }
