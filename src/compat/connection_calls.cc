@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "compat/connection.h"
+#include "rpc/extension_records.h"
 #include "rpc/frames.h"
 #include "zcrpc/log.h"
 
@@ -18,37 +19,10 @@ namespace zcrpc::compat {
 
 namespace {
 
-/// One entry of a capTable record (docs/wire-format.md, "The extension area").
-struct CapDescriptor {
-  uint32_t id;
-  uint8_t kind;
-  uint8_t zero[3];
-};
-static_assert(sizeof(CapDescriptor) == 8);
-
-/// One entry of a releases record.
-struct ReleaseEntry {
-  uint32_t exportId;
-  uint32_t refs;
-};
-static_assert(sizeof(ReleaseEntry) == 8);
-
-template <typename T>
-T readAt(std::span<const std::byte> bytes, size_t offset) {
-  T value;
-  std::memcpy(&value, bytes.data() + offset, sizeof value);
-  return value;
-}
-
-/// The entry count of a capTable or releases record (built by our own session), checked
-/// against its size.
-uint32_t entriesIn(std::span<const std::byte> record, const char* what) {
-  const uint32_t count = record.size() >= 16 ? readAt<uint32_t>(record, 8) : 0;
-  if (record.size() < 16 || uint64_t{count} * 8 + 16 != record.size())
-    throw InvalidArgument(std::string("a ") + what + " record of " + std::to_string(record.size()) +
-                          " bytes does not hold the entries it counts");
-  return count;
-}
+using records::CapDescriptor;
+using records::entriesOf;
+using records::readAt;
+using records::ReleaseEntry;
 
 kj::ArrayPtr<const kj::byte> bytesOf(const void* p, size_t n) {
   return kj::arrayPtr(static_cast<const kj::byte*>(p), n);
@@ -181,8 +155,10 @@ bool CapnpConnection::dropPeerCap(uint32_t id, uint32_t refs) noexcept {
 // ------------------------------------------------------------------------------------
 // Capabilities from the session to Cap'n Proto
 
-kj::Array<kj::Maybe<kj::Own<capnp::ClientHook>>> CapnpConnection::readCapTable(std::span<const std::byte> record) {
-  const uint32_t count = entriesIn(record, "capTable");
+kj::Array<kj::Maybe<kj::Own<capnp::ClientHook>>> CapnpConnection::readCapTable(std::span<const std::byte> bytes) {
+  uint32_t count = 0;
+  const std::vector<std::byte> copy = entriesOf(bytes, "capTable", count);
+  const std::span<const std::byte> record(copy);
   auto out = kj::heapArrayBuilder<kj::Maybe<kj::Own<capnp::ClientHook>>>(count);
   for (uint32_t i = 0; i < count; ++i) {
     const auto d = readAt<CapDescriptor>(record, 16 + size_t{i} * 8);
@@ -211,8 +187,10 @@ kj::Array<kj::Maybe<kj::Own<capnp::ClientHook>>> CapnpConnection::readCapTable(s
   return out.finish();
 }
 
-void CapnpConnection::readReleases(std::span<const std::byte> record) {
-  const uint32_t count = entriesIn(record, "releases");
+void CapnpConnection::readReleases(std::span<const std::byte> bytes) {
+  uint32_t count = 0;
+  const std::vector<std::byte> copy = entriesOf(bytes, "releases", count);
+  const std::span<const std::byte> record(copy);
   for (uint32_t i = 0; i < count; ++i) {
     const auto r = readAt<ReleaseEntry>(record, 16 + size_t{i} * 8);
     if (!dropPeerCap(r.exportId, r.refs))

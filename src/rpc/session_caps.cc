@@ -7,6 +7,7 @@
 
 #include <kj/exception.h>
 
+#include "rpc/extension_records.h"
 #include "rpc/frames.h"
 #include "rpc/session.h"
 #include "zcrpc/log.h"
@@ -36,46 +37,10 @@ ImportHook::~ImportHook() {
 
 namespace {
 
-/// One entry of a capTable record.
-struct CapDescriptor {
-  uint32_t id;
-  uint8_t kind;
-  uint8_t zero[3];
-};
-static_assert(sizeof(CapDescriptor) == 8);
-
-/// The fixed part of a capTable or releases record's payload.
-struct CountWord {
-  uint32_t count;
-  uint32_t zero;
-};
-
-template <typename T>
-T readAt(std::span<const std::byte> bytes, size_t offset) {
-  T value;
-  std::memcpy(&value, bytes.data() + offset, sizeof value);
-  return value;
-}
-
-/// A capTable or releases record: its bytes copied out of transport memory once, its count
-/// (set in `count`) checked against its size; the 8-byte entries start at byte 16. Throws
-/// InvalidArgument naming `what` when they disagree.
-std::vector<std::byte> entriesOf(std::span<const std::byte> record, const char* what,
-                                 uint32_t& count) {
-  std::vector<std::byte> copy(record.begin(), record.end());
-  if (copy.size() < 16)
-    throw InvalidArgument(std::string("a ") + what + " record is shorter than its count");
-  const auto head = readAt<CountWord>(copy, 8);
-  if (head.zero != 0)
-    throw InvalidArgument(std::string("a ") + what + " record's word after its count is " +
-                          std::to_string(head.zero) + ", not 0");
-  if (uint64_t{head.count} * 8 + 16 != copy.size())
-    throw InvalidArgument(std::string("a ") + what + " record's count (" +
-                          std::to_string(head.count) + ") does not match its " +
-                          std::to_string(copy.size()) + " bytes");
-  count = head.count;
-  return copy;
-}
+using records::CapDescriptor;
+using records::CountWord;
+using records::entriesOf;
+using records::readAt;
 
 /// Appends a record of `type` whose payload is `payloadBytes` long (a multiple of 8) to
 /// `out`; returns where the payload starts.
