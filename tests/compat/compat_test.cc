@@ -1754,8 +1754,8 @@ TEST(CapnpUnix, BothEndsKnowThePeersCredentials) {
                          " gid " + std::to_string(::getgid());
   {
     capnp::EzRpcClient client(kjAddress(endpoint));
-    auto name = client.getMain<caps_test::Account>().whoamiRequest().send().wait(client.getWaitScope()).getName();
-    EXPECT_EQ(std::string(name.cStr()), "capnp+unix " + me);
+    auto response = client.getMain<caps_test::Account>().whoamiRequest().send().wait(client.getWaitScope());
+    EXPECT_EQ(std::string(response.getName().cStr()), "capnp+unix " + me);
   }
   {
     Channel channel(connectTo(endpoint));
