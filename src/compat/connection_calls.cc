@@ -206,7 +206,7 @@ Status CapnpConnection::sendFrame(OutgoingMessage& msg) {
   const FrameHeader h = msg.header();
   const auto kind = static_cast<FrameKind>(h.kind);
   uint32_t target = 0;
-  std::span<const std::byte> capTable;
+  std::span<const std::byte> capTable, releases;
   {
     const kj::ArrayPtr<const capnp::word> area = msg.extensions();
     const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(area.begin()), area.size() * 8);
@@ -226,7 +226,7 @@ Status CapnpConnection::sendFrame(OutgoingMessage& msg) {
           capTable = record;
           break;
         case extension::kReleases:
-          readReleases(record);
+          releases = record;
           break;
         default:
           break;  // nothing a standard peer has a place for
@@ -237,6 +237,9 @@ Status CapnpConnection::sendFrame(OutgoingMessage& msg) {
   // Every capability the frame grants is taken (and counted) before anything else, so
   // that a frame that goes nowhere still gives its references back.
   capnp::ReaderCapabilityTable caps(capTable.empty() ? nullptr : readCapTable(capTable));
+  // Releases after the table: a frame that hands a peer capability back and gives up the
+  // session's last reference to it still hands back the same Client.
+  if (!releases.empty()) readReleases(releases);
   OwnFrameReader frame(msg);
   const capnp::AnyPointer::Reader root = caps.imbue(frame.root());
   switch (kind) {

@@ -1625,6 +1625,59 @@ TEST_P(ZcrpcClient, StreamsBothWaysWithACapnpServer) {
   }
 }
 
+
+TEST_P(StandardClient, ManyCapabilitiesMadeAndDroppedLeaveNothingBehind) {
+  // Bounded churn both ways on one connection: objects the server makes (logins) and
+  // objects the client passes (sinks), each called and dropped; nothing stays alive.
+  ZcrpcHubServer server(unix());
+  const int before = caps_test::liveAccounts.load();
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  std::atomic<int> sinks{0};
+  constexpr int kRounds = 2000;
+  for (int i = 0; i < kRounds; ++i) {
+    auto login = hub.loginRequest();
+    login.setName("u");
+    caps_test::Account::Client account = login.send().wait(ws).getAccount();
+    EXPECT_EQ(account.whoamiRequest().send().wait(ws).getName().size(), 1u);
+    auto sub = hub.subscribeRequest();
+    sub.setSink(kj::heap<CapnpSink>(sinks));
+    sub.setCount(1);
+    EXPECT_EQ(sub.send().wait(ws).getLast(), 1);
+  }
+  EXPECT_TRUE(waitFor([&] { return caps_test::liveAccounts.load() == before && sinks.load() == 0; },
+                      [&] { ws.poll(); }))
+      << caps_test::liveAccounts.load() - before << " accounts and " << sinks.load() << " sinks of " << kRounds
+      << " still alive";
+}
+
+TEST_P(ZcrpcClient, ManyCapabilitiesMadeAndDroppedLeaveNothingBehind) {
+  CapnpServer server(unix(), kj::heap<CapnpHub>());
+  const int before = capnpAccounts.load();
+  Channel channel(connectTo(server.endpoint()));
+  caps_test::HubClient hub(channel);
+  std::vector<std::weak_ptr<caps_test::SinkImpl>> passed;
+  constexpr int kRounds = 2000;
+  for (int i = 0; i < kRounds; ++i) {
+    auto login = hub.loginRequest();
+    login.params().setName("u");
+    caps_test::AccountClient account(login.call().results().getAccount());
+    EXPECT_EQ(account.whoamiRequest().call().results().getName().size(), 1u);
+    auto sink = std::make_shared<caps_test::SinkImpl>();
+    passed.push_back(sink);
+    auto sub = hub.subscribeRequest();
+    sub.params().setSink(Capability::local(sink));
+    sub.params().setCount(1);
+    EXPECT_EQ(sub.call().results().getLast(), 1);
+  }
+  auto held = [&] {
+    return static_cast<int>(std::count_if(passed.begin(), passed.end(), [](auto& w) { return !w.expired(); }));
+  };
+  EXPECT_TRUE(waitFor([&] { return capnpAccounts.load() == before && held() == 0; }, [&] { channel.poll(); }))
+      << capnpAccounts.load() - before << " accounts and " << held() << " sinks of " << kRounds << " still alive";
+}
+
 /// A raw client's first steps: its Bootstrap, then Hub.login("raw"); the id of the
 /// account the server exported to it.
 uint32_t rawLogin(RawPeer& raw) {
