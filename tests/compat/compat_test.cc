@@ -1158,7 +1158,7 @@ bool waitFor(Done&& done, Pump&& pump) {
 /// listener.
 class ZcrpcHubServer final {
  public:
-  explicit ZcrpcHubServer(bool unix) {
+  explicit ZcrpcHubServer(bool unix, ServerOptions options = {}) : server_(options) {
     server_.addService(hub_);
     auto listener = unix ? listenCapnpUnix(freshAddress(true), {}) : listenCapnp("127.0.0.1:0", {});
     endpoint_ = listener->endpoint();
@@ -1676,6 +1676,35 @@ TEST_P(ZcrpcClient, ManyCapabilitiesMadeAndDroppedLeaveNothingBehind) {
   };
   EXPECT_TRUE(waitFor([&] { return capnpAccounts.load() == before && held() == 0; }, [&] { channel.poll(); }))
       << capnpAccounts.load() - before << " accounts and " << held() << " sinks of " << kRounds << " still alive";
+}
+
+
+TEST_P(BadInput, MoreCapabilitiesThanTheServerImportsAreRefusedAndGivenBack) {
+  ServerOptions o;
+  o.maxImportsPerConnection = 8;
+  ZcrpcHubServer server(unix(), o);
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  std::atomic<int> sinks{0};
+  {
+    auto fan = hub.fanOutRequest();
+    auto list = fan.initSinks(12);
+    for (uint32_t i = 0; i < 12; ++i) list.set(i, kj::heap<CapnpSink>(sinks));
+    fan.setValue(1);
+    const kj::Exception e = failureOf(fan.send(), ws, "a call with more capabilities than max_imports");
+    EXPECT_NE(describe(e).find("max_imports"), std::string::npos) << describe(e);
+  }
+  EXPECT_TRUE(waitFor([&] { return sinks.load() == 0; }, [&] { ws.poll(); }))
+      << sinks.load() << " sinks of a refused call still held";
+  // Within the limit the same call works.
+  auto fan = hub.fanOutRequest();
+  auto list = fan.initSinks(4);
+  for (uint32_t i = 0; i < 4; ++i) list.set(i, kj::heap<CapnpSink>(sinks));
+  fan.setValue(5);
+  auto response = fan.send().wait(ws);
+  ASSERT_EQ(response.getTotals().size(), 4u);
+  EXPECT_EQ(response.getTotals()[3], 5);
 }
 
 /// A raw client's first steps: its Bootstrap, then Hub.login("raw"); the id of the
