@@ -173,11 +173,13 @@ bool checkFrame(std::span<const std::byte> bytes, const FrameLimits& limits,
 std::string frameRefusalReason(const ParsedFrame& refused);
 
 /// For Connection::send(), when a message has an extension area
-/// (OutgoingMessage::setExtensions): throws InvalidArgument naming `where` and the fault
-/// unless `area` is one that checkFrame() accepts, of at most `most` bytes (the
-/// connection's maxExtensionBytes()). A bad area is refused by name on the sender's side
-/// instead of being sent for the peer to refuse.
-void checkExtensionArea(kj::ArrayPtr<const capnp::word> area, size_t most, std::string_view where);
+/// (OutgoingMessage::setExtensions): true when `area` is one that checkFrame() accepts, of
+/// at most `most` bytes (the connection's maxExtensionBytes()). Cheap: no allocation. A
+/// bad area is refused by name on the sender's side instead of being sent for the peer to
+/// refuse: refuseExtensionArea() throws InvalidArgument naming `where` and the fault.
+bool extensionAreaFits(kj::ArrayPtr<const capnp::word> area, size_t most) noexcept;
+[[noreturn]] void refuseExtensionArea(kj::ArrayPtr<const capnp::word> area, size_t most,
+                                      std::string_view where);
 
 /// Bytes needed for a frame with `segmentCount` table entries after `inlineBytes` of
 /// header + inline segments.

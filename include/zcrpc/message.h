@@ -84,7 +84,7 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   /// The frame's extension area (kFlagExtended), which send() appends after the segment
   /// table and trace context: whole records (ExtensionHeader, payload), at most
   /// kMaxExtensionRecords of them and Connection::maxExtensionBytes() in all (send()
-  /// throws InvalidArgument otherwise: checkExtensionArea()). Borrowed until send()
+  /// throws InvalidArgument otherwise: extensionAreaFits()). Borrowed until send()
   /// returns. None by default; for
   /// the RPC layer, which gives its records their meaning.
   void setExtensions(kj::ArrayPtr<const capnp::word> records) noexcept { extensions_ = records; }

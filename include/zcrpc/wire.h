@@ -65,10 +65,23 @@ class ReadContext;
 class BuildArena;
 
 /// What one capability pointer of a message stands for. The RPC layer derives its own
-/// (zcrpc/capability.h wraps them as zcrpc::Capability); opaque at this level.
+/// (zcrpc/capability.h wraps them as zcrpc::Capability); opaque at this level except for
+/// the tag that tells the RPC layer's kinds apart without RTTI on the call path.
 class CapabilityHook {
  public:
+  enum class Kind : uint8_t {
+    kOther,   ///< none of the RPC layer's own
+    kLocal,   ///< an object this process serves
+    kImport,  ///< an object the peer of a connection serves
+  };
   virtual ~CapabilityHook() = default;
+  Kind hookKind() const noexcept { return kind_; }
+
+ protected:
+  explicit CapabilityHook(Kind kind = Kind::kOther) noexcept : kind_(kind) {}
+
+ private:
+  Kind kind_;
 };
 /// The capabilities a message's capability pointers index, in order (a null entry: a null
 /// capability). Received messages hold theirs (IncomingMessage::capTable()); messages being

@@ -44,31 +44,50 @@ enum Rule : uint8_t {
   return false;
 }
 
+/// The walk over an extension area of `areaBytes` bytes at `area` that checkFrame() and
+/// extensionAreaFits() share: each record header copied out once and validated, then
+/// given to `record(index, type, offset, bytes)`. On a fault returns
+/// `refused(rule, index, value, limit)`; else true.
+template <class Record, class Refused>
+inline bool walkExtensions(const std::byte* area, uint64_t areaBytes, Record&& record,
+                           Refused&& refused) noexcept {
+  if (areaBytes == 0) return refused(kExtensionEmpty, 0, 0, 0);
+  if (areaBytes > kMaxExtensionBytes)
+    return refused(kExtensionTooLarge, 0, areaBytes, kMaxExtensionBytes);
+  uint64_t at = 0;
+  uint32_t n = 0;
+  while (at < areaBytes) {
+    if (n == kMaxExtensionRecords) return refused(kExtensionTooManyRecords, n, at, kMaxExtensionRecords);
+    ExtensionHeader r;
+    std::memcpy(&r, area + at, sizeof r);  // areaBytes is a multiple of 8: a whole header
+    if (r.reserved != 0) return refused(kExtensionRecordReserved, n, r.reserved, 0);
+    const uint64_t recordBytes = r.bytes;
+    if (recordBytes < sizeof r || recordBytes % 8 != 0 || recordBytes > areaBytes - at)
+      return refused(kExtensionRecordSize, n, recordBytes, areaBytes - at);
+    record(n++, r.type, static_cast<uint32_t>(at), static_cast<uint32_t>(recordBytes));
+    at += recordBytes;
+  }
+  return true;
+}
+
 /// The extension area of `areaBytes` bytes at `area`: each record header copied out once,
 /// validated, and its copy put in `out.extensions`.
 [[gnu::noinline]] bool checkExtensions(const std::byte* area, uint64_t areaBytes,
                                        uint64_t available, ParsedFrame& out) noexcept {
-  if (areaBytes == 0) return refuse(out, kExtensionEmpty, available);
-  if (areaBytes > kMaxExtensionBytes)
-    return refuse(out, kExtensionTooLarge, available, 0, areaBytes, kMaxExtensionBytes);
-  uint64_t at = 0;
-  uint32_t n = 0;
-  while (at < areaBytes) {
-    if (n == kMaxExtensionRecords)
-      return refuse(out, kExtensionTooManyRecords, available, n, at, kMaxExtensionRecords);
-    ExtensionHeader r;
-    std::memcpy(&r, area + at, sizeof r);  // areaBytes is a multiple of 8: a whole header
-    if (r.reserved != 0) return refuse(out, kExtensionRecordReserved, available, n, r.reserved);
-    const uint64_t recordBytes = r.bytes;
-    if (recordBytes < sizeof r || recordBytes % 8 != 0 || recordBytes > areaBytes - at)
-      return refuse(out, kExtensionRecordSize, available, n, recordBytes, areaBytes - at);
-    out.extensions[n++] = ExtensionRecord{r.type, static_cast<uint32_t>(at),
-                                          static_cast<uint32_t>(recordBytes)};
-    at += recordBytes;
-  }
+  uint32_t count = 0;
+  const bool ok = walkExtensions(
+      area, areaBytes,
+      [&](uint32_t n, uint16_t type, uint32_t at, uint32_t bytes) {
+        out.extensions[n] = ExtensionRecord{type, at, bytes};
+        count = n + 1;
+      },
+      [&](Rule rule, size_t n, uint64_t value, uint64_t limit) {
+        return refuse(out, rule, available, n, value, limit);
+      });
+  if (!ok) return false;
   out.extensionArea = area;
   out.extensionBytes = static_cast<uint32_t>(areaBytes);
-  out.extensionCount = n;
+  out.extensionCount = count;
   return true;
 }
 
@@ -210,18 +229,24 @@ std::string frameRefusalReason(const ParsedFrame& refused) {
   return "frame refused (rule " + std::to_string(r.rule) + ")";
 }
 
-void checkExtensionArea(kj::ArrayPtr<const capnp::word> area, size_t most, std::string_view where) {
+bool extensionAreaFits(kj::ArrayPtr<const capnp::word> area, size_t most) noexcept {
+  const uint64_t size = area.size() * sizeof(capnp::word);
+  return size <= most &&
+         walkExtensions(reinterpret_cast<const std::byte*>(area.begin()), size,
+                        [](uint32_t, uint16_t, uint32_t, uint32_t) {},
+                        [](Rule, size_t, uint64_t, uint64_t) { return false; });
+}
+
+void refuseExtensionArea(kj::ArrayPtr<const capnp::word> area, size_t most, std::string_view where) {
   const auto* bytes = reinterpret_cast<const std::byte*>(area.begin());
   const uint64_t size = area.size() * sizeof(capnp::word);
   ParsedFrame parsed;
-  std::string why;
+  std::string why = "extension area refused";
   if (size > most)
     why = "extension area of " + std::to_string(size) + " bytes exceeds the " +
           std::to_string(most) + " this connection carries";
   else if (!checkExtensions(bytes, size, size, parsed))
     why = frameRefusalReason(parsed);
-  else
-    return;
   throw InvalidArgument("message on " + std::string(where) + ": " + why);
 }
 

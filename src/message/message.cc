@@ -1,7 +1,9 @@
 #include "zcrpc/message.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -208,42 +210,89 @@ capnp::MessageReader& IncomingMessage::makeReader() {
 
 namespace {
 
-/// A received message copied out of transport memory: its own segments and frame, freed
-/// with the lease.
+/// Each thread keeps the last heap copy's block it freed, for its next copy: a handler's
+/// request on a connection that carries capabilities is copied every time (see
+/// Session::dispatch), so a thread that serves such calls one after another allocates
+/// once. Blocks larger than kMostBytes go back to the allocator.
+struct SpareBlock {
+  static constexpr size_t kMostBytes = 256 << 10;
+  void* block = nullptr;
+  size_t bytes = 0;
+  bool alive = true;  // false once this thread's copy is destroyed (thread exit)
+  ~SpareBlock() {
+    ::operator delete(block);
+    alive = false;
+  }
+};
+thread_local SpareBlock spare;
+
+/// A received message copied out of transport memory into one heap block: this object,
+/// then the segments, then the extension area (whose records' offsets stay valid: the area
+/// is copied whole). Freed with its lease, on any thread.
 class HeapLease final : public LeaseOwner {
  public:
-  HeapLease(const ParsedFrame& frame, const ReaderLimits& limits)
-      : frame_(frame), limits_(limits),
-        words_(kj::heapArray<capnp::word>((frame.payloadBytes + frame.extensionBytes) / 8)) {
-    capnp::word* at = words_.begin();
-    for (size_t i = 0; i < frame_.segmentCount; ++i) {
+  static HeapLease* copy(const ParsedFrame& frame, const ReaderLimits& limits) {
+    const size_t need = sizeof(HeapLease) + frame.payloadBytes + frame.extensionBytes;
+    void* block;
+    size_t bytes;
+    if (spare.block && spare.bytes >= need) {
+      block = std::exchange(spare.block, nullptr);
+      bytes = spare.bytes;
+    } else {
+      bytes = need;
+      block = ::operator new(bytes);
+    }
+    return new (block) HeapLease(frame, limits, bytes);
+  }
+  const ParsedFrame& leasedFrame(uint32_t) const noexcept override { return frame_; }
+  const ReaderLimits& readerLimits() const noexcept override { return limits_; }
+  void releaseLease(uint32_t) noexcept override {
+    const size_t bytes = bytes_;
+    this->~HeapLease();
+    void* block = this;
+    if (spare.alive && bytes <= SpareBlock::kMostBytes && (!spare.block || spare.bytes < bytes)) {
+      std::swap(block, spare.block);
+      spare.bytes = bytes;
+    }
+    ::operator delete(block);
+  }
+  bool heapCopy() const noexcept override { return true; }
+
+ private:
+  HeapLease(const ParsedFrame& frame, const ReaderLimits& limits, size_t bytes) noexcept
+      : limits_(limits), bytes_(bytes) {
+    // Only the fields a reader uses: the frame's arrays are mostly unused.
+    frame_.header = frame.header;
+    frame_.segmentCount = frame.segmentCount;
+    frame_.payloadBytes = frame.payloadBytes;
+    frame_.trace = frame.trace;
+    auto* at = reinterpret_cast<capnp::word*>(this + 1);
+    for (size_t i = 0; i < frame.segmentCount; ++i) {
       const auto& seg = frame.segments[i];
       if (seg.size()) std::memcpy(at, seg.begin(), seg.size() * sizeof(capnp::word));
       frame_.segments[i] = kj::ArrayPtr<const capnp::word>(at, seg.size());
       at += seg.size();
     }
-    if (frame.extensionBytes) {  // the records' offsets stay valid: the area is copied whole
+    if (frame.extensionBytes) {
       std::memcpy(at, frame.extensionArea, frame.extensionBytes);
       frame_.extensionArea = reinterpret_cast<const std::byte*>(at);
+      frame_.extensionBytes = frame.extensionBytes;
+      frame_.extensionCount = frame.extensionCount;
+      std::copy_n(frame.extensions.begin(), frame.extensionCount, frame_.extensions.begin());
     }
   }
-  const ParsedFrame& leasedFrame(uint32_t) const noexcept override { return frame_; }
-  const ReaderLimits& readerLimits() const noexcept override { return limits_; }
-  void releaseLease(uint32_t) noexcept override { delete this; }
-  bool heapCopy() const noexcept override { return true; }
-
- private:
   ~HeapLease() = default;
   ParsedFrame frame_;
   ReaderLimits limits_;
-  kj::Array<capnp::word> words_;
+  size_t bytes_;  // of the block, this object included
 };
+static_assert(sizeof(HeapLease) % alignof(capnp::word) == 0);
 
 }  // namespace
 
 void IncomingMessage::moveToHeap() {
   if (!owner_ || owner_->heapCopy()) return;
-  auto* copy = new HeapLease(frame(), owner_->readerLimits());
+  auto* copy = HeapLease::copy(frame(), owner_->readerLimits());
   releaseHeld();  // the capabilities stay with the message
   owner_ = copy;
   slot_ = 0;

@@ -80,7 +80,7 @@ RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId
 RawRequest::RawRequest(const Capability& target, uint64_t interfaceId, uint16_t methodId,
                        uint32_t sizeHintWords, std::string_view methodName)
     : methodName_(methodName) {
-  const auto* import = dynamic_cast<const ImportHook*>(target.hook().get());
+  const auto* import = hookAs<ImportHook>(target.hook().get());
   if (!import)
     throw InvalidArgument(!target ? "call on a null capability"
                                   : "call on a local capability: call the object itself (a "

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -100,7 +101,8 @@ class SessionLink final {
 /// references go back to the peer (SessionLink::postRelease). Threads: made and counted on
 /// the driver thread; destroyed on any.
 struct ImportHook final : wire::CapabilityHook {
-  ImportHook(std::shared_ptr<SessionLink> l, uint32_t i) noexcept : link(std::move(l)), id(i) {}
+  ImportHook(std::shared_ptr<SessionLink> l, uint32_t i) noexcept
+      : CapabilityHook(Kind::kImport), link(std::move(l)), id(i) {}
   ~ImportHook() override;
   std::shared_ptr<SessionLink> link;
   uint32_t id;
@@ -109,9 +111,19 @@ struct ImportHook final : wire::CapabilityHook {
 
 /// A local capability: an object this process serves (Capability::local).
 struct LocalHook final : wire::CapabilityHook {
-  explicit LocalHook(std::shared_ptr<Service> o) noexcept : object(std::move(o)) {}
+  explicit LocalHook(std::shared_ptr<Service> o) noexcept
+      : CapabilityHook(Kind::kLocal), object(std::move(o)) {}
   std::shared_ptr<Service> object;
 };
+
+/// `h` as the RPC layer's hook of kind T (ImportHook or LocalHook), or null.
+template <class T>
+T* hookAs(wire::CapabilityHook* h) noexcept {
+  constexpr auto kind = std::is_same_v<T, ImportHook> ? wire::CapabilityHook::Kind::kImport
+                                                      : wire::CapabilityHook::Kind::kLocal;
+  static_assert(std::is_same_v<T, ImportHook> || std::is_same_v<T, LocalHook>);
+  return h && h->hookKind() == kind ? static_cast<T*>(h) : nullptr;
+}
 
 /// A call whose handler deferred its answer: shared by the DeferredReply (any thread) and
 /// the session (driver thread).

@@ -23,12 +23,12 @@ Capability Capability::local(std::shared_ptr<Service> object) {
 }
 
 std::shared_ptr<Service> Capability::localObject() const noexcept {
-  const auto* local = dynamic_cast<const LocalHook*>(hook_.get());
+  const auto* local = hookAs<LocalHook>(hook_.get());
   return local ? local->object : nullptr;
 }
 
 bool Capability::isImport() const noexcept {
-  return dynamic_cast<const ImportHook*>(hook_.get()) != nullptr;
+  return hookAs<ImportHook>(hook_.get()) != nullptr;
 }
 
 ImportHook::~ImportHook() {
@@ -258,10 +258,10 @@ void Session::writeExtensions(OutgoingMessage& msg, uint32_t target) {
       CapDescriptor& d = out[i];
       d = {};
       if (h == nullptr) continue;
-      if (auto* local = dynamic_cast<LocalHook*>(h)) {
+      if (auto* local = hookAs<LocalHook>(h)) {
         d.kind = static_cast<uint8_t>(CapKind::kSenderHosted);
         d.id = exportObject(local->object);
-      } else if (auto* import = dynamic_cast<ImportHook*>(h)) {
+      } else if (auto* import = hookAs<ImportHook>(h)) {
         if (import->link != link_)
           throw InvalidArgument(
               "capability " + std::to_string(i) +

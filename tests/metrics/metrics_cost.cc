@@ -7,12 +7,16 @@
 //     both alike; prints the median over blocks of each block's p50 and p99 (ns).
 //
 //   valgrind --tool=callgrind --collect-atstart=no metrics_cost --callgrind CALLS
-//     Instructions: the same calls with blocking waits (no spinning to count), client
-//     and server, each mode collected in its own window and dumped as "metrics off" /
-//     "metrics on" / "capnp accessors" (metrics off, both ends reading and building the
-//     params and results through Cap'n Proto's own accessors, paramsCapnp() and
-//     resultsCapnp(), instead of zcrpc's generated ones); divide each dump's total Ir by
-//     CALLS.
+//     Instructions: the same calls with blocking waits (no spinning to count), each mode
+//     collected in its own window and dumped as "metrics off" / "metrics on" / "capnp
+//     accessors" (metrics off, both ends reading and building the params and results
+//     through Cap'n Proto's own accessors, paramsCapnp() and resultsCapnp(), instead of
+//     zcrpc's generated ones). Callgrind collects per thread, and these windows are the
+//     client's thread only: the caller's side of a call (build, send, wait, read the
+//     answer), not the server's. Then "callback": CALLS round trips the server makes to
+//     an Echo object the client passed it (Pump.pump), metrics off, both ends counted
+//     (the client serving the callbacks inside its pump call, the server's worker inside
+//     the pump handler). Divide each dump's total Ir by CALLS.
 #include <valgrind/callgrind.h>
 
 #include <algorithm>
@@ -24,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "callback.capnp.zcrpc.h"
 #include "metrics/echo_impl.h"
 #include "zcrpc/loopback.h"
 #include "zcrpc/rpc.h"
@@ -36,13 +41,14 @@ struct Setup {
   std::unique_ptr<Server> server;
   std::unique_ptr<Channel> channel;
 
-  Setup(bool metrics, WaitMode wait, bool capnpAccessors = false) {
+  Setup(bool metrics, WaitMode wait, bool capnpAccessors = false, Service* also = nullptr) {
     impl.capnpAccessors = capnpAccessors;
     ServerOptions so;
     so.metrics = metrics;
     so.idleMode = wait;
     server = std::make_unique<Server>(so);
     server->addService(impl);
+    if (also) server->addService(*also);
     server->start();
     ConnectionOptions co;
     co.waitMode = wait;
@@ -75,6 +81,32 @@ inline void callCapnp(Channel& ch) {
   req.paramsCapnp().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
   auto resp = req.call();
   if (resp.resultsCapnp().getData().size() != sizeof kData) std::abort();
+}
+
+/// Pump.pump: calls the client's Echo `count` times with 64 bytes, each waiting for its
+/// answer; under callgrind it collects while it does (collection is per thread), so that
+/// the dump holds both ends of each callback. Threads: the server's worker.
+class PumpImpl final : public callback::PumpService {
+ public:
+  void pump(PumpCall& call) override {
+    CALLGRIND_TOGGLE_COLLECT;
+    KJ_DEFER(CALLGRIND_TOGGLE_COLLECT);
+    echo::EchoClient target(call.params().getTarget());
+    for (uint32_t i = 0, n = call.params().getCount(); i < n; ++i) {
+      auto req = target.echoRequest(16);
+      req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
+      if (req.call().results().getData().size() != sizeof kData) std::abort();
+    }
+  }
+};
+
+/// `calls` callbacks through one pump call (the pump call's own round trip is counted too).
+void pump(Channel& ch, const Capability& target, size_t calls) {
+  callback::PumpClient client(ch);
+  auto req = client.pumpRequest();
+  req.params().setTarget(target);
+  req.params().setCount(static_cast<uint32_t>(calls));
+  req.call();
 }
 
 double percentile(std::vector<double>& v, double q) {
@@ -126,7 +158,19 @@ int instructions(size_t calls) {
     CALLGRIND_TOGGLE_COLLECT;
     CALLGRIND_DUMP_STATS_AT(kDumps[mode]);
   }
-  std::printf("dumped 'metrics off', 'metrics on' and 'capnp accessors' (%zu calls each)\n", calls);
+  {
+    PumpImpl pumpImpl;
+    Setup s(false, WaitMode::kBlocking, false, &pumpImpl);
+    const Capability mine = Capability::local(std::make_shared<testing::EchoImpl>());
+    pump(*s.channel, mine, 2000);  // first-use allocations, caches (the pump collects: zeroed)
+    CALLGRIND_ZERO_STATS;
+    CALLGRIND_TOGGLE_COLLECT;
+    pump(*s.channel, mine, calls);
+    CALLGRIND_TOGGLE_COLLECT;
+    CALLGRIND_DUMP_STATS_AT("callback");
+  }
+  std::printf("dumped 'metrics off', 'metrics on', 'capnp accessors' and 'callback' (%zu calls each)\n",
+              calls);
   return 0;
 }
 

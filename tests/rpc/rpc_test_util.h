@@ -449,11 +449,13 @@ inline ConnectionOptions testConnOpts(WaitMode mode = WaitMode::kSpinThenSleep) 
 /// Tear-down order: server shut down, executor stopped, server destroyed, service last.
 class Harness final {
  public:
+  /// `also`: services served beside `service` (they must outlive the harness).
   Harness(Transport transport, ServerOptions serverOptions = {},
-          ConnectionOptions connOptions = testConnOpts())
+          ConnectionOptions connOptions = testConnOpts(), std::vector<Service*> also = {})
       : transport_(transport), connOptions_(connOptions),
         server_(std::make_unique<Server>(serverOptions)) {
     server_->addService(service);
+    for (Service* s : also) server_->addService(*s);
     if (transport_ == Transport::kShm) {
       name_ = uniqueName("h");
       ShmListenOptions lo;

@@ -78,8 +78,8 @@ Status RdmaConnection::send(OutgoingMessage& msg, bool flushNow) {
   if (n > kMaxSegments)
     throw InvalidArgument("message on " + what_ + " has more than " + std::to_string(kMaxSegments) +
                           " segments");
-  if (extension.size()) [[unlikely]]
-    checkExtensionArea(extension, maxExtensionBytes(), what_);
+  if (extension.size() && !extensionAreaFits(extension, maxExtensionBytes())) [[unlikely]]
+    refuseExtensionArea(extension, maxExtensionBytes(), what_);
   const uint64_t extensionBytes = extension.size() * sizeof(capnp::word);
   uint64_t tablePos = open_.end;  // room was reserved
   auto* table = reinterpret_cast<SegmentEntry*>(send_ + (tablePos & sendMask_));

@@ -587,8 +587,8 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
     throw InvalidArgument("message on " + endpoint() + " has more than " +
                           std::to_string(kMaxSegments) + " segments");
   const auto extension = msg.extensions();
-  if (extension.size()) [[unlikely]]
-    checkExtensionArea(extension, extensionRoom_, endpoint());
+  if (extension.size() && !extensionAreaFits(extension, extensionRoom_)) [[unlikely]]
+    refuseExtensionArea(extension, extensionRoom_, endpoint());
   const uint32_t extensionBytes = static_cast<uint32_t>(extension.size() * sizeof(capnp::word));
   // Data given to referenceData(), whose field is still its placeholder: by segment.
   auto refs = msg.references();

@@ -76,8 +76,8 @@ Status TcpConnection::send(OutgoingMessage& msg, bool flushNow) {
   if (n > kMaxSegments)
     throw InvalidArgument("message on " + what_ + " has more than " +
                           std::to_string(kMaxSegments) + " segments");
-  if (extension.size()) [[unlikely]]
-    checkExtensionArea(extension, maxExtensionBytes(), what_);
+  if (extension.size() && !extensionAreaFits(extension, maxExtensionBytes())) [[unlikely]]
+    refuseExtensionArea(extension, maxExtensionBytes(), what_);
   // Data given to referenceData() goes at the end of the segment that holds its field,
   // unless the field was set again since (its placeholder is gone): that value wins.
   constexpr uint8_t kReplaced = 0xff;
