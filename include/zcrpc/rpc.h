@@ -91,7 +91,7 @@ struct ChannelOptions {
   uint32_t maxImports = 65536;
   /// Streaming (`-> stream` methods): chunks one client may have in flight, in calls and in
   /// bytes (settings stream_window_calls, stream_window_bytes); a chunk past either waits.
-  uint32_t streamWindowCalls = 32;
+  uint32_t streamWindowCalls = 128;
   uint64_t streamWindowBytes = 1 << 20;
 };
 
@@ -267,16 +267,19 @@ class StreamFlow final : public std::enable_shared_from_this<StreamFlow> {
  private:
   friend class RawRequest;
   friend class Session;
-  /// The peer handled the chunks up to `calls` and `bytes` (counted since the flow began).
-  void confirm(uint64_t calls, uint64_t bytes) noexcept {
+  /// The peer handled the chunks up to `calls` and `bytes` (counted since the flow began),
+  /// those whose call ids are below `callId` (the mark that said so).
+  void confirm(uint64_t calls, uint64_t bytes, uint64_t callId) noexcept {
     doneCalls_ = std::max(doneCalls_, calls);
     doneBytes_ = std::max(doneBytes_, bytes);
+    doneBelowId_ = std::max(doneBelowId_, callId);
   }
   /// A chunk failed: the first failure is kept.
   void fail(const CallResult& failure);
   Session* session_ = nullptr;  // of the last chunk sent (a client's chunks share one)
   uint64_t sentCalls_ = 0, sentBytes_ = 0;  // since the flow began
   uint64_t doneCalls_ = 0, doneBytes_ = 0;  // of those, confirmed handled
+  uint64_t doneBelowId_ = 0;                 // every chunk with a smaller call id was handled
   bool failed_ = false;
   ErrorKind kind_ = ErrorKind::kFailed;
   int32_t code_ = 0;
@@ -545,7 +548,7 @@ struct ServerOptions {
   uint32_t maxExportsPerConnection = 65536;
   uint32_t maxImportsPerConnection = 65536;
   /// Streaming calls the server makes on its clients' objects (see ChannelOptions).
-  uint32_t streamWindowCalls = 32;
+  uint32_t streamWindowCalls = 128;
   uint64_t streamWindowBytes = 1 << 20;
 };
 

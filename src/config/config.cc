@@ -54,9 +54,9 @@ constexpr SettingInfo kSettings[] = {
     {"max_imports", SettingType::kInt, "65536", "ZCRPC_MAX_IMPORTS",
      "The peer's objects one end holds on a connection at once; a message that would pass more "
      "is refused (InvalidArgument) and its capabilities released", ""},
-    {"stream_window_calls", SettingType::kInt, "32", "ZCRPC_STREAM_WINDOW_CALLS",
-     "Chunks of a stream (-> stream methods) one client may have in flight (at most half the "
-     "window); the next send waits", ""},
+    {"stream_window_calls", SettingType::kInt, "128", "ZCRPC_STREAM_WINDOW_CALLS",
+     "Chunks of a stream (-> stream methods) one client may have in flight; the next send waits",
+     ""},
     {"stream_window_bytes", SettingType::kSize, "1MiB", "ZCRPC_STREAM_WINDOW_BYTES",
      "Bytes of a stream's chunks one client may have in flight; the next send waits", ""},
     {"server_threads", SettingType::kInt, "1", "ZCRPC_SERVER_THREADS",

@@ -163,14 +163,14 @@ struct SessionOptions {
   uint32_t maxExports = 65536;
   uint32_t maxImports = 65536;
   /// Streaming calls this end makes: chunks in flight per client, in calls and bytes.
-  uint32_t streamWindowCalls = 32;
+  uint32_t streamWindowCalls = 128;
   uint64_t streamWindowBytes = 1 << 20;
 };
 
-/// Chunks one stream may have in flight: the stream window, and at most half the call
-/// window (the client's other calls keep room).
+/// Chunks one stream may have in flight. (Chunks take no place in the call window; only
+/// a stream's marks do, two at most per stream.)
 inline uint32_t streamWindowCalls(const SessionOptions& o) noexcept {
-  return std::max<uint32_t>(1, std::min(o.streamWindowCalls, o.window / 2));
+  return std::max<uint32_t>(1, o.streamWindowCalls);
 }
 
 /// One connection's RPC state in both directions. Threads: its driver thread (the
@@ -483,17 +483,18 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
 
   // streams
   /// Call ids of stream requests sent, by flow: consecutive chunks of one flow extend the
-  /// last run. The rare error answer of a stream request finds its flow here; the last
-  /// kMaxChunkRuns runs are kept (an error naming an older chunk comes after its flow's
-  /// later marks were answered, and is dropped).
+  /// last run. The rare error answer of a stream request finds its flow here. A run goes
+  /// once all its chunks were confirmed (newChunkRun); an error naming a chunk after that
+  /// (a handler that deferred it) is dropped.
   struct ChunkRun {
     uint64_t first = 0, last = 0;
     const StreamFlow* key = nullptr;  // which flow (compared, never followed)
     std::weak_ptr<StreamFlow> flow;
   };
-  static constexpr size_t kMaxChunkRuns = 64;  // a power of two
-  std::array<ChunkRun, kMaxChunkRuns> chunkRuns_;  // a ring: the last is at chunkRunsEnd_ - 1
-  uint64_t chunkRunsEnd_ = 0;  // runs ever started
+  ChunkRun& newChunkRun();
+  static constexpr size_t kFirstChunkRuns = 16;  // a power of two, as every size after
+  std::vector<ChunkRun> chunkRuns_;  // a ring (empty until a stream): the last at chunkRunsEnd_ - 1
+  uint64_t chunkRunsEnd_ = 0;        // runs ever started
 };
 
 }  // namespace zcrpc

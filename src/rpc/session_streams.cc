@@ -38,15 +38,35 @@ void Session::sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>&
     slot.streamBytes = f.sentBytes_;
     return;
   }
-  ChunkRun* last = chunkRunsEnd_ ? &chunkRuns_[(chunkRunsEnd_ - 1) & (kMaxChunkRuns - 1)] : nullptr;
+  ChunkRun* last =
+      chunkRunsEnd_ ? &chunkRuns_[(chunkRunsEnd_ - 1) & (chunkRuns_.size() - 1)] : nullptr;
   if (last && last->key == &f && last->last < id) [[likely]] {
     last->last = id;  // the same flow as the last chunk: its run grows
     return;
   }
-  ChunkRun& run = chunkRuns_[chunkRunsEnd_++ & (kMaxChunkRuns - 1)];
+  ChunkRun& run = newChunkRun();
   run.first = run.last = id;
   run.key = &f;
   run.flow = flow;
+}
+
+Session::ChunkRun& Session::newChunkRun() {
+  const size_t size = chunkRuns_.size();
+  if (size == 0) {
+    chunkRuns_.resize(kFirstChunkRuns);
+  } else if (chunkRunsEnd_ >= size) {
+    // The oldest run goes, unless its flow may still hear of one of its chunks (a chunk
+    // not yet confirmed): then the ring doubles. Interleaved streams thus never lose an
+    // error; the ring stays as large as the runs in flight ever were.
+    const ChunkRun& oldest = chunkRuns_[chunkRunsEnd_ & (size - 1)];
+    if (auto flow = oldest.flow.lock(); flow && oldest.last >= flow->doneBelowId_) {
+      std::vector<ChunkRun> grown(size * 2);
+      for (uint64_t i = chunkRunsEnd_ - size; i < chunkRunsEnd_; ++i)
+        grown[i & (grown.size() - 1)] = std::move(chunkRuns_[i & (size - 1)]);
+      chunkRuns_.swap(grown);
+    }
+  }
+  return chunkRuns_[chunkRunsEnd_++ & (chunkRuns_.size() - 1)];
 }
 
 void Session::confirmChunks(StreamFlow& flow) {
@@ -66,14 +86,14 @@ void Session::endMark(Slot& slot, const CallResult* failure) {
   // Answered, with success or not, the chunks before it are no longer in flight: a
   // failure (its own, a deadline, the connection) is the flow's error from now on.
   if (failure) flow->fail(*failure);
-  flow->confirm(slot.streamCalls, slot.streamBytes);
+  flow->confirm(slot.streamCalls, slot.streamBytes, slot.callId);
 }
 
 void Session::noteChunkError(IncomingMessage& msg) {
   const uint64_t id = msg.header().callId;
-  const uint64_t kept = std::min<uint64_t>(chunkRunsEnd_, kMaxChunkRuns);
+  const uint64_t kept = std::min<uint64_t>(chunkRunsEnd_, chunkRuns_.size());
   for (uint64_t i = 0; i < kept; ++i) {  // the latest first
-    const ChunkRun& run = chunkRuns_[(chunkRunsEnd_ - 1 - i) & (kMaxChunkRuns - 1)];
+    const ChunkRun& run = chunkRuns_[(chunkRunsEnd_ - 1 - i) & (chunkRuns_.size() - 1)];
     if (id < run.first || id > run.last) continue;
     if (auto flow = run.flow.lock()) flow->fail(readError(msg));
     return;

@@ -813,6 +813,42 @@ TEST_F(StreamRequestsFromAPeerTest, AnErrorForOneChunkFailsTheStreamsNextSend) {
   EXPECT_THROW(stream.writeRequest().send(), ApplicationError);  // the next chunk
 }
 
+// Two streams whose chunks alternate make a run of call ids per chunk: the error of the
+// first chunk must still find its stream however many runs came after it, while that
+// chunk is in flight.
+TEST_F(StreamRequestsFromAPeerTest, AnErrorFindsItsStreamAmongManyInterleavedChunks) {
+  UploadClient a(*channel_), b(*channel_);
+  const uint32_t perStream = ChannelOptions{}.streamWindowCalls / 2 - 1;  // no mark, no wait
+  ASSERT_GE(perStream, 40u) << "a window this small does not make enough runs";
+  uint64_t firstOfA = 0;
+  for (uint32_t i = 0; i < perStream; ++i) {
+    for (UploadClient* s : {&a, &b}) {
+      auto w = s->writeRequest();
+      w.params().setSeq(i);
+      w.send();
+      IncomingMessage in = next();
+      EXPECT_EQ(in.header().kind, static_cast<uint8_t>(FrameKind::kStreamRequest));
+      if (i == 0 && s == &a) firstOfA = in.header().callId;
+    }
+  }
+  sendRaw(*peer_, FrameKind::kError, firstOfA, 0, 0,
+          [&](OutgoingMessage& m) { writeError(m, ErrorKind::kApplication, 7, "a's first chunk"); });
+  const auto until = Clock::now() + 5s;
+  bool failed = false;
+  while (!failed && Clock::now() < until) {
+    channel_->poll();
+    try {
+      a.streamFlow().throwIfFailed();
+    } catch (const ApplicationError& e) {
+      failed = true;
+      EXPECT_THAT(e.what(), HasSubstr("a's first chunk"));
+    }
+  }
+  EXPECT_TRUE(failed) << "the error of a's first chunk, behind " << 2 * perStream - 1
+                      << " runs, did not reach it";
+  EXPECT_NO_THROW(b.streamFlow().throwIfFailed());
+}
+
 // ------------------------------------------------------------------------------------
 // A server driven from the caller's event loop (ServerOptions::workerThreads = 0)
 

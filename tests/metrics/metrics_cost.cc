@@ -16,7 +16,10 @@
 //     answer), not the server's. Then "callback": CALLS round trips the server makes to
 //     an Echo object the client passed it (Pump.pump), metrics off, both ends counted
 //     (the client serving the callbacks inside its pump call, the server's worker inside
-//     the pump handler). Divide each dump's total Ir by CALLS.
+//     the pump handler). Then "one-way" and "stream": CALLS Echo.sink messages sent with
+//     sendOneWay(), and CALLS chunks of Chunks.put (`-> stream`), each followed by one
+//     call that waits for them all; the sender's side only. Divide each dump's total Ir
+//     by CALLS.
 #include <valgrind/callgrind.h>
 
 #include <algorithm>
@@ -109,6 +112,35 @@ void pump(Channel& ch, const Capability& target, size_t calls) {
   req.call();
 }
 
+/// Chunks: counts the chunks; flush answers the count. Threads: the server's worker.
+class ChunksImpl final : public callback::ChunksService {
+ public:
+  void put(PutCall& call) override { count_ += call.params().getData().size() == sizeof kData; }
+  void flush(FlushCall& call) override { call.results().setCount(count_); }
+
+ private:
+  uint64_t count_ = 0;
+};
+
+void sinks(Channel& ch, size_t n) {
+  echo::EchoClient client(ch);
+  for (size_t i = 0; i < n; ++i) {
+    auto req = client.sinkRequest(16);
+    req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
+    req.sendOneWay();
+  }
+  client.pingRequest().call();
+}
+
+void chunks(callback::ChunksClient& client, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    auto req = client.putRequest(16);
+    req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
+    req.send();
+  }
+  client.flushRequest().call();
+}
+
 double percentile(std::vector<double>& v, double q) {
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
@@ -169,8 +201,22 @@ int instructions(size_t calls) {
     CALLGRIND_TOGGLE_COLLECT;
     CALLGRIND_DUMP_STATS_AT("callback");
   }
-  std::printf("dumped 'metrics off', 'metrics on', 'capnp accessors' and 'callback' (%zu calls each)\n",
-              calls);
+  {
+    ChunksImpl chunksImpl;
+    Setup s(false, WaitMode::kBlocking, false, &chunksImpl);
+    callback::ChunksClient stream(*s.channel);
+    for (int k = 0; k < 2; ++k) {
+      sinks(*s.channel, 2000);  // first-use allocations, caches
+      chunks(stream, 2000);
+      CALLGRIND_ZERO_STATS;
+      CALLGRIND_TOGGLE_COLLECT;
+      if (k == 0) sinks(*s.channel, calls); else chunks(stream, calls);
+      CALLGRIND_TOGGLE_COLLECT;
+      CALLGRIND_DUMP_STATS_AT(k == 0 ? "one-way" : "stream");
+    }
+  }
+  std::printf("dumped 'metrics off', 'metrics on', 'capnp accessors', 'callback', 'one-way' and "
+              "'stream' (%zu calls each)\n", calls);
   return 0;
 }
 
