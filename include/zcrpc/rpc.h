@@ -160,6 +160,20 @@ class PendingCall final {
   uint64_t callId_ = 0;
 };
 
+/// How a one-way message or a stream chunk leaves (RawRequest::sendOneWay,
+/// StreamRequest::send), as gRPC's WriteOptions::set_buffer_hint.
+enum class SendHint : uint8_t {
+  /// Handed to the transport and the peer woken at once (the default).
+  kNow,
+  /// More is coming right after: the message may wait in this end's send buffer until
+  /// something is sent with kNow (or as a call), or this thread waits for answers
+  /// (poll(), pollUntil(), call(), a full stream window, StreamFlow::finish()). Over tcp a
+  /// burst then leaves in one system call instead of one per message; over shm the
+  /// message is in the ring at once, but a sleeping peer is not woken for it. Give the
+  /// last message of a burst kNow, or poll: nothing else sends what waits.
+  kMoreComing,
+};
+
 /// A request being built in place in transport memory. Made by a generated client stub
 /// (or `Channel::newRequest`), filled through `message()` / the typed `params()`, then
 /// sent once by `call`, `callAsync` or `sendOneWay`. Not movable (the message lives in
@@ -195,9 +209,9 @@ class RawRequest final {
   /// the PendingCall. Throws Overloaded when the window is full.
   PendingCall callAsync(CallCallback callback = {});
   /// Sends a request that gets no response.
-  void sendOneWay();
+  void sendOneWay(SendHint hint = SendHint::kNow);
   /// Sends one chunk of a stream (see StreamRequest::send).
-  void sendStreaming(const std::shared_ptr<class StreamFlow>& flow);
+  void sendStreaming(const std::shared_ptr<class StreamFlow>& flow, SendHint hint = SendHint::kNow);
 
  private:
   void start(uint64_t interfaceId, uint16_t methodId, uint32_t sizeHintWords);
@@ -244,7 +258,7 @@ class Request final {
 
   Response call() { return Response(raw_.call()); }
   PendingCall callAsync(CallCallback callback = {}) { return raw_.callAsync(std::move(callback)); }
-  void sendOneWay() { raw_.sendOneWay(); }
+  void sendOneWay(SendHint hint = SendHint::kNow) { raw_.sendOneWay(hint); }
 
  private:
   RawRequest raw_;
@@ -309,7 +323,7 @@ class StreamRequest final {
   void setTimeout(std::chrono::nanoseconds t) { raw_.setTimeout(t); }
   /// Sends the chunk; returns once the window has room for the next (handling what
   /// arrives meanwhile). Throws the error an earlier chunk met.
-  void send() { raw_.sendStreaming(flow_); }
+  void send(SendHint hint = SendHint::kNow) { raw_.sendStreaming(flow_, hint); }
 
  private:
   RawRequest raw_;

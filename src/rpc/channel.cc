@@ -113,15 +113,15 @@ PendingCall RawRequest::callAsync(CallCallback callback) {
   return PendingCall(session_, id);
 }
 
-void RawRequest::sendOneWay() {
+void RawRequest::sendOneWay(SendHint hint) {
   session_->checkThread("sendOneWay()");
-  session_->send(message_, FrameKind::kOneWay, {}, methodName_, target_);
+  session_->send(message_, FrameKind::kOneWay, {}, methodName_, target_, hint);
 }
 
-void RawRequest::sendStreaming(const std::shared_ptr<StreamFlow>& flow) {
+void RawRequest::sendStreaming(const std::shared_ptr<StreamFlow>& flow, SendHint hint) {
   session_->checkThread("StreamRequest::send()");
   flow->throwIfFailed();
-  session_->sendChunk(message_, flow, methodName_, target_);
+  session_->sendChunk(message_, flow, methodName_, target_, hint);
   const SessionOptions& o = session_->options();
   while ((flow->inFlight() >= streamWindowCalls(o) || flow->bytesInFlight() >= o.streamWindowBytes) &&
          flow->inFlight() > 0)

@@ -220,15 +220,17 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// Sends `msg`; the call is due at its build deadline (see RawRequest::deadline()).
   /// `methodName` ("Interface.method", static storage, or empty) names the call for
   /// metrics and the tracer.
-  /// `target`: the peer's export called (0: its bootstrap services).
+  /// `target`: the peer's export called (0: its bootstrap services). `hint` kMoreComing:
+  /// the transport may keep the message until a later send, or run() flushes it.
   uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
-                std::string_view methodName = {}, uint32_t target = 0);
+                std::string_view methodName = {}, uint32_t target = 0,
+                SendHint hint = SendHint::kNow);
   /// Sends `msg`, a chunk of a stream whose flow is `flow` (see RawRequest::sendStreaming):
   /// mostly as a stream request, which the peer answers only when it fails; the chunk that
   /// takes the flow to half its window and the one that fills it go as requests (marks),
   /// whose answers confirm every chunk before them.
   void sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>& flow,
-                 std::string_view methodName, uint32_t target);
+                 std::string_view methodName, uint32_t target, SendHint hint);
   /// Sends a ping as a mark of `flow`: its pong confirms every chunk sent before it
   /// (StreamFlow::finish()). No request of ours may be open.
   void confirmChunks(StreamFlow& flow);

@@ -49,7 +49,7 @@ void Session::startMessage(OutgoingMessage& msg, uint32_t sizeHintWords,
 }
 
 uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
-                       std::string_view methodName, uint32_t target) {
+                       std::string_view methodName, uint32_t target, SendHint hint) {
   if (disconnected_)
     throw Disconnected("channel to " + connection_->endpoint() + " is disconnected: " +
                        disconnectReason_);
@@ -109,7 +109,8 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   }
   const bool counted = questionMetrics_ && isCall;
   const uint64_t start = counted || tracing ? ticks::now() : 0;
-  if (connection_->send(msg) != Status::kOk) {
+  const bool now = hint == SendHint::kNow;
+  if (connection_->send(msg, now) != Status::kOk) {
     if (counted) {
       MethodMetrics& m = questionMetrics_->method(interfaceId, methodId, methodName);
       m.countCall(0);
@@ -120,6 +121,7 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
     failAll(ErrorKind::kDisconnected, connection_->lastError());
     throw Disconnected("channel to " + connection_->endpoint() + " lost: " + disconnectReason_);
   }
+  unflushed_ |= !now;  // run() sends it before this thread waits or returns
   if (queuedCancels_) sendQueuedCancels();
   // The request is on its way: what follows overlaps with the round trip. (The segment
   // sizes come from the builder's own bookkeeping, not from transport memory.)

@@ -17,7 +17,7 @@
 namespace zcrpc {
 
 void Session::sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>& flow,
-                        std::string_view methodName, uint32_t target) {
+                        std::string_view methodName, uint32_t target, SendHint hint) {
   StreamFlow& f = *flow;
   const uint64_t bytes = sentPayloadBytes(msg);
   const uint64_t calls = f.sentCalls_ - f.doneCalls_ + 1;  // in flight with this one
@@ -27,7 +27,7 @@ void Session::sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>&
   const bool mark = calls == (limit + 1) / 2 || calls >= limit ||
                     (before < halfBytes && after >= halfBytes) || after >= options_.streamWindowBytes;
   const uint64_t id = send(msg, mark ? FrameKind::kRequest : FrameKind::kStreamRequest, {},
-                           methodName, target);
+                           methodName, target, hint);
   f.session_ = this;
   f.sentCalls_ += 1;
   f.sentBytes_ += bytes;

@@ -359,24 +359,29 @@ TEST_P(CapsTest, ACallOnAServersCapabilityFromAnotherThreadIsRefused) {
 // ------------------------------------------------------------------------------------
 // Streaming
 
+// Sent each at once, and as one burst whose chunks wait in the sender (kMoreComing) until
+// the window is full or the final call.
 TEST_P(CapsTest, AStreamArrivesInOrderAndTheFinalCallSeesAllOfIt) {
   auto ch = connect();
   HubClient hub(*ch);
-  auto up = hub.uploadRequest();
-  UploadClient upload(up.call().results().getUpload());
-  std::vector<kj::byte> chunk(200, kj::byte{7});
-  constexpr uint32_t kChunks = 2000;
-  for (uint32_t i = 0; i < kChunks; ++i) {
-    auto w = upload.writeRequest();
-    w.params().setSeq(i);
-    w.params().setChunk(kj::arrayPtr(chunk.data(), chunk.size()));
-    w.send();
+  for (SendHint hint : {SendHint::kNow, SendHint::kMoreComing}) {
+    SCOPED_TRACE(hint == SendHint::kNow ? "kNow" : "kMoreComing");
+    auto up = hub.uploadRequest();
+    UploadClient upload(up.call().results().getUpload());
+    std::vector<kj::byte> chunk(200, kj::byte{7});
+    constexpr uint32_t kChunks = 2000;
+    for (uint32_t i = 0; i < kChunks; ++i) {
+      auto w = upload.writeRequest();
+      w.params().setSeq(i);
+      w.params().setChunk(kj::arrayPtr(chunk.data(), chunk.size()));
+      w.send(hint);
+    }
+    auto done = upload.doneRequest().call();
+    EXPECT_EQ(done.results().getCount(), kChunks);
+    EXPECT_EQ(done.results().getBytes(), uint64_t{kChunks} * chunk.size());
+    EXPECT_TRUE(done.results().getInOrder());
+    EXPECT_EQ(upload.streamFlow().inFlight(), 0u);
   }
-  auto done = upload.doneRequest().call();
-  EXPECT_EQ(done.results().getCount(), kChunks);
-  EXPECT_EQ(done.results().getBytes(), uint64_t{kChunks} * chunk.size());
-  EXPECT_TRUE(done.results().getInOrder());
-  EXPECT_EQ(upload.streamFlow().inFlight(), 0u);
 }
 
 TEST_P(CapsTest, TheStreamWindowBoundsChunksInFlightInCallsAndBytes) {

@@ -539,6 +539,39 @@ TEST_P(Conformance, RpcInEveryWaitMode) {
   }
 }
 
+// SendHint::kMoreComing: a burst waits in the sender until it polls (here) or sends with
+// kNow, then arrives whole and in order, in every wait mode of the server (a sleeping
+// server is woken by the flush). Over tcp it does not leave before: one write for the burst.
+TEST_P(Conformance, RpcOneWayBurstSentWithMoreComingLeavesAtTheNextPoll) {
+  for (WaitMode mode : {WaitMode::kBusyPoll, WaitMode::kBlocking}) {
+    SCOPED_TRACE(std::string(waitModeName(mode)));
+    auto o = options();
+    o.waitMode = mode;
+    ServerOptions so;
+    so.idleMode = mode;
+    RpcSetup rpc(*this, o, so);
+    ASSERT_TRUE(echoCall(*rpc.channel, 0, 8));  // connected, the server idle again
+    std::this_thread::sleep_for(20ms);
+    constexpr uint64_t kBurst = 20;
+    for (uint64_t i = 1; i <= kBurst; ++i) {
+      auto req = rpc.channel->newRequest(kEchoInterface, kEcho, 16);
+      buildPayload(req.message(), i, 64);
+      req.sendOneWay(SendHint::kMoreComing);
+    }
+    if (transport().name == "tcp" || transport().name == "tls") {
+      std::this_thread::sleep_for(50ms);
+      EXPECT_EQ(rpc.service.calls(), 1u) << "the burst left before the poll";
+    }
+    rpc.channel->poll();
+    // Well before a sleeping server would look again by itself (its liveness check, 1 s):
+    // the poll woke it.
+    for (Bound b(10'000, 700ms); b.next() && rpc.service.calls() < 1 + kBurst;)
+      std::this_thread::sleep_for(1ms);
+    EXPECT_EQ(rpc.service.calls(), 1 + kBurst) << "the poll did not send the burst";
+    EXPECT_TRUE(echoCall(*rpc.channel, kBurst + 1, 8));  // and the channel goes on
+  }
+}
+
 /// Pins the calling thread (and the threads it starts from now on) to one of the CPUs it may
 /// run on; puts the old set back when destroyed.
 class PinnedToOneCpu {

@@ -27,7 +27,9 @@
 //  * stream: messages/s of a `-> stream` method (Chunks.put, then Chunks.flush inside the
 //    timing) against zcrpc's one-way messages on the same transport (Echo.sink sent with
 //    sendOneWay, then a ping: the floor for a stream, the baseline) and, over tcp, gRPC
-//    client streaming (Write each, WritesDone, Finish for the count).
+//    client streaming (Write each, WritesDone, Finish for the count); every message of
+//    the three with its library's "more is coming" hint (SendHint::kMoreComing,
+//    WriteOptions::set_buffer_hint), as a bulk sender sends.
 //  * callback: over shm, the server calls an Echo object the client passed it (Pump.pump),
 //    timed between consecutive callbacks at the client, against an ordinary echo call of
 //    the same size (the baseline).
@@ -332,14 +334,14 @@ class Driver final {
   /// One repetition of the stream row of `t`, `w`, `size`, `seconds` per cell.
   void stream(unsigned rep, Transport t, WaitMode w, size_t size, double seconds) {
     Row& row = this->row("stream", t, w, size, [&](Row& r) {
-      r.series.emplace_back("zcrpc-one-way", "zcrpc one-way Echo.sink, then a ping",
+      r.series.emplace_back("zcrpc-one-way", "zcrpc one-way Echo.sink (kMoreComing), then a ping",
                             Role::kReference, "", Measure::kOneWay);
-      r.series.emplace_back("zcrpc-stream", "zcrpc -> stream Chunks.put, then flush", Role::kZcrpc,
+      r.series.emplace_back("zcrpc-stream", "zcrpc -> stream Chunks.put (kMoreComing), then flush", Role::kZcrpc,
                             "", Measure::kStream);
       if (t == Transport::kTcp)
         for (size_t i = kFirstRival; i < systems_.size(); ++i)
           if (usable(i, t) && system(i).info(t).id == "grpc-stream")
-            r.series.emplace_back("grpc-stream", "gRPC client streaming (TCP)", Role::kRival,
+            r.series.emplace_back("grpc-stream", "gRPC client streaming (TCP, buffer hint)", Role::kRival,
                                   "epoll", Measure::kStream);
     });
     RowRep& rr = row.reps.emplace_back();

@@ -4,7 +4,8 @@
 // blocking client call, and a server whose polling thread runs the handler (no hand-off to
 // another thread). A server is started for each cell and shut down after it. In the stream
 // rows (Measure::kStream, tcp), the "grpc-stream" system streams from the client instead
-// (Upload: Write() each message, WritesDone(), Finish() for the server's count). gRPC waits in
+// (Upload: Write() each message with WriteOptions::set_buffer_hint(), as zcrpc's stream
+// rows send with SendHint::kMoreComing; WritesDone(), Finish() for the server's count). gRPC waits in
 // its own poller (epoll) whatever the row's wait mode; its messages are protobuf, copied
 // into and out of std::string on each side. The tls rows' variant: unary over TLS with the
 // same certificate and CA as zcrpc's TLS cells.
@@ -158,7 +159,8 @@ class Grpc final : public System {
     zcrpcbench::Count count;
     auto writer = stub.Upload(&context, &count);
     auto send = [&](uint64_t) {
-      if (!writer->Write(request)) throw BenchError("gRPC upload: the stream broke");
+      if (!writer->Write(request, grpc::WriteOptions().set_buffer_hint()))
+        throw BenchError("gRPC upload: the stream broke");
     };
     auto finish = [&](uint64_t sent) {
       if (!writer->WritesDone()) throw BenchError("gRPC upload: WritesDone failed");

@@ -143,9 +143,10 @@ static void printOpenLoopSummary(std::FILE* out, const Table& table) {
 }
 
 constexpr std::string_view kStreamTitle =
-    "Streams, messages/s and payload GB/s: zcrpc `-> stream` (Chunks.put, flush timed), zcrpc "
-    "one-way\n  (Echo.sink, a ping timed) and gRPC client streaming over TCP (Write, WritesDone "
-    "+ Finish timed)";
+    "Streams, messages/s and payload GB/s, each a burst sent with its library's \"more is "
+    "coming\" hint:\n  zcrpc `-> stream` (Chunks.put, SendHint::kMoreComing, flush timed), zcrpc "
+    "one-way (Echo.sink, the same\n  hint, a ping timed) and gRPC client streaming over TCP "
+    "(Write with WriteOptions::set_buffer_hint,\n  WritesDone + Finish timed)";
 constexpr std::string_view kCallbackTitle =
     "Callbacks over shm, p50 / p99: the server calls the client's Echo (time between "
     "consecutive\n  callbacks at the client: one whole round trip each) against an echo call "

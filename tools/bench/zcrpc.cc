@@ -351,7 +351,9 @@ class ZcrpcRpc final : public System {
   /// Figure::peerValue, is checked by the driver). kStream: Chunks.put (`-> stream`: send()
   /// returns while the stream window has room), then Chunks.flush, whose count must be
   /// every chunk sent on this connection so far (`chunksSent`, counted on). Payloads are
-  /// copied into the messages.
+  /// copied into the messages. Both send with SendHint::kMoreComing, as a bulk sender
+  /// would (over tcp a burst then leaves in few system calls); the final call sends the
+  /// rest. gRPC's stream gets the same hint (grpc.cc).
   Rate oneWay(echo::EchoClient& client, ClientCell& cell, std::chrono::nanoseconds duration,
               uint64_t& chunksSent) {
     const auto data = bytesOf(cell.payload);
@@ -360,7 +362,7 @@ class ZcrpcRpc final : public System {
       auto send = [&](uint64_t) {
         auto sink = client.sinkRequest(words);
         sink.params().setData(data);
-        sink.sendOneWay();
+        sink.sendOneWay(SendHint::kMoreComing);
       };
       return streamFor(duration, data.size(), send, [&](uint64_t) { client.pingRequest().call(); });
     }
@@ -368,7 +370,7 @@ class ZcrpcRpc final : public System {
     auto send = [&](uint64_t) {
       auto put = chunks.putRequest(words);
       put.params().setData(data);
-      put.send();
+      put.send(SendHint::kMoreComing);
     };
     auto finish = [&](uint64_t sent) {
       chunksSent += sent;
