@@ -250,8 +250,9 @@ Status CapnpConnection::send(OutgoingMessage& msg, bool flushNow) {
   }
   Status s = Status::kDisconnected;
   KJ_DEFER(msg.markSent());  // the frame's memory goes with `frame`, sent or not
-  if (msg.extensions().size() != 0) [[unlikely]]
-    checkExtensionArea(msg.extensions(), kMaxExtensionBytes, endpoint_);
+  if (msg.extensions().size() != 0 && !extensionAreaFits(msg.extensions(), kMaxExtensionBytes))
+      [[unlikely]]
+    refuseExtensionArea(msg.extensions(), kMaxExtensionBytes, endpoint_);
   if (!broken_ && !closed_.load()) {
     scope.enter();
     s = sendFrame(msg);
