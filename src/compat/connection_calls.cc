@@ -89,7 +89,7 @@ void CapnpConnection::sessionObjectGone(uint32_t exportId, uint32_t refs) noexce
 
 void CapnpConnection::writeCapTable(kj::ArrayPtr<kj::Maybe<kj::Own<capnp::ClientHook>>> found,
                                     std::vector<capnp::word>& records) {
-  if (16 + found.size() * 8 > kMaxExtensionBytes)
+  if (32 + found.size() * 8 > kMaxExtensionBytes)  // room for a target record too
     throw InvalidArgument("a message with " + std::to_string(found.size()) +
                           " capabilities (zcrpc frames carry at most " +
                           std::to_string((kMaxExtensionBytes - 32) / 8) + ")");

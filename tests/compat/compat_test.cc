@@ -1697,6 +1697,17 @@ TEST_P(BadInput, MoreCapabilitiesThanTheServerImportsAreRefusedAndGivenBack) {
   }
   EXPECT_TRUE(waitFor([&] { return sinks.load() == 0; }, [&] { ws.poll(); }))
       << sinks.load() << " sinks of a refused call still held";
+  {
+    // More than one zcrpc frame can name (its extension area is 16 KiB): refused before
+    // the session sees it.
+    auto fan = hub.fanOutRequest();
+    auto list = fan.initSinks(2100);
+    for (uint32_t i = 0; i < 2100; ++i) list.set(i, kj::heap<CapnpSink>(sinks));
+    const kj::Exception e = failureOf(fan.send(), ws, "a call with 2100 capabilities");
+    EXPECT_NE(describe(e).find("zcrpc frames carry at most 2044"), std::string::npos) << describe(e);
+  }
+  EXPECT_TRUE(waitFor([&] { return sinks.load() == 0; }, [&] { ws.poll(); }))
+      << sinks.load() << " sinks of a refused call still held";
   // Within the limit the same call works.
   auto fan = hub.fanOutRequest();
   auto list = fan.initSinks(4);
