@@ -96,7 +96,6 @@ void CapnpConnection::writeCapTable(kj::ArrayPtr<kj::Maybe<kj::Own<capnp::Client
   std::vector<uint32_t> payload(2 + 2 * found.size(), 0);
   payload[0] = static_cast<uint32_t>(found.size());
   for (size_t i = 0; i < found.size(); ++i) {
-    uint32_t& id = payload[2 + 2 * i];
     CapDescriptor d{};
     KJ_IF_MAYBE(own, found[i]) {
       capnp::ClientHook* hook = own->get();
@@ -124,7 +123,7 @@ void CapnpConnection::writeCapTable(kj::ArrayPtr<kj::Maybe<kj::Own<capnp::Client
         d.id = at->second;
       }
     }
-    std::memcpy(&id, &d, sizeof d);
+    std::memcpy(&payload[2 + 2 * i], &d, sizeof d);  // entry i: two of the payload's words
   }
   HeapFrame::appendRecord(records, extension::kCapTable, bytesOf(payload.data(), payload.size() * 4));
 }
