@@ -83,9 +83,10 @@ inline constexpr uint16_t kCapTable = 2;
 /// `u32 count, u32 0`, then count x `{u32 exportId; u32 refs}`: the sender drops `refs`
 /// references to each of the receiver's exports.
 inline constexpr uint16_t kReleases = 3;
-/// Reserved: W3C trace context (issue 23).
+/// Reserved (a W3C trace context travels as the metadata entry "traceparent").
 inline constexpr uint16_t kTraceParent = 4;
-/// Reserved: per-call metadata (issue 23).
+/// `u32 count, u32 0`, then count x `{u16 keyBytes; u16 0; u32 valueBytes}`, key, value,
+/// zeros to 8 bytes: a request's metadata (zcrpc/metadata.h).
 inline constexpr uint16_t kMetadata = 5;
 }  // namespace extension
 

@@ -8,10 +8,12 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <utility>
 
 #include "zcrpc/frame.h"
+#include "zcrpc/metadata.h"
 #include "zcrpc/wire.h"
 
 namespace zcrpc {
@@ -93,6 +95,10 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   /// when it sends the message.
   wire::CapTable* outgoingCapTable() noexcept { return capsOut_; }
   kj::ArrayPtr<const capnp::word> extensions() const noexcept { return extensions_; }
+  /// Per-call metadata (zcrpc/metadata.h), made on first use: the RPC layer sends it in
+  /// the frame's metadata record. Null from outgoingMetadata() when never used.
+  Metadata& metadata();
+  const Metadata* outgoingMetadata() const noexcept { return metadataOut_; }
 
   /// Bounds on waiting for room while this message is built and sent (a segment or
   /// referenced data that needs more of the peer's unreleased memory): until the build
@@ -224,9 +230,11 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
     arena_.reset(*this, first);
     extensions_ = nullptr;
     if (capsOut_) [[unlikely]] dropCapTable();
+    if (metadataOut_) [[unlikely]] dropMetadata();
   }
   void markSent() noexcept { source_ = nullptr; }
   void dropCapTable() noexcept;
+  void dropMetadata() noexcept;
 
  private:
   /// Which builder writes the message (see the class comment).
@@ -275,6 +283,7 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   // Interface fields set (capTable()); null: none. Owned (a plain pointer: the destructor
   // and open() of every message pay only a test for it).
   wire::CapTable* capsOut_ = nullptr;
+  Metadata* metadataOut_ = nullptr;  // metadata(); owned, as capsOut_
   wire::BuildArena arena_;  // zcrpc's builder's segments (builder_ kWire / kHandedOver)
 };
 
@@ -314,7 +323,8 @@ class IncomingMessage final {
   // several times on its way to the caller, so these are inline and cheap.
   IncomingMessage(IncomingMessage&& other) noexcept
       : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_),
-        caps_(std::exchange(other.caps_, nullptr)) {
+        caps_(std::exchange(other.caps_, nullptr)),
+        metadata_(std::exchange(other.metadata_, nullptr)) {
     if (other.reader_) [[unlikely]] other.reader_.reset();
     other.wireReady_ = false;
   }
@@ -324,6 +334,7 @@ class IncomingMessage final {
       owner_ = std::exchange(other.owner_, nullptr);
       slot_ = other.slot_;
       caps_ = std::exchange(other.caps_, nullptr);
+      metadata_ = std::exchange(other.metadata_, nullptr);
       if (other.reader_) [[unlikely]] other.reader_.reset();
       other.wireReady_ = false;
     }
@@ -382,10 +393,12 @@ class IncomingMessage final {
     return wire_;
   }
 
-  /// Gives the lease back, and drops the message's capabilities (see capTable()).
+  /// Gives the lease back, and drops the message's capabilities (see capTable()) and
+  /// metadata.
   void release() noexcept {
     if (owner_) releaseHeld();
     if (caps_) [[unlikely]] dropCapTable();
+    if (metadata_) [[unlikely]] dropMetadata();
   }
 
   /// The capabilities the message carried (its frame's capTable record, decoded by the RPC
@@ -398,6 +411,15 @@ class IncomingMessage final {
     if (caps_) dropCapTable();
     caps_ = caps.release();
     wireReady_ = false;  // the reader context picks the table up when next set up
+  }
+
+  /// The metadata the message carried (its frame's metadata record, decoded by the RPC
+  /// layer), null when none; kept and dropped as capTable() is.
+  const Metadata* metadata() const noexcept { return metadata_; }
+  /// For the RPC layer: the decoded metadata of this message.
+  void setMetadata(std::unique_ptr<Metadata> metadata) noexcept {
+    if (metadata_) dropMetadata();
+    metadata_ = metadata.release();
   }
 
   /// Moves the message out of transport memory into a heap copy of its own and gives the
@@ -435,6 +457,7 @@ class IncomingMessage final {
   const ParsedFrame& frame() const noexcept { return owner_->leasedFrame(slot_); }
   void releaseHeld() noexcept;
   void dropCapTable() noexcept;
+  void dropMetadata() noexcept;
   capnp::MessageReader& makeReader();
   void initWireContext();
 
@@ -443,6 +466,7 @@ class IncomingMessage final {
   // Decoded by the RPC layer; null: none. Owned (a plain pointer: a response moves several
   // times on its way to the caller, and only messages with capabilities pay more).
   wire::CapTable* caps_ = nullptr;
+  Metadata* metadata_ = nullptr;  // as caps_
   bool wireReady_ = false;  // wire_ reads the held message
   std::optional<FrameReader> reader_;
   wire::ReadContext wire_;

@@ -44,6 +44,10 @@ struct TracedCall {
   /// the tracer may replace it, and what it leaves there travels with the request.
   /// Server: the context the request carried (traceId 0: none).
   TraceContext trace;
+  /// Client, in onClientCallBegin: the request's metadata, which the tracer may add to
+  /// (a W3C `traceparent`, zcrpc/metadata.h); what it holds then travels with the request.
+  /// Server: what the request carried (null: none), to read. Null in the End callbacks.
+  Metadata* metadata = nullptr;
 };
 
 /// How a traced call ended.
@@ -202,6 +206,8 @@ class RawRequest final {
   /// Trace context sent with the request (a tracer may still replace it).
   void setTrace(TraceContext trace) noexcept { message_.setTrace(trace); }
   const TraceContext& trace() const noexcept { return message_.trace(); }
+  /// Metadata sent with the request (zcrpc/metadata.h): `metadata().set("tenant", "a")`.
+  Metadata& metadata() { return message_.metadata(); }
 
   /// Sends and waits: the response lease, or throws the typed error.
   IncomingMessage call();
@@ -241,6 +247,7 @@ class Request final {
   void setDeadline(Deadline d) noexcept { raw_.setDeadline(d); }
   void setTimeout(std::chrono::nanoseconds t) { raw_.setTimeout(t); }
   void setTrace(TraceContext trace) noexcept { raw_.setTrace(trace); }
+  Metadata& metadata() { return raw_.metadata(); }
 
   /// The results, read in place; valid while the returned Response lives.
   class Response final {
@@ -321,6 +328,7 @@ class StreamRequest final {
   typename Params::Builder paramsCapnp() { return raw_.message().getRoot<Params>(); }
   RawRequest& raw() noexcept { return raw_; }
   void setTimeout(std::chrono::nanoseconds t) { raw_.setTimeout(t); }
+  Metadata& metadata() { return raw_.metadata(); }
   /// Sends the chunk; returns once the window has room for the next (handling what
   /// arrives meanwhile). Throws the error an earlier chunk met.
   void send(SendHint hint = SendHint::kNow) { raw_.sendStreaming(flow_, hint); }
@@ -419,6 +427,9 @@ class CallContext final {
   uint16_t methodId() const noexcept { return request_.header().methodId; }
   /// The trace context the caller sent (traceId 0: none); also after defer().
   const TraceContext& trace() const noexcept;
+  /// The metadata the caller sent (empty: none). Valid while the request is held (after
+  /// defer(), DeferredReply::request().metadata()).
+  const Metadata& metadata() const noexcept;
   bool isOneWay() const noexcept;
   IncomingMessage& request() noexcept { return request_; }
   /// The response message in transport memory, reserved on first use. It may reference

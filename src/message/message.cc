@@ -14,12 +14,20 @@ namespace zcrpc {
 OutgoingMessage::~OutgoingMessage() noexcept(false) {
   if (source_) source_->abandon();
   if (capsOut_) [[unlikely]] dropCapTable();
+  if (metadataOut_) [[unlikely]] dropMetadata();
 }
 
 void OutgoingMessage::dropCapTable() noexcept {
   delete capsOut_;
   capsOut_ = nullptr;
 }
+
+Metadata& OutgoingMessage::metadata() {
+  if (!metadataOut_) metadataOut_ = new Metadata();
+  return *metadataOut_;
+}
+
+void OutgoingMessage::dropMetadata() noexcept { delete std::exchange(metadataOut_, nullptr); }
 
 kj::ArrayPtr<capnp::word> OutgoingMessage::allocateSegment(capnp::uint minimumSize) {
   if (!source_) throw InvalidArgument("OutgoingMessage used before Connection::tryStartMessage or after send");
@@ -301,6 +309,8 @@ void IncomingMessage::moveToHeap() {
 void IncomingMessage::dropCapTable() noexcept {
   delete std::exchange(caps_, nullptr);
 }
+
+void IncomingMessage::dropMetadata() noexcept { delete std::exchange(metadata_, nullptr); }
 
 void IncomingMessage::releaseHeld() noexcept {
   reader_.reset();

@@ -1,7 +1,7 @@
-// zcrpc — the payloads of the frame extension records that carry capabilities
+// zcrpc — the payloads of the frame extension records that carry capabilities and metadata
 // (docs/wire-format.md, "The extension area"), read one way by each of their readers: the
 // session (session_caps.cc) and the standard Cap'n Proto connections (src/compat), which
-// translate them to rpc.capnp.
+// translate the capability records to rpc.capnp.
 #pragma once
 
 #include <cstddef>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "zcrpc/error.h"
+#include "zcrpc/metadata.h"
 
 namespace zcrpc::records {
 
@@ -62,5 +63,13 @@ inline std::vector<std::byte> entriesOf(std::span<const std::byte> record, const
   count = head.count;
   return copy;
 }
+
+/// A metadata record's payload (after its 8-byte header): `u32 count, u32 0`, then per
+/// entry `u16 keyBytes, u16 0, u32 valueBytes`, the key, the value, zeros to a multiple of
+/// 8 bytes. metadata.cc.
+std::vector<std::byte> metadataPayload(const Metadata& m);
+/// The metadata of a record (header included): copied out of transport memory once, every
+/// size, count and key checked. Throws InvalidArgument naming the fault.
+Metadata readMetadata(std::span<const std::byte> record);
 
 }  // namespace zcrpc::records

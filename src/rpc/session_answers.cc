@@ -206,8 +206,9 @@ void Session::dispatch(IncomingMessage& msg) {
     current_.trace = TracedCall{
         interfaceId, methodId,
         service ? service->methodName(interfaceId, methodId) : std::string_view(), callId,
-        oneWay, msg.trace()};
+        oneWay, msg.trace(), const_cast<Metadata*>(msg.metadata())};
     tracer_->onServerCallBegin(current_.trace);
+    current_.trace.metadata = nullptr;  // the request's: not kept for the end
   }
   if (current_.method || current_.traced) current_.startTicks = ticks::now();
   CallContext ctx(*this, msg);
@@ -375,6 +376,13 @@ size_t Session::processMail() {
 
 // ------------------------------------------------------------------------------------
 // CallContext / DeferredReply
+
+const Metadata& CallContext::metadata() const noexcept {
+  static const Metadata kNone;
+  const Metadata* m = request_.valid() ? request_.metadata() : nullptr;
+  if (!m && deferred_ && deferred_->request.valid()) m = deferred_->request.metadata();
+  return m ? *m : kNone;
+}
 
 const TraceContext& CallContext::trace() const noexcept {
   static constexpr TraceContext kNone{};

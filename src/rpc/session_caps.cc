@@ -77,6 +77,9 @@ uint32_t Session::readExtensions(IncomingMessage& msg) {
       case extension::kReleases:
         readReleases(msg.extensionBytes(r));
         break;
+      case extension::kMetadata:
+        msg.setMetadata(std::make_unique<Metadata>(records::readMetadata(msg.extensionBytes(r))));
+        break;
       default:
         break;  // a type this end does not know (reserved for later): ignored
     }
@@ -277,6 +280,16 @@ void Session::writeExtensions(OutgoingMessage& msg, uint32_t target) {
     const CountWord head{static_cast<uint32_t>(count), 0};
     std::memcpy(p, &head, sizeof head);
     std::memcpy(p + 8, out.data(), count * 8);
+  }
+  if (const Metadata* m = msg.outgoingMetadata(); m && !m->empty()) {
+    const std::vector<std::byte> payload = records::metadataPayload(*m);
+    if (8 + payload.size() + extensionWords_.size() * 8 > connection_->maxExtensionBytes())
+      throw InvalidArgument("the call's metadata takes " + std::to_string(8 + payload.size()) +
+                            " bytes of the frame, more than " + connection_->endpoint() +
+                            " carries beside its other records (" +
+                            std::to_string(connection_->maxExtensionBytes()) + " in all)");
+    std::memcpy(appendRecord(extensionWords_, extension::kMetadata, payload.size()), payload.data(),
+                payload.size());
   }
   msg.setExtensions(extensionArea());
 }

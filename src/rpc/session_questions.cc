@@ -91,22 +91,31 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
       pinned_ -= std::exchange(slot->pinned, false);
     }
   }
-  // A call on a capability, or one that carries some: the extension area (which may still
-  // refuse the message, leaving it open and nothing else changed).
-  if ((target != 0) | (msg.outgoingCapTable() != nullptr)) [[unlikely]]
-    writeExtensions(msg, target);
+  // The tracer first: it may add metadata, which goes in the extension area.
+  TracedCall traced;
+  const bool tracing = tracer_ && isCall;
+  if (tracing) [[unlikely]] {
+    traced = TracedCall{interfaceId, methodId, methodName, id, !answered, msg.trace(), &msg.metadata()};
+    tracer_->onClientCallBegin(traced);
+    traced.metadata = nullptr;  // the request's, gone once it is sent
+    msg.setTrace(traced.trace);
+  }
+  // A call on a capability, one that carries some, or metadata: the extension area (which
+  // may still refuse the message, leaving it open and nothing else changed).
+  const Metadata* metadata = msg.outgoingMetadata();
+  if ((target != 0) | (msg.outgoingCapTable() != nullptr) | (metadata != nullptr && !metadata->empty()))
+      [[unlikely]] {
+    try {
+      writeExtensions(msg, target);
+    } catch (const Error& e) {
+      if (tracing) tracer_->onClientCallEnd(traced, {false, e.kind(), {}});
+      throw;
+    }
+  }
   ++nextCallId_;
   h.kind = static_cast<uint8_t>(kind);
   h.callId = id;
   requestOpen_ = false;  // whatever happens next, this message is sent or gone
-  TracedCall traced;
-  const bool tracing = tracer_ && isCall;
-  if (tracing) [[unlikely]] {
-    traced = TracedCall{interfaceId, methodId, methodName, id, !answered,
-                        msg.trace()};
-    tracer_->onClientCallBegin(traced);
-    msg.setTrace(traced.trace);
-  }
   const bool counted = questionMetrics_ && isCall;
   const uint64_t start = counted || tracing ? ticks::now() : 0;
   const bool now = hint == SendHint::kNow;

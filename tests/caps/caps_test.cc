@@ -28,6 +28,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::ThrowsMessage;
 
 /// Serves `services` on `server`, starts it, and returns the client end of a loopback
@@ -644,6 +645,41 @@ TEST_F(HostileTest, AMalformedCapabilityTableIsRefused) {
   // An unknown kind.
   send(FrameKind::kRequest, 2, record(extension::kCapTable, {1, 0, 1, 9}));
   EXPECT_THAT(receiveText(kind), HasSubstr("unknown kind"));
+}
+
+// Metadata records (record 5): each fault is refused by name and the connection serves on.
+TEST_F(HostileTest, AMalformedMetadataRecordIsRefusedByName) {
+  auto entry = [](std::string_view key, std::string_view value) {
+    std::vector<uint32_t> w{static_cast<uint32_t>(key.size()), static_cast<uint32_t>(value.size())};
+    std::string body = std::string(key) + std::string(value);
+    body.resize((body.size() + 7) & ~size_t{7}, '\0');
+    for (size_t i = 0; i < body.size(); i += 4) {
+      uint32_t v;
+      std::memcpy(&v, body.data() + i, 4);
+      w.push_back(v);
+    }
+    return w;
+  };
+  auto metadata = [&](uint32_t count, std::vector<std::vector<uint32_t>> entries) {
+    std::vector<uint32_t> fields{count, 0};
+    for (auto& e : entries) fields.insert(fields.end(), e.begin(), e.end());
+    return record(extension::kMetadata, fields);
+  };
+  FrameKind kind{};
+  send(FrameKind::kRequest, 1, metadata(2, {entry("tenant", "a")}));  // one entry, count 2
+  EXPECT_THAT(receiveText(kind), HasSubstr("metadata record is refused: entry 1 lies past its end"));
+  send(FrameKind::kRequest, 2, metadata(1, {entry("Tenant", "a")}));
+  EXPECT_THAT(receiveText(kind), HasSubstr("other than a-z"));
+  send(FrameKind::kRequest, 3, metadata(2, {entry("k", "1"), entry("k", "2")}));
+  EXPECT_THAT(receiveText(kind), HasSubstr("comes twice"));
+  send(FrameKind::kRequest, 4, metadata(1000, {}));
+  EXPECT_THAT(receiveText(kind), HasSubstr("1000 entries"));
+  // {keyBytes 1, valueBytes 1 << 20}: a value past the limit (and past the record).
+  send(FrameKind::kRequest, 5, metadata(1, {{1, 1u << 20, 0x61, 0}}));
+  EXPECT_THAT(receiveText(kind), HasSubstr("more than 1024"));
+  // Still serving: a well-formed record passes.
+  send(FrameKind::kRequest, 6, metadata(1, {entry("tenant", "a")}));
+  EXPECT_THAT(receiveText(kind), Not(HasSubstr("metadata")));
 }
 
 TEST_F(HostileTest, AReleaseOfSomethingNeverGivenClosesTheConnection) {

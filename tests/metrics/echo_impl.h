@@ -39,6 +39,10 @@ class EchoImpl final : public echo::EchoService {
   }
   void ping(PingCall& call) override {
     noteTrace(call.trace());
+    {
+      std::lock_guard lock(traceMutex_);
+      lastPingMetadata_ = call.context().metadata();
+    }
     pings_.fetch_add(1, std::memory_order_relaxed);
   }
   void sink(SinkCall& call) override {
@@ -74,6 +78,11 @@ class EchoImpl final : public echo::EchoService {
   TraceContext deferredTrace() const {
     std::lock_guard lock(traceMutex_);
     return deferredTrace_;
+  }
+  /// The metadata the last ping carried.
+  Metadata lastPingMetadata() const {
+    std::lock_guard lock(traceMutex_);
+    return lastPingMetadata_;
   }
   uint64_t sunk() const { return sunk_.load(); }
   int pings() const { return pings_.load(); }
@@ -122,6 +131,7 @@ class EchoImpl final : public echo::EchoService {
   mutable std::mutex traceMutex_;
   TraceContext lastTrace_;
   TraceContext deferredTrace_;
+  Metadata lastPingMetadata_;
   std::atomic<uint64_t> sunk_{0};
   std::atomic<int> pings_{0};
   std::atomic<int> cancelled_{0};

@@ -4,6 +4,7 @@
 // Tracer reaching handlers, and the admin interface read with the generated AdminClient.
 #include "zcrpc/metrics.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include "zcrpc/admin.capnp.zcrpc.h"
 #include "metrics/echo_impl.h"
 #include "zcrpc/loopback.h"
+#include "zcrpc/metadata.h"
 #include "zcrpc/rpc.h"
 #include "zcrpc/tcp.h"
 
@@ -24,6 +26,8 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::EchoImpl;
+using ::testing::HasSubstr;
+using ::testing::ThrowsMessage;
 
 static_assert(admin::AdminClient::kInterfaceId == kAdminInterfaceId,
               "libzcrpc's stats service must answer the id schemas/admin.capnp declares");
@@ -511,6 +515,126 @@ TEST(Tracing, TracerSeesEveryCallBeginAndEndOnBothSides) {
   EXPECT_FALSE(s[5].end.ok);
   EXPECT_EQ(s[5].end.error, ErrorKind::kApplication);
   EXPECT_TRUE(s[6].call.oneWay);
+}
+
+// ---------------------------------------------------------------------------------------
+// Metadata and the W3C traceparent
+
+TEST(Metadata, KeysValuesAndLimitsAreCheckedWhenSet) {
+  Metadata m;
+  m.set("tenant", "a");
+  m.set("request-id.v2_x", "");
+  m.set("tenant", "b");  // replaces
+  EXPECT_EQ(m.size(), 2u);
+  EXPECT_EQ(m.get("tenant"), "b");
+  EXPECT_EQ(m.get("absent"), std::nullopt);
+  EXPECT_TRUE(m.erase("tenant"));
+  EXPECT_FALSE(m.erase("tenant"));
+  EXPECT_THROW(m.set("", "x"), InvalidArgument);
+  EXPECT_THROW(m.set("Tenant", "x"), InvalidArgument);
+  EXPECT_THROW(m.set("a b", "x"), InvalidArgument);
+  EXPECT_THROW(m.set(std::string(65, 'k'), "x"), InvalidArgument);
+  EXPECT_THROW(m.set("big", std::string(1025, 'v')), InvalidArgument);
+  Metadata full;
+  for (int i = 0; i < 32; ++i) full.set(std::to_string(i), "v");
+  EXPECT_THROW(full.set("one-more", "v"), InvalidArgument);
+  full.set("3", "replacing is fine");
+}
+
+TEST(TraceParent, FormatsAndParsesTheW3cForm) {
+  const std::string_view text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  const auto t = TraceParent::parse(text);
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->traceId[0], 0x4b);
+  EXPECT_EQ(t->traceId[15], 0x36);
+  EXPECT_EQ(t->parentId[7], 0xb7);
+  EXPECT_EQ(t->flags, 1);
+  EXPECT_EQ(t->format(), text);
+  // A later version's extra fields are ignored; version 00 has none.
+  EXPECT_TRUE(TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what"));
+  for (std::string_view bad : {
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",  // 00 with more
+           "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",    // version ff
+           "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",    // uppercase
+           "00-00000000000000000000000000000000-00f067aa0ba902b7-01",    // zero trace id
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",    // zero parent id
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",       // short
+           "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",    // separator
+       })
+    EXPECT_FALSE(TraceParent::parse(bad)) << bad;
+}
+
+/// Puts a W3C traceparent on every call it sees begin without one: a new trace, span 1.
+class W3cTracer final : public Tracer {
+ public:
+  void onClientCallBegin(TracedCall& call) noexcept override {
+    if (!call.metadata || TraceParent::from(*call.metadata)) return;
+    TraceParent t;
+    t.traceId.fill(0xab);
+    t.parentId.fill(0x01);
+    t.flags = 1;
+    call.metadata->set(TraceParent::kKey, t.format());
+  }
+  void onServerCallBegin(const TracedCall& call) noexcept override {
+    std::lock_guard lock(mutex_);
+    if (call.metadata) seen_ = std::string(call.metadata->get(TraceParent::kKey).value_or(""));
+  }
+  std::string seen() {
+    std::lock_guard lock(mutex_);
+    return seen_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::string seen_;
+};
+
+TEST(Metadata, ReachesTheHandlerAndTheServersTracerOverLoopbackAndTcp) {
+  W3cTracer tracer;
+  ServerOptions so;
+  so.tracer = &tracer;
+  Fixture f(so);
+  ChannelOptions co;
+  co.tracer = &tracer;
+  for (bool tcp : {false, true}) {
+    SCOPED_TRACE(tcp ? "tcp" : "loopback");
+    auto ch = tcp ? f.tcpChannel() : f.channel(co);
+    echo::EchoClient client(*ch);
+    {
+      auto req = client.pingRequest();
+      req.metadata().set("tenant", "blue");
+      req.metadata().set("blob", std::string("\0\xff binary", 9));
+      req.call();
+    }
+    Metadata got = f.impl().lastPingMetadata();
+    EXPECT_EQ(got.get("tenant"), "blue");
+    EXPECT_EQ(got.get("blob"), std::string_view("\0\xff binary", 9));
+    if (!tcp) {  // this channel has the tracer: it added the traceparent, in order after
+      EXPECT_EQ(got.size(), 3u);
+      ASSERT_TRUE(TraceParent::from(got));
+      EXPECT_EQ(TraceParent::from(got)->traceId[0], 0xab);
+      EXPECT_EQ(tracer.seen(), "00-abababababababababababababababab-0101010101010101-01");
+    }
+    client.pingRequest().call();  // none set: none arrives
+    EXPECT_EQ(f.impl().lastPingMetadata().size(), tcp ? 0u : 1u);
+  }
+}
+
+TEST(Metadata, MoreThanTheConnectionCarriesIsRefusedAtSend) {
+  Fixture f;
+  ConnectionOptions small;
+  auto [client, server] = makeLoopbackPair(small);
+  const size_t room = client->maxExtensionBytes();
+  f.server().addConnection(std::move(server));
+  Channel ch(std::move(client));
+  echo::EchoClient echo(ch);
+  {
+    auto req = echo.pingRequest();
+    for (size_t i = 0; i * 1000 < room + 1000 && i < Metadata::kMaxEntries; ++i)
+      req.metadata().set(std::to_string(i), std::string(1000, 'v'));
+    EXPECT_THAT([&] { req.call(); }, ThrowsMessage<InvalidArgument>(HasSubstr("metadata takes")));
+  }
+  echo.pingRequest().call();  // the channel goes on
 }
 
 // ---------------------------------------------------------------------------------------
