@@ -791,6 +791,18 @@ class StreamRequestsFromAPeerTest : public testing::Test {
     EXPECT_EQ(peer_->receive(in, deadlineAfter(5s)), Status::kOk);
     return in;
   }
+  /// Polls (5 s at most) until `stream` has failed: the error its next send would throw.
+  std::optional<ApplicationError> pollUntilFailed(UploadClient& stream) {
+    for (const auto until = Clock::now() + 5s; Clock::now() < until;) {
+      channel_->poll();
+      try {
+        stream.streamFlow().throwIfFailed();
+      } catch (const ApplicationError& e) {
+        return e;
+      }
+    }
+    return std::nullopt;
+  }
   std::unique_ptr<Channel> channel_;
   std::unique_ptr<Connection> peer_;
 };
@@ -838,19 +850,10 @@ TEST_F(StreamRequestsFromAPeerTest, AnErrorForOneChunkFailsTheStreamsNextSend) {
   };
   error(second + 1000, "names no call of ours");  // ignored
   error(second, "chunk 1 is refused");
-  const auto until = Clock::now() + 5s;
-  bool failed = false;
-  while (!failed && Clock::now() < until) {
-    channel_->poll();
-    try {
-      stream.streamFlow().throwIfFailed();
-    } catch (const ApplicationError& e) {
-      failed = true;
-      EXPECT_EQ(e.code(), 9);
-      EXPECT_THAT(e.what(), HasSubstr("chunk 1 is refused"));
-    }
-  }
-  EXPECT_TRUE(failed);
+  const auto failure = pollUntilFailed(stream);
+  ASSERT_TRUE(failure);
+  EXPECT_EQ(failure->code(), 9);
+  EXPECT_THAT(failure->what(), HasSubstr("chunk 1 is refused"));
   EXPECT_THROW(stream.writeRequest().send(), ApplicationError);  // the next chunk
 }
 
@@ -874,19 +877,10 @@ TEST_F(StreamRequestsFromAPeerTest, AnErrorFindsItsStreamAmongManyInterleavedChu
   }
   sendRaw(*peer_, FrameKind::kError, firstOfA, 0, 0,
           [&](OutgoingMessage& m) { writeError(m, ErrorKind::kApplication, 7, "a's first chunk"); });
-  const auto until = Clock::now() + 5s;
-  bool failed = false;
-  while (!failed && Clock::now() < until) {
-    channel_->poll();
-    try {
-      a.streamFlow().throwIfFailed();
-    } catch (const ApplicationError& e) {
-      failed = true;
-      EXPECT_THAT(e.what(), HasSubstr("a's first chunk"));
-    }
-  }
-  EXPECT_TRUE(failed) << "the error of a's first chunk, behind " << 2 * perStream - 1
-                      << " runs, did not reach it";
+  const auto failure = pollUntilFailed(a);
+  ASSERT_TRUE(failure) << "the error of a's first chunk, behind " << 2 * perStream - 1
+                       << " runs, did not reach it";
+  EXPECT_THAT(failure->what(), HasSubstr("a's first chunk"));
   EXPECT_NO_THROW(b.streamFlow().throwIfFailed());
 }
 

@@ -37,6 +37,21 @@ struct RpcSetup {
   std::unique_ptr<Channel> channel;  // destroyed first
 };
 
+/// An RpcSetup whose client and server both wait by `mode`.
+struct RpcSetupInMode : RpcSetup {
+  RpcSetupInMode(const Conformance& test, WaitMode mode)
+      : RpcSetup(test, withWait(test.options(), mode), serverWaiting(mode)) {}
+  static ConnectionOptions withWait(ConnectionOptions o, WaitMode mode) {
+    o.waitMode = mode;
+    return o;
+  }
+  static ServerOptions serverWaiting(WaitMode mode) {
+    ServerOptions so;
+    so.idleMode = mode;
+    return so;
+  }
+};
+
 /// Makes `m` a request to EchoService's `method` with `callId`, as a Channel would.
 void markEchoRequest(OutgoingMessage& m, uint16_t method, uint64_t callId) {
   FrameHeader& h = m.header();
@@ -525,11 +540,7 @@ TEST_P(Conformance, RpcServerShutdownFailsCallsPromptly) {
 TEST_P(Conformance, RpcInEveryWaitMode) {
   for (WaitMode mode : {WaitMode::kBusyPoll, WaitMode::kSpinThenSleep, WaitMode::kBlocking}) {
     SCOPED_TRACE(std::string(waitModeName(mode)));
-    auto o = options();
-    o.waitMode = mode;
-    ServerOptions so;
-    so.idleMode = mode;
-    RpcSetup rpc(*this, o, so);
+    RpcSetupInMode rpc(*this, mode);
     auto start = Clock::now();
     for (uint64_t i = 0; i < 100; ++i) ASSERT_TRUE(echoCall(*rpc.channel, i, i * 7));
     EXPECT_LT(msSince(start), 15'000.0);
@@ -545,11 +556,7 @@ TEST_P(Conformance, RpcInEveryWaitMode) {
 TEST_P(Conformance, RpcOneWayBurstSentWithMoreComingLeavesAtTheNextPoll) {
   for (WaitMode mode : {WaitMode::kBusyPoll, WaitMode::kBlocking}) {
     SCOPED_TRACE(std::string(waitModeName(mode)));
-    auto o = options();
-    o.waitMode = mode;
-    ServerOptions so;
-    so.idleMode = mode;
-    RpcSetup rpc(*this, o, so);
+    RpcSetupInMode rpc(*this, mode);
     ASSERT_TRUE(echoCall(*rpc.channel, 0, 8));  // connected, the server idle again
     std::this_thread::sleep_for(20ms);
     constexpr uint64_t kBurst = 20;

@@ -152,6 +152,8 @@ class Fixture {
     if (stats) server_.enableStats();
     server_.start();
   }
+  /// A server whose calls `tracer` is told about (tracedChannel(): a channel's too).
+  explicit Fixture(Tracer& tracer) : Fixture(tracedBy(tracer)) { tracer_ = &tracer; }
   ~Fixture() { server_.shutdown(); }
 
   std::unique_ptr<Channel> channel(ChannelOptions options = {}) {
@@ -169,12 +171,23 @@ class Fixture {
     server_.addConnection(std::move(accepted));
     return std::make_unique<Channel>(std::move(client));
   }
+  std::unique_ptr<Channel> tracedChannel() {
+    ChannelOptions co;
+    co.tracer = tracer_;
+    return channel(co);
+  }
   Server& server() { return server_; }
   EchoImpl& impl() { return impl_; }
 
  private:
+  static ServerOptions tracedBy(Tracer& tracer) {
+    ServerOptions so;
+    so.tracer = &tracer;
+    return so;
+  }
   EchoImpl impl_;
   Server server_;
+  Tracer* tracer_ = nullptr;
 };
 
 void echoCall(Channel& ch, size_t bytes) {
@@ -467,12 +480,8 @@ class RecordingTracer final : public Tracer {
 
 TEST(Tracing, TracerSeesEveryCallBeginAndEndOnBothSides) {
   RecordingTracer tracer;
-  ServerOptions so;
-  so.tracer = &tracer;
-  Fixture f(so);
-  ChannelOptions co;
-  co.tracer = &tracer;
-  auto ch = f.channel(co);
+  Fixture f(tracer);
+  auto ch = f.tracedChannel();
   echo::EchoClient client(*ch);
   client.pingRequest().call();  // no trace: the tracer starts one
   EXPECT_EQ(f.impl().lastTrace().traceId, 0xabcu);
@@ -591,14 +600,10 @@ class W3cTracer final : public Tracer {
 
 TEST(Metadata, ReachesTheHandlerAndTheServersTracerOverLoopbackAndTcp) {
   W3cTracer tracer;
-  ServerOptions so;
-  so.tracer = &tracer;
-  Fixture f(so);
-  ChannelOptions co;
-  co.tracer = &tracer;
+  Fixture f(tracer);
   for (bool tcp : {false, true}) {
     SCOPED_TRACE(tcp ? "tcp" : "loopback");
-    auto ch = tcp ? f.tcpChannel() : f.channel(co);
+    auto ch = tcp ? f.tcpChannel() : f.tracedChannel();
     echo::EchoClient client(*ch);
     {
       auto req = client.pingRequest();
