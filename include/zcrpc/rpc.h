@@ -95,7 +95,7 @@ struct ChannelOptions {
   uint32_t maxImports = 65536;
   /// Streaming (`-> stream` methods): chunks one client may have in flight, in calls and in
   /// bytes (settings stream_window_calls, stream_window_bytes); a chunk past either waits.
-  uint32_t streamWindowCalls = 128;
+  uint32_t streamWindowCalls = 512;
   uint64_t streamWindowBytes = 1 << 20;
 };
 
@@ -573,7 +573,7 @@ struct ServerOptions {
   uint32_t maxExportsPerConnection = 65536;
   uint32_t maxImportsPerConnection = 65536;
   /// Streaming calls the server makes on its clients' objects (see ChannelOptions).
-  uint32_t streamWindowCalls = 128;
+  uint32_t streamWindowCalls = 512;
   uint64_t streamWindowBytes = 1 << 20;
 };
 

@@ -54,7 +54,7 @@ constexpr SettingInfo kSettings[] = {
     {"max_imports", SettingType::kInt, "65536", "ZCRPC_MAX_IMPORTS",
      "The peer's objects one end holds on a connection at once; a message that would pass more "
      "is refused (InvalidArgument) and its capabilities released", ""},
-    {"stream_window_calls", SettingType::kInt, "128", "ZCRPC_STREAM_WINDOW_CALLS",
+    {"stream_window_calls", SettingType::kInt, "512", "ZCRPC_STREAM_WINDOW_CALLS",
      "Chunks of a stream (-> stream methods) one client may have in flight; the next send waits",
      ""},
     {"stream_window_bytes", SettingType::kSize, "1MiB", "ZCRPC_STREAM_WINDOW_BYTES",

@@ -163,7 +163,7 @@ struct SessionOptions {
   uint32_t maxExports = 65536;
   uint32_t maxImports = 65536;
   /// Streaming calls this end makes: chunks in flight per client, in calls and bytes.
-  uint32_t streamWindowCalls = 128;
+  uint32_t streamWindowCalls = 512;
   uint64_t streamWindowBytes = 1 << 20;
 };
 
