@@ -225,6 +225,9 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   uint64_t send(OutgoingMessage& msg, FrameKind kind, CallCallback callback,
                 std::string_view methodName = {}, uint32_t target = 0,
                 SendHint hint = SendHint::kNow);
+  /// send()'s rare part, out of line: the extension area of a request (writeExtensions);
+  /// a refusal is the end of the traced call, when `traced`.
+  [[gnu::noinline]] void extendRequest(OutgoingMessage& msg, uint32_t target, const TracedCall* traced);
   /// Sends `msg`, a chunk of a stream whose flow is `flow` (see RawRequest::sendStreaming):
   /// mostly as a stream request, which the peer answers only when it fails; the chunk that
   /// takes the flow to half its window and the one that fills it go as requests (marks),

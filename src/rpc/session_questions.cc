@@ -102,16 +102,9 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   }
   // A call on a capability, one that carries some, or metadata: the extension area (which
   // may still refuse the message, leaving it open and nothing else changed).
-  const Metadata* metadata = msg.outgoingMetadata();
-  if ((target != 0) | (msg.outgoingCapTable() != nullptr) | (metadata != nullptr && !metadata->empty()))
-      [[unlikely]] {
-    try {
-      writeExtensions(msg, target);
-    } catch (const Error& e) {
-      if (tracing) tracer_->onClientCallEnd(traced, {false, e.kind(), {}});
-      throw;
-    }
-  }
+  if ((target != 0) | (msg.outgoingCapTable() != nullptr) | (msg.outgoingMetadata() != nullptr))
+      [[unlikely]]
+    extendRequest(msg, target, tracing ? &traced : nullptr);
   ++nextCallId_;
   h.kind = static_cast<uint8_t>(kind);
   h.callId = id;
@@ -157,6 +150,15 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
     tracer_->onClientCallEnd(traced, {true, ErrorKind::kFailed, sinceTicks(start)});
   }
   return id;
+}
+
+void Session::extendRequest(OutgoingMessage& msg, uint32_t target, const TracedCall* traced) {
+  try {
+    writeExtensions(msg, target);
+  } catch (const Error& e) {
+    if (traced) tracer_->onClientCallEnd(*traced, {false, e.kind(), {}});
+    throw;
+  }
 }
 
 void Session::noteEnd(Slot& slot, CallResult& result) noexcept {
