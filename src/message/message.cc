@@ -221,18 +221,23 @@ namespace {
 /// Each thread keeps the last heap copy's block it freed, for its next copy: a handler's
 /// request on a connection that carries capabilities is copied every time (see
 /// Session::dispatch), so a thread that serves such calls one after another allocates
-/// once. Blocks larger than kMostBytes go back to the allocator.
+/// once. Blocks larger than kMostBytes go back to the allocator. Trivially destructible,
+/// so its storage stays usable until the thread ends; SpareBlockFreer frees the block at
+/// thread exit and closes the cache for releases that come after it.
 struct SpareBlock {
   static constexpr size_t kMostBytes = 256 << 10;
   void* block = nullptr;
   size_t bytes = 0;
-  bool alive = true;  // false once this thread's copy is destroyed (thread exit)
-  ~SpareBlock() {
-    ::operator delete(block);
-    alive = false;
-  }
+  bool closed = false;
 };
 thread_local SpareBlock spare;
+struct SpareBlockFreer {
+  ~SpareBlockFreer() {
+    ::operator delete(std::exchange(spare.block, nullptr));
+    spare.closed = true;
+  }
+};
+thread_local SpareBlockFreer spareFreer;  // constructed where a block is first kept
 
 /// A received message copied out of transport memory into one heap block: this object,
 /// then the segments, then the extension area (whose records' offsets stay valid: the area
@@ -258,7 +263,8 @@ class HeapLease final : public LeaseOwner {
     const size_t bytes = bytes_;
     this->~HeapLease();
     void* block = this;
-    if (spare.alive && bytes <= SpareBlock::kMostBytes && (!spare.block || spare.bytes < bytes)) {
+    if (!spare.closed && bytes <= SpareBlock::kMostBytes && (!spare.block || spare.bytes < bytes)) {
+      (void)&spareFreer;  // this thread frees what it keeps when it ends
       std::swap(block, spare.block);
       spare.bytes = bytes;
     }
