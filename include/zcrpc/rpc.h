@@ -544,6 +544,17 @@ class Service {
     (void)methodId;
     return {};
   }
+  /// True when (interfaceId, methodId) is a `-> stream` method of this service (false for
+  /// any other, the default). zcrpc's own wire needs no such question (a chunk says it is
+  /// one, and the client keeps a failed stream's error); a connection that translates a
+  /// protocol whose calls do not say so asks it (capnp://: after a streaming call failed,
+  /// Cap'n Proto fails every later call on that object). Generated services answer from
+  /// their schema. Any thread.
+  virtual bool streams(uint64_t interfaceId, uint16_t methodId) const noexcept {
+    (void)interfaceId;
+    (void)methodId;
+    return false;
+  }
 };
 
 struct ServerOptions {

@@ -109,6 +109,20 @@ struct PeerIdentity {
   std::string describe() const;
 };
 
+/// What the session over a connection tells it about the calls it serves (see
+/// Connection::setCallTargets).
+class CallTargets {
+ public:
+  /// True when a request frame for (target, interfaceId, methodId) goes to a `-> stream`
+  /// method: of export `target`, or (target 0) of the bootstrap service of `interfaceId`
+  /// (Service::streams). On the thread that drives the session, inside a call it makes on
+  /// the connection.
+  virtual bool streams(uint32_t target, uint64_t interfaceId, uint16_t methodId) const noexcept = 0;
+
+ protected:
+  ~CallTargets() = default;
+};
+
 /// A reliable, ordered, message-oriented link. Outgoing messages are built in place in
 /// transport memory; received ones are leases on transport memory.
 ///
@@ -164,6 +178,11 @@ class Connection {
   /// The largest extension area (OutgoingMessage::setExtensions) a message sent here may
   /// carry; at most kMaxExtensionBytes.
   virtual uint32_t maxExtensionBytes() const noexcept { return kMaxExtensionBytes; }
+  /// The session over this connection says who answers the calls it receives, once it
+  /// exists, and null before it goes (`targets` lives until then). zcrpc's own transports
+  /// need nothing of it; a connection that translates another protocol asks it what that
+  /// protocol's calls do not say (capnp://: which methods stream). Never on the call path.
+  virtual void setCallTargets(const CallTargets* targets) noexcept { (void)targets; }
 };
 
 /// Accepts connections on one endpoint. Threads: one at a time.

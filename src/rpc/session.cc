@@ -89,13 +89,22 @@ Session::Session(std::unique_ptr<Connection> connection, SessionOptions options,
                           " received messages " + connection_->endpoint() +
                           " may hold (max_leases): raise max_leases or lower window");
   mask_ = options_.window - 1;  // slots_ on the first call out (see send())
+  connection_->setCallTargets(this);
 }
 
 Session::~Session() {
+  connection_->setCallTargets(nullptr);  // the connection may outlive us (DeferredState)
   if (link_->session()) closeLink();
   for (uint64_t i = 0; slots_ && i <= mask_; ++i) slots_[i].result = CallResult();  // leases before connection
   early_.clear();
   connection_->close();
+}
+
+bool Session::streams(uint32_t target, uint64_t interfaceId, uint16_t methodId) const noexcept {
+  const Service* service = exported(target);
+  if (target == 0 && options_.services)
+    if (auto it = options_.services->find(interfaceId); it != options_.services->end()) service = it->second;
+  return service && service->streams(interfaceId, methodId);
 }
 
 std::string Session::inProgress() const {

@@ -175,7 +175,8 @@ inline uint32_t streamWindowCalls(const SessionOptions& o) noexcept {
 
 /// One connection's RPC state in both directions. Threads: its driver thread (the
 /// Channel's user, or the worker), one at a time; SessionLink::post from any.
-class __attribute__((visibility("hidden"))) Session final : private OutgoingMessage::RoomWaitHook {
+class __attribute__((visibility("hidden"))) Session final : private OutgoingMessage::RoomWaitHook,
+                                                             private CallTargets {
  public:
   /// `questionMetrics` counts the calls this end makes, `answerMetrics` those it serves
   /// (either may be null: not counted).
@@ -429,6 +430,8 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   Service* exported(uint32_t id) const noexcept {
     return id != 0 && id <= exports_.size() ? exports_[id - 1].object.get() : nullptr;
   }
+  // CallTargets: asked by a connection that translates another protocol (session.cc).
+  bool streams(uint32_t target, uint64_t interfaceId, uint16_t methodId) const noexcept override;
   /// Posted mail and the answer backlog: what a round of the loop does before it receives.
   size_t serveQueued();
 

@@ -88,7 +88,7 @@ const std::unordered_set<std::string_view>& cppReservedNames() {
 /// Members the generated service class already has; a method named like one of them
 /// gets a trailing '_' as its handler so it cannot hide or overload them.
 bool isServiceMemberName(std::string_view name) {
-  return name == "dispatch" || name == "interfaceIds" || name == "methodName";
+  return name == "dispatch" || name == "interfaceIds" || name == "methodName" || name == "streams";
 }
 
 // ------------------------------------------------------------------------------------
@@ -472,6 +472,7 @@ class FileGenerator final {
     out << "  std::span<const uint64_t> interfaceIds() const noexcept override { return "
            "kInterfaceIds; }\n\n";
     writeMethodName(out, ids, methods);
+    writeStreams(out, methods);
     out
         << "  /// Runs the handler of (interfaceId, methodId); false for a method this\n"
         << "  /// interface does not have (the caller then gets zcrpc::Unimplemented).\n"
@@ -528,6 +529,25 @@ class FileGenerator final {
       out << "          default: return {};\n        }\n";
     }
     out << "      default:\n        return {};\n    }\n  }\n\n";
+  }
+
+  /// FooService::streams(): its `-> stream` methods (an interface without any keeps the
+  /// base's answer, false for all).
+  static void writeStreams(std::ostream& out, const std::vector<MethodInfo>& methods) {
+    std::map<uint64_t, std::vector<uint16_t>> streaming;  // by interface, in schema order
+    for (const MethodInfo& m : methods)
+      if (m.streaming) streaming[m.interfaceId].push_back(m.ordinal);
+    if (streaming.empty()) return;
+    out << "  /// True for the `-> stream` methods this service dispatches.\n"
+        << "  bool streams(uint64_t interfaceId, uint16_t methodId) const noexcept override {\n"
+        << "    switch (interfaceId) {\n";
+    for (const auto& [id, ordinals] : streaming) {
+      out << "      case " << hexId(id) << ":\n        return ";
+      for (size_t i = 0; i < ordinals.size(); ++i)
+        out << (i ? " || " : "") << "methodId == " << ordinals[i];
+      out << ";\n";
+    }
+    out << "      default:\n        return false;\n    }\n  }\n\n";
   }
 
   void writePrologue(std::ostream& out) const {
