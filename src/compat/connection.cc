@@ -179,6 +179,11 @@ void CapnpConnection::close() noexcept {
   if (stream_) ::shutdown(stream_->fd(), SHUT_RDWR);
 }
 
+void CapnpConnection::setCallTargets(const CallTargets* targets) noexcept {
+  std::lock_guard lock(scopeMutex_);
+  targets_ = targets;
+}
+
 Status CapnpConnection::checkPeer() noexcept {
   if (broken_ || closed_.load()) return Status::kDisconnected;
   return Status::kOk;  // the next read sees an end of stream, and the RPC system with it

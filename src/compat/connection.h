@@ -109,6 +109,7 @@ class CapnpConnection : public Connection, private HeapFrame::Owner, private Hea
   std::string endpoint() const override { return endpoint_; }
   uint64_t maxMessageBytes() const noexcept override { return options_.connection.maxMessageBytes; }
   uint32_t maxLeases() const noexcept override { return options_.connection.maxLeases; }
+  void setCallTargets(const CallTargets* targets) noexcept override;
 
  protected:
   using AnyContext = capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>;
@@ -167,6 +168,15 @@ class CapnpConnection : public Connection, private HeapFrame::Owner, private Hea
   /// `target`: a request frame for the session; the promise settles with its answer (the
   /// call's results or exception are set by then). In the loop.
   kj::Promise<void> takeCall(uint32_t target, uint64_t interfaceId, uint16_t methodId, AnyContext& context);
+  /// What a capnp call on this end's bootstrap (`target` 0) or on the SessionObject of
+  /// export `target` is to Cap'n Proto's RPC system (Capability::Server::dispatchCall): the
+  /// call as takeCall() makes it, and whether the method streams (the session says;
+  /// rpc.capnp does not). Cap'n Proto's LocalClient, which holds each such object, then
+  /// treats a streaming call as its own servers' are treated: the object's later calls wait
+  /// until it is done, and once one failed every later call of that object fails with
+  /// its exception. In the loop.
+  capnp::Capability::Server::DispatchCallResult dispatchToSession(uint32_t target, uint64_t interfaceId,
+                                                                  uint16_t methodId, AnyContext& context);
 
   /// Notes why the connection failed (first reason wins) and closes it.
   void fault(const std::string& why) noexcept;
@@ -288,6 +298,7 @@ class CapnpConnection : public Connection, private HeapFrame::Owner, private Hea
   kj::Own<capnp::TwoPartyVatNetwork> network_;
   kj::Maybe<kj::Promise<void>> disconnectWatch_;
   std::deque<IncomingMessage> incoming_;
+  const CallTargets* targets_ = nullptr;  // the session's, while it lasts (under the scope lock)
 
   // Calls and capabilities (in the loop, under the scope lock)
   std::unordered_map<uint64_t, Answering> answering_;  // capnp calls by the call id we gave them

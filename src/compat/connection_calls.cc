@@ -39,7 +39,7 @@ class CapnpConnection::SessionObject final : public capnp::Capability::Server {
   ~SessionObject() noexcept { c_.sessionObjectGone(exportId_, refs); }  // kj::heap's disposer knows the type
 
   DispatchCallResult dispatchCall(uint64_t interfaceId, uint16_t methodId, AnyContext context) override {
-    return {c_.takeCall(exportId_, interfaceId, methodId, context), false};
+    return c_.dispatchToSession(exportId_, interfaceId, methodId, context);
   }
   /// Another reference to this object (the one the RPC system and the messages share).
   capnp::Capability::Client self() { return thisCap(); }
@@ -468,6 +468,14 @@ kj::Promise<void> CapnpConnection::takeCall(uint32_t target, uint64_t interfaceI
   answering_.emplace(id, Answering(context, kj::mv(paf.fulfiller)));
   deliver(std::move(request));
   return paf.promise.attach(kj::defer([this, id] { callGone(id); }));
+}
+
+capnp::Capability::Server::DispatchCallResult CapnpConnection::dispatchToSession(uint32_t target,
+                                                                                 uint64_t interfaceId,
+                                                                                 uint16_t methodId,
+                                                                                 AnyContext& context) {
+  const bool streaming = !dropping_ && targets_ && targets_->streams(target, interfaceId, methodId);
+  return {takeCall(target, interfaceId, methodId, context), streaming};
 }
 
 void CapnpConnection::callGone(uint64_t id) noexcept {

@@ -29,7 +29,9 @@ using VatId = capnp::rpc::twoparty::VatId;
 /// call's, and the session dispatches it by interface id to the service added for it, as it
 /// does zcrpc's own frames (an interface no service serves gets Unimplemented, as there).
 /// Calls on the objects the session exports, and the session's calls on the client's
-/// objects, go through the base (CapnpConnection).
+/// objects, go through the base (CapnpConnection). For Cap'n Proto it is one object: its
+/// streaming calls (the session says which) run one at a time, and once one failed its
+/// later calls fail (CapnpConnection::dispatchToSession).
 ///
 /// Copies: the params are copied out of the Call message into the request frame, and the
 /// answer frame's results into the Return message, because a zcrpc frame's root is the
@@ -57,7 +59,7 @@ class CapnpServerConnection final : public CapnpConnection {
    public:
     explicit Bootstrap(CapnpServerConnection& c) : c_(c) {}
     DispatchCallResult dispatchCall(uint64_t interfaceId, uint16_t methodId, AnyContext context) override {
-      return {c_.takeCall(0, interfaceId, methodId, context), false};
+      return c_.dispatchToSession(0, interfaceId, methodId, context);
     }
 
    private:

@@ -39,6 +39,8 @@
 #include <functional>
 #include <sys/wait.h>
 
+#include "callback.capnp.h"
+#include "callback.capnp.zcrpc.h"
 #include "caps.capnp.h"
 #include "caps_impl.h"
 #include "codegen/services_impl.h"
@@ -1158,8 +1160,11 @@ bool waitFor(Done&& done, Pump&& pump) {
 /// listener.
 class ZcrpcHubServer final {
  public:
-  explicit ZcrpcHubServer(bool unix, ServerOptions options = {}) : server_(options) {
+  /// `also`: more services for the bootstrap (borrowed; they must outlive the server).
+  explicit ZcrpcHubServer(bool unix, ServerOptions options = {}, std::vector<Service*> also = {})
+      : server_(options) {
     server_.addService(hub_);
+    for (Service* s : also) server_.addService(*s);
     auto listener = unix ? listenCapnpUnix(freshAddress(true), {}) : listenCapnp("127.0.0.1:0", {});
     endpoint_ = listener->endpoint();
     listener_ = listener.get();
@@ -1375,7 +1380,7 @@ TEST_P(StandardClient, StreamsBothWays) {
         EXPECT_GT(i, 5u) << "a chunk before the failing one failed: " << describe(e);
         EXPECT_NE(describe(e).find("chunk 5 is refused"), std::string::npos) << describe(e);
       }
-      if (i == 5) hub.dropRequest().send().wait(ws);  // a round trip: chunk 5's answer is in
+      if (i == 5) hub.dropRequest().send().wait(ws);  // a round trip, for chunk 5's answer to come
     }
     EXPECT_TRUE(failed) << "no send failed after chunk 5 did";
   }
@@ -1391,6 +1396,170 @@ TEST_P(StandardClient, StreamsBothWays) {
     EXPECT_TRUE(t.inOrder);
     EXPECT_TRUE(t.ended) << "end() was answered before it ran";
   }
+}
+
+/// Sends chunk `seq` of `upload`'s stream and waits until Cap'n Proto's flow control lets
+/// the next go (which is not its answer): the exception of an earlier chunk, if one came.
+kj::Maybe<kj::Exception> sendChunk(caps_test::Upload::Client& upload, uint32_t seq, kj::WaitScope& ws) {
+  auto w = upload.writeRequest();
+  w.setSeq(seq);
+  w.setChunk(pattern(100, static_cast<uint8_t>(seq)));
+  try {
+    w.send().wait(ws);
+  } catch (const kj::Exception& e) {
+    return e;
+  }
+  return nullptr;
+}
+
+/// Opens an Upload whose chunk `failAt` fails (0: none).
+caps_test::Upload::Client openUpload(caps_test::Hub::Client& hub, uint32_t failAt, kj::WaitScope& ws) {
+  auto up = hub.uploadRequest();
+  up.setFailAt(failAt);
+  return up.send().wait(ws).getUpload();
+}
+
+TEST_P(StandardClient, AFailedChunkFailsEveryLaterCallOfItsObject) {
+  // Cap'n Proto's own server: once a streaming call of an object failed, every later call
+  // of that object fails with the same exception, whatever the method.
+  ZcrpcHubServer server(unix());
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  caps_test::Upload::Client upload = openUpload(hub, 3, ws);
+  for (uint32_t i = 0; i < 3; ++i) {
+    KJ_IF_MAYBE(e, sendChunk(upload, i, ws)) ADD_FAILURE() << "chunk " << i << " failed early: " << describe(*e);
+  }
+  kj::Maybe<kj::Exception> failure = sendChunk(upload, 3, ws);
+  // A later send reports the chunk's failure (Cap'n Proto's client flow control), once its
+  // answer is in: the server runs the object's chunks one at a time, so a round trip on
+  // another object says nothing of it.
+  for (uint32_t i = 4; failure == nullptr && i < 200; ++i) {
+    hub.dropRequest().send().wait(ws);
+    failure = sendChunk(upload, i, ws);
+  }
+  KJ_IF_MAYBE(e, failure) {
+    EXPECT_EQ(e->getType(), kj::Exception::Type::FAILED);
+    EXPECT_EQ(describe(*e), "remote exception: chunk 3 is refused [code 7]");
+  } else {
+    ADD_FAILURE() << "no send failed after chunk 3 did";
+  }
+  // ...and the ordinary call after it fails with the same exception: the object is broken.
+  const kj::Exception done = failureOf(upload.doneRequest().send(), ws, "done() after a failed chunk");
+  EXPECT_EQ(done.getType(), kj::Exception::Type::FAILED);
+  EXPECT_EQ(describe(done), "remote exception: chunk 3 is refused [code 7]");
+  // So does every call after that, streaming or not.
+  KJ_IF_MAYBE(e, sendChunk(upload, 5, ws)) {
+    EXPECT_EQ(describe(*e), "remote exception: chunk 3 is refused [code 7]");
+  }
+  EXPECT_EQ(describe(failureOf(upload.doneRequest().send(), ws, "a second done()")),
+            "remote exception: chunk 3 is refused [code 7]");
+  // Only that object: the bootstrap serves on.
+  auto login = hub.loginRequest();
+  login.setName("after");
+  EXPECT_EQ(std::string(login.send().wait(ws).getAccount().whoamiRequest().send().wait(ws).getName().cStr()),
+            "after");
+}
+
+TEST_P(StandardClient, CallsQueuedBehindAFailedChunkFailWithIt) {
+  // Cap'n Proto's server runs an object's streaming call alone: the calls behind it wait
+  // until it is done, and fail with its exception when it failed.
+  ZcrpcHubServer server(unix());
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  caps_test::Upload::Client upload = openUpload(hub, 2, ws);
+  // Chunks 0..9 and done() leave together, none waited for: chunk 2 fails on the server
+  // while the rest are queued behind it.
+  auto chunks = kj::heapArrayBuilder<kj::Promise<void>>(10);
+  for (uint32_t i = 0; i < 10; ++i) {
+    auto w = upload.writeRequest();
+    w.setSeq(i);
+    chunks.add(w.send());
+  }
+  auto done = upload.doneRequest().send();
+  const kj::Exception e = failureOf(kj::mv(done), ws, "done() queued behind a failed chunk");
+  EXPECT_EQ(describe(e), "remote exception: chunk 2 is refused [code 7]");
+  for (auto& c : chunks) {
+    try {
+      c.wait(ws);
+    } catch (const kj::Exception&) {
+      // Cap'n Proto's client may report the failure on any send after chunk 2's.
+    }
+  }
+}
+
+TEST_P(StandardClient, ANonStreamingFailureAndAnotherObjectsFailedStreamBreakNothingElse) {
+  ZcrpcHubServer server(unix());
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto hub = client.getMain<caps_test::Hub>();
+  // An ordinary method failing does not break its object: fire() with no sink kept fails...
+  auto fire = hub.fireRequest();
+  fire.setCount(1);
+  (void)failureOf(fire.send(), ws, "fire() with no sink kept");
+  // ...and the hub goes on (here, giving out two uploads).
+  caps_test::Upload::Client broken = openUpload(hub, 2, ws);
+  caps_test::Upload::Client fine = openUpload(hub, 0, ws);
+  // Two objects streaming at once: one fails at chunk 2, the other is unaffected.
+  for (uint32_t i = 0; i < 6; ++i) {
+    (void)sendChunk(broken, i, ws);
+    KJ_IF_MAYBE(e, sendChunk(fine, i, ws)) ADD_FAILURE() << "the fine stream's chunk " << i << ": " << describe(*e);
+  }
+  EXPECT_EQ(describe(failureOf(broken.doneRequest().send(), ws, "the broken upload's done()")),
+            "remote exception: chunk 2 is refused [code 7]");
+  auto done = fine.doneRequest().send().wait(ws);
+  EXPECT_EQ(done.getCount(), 6u);
+  EXPECT_EQ(done.getBytes(), 600u);
+  EXPECT_TRUE(done.getInOrder());
+  caps_test::Upload::Client again = openUpload(hub, 0, ws);
+  EXPECT_EQ(again.doneRequest().send().wait(ws).getCount(), 0u);
+}
+
+/// callback.capnp's Chunks: `put` throws at chunk `failAt` (counting from 1; 0: never).
+class FailingChunks final : public callback::ChunksService {
+ public:
+  explicit FailingChunks(uint64_t failAt) : failAt_(failAt) {}
+  void put(PutCall&) override {
+    if (++count_ == failAt_) throw Failed("put " + std::to_string(count_) + " refused");
+  }
+  void flush(FlushCall& call) override { call.results().setCount(count_); }
+
+ private:
+  const uint64_t failAt_;
+  uint64_t count_ = 0;
+};
+
+TEST_P(StandardClient, AFailedChunkOnTheBootstrapFailsItsLaterCalls) {
+  // The capnp listener's bootstrap is one capability for every service it serves (one
+  // object to Cap'n Proto): a failed streaming call through it fails its later calls, of
+  // every service, on that connection. Another connection's bootstrap is another object.
+  FailingChunks chunks(2);
+  ZcrpcHubServer server(unix(), {}, {&chunks});
+  capnp::EzRpcClient client(server.kj());
+  auto& ws = client.getWaitScope();
+  auto stream = client.getMain<callback::Chunks>();
+  for (int i = 1; i <= 2; ++i) {
+    auto put = stream.putRequest();
+    put.setData(pattern(10, 1));
+    try {
+      put.send().wait(ws);
+    } catch (const kj::Exception& e) {
+      // Cap'n Proto's send() on a bootstrap capability still being resolved waits for the
+      // call's answer.
+      EXPECT_EQ(i, 2) << describe(e);
+      EXPECT_EQ(describe(e), "remote exception: put 2 refused");
+    }
+  }
+  const kj::Exception e = failureOf(stream.flushRequest().send(), ws, "flush() after a failed put");
+  EXPECT_EQ(e.getType(), kj::Exception::Type::FAILED);
+  EXPECT_EQ(describe(e), "remote exception: put 2 refused");
+  auto login = client.getMain<caps_test::Hub>().loginRequest();
+  login.setName("x");
+  EXPECT_EQ(describe(failureOf(login.send(), ws, "another service through the broken bootstrap")),
+            "remote exception: put 2 refused");
+  capnp::EzRpcClient other(server.kj());
+  EXPECT_EQ(other.getMain<callback::Chunks>().flushRequest().send().wait(other.getWaitScope()).getCount(), 2u);
 }
 
 // The same schema served by Cap'n Proto's own server, called by a zcrpc Channel.
@@ -1612,6 +1781,27 @@ TEST_P(ZcrpcClient, StreamsBothWaysWithACapnpServer) {
       EXPECT_NE(std::string(e.what()).find("chunk refused"), std::string::npos) << e.what();
     }
     EXPECT_TRUE(channel.connected());
+  }
+  {
+    // The failed chunk is the stream's last: the ordinary call after it reports it.
+    auto up = hub.uploadRequest();
+    up.params().setFailAt(3);
+    caps_test::UploadClient upload(up.call().results().getUpload());
+    for (uint32_t i = 0; i <= 3; ++i) {
+      auto w = upload.writeRequest();
+      w.params().setSeq(i);
+      w.send();
+    }
+    try {
+      upload.doneRequest().call();
+      ADD_FAILURE() << "done() after a failed chunk succeeded";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("chunk refused"), std::string::npos) << e.what();
+    }
+    // The hub is another object: unaffected.
+    auto login = hub.loginRequest();
+    login.params().setName("z");
+    EXPECT_TRUE(login.call().results().getAccount().isImport());
   }
   {
     auto ticker = std::make_shared<caps_test::TickerImpl>();
