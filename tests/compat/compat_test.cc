@@ -47,6 +47,7 @@
 #include "common.capnp.zcrpc.h"
 #include "echo.capnp.h"
 #include "echo.capnp.zcrpc.h"
+#include "lobby.capnp.zcrpc.h"
 #include "metrics/echo_impl.h"
 #include "services.capnp.zcrpc.h"
 #include "tls/test_pki.h"
@@ -582,7 +583,7 @@ TEST(CapnpAccess, AServerWithATokenServesStandardTcpClientsOnlyWhenTheEndpointSa
 
 // ---------------------------------------------------------------------------------------
 // A client in another language: capnp-es (JavaScript, from npm) on Node.js, running
-// tests/compat/js/client.mjs. scripts/zcrpc-dev test installs it (npm ci into
+// tests/compat/js/client.mjs (Echo) and caps.mjs (capabilities both ways, lobby.capnp). scripts/zcrpc-dev test installs it (npm ci into
 // <build>/compat-js) and then requires it (ZCRPC_REQUIRE_JS_CLIENT=1); elsewhere a missing
 // Node.js or capnp-es skips the test, saying what is missing.
 
@@ -605,51 +606,167 @@ std::pair<int, std::string> runCommand(const std::string& command) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
 }
 
-TEST_P(StandardClient, JavaScriptClientCallsEchoThroughTheListener) {
-  const char* dirEnv = std::getenv("ZCRPC_COMPAT_JS_DIR");
-  const char* clientEnv = std::getenv("ZCRPC_COMPAT_JS_CLIENT");
-  const char* schemaEnv = std::getenv("ZCRPC_ECHO_SCHEMA");
-  ASSERT_TRUE(dirEnv && clientEnv && schemaEnv) << "run it through meson test (it sets ZCRPC_COMPAT_JS_*)";
-  const std::string dir = dirEnv, client = clientEnv, schema = schemaEnv;
-  const char* requiredEnv = std::getenv("ZCRPC_REQUIRE_JS_CLIENT");
-  const bool required = requiredEnv && std::string(requiredEnv) == "1";
-  std::string missing;
-  if (runCommand("node --version").first != 0)
-    missing = "no Node.js (node) on PATH";
-  else if (::access((dir + "/node_modules/capnp-es/package.json").c_str(), R_OK) != 0 ||
-           ::access((dir + "/node_modules/.bin/capnpc-js").c_str(), X_OK) != 0)
-    missing = "capnp-es is not installed in " + dir + " (scripts/zcrpc-dev test runs npm ci there)";
-  if (!missing.empty()) {
-    if (required) FAIL() << missing;
-    GTEST_SKIP() << missing;
+/// Where a JavaScript client runs: a directory inside ZCRPC_COMPAT_JS_DIR (where Node.js
+/// finds the capnp-es package for it: an ES module resolves its imports from where it lies,
+/// and the directory's package.json makes them ES modules) holding the scripts of
+/// tests/compat/js and the code capnp-es's generator made from `schema`. Removed at its end.
+class JavaScriptClient final {
+ public:
+  /// Empty `missing()` when Node.js and capnp-es are there and the schema compiled.
+  JavaScriptClient(const std::string& schema, const std::string& name) {
+    const char* dirEnv = std::getenv("ZCRPC_COMPAT_JS_DIR");
+    const char* sourceEnv = std::getenv("ZCRPC_COMPAT_JS_SOURCE");
+    if (!dirEnv || !sourceEnv) {
+      missing_ = "run it through meson test (it sets ZCRPC_COMPAT_JS_*)";
+      return;
+    }
+    const std::string dir = dirEnv;
+    if (runCommand("node --version").first != 0) {
+      missing_ = "no Node.js (node) on PATH";
+      return;
+    }
+    if (::access((dir + "/node_modules/capnp-es/package.json").c_str(), R_OK) != 0 ||
+        ::access((dir + "/node_modules/.bin/capnpc-js").c_str(), X_OK) != 0) {
+      missing_ = "capnp-es is not installed in " + dir + " (scripts/zcrpc-dev test runs npm ci there)";
+      return;
+    }
+    where_ = dir + "/generated-" + std::to_string(::getpid()) + "-" + name;
+    std::filesystem::create_directories(where_);
+    for (const auto& entry : std::filesystem::directory_iterator(sourceEnv))
+      if (entry.path().extension() == ".mjs")
+        std::filesystem::copy_file(entry.path(), where_ + "/" + entry.path().filename().string());
+    const std::string schemaDir = std::filesystem::path(schema).parent_path().string();
+    auto [status, output] =
+        runCommand("capnp compile -o" + shellQuoted(dir + "/node_modules/.bin/capnpc-js") + ":" +
+                   shellQuoted(where_) + " --src-prefix=" + shellQuoted(schemaDir) + " " + shellQuoted(schema));
+    if (status != 0) generateError_ = output.empty() ? "capnp compile failed" : output;
   }
-  // The client and echo.js (from schemas/echo.capnp by capnp-es's generator) go inside
-  // `dir`, where Node.js finds the capnp-es package for them (an ES module resolves its
-  // imports from where it lies) and dir's package.json makes them ES modules.
-  const std::string generated =
-      dir + "/generated-" + std::to_string(::getpid()) + "-" + (unix() ? "unix" : "tcp");
-  std::filesystem::create_directories(generated);
-  struct Remove {
-    std::string path;
-    ~Remove() { std::filesystem::remove_all(path); }
-  } remove{generated};
-  std::filesystem::copy_file(client, generated + "/client.mjs");
-  const std::string schemaDir = std::filesystem::path(schema).parent_path().string();
-  auto [genStatus, genOutput] =
-      runCommand("capnp compile -o" + shellQuoted(dir + "/node_modules/.bin/capnpc-js") + ":" +
-                 shellQuoted(generated) + " --src-prefix=" + shellQuoted(schemaDir) + " " + shellQuoted(schema));
-  ASSERT_EQ(genStatus, 0) << genOutput;
+  ~JavaScriptClient() {
+    if (!where_.empty()) std::filesystem::remove_all(where_);
+  }
+  /// Why the client cannot run here (skipped, or failed under scripts/zcrpc-dev test).
+  const std::string& missing() const { return missing_; }
+  /// capnp-es's generator's complaint about the schema (empty: none).
+  const std::string& generateError() const { return generateError_; }
+  /// A unix socket path inside the directory (Node.js's net module connects to socket
+  /// files, not to abstract names).
+  std::string socketPath() const { return where_ + "/server.sock"; }
+  /// Runs `script` against `kjAddress`: its exit status and output.
+  std::pair<int, std::string> run(const std::string& script, const std::string& kjAddress) const {
+    return runCommand("timeout 120 node " + shellQuoted(where_ + "/" + script) + " " + shellQuoted(kjAddress) + " " +
+                      shellQuoted(where_));
+  }
 
-  // A socket file for unix: Node.js's net module connects to those (not to abstract names).
-  ZcrpcEchoServer server(unix(), {}, {}, unix() ? generated + "/echo.sock" : "");
-  auto [status, output] = runCommand("timeout 120 node " + shellQuoted(generated + "/client.mjs") + " " +
-                                     shellQuoted(server.kj()) + " " + shellQuoted(generated));
+ private:
+  std::string where_, missing_, generateError_;
+};
+
+/// Skips the test when the JavaScript client cannot run, or fails it when
+/// ZCRPC_REQUIRE_JS_CLIENT=1 (scripts/zcrpc-dev test installed it).
+#define SKIP_UNLESS_JAVASCRIPT(client)                                           \
+  if (!(client).missing().empty()) {                                              \
+    const char* required = std::getenv("ZCRPC_REQUIRE_JS_CLIENT");                \
+    if (required && std::string(required) == "1") FAIL() << (client).missing();   \
+    GTEST_SKIP() << (client).missing();                                           \
+  }
+
+TEST_P(StandardClient, JavaScriptClientCallsEchoThroughTheListener) {
+  const char* schema = std::getenv("ZCRPC_ECHO_SCHEMA");
+  ASSERT_TRUE(schema) << "run it through meson test (it sets ZCRPC_ECHO_SCHEMA)";
+  JavaScriptClient js(schema, std::string("echo-") + (unix() ? "unix" : "tcp"));
+  SKIP_UNLESS_JAVASCRIPT(js);
+  ASSERT_EQ(js.generateError(), "");
+  ZcrpcEchoServer server(unix(), {}, {}, unix() ? js.socketPath() : "");
+  auto [status, output] = js.run("client.mjs", server.kj());
   EXPECT_EQ(status, 0) << output;
   EXPECT_NE(output.find("echo 1048576 ok"), std::string::npos) << output;
   EXPECT_NE(output.find("fail ok"), std::string::npos) << output;
   EXPECT_NE(output.find("\ndone\n"), std::string::npos) << output;
   EXPECT_EQ(server.echo().sunk(), 100u);
   EXPECT_TRUE(server.refusals().empty()) << server.refusals().front();
+}
+
+/// lobby.capnp's Lobby, served to the JavaScript client by zcrpc.
+class LobbyImpl final : public lobby::LobbyService {
+ public:
+  class GreeterImpl final : public lobby::GreeterService {
+   public:
+    explicit GreeterImpl(std::string name) : name(std::move(name)) {}
+    void greet(GreetCall& call) override {
+      call.results().setText(std::string(call.params().getGreeting().cStr()) + " from " + name);
+    }
+    const std::string name;
+  };
+
+  void count(CountCall& call) override {
+    // Callbacks during the call: synchronous calls from the handler.
+    lobby::CounterClient counter(call.params().getCounter());
+    const int64_t times = call.params().getTimes();
+    int64_t total = 0;
+    for (int64_t i = 1; i <= times; ++i) {
+      auto add = counter.addRequest();
+      add.params().setValue(i);
+      total = add.call().results().getTotal();
+    }
+    call.results().setTotal(total);
+  }
+  void keep(KeepCall& call) override { kept_ = call.params().getCounter(); }
+  void addKept(AddKeptCall& call) override {
+    auto add = lobby::CounterClient(kept_).addRequest();
+    add.params().setValue(call.params().getValue());
+    call.results().setTotal(add.call().results().getTotal());
+  }
+  void greeter(GreeterCall& call) override {
+    auto greeter = std::make_shared<GreeterImpl>(call.params().getName().cStr());
+    made_.push_back(greeter);
+    call.results().setGreeter(Capability::local(greeter));
+  }
+  void isMine(IsMineCall& call) override {
+    Capability greeter = call.params().getGreeter();
+    for (auto& weak : made_) {
+      auto mine = weak.lock();
+      if (mine && greeter.localObject() == mine) {
+        call.results().setMine(true);
+        call.results().setName(mine->name);
+        return;
+      }
+    }
+    // Not one of ours: the client's own object, which we call.
+    auto greet = lobby::GreeterClient(greeter).greetRequest();
+    greet.params().setGreeting("who?");
+    const std::string text = greet.call().results().getText().cStr();
+    call.results().setMine(false);
+    call.results().setName(text);
+  }
+
+ private:
+  // The handlers run on the server's one worker thread.
+  Capability kept_;
+  std::vector<std::weak_ptr<GreeterImpl>> made_;
+};
+
+TEST_P(StandardClient, JavaScriptClientPassesAndReceivesCapabilities) {
+  const char* schema = std::getenv("ZCRPC_LOBBY_SCHEMA");
+  ASSERT_TRUE(schema) << "run it through meson test (it sets ZCRPC_LOBBY_SCHEMA)";
+  JavaScriptClient js(schema, std::string("lobby-") + (unix() ? "unix" : "tcp"));
+  SKIP_UNLESS_JAVASCRIPT(js);
+  ASSERT_EQ(js.generateError(), "");
+  LobbyImpl lobby;
+  Server server;
+  server.addService(lobby);
+  auto listener = unix() ? listenCapnpUnix(js.socketPath(), {}) : listenCapnp("127.0.0.1:0", {});
+  const std::string address = kjAddress(listener->endpoint());
+  Listener& l = *listener;
+  server.addListener(std::move(listener));
+  server.start();
+  auto [status, output] = js.run("caps.mjs", address);
+  EXPECT_EQ(status, 0) << output;
+  for (const char* check : {"count total ok", "callbacks run ok", "kept callback total ok", "returned object ok",
+                            "pipelined object ok", "own object handed back ok", "own object's name ok",
+                            "the client's object called by the server ok", "\ndone\n"})
+    EXPECT_NE(output.find(check), std::string::npos) << check << " missing from:\n" << output;
+  EXPECT_TRUE(l.refusals().empty()) << l.refusals().front();
+  server.shutdown(deadlineAfter(2s));
 }
 
 // ---------------------------------------------------------------------------------------
