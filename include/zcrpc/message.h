@@ -54,7 +54,10 @@ class SegmentSource {
 /// Not movable (Cap'n Proto builders are not).
 class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildArena::Source {
  public:
-  OutgoingMessage() = default;
+  // User-provided, so that value-initialisation (std::optional::emplace(), `T()`) runs
+  // only the member initialisers below and does not first zero all 1.3 KB of the object
+  // (the arena's segment table is left uninitialised on purpose).
+  OutgoingMessage() {}
   ~OutgoingMessage() noexcept(false) override;
 
   bool isOpen() const noexcept { return source_ != nullptr; }
@@ -180,7 +183,7 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   /// At most this many per message stay in the caller's memory; further ones are copied.
   static constexpr size_t kMaxReferences = 8;
   kj::ArrayPtr<const Reference> references() const noexcept {
-    return kj::arrayPtr(references_, referenceCount_);
+    return kj::arrayPtr(references_.at, referenceCount_);
   }
   /// For transports: the index in `segments` of the segment that holds reference `r`'s
   /// field, or -1 when the field was set again since (its placeholder is gone).
@@ -279,7 +282,12 @@ class OutgoingMessage final : public capnp::MessageBuilder, private wire::BuildA
   size_t referenceCount_ = 0;
   uint64_t gatheredBytes_ = 0;
   Builder builder_ = Builder::kNone;
-  Reference references_[kMaxReferences];
+  // Left uninitialised until used (referenceCount_ says how many are): no constructor
+  // runs on them when a message is made, once per call.
+  union References {
+    References() noexcept {}
+    Reference at[kMaxReferences];
+  } references_;
   // Interface fields set (capTable()); null: none. Owned (a plain pointer: the destructor
   // and open() of every message pay only a test for it).
   wire::CapTable* capsOut_ = nullptr;
@@ -318,11 +326,12 @@ class LeaseOwner {
 class IncomingMessage final {
  public:
   IncomingMessage() = default;
-  IncomingMessage(LeaseOwner& owner, uint32_t slot) noexcept : owner_(&owner), slot_(slot) {}
+  IncomingMessage(LeaseOwner& owner, uint32_t slot) noexcept
+      : owner_(&owner), frame_(&owner.leasedFrame(slot)), slot_(slot) {}
   // Moves hand over the lease, not the reader (it is rebuilt on demand): a response moves
   // several times on its way to the caller, so these are inline and cheap.
   IncomingMessage(IncomingMessage&& other) noexcept
-      : owner_(std::exchange(other.owner_, nullptr)), slot_(other.slot_),
+      : owner_(std::exchange(other.owner_, nullptr)), frame_(other.frame_), slot_(other.slot_),
         caps_(std::exchange(other.caps_, nullptr)),
         metadata_(std::exchange(other.metadata_, nullptr)) {
     if (other.reader_) [[unlikely]] other.reader_.reset();
@@ -332,6 +341,7 @@ class IncomingMessage final {
     if (this != &other) {
       release();
       owner_ = std::exchange(other.owner_, nullptr);
+      frame_ = other.frame_;
       slot_ = other.slot_;
       caps_ = std::exchange(other.caps_, nullptr);
       metadata_ = std::exchange(other.metadata_, nullptr);
@@ -435,6 +445,7 @@ class IncomingMessage final {
   void attach(LeaseOwner& owner, uint32_t slot) noexcept {
     release();
     owner_ = &owner;
+    frame_ = &owner.leasedFrame(slot);
     slot_ = slot;
   }
 
@@ -454,7 +465,7 @@ class IncomingMessage final {
     const ParsedFrame& frame_;
   };
 
-  const ParsedFrame& frame() const noexcept { return owner_->leasedFrame(slot_); }
+  const ParsedFrame& frame() const noexcept { return *frame_; }
   void releaseHeld() noexcept;
   void dropCapTable() noexcept;
   void dropMetadata() noexcept;
@@ -462,6 +473,9 @@ class IncomingMessage final {
   void initWireContext();
 
   LeaseOwner* owner_ = nullptr;
+  // owner_->leasedFrame(slot_), asked once per lease: it stays where it is while the lease
+  // is held (a lease owner's entries do not move), and header() is read many times a call.
+  const ParsedFrame* frame_ = nullptr;
   uint32_t slot_ = 0;
   // Decoded by the RPC layer; null: none. Owned (a plain pointer: a response moves several
   // times on its way to the caller, and only messages with capabilities pay more).

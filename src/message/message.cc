@@ -181,8 +181,8 @@ void OutgoingMessage::referenceDataIn(const StructSections& target, capnp::Struc
                 sizeof discriminant);  // little-endian
   // An earlier reference for this field is replaced.
   size_t slot = 0;
-  while (slot < referenceCount_ && references_[slot].pointer != pointer) ++slot;
-  if (slot < referenceCount_) references_[slot] = references_[--referenceCount_];
+  while (slot < referenceCount_ && references_.at[slot].pointer != pointer) ++slot;
+  if (slot < referenceCount_) references_.at[slot] = references_.at[--referenceCount_];
   const auto size = static_cast<capnp::uint>(bytes.size());
   if (bytes.size() < source_->gathersFromBytes() || referenceCount_ == kMaxReferences) {
     auto copy = init(index, size);
@@ -194,7 +194,7 @@ void OutgoingMessage::referenceDataIn(const StructSections& target, capnp::Struc
   init(index, 0);
   uint64_t placeholder;
   std::memcpy(&placeholder, static_cast<const void*>(pointer), sizeof placeholder);
-  references_[referenceCount_++] = {pointer, placeholder, bytes};
+  references_.at[referenceCount_++] = {pointer, placeholder, bytes};
 }
 
 void IncomingMessage::initWireContext() {
@@ -309,6 +309,7 @@ void IncomingMessage::moveToHeap() {
   auto* copy = HeapLease::copy(frame(), owner_->readerLimits());
   releaseHeld();  // the capabilities stay with the message
   owner_ = copy;
+  frame_ = &copy->leasedFrame(0);
   slot_ = 0;
 }
 

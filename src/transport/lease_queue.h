@@ -58,7 +58,7 @@ class LeaseQueue final {
   }
   Entry& next() noexcept {
     const uint64_t t = tail_.load(std::memory_order_relaxed);
-    if (t >= built_) [[unlikely]] build(t);  // only during the first lap
+    if (built_ <= mask_ && t >= built_) [[unlikely]] build(t);  // only during the first lap
     return entries_[t & mask_];
   }
   /// Publishes next(); returns its slot number for the lease.
@@ -170,7 +170,7 @@ class LeaseQueue final {
       Entry& e = entries_[h & mask_];
       end = e.end;
       aux = e.aux;
-      e.owned = os::Memory();
+      if (e.owned) [[unlikely]] e.owned = os::Memory();
       e.released.store(0, std::memory_order_relaxed);
       ++h;
       advanced = true;

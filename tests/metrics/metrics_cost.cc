@@ -44,11 +44,14 @@ struct Setup {
   std::unique_ptr<Server> server;
   std::unique_ptr<Channel> channel;
 
-  Setup(bool metrics, WaitMode wait, bool capnpAccessors = false, Service* also = nullptr) {
+  /// `workers` 0: the server runs no thread; its owner drives it with Server::poll().
+  Setup(bool metrics, WaitMode wait, bool capnpAccessors = false, Service* also = nullptr,
+        size_t workers = 1) {
     impl.capnpAccessors = capnpAccessors;
     ServerOptions so;
     so.metrics = metrics;
     so.idleMode = wait;
+    so.workerThreads = workers;
     server = std::make_unique<Server>(so);
     server->addService(impl);
     if (also) server->addService(*also);
@@ -75,6 +78,18 @@ inline void call(Channel& ch) {
   req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
   auto resp = req.call();
   if (resp.results().getData().size() != sizeof kData) std::abort();
+}
+
+// The same call with both ends on this thread: sent, served by server.poll() (the server
+// has no worker thread), its answer taken by wait() (already there: nothing waits).
+inline void callBothEnds(Channel& ch, Server& server) {
+  echo::EchoClient client(ch);
+  auto req = client.echoRequest(16);
+  req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
+  PendingCall pending = req.callAsync();
+  server.poll();
+  CallResult result = pending.wait();
+  if (result.results<echo::Echo::EchoResults>().getData().size() != sizeof kData) std::abort();
 }
 
 // The same call through Cap'n Proto's own builder and reader.
@@ -191,6 +206,17 @@ int instructions(size_t calls) {
     CALLGRIND_DUMP_STATS_AT(kDumps[mode]);
   }
   {
+    // Both ends of each call, with no waiting in it: what a round trip costs the two
+    // processes together (issue 20's figure), free of the wake-ups a blocking wait adds.
+    Setup s(false, WaitMode::kBusyPoll, false, nullptr, /*workers=*/0);
+    for (size_t i = 0; i < 2000; ++i) callBothEnds(*s.channel, *s.server);
+    CALLGRIND_ZERO_STATS;
+    CALLGRIND_TOGGLE_COLLECT;
+    for (size_t i = 0; i < calls; ++i) callBothEnds(*s.channel, *s.server);
+    CALLGRIND_TOGGLE_COLLECT;
+    CALLGRIND_DUMP_STATS_AT("both ends");
+  }
+  {
     PumpImpl pumpImpl;
     Setup s(false, WaitMode::kBlocking, false, &pumpImpl);
     const Capability mine = Capability::local(std::make_shared<testing::EchoImpl>());
@@ -215,8 +241,8 @@ int instructions(size_t calls) {
       CALLGRIND_DUMP_STATS_AT(k == 0 ? "one-way" : "stream");
     }
   }
-  std::printf("dumped 'metrics off', 'metrics on', 'capnp accessors', 'callback', 'one-way' and "
-              "'stream' (%zu calls each)\n", calls);
+  std::printf("dumped 'metrics off', 'metrics on', 'capnp accessors', 'both ends', 'callback', "
+              "'one-way' and 'stream' (%zu calls each)\n", calls);
   return 0;
 }
 
