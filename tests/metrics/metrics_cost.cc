@@ -13,7 +13,10 @@
 //     through Cap'n Proto's own accessors, paramsCapnp() and resultsCapnp(), instead of
 //     zcrpc's generated ones). Callgrind collects per thread, and these windows are the
 //     client's thread only: the caller's side of a call (build, send, wait, read the
-//     answer), not the server's. Then "callback": CALLS round trips the server makes to
+//     answer), not the server's. Then "both ends": the same calls made, served (a server
+//     without worker threads, driven by Server::poll()) and answered on one thread, so the
+//     dump holds what a round trip costs both processes, with no waiting in it (the
+//     figure issue 20's target is stated in). Then "callback": CALLS round trips the server makes to
 //     an Echo object the client passed it (Pump.pump), metrics off, both ends counted
 //     (the client serving the callbacks inside its pump call, the server's worker inside
 //     the pump handler). Then "one-way" and "stream": CALLS Echo.sink messages sent with
