@@ -260,7 +260,7 @@ class CapnpConnection : public Connection, private HeapFrame::Owner, private Hea
   void sessionObjectGone(uint32_t exportId, uint32_t refs) noexcept;
   // CapWriter: capnp's capabilities in a copy for the session, as a capTable record.
   void writeCapTable(kj::ArrayPtr<kj::Maybe<kj::Own<capnp::ClientHook>>> found,
-                     std::vector<capnp::word>& records) override;
+                     RecordWords& records) override;
   /// Takes back the references of the capTable in `frame` (a frame the session never got).
   void unwriteCapTable(IncomingMessage& frame) noexcept;
   /// Drops `refs` of the session's references to peer capability `id` (the Client at

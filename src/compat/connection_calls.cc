@@ -88,7 +88,7 @@ void CapnpConnection::sessionObjectGone(uint32_t exportId, uint32_t refs) noexce
 // Capabilities from Cap'n Proto to the session
 
 void CapnpConnection::writeCapTable(kj::ArrayPtr<kj::Maybe<kj::Own<capnp::ClientHook>>> found,
-                                    std::vector<capnp::word>& records) {
+                                    RecordWords& records) {
   if (32 + found.size() * 8 > kMaxExtensionBytes)  // room for a target record too
     throw InvalidArgument("a message with " + std::to_string(found.size()) +
                           " capabilities (zcrpc frames carry at most " +
@@ -356,7 +356,7 @@ void CapnpConnection::sendPing(uint64_t id) {
   asking_.emplace(id, bootstrapRequest()
                           .whenResolved()
                           .then([settled] { settled(nullptr); },
-                                [this, settled](kj::Exception&& e) {
+                                [settled](kj::Exception&& e) {
                                   if (e.getType() == kj::Exception::Type::DISCONNECTED) return settled(&e);
                                   settled(nullptr);
                                 })
@@ -440,7 +440,7 @@ kj::Promise<void> CapnpConnection::takeCall(uint32_t target, uint64_t interfaceI
   h.callId = id;
   h.interfaceId = interfaceId;
   h.methodId = methodId;
-  std::vector<capnp::word> records;
+  RecordWords records;
   if (target != 0) {
     const uint32_t payload[2] = {target, 0};
     HeapFrame::appendRecord(records, extension::kTarget, bytesOf(payload, sizeof payload));

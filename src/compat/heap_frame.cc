@@ -55,11 +55,11 @@ IncomingMessage HeapFrame::seal(std::unique_ptr<HeapFrame> frame, OutgoingMessag
   return IncomingMessage(*frame.release(), 0);
 }
 
-void HeapFrame::appendRecord(std::vector<capnp::word>& records, uint16_t type,
+void HeapFrame::appendRecord(RecordWords& records, uint16_t type,
                              kj::ArrayPtr<const kj::byte> payload) {
   const size_t words = 1 + (payload.size() + 7) / 8;
   const size_t at = records.size();
-  records.resize(at + words);  // capnp::word value-initialises to zero
+  records.resize(at + words);  // zeroed
   auto* bytes = reinterpret_cast<kj::byte*>(records.data() + at);
   const ExtensionHeader h{type, 0, static_cast<uint32_t>(words * sizeof(capnp::word))};
   std::memcpy(bytes, &h, sizeof h);
@@ -68,7 +68,7 @@ void HeapFrame::appendRecord(std::vector<capnp::word>& records, uint16_t type,
 
 IncomingMessage HeapFrame::copyOf(const FrameHeader& header, capnp::AnyPointer::Reader root,
                                   uint64_t maxMessageBytes, const ReaderLimits& limits, CapWriter* writer,
-                                  std::vector<capnp::word> records) {
+                                  RecordWords records) {
   const uint64_t words = root.targetSize().wordCount + 1;  // + the root pointer
   auto frame = std::make_unique<HeapFrame>(std::max<uint64_t>(maxMessageBytes, words * 8), limits);
   OutgoingMessage out;
@@ -94,7 +94,7 @@ IncomingMessage HeapFrame::release(uint32_t exportId, uint32_t refs, const Reade
   FrameHeader h{};
   h.kind = static_cast<uint8_t>(FrameKind::kRelease);
   const uint32_t payload[4] = {1, 0, exportId, refs};  // count, 0, then {exportId, refs}
-  std::vector<capnp::word> records;
+  RecordWords records;
   appendRecord(records, extension::kReleases,
                kj::arrayPtr(reinterpret_cast<const kj::byte*>(payload), sizeof payload));
   return copyOf(h, capnp::AnyPointer::Reader(), 1 << 10, limits, nullptr, std::move(records));

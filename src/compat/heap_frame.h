@@ -18,6 +18,10 @@
 #pragma GCC visibility push(hidden)
 namespace zcrpc::compat {
 
+/// An extension area being written, word by word (capnp::word cannot be a vector's
+/// element: it is neither copyable nor movable).
+using RecordWords = std::vector<uint64_t>;
+
 /// One frame in heap memory: first built through an OutgoingMessage (open()), then either
 /// read by its connection (the session's outgoing frame) or sealed into a lease the session
 /// receives (IncomingMessage). A sealed frame owns itself and goes when its lease is
@@ -41,7 +45,7 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
   class CapWriter {
    public:
     virtual void writeCapTable(kj::ArrayPtr<kj::Maybe<kj::Own<capnp::ClientHook>>> found,
-                               std::vector<capnp::word>& records) = 0;
+                               RecordWords& records) = 0;
 
    protected:
     ~CapWriter() = default;
@@ -70,10 +74,10 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
   /// `maxMessageBytes`.
   static IncomingMessage copyOf(const FrameHeader& header, capnp::AnyPointer::Reader root,
                                 uint64_t maxMessageBytes, const ReaderLimits& limits,
-                                CapWriter* caps = nullptr, std::vector<capnp::word> records = {});
+                                CapWriter* caps = nullptr, RecordWords records = {});
   /// Appends an extension record of `type` with `payload` (padded with zeros to whole
   /// words) to `records`.
-  static void appendRecord(std::vector<capnp::word>& records, uint16_t type, kj::ArrayPtr<const kj::byte> payload);
+  static void appendRecord(RecordWords& records, uint16_t type, kj::ArrayPtr<const kj::byte> payload);
 
   /// A release frame (FrameKind::kRelease, a null root) whose releases record gives back
   /// `refs` references to export `exportId` of the session.
@@ -98,7 +102,7 @@ class HeapFrame final : public SegmentSource, public LeaseOwner {
   Owner* owner_ = nullptr;
   ReaderLimits limits_;
   HeapSegments segments_;
-  std::vector<capnp::word> extensions_;  // the sealed frame's extension area (records)
+  RecordWords extensions_;  // the sealed frame's extension area (records)
   ParsedFrame frame_;                    // once sealed
 };
 

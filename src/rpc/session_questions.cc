@@ -102,7 +102,7 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   }
   // A call on a capability, one that carries some, or metadata: the extension area (which
   // may still refuse the message, leaving it open and nothing else changed).
-  if ((target != 0) | (msg.outgoingCapTable() != nullptr) | (msg.outgoingMetadata() != nullptr))
+  if (target != 0 || msg.outgoingCapTable() != nullptr || msg.outgoingMetadata() != nullptr)
       [[unlikely]]
     extendRequest(msg, target, tracing ? &traced : nullptr);
   ++nextCallId_;
