@@ -1933,6 +1933,53 @@ TEST_P(ZcrpcClient, StreamsBothWaysWithACapnpServer) {
 }
 
 
+TEST_P(ZcrpcClient, StreamsIntoAZcrpcServerThroughItsCapnpListener) {
+  // Both halves of the translation: the Channel's chunks and marks become Cap'n Proto calls,
+  // which the listener's LocalClient runs one at a time into the server's session.
+  ZcrpcHubServer server(unix());
+  Channel channel(connectTo(server.endpoint()));
+  caps_test::HubClient hub(channel);
+  auto chunk = pattern(100, 5);
+  {
+    auto up = hub.uploadRequest();
+    up.params().setFailAt(0);
+    caps_test::UploadClient upload(up.call().results().getUpload());
+    for (uint32_t i = 0; i < 2000; ++i) {  // several windows: marks and waits for room
+      auto w = upload.writeRequest();
+      w.params().setSeq(i);
+      w.params().setChunk(chunk);
+      w.send();
+    }
+    auto done = upload.doneRequest().call();
+    EXPECT_EQ(done.results().getCount(), 2000u);
+    EXPECT_EQ(done.results().getBytes(), 200'000u);
+    EXPECT_TRUE(done.results().getInOrder());
+  }
+  {
+    auto up = hub.uploadRequest();
+    up.params().setFailAt(700);
+    caps_test::UploadClient upload(up.call().results().getUpload());
+    uint32_t sent = 0;
+    try {
+      for (; sent < 1000; ++sent) {
+        auto w = upload.writeRequest();
+        w.params().setSeq(sent);
+        w.send();
+      }
+      upload.doneRequest().call();
+      ADD_FAILURE() << "a stream whose chunk 700 failed went on";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("chunk 700 is refused"), std::string::npos) << e.what();
+      EXPECT_GT(sent, 700u) << "a send failed before chunk 700 was sent";
+    }
+    EXPECT_TRUE(channel.connected());
+  }
+  auto login = hub.loginRequest();
+  login.params().setName("after");
+  caps_test::AccountClient account(login.call().results().getAccount());
+  EXPECT_EQ(std::string(account.whoamiRequest().call().results().getName().cStr()), "after");
+}
+
 TEST_P(StandardClient, ManyCapabilitiesMadeAndDroppedLeaveNothingBehind) {
   // Bounded churn both ways on one connection: objects the server makes (logins) and
   // objects the client passes (sinks), each called and dropped; nothing stays alive.
