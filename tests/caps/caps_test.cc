@@ -438,6 +438,24 @@ TEST_P(CapsTest, AnErrorMidStreamFailsTheNextSendAndTheFinalCall) {
               ThrowsMessage<ApplicationError>(HasSubstr("chunk 10 is refused")));
 }
 
+TEST_P(CapsTest, AFailedLastChunkFailsTheOrdinaryCallAfterIt) {
+  // No send after the failed chunk to report it: the next ordinary call on the object
+  // (which first waits for the stream's chunks) does; the hub, another object, serves on.
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto up = hub.uploadRequest();
+  up.params().setFailAt(3);
+  UploadClient upload(up.call().results().getUpload());
+  for (uint32_t i = 0; i <= 3; ++i) {
+    auto w = upload.writeRequest();
+    w.params().setSeq(i);
+    w.send();
+  }
+  EXPECT_THAT([&] { upload.doneRequest().call(); },
+              ThrowsMessage<ApplicationError>(HasSubstr("chunk 3 is refused")));
+  EXPECT_EQ(hub.loginRequest().call().results().getAccount().isImport(), true);
+}
+
 TEST_P(CapsTest, AServerStreamsToAnObjectTheClientPassed) {
   auto ch = connect();
   HubClient hub(*ch);
