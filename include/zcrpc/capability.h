@@ -31,8 +31,24 @@ class Capability final {
   /// For the RPC layer and generated accessors.
   explicit Capability(std::shared_ptr<wire::CapabilityHook> hook) noexcept : hook_(std::move(hook)) {}
 
-  /// `object`, served by this process. Throws InvalidArgument for a null object.
-  static Capability local(std::shared_ptr<Service> object);
+  /// How the handlers of a local object get their requests (Capability::local).
+  enum class Requests : uint8_t {
+    /// Copied out of transport memory before the handler runs (the default). The handler
+    /// may then wait on the connection its call came on (a synchronous call, poll(),
+    /// pollUntil()) for as long as it likes: that connection frees what it receives in
+    /// arrival order, so a request held in place through such a wait would hold back
+    /// everything that arrives after it.
+    kCopied,
+    /// Read in place in transport memory, as an ordinary server's requests are: no copy,
+    /// which matters for large requests (a 64 KiB callback costs a copy of 64 KiB
+    /// otherwise). The handler must not wait on the connection its call came on while it
+    /// runs; if it tries, that wait throws InvalidArgument (callAsync() and defer() work).
+    kInPlace,
+  };
+  /// `object`, served by this process, its handlers getting their requests as `requests`
+  /// says (an object exported on one connection both ways takes kCopied there). Throws
+  /// InvalidArgument for a null object.
+  static Capability local(std::shared_ptr<Service> object, Requests requests = Requests::kCopied);
 
   explicit operator bool() const noexcept { return hook_ != nullptr; }
   /// The object, when this is a local capability (also when it came back from the peer it

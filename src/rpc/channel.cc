@@ -102,6 +102,7 @@ RawRequest::~RawRequest() noexcept(false) {
 
 IncomingMessage RawRequest::call() {
   session_->checkThread("call()");
+  session_->checkMayWait("call()");  // before anything is sent
   uint64_t id = session_->send(message_, FrameKind::kRequest, {}, methodName_, target_);
   return session_->waitFor(id);
 }

@@ -221,6 +221,9 @@ size_t Session::serveQueued() {
 //   the peer once) are flushed before the loop waits or returns.
 template <Session::Until U>
 IncomingMessage Session::run(Goal& g) {
+  // A handler's answer may wait for room (kSendRoom: the peer frees that), never for what
+  // this connection receives while an in-place request is held.
+  if constexpr (U != Until::kSendRoom) checkMayWait("waiting");
   Deadline unpinAt = kNoDeadline;
   auto slice = std::chrono::microseconds(20);  // kSendRoom's waits
   bool draining = U != Until::kCallDone;

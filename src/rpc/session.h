@@ -111,9 +111,10 @@ struct ImportHook final : wire::CapabilityHook {
 
 /// A local capability: an object this process serves (Capability::local).
 struct LocalHook final : wire::CapabilityHook {
-  explicit LocalHook(std::shared_ptr<Service> o) noexcept
-      : CapabilityHook(Kind::kLocal), object(std::move(o)) {}
+  LocalHook(std::shared_ptr<Service> o, bool p) noexcept
+      : CapabilityHook(Kind::kLocal), object(std::move(o)), inPlace(p) {}
   std::shared_ptr<Service> object;
+  bool inPlace;  // Capability::Requests::kInPlace
 };
 
 /// `h` as the RPC layer's hook of kind T (ImportHook or LocalHook), or null.
@@ -310,6 +311,14 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   // Capabilities (session_caps.cc)
 
   /// Refuses a call from a thread that does not drive this session (ThreadOwner).
+  /// Throws InvalidArgument while a handler of an object exported with
+  /// Capability::Requests::kInPlace runs on this connection: waiting on it then would hold
+  /// its request in transport memory while later messages queue behind it.
+  void checkMayWait(const char* where) const {
+    if (inPlaceHeld_ > 0) [[unlikely]]
+      refuseWaitInPlace(where);
+  }
+  [[noreturn]] void refuseWaitInPlace(const char* where) const;
   [[gnu::always_inline]] void checkThread(const char* where) {
     owner_->check(where, [this] {
       return ThreadOwner::Use{(options_.services ? "server connection " : "channel to ") +
@@ -415,7 +424,9 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// its interface fields (exporting local ones). Throws InvalidArgument for a capability
   /// that cannot go on this connection.
   void writeExtensions(OutgoingMessage& msg, uint32_t target);
-  uint32_t exportObject(const std::shared_ptr<Service>& object);
+  /// `inPlace`: its requests are read in place (an object exported both ways on this
+  /// connection is read copied).
+  uint32_t exportObject(const std::shared_ptr<Service>& object, bool inPlace);
   /// Takes back `refs` references to export `id` (which has at least that many); the
   /// export goes at zero.
   void dropExportRef(uint32_t id, uint32_t refs = 1);
@@ -470,11 +481,13 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// scope lasts; null otherwise. With requestOpen_, what messageOpenHere() reads.
   OutgoingMessage* inPlaceAnswer_ = nullptr;
   int dispatchDepth_ = 0;   // handlers running (a handler's sync call dispatches re-entrantly)
+  int inPlaceHeld_ = 0;     // of them, handlers of in-place exports: no wait on us meanwhile
 
   // capabilities
   struct Export {
     std::shared_ptr<Service> object;  // null: a free id
     uint32_t refs = 0;                // times put in a capability table, less releases
+    bool inPlace = false;             // its requests are read in place (Requests::kInPlace)
   };
   std::vector<Export> exports_;  // export id - 1
   std::vector<uint32_t> freeExports_;

@@ -184,9 +184,13 @@ void Session::dispatch(IncomingMessage& msg) {
   // behind its request: the connection frees what it received in arrival order, so a
   // request held through max_leases later messages would stop the connection. Such a
   // request is copied out of transport memory before its handler reads it (which is why
-  // no reader of it can exist yet).
-  if (!imports_.empty() || target != 0 || msg.capTable() != nullptr) [[unlikely]]
+  // no reader of it can exist yet), unless its object was exported in place: its handler
+  // then may not wait on this connection (checkMayWait), and reads the request where it is.
+  const bool inPlace = target != 0 && service != nullptr && exports_[target - 1].inPlace;
+  if ((!imports_.empty() || target != 0 || msg.capTable() != nullptr) && !inPlace) [[unlikely]]
     msg.moveToHeap();
+  inPlaceHeld_ += inPlace;
+  KJ_DEFER(inPlaceHeld_ -= inPlace);
   if (dispatchDepth_ > kMaxDispatchDepth) [[unlikely]]
     refused = "calls nested " + std::to_string(dispatchDepth_) +
               " deep on one thread (a handler's synchronous call dispatching a call whose "

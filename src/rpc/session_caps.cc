@@ -17,9 +17,18 @@ namespace zcrpc {
 // ------------------------------------------------------------------------------------
 // Capability and its hooks
 
-Capability Capability::local(std::shared_ptr<Service> object) {
+Capability Capability::local(std::shared_ptr<Service> object, Requests requests) {
   if (!object) throw InvalidArgument("Capability::local() needs an object");
-  return Capability(std::make_shared<LocalHook>(std::move(object)));
+  return Capability(std::make_shared<LocalHook>(std::move(object), requests == Requests::kInPlace));
+}
+
+void Session::refuseWaitInPlace(const char* where) const {
+  throw InvalidArgument(
+      std::string(where) + " on " + connection_->endpoint() +
+      " inside a handler of an object exported with Capability::Requests::kInPlace: its "
+      "request is read in place, and waiting on the connection it came on would hold back "
+      "everything that arrives after it. Use callAsync() (answering through defer() when "
+      "the answer needs the result), or export the object with Requests::kCopied");
 }
 
 std::shared_ptr<Service> Capability::localObject() const noexcept {
@@ -140,7 +149,8 @@ std::unique_ptr<wire::CapTable> Session::readCapTable(std::span<const std::byte>
         break;
       case CapKind::kReceiverHosted:
         // Our own object, handed back: the object itself, not a proxy of a proxy.
-        table->push_back(std::make_shared<LocalHook>(exports_[d.id - 1].object));
+        table->push_back(
+            std::make_shared<LocalHook>(exports_[d.id - 1].object, exports_[d.id - 1].inPlace));
         break;
       default:
         table->push_back(nullptr);
@@ -193,7 +203,7 @@ void Session::dropPeer(const std::string& why) {
 // ------------------------------------------------------------------------------------
 // Sent: target and capability table
 
-uint32_t Session::exportObject(const std::shared_ptr<Service>& object) {
+uint32_t Session::exportObject(const std::shared_ptr<Service>& object, bool inPlace) {
   auto [it, fresh] = exportIds_.try_emplace(object.get(), 0);
   if (fresh) {
     if (liveExports_ >= options_.maxExports) {
@@ -210,10 +220,12 @@ uint32_t Session::exportObject(const std::shared_ptr<Service>& object) {
       id = static_cast<uint32_t>(exports_.size());
     }
     exports_[id - 1].object = object;
+    exports_[id - 1].inPlace = inPlace;
     it->second = id;
     ++liveExports_;
   }
   Export& e = exports_[it->second - 1];
+  e.inPlace = e.inPlace && inPlace;
   if (e.refs == UINT32_MAX)
     throw Overloaded("export " + std::to_string(it->second) + " was sent 2^32-1 times unreleased");
   ++e.refs;
@@ -263,7 +275,7 @@ void Session::writeExtensions(OutgoingMessage& msg, uint32_t target) {
       if (h == nullptr) continue;
       if (auto* local = hookAs<LocalHook>(h)) {
         d.kind = static_cast<uint8_t>(CapKind::kSenderHosted);
-        d.id = exportObject(local->object);
+        d.id = exportObject(local->object, local->inPlace);
       } else if (auto* import = hookAs<ImportHook>(h)) {
         if (import->link != link_)
           throw InvalidArgument(

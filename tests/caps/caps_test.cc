@@ -172,6 +172,78 @@ TEST_P(CapsTest, AHandlerDefersAndCallsTheClientAsynchronously) {
   hub.dropRequest().call();
 }
 
+/// A Sink that notes whether each request reached its handler as a heap copy, and, given a
+/// hub on its own channel, tries to wait on that channel from inside the handler.
+class PlacedSink final : public SinkService {
+ public:
+  void push(PushCall& call) override {
+    (call.context().request().onHeap() ? copied : inPlace) += 1;
+    total += call.params().getValue();
+    if (hub) {
+      try {
+        hub->dropRequest().call();
+      } catch (const InvalidArgument& e) {
+        refusals.push_back(e.what());
+      }
+      try {
+        channel->poll();
+      } catch (const InvalidArgument& e) {
+        refusals.push_back(e.what());
+      }
+    }
+    call.results().setTotal(total);
+  }
+  int copied = 0, inPlace = 0;
+  int64_t total = 0;
+  HubClient* hub = nullptr;
+  Channel* channel = nullptr;
+  std::vector<std::string> refusals;
+};
+
+TEST_P(CapsTest, AnObjectExportedInPlaceReadsItsRequestsWhereTheyArrived) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  for (auto mode : {Capability::Requests::kInPlace, Capability::Requests::kCopied}) {
+    auto sink = std::make_shared<PlacedSink>();
+    auto request = hub.subscribeRequest();
+    request.params().setSink(Capability::local(sink, mode));
+    request.params().setCount(300);  // more than max_leases (256) messages during one call
+    EXPECT_EQ(request.call().results().getLast(), 45150);
+    EXPECT_EQ(sink->total, 45150);
+    if (mode == Capability::Requests::kInPlace) {
+      EXPECT_EQ(sink->inPlace, 300);
+      EXPECT_EQ(sink->copied, 0);
+    } else {
+      EXPECT_EQ(sink->copied, 300);  // the default: copied, so that the handler may wait
+    }
+  }
+}
+
+TEST_P(CapsTest, AnInPlaceHandlerThatWaitsOnItsConnectionIsRefusedAndNothingElseBreaks) {
+  auto ch = connect();
+  HubClient hub(*ch);
+  auto sink = std::make_shared<PlacedSink>();
+  sink->hub = &hub;
+  sink->channel = ch.get();
+  auto request = hub.subscribeRequest();
+  request.params().setSink(Capability::local(sink, Capability::Requests::kInPlace));
+  request.params().setCount(3);
+  EXPECT_EQ(request.call().results().getLast(), 6);
+  ASSERT_EQ(sink->refusals.size(), 6u);  // a call and a poll in each of the three
+  EXPECT_THAT(sink->refusals[0], HasSubstr("call() on "));
+  EXPECT_THAT(sink->refusals[0], HasSubstr("Capability::Requests::kInPlace"));
+  EXPECT_THAT(sink->refusals[1], HasSubstr("waiting on "));
+  EXPECT_EQ(sink->inPlace, 3);
+  // Nothing was sent for the refused call, and the connection goes on: the same object
+  // answers, now without trying, and so does the server.
+  sink->hub = nullptr;
+  auto again = hub.subscribeRequest();
+  again.params().setSink(Capability::local(sink, Capability::Requests::kInPlace));
+  again.params().setCount(2);
+  EXPECT_EQ(again.call().results().getLast(), 9);
+  hub.dropRequest().call();
+}
+
 TEST_P(CapsTest, AKeptCallbackIsCalledLaterAndReleasedWhenTheServerDropsIt) {
   auto ch = connect();
   HubClient hub(*ch);

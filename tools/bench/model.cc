@@ -155,6 +155,7 @@ std::vector<Target> standardTargets() {
       {"stream", shm, k64, "zcrpc-stream", "zcrpc-one-way", kPerSecond, false, 0.8},
       {"stream", tcp, std::nullopt, "zcrpc-stream", "grpc-stream", kPerSecond, false, 3},
       {"callback", shm, std::nullopt, "zcrpc-callback", "zcrpc-echo", kP50, true, 1.1},
+      {"callback", shm, std::nullopt, "zcrpc-callback-in-place", "zcrpc-echo", kP50, true, 1.1},
   };
 }
 

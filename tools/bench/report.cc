@@ -149,8 +149,9 @@ constexpr std::string_view kStreamTitle =
     "(Write with WriteOptions::set_buffer_hint,\n  WritesDone + Finish timed)";
 constexpr std::string_view kCallbackTitle =
     "Callbacks over shm, p50 / p99: the server calls the client's Echo (time between "
-    "consecutive\n  callbacks at the client: one whole round trip each) against an echo call "
-    "of the same size";
+    "consecutive\n  callbacks at the client: one whole round trip each; 'in place': the Echo "
+    "exported with\n  Capability::Requests::kInPlace, read where it arrived, no copy) against an "
+    "echo call of the same size";
 
 /// The stream and callback rows in a few lines, then their targets as the issue states them.
 static void printStreamSummary(std::FILE* out, const Table& table) {
@@ -188,12 +189,16 @@ static void printStreamSummary(std::FILE* out, const Table& table) {
     }
   }
   if (!callbacks.empty()) {
-    constexpr std::string_view kLine = "  {:<8} {:<26} {:>19} {:>19} {:>8}\n";
-    heading(kCallbackTitle, kLine, "size", "wait mode", "callback", "echo call", "x");
+    constexpr std::string_view kLine = "  {:<8} {:<26} {:>19} {:>8} {:>19} {:>8} {:>19}\n";
+    heading(kCallbackTitle, kLine, "size", "wait mode", "callback", "x", "in place", "x",
+            "echo call");
     for (const Row* row : callbacks) {
-      const size_t c = row->find("zcrpc-callback");
+      const size_t c = row->find("zcrpc-callback"), p = row->find("zcrpc-callback-in-place");
       fmt::print(out, kLine, formatSize(row->payloadBytes), waitLabel(row->waitMode),
-                 p50p99(*row, c), p50p99(*row, 0), ratioText(medianRatio(*row, c, 0, Stat::kP50)));
+                 p50p99(*row, c), ratioText(medianRatio(*row, c, 0, Stat::kP50)),
+                 p == Row::npos ? "-" : p50p99(*row, p),
+                 p == Row::npos ? "-" : ratioText(medianRatio(*row, p, 0, Stat::kP50)),
+                 p50p99(*row, 0));
     }
   }
   for (const TargetResult& r : evaluate(table, standardTargets()))

@@ -88,6 +88,9 @@ enum class Measure : uint8_t {
   /// round trips the server makes to an object the client passed it (Pump.pump calls the
   /// client's Echo), timed in this process between consecutive callbacks (driver.h)
   kCallback,
+  /// kCallback with the client's Echo exported Capability::Requests::kInPlace (its handler
+  /// reads each request in transport memory instead of a heap copy)
+  kCallbackInPlace,
 };
 
 /// One cell's parameters; they travel to the peer in the control message.

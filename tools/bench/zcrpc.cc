@@ -204,7 +204,8 @@ class ZcrpcRpc final : public System {
     // Only where used: the echo rows' server serves Echo alone.
     if (cell.spec.measure == Measure::kStream)
       server.addService(chunks.emplace(cell.spec.payloadBytes));
-    if (cell.spec.measure == Measure::kCallback) server.addService(pump.emplace(cell.scratch));
+    if (cell.spec.measure == Measure::kCallback || cell.spec.measure == Measure::kCallbackInPlace)
+      server.addService(pump.emplace(cell.scratch));
     const ConnectionOptions co = connectionOptions(s_, cell.spec.waitMode, spin_);
     std::string endpoint;
     if (flavor_ == Flavor::kCapnpListener) {
@@ -303,7 +304,10 @@ class ZcrpcRpc final : public System {
         break;
       }
       case Measure::kCallback:
-        f.latency = callbacks(channel, cell);
+      case Measure::kCallbackInPlace:
+        f.latency = callbacks(channel, cell, cell.spec.measure == Measure::kCallbackInPlace
+                                                 ? Capability::Requests::kInPlace
+                                                 : Capability::Requests::kCopied);
         break;
       default:  // closed or open loop (cell.budget)
         f.latency = pingPong(client, cell, cell.budget);
@@ -390,11 +394,12 @@ class ZcrpcRpc final : public System {
   /// between two consecutive callbacks reaching the object: one whole round trip as the
   /// server makes it (its call out, the answer back, its next call built and sent), timed
   /// here with one clock. The first callback of a pump call has no predecessor in it.
-  Latency callbacks(Channel& channel, ClientCell& cell) {
+  /// `requests`: how the object is exported (its handler never waits on the connection).
+  Latency callbacks(Channel& channel, ClientCell& cell, Capability::Requests requests) {
     auto mine = std::make_shared<BenchEchoService>(SIZE_MAX);  // answers with a copy
     mine->noteArrivals = true;
     mine->arrivals.reserve(kPumpBatch);
-    const Capability target = Capability::local(mine);
+    const Capability target = Capability::local(mine, requests);
     callback::PumpClient pump(channel);
     auto batch = [&](uint32_t count) {
       mine->arrivals.clear();
