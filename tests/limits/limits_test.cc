@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -338,8 +339,10 @@ constexpr std::string_view residentSizeCaveat() {
 }
 
 /// Rounds of 1,000 tcp connections opened (each makes a call) and closed: the server's
-/// memory with no connection open comes back to within 20% of where it started. Before,
-/// the connections' buffers stayed with the allocator: 13.7, 187, 339, 468, ... MB.
+/// memory with no connection open comes back to within 20% (at least 4 MiB) of where it
+/// started. Before, the connections' buffers stayed with the allocator: 13.7, 187, 339,
+/// 468, ... MB. (Without the 4 MiB the allocator's own slack failed a round now and then
+/// on a loaded machine: 1.6 MB over 7.8 MB, the next round back at the start.)
 TEST(Limits, TcpConnectionChurnGivesItsMemoryBack) {
   if (!residentSizeCaveat().empty()) GTEST_SKIP() << residentSizeCaveat();
   ServerProcess server([] { return listenTcp("127.0.0.1:0", plainTcp()); }, 0);
@@ -349,6 +352,7 @@ TEST(Limits, TcpConnectionChurnGivesItsMemoryBack) {
   }
   std::this_thread::sleep_for(200ms);
   const uint64_t start = memoryOf(server.pid()).resident;
+  const uint64_t limit = start + std::max<uint64_t>(start / 5, uint64_t{4} << 20);
   for (int round = 0; round < 4; ++round) {
     std::vector<std::unique_ptr<Channel>> open;
     for (int i = 0; i < 1000; ++i) {
@@ -359,10 +363,10 @@ TEST(Limits, TcpConnectionChurnGivesItsMemoryBack) {
     }
     const uint64_t busy = memoryOf(server.pid()).resident;
     open.clear();
-    const uint64_t after = residentAfterReaping(server.pid(), start + start / 5);
+    const uint64_t after = residentAfterReaping(server.pid(), limit);
     std::cout << "[ measured ] round " << round << ": server RSS " << start / 1024 << " KiB at start, "
               << busy / 1024 << " KiB with 1000 connections, " << after / 1024 << " KiB after\n";
-    EXPECT_LE(after, start + start / 5) << "round " << round;
+    EXPECT_LE(after, limit) << "round " << round;
   }
 }
 
