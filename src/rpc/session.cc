@@ -101,9 +101,7 @@ Session::~Session() {
 }
 
 bool Session::streams(uint32_t target, uint64_t interfaceId, uint16_t methodId) const noexcept {
-  const Service* service = exported(target);
-  if (target == 0 && options_.services)
-    if (auto it = options_.services->find(interfaceId); it != options_.services->end()) service = it->second;
+  const Service* service = target != 0 ? exported(target) : bootstrapService(interfaceId);
   return service && service->streams(interfaceId, methodId);
 }
 

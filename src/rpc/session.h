@@ -441,6 +441,15 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   Service* exported(uint32_t id) const noexcept {
     return id != 0 && id <= exports_.size() ? exports_[id - 1].object.get() : nullptr;
   }
+  /// The service a call without a target goes to: the one added for `interfaceId` (null:
+  /// none, or a session that serves nothing).
+  Service* bootstrapService(uint64_t interfaceId) const noexcept {
+    if (const auto* services = options_.services) [[likely]] {
+      auto it = services->find(interfaceId);
+      if (it != services->end()) return it->second;
+    }
+    return nullptr;
+  }
   // CallTargets: asked by a connection that translates another protocol (session.cc).
   bool streams(uint32_t target, uint64_t interfaceId, uint16_t methodId) const noexcept override;
   /// Posted mail and the answer backlog: what a round of the loop does before it receives.

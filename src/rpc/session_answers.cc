@@ -195,12 +195,8 @@ void Session::dispatch(IncomingMessage& msg) {
     refused = "calls nested " + std::to_string(dispatchDepth_) +
               " deep on one thread (a handler's synchronous call dispatching a call whose "
               "handler calls synchronously...): defer and use callAsync instead";
-  if (target == 0 && refused.empty()) [[likely]] {
-    if (const auto* services = options_.services) [[likely]] {
-      auto it = services->find(interfaceId);
-      if (it != services->end()) service = it->second;
-    }
-  }
+  if (target == 0 && refused.empty()) [[likely]]
+    service = bootstrapService(interfaceId);
   if (answerMetrics_) {
     current_.method = &answerMetrics_->method(interfaceId, methodId);
     current_.method->countCall(msg.payloadBytes());
