@@ -342,9 +342,10 @@ class StreamRequest final {
 /// and cancellation. Cheap; one per thread (see ChannelPool for sharing a service
 /// between threads). Threads: one at a time, and callbacks run on it. It may move to
 /// another thread between uses (no request open, no call outstanding; the hand-over
-/// ordered, e.g. by a mutex or a queue); a call from another thread while it has a request
-/// open or calls outstanding throws InvalidArgument saying so (its own, its requests' and
-/// its PendingCalls' entries check the thread).
+/// ordered, e.g. by a mutex or a queue); a call from another thread while its thread is in
+/// one of its functions, has a request open or calls outstanding throws InvalidArgument
+/// saying so (its own, its requests' and its PendingCalls' entries check the thread; of
+/// two threads that use it at once, at least one is refused before either touches it).
 class Channel final {
  public:
   explicit Channel(std::unique_ptr<Connection> connection, ChannelOptions options = {});

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -178,6 +179,26 @@ bool futexWait(const std::atomic<uint32_t>& word, uint32_t expected,
 void futexWakeAll(const std::atomic<uint32_t>& word) noexcept {
   ::syscall(SYS_futex, reinterpret_cast<const uint32_t*>(&word), FUTEX_WAKE, INT_MAX, nullptr,
             nullptr, 0);
+}
+
+namespace {
+/// The membarrier command barrierOtherThreads() uses, chosen once: the expedited private
+/// one (registered here; Linux 4.14+), else the global one (a scheduler grace period), else
+/// -1 (none).
+int chooseMembarrier() noexcept {
+  const long cmds = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  if (cmds < 0) return -1;
+  if ((cmds & MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) &&
+      ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
+    return MEMBARRIER_CMD_PRIVATE_EXPEDITED;
+  if (cmds & MEMBARRIER_CMD_GLOBAL) return MEMBARRIER_CMD_GLOBAL;
+  return -1;
+}
+}  // namespace
+
+bool barrierOtherThreads() noexcept {
+  static const int cmd = chooseMembarrier();
+  return cmd >= 0 && ::syscall(SYS_membarrier, cmd, 0, 0) == 0;
 }
 
 namespace {

@@ -126,6 +126,15 @@ bool futexWait(const std::atomic<uint32_t>& word, uint32_t expected,
                std::chrono::nanoseconds timeout) noexcept;
 void futexWakeAll(const std::atomic<uint32_t>& word) noexcept;
 
+/// An asymmetric memory barrier (membarrier(2)): when it returns, every other thread of this
+/// process has passed a full memory barrier, so a thread that only keeps its compiler from
+/// reordering (std::atomic_signal_fence) pairs with it as if it had fenced. Returns false
+/// when the kernel offers no form of it (before Linux 4.3, or refused by a seccomp filter);
+/// a caller then has no such guarantee. Expensive (microseconds: an interrupt to each CPU
+/// running this process, or a grace period on kernels before 4.14): for slow paths only.
+/// Any thread.
+bool barrierOtherThreads() noexcept;
+
 // ---- unix sockets ----
 
 /// Abstract-namespace SOCK_SEQPACKET listener for `name` (the socket is "@zcrpc/<name>").

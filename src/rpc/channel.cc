@@ -73,9 +73,19 @@ struct __attribute__((visibility("hidden"))) Channel::Impl final {
 RawRequest::RawRequest(Channel& channel, uint64_t interfaceId, uint16_t methodId,
                        uint32_t sizeHintWords, std::string_view methodName)
     : session_(&channel.impl_->session), methodName_(methodName) {
-  session_->checkThread("new request");
-  start(interfaceId, methodId, sizeHintWords);
+  session_->enterApi(ThreadOwner::kNewRequest);
+  session_->openRequest([&] { start(interfaceId, methodId, sizeHintWords); });
 }
+
+namespace {
+/// ThreadOwner::Subject of a call on an import: its connection's session.
+std::string askForImportOwner(const void* hook, ThreadOwner::Ask what) {
+  const auto& import = *static_cast<const ImportHook*>(hook);
+  if (what == ThreadOwner::Ask::kName) return "capability " + std::to_string(import.id) + " of a connection";
+  const Session* s = import.link->session();
+  return s ? s->inProgress() : "";
+}
+}  // namespace
 
 RawRequest::RawRequest(const Capability& target, uint64_t interfaceId, uint16_t methodId,
                        uint32_t sizeHintWords, std::string_view methodName)
@@ -85,15 +95,16 @@ RawRequest::RawRequest(const Capability& target, uint64_t interfaceId, uint16_t 
     throw InvalidArgument(!target ? "call on a null capability"
                                   : "call on a local capability: call the object itself (a "
                                     "local capability is for passing in messages)");
-  import->link->owner.check("call on a capability", [&] {
-    return ThreadOwner::Use{"capability " + std::to_string(import->id) + " of a connection", ""};
-  });
+  ThreadOwner& owner = import->link->owner;
+  owner.enter(ThreadOwner::kCapabilityCall, {import, &askForImportOwner});
   session_ = import->link->session();
-  if (!session_)
+  if (!session_) {
+    owner.leave();
     throw Disconnected("capability " + std::to_string(import->id) + "'s connection is gone: " +
                        import->link->closedWhy());
+  }
   target_ = import->id;
-  start(interfaceId, methodId, sizeHintWords);
+  session_->openRequest([&] { start(interfaceId, methodId, sizeHintWords); });
 }
 
 RawRequest::~RawRequest() noexcept(false) {
@@ -101,26 +112,26 @@ RawRequest::~RawRequest() noexcept(false) {
 }
 
 IncomingMessage RawRequest::call() {
-  session_->checkThread("call()");
+  Session::ApiScope scope(*session_, ThreadOwner::kCall);
   session_->checkMayWait("call()");  // before anything is sent
   uint64_t id = session_->send(message_, FrameKind::kRequest, {}, methodName_, target_);
   return session_->waitFor(id);
 }
 
 PendingCall RawRequest::callAsync(CallCallback callback) {
-  session_->checkThread("callAsync()");
+  Session::ApiScope scope(*session_, ThreadOwner::kCallAsync);
   uint64_t id =
       session_->send(message_, FrameKind::kRequest, std::move(callback), methodName_, target_);
   return PendingCall(session_, id);
 }
 
 void RawRequest::sendOneWay(SendHint hint) {
-  session_->checkThread("sendOneWay()");
+  Session::ApiScope scope(*session_, ThreadOwner::kSendOneWay);
   session_->send(message_, FrameKind::kOneWay, {}, methodName_, target_, hint);
 }
 
 void RawRequest::sendStreaming(const std::shared_ptr<StreamFlow>& flow, SendHint hint) {
-  session_->checkThread("StreamRequest::send()");
+  Session::ApiScope scope(*session_, ThreadOwner::kStreamSend);
   flow->throwIfFailed();
   session_->sendChunk(message_, flow, methodName_, target_, hint);
   const SessionOptions& o = session_->options();
@@ -146,7 +157,7 @@ void StreamFlow::throwIfFailed() const {
 
 void StreamFlow::finish() {
   if (inFlight() > 0) {
-    session_->checkThread("StreamFlow::finish()");
+    Session::ApiScope scope(*session_, ThreadOwner::kStreamFinish);
     session_->confirmChunks(*this);
     while (inFlight() > 0) session_->pollUntil(deadlineAfter(session_->options().defaultTimeout));
   }
@@ -160,14 +171,15 @@ PendingCall::PendingCall(Channel& channel, uint64_t callId)
     : session_(&channel.impl_->session), callId_(callId) {}
 
 bool PendingCall::done() const {
-  if (session_) session_->checkThread("PendingCall::done()");
-  auto* slot = session_ ? session_->slotFor(callId_) : nullptr;
+  if (!session_) return true;
+  Session::ApiScope scope(*session_, ThreadOwner::kDone);
+  auto* slot = session_->slotFor(callId_);
   return !slot || slot->state != Session::SlotState::kPending;
 }
 
 CallResult PendingCall::wait() {
   if (!session_) return CallResult(ErrorKind::kFailed, 0, "PendingCall is empty");
-  session_->checkThread("PendingCall::wait()");
+  Session::ApiScope scope(*session_, ThreadOwner::kWait);
   Session& session = *session_;
   auto* slot = session.slotFor(callId_);
   if (slot && slot->state == Session::SlotState::kPending) {
@@ -186,7 +198,7 @@ CallResult PendingCall::wait() {
 
 void PendingCall::cancel() {
   if (!session_) return;
-  session_->checkThread("PendingCall::cancel()");
+  Session::ApiScope scope(*session_, ThreadOwner::kCancel);
   Session& session = *session_;
   auto* slot = session.slotFor(callId_);
   if (!slot || slot->state != Session::SlotState::kPending) return;
@@ -204,11 +216,11 @@ Channel::Channel(std::unique_ptr<Connection> connection, ChannelOptions options)
 Channel::~Channel() = default;
 
 size_t Channel::poll() {
-  impl_->session.checkThread("poll()");
+  Session::ApiScope scope(impl_->session, ThreadOwner::kPoll);
   return impl_->session.poll();
 }
 size_t Channel::pollUntil(Deadline deadline) {
-  impl_->session.checkThread("pollUntil()");
+  Session::ApiScope scope(impl_->session, ThreadOwner::kPollUntil);
   return impl_->session.pollUntil(deadline);
 }
 size_t Channel::outstanding() const noexcept { return impl_->session.outstanding(); }
@@ -220,7 +232,7 @@ const ConnectionMetrics* Channel::metrics() const noexcept {
 }
 
 std::chrono::nanoseconds Channel::ping(Deadline deadline) {
-  impl_->session.checkThread("ping()");
+  Session::ApiScope scope(impl_->session, ThreadOwner::kPing);
   Session& impl = impl_->session;
   OutgoingMessage m;
   impl.startMessage(m, 1, {}, deadline);

@@ -105,6 +105,12 @@ bool Session::streams(uint32_t target, uint64_t interfaceId, uint16_t methodId) 
   return service && service->streams(interfaceId, methodId);
 }
 
+std::string Session::askForOwner(const void* session, ThreadOwner::Ask what) {
+  const auto& s = *static_cast<const Session*>(session);
+  if (what == ThreadOwner::Ask::kInProgress) return s.inProgress();
+  return (s.options_.services ? "server connection " : "channel to ") + s.connection_->endpoint();
+}
+
 std::string Session::inProgress() const {
   if (requestOpen_) return "a request is being built";
   if (outstanding_)

@@ -240,7 +240,10 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// (StreamFlow::finish()). No request of ours may be open.
   void confirmChunks(StreamFlow& flow);
   /// A request opened by startMessage() was dropped unsent.
-  void requestAbandoned() noexcept { requestOpen_ = false; }
+  void requestAbandoned() noexcept {
+    requestOpen_ = false;
+    owner_->settle();
+  }
   Slot* slotFor(uint64_t callId) noexcept {
     if (!slots_) return nullptr;
     Slot& s = slots_[callId & mask_];
@@ -310,7 +313,6 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   // ---------------------------------------------------------------------------------
   // Capabilities (session_caps.cc)
 
-  /// Refuses a call from a thread that does not drive this session (ThreadOwner).
   /// Throws InvalidArgument while a handler of an object exported with
   /// Capability::Requests::kInPlace runs on this connection: waiting on it then would hold
   /// its request in transport memory while later messages queue behind it.
@@ -319,20 +321,44 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
       refuseWaitInPlace(where);
   }
   [[noreturn]] void refuseWaitInPlace(const char* where) const;
-  [[gnu::always_inline]] void checkThread(const char* where) {
-    owner_->check(where, [this] {
-      return ThreadOwner::Use{(options_.services ? "server connection " : "channel to ") +
-                                  connection_->endpoint(),
-                              inProgress()};
-    });
+
+  /// A Channel API function's hold on this session, from its entry to its return: refuses
+  /// a thread that does not drive the session (ThreadOwner::enter()) and, when the
+  /// outermost one returns, says what it left in progress (ThreadOwner::leave()).
+  class ApiScope final {
+   public:
+    [[gnu::always_inline]] ApiScope(Session& s, ThreadOwner::Doing what) : s_(s) { s.enterApi(what); }
+    [[gnu::always_inline]] ~ApiScope() { s_.leaveApi(); }
+    ApiScope(const ApiScope&) = delete;
+    ApiScope& operator=(const ApiScope&) = delete;
+
+   private:
+    Session& s_;
+  };
+  [[gnu::always_inline]] void enterApi(ThreadOwner::Doing what) {
+    owner_->enter(what, {this, &Session::askForOwner});
   }
+  static std::string askForOwner(const void* session, ThreadOwner::Ask what);
+  [[gnu::always_inline]] void leaveApi() noexcept { owner_->leave(); }
+  /// After enterApi() of a new request: runs `start`, then leaves with the request open
+  /// (ThreadOwner::leaveBusy()), or as leaveApi() if `start` throws.
+  template <typename Start>
+  [[gnu::always_inline]] void openRequest(Start&& start) {
+    try {
+      start();
+    } catch (...) {
+      leaveApi();
+      throw;
+    }
+    owner_->leaveBusy();
+  }
+  /// What the driver has in progress ("" when nothing), for a ThreadOwner refusal.
+  std::string inProgress() const;
   /// A message of ours is open in transport memory (a request being built, or a handler's
   /// answer): the connection takes no other until it is sent.
   bool messageOpenHere() const noexcept {
     return requestOpen_ || (inPlaceAnswer_ != nullptr && inPlaceAnswer_->isOpen());
   }
-  /// What the driver has in progress, for checkThread ("" when nothing).
-  std::string inProgress() const;
   /// Exports and imports open now (tests, zcrpc-info).
   size_t exportCount() const noexcept { return liveExports_; }
   size_t importCount() const noexcept { return imports_.size(); }

@@ -2,44 +2,114 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
+#include <cstdint>
 #include <string>
+
+#include "os/os.h"
 
 namespace zcrpc {
 
-/// Remembers the thread that uses an object (a Channel and its requests), so that a call
-/// from another thread is refused with an error that says so, instead of failing later
-/// with a puzzling one ("a message is already open") or corrupting state silently.
+/// Remembers the thread that uses an object (a Channel and its requests, or a server
+/// connection), so that use from another thread is refused with an error that says so,
+/// instead of failing later with a puzzling one ("a message is already open") or
+/// corrupting state silently.
 ///
-/// check() is the fast path: the calling thread's token (the address of a thread-local,
-/// initial-exec: no call) compared with the owner's, one relaxed load, no read-modify-write
-/// and no store. Another thread takes the object over when the owner has nothing in
-/// progress (the caller's `inUse` says so): a Channel may be handed from thread to thread
-/// between uses, e.g. through a queue or a mutex that orders the hand-over.
+/// How. The owning thread, on entering one of the object's API functions, writes which to
+/// `activity_` (a plain store) and then checks that it still owns the object (a plain
+/// load); a compiler fence keeps the two in order. When its outermost function returns it
+/// writes "in none" (a plain store). Another thread takes the object over in three steps:
+/// it marks `owner_` as being claimed, makes every thread of the process pass a memory
+/// barrier (os::barrierOtherThreads(), membarrier(2)), and reads `activity_`. The barrier
+/// pairs with the owner's compiler fence: either the claimer sees what the owner wrote, or
+/// the owner sees the claim. The claimer takes the object only when the owner is in none
+/// of its functions and left nothing in progress (no request open, no call outstanding:
+/// it may read that state, as the owner's last function happened before), and otherwise
+/// gives the object back and refuses. An owner that finds a claim waits for its outcome
+/// and goes on (the claimer saw it busy) or is refused (the claimer took it). Two threads
+/// that use the object at once are therefore always detected by at least one of them,
+/// before either touches its state, at a cost to the owner of two plain stores, a load
+/// and a counter per function (no atomic read-modify-write, no fence); taking over costs a
+/// system call.
 ///
-/// Threads: check() from any thread. `inUse` runs on the calling (non-owning) thread and
-/// reads the owner's state: after a proper hand-over that is ordered; when two threads
-/// really use the object at once it is a race, which the refusal is there to report. The
-/// detection is certain when the owner has a request open or calls outstanding while the
-/// other thread calls; two threads that each make whole calls in an unlucky interleaving
-/// may both pass (the check adds no fence to the fast path).
-class ThreadOwner final {
+/// A Channel may thus be handed from thread to thread between uses (through a queue, or a
+/// mutex that orders the hand-over); doing so while a request is open or calls are
+/// outstanding is refused. Without membarrier (Linux before 4.3, or a seccomp filter that
+/// refuses it) a takeover reads `activity_` unfenced, and use at once is detected only
+/// when the owner has something in progress that the claimer can see.
+///
+/// Threads: enter() from any thread (it throws on all but the owner); leave() and
+/// leaveBusy() on the thread whose enter() returned; settle() any thread (it does nothing
+/// on others); pin() on the thread that is to own the object for good.
+class alignas(os::kCacheLine) ThreadOwner final {
  public:
-  /// What a refusal names: the object ("channel to shm://kv") and what its owner has in
-  /// progress ("a request is being built", "3 calls outstanding"; empty: nothing).
-  struct Use {
-    std::string object;
-    std::string inProgress;
+  /// Which API function a thread is in. Names in name().
+  enum Doing : uint8_t {
+    kNothing,
+    kNewRequest,      // and, after it returns: a request is being built
+    kCapabilityCall,  // a new request on a capability, likewise
+    kCall,
+    kCallAsync,
+    kSendOneWay,
+    kStreamSend,
+    kStreamFinish,
+    kDone,
+    kWait,
+    kCancel,
+    kPoll,
+    kPollUntil,
+    kPing,
+    kDoingCount,
+  };
+  /// The API function `d` names, as errors print it ("call()", "new request").
+  static const char* name(Doing d) noexcept;
+
+  /// What a refusal asks of the object: its name ("channel to shm://kv"), or what its
+  /// owner left in progress ("a request is being built", "3 calls outstanding"; "" for
+  /// nothing). kInProgress is asked only while the owner is in none of the object's
+  /// functions and held off from entering one, after its last one (so the object's state
+  /// may be read).
+  enum class Ask : uint8_t { kName, kInProgress };
+  /// The object, for refusals: `ask(object, what)`.
+  struct Subject {
+    const void* object;
+    std::string (*ask)(const void* object, Ask what);
+    std::string operator()(Ask a) const { return ask(object, a); }
   };
 
-  /// Returns when the calling thread may go on: it is the owner, or it takes the object
-  /// over (no owner yet, or the owner has nothing in progress). Otherwise throws
-  /// InvalidArgument naming both threads, `where` (the operation, "poll()") and what to do.
-  /// `use()` -> Use is called only on the slow path.
-  template <typename UseFn>
-  [[gnu::always_inline]] void check(const char* where, UseFn&& use) {
-    if (owner_.load(std::memory_order_relaxed) == token()) [[likely]]
-      return;
-    takeOver(where, use());
+  /// Entry of an API function (`what`) by the calling thread, to be matched by leave() (or
+  /// leaveBusy()) when it returns or throws. Returns when the calling thread owns the object
+  /// and has said that it is in `what`: it was the owner, or took the object over (no owner
+  /// yet, or the owner has nothing in progress). Otherwise throws InvalidArgument naming
+  /// both threads, `what`, what the owner is doing (asked of `subject`) and what to do.
+  [[gnu::always_inline]] void enter(Doing what, Subject subject) {
+    const uintptr_t me = token();
+    if (owner_.load(std::memory_order_relaxed) != me) [[unlikely]]
+      takeOver(what, subject);
+    activity_.store(me | what, std::memory_order_relaxed);
+    // Pairs with barrierOtherThreads() in takeOver(): the claimer sees the store above, or
+    // the load below sees the claim. The compiler must not sink the store below the load.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (owner_.load(std::memory_order_relaxed) != me) [[unlikely]]
+      waitOutClaim(what, subject);
+    ++depth_;
+  }
+
+  /// The API function entered last returns (or throws); after the outermost one the owner
+  /// is in none. Release pairs with the acquire load in takeOver(): a thread that takes the
+  /// object over sees everything this one did with it.
+  [[gnu::always_inline]] void leave() noexcept {
+    if (--depth_ == 0) activity_.store(token(), std::memory_order_release);
+  }
+  /// leave() for a function that returns with a request open (a new request): the owner
+  /// stays busy, as what it wrote on entry says (or, if it re-entered the object's
+  /// functions meanwhile, what the last of those wrote: busy too).
+  [[gnu::always_inline]] void leaveBusy() noexcept { --depth_; }
+  /// The owner's request was dropped unsent outside its functions: when the calling thread
+  /// owns the object and is in none of them, it is idle again.
+  void settle() noexcept {
+    if (owner_.load(std::memory_order_relaxed) == token() && depth_ == 0)
+      activity_.store(token(), std::memory_order_release);
   }
 
   /// The calling thread owns the object for good: no other thread takes it over (a server
@@ -47,12 +117,24 @@ class ThreadOwner final {
   void pin() noexcept;
 
  private:
-  static const void* token() noexcept { return &tlsToken; }
-  void takeOver(const char* where, const Use& use);
+  // activity_: the token of the thread that wrote it | the Doing it is in (bits 0-5).
+  // Tokens are 64-byte aligned addresses of a thread-local.
+  static constexpr uint64_t kDoingMask = 63;
+  static constexpr uintptr_t kClaiming = 1;  // in owner_: a takeover is deciding
+  static_assert(kDoingCount <= kDoingMask + 1);
 
-  [[gnu::tls_model("initial-exec")]] static inline constinit thread_local char tlsToken = 0;
-  std::atomic<const void*> owner_{nullptr};
-  std::atomic<long> ownerTid_{0};  // the owner's kernel thread id, for the message
+  static uintptr_t token() noexcept { return reinterpret_cast<uintptr_t>(&tlsToken); }
+  void takeOver(Doing what, Subject subject);
+  void waitOutClaim(Doing what, Subject subject);
+  /// owner_ once no takeover is deciding (or after kClaimWait, still claimed).
+  uintptr_t afterClaims() const noexcept;
+  [[noreturn]] void refuse(Doing what, const std::string& object, const std::string& ownerDoing) const;
+
+  alignas(os::kCacheLine) [[gnu::tls_model("initial-exec")]] static inline constinit thread_local char tlsToken = 0;
+  std::atomic<uintptr_t> owner_{0};    // the owner's token, | kClaiming during a takeover
+  std::atomic<uint64_t> activity_{0};  // written by the owner (see above)
+  uint32_t depth_ = 0;                 // the owner's API functions in progress (owner only)
+  std::atomic<long> ownerTid_{0};      // the owner's kernel thread id, for messages
   std::atomic<bool> pinned_{false};
 };
 
