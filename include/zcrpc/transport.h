@@ -142,8 +142,14 @@ class Connection {
   virtual Status startMessage(OutgoingMessage& msg, uint32_t firstSegmentWords,
                               Deadline deadline) = 0;
   /// Publishes the message. With `flush` false the peer may not be woken until `flush()`
-  /// (it still sees the message if it polls): use it to batch wake-ups.
+  /// (over shm it still sees the message if it polls; tcp and rdma may keep it until the
+  /// flush): use it to batch wake-ups.
   virtual Status send(OutgoingMessage& msg, bool flush = true) = 0;
+  /// As send(msg, false), for the messages of a burst the user sends back to back
+  /// (SendHint::kMoreComing): the peer may not see it before `flush()`, a send with flush,
+  /// a wait of this end for room, or close(), so that the burst crosses as one (over shm,
+  /// in whole cache lines rather than a line fought over per message).
+  virtual Status sendMore(OutgoingMessage& msg) { return send(msg, false); }
   virtual Status flush() = 0;
 
   /// A received message, or kWouldBlock / kDisconnected. A malformed frame closes the

@@ -112,7 +112,7 @@ uint64_t Session::send(OutgoingMessage& msg, FrameKind kind, CallCallback callba
   const bool counted = questionMetrics_ && isCall;
   const uint64_t start = counted || tracing ? ticks::now() : 0;
   const bool now = hint == SendHint::kNow;
-  if (connection_->send(msg, now) != Status::kOk) {
+  if ((now ? connection_->send(msg) : connection_->sendMore(msg)) != Status::kOk) {
     if (counted) {
       MethodMetrics& m = questionMetrics_->method(interfaceId, methodId, methodName);
       m.countCall(0);

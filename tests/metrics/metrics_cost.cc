@@ -21,8 +21,9 @@
 //     (the client serving the callbacks inside its pump call, the server's worker inside
 //     the pump handler). Then "one-way" and "stream": CALLS Echo.sink messages sent with
 //     sendOneWay(), and CALLS chunks of Chunks.put (`-> stream`), each followed by one
-//     call that waits for them all; the sender's side only. Divide each dump's total Ir
-//     by CALLS.
+//     call that waits for them all; the sender's side only. Then "one-way both ends" and
+//     "stream both ends": the same, sent and handled on one thread (Server::poll() after
+//     every 16). Divide each dump's total Ir by CALLS.
 #include <valgrind/callgrind.h>
 
 #include <algorithm>
@@ -150,6 +151,30 @@ void sinks(Channel& ch, size_t n) {
   client.pingRequest().call();
 }
 
+/// One-way messages or stream chunks with both ends on this thread: every 16 sent (and at
+/// the end), the server (no worker thread) handles what arrived and the client takes what
+/// came back (the answers to the stream's marks). No final call: on a stream it would wait
+/// for the server to confirm the chunks, which nothing would then poll.
+void bothEnds(Channel& ch, Server& server, callback::ChunksClient* stream, size_t n) {
+  echo::EchoClient client(ch);
+  for (size_t i = 0; i < n; ++i) {
+    if (stream) {
+      auto req = stream->putRequest(16);
+      req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
+      req.send();
+    } else {
+      auto req = client.sinkRequest(16);
+      req.params().setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(kData), sizeof kData));
+      req.sendOneWay();
+    }
+    if (i % 16 == 15 || i + 1 == n) {
+      while (server.poll() != 0) {
+      }
+      ch.poll();
+    }
+  }
+}
+
 void chunks(callback::ChunksClient& client, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     auto req = client.putRequest(16);
@@ -244,8 +269,23 @@ int instructions(size_t calls) {
       CALLGRIND_DUMP_STATS_AT(k == 0 ? "one-way" : "stream");
     }
   }
+  {
+    ChunksImpl chunksImpl;
+    Setup s(false, WaitMode::kBusyPoll, false, &chunksImpl, /*workers=*/0);
+    callback::ChunksClient stream(*s.channel);
+    for (int k = 0; k < 2; ++k) {
+      bothEnds(*s.channel, *s.server, nullptr, 2000);  // first-use allocations, caches
+      bothEnds(*s.channel, *s.server, &stream, 2000);
+      CALLGRIND_ZERO_STATS;
+      CALLGRIND_TOGGLE_COLLECT;
+      bothEnds(*s.channel, *s.server, k == 0 ? nullptr : &stream, calls);
+      CALLGRIND_TOGGLE_COLLECT;
+      CALLGRIND_DUMP_STATS_AT(k == 0 ? "one-way both ends" : "stream both ends");
+    }
+  }
   std::printf("dumped 'metrics off', 'metrics on', 'capnp accessors', 'both ends', 'callback', "
-              "'one-way' and 'stream' (%zu calls each)\n", calls);
+              "'one-way', 'stream', 'one-way both ends' and 'stream both ends' (%zu calls each)\n",
+              calls);
   return 0;
 }
 

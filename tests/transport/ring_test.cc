@@ -115,6 +115,63 @@ TEST(Ring, RoundTripInPlace) {
   EXPECT_TRUE(receiveSeq(*a, 8));
 }
 
+/// A Payload sent with sendMore() (a burst's message), waiting for room until `deadline`.
+Status sendMorePayload(Connection& c, uint64_t seq, size_t size, Deadline deadline = deadlineAfter(5s)) {
+  OutgoingMessage msg;
+  Status s = c.startMessage(msg, test::payloadWords(size), deadline);
+  if (s != Status::kOk) return s;
+  test::buildPayload(msg, seq, size);
+  return c.sendMore(msg);
+}
+
+TEST(Ring, ABurstArrivesWholeAtFlush) {
+  // The first record of a burst keeps its record word until flush(): a consumer that keeps
+  // up then does not take each record's cache line while the producer still writes it.
+  auto [a, b] = makeLoopbackPair(opts());
+  for (uint64_t seq = 0; seq < 5; ++seq) ASSERT_EQ(sendMorePayload(*a, seq, 40), Status::kOk);
+  IncomingMessage in;
+  EXPECT_EQ(b->tryReceive(in), Status::kWouldBlock);
+  ASSERT_EQ(a->flush(), Status::kOk);
+  for (uint64_t seq = 0; seq < 5; ++seq) ASSERT_TRUE(receiveSeq(*b, seq));
+  EXPECT_EQ(b->tryReceive(in), Status::kWouldBlock);
+  // A message sent with flush publishes the burst before it too; one sent with send(msg,
+  // false) is published at once (only its wake-up waits).
+  ASSERT_EQ(sendMorePayload(*a, 5, 40), Status::kOk);
+  ASSERT_EQ(sendPayload(*a, 6, 40), Status::kOk);
+  ASSERT_TRUE(receiveSeq(*b, 5));
+  ASSERT_TRUE(receiveSeq(*b, 6));
+  ASSERT_EQ(sendPayload(*a, 7, 40, 0, Deadline::min(), /*flush=*/false), Status::kOk);
+  ASSERT_TRUE(receiveSeq(*b, 7));
+  // close() publishes what it holds: nothing sent is lost.
+  ASSERT_EQ(sendMorePayload(*a, 8, 40), Status::kOk);
+  a->close();
+  ASSERT_TRUE(receiveSeq(*b, 8));
+}
+
+TEST(Ring, AProducerWaitingForRoomPublishesTheBurstItHolds) {
+  // Bursts longer than the ring: the producer must publish what it holds before it waits
+  // for the consumer to free space (else both would wait for each other).
+  auto [a, b] = makeLoopbackPair(opts(4096));
+  constexpr uint64_t kCount = 400;  // ~40 laps of a 4 KiB ring
+  std::atomic<bool> failed{false};
+  std::thread consumer([&, &b = b] {
+    for (uint64_t seq = 0; seq < kCount && !failed; ++seq) {
+      IncomingMessage in;
+      if (b->receive(in, deadlineAfter(5s)) != Status::kOk) {
+        failed = true;
+        return;
+      }
+      uint64_t got = UINT64_MAX;
+      if (!checkPayload(in, &got) || got != seq) failed = true;
+    }
+  });
+  for (uint64_t seq = 0; seq < kCount && !failed; ++seq)
+    ASSERT_EQ(sendMorePayload(*a, seq, 200), Status::kOk);
+  ASSERT_EQ(a->flush(), Status::kOk);
+  consumer.join();
+  EXPECT_FALSE(failed);
+}
+
 TEST(Ring, HeaderFieldsArrive) {
   auto [a, b] = makeLoopbackPair(opts());
   OutgoingMessage msg;

@@ -177,6 +177,7 @@ void RingConnection::fault(std::string reason) noexcept {
 
 void RingConnection::close() noexcept {
   if (closed_.exchange(true)) return;
+  publishHeld();  // what was sent before close() is the peer's to read
   // pairs with the acquire load in the peer's peerClosed()
   files_.local->producer.closed.store(1, std::memory_order_release);
   // Wake a peer sleeping on either futex so it notices at once.
@@ -573,7 +574,8 @@ void RingConnection::abandon() noexcept {
   open_.msg = nullptr;
 }
 
-Status RingConnection::send(OutgoingMessage& msg, bool flush) {
+template <bool kHold>
+[[gnu::always_inline]] inline Status RingConnection::publish(OutgoingMessage& msg, bool flush) {
   if (open_.msg != &msg)
     throw InvalidArgument("send: message was not started on " + endpoint() + " or already sent");
   if (closed_.load(std::memory_order_relaxed)) {
@@ -717,9 +719,15 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   h.flags = (traced ? kFlagTraced : 0) | (extensionBytes ? kFlagExtended : 0);
   h.reserved = 0;
   std::memcpy(record + 8, &arenaTail_, sizeof arenaTail_);
-  // Publish: everything above becomes visible with the record word.
-  // pairs with the acquire load of the record word in tryReceive()
-  storeRelease(record, (uint64_t{recordTag(open_.start)} << 32) | recordBytes);
+  // Publish: everything above becomes visible with the record word. The first record of
+  // a burst (sendMore: the user sends more right away) keeps its word until the burst is
+  // flushed, so a consumer that keeps up waits on one line instead of taking each
+  // record's line while we still write it (the burst then crosses in whole lines).
+  if (!kHold || heldRecord_.load(std::memory_order_relaxed) != kNoHeld) [[likely]]
+    // pairs with the acquire load of the record word in tryReceive()
+    storeRelease(record, (uint64_t{recordTag(open_.start)} << 32) | recordBytes);
+  else
+    heldRecord_.store(open_.start, std::memory_order_release);  // see publishHeld()
   tail_ = open_.start + recordBytes;
   arenaPublished_ = arenaTail_;
   open_.msg = nullptr;
@@ -730,6 +738,10 @@ Status RingConnection::send(OutgoingMessage& msg, bool flush) {
   if (recordBytes >= kZeroAheadFrom) zeroAhead(recordBytes);
   return Status::kOk;
 }
+
+Status RingConnection::send(OutgoingMessage& msg, bool flush) { return publish<false>(msg, flush); }
+
+Status RingConnection::sendMore(OutgoingMessage& msg) { return publish<true>(msg, false); }
 
 uint32_t RingConnection::gatherAfter(OutgoingMessage& msg,
                                      kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
@@ -790,9 +802,23 @@ Status RingConnection::flush() {
   return closed_.load(std::memory_order_relaxed) ? Status::kDisconnected : Status::kOk;
 }
 
+void RingConnection::publishHeld() noexcept {
+  if (heldRecord_.load(std::memory_order_relaxed) == kNoHeld) [[likely]] return;
+  // pairs with the release store in send(): the record (its frame header) is complete
+  const uint64_t pos = heldRecord_.exchange(kNoHeld, std::memory_order_acquire);
+  if (pos == kNoHeld) return;  // close() on another thread took it
+  std::byte* record = txRing_ + (pos & ringMask_);
+  FrameHeader h;
+  std::memcpy(&h, record + kRecordHeaderBytes, sizeof h);
+  // pairs with the acquire load of the record word in tryReceive()
+  storeRelease(record, (uint64_t{recordTag(pos)} << 32) | (h.frameBytes + kRecordHeaderBytes));
+}
+
 void RingConnection::wakeConsumer() noexcept {
-  if (!wakePending_) return;
+  if (!wakePending_) return;  // also set while a burst is held (publish())
   wakePending_ = false;
+  if (heldRecord_.load(std::memory_order_relaxed) != kNoHeld) [[unlikely]]
+    publishHeld();
   if (!peerConsumerMaySleep_) return;
   // pairs with the seq_cst store+fence of `sleeping` in the peer's waitFor(): either we
   // see it asleep here, or its re-check sees our record.

@@ -72,6 +72,7 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   Status startMessage(OutgoingMessage& msg, uint32_t firstSegmentWords,
                       Deadline deadline) override;
   Status send(OutgoingMessage& msg, bool flush) override;
+  Status sendMore(OutgoingMessage& msg) override;
   Status flush() override;
   Status tryReceive(IncomingMessage& out) override;
   Status receive(IncomingMessage& out, Deadline deadline) override;
@@ -113,7 +114,12 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   /// Grows the open record to `newReserved` bytes; false when that would pass the ring's
   /// end, or (unless `mayWait`) when the space is not free yet. Throws when waiting fails.
   bool extendRecord(uint32_t newReserved, bool mayWait);
+  /// send() and sendMore() (kHold: a burst's message, see heldRecord_), each its own copy.
+  template <bool kHold>
+  Status publish(OutgoingMessage& msg, bool flush);
   void wakeConsumer() noexcept;
+  /// Stores the record word of the held first record of a batch, if there is one.
+  void publishHeld() noexcept;
   /// Zeroes ring positions [from, to) of the open record, but for what zeroAhead()
   /// cleared already.
   void clearRing(uint64_t from, uint64_t to) noexcept {
@@ -205,6 +211,13 @@ class __attribute__((visibility("hidden"))) RingConnection final : public Connec
   uint64_t arenaRewoundFrom_ = UINT64_MAX;  // arena end published when the arena last rewound
   uint64_t arenaCleanFrom_ = 0;  // first lap only: arena bytes from here on were never used
   bool wakePending_ = false;
+  // The first record of a burst (sendMore()), whose record word
+  // is not yet stored: kNoHeld when there is none. Its later records are published at
+  // once (the consumer reads in order, so none is seen before it); flush(), any wait for
+  // room and close() store its word. Written by the sending thread; close() may take it
+  // from another (hence atomic: whoever exchanges it out publishes it).
+  static constexpr uint64_t kNoHeld = UINT64_MAX;
+  std::atomic<uint64_t> heldRecord_{kNoHeld};
   struct Allocation {
     const capnp::word* begin;
     uint32_t words;
