@@ -172,9 +172,11 @@ enum class SendHint : uint8_t {
   /// More is coming right after: the message may wait in this end's send buffer until
   /// something is sent with kNow (or as a call), or this thread waits for answers
   /// (poll(), pollUntil(), call(), a full stream window, StreamFlow::finish()). Over tcp a
-  /// burst then leaves in one system call instead of one per message; over shm the
-  /// message is in the ring at once, but a sleeping peer is not woken for it. Give the
-  /// last message of a burst kNow, or poll: nothing else sends what waits.
+  /// burst then leaves in one system call instead of one per message; over shm the burst
+  /// is written into the ring at once and shown to the peer whole when it goes
+  /// (Connection::sendMore: a peer that keeps up does not fight over each record's cache
+  /// line while it is written). Give the last message of a burst kNow, or poll: nothing
+  /// else sends what waits.
   kMoreComing,
 };
 
@@ -281,7 +283,10 @@ class StreamFlow final : public std::enable_shared_from_this<StreamFlow> {
   /// met (each later call on the client then fails with it too, as in Cap'n Proto).
   void finish();
   /// Throws the first error a chunk met, if one did.
-  void throwIfFailed() const;
+  void throwIfFailed() const {
+    if (failed_) [[unlikely]]
+      throwFailed();
+  }
   uint32_t inFlight() const noexcept { return static_cast<uint32_t>(sentCalls_ - doneCalls_); }
   uint64_t bytesInFlight() const noexcept { return sentBytes_ - doneBytes_; }
 
@@ -297,6 +302,7 @@ class StreamFlow final : public std::enable_shared_from_this<StreamFlow> {
   }
   /// A chunk failed: the first failure is kept.
   void fail(const CallResult& failure);
+  [[noreturn]] void throwFailed() const;
   Session* session_ = nullptr;  // of the last chunk sent (a client's chunks share one)
   uint64_t sentCalls_ = 0, sentBytes_ = 0;  // since the flow began
   uint64_t doneCalls_ = 0, doneBytes_ = 0;  // of those, confirmed handled

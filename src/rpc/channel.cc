@@ -133,7 +133,8 @@ void RawRequest::sendOneWay(SendHint hint) {
 void RawRequest::sendStreaming(const std::shared_ptr<StreamFlow>& flow, SendHint hint) {
   Session::ApiScope scope(*session_, ThreadOwner::kStreamSend);
   flow->throwIfFailed();
-  session_->sendChunk(message_, flow, methodName_, target_, hint);
+  if (!session_->sendChunk(message_, flow, methodName_, target_, hint)) [[likely]]
+    return;
   const SessionOptions& o = session_->options();
   while ((flow->inFlight() >= streamWindowCalls(o) || flow->bytesInFlight() >= o.streamWindowBytes) &&
          flow->inFlight() > 0)
@@ -148,8 +149,7 @@ void StreamFlow::fail(const CallResult& failure) {
   message_ = failure.errorMessage();
 }
 
-void StreamFlow::throwIfFailed() const {
-  if (!failed_) return;
+void StreamFlow::throwFailed() const {
   const std::string why = "an earlier chunk of this stream failed: " + message_;
   if (kind_ == ErrorKind::kApplication) throw ApplicationError(code_, why);
   throwError(kind_, why);

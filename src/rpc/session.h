@@ -233,8 +233,9 @@ class __attribute__((visibility("hidden"))) Session final : private OutgoingMess
   /// Sends `msg`, a chunk of a stream whose flow is `flow` (see RawRequest::sendStreaming):
   /// mostly as a stream request, which the peer answers only when it fails; the chunk that
   /// takes the flow to half its window and the one that fills it go as requests (marks),
-  /// whose answers confirm every chunk before them.
-  void sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>& flow,
+  /// whose answers confirm every chunk before them. Returns true when the flow's window
+  /// is full with it (the sender then waits for room).
+  bool sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>& flow,
                  std::string_view methodName, uint32_t target, SendHint hint);
   /// Sends a ping as a mark of `flow`: its pong confirms every chunk sent before it
   /// (StreamFlow::finish()). No request of ours may be open.

@@ -16,7 +16,7 @@
 
 namespace zcrpc {
 
-void Session::sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>& flow,
+bool Session::sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>& flow,
                         std::string_view methodName, uint32_t target, SendHint hint) {
   StreamFlow& f = *flow;
   const uint64_t bytes = sentPayloadBytes(msg);
@@ -24,8 +24,8 @@ void Session::sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>&
   const uint64_t before = f.sentBytes_ - f.doneBytes_, after = before + bytes;
   const uint32_t limit = streamWindowCalls(options_);
   const uint64_t halfBytes = options_.streamWindowBytes / 2;
-  const bool mark = calls == (limit + 1) / 2 || calls >= limit ||
-                    (before < halfBytes && after >= halfBytes) || after >= options_.streamWindowBytes;
+  const bool full = calls >= limit || after >= options_.streamWindowBytes;
+  const bool mark = full || calls == (limit + 1) / 2 || (before < halfBytes && after >= halfBytes);
   const uint64_t id = send(msg, mark ? FrameKind::kRequest : FrameKind::kStreamRequest, {},
                            methodName, target, hint);
   f.session_ = this;
@@ -36,18 +36,19 @@ void Session::sendChunk(OutgoingMessage& msg, const std::shared_ptr<StreamFlow>&
     slot.stream = flow;
     slot.streamCalls = f.sentCalls_;
     slot.streamBytes = f.sentBytes_;
-    return;
+    return full;
   }
   ChunkRun* last =
       chunkRunsEnd_ ? &chunkRuns_[(chunkRunsEnd_ - 1) & (chunkRuns_.size() - 1)] : nullptr;
   if (last && last->key == &f && last->last < id) [[likely]] {
     last->last = id;  // the same flow as the last chunk: its run grows
-    return;
+    return false;
   }
   ChunkRun& run = newChunkRun();
   run.first = run.last = id;
   run.key = &f;
   run.flow = flow;
+  return false;
 }
 
 Session::ChunkRun& Session::newChunkRun() {
