@@ -98,68 +98,50 @@ class CapnpListener final : public Listener {
   }
 
   std::unique_ptr<Connection> accept(Deadline deadline) override {
-    std::vector<pollfd> fds;
-    for (;;) {
-      while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
-        std::string peer;
-        if (unix_) {
-          const os::PeerCredentials cred = os::peerCredentials(client.get());
-          peer = "pid " + std::to_string(cred.pid) + " uid " + std::to_string(cred.uid);
-          if (!options_.policy.admits(cred.uid, cred.gid)) {
-            refusals_->add("refused " + peer + " gid " + std::to_string(cred.gid) +
-                           ": not admitted by the credential policy");
-            continue;  // closed: the client sees its connection end
-          }
-        } else {
-          peer = peerAddress(client.get());
-          tcp::setNoDelay(client.get());
-          tcp::setDeadPeerTimeout(client.get(), options_.deadPeerTimeout);
-          if (tls_) {
-            // Changed certificate, key or CA files take effect from the next client on.
-            if (std::string why = tls_->reloadIfChanged(); !why.empty())
-              refusals_->add("TLS credentials not reloaded (the old ones stay): " + why);
-            try {
-              Pending p;
-              p.stream = std::make_unique<tcp::TlsStream>(std::move(client), *tls_, "", "");
-              p.peer = std::move(peer);
-              p.deadline = deadlineAfter(options_.connection.connectTimeout);
-              pending_.push_back(std::move(p));
-            } catch (const std::exception& e) {
-              refusals_->add("refused " + peer + ": " + e.what());
+    return acceptWithHandshakes(
+        deadline, pending_, "TLS handshake",
+        [&]() -> std::unique_ptr<Connection> {
+          while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
+            std::string peer;
+            if (unix_) {
+              const os::PeerCredentials cred = os::peerCredentials(client.get());
+              peer = "pid " + std::to_string(cred.pid) + " uid " + std::to_string(cred.uid);
+              if (!options_.policy.admits(cred.uid, cred.gid)) {
+                refusals_->add("refused " + peer + " gid " + std::to_string(cred.gid) +
+                               ": not admitted by the credential policy");
+                continue;  // closed: the client sees its connection end
+              }
+            } else {
+              peer = peerAddress(client.get());
+              tcp::setNoDelay(client.get());
+              tcp::setDeadPeerTimeout(client.get(), options_.deadPeerTimeout);
+              if (tls_) {
+                // Changed certificate, key or CA files take effect from the next client on.
+                if (std::string why = tls_->reloadIfChanged(); !why.empty())
+                  refusals_->add("TLS credentials not reloaded (the old ones stay): " + why);
+                try {
+                  Pending p;
+                  p.stream = std::make_unique<tcp::TlsStream>(std::move(client), *tls_, "", "");
+                  p.peer = std::move(peer);
+                  p.deadline = deadlineAfter(options_.connection.connectTimeout);
+                  pending_.push_back(std::move(p));
+                } catch (const std::exception& e) {
+                  refusals_->add("refused " + peer + ": " + e.what());
+                }
+                continue;
+              }
             }
-            continue;
+            if (auto c = serve(std::make_unique<tcp::SocketStream>(std::move(client)), peer)) return c;
           }
-        }
-        if (auto c = serve(std::make_unique<tcp::SocketStream>(std::move(client)), peer)) return c;
-      }
-      const auto now = Clock::now();
-      for (size_t i = 0; i < pending_.size();) {
-        Pending& p = pending_[i];
-        bool done = false, drop = false;
-        try {
-          done = p.stream->session().handshake() == tls::Session::Progress::kDone;
-          if (!done && now >= p.deadline) throw Failed("TLS handshake timed out");
-        } catch (const std::exception& e) {
-          refusals_->add("refused " + p.peer + ": " + e.what());
-          drop = true;
-        }
-        if (!done && !drop) {
-          ++i;
-          continue;
-        }
-        Pending finished = std::move(p);
-        pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
-        if (done)
-          if (auto c = serve(std::move(finished.stream), finished.peer)) return c;
-      }
-      if (now >= deadline) return nullptr;
-      fds.clear();
-      const Deadline wakeAt = std::min(deadline, addPollFds(fds));
-      const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wakeAt - now);
-      int r;
-      do r = ::poll(fds.data(), fds.size(), static_cast<int>(std::clamp<int64_t>(wait.count() + 1, 0, 1000)));
-      while (r < 0 && errno == EINTR);
-    }
+          return nullptr;
+        },
+        [&](Pending& p, std::unique_ptr<Connection>& c) {
+          if (p.stream->session().handshake() != tls::Session::Progress::kDone) return false;
+          c = serve(std::move(p.stream), p.peer);  // null when refused (serve() says why)
+          return true;
+        },
+        [&](Pending& p, const std::string& why, bool) { refusals_->add("refused " + p.peer + ": " + why); },
+        [&](std::vector<pollfd>& fds) { return addPollFds(fds); });
   }
 
   int pollFd() const noexcept override { return socket_.get(); }

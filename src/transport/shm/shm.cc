@@ -221,57 +221,34 @@ class ShmListener final : public Listener {
   }
 
   std::unique_ptr<Connection> accept(Deadline deadline) override {
-    std::vector<pollfd> fds;
-    for (;;) {
-      while (os::Fd client = gate_.accept(socket_.get(), refuseClient)) {
-        auto cred = os::peerCredentials(client.get());
-        Pending p;
-        p.what = endpoint() + " (server, peer pid " + std::to_string(cred.pid) + ")";
-        if (!count_.tryTake(p.ticket)) {
-          std::string why = endpoint() + " has reached its limit of " + std::to_string(count_.limit()) +
-                            " connections (max_connections)";
-          refuseClient(client.get(), why);
-          remember("refused pid " + std::to_string(cred.pid) + ": " + why);
-          continue;
-        }
-        p.cred = cred;
-        p.fd = std::move(client);
-        p.deadline = deadlineAfter(options_.connection.connectTimeout);
-        pending_.push_back(std::move(p));
-      }
-      auto now = Clock::now();
-      for (size_t i = 0; i < pending_.size();) {
-        Pending& p = pending_[i];
-        std::unique_ptr<Connection> done;
-        bool drop = false;
-        try {
-          done = advance(p);
-          if (!done && now >= p.deadline) {
-            refuse(p, "handshake timed out");
-            throw Failed("handshake with " + p.what + " timed out");
+    return acceptWithHandshakes(
+        deadline, pending_, "handshake",
+        [&]() -> std::unique_ptr<Connection> {
+          while (os::Fd client = gate_.accept(socket_.get(), refuseClient)) {
+            auto cred = os::peerCredentials(client.get());
+            Pending p;
+            p.what = endpoint() + " (server, peer pid " + std::to_string(cred.pid) + ")";
+            if (!count_.tryTake(p.ticket)) {
+              std::string why = endpoint() + " has reached its limit of " + std::to_string(count_.limit()) +
+                                " connections (max_connections)";
+              refuseClient(client.get(), why);
+              remember("refused pid " + std::to_string(cred.pid) + ": " + why);
+              continue;
+            }
+            p.cred = cred;
+            p.fd = std::move(client);
+            p.deadline = deadlineAfter(options_.connection.connectTimeout);
+            pending_.push_back(std::move(p));
           }
-        } catch (const std::exception& e) {
+          return nullptr;
+        },
+        [&](Pending& p, std::unique_ptr<Connection>& c) { return (c = advance(p)) != nullptr; },
+        [&](Pending& p, const std::string& why, bool timedOut) {
           // Tell the client why, unless it was told (best effort: it may be gone).
-          if (!p.refused) refuseClient(p.fd.get(), e.what());
-          remember(e.what());
-          drop = true;
-        }
-        if (done || drop) {
-          pending_.erase(pending_.begin() + static_cast<long>(i));
-          if (done) return done;
-          continue;
-        }
-        ++i;
-      }
-      if (now >= deadline) return nullptr;
-      fds.clear();
-      Deadline wakeAt = std::min(deadline, addPollFds(fds));
-      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wakeAt - now);
-      int ms = static_cast<int>(std::min<int64_t>(wait.count() + 1, 1000));
-      int r;
-      do r = ::poll(fds.data(), fds.size(), ms);
-      while (r < 0 && errno == EINTR);
-    }
+          if (!p.refused) refuseClient(p.fd.get(), why);
+          remember(timedOut ? "handshake with " + p.what + " timed out" : why);
+        },
+        [&](std::vector<pollfd>& fds) { return addPollFds(fds); });
   }
 
   int pollFd() const noexcept override { return socket_.get(); }

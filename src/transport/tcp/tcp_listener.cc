@@ -41,59 +41,37 @@ class TcpListener final : public Listener {
   /// Handshakes advance without blocking as their bytes arrive, each with its own
   /// deadline (connectTimeout), so a silent client holds up neither accept() nor others.
   std::unique_ptr<Connection> accept(Deadline deadline) override {
-    std::vector<pollfd> fds;
-    for (;;) {
-      while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
-        Pending p;
-        p.peer = peerAddress(client.get());
-        p.what = endpoint_ + " (server, peer " + p.peer + ")";
-        p.deadline = deadlineAfter(options_.connection.connectTimeout);
-        setNoDelay(client.get());  // before any handshake: its flights must not wait
-        if (tls_) {
-          // Changed certificate, key or CA files take effect from the next client on.
-          if (std::string why = tls_->reloadIfChanged(); !why.empty())
-            remember("TLS credentials not reloaded (the old ones stay): " + why);
-          try {
-            auto stream = std::make_unique<TlsStream>(std::move(client), *tls_, "", "");
-            p.tls = stream.get();
-            p.stream = std::move(stream);
-          } catch (const std::exception& e) {
-            remember(std::string("refused ") + p.peer + ": " + e.what());
-            continue;
+    return acceptWithHandshakes(
+        deadline, pending_, "handshake",
+        [&]() -> std::unique_ptr<Connection> {
+          while (os::Fd client = os::acceptNonBlocking(socket_.get())) {
+            Pending p;
+            p.peer = peerAddress(client.get());
+            p.what = endpoint_ + " (server, peer " + p.peer + ")";
+            p.deadline = deadlineAfter(options_.connection.connectTimeout);
+            setNoDelay(client.get());  // before any handshake: its flights must not wait
+            if (tls_) {
+              // Changed certificate, key or CA files take effect from the next client on.
+              if (std::string why = tls_->reloadIfChanged(); !why.empty())
+                remember("TLS credentials not reloaded (the old ones stay): " + why);
+              try {
+                auto stream = std::make_unique<TlsStream>(std::move(client), *tls_, "", "");
+                p.tls = stream.get();
+                p.stream = std::move(stream);
+              } catch (const std::exception& e) {
+                remember(std::string("refused ") + p.peer + ": " + e.what());
+                continue;
+              }
+            } else {
+              p.stream = std::make_unique<SocketStream>(std::move(client));
+            }
+            pending_.push_back(std::move(p));
           }
-        } else {
-          p.stream = std::make_unique<SocketStream>(std::move(client));
-        }
-        pending_.push_back(std::move(p));
-      }
-      auto now = Clock::now();
-      for (size_t i = 0; i < pending_.size();) {
-        Pending& p = pending_[i];
-        std::unique_ptr<Connection> done;
-        bool drop = false;
-        try {
-          done = advance(p);
-          if (!done && now >= p.deadline) throw Failed("handshake timed out");
-        } catch (const std::exception& e) {
-          remember(std::string("refused ") + p.peer + ": " + e.what());
-          drop = true;
-        }
-        if (done || drop) {
-          pending_.erase(pending_.begin() + static_cast<long>(i));
-          if (done) return done;
-          continue;
-        }
-        ++i;
-      }
-      if (now >= deadline) return nullptr;
-      fds.clear();
-      Deadline wakeAt = std::min(deadline, addPollFds(fds));
-      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wakeAt - now);
-      int ms = static_cast<int>(std::min<int64_t>(wait.count() + 1, 1000));
-      int r;
-      do r = ::poll(fds.data(), fds.size(), ms);
-      while (r < 0 && errno == EINTR);
-    }
+          return nullptr;
+        },
+        [&](Pending& p, std::unique_ptr<Connection>& c) { return (c = advance(p)) != nullptr; },
+        [&](Pending& p, const std::string& why, bool) { remember("refused " + p.peer + ": " + why); },
+        [&](std::vector<pollfd>& fds) { return addPollFds(fds); });
   }
 
   int pollFd() const noexcept override { return socket_.get(); }
