@@ -181,6 +181,17 @@ std::string frameRefusalReason(const ParsedFrame& refused);
 bool extensionAreaFits(kj::ArrayPtr<const capnp::word> area, size_t most) noexcept;
 [[noreturn]] void refuseExtensionArea(kj::ArrayPtr<const capnp::word> area, size_t most,
                                       std::string_view where);
+/// For Connection::send(): throws InvalidArgument naming `where` unless a message of
+/// `segmentCount` segments and extension area `extension` fits one frame (at most
+/// kMaxSegments segments; an area extensionAreaFits() takes, of at most `mostExtension`
+/// bytes). Inline the test that passes for a plain message.
+void checkFrameShapeSlow(size_t segmentCount, kj::ArrayPtr<const capnp::word> extension,
+                         size_t mostExtension, std::string_view where);
+inline void checkFrameShape(size_t segmentCount, kj::ArrayPtr<const capnp::word> extension,
+                            size_t mostExtension, std::string_view where) {
+  if (segmentCount > kMaxSegments || extension.size() != 0) [[unlikely]]
+    checkFrameShapeSlow(segmentCount, extension, mostExtension, where);
+}
 
 /// Bytes needed for a frame with `segmentCount` table entries after `inlineBytes` of
 /// header + inline segments.

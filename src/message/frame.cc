@@ -237,6 +237,15 @@ bool extensionAreaFits(kj::ArrayPtr<const capnp::word> area, size_t most) noexce
                         [](Rule, size_t, uint64_t, uint64_t) { return false; });
 }
 
+void checkFrameShapeSlow(size_t segmentCount, kj::ArrayPtr<const capnp::word> extension,
+                         size_t mostExtension, std::string_view where) {
+  if (segmentCount > kMaxSegments)
+    throw InvalidArgument("message on " + std::string(where) + " has more than " +
+                          std::to_string(kMaxSegments) + " segments");
+  if (extension.size() && !extensionAreaFits(extension, mostExtension))
+    refuseExtensionArea(extension, mostExtension, where);
+}
+
 void refuseExtensionArea(kj::ArrayPtr<const capnp::word> area, size_t most, std::string_view where) {
   const auto* bytes = reinterpret_cast<const std::byte*>(area.begin());
   const uint64_t size = area.size() * sizeof(capnp::word);

@@ -74,12 +74,8 @@ Status RdmaConnection::send(OutgoingMessage& msg, bool flushNow) {
   auto segments = msg.segmentsForSend();  // may allocate through allocateMore(), which locks
   const auto extension = msg.extensions();
   std::unique_lock lock(sendLock_);
-  size_t n = segments.size();
-  if (n > kMaxSegments)
-    throw InvalidArgument("message on " + what_ + " has more than " + std::to_string(kMaxSegments) +
-                          " segments");
-  if (extension.size() && !extensionAreaFits(extension, maxExtensionBytes())) [[unlikely]]
-    refuseExtensionArea(extension, maxExtensionBytes(), what_);
+  const size_t n = segments.size();
+  checkFrameShape(n, extension, maxExtensionBytes(), what_);
   const uint64_t extensionBytes = extension.size() * sizeof(capnp::word);
   uint64_t tablePos = open_.end;  // room was reserved
   auto* table = reinterpret_cast<SegmentEntry*>(send_ + (tablePos & sendMask_));

@@ -72,12 +72,8 @@ Status TcpConnection::send(OutgoingMessage& msg, bool flushNow) {
   auto refs = msg.references();
   const auto extension = msg.extensions();
   std::unique_lock lock(sendLock_);
-  size_t n = segments.size();
-  if (n > kMaxSegments)
-    throw InvalidArgument("message on " + what_ + " has more than " +
-                          std::to_string(kMaxSegments) + " segments");
-  if (extension.size() && !extensionAreaFits(extension, maxExtensionBytes())) [[unlikely]]
-    refuseExtensionArea(extension, maxExtensionBytes(), what_);
+  const size_t n = segments.size();
+  checkFrameShape(n, extension, maxExtensionBytes(), what_);
   // Data given to referenceData() goes at the end of the segment that holds its field,
   // unless the field was set again since (its placeholder is gone): that value wins.
   constexpr uint8_t kReplaced = 0xff;
