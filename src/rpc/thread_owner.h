@@ -28,9 +28,14 @@ namespace zcrpc {
 /// gives the object back and refuses. An owner that finds a claim waits for its outcome
 /// and goes on (the claimer saw it busy) or is refused (the claimer took it). Two threads
 /// that use the object at once are therefore always detected by at least one of them,
-/// before either touches its state, at a cost to the owner of two plain stores, a load
-/// and a counter per function (no atomic read-modify-write, no fence); taking over costs a
-/// system call.
+/// before either touches its state, at a cost to the owner of two plain loads, two plain
+/// stores and a counter per function (no atomic read-modify-write, no fence); taking over
+/// costs a system call.
+///
+/// After such a race a thread that lost it may have written `activity_` after the new
+/// owner did (its store was on its way when it was refused). A takeover that finds another
+/// thread's store there cannot tell what the owner does, and refuses ("used from two
+/// threads at once a moment ago") until the owner enters one of its functions again.
 ///
 /// A Channel may thus be handed from thread to thread between uses (through a queue, or a
 /// mutex that orders the hand-over); doing so while a request is open or calls are
